@@ -1,0 +1,88 @@
+//! What a client asked for, parsed.
+
+use bytes::Bytes;
+
+use super::Response;
+
+/// One parsed request. `noreply` is set exactly where memcached sets it: a request that
+/// carries it gets no reply at all, not even an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub command: Command,
+    pub noreply: bool,
+}
+
+/// How a storage command treats an existing item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreMode {
+    /// Store unconditionally.
+    Set,
+    /// Store only if the key holds no item.
+    Add,
+    /// Store only if the key holds an item.
+    Replace,
+    /// Add the data after the existing item's; keep its flags and expiry.
+    Append,
+    /// Add the data before the existing item's; keep its flags and expiry.
+    Prepend,
+    /// Store only if the item's CAS unique is still this one.
+    Cas(u64),
+}
+
+/// The commands of memcached's classic text protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `get`/`gets <key>*`: a VALUE block per hit, then `END`.
+    Get { keys: Vec<Bytes>, with_cas: bool },
+    /// `gat`/`gats <exptime> <key>*`: like get, and sets each hit's expiry.
+    GetAndTouch {
+        exptime: i32,
+        keys: Vec<Bytes>,
+        with_cas: bool,
+    },
+    /// `set|add|replace|append|prepend <key> <flags> <exptime> <bytes>`, or `cas` with its
+    /// unique, followed by the data block.
+    Store {
+        mode: StoreMode,
+        key: Bytes,
+        flags: u32,
+        exptime: i32,
+        value: Bytes,
+    },
+    /// `delete <key>`.
+    Delete { key: Bytes },
+    /// `incr <key> <delta>`: wraps at 2^64.
+    Incr { key: Bytes, delta: u64 },
+    /// `decr <key> <delta>`: stops at 0.
+    Decr { key: Bytes, delta: u64 },
+    /// `touch <key> <exptime>`.
+    Touch { key: Bytes, exptime: i32 },
+    /// `flush_all [delay]`: a delay of 0 or less flushes now.
+    FlushAll { delay: i32 },
+    /// `stats [group]`.
+    Stats(StatsGroup),
+    /// `version`.
+    Version,
+    /// `verbosity <level>`: accepted and answered `OK`.
+    Verbosity,
+    /// `cache_memlimit <megabytes>`, already checked to be in memcached's range.
+    CacheMemlimit { megabytes: u32 },
+    /// `quit`: close the connection once earlier replies are written.
+    Quit,
+    /// A request the parser answers by itself: a malformed line, a rejected value.
+    Reply(Response),
+}
+
+/// The groups `stats` can report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsGroup {
+    /// `stats`: the general counters.
+    General,
+    /// `stats settings`.
+    Settings,
+    /// `stats reset`: zero the counters.
+    Reset,
+    /// `stats items|slabs|sizes|conns|cachedump|detail dump`: memcached internals that have no
+    /// counterpart here; answered with an empty list.
+    Empty,
+}
