@@ -1,1 +1,151 @@
+//! Datalets: single-node stores behind one trait.
+//!
+//! # Layout
+//!
+//! - [`Datalet`]: the interface every store implements. Items carry a [`Version`]; every change
+//!   is a [`Mutation`] applied at a version the caller chose, so replicas that apply the same
+//!   mutations in the same order hold the same items, CAS uniques included.
+//! - [`memory`]: the embedded in-memory store on `dashmap`, the default.
+//! - [`conformance`]: the behaviour every backend must have, as test cases; a backend's tests
+//!   run them all with [`conformance_tests!`].
+//!
+//! Time is passed in (`now`), never read here, so expiry is tested without sleeping.
 
+pub mod conformance;
+pub mod memory;
+pub mod mutate;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use tailorkv_common::codec::StoreMode;
+use tailorkv_common::{Expiry, UnixSecs, Version};
+
+pub use memory::MemoryDatalet;
+
+/// A stored value with its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub value: Bytes,
+    pub flags: u32,
+    pub expiry: Expiry,
+    pub version: Version,
+}
+
+/// A change to one key. Each variant is one memcached command's effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// `set`, `add`, `replace`, `append`, `prepend` or `cas`. Append and prepend keep the
+    /// existing item's flags and expiry and ignore these.
+    Store {
+        mode: StoreMode,
+        flags: u32,
+        expiry: Expiry,
+        value: Bytes,
+    },
+    Delete,
+    /// Adds to a decimal value, wrapping at 2^64.
+    Incr(u64),
+    /// Subtracts from a decimal value, stopping at 0.
+    Decr(u64),
+    /// Sets the expiry and keeps the value and its version.
+    Touch { expiry: Expiry },
+}
+
+/// What a mutation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    /// `add` on a present key, `replace`/`append`/`prepend` on an absent one, or an append
+    /// that would make the item too large.
+    NotStored,
+    /// `cas` whose unique no longer matches.
+    Exists,
+    NotFound,
+    Deleted,
+    /// The touched item, as it is now.
+    Touched(Item),
+    /// The new value of an `incr`/`decr`.
+    Number(u64),
+    /// `incr`/`decr` of a value that is not a decimal number.
+    NonNumeric,
+}
+
+/// Why a datalet could not carry out a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DataletError {
+    /// Storing would exceed the memory limit. Nothing is evicted to make room.
+    #[error("out of memory storing object")]
+    OutOfMemory,
+}
+
+/// Limits a datalet enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes of items (keys, values and per-item overhead) the store may hold.
+    pub memory_limit_bytes: usize,
+    /// The largest item, counted as memcached counts it (see
+    /// [`tailorkv_common::codec::item_fits`]).
+    pub item_size_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_limit_bytes: 64 << 20,
+            item_size_max: tailorkv_common::codec::DEFAULT_ITEM_SIZE_MAX,
+        }
+    }
+}
+
+/// Counters a datalet reports for `stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataletStats {
+    pub curr_items: u64,
+    pub total_items: u64,
+    pub bytes: u64,
+    pub limit_maxbytes: u64,
+    /// Reads that found an item past its expiry.
+    pub get_expired: u64,
+    /// Reads that found an item invalidated by `flush_all`.
+    pub get_flushed: u64,
+    /// Expired items removed to reclaim their memory.
+    pub reclaimed: u64,
+}
+
+/// A single-node store.
+///
+/// Every method takes `now`, the caller's clock, so that expiry is decided identically by
+/// every replica and is testable without sleeping. Per key, mutations take effect in the
+/// order they are applied.
+pub trait Datalet: Send + Sync + 'static {
+    /// The live item under `key`, if any.
+    fn get(
+        &self,
+        key: &[u8],
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<Option<Item>, DataletError>> + Send;
+
+    /// Applies one mutation to `key`. A change it makes carries `version`, except `Touch`,
+    /// which keeps the item's version as memcached keeps its CAS unique.
+    fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<Outcome, DataletError>> + Send;
+
+    /// Invalidates every item stored before `at`, once the clock reaches `at`. An `at` of
+    /// `now` or earlier empties the store at once and cancels a pending delayed flush.
+    fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<(), DataletError>> + Send;
+
+    /// Changes the memory limit. Items already stored stay.
+    fn set_memory_limit(&self, bytes: usize);
+
+    fn stats(&self) -> DataletStats;
+}

@@ -1,0 +1,322 @@
+//! The behaviour every datalet must have, as test cases.
+//!
+//! Each case takes a constructor `make(limits)` that returns a fresh, empty datalet with those
+//! limits, and panics on a violation. A backend runs them all with
+//! `tailorkv_datalet::conformance_tests!(|limits| MyDatalet::new(limits));` in its tests, which
+//! expands to one `#[tokio::test]` per case.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tailorkv_common::codec::StoreMode;
+use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
+
+use crate::{Datalet, DataletError, Item, Limits, Mutation, Outcome};
+
+/// Every case, by name; [`conformance_tests!`](crate::conformance_tests) makes a test of each.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            set_then_get_returns_value_flags_and_version,
+            add_stores_only_when_absent,
+            replace_stores_only_when_present,
+            append_and_prepend_keep_flags_and_expiry,
+            append_past_the_item_size_limit_is_not_stored,
+            cas_stores_only_on_a_matching_unique,
+            delete_removes,
+            incr_and_decr_follow_memcached,
+            touch_changes_expiry_and_keeps_version,
+            items_expire_at_their_second,
+            flush_all_now_and_delayed,
+            memory_limit_refuses_and_keeps_what_is_stored,
+            expired_items_are_reclaimed_to_make_room,
+            mutations_of_one_key_never_interleave,
+        );
+    };
+    (@each $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                $crate::conformance::$case($make).await;
+            }
+        )*
+    };
+}
+
+const NOW: UnixSecs = 1_700_000_000;
+
+fn v(ts: u64) -> Version {
+    Version::new(ts, NodeId(1))
+}
+
+fn key(k: &str) -> Bytes {
+    Bytes::copy_from_slice(k.as_bytes())
+}
+
+fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
+    Mutation::Store {
+        mode,
+        flags,
+        expiry,
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn set(value: &str) -> Mutation {
+    store(StoreMode::Set, value, 0, Expiry::Never)
+}
+
+async fn apply<D: Datalet>(d: &D, k: &str, m: Mutation, ts: u64) -> Outcome {
+    d.apply(&key(k), m, v(ts), NOW).await.expect("apply")
+}
+
+async fn value<D: Datalet>(d: &D, k: &str) -> Option<Bytes> {
+    d.get(k.as_bytes(), NOW).await.expect("get").map(|i| i.value)
+}
+
+pub async fn set_then_get_returns_value_flags_and_version<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    assert_eq!(d.get(b"k", NOW).await, Ok(None));
+    let m = store(StoreMode::Set, "hello", 42, Expiry::At(NOW + 100));
+    assert_eq!(apply(&d, "k", m, 5).await, Outcome::Stored);
+    let item = d.get(b"k", NOW).await.unwrap().unwrap();
+    let expected = Item {
+        value: key("hello"),
+        flags: 42,
+        expiry: Expiry::At(NOW + 100),
+        version: v(5),
+    };
+    assert_eq!(item, expected);
+    assert_eq!(apply(&d, "k", set("bye"), 6).await, Outcome::Stored);
+    let item = d.get(b"k", NOW).await.unwrap().unwrap();
+    assert_eq!((item.value, item.flags, item.version), (key("bye"), 0, v(6)));
+    let stats = d.stats();
+    assert_eq!(stats.curr_items, 1);
+    assert!(stats.bytes >= 4, "bytes must count the item");
+}
+
+pub async fn add_stores_only_when_absent<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let add = |s| store(StoreMode::Add, s, 0, Expiry::Never);
+    assert_eq!(apply(&d, "k", add("a"), 1).await, Outcome::Stored);
+    assert_eq!(apply(&d, "k", add("b"), 2).await, Outcome::NotStored);
+    assert_eq!(value(&d, "k").await, Some(key("a")));
+}
+
+pub async fn replace_stores_only_when_present<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let replace = |s| store(StoreMode::Replace, s, 3, Expiry::Never);
+    assert_eq!(apply(&d, "k", replace("a"), 1).await, Outcome::NotStored);
+    assert_eq!(value(&d, "k").await, None);
+    apply(&d, "k", set("a"), 2).await;
+    assert_eq!(apply(&d, "k", replace("b"), 3).await, Outcome::Stored);
+    let item = d.get(b"k", NOW).await.unwrap().unwrap();
+    assert_eq!((item.value, item.flags), (key("b"), 3));
+}
+
+pub async fn append_and_prepend_keep_flags_and_expiry<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let append = |s| store(StoreMode::Append, s, 9, Expiry::Never);
+    let prepend = |s| store(StoreMode::Prepend, s, 9, Expiry::Never);
+    assert_eq!(apply(&d, "k", append("x"), 1).await, Outcome::NotStored);
+    assert_eq!(apply(&d, "k", prepend("x"), 2).await, Outcome::NotStored);
+    let m = store(StoreMode::Set, "b", 5, Expiry::At(NOW + 60));
+    apply(&d, "k", m, 3).await;
+    assert_eq!(apply(&d, "k", append("c"), 4).await, Outcome::Stored);
+    assert_eq!(apply(&d, "k", prepend("a"), 5).await, Outcome::Stored);
+    let item = d.get(b"k", NOW).await.unwrap().unwrap();
+    assert_eq!(item.value, key("abc"));
+    assert_eq!((item.flags, item.expiry), (5, Expiry::At(NOW + 60)));
+    assert_eq!(item.version, v(5), "an append is a new version");
+}
+
+pub async fn append_past_the_item_size_limit_is_not_stored<D: Datalet>(
+    make: impl Fn(Limits) -> D,
+) {
+    let limits = Limits {
+        item_size_max: 1024,
+        ..Limits::default()
+    };
+    let d = make(limits);
+    let big = "x".repeat(600);
+    apply(&d, "k", set(&big), 1).await;
+    let m = store(StoreMode::Append, &big, 0, Expiry::Never);
+    assert_eq!(apply(&d, "k", m, 2).await, Outcome::NotStored);
+    assert_eq!(value(&d, "k").await, Some(key(&big)));
+}
+
+pub async fn cas_stores_only_on_a_matching_unique<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let cas = |unique, s| store(StoreMode::Cas(unique), s, 0, Expiry::Never);
+    assert_eq!(apply(&d, "k", cas(1, "a"), 1).await, Outcome::NotFound);
+    apply(&d, "k", set("a"), 7).await;
+    let unique = d.get(b"k", NOW).await.unwrap().unwrap().version.cas();
+    assert_eq!(unique, v(7).cas());
+    assert_eq!(apply(&d, "k", cas(unique + 1, "b"), 8).await, Outcome::Exists);
+    assert_eq!(apply(&d, "k", cas(0, "b"), 9).await, Outcome::Exists);
+    assert_eq!(apply(&d, "k", cas(unique, "c"), 10).await, Outcome::Stored);
+    assert_eq!(value(&d, "k").await, Some(key("c")));
+    assert_eq!(apply(&d, "k", cas(unique, "d"), 11).await, Outcome::Exists);
+}
+
+pub async fn delete_removes<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    assert_eq!(apply(&d, "k", Mutation::Delete, 1).await, Outcome::NotFound);
+    apply(&d, "k", set("a"), 2).await;
+    let before = d.stats().bytes;
+    assert_eq!(apply(&d, "k", Mutation::Delete, 3).await, Outcome::Deleted);
+    assert_eq!(value(&d, "k").await, None);
+    assert_eq!(apply(&d, "k", Mutation::Delete, 4).await, Outcome::NotFound);
+    assert!(d.stats().bytes < before, "a delete frees memory");
+    assert_eq!(d.stats().curr_items, 0);
+}
+
+pub async fn incr_and_decr_follow_memcached<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    assert_eq!(apply(&d, "n", Mutation::Incr(1), 1).await, Outcome::NotFound);
+    let m = store(StoreMode::Set, "10", 7, Expiry::Never);
+    apply(&d, "n", m, 2).await;
+    assert_eq!(apply(&d, "n", Mutation::Decr(1), 3).await, Outcome::Number(9));
+    // memcached rewrites a shorter result in place, padded with spaces.
+    assert_eq!(value(&d, "n").await, Some(key("9 ")));
+    assert_eq!(apply(&d, "n", Mutation::Incr(991), 4).await, Outcome::Number(1000));
+    let item = d.get(b"n", NOW).await.unwrap().unwrap();
+    assert_eq!((item.value, item.flags, item.version), (key("1000"), 7, v(4)));
+    assert_eq!(apply(&d, "n", Mutation::Decr(5000), 5).await, Outcome::Number(0));
+    apply(&d, "n", set("18446744073709551615"), 6).await;
+    assert_eq!(apply(&d, "n", Mutation::Incr(2), 7).await, Outcome::Number(1));
+    apply(&d, "n", set("12abc"), 8).await;
+    assert_eq!(apply(&d, "n", Mutation::Incr(1), 9).await, Outcome::NonNumeric);
+    apply(&d, "n", set(""), 10).await;
+    assert_eq!(apply(&d, "n", Mutation::Decr(1), 11).await, Outcome::NonNumeric);
+}
+
+pub async fn touch_changes_expiry_and_keeps_version<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let touch = |expiry| Mutation::Touch { expiry };
+    assert_eq!(apply(&d, "k", touch(Expiry::Never), 1).await, Outcome::NotFound);
+    apply(&d, "k", set("a"), 2).await;
+    let Outcome::Touched(item) = apply(&d, "k", touch(Expiry::At(NOW + 5)), 3).await else {
+        panic!("touch of a present key must report the item");
+    };
+    assert_eq!((item.expiry, item.version), (Expiry::At(NOW + 5), v(2)));
+    assert!(d.get(b"k", NOW + 4).await.unwrap().is_some());
+    assert_eq!(d.get(b"k", NOW + 5).await, Ok(None));
+}
+
+pub async fn items_expire_at_their_second<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let m = store(StoreMode::Set, "a", 0, Expiry::At(NOW + 10));
+    apply(&d, "k", m, 1).await;
+    assert!(d.get(b"k", NOW + 9).await.unwrap().is_some());
+    assert_eq!(d.get(b"k", NOW + 10).await, Ok(None));
+    // An expired item is absent for every command, not only for reads.
+    let add = store(StoreMode::Add, "b", 0, Expiry::Never);
+    assert_eq!(d.apply(&key("k"), add, v(2), NOW + 10).await, Ok(Outcome::Stored));
+    let m = store(StoreMode::Set, "gone", 0, Expiry::At(0));
+    apply(&d, "old", m, 3).await;
+    assert_eq!(value(&d, "old").await, None, "a past expiry is expired at once");
+    let incr = d.apply(&key("old"), Mutation::Incr(1), v(4), NOW).await;
+    assert_eq!(incr, Ok(Outcome::NotFound));
+}
+
+pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    apply(&d, "a", set("1"), 1).await;
+    d.flush_all(NOW, NOW).await.unwrap();
+    assert_eq!(value(&d, "a").await, None);
+    assert_eq!(d.stats().bytes, 0, "a flush frees memory");
+
+    apply(&d, "b", set("2"), 2).await;
+    d.flush_all(NOW + 10, NOW).await.unwrap();
+    assert!(d.get(b"b", NOW + 9).await.unwrap().is_some());
+    d.apply(&key("c"), set("3"), v(3), NOW + 10).await.unwrap();
+    assert_eq!(d.get(b"b", NOW + 10).await, Ok(None), "stored before the flush");
+    assert!(d.get(b"c", NOW + 10).await.unwrap().is_some(), "stored at the flush");
+
+    apply(&d, "e", set("5"), 4).await;
+    d.flush_all(NOW + 10, NOW).await.unwrap();
+    d.flush_all(NOW, NOW).await.unwrap();
+    d.apply(&key("f"), set("6"), v(5), NOW + 1).await.unwrap();
+    let f = d.get(b"f", NOW + 20).await.unwrap();
+    assert!(f.is_some(), "a flush now cancels a pending delayed flush");
+}
+
+pub async fn memory_limit_refuses_and_keeps_what_is_stored<D: Datalet>(
+    make: impl Fn(Limits) -> D,
+) {
+    let limits = Limits {
+        memory_limit_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let d = make(limits);
+    let value_1k = "v".repeat(1000);
+    let mut stored = 0;
+    let refused = loop {
+        let k = format!("key{stored}");
+        match d.apply(&key(&k), set(&value_1k), v(stored + 1), NOW).await {
+            Ok(Outcome::Stored) => stored += 1,
+            Err(e) => break e,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(stored < 1000, "the memory limit is never enforced");
+    };
+    assert_eq!(refused, DataletError::OutOfMemory);
+    assert!(stored >= 50, "only {stored} KiB fit in 64 KiB");
+    for i in 0..stored {
+        let k = format!("key{i}");
+        assert_eq!(value(&d, &k).await, Some(key(&value_1k)), "{k} was evicted");
+    }
+    assert!(d.stats().bytes <= 64 * 1024);
+    // Shrinking and deleting always work when full, and make room again.
+    assert_eq!(apply(&d, "key0", set("small"), 5000).await, Outcome::Stored);
+    assert_eq!(apply(&d, "key1", Mutation::Delete, 5001).await, Outcome::Deleted);
+    assert_eq!(apply(&d, "new", set(&value_1k), 5002).await, Outcome::Stored);
+    d.set_memory_limit(128 * 1024);
+    assert_eq!(d.stats().limit_maxbytes, 128 * 1024);
+    assert_eq!(apply(&d, "more", set(&value_1k), 5003).await, Outcome::Stored);
+}
+
+pub async fn expired_items_are_reclaimed_to_make_room<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let limits = Limits {
+        memory_limit_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let d = make(limits);
+    let value_1k = "v".repeat(1000);
+    let short = store(StoreMode::Set, &value_1k, 0, Expiry::At(NOW + 1));
+    let mut n = 0;
+    loop {
+        let k = key(&format!("t{n}"));
+        if d.apply(&k, short.clone(), v(n + 1), NOW).await.is_err() {
+            break;
+        }
+        n += 1;
+    }
+    assert!(n > 5);
+    let later = NOW + 1;
+    let outcome = d.apply(&key("fresh"), set(&value_1k), v(1000), later).await;
+    assert_eq!(outcome, Ok(Outcome::Stored), "expired items must make room");
+}
+
+pub async fn mutations_of_one_key_never_interleave<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = Arc::new(make(Limits::default()));
+    apply(&*d, "n", set("0"), 1).await;
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let n = key("n");
+                for i in 0..250 {
+                    let outcome = d.apply(&n, Mutation::Incr(1), v(2 + t * 1000 + i), NOW);
+                    assert!(matches!(outcome.await, Ok(Outcome::Number(_))));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(value(&*d, "n").await, Some(key("1000")));
+}

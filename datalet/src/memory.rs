@@ -1,0 +1,232 @@
+//! The embedded in-memory datalet: a `DashMap` of items.
+//!
+//! Concurrency comes from `DashMap`'s sharded locks: a mutation holds its key's shard for the
+//! read-modify-write, so mutations of one key never interleave. Memory is accounted per item
+//! (key, value and a fixed overhead); a write that would pass the limit is refused with
+//! [`DataletError::OutOfMemory`] after expired items are reclaimed. Nothing live is ever
+//! evicted. Expired and flushed items are removed when next touched, and in bulk when memory
+//! runs short.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tailorkv_common::{UnixSecs, Version};
+
+use crate::mutate::{decide, Change};
+use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+
+/// Bytes counted per item besides its key and value, like memcached's item header.
+pub const ITEM_OVERHEAD_BYTES: usize = 56;
+
+/// An item and the second it was last written, which delayed flushes compare against.
+#[derive(Clone, Debug)]
+struct Slot {
+    item: Item,
+    stored_at: UnixSecs,
+}
+
+/// The in-memory store.
+#[derive(Debug)]
+pub struct MemoryDatalet {
+    map: DashMap<Bytes, Slot>,
+    item_size_max: usize,
+    memory_limit: AtomicUsize,
+    used_bytes: AtomicUsize,
+    /// A pending or past delayed flush: items stored before it are gone once it is reached.
+    /// 0 when there is none.
+    flush_at: AtomicU64,
+    /// The last second a bulk reclaim ran, so a full store does not rescan on every write.
+    last_reclaim: AtomicU64,
+    total_items: AtomicU64,
+    get_expired: AtomicU64,
+    get_flushed: AtomicU64,
+    reclaimed: AtomicU64,
+}
+
+fn slot_bytes(key: &[u8], item: &Item) -> usize {
+    key.len() + item.value.len() + ITEM_OVERHEAD_BYTES
+}
+
+/// Why an item is no longer visible.
+enum Dead {
+    Expired,
+    Flushed,
+}
+
+impl MemoryDatalet {
+    pub fn new(limits: Limits) -> Self {
+        MemoryDatalet {
+            map: DashMap::new(),
+            item_size_max: limits.item_size_max,
+            memory_limit: AtomicUsize::new(limits.memory_limit_bytes),
+            used_bytes: AtomicUsize::new(0),
+            flush_at: AtomicU64::new(0),
+            last_reclaim: AtomicU64::new(0),
+            total_items: AtomicU64::new(0),
+            get_expired: AtomicU64::new(0),
+            get_flushed: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+        }
+    }
+
+    fn dead(&self, slot: &Slot, now: UnixSecs) -> Option<Dead> {
+        let flush_at = self.flush_at.load(Ordering::Acquire);
+        if flush_at != 0 && flush_at <= now && slot.stored_at < flush_at {
+            Some(Dead::Flushed)
+        } else if slot.item.expiry.is_expired(now) {
+            Some(Dead::Expired)
+        } else {
+            None
+        }
+    }
+
+    /// Reserves `bytes` more of the memory limit.
+    fn reserve(&self, bytes: usize) -> bool {
+        let limit = self.memory_limit.load(Ordering::Relaxed);
+        self.used_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= limit).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Removes every expired or flushed item; at most once a second.
+    fn reclaim(&self, now: UnixSecs) {
+        if self.last_reclaim.swap(now, Ordering::AcqRel) == now {
+            return;
+        }
+        self.map.retain(|key, slot| {
+            if self.dead(slot, now).is_none() {
+                return true;
+            }
+            self.release(slot_bytes(key, &slot.item));
+            self.reclaimed.fetch_add(1, Ordering::Relaxed);
+            false
+        });
+    }
+
+    fn try_apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        let entry = self.map.entry(key.clone());
+        let (old_bytes, live) = match &entry {
+            Entry::Occupied(e) => {
+                let slot = e.get();
+                let live = self.dead(slot, now).is_none().then_some(&slot.item);
+                (slot_bytes(key, &slot.item), live)
+            }
+            Entry::Vacant(_) => (0, None),
+        };
+        let dead_slot = matches!(entry, Entry::Occupied(_)) && live.is_none();
+        let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
+        match (change, entry) {
+            (Change::Put(item), entry) => {
+                let new_bytes = slot_bytes(key, &item);
+                if new_bytes > old_bytes && !self.reserve(new_bytes - old_bytes) {
+                    return Err(DataletError::OutOfMemory);
+                }
+                if new_bytes < old_bytes {
+                    self.release(old_bytes - new_bytes);
+                }
+                if !matches!(outcome, Outcome::Touched(_)) {
+                    self.total_items.fetch_add(1, Ordering::Relaxed);
+                }
+                entry.insert(Slot {
+                    item,
+                    stored_at: now,
+                });
+            }
+            // A dead item is removed whatever the mutation decided.
+            (change, Entry::Occupied(e)) if change == Change::Remove || dead_slot => {
+                e.remove();
+                self.release(old_bytes);
+            }
+            _ => {}
+        }
+        Ok(outcome)
+    }
+}
+
+impl Datalet for MemoryDatalet {
+    async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        let dead = match self.map.get(key) {
+            None => return Ok(None),
+            Some(slot) => match self.dead(&slot, now) {
+                None => return Ok(Some(slot.item.clone())),
+                Some(dead) => dead,
+            },
+        };
+        let counter = match dead {
+            Dead::Expired => &self.get_expired,
+            Dead::Flushed => &self.get_flushed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some((key, slot)) = self.map.remove_if(key, |_, slot| self.dead(slot, now).is_some())
+        {
+            self.release(slot_bytes(&key, &slot.item));
+        }
+        Ok(None)
+    }
+
+    async fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        match self.try_apply(key, mutation.clone(), version, now) {
+            Err(DataletError::OutOfMemory) => {
+                self.reclaim(now);
+                self.try_apply(key, mutation, version, now)
+            }
+            done => done,
+        }
+    }
+
+    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+        if at > now {
+            self.flush_at.store(at, Ordering::Release);
+            return Ok(());
+        }
+        self.flush_at.store(0, Ordering::Release);
+        self.map.retain(|key, slot| {
+            self.release(slot_bytes(key, &slot.item));
+            false
+        });
+        Ok(())
+    }
+
+    fn set_memory_limit(&self, bytes: usize) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> DataletStats {
+        DataletStats {
+            curr_items: self.map.len() as u64,
+            total_items: self.total_items.load(Ordering::Relaxed),
+            bytes: self.used_bytes.load(Ordering::Relaxed) as u64,
+            limit_maxbytes: self.memory_limit.load(Ordering::Relaxed) as u64,
+            get_expired: self.get_expired.load(Ordering::Relaxed),
+            get_flushed: self.get_flushed.load(Ordering::Relaxed),
+            reclaimed: self.reclaimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::conformance_tests!(|limits| MemoryDatalet::new(limits));
+}
