@@ -1,1 +1,24 @@
+//! The controlet: speaks memcached's text protocol to clients and stores into a datalet.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line.
+//! - [`server`]: the accept loop, connection limits, shutdown.
+//! - [`connection`]: one client: read, decode, execute, write replies once per batch.
+//! - [`cmd`]: one file per command; each appends its reply to an [`out::Out`] buffer.
+//! - [`engine`]: where commands' effects on data are carried out: versions are assigned and
+//!   mutations applied to the datalet. The replicated modes will order mutations here.
+//! - [`stats`]: the counters behind `stats`.
+//!
+//! The protocol codec itself is pure and lives in `tailorkv_common::codec`.
 
+pub mod cmd;
+pub mod config;
+pub mod connection;
+pub mod engine;
+pub mod out;
+pub mod server;
+pub mod stats;
+
+pub use config::Config;
+pub use server::{run, run_configured};

@@ -1,1 +1,197 @@
+//! Harness for whole-system tests: a controlet started in-process on a free port, a real
+//! memcached started as a child process, and a raw TCP client.
+//!
+//! Everything here fails loudly: a missing `memcached` binary is a test failure with a message
+//! saying how to install it, never a skipped test.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tailorkv_controlet::{run_configured, Config};
+use tokio_util::sync::CancellationToken;
+
+/// A controlet serving on a free loopback port, on its own runtime thread. Dropping it shuts
+/// it down.
+pub struct Controlet {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Controlet {
+    /// A controlet with the default configuration.
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A controlet whose configuration `tweak` adjusts (its `listen` is set afterwards).
+    pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let mut config = Config::local(addr);
+        tweak(&mut config);
+        config.listen = addr;
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                run_configured(listener, config, token).await.expect("controlet run");
+            });
+        });
+        Controlet {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Controlet {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A real memcached on a free loopback port. Dropping it kills it.
+pub struct Memcached {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Memcached {
+    /// memcached 1.6 with two threads and default settings.
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// memcached with extra command-line arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let port = free_port();
+        let mut cmd = Command::new("memcached");
+        cmd.args(["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1", "-t", "2"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: getuid has no preconditions. memcached refuses to run as root without -u.
+        if unsafe { libc::getuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start memcached ({e}); the differential tests need it: \
+                 run `bash scripts/test`, which installs it with apt-get"
+            )
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_for_port(addr);
+        Memcached { addr, child }
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `addr`, for up to 10 seconds.
+pub fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {addr} after 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A blocking client that speaks raw bytes.
+pub struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads until the bytes received end with `terminator`; panics after 10 s.
+    pub fn read_until(&mut self, terminator: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        while !got.ends_with(terminator) {
+            let n = self.stream.read(&mut buf).unwrap_or_else(|e| {
+                panic!(
+                    "waiting for {:?}, got {:?}: {e}",
+                    String::from_utf8_lossy(terminator),
+                    String::from_utf8_lossy(&got)
+                )
+            });
+            assert!(n > 0, "connection closed; got {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Sends `request` and reads the reply through `terminator`.
+    pub fn call(&mut self, request: &[u8], terminator: &[u8]) -> Vec<u8> {
+        self.send(request);
+        self.read_until(terminator)
+    }
+
+    /// Sends `request`, closes the sending side, and reads everything until the server closes
+    /// the connection: every reply to `request`, whatever their shape.
+    pub fn send_all_and_close(mut self, request: &[u8]) -> Vec<u8> {
+        self.send(request);
+        self.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        self.stream.read_to_end(&mut got).expect("read to end");
+        got
+    }
+
+    /// Whether the server has closed the connection (reads EOF within `wait`).
+    pub fn is_closed_within(&mut self, wait: Duration) -> bool {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) if Instant::now() >= deadline => return false,
+                Err(_) => continue,
+            }
+        }
+    }
+}

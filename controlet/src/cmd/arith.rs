@@ -1,0 +1,41 @@
+//! `incr|decr <key> <delta> [noreply]`: the new value, `NOT_FOUND`, or
+//! `CLIENT_ERROR cannot increment or decrement non-numeric value`. `incr` wraps at 2^64;
+//! `decr` stops at 0.
+
+use bytes::Bytes;
+use tailorkv_common::codec::Response;
+use tailorkv_datalet::{Datalet, DataletError, Mutation, Outcome};
+
+use super::Context;
+use crate::stats::Counts;
+
+pub async fn arith<D: Datalet>(
+    ctx: &Context<D>,
+    key: Bytes,
+    delta: u64,
+    incr: bool,
+    counts: &mut Counts,
+) -> Response {
+    let mutation = if incr {
+        Mutation::Incr(delta)
+    } else {
+        Mutation::Decr(delta)
+    };
+    let (hits, misses) = if incr {
+        (&mut counts.incr_hits, &mut counts.incr_misses)
+    } else {
+        (&mut counts.decr_hits, &mut counts.decr_misses)
+    };
+    match ctx.engine.apply(&key, mutation).await {
+        Ok(Outcome::Number(n)) => {
+            *hits += 1;
+            Response::Number(n)
+        }
+        Ok(Outcome::NonNumeric) => Response::ClientError("cannot increment or decrement non-numeric value"),
+        Ok(_) => {
+            *misses += 1;
+            Response::NotFound
+        }
+        Err(DataletError::OutOfMemory) => Response::ServerError("out of memory"),
+    }
+}

@@ -1,0 +1,72 @@
+//! `get <key>*`, `gets <key>*`, `gat <exptime> <key>*`, `gats <exptime> <key>*`.
+//!
+//! Each hit is a `VALUE <key> <flags> <bytes>[ <cas unique>]` line and its data; the reply
+//! ends with `END`. `gat`/`gats` also set each hit's expiry, and count as touches, not gets, as
+//! in memcached. A datalet that fails mid-reply ends it with `SERVER_ERROR` instead of `END`.
+
+use bytes::Bytes;
+use tailorkv_common::codec::{encode_value, Response};
+use tailorkv_common::Expiry;
+use tailorkv_datalet::{Datalet, Mutation, Outcome};
+use tokio::io::AsyncWrite;
+
+use super::Context;
+use crate::out::Out;
+use crate::stats::Counts;
+
+pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
+    ctx: &Context<D>,
+    keys: Vec<Bytes>,
+    with_cas: bool,
+    out: &mut Out<W>,
+    counts: &mut Counts,
+) -> std::io::Result<()> {
+    for key in keys {
+        counts.cmd_get += 1;
+        match ctx.engine.get(&key).await {
+            Ok(Some(item)) => {
+                counts.get_hits += 1;
+                let cas = with_cas.then(|| item.version.cas());
+                encode_value(&mut out.buf, &key, item.flags, &item.value, cas);
+            }
+            Ok(None) => counts.get_misses += 1,
+            Err(e) => return fail(out, e),
+        }
+        out.flush_if_full().await?;
+    }
+    Response::End.encode(&mut out.buf);
+    Ok(())
+}
+
+pub async fn gat<D: Datalet, W: AsyncWrite + Unpin>(
+    ctx: &Context<D>,
+    exptime: i32,
+    keys: Vec<Bytes>,
+    with_cas: bool,
+    out: &mut Out<W>,
+    counts: &mut Counts,
+) -> std::io::Result<()> {
+    let expiry = Expiry::from_exptime(exptime, ctx.engine.now());
+    for key in keys {
+        counts.cmd_touch += 1;
+        match ctx.engine.apply(&key, Mutation::Touch { expiry }).await {
+            Ok(Outcome::Touched(item)) => {
+                counts.touch_hits += 1;
+                let cas = with_cas.then(|| item.version.cas());
+                encode_value(&mut out.buf, &key, item.flags, &item.value, cas);
+            }
+            Ok(_) => counts.touch_misses += 1,
+            Err(e) => return fail(out, e),
+        }
+        out.flush_if_full().await?;
+    }
+    Response::End.encode(&mut out.buf);
+    Ok(())
+}
+
+/// Ends a reply the datalet could not complete with its error instead of `END`.
+fn fail<W>(out: &mut Out<W>, e: tailorkv_datalet::DataletError) -> std::io::Result<()> {
+    tracing::warn!(error = %e, "datalet failed during a read");
+    super::admin::datalet_error(e).encode(&mut out.buf);
+    Ok(())
+}

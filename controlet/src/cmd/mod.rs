@@ -1,0 +1,108 @@
+//! One file per command; [`execute`] dispatches a parsed [`Command`] to its file.
+//!
+//! A command appends its reply to the connection's [`Out`] buffer and counts itself in the
+//! connection's [`Counts`]; it never touches the socket itself, except that a long multi-get
+//! may ask [`Out`] to write what it has so far. `noreply` is applied by the caller, which drops
+//! whatever the command appended.
+
+mod admin;
+mod arith;
+mod delete;
+mod flush;
+mod get;
+mod stats;
+mod store;
+mod touch;
+
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use tailorkv_common::codec::Command;
+use tailorkv_common::UnixSecs;
+use tailorkv_datalet::Datalet;
+use tokio::io::AsyncWrite;
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::out::Out;
+use crate::stats::{Counts, SharedCounts};
+
+/// What the server shares with every connection.
+pub struct Context<D> {
+    pub engine: Engine<D>,
+    pub counts: SharedCounts,
+    pub config: Config,
+    pub started: Instant,
+    pub started_unix: UnixSecs,
+    pub curr_connections: AtomicU64,
+}
+
+/// Whether the connection goes on after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// `quit`: close once earlier replies are written.
+    Close,
+}
+
+/// Carries out one command.
+pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
+    ctx: &Context<D>,
+    command: Command,
+    out: &mut Out<W>,
+    counts: &mut Counts,
+) -> std::io::Result<Flow> {
+    match command {
+        Command::Get { keys, with_cas } => get::get(ctx, keys, with_cas, out, counts).await?,
+        Command::GetAndTouch {
+            exptime,
+            keys,
+            with_cas,
+        } => get::gat(ctx, exptime, keys, with_cas, out, counts).await?,
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            value,
+        } => {
+            let reply = store::store(ctx, mode, key, flags, exptime, value, counts).await;
+            reply.encode(&mut out.buf);
+        }
+        Command::Delete { key } => delete::delete(ctx, key, counts).await.encode(&mut out.buf),
+        Command::Incr { key, delta } => {
+            arith::arith(ctx, key, delta, true, counts).await.encode(&mut out.buf)
+        }
+        Command::Decr { key, delta } => {
+            arith::arith(ctx, key, delta, false, counts).await.encode(&mut out.buf)
+        }
+        Command::Touch { key, exptime } => {
+            touch::touch(ctx, key, exptime, counts).await.encode(&mut out.buf)
+        }
+        Command::FlushAll { delay } => {
+            flush::flush_all(ctx, delay, counts).await.encode(&mut out.buf)
+        }
+        Command::Stats(group) => stats::stats(ctx, group, counts, &mut out.buf),
+        Command::Version => admin::version().encode(&mut out.buf),
+        Command::Verbosity => admin::verbosity().encode(&mut out.buf),
+        Command::CacheMemlimit { megabytes } => {
+            admin::cache_memlimit(ctx, megabytes).encode(&mut out.buf)
+        }
+        Command::Quit => return Ok(Flow::Close),
+        Command::Reply(reply) => {
+            count_refusal(&reply, counts);
+            reply.encode(&mut out.buf)
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// Requests the parser answered alone still count where memcached counts them.
+fn count_refusal(reply: &tailorkv_common::codec::Response, counts: &mut Counts) {
+    use tailorkv_common::codec::{Response, CLIENT_ERROR_BAD_CHUNK, SERVER_ERROR_TOO_LARGE};
+    match reply {
+        Response::ServerError(SERVER_ERROR_TOO_LARGE) => counts.store_too_large += 1,
+        Response::ClientError(CLIENT_ERROR_BAD_CHUNK) => counts.cmd_set += 1,
+        _ => {}
+    }
+}

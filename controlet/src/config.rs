@@ -1,0 +1,123 @@
+//! The controlet's command line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use clap::Parser;
+
+/// A memcached-compatible server that stores into a datalet.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "controlet", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve memcached clients on. Loopback by default, like a fresh memcached
+    /// should be: pass 0.0.0.0:11211 to serve other hosts.
+    #[arg(long, default_value = "127.0.0.1:11211")]
+    pub listen: SocketAddr,
+
+    /// Where items are stored. `memory`: in this process, lost on exit.
+    #[arg(long, default_value = "memory")]
+    pub datalet: DataletSpec,
+
+    /// Most client connections open at once; a connection past this is answered
+    /// `ERROR Too many open connections` and closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Largest item (key, value and about 60 bytes of overhead, counted as memcached counts
+    /// it). Bytes, or with a k or m suffix: 512k, 1m, 2m. Larger values are refused with
+    /// `SERVER_ERROR object too large for cache`.
+    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    pub item_size_max: usize,
+
+    /// Memory for items, in MiB. When it is full, writes are refused with
+    /// `SERVER_ERROR out of memory storing object`; nothing is evicted.
+    #[arg(long, default_value_t = 64)]
+    pub memory_limit: usize,
+
+    /// Worker threads serving connections. Default: one per CPU core.
+    #[arg(long, default_value_t = default_threads())]
+    pub threads: usize,
+}
+
+impl Config {
+    /// The defaults, listening on `listen`: what tests start.
+    pub fn local(listen: SocketAddr) -> Self {
+        let mut config = Config::parse_from(["controlet"]);
+        config.listen = listen;
+        config
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get())
+}
+
+/// The smallest and largest `--item-size-max`, as memcached allows.
+const ITEM_SIZE_MIN: usize = 1024;
+const ITEM_SIZE_LIMIT: usize = 1 << 30;
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.to_ascii_lowercase().as_bytes().last() {
+        Some(b'k') => (&s[..s.len() - 1], 1024),
+        Some(b'm') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size: use bytes, or a number with k or m"))?;
+    let bytes = n.checked_mul(unit).ok_or("size too large")?;
+    if !(ITEM_SIZE_MIN..=ITEM_SIZE_LIMIT).contains(&bytes) {
+        return Err(format!("item size must be between 1k and 1024m, not {s}"));
+    }
+    Ok(bytes)
+}
+
+/// The choice of datalet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataletSpec {
+    Memory,
+}
+
+impl FromStr for DataletSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(DataletSpec::Memory),
+            other => Err(format!("unknown datalet {other:?}: the available one is `memory`")),
+        }
+    }
+}
+
+impl fmt::Display for DataletSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DataletSpec::Memory => f.write_str("memory"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_memcached_suffixes_and_bounds() {
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("2g").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn defaults_match_memcached() {
+        let c = Config::parse_from(["controlet"]);
+        assert_eq!(c.listen, "127.0.0.1:11211".parse().unwrap());
+        assert_eq!((c.max_connections, c.item_size_max, c.memory_limit), (1024, 1 << 20, 64));
+        assert_eq!(c.datalet, DataletSpec::Memory);
+        assert!(Config::try_parse_from(["controlet", "--datalet", "tape"]).is_err());
+    }
+}

@@ -1,0 +1,91 @@
+//! One client connection: a read buffer, a [`Decoder`], and an [`Out`] buffer.
+//!
+//! The loop decodes and executes every request already buffered, then writes all their replies
+//! at once, then reads again. So a packet of pipelined requests gets its replies in order with
+//! one `write`, and a client that stops reading its replies stops being read from: memory per
+//! connection stays bounded by the largest request plus the write high-water mark. A client
+//! that disconnects mid-request leaves nothing behind: its partial request dies with the
+//! connection.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tailorkv_common::codec::Decoder;
+use tailorkv_datalet::Datalet;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::{execute, Context, Flow};
+use crate::out::Out;
+use crate::stats::Counts;
+
+/// Bytes the read buffer grows by when it runs out of room.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// Serves one client until it leaves, sends `quit`, sends input that closes the connection, or
+/// the server shuts down.
+pub async fn serve<D: Datalet>(
+    mut stream: TcpStream,
+    ctx: Arc<Context<D>>,
+    shutdown: CancellationToken,
+) {
+    let mut counts = Counts::default();
+    if let Err(e) = serve_inner(&mut stream, &ctx, &shutdown, &mut counts).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    ctx.counts.absorb(&mut counts);
+}
+
+async fn serve_inner<D: Datalet>(
+    stream: &mut TcpStream,
+    ctx: &Context<D>,
+    shutdown: &CancellationToken,
+    counts: &mut Counts,
+) -> std::io::Result<()> {
+    let (mut reader, writer) = stream.split();
+    let mut out = Out::new(writer);
+    let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut decoder = Decoder::new(ctx.config.item_size_max);
+    loop {
+        let mut closing = false;
+        loop {
+            let request = match decoder.decode(&mut input) {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "closing connection");
+                    closing = true;
+                    break;
+                }
+            };
+            let mark = out.buf.len();
+            let flow = execute(ctx, request.command, &mut out, counts).await?;
+            if request.noreply {
+                out.buf.truncate(mark);
+            }
+            if flow == Flow::Close {
+                closing = true;
+                break;
+            }
+            out.flush_if_full().await?;
+        }
+        ctx.counts.absorb(counts);
+        out.flush().await?;
+        counts.bytes_written += std::mem::take(&mut out.written);
+        if closing {
+            return Ok(());
+        }
+        if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
+            input.reserve(READ_CHUNK_BYTES);
+        }
+        let n = tokio::select! {
+            read = reader.read_buf(&mut input) => read?,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        counts.bytes_read += n as u64;
+    }
+}

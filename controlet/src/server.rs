@@ -1,0 +1,118 @@
+//! The accept loop.
+//!
+//! [`run`] takes a bound listener, so tests start a server on port 0 and read its address.
+//! Each connection is its own task, so an idle or slow client never stalls another. At most
+//! `max_connections` are served at once; one more is told `ERROR Too many open connections`
+//! and closed, as memcached does. On shutdown the loop stops accepting, every connection
+//! finishes the requests it has read and writes their replies, and `run` returns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tailorkv_common::{Clock, SystemClock};
+use tailorkv_datalet::{Datalet, Limits, MemoryDatalet};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cmd::Context;
+use crate::config::{Config, DataletSpec};
+use crate::connection::serve;
+use crate::engine::Engine;
+use crate::stats::Counts;
+
+/// How long shutdown waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The datalet limits a configuration asks for.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        memory_limit_bytes: config.memory_limit * 1024 * 1024,
+        item_size_max: config.item_size_max,
+    }
+}
+
+/// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled.
+pub async fn run_configured(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    match config.datalet {
+        DataletSpec::Memory => {
+            let datalet = Arc::new(MemoryDatalet::new(limits(&config)));
+            run(listener, config, datalet, Arc::new(SystemClock), shutdown).await
+        }
+    }
+}
+
+/// Serves memcached clients on `listener`, storing into `datalet`, until `shutdown` is
+/// cancelled.
+pub async fn run<D: Datalet>(
+    listener: TcpListener,
+    config: Config,
+    datalet: Arc<D>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let ctx = Arc::new(Context {
+        engine: Engine::new(datalet, clock.clone()),
+        counts: Default::default(),
+        config,
+        started: Instant::now(),
+        started_unix: clock.now(),
+        curr_connections: AtomicU64::new(0),
+    });
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let mut counts = Counts {
+            total_connections: 1,
+            ..Counts::default()
+        };
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = Arc::clone(&ctx);
+                let shutdown = shutdown.clone();
+                ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
+                tracker.spawn(async move {
+                    serve(stream, Arc::clone(&ctx), shutdown).await;
+                    ctx.curr_connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                counts.rejected_connections = 1;
+                tracker.spawn(refuse(stream));
+            }
+        }
+        ctx.counts.absorb(&mut counts);
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+    Ok(())
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(b"ERROR Too many open connections\r\n").await;
+    let _ = stream.shutdown().await;
+}
