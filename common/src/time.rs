@@ -99,8 +99,14 @@ mod tests {
         assert!(Expiry::from_exptime(-1, now).is_expired(now));
         assert_eq!(Expiry::from_exptime(10, now), Expiry::At(now + 10));
         let month = MAX_RELATIVE_EXPTIME_SECS as i32;
-        assert_eq!(Expiry::from_exptime(month, now), Expiry::At(now + month as u64));
-        assert_eq!(Expiry::from_exptime(month + 1, now), Expiry::At(month as u64 + 1));
+        assert_eq!(
+            Expiry::from_exptime(month, now),
+            Expiry::At(now + month as u64)
+        );
+        assert_eq!(
+            Expiry::from_exptime(month + 1, now),
+            Expiry::At(month as u64 + 1)
+        );
         assert!(Expiry::from_exptime(month + 1, now).is_expired(now));
         assert!(!Expiry::At(now + 1).is_expired(now));
         assert!(Expiry::At(now + 1).is_expired(now + 1));

@@ -33,7 +33,11 @@ impl Version {
     /// The CAS unique reported by `gets` and checked by `cas`. Never 0 for a version issued
     /// with `ts >= 1`, so `cas ... 0` never matches, as in memcached.
     pub fn cas(self) -> u64 {
-        debug_assert!(self.ts <= MAX_TS, "timestamp {} overflows a CAS unique", self.ts);
+        debug_assert!(
+            self.ts <= MAX_TS,
+            "timestamp {} overflows a CAS unique",
+            self.ts
+        );
         (self.ts << NODE_BITS) | u64::from(self.node.0)
     }
 

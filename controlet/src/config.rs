@@ -85,7 +85,9 @@ impl FromStr for DataletSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(DataletSpec::Memory),
-            other => Err(format!("unknown datalet {other:?}: the available one is `memory`")),
+            other => Err(format!(
+                "unknown datalet {other:?}: the available one is `memory`"
+            )),
         }
     }
 }
@@ -116,7 +118,10 @@ mod tests {
     fn defaults_match_memcached() {
         let c = Config::parse_from(["controlet"]);
         assert_eq!(c.listen, "127.0.0.1:11211".parse().unwrap());
-        assert_eq!((c.max_connections, c.item_size_max, c.memory_limit), (1024, 1 << 20, 64));
+        assert_eq!(
+            (c.max_connections, c.item_size_max, c.memory_limit),
+            (1024, 1 << 20, 64)
+        );
         assert_eq!(c.datalet, DataletSpec::Memory);
         assert!(Config::try_parse_from(["controlet", "--datalet", "tape"]).is_err());
     }

@@ -106,13 +106,18 @@ pub async fn run<D: Datalet>(
         ctx.counts.absorb(&mut counts);
     }
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
 }
 
 async fn refuse(mut stream: TcpStream) {
-    let _ = stream.write_all(b"ERROR Too many open connections\r\n").await;
+    let _ = stream
+        .write_all(b"ERROR Too many open connections\r\n")
+        .await;
     let _ = stream.shutdown().await;
 }

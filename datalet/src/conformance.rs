@@ -2,7 +2,7 @@
 //!
 //! Each case takes a constructor `make(limits)` that returns a fresh, empty datalet with those
 //! limits, and panics on a violation. A backend runs them all with
-//! `tailorkv_datalet::conformance_tests!(|limits| MyDatalet::new(limits));` in its tests, which
+//! `tailorkv_datalet::conformance_tests!(MyDatalet::new);` in its tests, which
 //! expands to one `#[tokio::test]` per case.
 
 use std::sync::Arc;
@@ -72,7 +72,10 @@ async fn apply<D: Datalet>(d: &D, k: &str, m: Mutation, ts: u64) -> Outcome {
 }
 
 async fn value<D: Datalet>(d: &D, k: &str) -> Option<Bytes> {
-    d.get(k.as_bytes(), NOW).await.expect("get").map(|i| i.value)
+    d.get(k.as_bytes(), NOW)
+        .await
+        .expect("get")
+        .map(|i| i.value)
 }
 
 pub async fn set_then_get_returns_value_flags_and_version<D: Datalet>(make: impl Fn(Limits) -> D) {
@@ -90,7 +93,10 @@ pub async fn set_then_get_returns_value_flags_and_version<D: Datalet>(make: impl
     assert_eq!(item, expected);
     assert_eq!(apply(&d, "k", set("bye"), 6).await, Outcome::Stored);
     let item = d.get(b"k", NOW).await.unwrap().unwrap();
-    assert_eq!((item.value, item.flags, item.version), (key("bye"), 0, v(6)));
+    assert_eq!(
+        (item.value, item.flags, item.version),
+        (key("bye"), 0, v(6))
+    );
     let stats = d.stats();
     assert_eq!(stats.curr_items, 1);
     assert!(stats.bytes >= 4, "bytes must count the item");
@@ -131,9 +137,7 @@ pub async fn append_and_prepend_keep_flags_and_expiry<D: Datalet>(make: impl Fn(
     assert_eq!(item.version, v(5), "an append is a new version");
 }
 
-pub async fn append_past_the_item_size_limit_is_not_stored<D: Datalet>(
-    make: impl Fn(Limits) -> D,
-) {
+pub async fn append_past_the_item_size_limit_is_not_stored<D: Datalet>(make: impl Fn(Limits) -> D) {
     let limits = Limits {
         item_size_max: 1024,
         ..Limits::default()
@@ -153,7 +157,10 @@ pub async fn cas_stores_only_on_a_matching_unique<D: Datalet>(make: impl Fn(Limi
     apply(&d, "k", set("a"), 7).await;
     let unique = d.get(b"k", NOW).await.unwrap().unwrap().version.cas();
     assert_eq!(unique, v(7).cas());
-    assert_eq!(apply(&d, "k", cas(unique + 1, "b"), 8).await, Outcome::Exists);
+    assert_eq!(
+        apply(&d, "k", cas(unique + 1, "b"), 8).await,
+        Outcome::Exists
+    );
     assert_eq!(apply(&d, "k", cas(0, "b"), 9).await, Outcome::Exists);
     assert_eq!(apply(&d, "k", cas(unique, "c"), 10).await, Outcome::Stored);
     assert_eq!(value(&d, "k").await, Some(key("c")));
@@ -174,28 +181,55 @@ pub async fn delete_removes<D: Datalet>(make: impl Fn(Limits) -> D) {
 
 pub async fn incr_and_decr_follow_memcached<D: Datalet>(make: impl Fn(Limits) -> D) {
     let d = make(Limits::default());
-    assert_eq!(apply(&d, "n", Mutation::Incr(1), 1).await, Outcome::NotFound);
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(1), 1).await,
+        Outcome::NotFound
+    );
     let m = store(StoreMode::Set, "10", 7, Expiry::Never);
     apply(&d, "n", m, 2).await;
-    assert_eq!(apply(&d, "n", Mutation::Decr(1), 3).await, Outcome::Number(9));
+    assert_eq!(
+        apply(&d, "n", Mutation::Decr(1), 3).await,
+        Outcome::Number(9)
+    );
     // memcached rewrites a shorter result in place, padded with spaces.
     assert_eq!(value(&d, "n").await, Some(key("9 ")));
-    assert_eq!(apply(&d, "n", Mutation::Incr(991), 4).await, Outcome::Number(1000));
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(991), 4).await,
+        Outcome::Number(1000)
+    );
     let item = d.get(b"n", NOW).await.unwrap().unwrap();
-    assert_eq!((item.value, item.flags, item.version), (key("1000"), 7, v(4)));
-    assert_eq!(apply(&d, "n", Mutation::Decr(5000), 5).await, Outcome::Number(0));
+    assert_eq!(
+        (item.value, item.flags, item.version),
+        (key("1000"), 7, v(4))
+    );
+    assert_eq!(
+        apply(&d, "n", Mutation::Decr(5000), 5).await,
+        Outcome::Number(0)
+    );
     apply(&d, "n", set("18446744073709551615"), 6).await;
-    assert_eq!(apply(&d, "n", Mutation::Incr(2), 7).await, Outcome::Number(1));
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(2), 7).await,
+        Outcome::Number(1)
+    );
     apply(&d, "n", set("12abc"), 8).await;
-    assert_eq!(apply(&d, "n", Mutation::Incr(1), 9).await, Outcome::NonNumeric);
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(1), 9).await,
+        Outcome::NonNumeric
+    );
     apply(&d, "n", set(""), 10).await;
-    assert_eq!(apply(&d, "n", Mutation::Decr(1), 11).await, Outcome::NonNumeric);
+    assert_eq!(
+        apply(&d, "n", Mutation::Decr(1), 11).await,
+        Outcome::NonNumeric
+    );
 }
 
 pub async fn touch_changes_expiry_and_keeps_version<D: Datalet>(make: impl Fn(Limits) -> D) {
     let d = make(Limits::default());
     let touch = |expiry| Mutation::Touch { expiry };
-    assert_eq!(apply(&d, "k", touch(Expiry::Never), 1).await, Outcome::NotFound);
+    assert_eq!(
+        apply(&d, "k", touch(Expiry::Never), 1).await,
+        Outcome::NotFound
+    );
     apply(&d, "k", set("a"), 2).await;
     let Outcome::Touched(item) = apply(&d, "k", touch(Expiry::At(NOW + 5)), 3).await else {
         panic!("touch of a present key must report the item");
@@ -213,10 +247,17 @@ pub async fn items_expire_at_their_second<D: Datalet>(make: impl Fn(Limits) -> D
     assert_eq!(d.get(b"k", NOW + 10).await, Ok(None));
     // An expired item is absent for every command, not only for reads.
     let add = store(StoreMode::Add, "b", 0, Expiry::Never);
-    assert_eq!(d.apply(&key("k"), add, v(2), NOW + 10).await, Ok(Outcome::Stored));
+    assert_eq!(
+        d.apply(&key("k"), add, v(2), NOW + 10).await,
+        Ok(Outcome::Stored)
+    );
     let m = store(StoreMode::Set, "gone", 0, Expiry::At(0));
     apply(&d, "old", m, 3).await;
-    assert_eq!(value(&d, "old").await, None, "a past expiry is expired at once");
+    assert_eq!(
+        value(&d, "old").await,
+        None,
+        "a past expiry is expired at once"
+    );
     let incr = d.apply(&key("old"), Mutation::Incr(1), v(4), NOW).await;
     assert_eq!(incr, Ok(Outcome::NotFound));
 }
@@ -232,8 +273,15 @@ pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
     d.flush_all(NOW + 10, NOW).await.unwrap();
     assert!(d.get(b"b", NOW + 9).await.unwrap().is_some());
     d.apply(&key("c"), set("3"), v(3), NOW + 10).await.unwrap();
-    assert_eq!(d.get(b"b", NOW + 10).await, Ok(None), "stored before the flush");
-    assert!(d.get(b"c", NOW + 10).await.unwrap().is_some(), "stored at the flush");
+    assert_eq!(
+        d.get(b"b", NOW + 10).await,
+        Ok(None),
+        "stored before the flush"
+    );
+    assert!(
+        d.get(b"c", NOW + 10).await.unwrap().is_some(),
+        "stored at the flush"
+    );
 
     apply(&d, "e", set("5"), 4).await;
     d.flush_all(NOW + 10, NOW).await.unwrap();
@@ -243,9 +291,7 @@ pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
     assert!(f.is_some(), "a flush now cancels a pending delayed flush");
 }
 
-pub async fn memory_limit_refuses_and_keeps_what_is_stored<D: Datalet>(
-    make: impl Fn(Limits) -> D,
-) {
+pub async fn memory_limit_refuses_and_keeps_what_is_stored<D: Datalet>(make: impl Fn(Limits) -> D) {
     let limits = Limits {
         memory_limit_bytes: 64 * 1024,
         ..Limits::default()
@@ -271,11 +317,20 @@ pub async fn memory_limit_refuses_and_keeps_what_is_stored<D: Datalet>(
     assert!(d.stats().bytes <= 64 * 1024);
     // Shrinking and deleting always work when full, and make room again.
     assert_eq!(apply(&d, "key0", set("small"), 5000).await, Outcome::Stored);
-    assert_eq!(apply(&d, "key1", Mutation::Delete, 5001).await, Outcome::Deleted);
-    assert_eq!(apply(&d, "new", set(&value_1k), 5002).await, Outcome::Stored);
+    assert_eq!(
+        apply(&d, "key1", Mutation::Delete, 5001).await,
+        Outcome::Deleted
+    );
+    assert_eq!(
+        apply(&d, "new", set(&value_1k), 5002).await,
+        Outcome::Stored
+    );
     d.set_memory_limit(128 * 1024);
     assert_eq!(d.stats().limit_maxbytes, 128 * 1024);
-    assert_eq!(apply(&d, "more", set(&value_1k), 5003).await, Outcome::Stored);
+    assert_eq!(
+        apply(&d, "more", set(&value_1k), 5003).await,
+        Outcome::Stored
+    );
 }
 
 pub async fn expired_items_are_reclaimed_to_make_room<D: Datalet>(make: impl Fn(Limits) -> D) {

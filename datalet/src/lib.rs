@@ -49,7 +49,9 @@ pub enum Mutation {
     /// Subtracts from a decimal value, stopping at 0.
     Decr(u64),
     /// Sets the expiry and keeps the value and its version.
-    Touch { expiry: Expiry },
+    Touch {
+        expiry: Expiry,
+    },
 }
 
 /// What a mutation did.

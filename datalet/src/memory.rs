@@ -171,7 +171,9 @@ impl Datalet for MemoryDatalet {
             Dead::Flushed => &self.get_flushed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some((key, slot)) = self.map.remove_if(key, |_, slot| self.dead(slot, now).is_some())
+        if let Some((key, slot)) = self
+            .map
+            .remove_if(key, |_, slot| self.dead(slot, now).is_some())
         {
             self.release(slot_bytes(&key, &slot.item));
         }
@@ -228,5 +230,5 @@ impl Datalet for MemoryDatalet {
 mod tests {
     use super::*;
 
-    crate::conformance_tests!(|limits| MemoryDatalet::new(limits));
+    crate::conformance_tests!(MemoryDatalet::new);
 }

@@ -2,8 +2,8 @@
 //! items itself.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tailorkv_common::codec::{item_fits, strtoull};
 use tailorkv_common::codec::StoreMode;
+use tailorkv_common::codec::{item_fits, strtoull};
 use tailorkv_common::Version;
 
 use crate::{Item, Mutation, Outcome};
@@ -26,8 +26,21 @@ pub fn decide(
 ) -> (Change, Outcome) {
     use Outcome::*;
     match (mutation, current) {
-        (Mutation::Store { mode, flags, expiry, value }, current) => {
-            let new = Item { value, flags, expiry, version };
+        (
+            Mutation::Store {
+                mode,
+                flags,
+                expiry,
+                value,
+            },
+            current,
+        ) => {
+            let new = Item {
+                value,
+                flags,
+                expiry,
+                version,
+            };
             match (mode, current) {
                 (StoreMode::Set, _) | (StoreMode::Add, None) | (StoreMode::Replace, Some(_)) => {
                     (Change::Put(new), Stored)
@@ -64,12 +77,16 @@ pub fn decide(
         (Mutation::Incr(delta), Some(old)) => arithmetic(old, delta, true, version),
         (Mutation::Decr(delta), Some(old)) => arithmetic(old, delta, false, version),
         (Mutation::Touch { expiry }, Some(old)) => {
-            let item = Item { expiry, ..old.clone() };
+            let item = Item {
+                expiry,
+                ..old.clone()
+            };
             (Change::Put(item.clone()), Touched(item))
         }
-        (Mutation::Delete | Mutation::Incr(_) | Mutation::Decr(_) | Mutation::Touch { .. }, None) => {
-            (Change::Keep, NotFound)
-        }
+        (
+            Mutation::Delete | Mutation::Incr(_) | Mutation::Decr(_) | Mutation::Touch { .. },
+            None,
+        ) => (Change::Keep, NotFound),
     }
 }
 

@@ -10,7 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tailorkv_controlet::{run_configured, Config};
+use std::sync::Arc;
+
+use tailorkv_common::ManualClock;
+use tailorkv_controlet::server::limits;
+use tailorkv_controlet::{run, run_configured, Config};
+use tailorkv_datalet::MemoryDatalet;
 use tokio_util::sync::CancellationToken;
 
 /// A controlet serving on a free loopback port, on its own runtime thread. Dropping it shuts
@@ -29,6 +34,15 @@ impl Controlet {
 
     /// A controlet whose configuration `tweak` adjusts (its `listen` is set afterwards).
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(tweak, None)
+    }
+
+    /// A controlet on the memory datalet whose time is `clock`: tests move it by hand.
+    pub fn start_with_clock(clock: Arc<ManualClock>) -> Self {
+        Self::start_inner(|_| {}, Some(clock))
+    }
+
+    fn start_inner(tweak: impl FnOnce(&mut Config), clock: Option<Arc<ManualClock>>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -45,7 +59,14 @@ impl Controlet {
                 .expect("tokio runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                run_configured(listener, config, token).await.expect("controlet run");
+                match clock {
+                    None => run_configured(listener, config, token).await,
+                    Some(clock) => {
+                        let datalet = Arc::new(MemoryDatalet::new(limits(&config)));
+                        run(listener, config, datalet, clock, token).await
+                    }
+                }
+                .expect("controlet run");
             });
         });
         Controlet {
@@ -81,10 +102,19 @@ impl Memcached {
     pub fn start_with(args: &[&str]) -> Self {
         let port = free_port();
         let mut cmd = Command::new("memcached");
-        cmd.args(["-p", &port.to_string(), "-U", "0", "-l", "127.0.0.1", "-t", "2"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "0",
+            "-l",
+            "127.0.0.1",
+            "-t",
+            "2",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         // SAFETY: getuid has no preconditions. memcached refuses to run as root without -u.
         if unsafe { libc::getuid() } == 0 {
             cmd.args(["-u", "root"]);
@@ -121,7 +151,10 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {addr} after 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on {addr} after 10 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -157,7 +190,11 @@ impl RawClient {
                     String::from_utf8_lossy(&got)
                 )
             });
-            assert!(n > 0, "connection closed; got {:?}", String::from_utf8_lossy(&got));
+            assert!(
+                n > 0,
+                "connection closed; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
             got.extend_from_slice(&buf[..n]);
         }
         got

@@ -250,13 +250,10 @@ fn delete(t: &Tokens) -> Result<Parsed, DecodeError> {
     if nt > 3 {
         let hold_is_zero = t.toks[2] == b"0";
         noreply = t.noreply();
-        let valid =
-            (nt == 4 && (hold_is_zero || noreply)) || (nt == 5 && hold_is_zero && noreply);
+        let valid = (nt == 4 && (hold_is_zero || noreply)) || (nt == 5 && hold_is_zero && noreply);
         if !valid {
             return reply(
-                Response::ClientError(
-                    "bad command line format.  Usage: delete <key> [noreply]",
-                ),
+                Response::ClientError("bad command line format.  Usage: delete <key> [noreply]"),
                 noreply,
             );
         }

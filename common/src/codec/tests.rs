@@ -202,7 +202,10 @@ fn cas_and_touch_arguments_are_parsed() {
         &reqs[1].command,
         Command::GetAndTouch { exptime: 10, keys, with_cas: true } if keys.len() == 2
     ));
-    assert!(matches!(reqs[2].command, Command::Touch { exptime: -1, .. }));
+    assert!(matches!(
+        reqs[2].command,
+        Command::Touch { exptime: -1, .. }
+    ));
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub fn verbosity() -> Response {
 /// `cache_memlimit <megabytes>`: changes the datalet's memory limit. The parser has already
 /// refused values memcached refuses.
 pub fn cache_memlimit<D: Datalet>(ctx: &Context<D>, megabytes: u32) -> Response {
-    ctx.engine.set_memory_limit(megabytes as usize * 1024 * 1024);
+    ctx.engine
+        .set_memory_limit(megabytes as usize * 1024 * 1024);
     Response::Ok
 }
 

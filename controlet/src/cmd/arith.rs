@@ -31,7 +31,9 @@ pub async fn arith<D: Datalet>(
             *hits += 1;
             Response::Number(n)
         }
-        Ok(Outcome::NonNumeric) => Response::ClientError("cannot increment or decrement non-numeric value"),
+        Ok(Outcome::NonNumeric) => {
+            Response::ClientError("cannot increment or decrement non-numeric value")
+        }
         Ok(_) => {
             *misses += 1;
             Response::NotFound

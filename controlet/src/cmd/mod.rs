@@ -70,18 +70,18 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
             reply.encode(&mut out.buf);
         }
         Command::Delete { key } => delete::delete(ctx, key, counts).await.encode(&mut out.buf),
-        Command::Incr { key, delta } => {
-            arith::arith(ctx, key, delta, true, counts).await.encode(&mut out.buf)
-        }
-        Command::Decr { key, delta } => {
-            arith::arith(ctx, key, delta, false, counts).await.encode(&mut out.buf)
-        }
-        Command::Touch { key, exptime } => {
-            touch::touch(ctx, key, exptime, counts).await.encode(&mut out.buf)
-        }
-        Command::FlushAll { delay } => {
-            flush::flush_all(ctx, delay, counts).await.encode(&mut out.buf)
-        }
+        Command::Incr { key, delta } => arith::arith(ctx, key, delta, true, counts)
+            .await
+            .encode(&mut out.buf),
+        Command::Decr { key, delta } => arith::arith(ctx, key, delta, false, counts)
+            .await
+            .encode(&mut out.buf),
+        Command::Touch { key, exptime } => touch::touch(ctx, key, exptime, counts)
+            .await
+            .encode(&mut out.buf),
+        Command::FlushAll { delay } => flush::flush_all(ctx, delay, counts)
+            .await
+            .encode(&mut out.buf),
         Command::Stats(group) => stats::stats(ctx, group, counts, &mut out.buf),
         Command::Version => admin::version().encode(&mut out.buf),
         Command::Verbosity => admin::verbosity().encode(&mut out.buf),

@@ -11,7 +11,12 @@ use super::admin::VERSION;
 use super::Context;
 use crate::stats::Counts;
 
-pub fn stats<D: Datalet>(ctx: &Context<D>, group: StatsGroup, mine: &mut Counts, out: &mut BytesMut) {
+pub fn stats<D: Datalet>(
+    ctx: &Context<D>,
+    group: StatsGroup,
+    mine: &mut Counts,
+    out: &mut BytesMut,
+) {
     match group {
         StatsGroup::General => {
             // This connection's own requests so far count too.
