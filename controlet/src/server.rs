@@ -64,7 +64,6 @@ pub async fn run<D: Datalet>(
         counts: Default::default(),
         config,
         started: Instant::now(),
-        started_unix: clock.now(),
         curr_connections: AtomicU64::new(0),
     });
     let tracker = TaskTracker::new();

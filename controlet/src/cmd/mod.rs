@@ -18,7 +18,6 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use tailorkv_common::codec::Command;
-use tailorkv_common::UnixSecs;
 use tailorkv_datalet::Datalet;
 use tokio::io::AsyncWrite;
 
@@ -33,7 +32,6 @@ pub struct Context<D> {
     pub counts: SharedCounts,
     pub config: Config,
     pub started: Instant,
-    pub started_unix: UnixSecs,
     pub curr_connections: AtomicU64,
 }
 
