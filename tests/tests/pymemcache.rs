@@ -1,0 +1,124 @@
+//! pymemcache, a widely used Python memcached client, against two controlets: every command
+//! its `Client` offers, `PooledClient` from 8 threads, and `HashClient` spreading keys over
+//! both servers. The checks themselves are in `tests/python/pymemcache_client.py`, which also
+//! passes against a real memcached 1.6.
+//!
+//! pymemcache must be installed (`bash scripts/test` pip-installs it): without it this test
+//! fails, it does not skip.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tailorkv_tests::Controlet;
+
+/// What the controlet answers to `version`.
+const VERSION: &str = concat!("1.6.18-tailorkv-", env!("CARGO_PKG_VERSION"));
+
+/// The script needs about 8 s; this leaves room for a loaded machine.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pymemcache_client.py")
+}
+
+/// Runs `python3 args...` with a time limit, capturing its output.
+fn python(args: &[&str]) -> Output {
+    let mut child = Command::new("python3")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run python3 ({e}): install Python 3, then run `bash scripts/test`")
+        });
+    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for python3") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "python3 {args:?} still running after {SCRIPT_TIMEOUT:?}; killed it.\n\
+                 stdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.join().unwrap()),
+                String::from_utf8_lossy(&err.join().unwrap()),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn require_pymemcache() {
+    let probe = python(&["-c", "import pymemcache; print(pymemcache.__version__)"]);
+    assert!(
+        probe.status.success(),
+        "pymemcache is not installed for python3, so the pymemcache client test cannot run. \
+         Run `bash scripts/test`, which pip-installs it (or `python3 -m pip install pymemcache`).\n\
+         python3 said:\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+#[test]
+fn pymemcache_client_commands_pool_and_hashing() {
+    require_pymemcache();
+    let first = Controlet::start();
+    let second = Controlet::start();
+    let script = script();
+    let (a, b) = (first.addr.to_string(), second.addr.to_string());
+    let args = [
+        script.to_str().unwrap(),
+        &a,
+        &b,
+        "--expect-version",
+        VERSION,
+    ];
+    let out = python(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "pymemcache_client.py failed ({}).\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        out.status
+    );
+    // The script ends with a summary: make sure it got that far and checked something.
+    let summary = stdout.lines().last().unwrap_or("");
+    assert!(
+        summary.starts_with("pymemcache ") && summary.contains(" checks passed "),
+        "unexpected output from pymemcache_client.py:\n{stdout}\n{stderr}"
+    );
+    let checks: usize = summary
+        .split_whitespace()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(checks > 500, "only {checks} checks ran: {summary}");
+    assert!(
+        summary.contains("hash_client"),
+        "HashClient did not run: {summary}"
+    );
+    println!("{summary}");
+}
