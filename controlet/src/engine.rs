@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tailorkv_common::{Clock, NodeId, UnixSecs, Version};
+use tailorkv_common::{Clock, Expiry, NodeId, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 
 pub struct Engine<D> {
@@ -48,15 +48,18 @@ impl<D: Datalet> Engine<D> {
         self.datalet.apply(key, mutation, version, self.now()).await
     }
 
-    /// `flush_all [delay]`: a positive delay is an exptime (relative, or a Unix time past 30
-    /// days), as in memcached.
+    /// `flush_all [delay]`, with memcached's timing: the flush point is one second before the
+    /// delay's exptime (memcached sets `oldest_live = realtime(exptime) - 1`), so
+    /// `flush_all 10` takes effect after 9 seconds, and `flush_all 1` flushes at once and also
+    /// hides items stored during the rest of this second. Without a delay the flush point is
+    /// the second before now: everything stored so far goes, later writes stay.
     pub async fn flush_all(&self, delay: i32) -> Result<(), DataletError> {
         let now = self.now();
-        let at = match tailorkv_common::Expiry::from_exptime(delay, now) {
-            tailorkv_common::Expiry::At(at) if delay > 0 => at,
+        let at = match Expiry::from_exptime(delay, now) {
+            Expiry::At(at) if delay > 0 => at,
             _ => now,
         };
-        self.datalet.flush_all(at, now).await
+        self.datalet.flush_all(at.saturating_sub(1), now).await
     }
 
     pub fn set_memory_limit(&self, bytes: usize) {

@@ -88,6 +88,8 @@ pub async fn run<D: Datalet>(
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                // Counted before the connection is served, so its own `stats` includes it.
+                ctx.counts.absorb(&mut counts);
                 let ctx = Arc::clone(&ctx);
                 let shutdown = shutdown.clone();
                 ctx.curr_connections.fetch_add(1, Ordering::Relaxed);
@@ -99,10 +101,10 @@ pub async fn run<D: Datalet>(
             }
             Err(_) => {
                 counts.rejected_connections = 1;
+                ctx.counts.absorb(&mut counts);
                 tracker.spawn(refuse(stream));
             }
         }
-        ctx.counts.absorb(&mut counts);
     }
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())

@@ -265,30 +265,54 @@ pub async fn items_expire_at_their_second<D: Datalet>(make: impl Fn(Limits) -> D
 pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
     let d = make(Limits::default());
     apply(&d, "a", set("1"), 1).await;
-    d.flush_all(NOW, NOW).await.unwrap();
+    d.flush_all(NOW - 1, NOW).await.unwrap();
     assert_eq!(value(&d, "a").await, None);
     assert_eq!(d.stats().bytes, 0, "a flush frees memory");
+    apply(&d, "after", set("2"), 2).await;
+    assert!(
+        value(&d, "after").await.is_some(),
+        "stored after the flush point"
+    );
 
-    apply(&d, "b", set("2"), 2).await;
-    d.flush_all(NOW + 10, NOW).await.unwrap();
+    // A flush point of this very second also hides what is stored during it.
+    d.flush_all(NOW, NOW).await.unwrap();
+    assert_eq!(value(&d, "after").await, None);
+    apply(&d, "same_second", set("3"), 3).await;
+    assert_eq!(value(&d, "same_second").await, None);
+    d.apply(&key("next_second"), set("4"), v(4), NOW + 1)
+        .await
+        .unwrap();
+    assert!(d.get(b"next_second", NOW + 1).await.unwrap().is_some());
+
+    // A delayed flush point hides items stored up to and during its second, once reached.
+    d.apply(&key("b"), set("5"), v(5), NOW + 1).await.unwrap();
+    d.flush_all(NOW + 10, NOW + 1).await.unwrap();
     assert!(d.get(b"b", NOW + 9).await.unwrap().is_some());
-    d.apply(&key("c"), set("3"), v(3), NOW + 10).await.unwrap();
+    d.apply(&key("c"), set("6"), v(6), NOW + 10).await.unwrap();
+    d.apply(&key("e"), set("7"), v(7), NOW + 11).await.unwrap();
     assert_eq!(
         d.get(b"b", NOW + 10).await,
         Ok(None),
-        "stored before the flush"
+        "stored before the flush point"
+    );
+    assert_eq!(
+        d.get(b"c", NOW + 11).await,
+        Ok(None),
+        "stored in the flush point's second"
     );
     assert!(
-        d.get(b"c", NOW + 10).await.unwrap().is_some(),
-        "stored at the flush"
+        d.get(b"e", NOW + 11).await.unwrap().is_some(),
+        "stored after it"
     );
 
-    apply(&d, "e", set("5"), 4).await;
-    d.flush_all(NOW + 10, NOW).await.unwrap();
-    d.flush_all(NOW, NOW).await.unwrap();
-    d.apply(&key("f"), set("6"), v(5), NOW + 1).await.unwrap();
-    let f = d.get(b"f", NOW + 20).await.unwrap();
-    assert!(f.is_some(), "a flush now cancels a pending delayed flush");
+    // A flush replaces a pending delayed one.
+    d.apply(&key("f"), set("8"), v(8), NOW + 12).await.unwrap();
+    d.flush_all(NOW + 30, NOW + 12).await.unwrap();
+    d.flush_all(NOW + 12, NOW + 13).await.unwrap();
+    assert_eq!(d.get(b"f", NOW + 13).await, Ok(None));
+    d.apply(&key("g"), set("9"), v(9), NOW + 14).await.unwrap();
+    let g = d.get(b"g", NOW + 40).await.unwrap();
+    assert!(g.is_some(), "the replaced delayed flush never happens");
 }
 
 pub async fn memory_limit_refuses_and_keeps_what_is_stored<D: Datalet>(make: impl Fn(Limits) -> D) {

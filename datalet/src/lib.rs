@@ -138,8 +138,10 @@ pub trait Datalet: Send + Sync + 'static {
         now: UnixSecs,
     ) -> impl Future<Output = Result<Outcome, DataletError>> + Send;
 
-    /// Invalidates every item stored before `at`, once the clock reaches `at`. An `at` of
-    /// `now` or earlier empties the store at once and cancels a pending delayed flush.
+    /// Invalidates every item stored at or before second `at`, once the clock reaches `at`:
+    /// an `at` earlier than `now` empties the store at once, and an `at` equal to `now` also
+    /// hides what is stored during the rest of this second (memcached's `oldest_live`). A
+    /// flush replaces any earlier pending one.
     fn flush_all(
         &self,
         at: UnixSecs,

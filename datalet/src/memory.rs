@@ -34,8 +34,8 @@ pub struct MemoryDatalet {
     item_size_max: usize,
     memory_limit: AtomicUsize,
     used_bytes: AtomicUsize,
-    /// A pending or past delayed flush: items stored before it are gone once it is reached.
-    /// 0 when there is none.
+    /// The last flush point: items stored at or before this second are gone once the clock
+    /// reaches it. 0 when there has been no flush.
     flush_at: AtomicU64,
     /// The last second a bulk reclaim ran, so a full store does not rescan on every write.
     last_reclaim: AtomicU64,
@@ -73,7 +73,7 @@ impl MemoryDatalet {
 
     fn dead(&self, slot: &Slot, now: UnixSecs) -> Option<Dead> {
         let flush_at = self.flush_at.load(Ordering::Acquire);
-        if flush_at != 0 && flush_at <= now && slot.stored_at < flush_at {
+        if flush_at != 0 && flush_at <= now && slot.stored_at <= flush_at {
             Some(Dead::Flushed)
         } else if slot.item.expiry.is_expired(now) {
             Some(Dead::Expired)
@@ -197,15 +197,13 @@ impl Datalet for MemoryDatalet {
     }
 
     async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        if at > now {
-            self.flush_at.store(at, Ordering::Release);
-            return Ok(());
+        self.flush_at.store(at, Ordering::Release);
+        if at <= now {
+            self.map.retain(|key, slot| {
+                self.release(slot_bytes(key, &slot.item));
+                false
+            });
         }
-        self.flush_at.store(0, Ordering::Release);
-        self.map.retain(|key, slot| {
-            self.release(slot_bytes(key, &slot.item));
-            false
-        });
         Ok(())
     }
 

@@ -99,36 +99,106 @@ impl Memcached {
     }
 
     /// memcached with extra command-line arguments.
+    ///
+    /// Its port is taken below the kernel's ephemeral range, so no client socket or port-0
+    /// listener can take it first (nor can a probe connect to itself there). Should memcached
+    /// still lose the port, it exits, and another port is tried.
     pub fn start_with(args: &[&str]) -> Self {
-        let port = free_port();
-        let mut cmd = Command::new("memcached");
-        cmd.args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "0",
-            "-l",
-            "127.0.0.1",
-            "-t",
-            "2",
-        ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // SAFETY: getuid has no preconditions. memcached refuses to run as root without -u.
-        if unsafe { libc::getuid() } == 0 {
-            cmd.args(["-u", "root"]);
+        for _ in 0..20 {
+            let port = memcached_port();
+            let mut cmd = Command::new("memcached");
+            cmd.args([
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-l",
+                "127.0.0.1",
+                "-t",
+                "2",
+            ])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            // SAFETY: getuid has no preconditions. memcached refuses to run as root without -u.
+            if unsafe { libc::getuid() } == 0 {
+                cmd.args(["-u", "root"]);
+            }
+            let child = cmd.spawn().unwrap_or_else(|e| {
+                panic!(
+                    "cannot start memcached ({e}); the differential tests need it: \
+                     run `bash scripts/test`, which installs it with apt-get"
+                )
+            });
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            if let Some(memcached) = Self::ready(Memcached { addr, child }) {
+                return memcached;
+            }
         }
-        let child = cmd.spawn().unwrap_or_else(|e| {
-            panic!(
-                "cannot start memcached ({e}); the differential tests need it: \
-                 run `bash scripts/test`, which installs it with apt-get"
-            )
-        });
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for_port(addr);
-        Memcached { addr, child }
+        panic!("memcached did not start: every port tried was taken");
     }
+
+    /// `memcached` once it answers `version` on its port; `None` (and the child killed) if it
+    /// exited, or if another server answers there.
+    fn ready(mut memcached: Memcached) -> Option<Memcached> {
+        let addr = memcached.addr;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let version = loop {
+            if memcached.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            if let Some(version) = probe_version(addr) {
+                break version;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memcached not answering on {addr} after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // A memcached that lost the port to another one exits right after failing to bind.
+        std::thread::sleep(Duration::from_millis(20));
+        let alive = memcached.child.try_wait().ok().flatten().is_none();
+        let is_memcached = !version.windows(8).any(|w| w == b"tailorkv");
+        (alive && is_memcached).then_some(memcached)
+    }
+}
+
+/// A port below the ephemeral range (32768 and up on Linux) that is free now, different on
+/// each call in this process and unlikely to be another process's pick.
+fn memcached_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 12_000;
+    const SPAN: u32 = 20_000;
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + seed.wrapping_add(n.wrapping_mul(101)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The reply to `version` from whatever listens on `addr`, if it answers like a memcached.
+fn probe_version(addr: SocketAddr) -> Option<Vec<u8>> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"version\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\r\n") {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got.starts_with(b"VERSION 1.").then_some(got)
 }
 
 impl Drop for Memcached {

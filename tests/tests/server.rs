@@ -248,15 +248,26 @@ fn a_delayed_flush_takes_effect_when_its_time_comes() {
     let mut c = RawClient::connect(server.addr);
     c.call(b"set old 0 0 1\r\no\r\n", b"\r\n");
     assert_eq!(c.call(b"flush_all 5\r\n", b"\r\n"), b"OK\r\n");
-    clock.advance(4);
+    // As in memcached, which sets `oldest_live = realtime(5) - 1`, the flush takes effect
+    // 4 seconds later.
+    clock.advance(3);
     assert_eq!(
         c.call(b"get old\r\n", END),
         b"VALUE old 0 1\r\no\r\nEND\r\n"
     );
     clock.advance(1);
+    assert_eq!(
+        c.call(b"get old\r\n", END),
+        END,
+        "flushed at its flush point"
+    );
+    // As in memcached, what is stored during the flush point's second is flushed too;
+    // what is stored after it stays.
+    c.call(b"set during 0 0 1\r\nd\r\n", b"\r\n");
+    clock.advance(1);
     c.call(b"set new 0 0 1\r\nn\r\n", b"\r\n");
     assert_eq!(
-        c.call(b"get old new\r\n", END),
+        c.call(b"get old during new\r\n", END),
         b"VALUE new 0 1\r\nn\r\nEND\r\n"
     );
 }

@@ -328,7 +328,8 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
     let group = match t.toks[1] {
         b"reset" => StatsGroup::Reset,
         b"settings" => StatsGroup::Settings,
-        b"items" | b"slabs" | b"sizes" | b"conns" | b"cachedump" => StatsGroup::Empty,
+        b"items" | b"slabs" | b"sizes" | b"conns" => StatsGroup::Empty,
+        b"cachedump" => return cachedump(t),
         b"detail" => {
             return match t.toks.get(2).filter(|_| t.n >= 3).copied() {
                 Some(b"on") | Some(b"off") => reply(Response::Ok, false),
@@ -342,4 +343,22 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         _ => return error(),
     };
     done(Command::Stats(group), false)
+}
+
+/// memcached's `MAX_NUMBER_OF_SLAB_CLASSES`: `stats cachedump` refuses class ids from here up.
+const SLAB_CLASSES: u32 = 64;
+
+/// `stats cachedump <class> <limit>`: there are no slab classes here, so a valid request lists
+/// nothing; the arguments are still checked as memcached checks them.
+fn cachedump(t: &Tokens) -> Result<Parsed, DecodeError> {
+    if t.ntokens() < 5 {
+        return reply(Response::ClientError("bad command line"), false);
+    }
+    match (strtoul_u32(t.toks[2]), strtoul_u32(t.toks[3])) {
+        (Some(id), Some(_)) if id >= SLAB_CLASSES => {
+            reply(Response::ClientError("Illegal slab id"), false)
+        }
+        (Some(_), Some(_)) => done(Command::Stats(StatsGroup::Empty), false),
+        _ => reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT), false),
+    }
 }

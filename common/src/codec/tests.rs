@@ -231,3 +231,22 @@ fn flush_all_verbosity_and_memlimit_follow_memcached() {
     assert!(matches!(cmds[6], Command::Reply(Response::ClientError(_))));
     assert_eq!(cmds[7], Command::Reply(Response::Error));
 }
+
+#[test]
+fn stats_cachedump_checks_its_arguments_like_memcached() {
+    let cmds: Vec<_> = decode_all(
+        b"stats cachedump\r\nstats cachedump 1 x\r\nstats cachedump 64 0\r\nstats cachedump 63 0\r\n",
+    )
+    .into_iter()
+    .map(|r| r.command)
+    .collect();
+    assert_eq!(
+        cmds,
+        vec![
+            Command::Reply(Response::ClientError("bad command line")),
+            Command::Reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT)),
+            Command::Reply(Response::ClientError("Illegal slab id")),
+            Command::Stats(StatsGroup::Empty),
+        ]
+    );
+}

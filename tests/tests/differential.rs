@@ -1,0 +1,1485 @@
+//! Differential tests: the same request sequences, good and bad, go to a real memcached 1.6.18
+//! and to the controlet, and the replies must be equal byte for byte.
+//!
+//! Most cases are a table of `(name, request bytes)`: each request is sent on a fresh
+//! connection, the sending side is closed, and everything up to the server's close is the
+//! reply. Before each case both servers are flushed, so cases do not see each other's keys.
+//! CAS uniques differ between servers by design, so replies are compared after renaming each
+//! unique to `c1`, `c2`, ... in order of first appearance; `VERSION 1.6.*` lines are compared
+//! only by that prefix.
+//!
+//! Where we differ from memcached on purpose, the `deliberate_*` tests assert our behaviour
+//! (and what memcached does instead), and those inputs stay out of the byte-equality cases.
+//! So do memcached's replies that depend on how it batches its writes (see
+//! `batching_quirks_of_memcached_are_not_copied`).
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tailorkv_tests::{Controlet, Memcached, RawClient};
+
+/// The longest a server may take to answer and close.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pause between the pieces of a request sent in several packets.
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// Our version line, as `version` and `stats` report it.
+const OUR_VERSION: &str = concat!("1.6.18-tailorkv-", env!("CARGO_PKG_VERSION"));
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing
+// ---------------------------------------------------------------------------------------------
+
+/// One real memcached and one controlet, both with default settings.
+struct Pair {
+    mc: Memcached,
+    us: Controlet,
+}
+
+impl Pair {
+    fn start() -> Self {
+        Pair {
+            mc: Memcached::start(),
+            us: Controlet::start(),
+        }
+    }
+
+    /// Empties both servers.
+    fn flush(&self) {
+        for (name, addr) in [("memcached", self.mc.addr), ("controlet", self.us.addr)] {
+            let reply = exchange(addr, b"flush_all\r\n");
+            assert_eq!(esc(&reply), esc(b"OK\r\n"), "flush_all on {name} at {addr}");
+        }
+    }
+}
+
+/// A named request sequence.
+struct Case {
+    name: String,
+    request: Vec<u8>,
+}
+
+fn case(name: impl Into<String>, request: impl AsRef<[u8]>) -> Case {
+    Case {
+        name: name.into(),
+        request: request.as_ref().to_vec(),
+    }
+}
+
+/// Bytes as a Rust-escaped string (`\r\n` visible), long ones cut in the middle.
+fn esc(bytes: &[u8]) -> String {
+    const HEAD: usize = 700;
+    const TAIL: usize = 200;
+    if bytes.len() > HEAD + TAIL + 64 {
+        format!(
+            "\"{}\" ...<{} bytes>... \"{}\"",
+            bytes[..HEAD].escape_ascii(),
+            bytes.len() - HEAD - TAIL,
+            bytes[bytes.len() - TAIL..].escape_ascii()
+        )
+    } else {
+        format!("\"{}\"", bytes.escape_ascii())
+    }
+}
+
+/// Reads until the server closes the connection (EOF or reset); panics after `IO_TIMEOUT`.
+fn read_to_close(mut stream: TcpStream, addr: SocketAddr) -> Vec<u8> {
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!(
+                "{addr} did not close the connection ({e}); got {}",
+                esc(&got)
+            ),
+        }
+    }
+}
+
+/// Sends `chunks` with a pause between them on a fresh connection, closes the sending side,
+/// and returns everything the server sent until it closed. A writer thread sends while this
+/// thread reads, so large replies never deadlock against a large request.
+fn exchange_chunks(addr: SocketAddr, chunks: &[&[u8]], pause: Duration) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
+    let sender = std::thread::spawn(move || {
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            // The server may close first (quit, HTTP): the rest is then unsendable.
+            if writer.write_all(chunk).is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown(Shutdown::Write);
+    });
+    let got = read_to_close(stream, addr);
+    sender.join().unwrap();
+    got
+}
+
+fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    exchange_chunks(addr, &[request], Duration::ZERO)
+}
+
+/// Sends `request` without closing the sending side; returns what came back and whether the
+/// server closed the connection within `wait`.
+fn send_and_watch(addr: SocketAddr, request: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_nodelay(true).unwrap();
+    // The server may close before reading it all.
+    let _ = stream.write_all(request);
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (got, false)
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => panic!("reading from {addr}: {e}"),
+        }
+    }
+}
+
+/// Renames CAS uniques in VALUE lines to `c1`, `c2`, ... in order of first appearance (one
+/// `Canon` per case or flow, so equal uniques stay equal), and reduces `VERSION 1.6.<...>` to
+/// `VERSION 1.6.*`. Data blocks are copied verbatim, whatever they contain.
+#[derive(Default)]
+struct Canon {
+    seen: Vec<Vec<u8>>,
+}
+
+impl Canon {
+    fn apply(&mut self, reply: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(reply.len());
+        let mut i = 0;
+        while i < reply.len() {
+            let Some(end) = find(&reply[i..], b"\r\n").map(|e| i + e) else {
+                out.extend_from_slice(&reply[i..]);
+                break;
+            };
+            let line = &reply[i..end];
+            i = end + 2;
+            if line.starts_with(b"VERSION 1.6.") {
+                out.extend_from_slice(b"VERSION 1.6.*\r\n");
+                continue;
+            }
+            let toks: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+            let len = toks
+                .get(3)
+                .and_then(|t| std::str::from_utf8(t).ok()?.parse().ok());
+            match (toks[0] == b"VALUE", toks.len(), len) {
+                (true, 4 | 5, Some(len)) => {
+                    let len: usize = len;
+                    out.extend_from_slice(&toks[..4].join(&b' '));
+                    if toks.len() == 5 {
+                        let n = match self.seen.iter().position(|u| u == toks[4]) {
+                            Some(n) => n,
+                            None => {
+                                self.seen.push(toks[4].to_vec());
+                                self.seen.len() - 1
+                            }
+                        };
+                        out.extend_from_slice(format!(" c{}", n + 1).as_bytes());
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    let data_end = (i + len + 2).min(reply.len());
+                    out.extend_from_slice(&reply[i..data_end]);
+                    i = data_end;
+                }
+                _ => {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        out
+    }
+}
+
+fn canonical(reply: &[u8]) -> Vec<u8> {
+    Canon::default().apply(reply)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Runs every case on both servers (flushing both first) and fails listing every case whose
+/// canonical replies differ.
+fn run_cases(cases: &[Case]) {
+    run_cases_on(&Pair::start(), cases, &[]);
+}
+
+/// `run_cases`, with each request sent in pieces cut at `cuts` (offsets), `PAUSE` apart.
+fn run_cases_on(pair: &Pair, cases: &[Case], cuts: &[usize]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        pair.flush();
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().filter(|&&c| c > 0 && c < case.request.len()) {
+            pieces.push(&case.request[from..cut]);
+            from = cut;
+        }
+        pieces.push(&case.request[from..]);
+        let theirs = exchange_chunks(pair.mc.addr, &pieces, PAUSE);
+        let ours = exchange_chunks(pair.us.addr, &pieces, PAUSE);
+        let (theirs_c, ours_c) = (canonical(&theirs), canonical(&ours));
+        if theirs_c != ours_c {
+            failures.push(format!(
+                "case {:?}\n  request:   {}\n  memcached: {} ({} bytes)\n  controlet: {} ({} bytes)",
+                case.name,
+                esc(&case.request),
+                esc(&theirs_c),
+                theirs.len(),
+                esc(&ours_c),
+                ours.len(),
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ from memcached:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The case tables
+// ---------------------------------------------------------------------------------------------
+
+fn storage_cases() -> Vec<Case> {
+    vec![
+        case("set then get", "set a 0 0 5\r\nhello\r\nget a\r\n"),
+        case("set overwrites", "set a 1 0 1\r\nx\r\nset a 2 0 2\r\nyy\r\nget a\r\n"),
+        case("set flags 0", "set a 0 0 1\r\nx\r\nget a\r\n"),
+        case("set flags u32 max", "set a 4294967295 0 1\r\nx\r\nget a\r\n"),
+        case("set flags 2^32 truncates to 0", "set a 4294967296 0 1\r\nx\r\nget a\r\n"),
+        case("set flags 2^32+1 truncates to 1", "set a 4294967297 0 1\r\nx\r\nget a\r\n"),
+        case("set flags u64 max truncates", "set a 18446744073709551615 0 1\r\nx\r\nget a\r\n"),
+        case("set flags over u64 refused", "set a 18446744073709551616 0 1\r\nx\r\nget a\r\n"),
+        case("set flags -1 refused", "set a -1 0 1\r\nx\r\nget a\r\n"),
+        case("set flags -0 is 0", "set a -0 0 1\r\nx\r\nget a\r\n"),
+        case("set flags +7", "set a +7 0 1\r\nx\r\nget a\r\n"),
+        case("set flags not a number", "set a abc 0 1\r\nx\r\nget a\r\n"),
+        case("set flags trailing junk", "set a 12abc 0 1\r\nx\r\nget a\r\n"),
+        case("set flags followed by a tab", "set a 3\t 0 1\r\nx\r\nget a\r\n"),
+        case("set exptime negative expires at once", "set a 0 -1 1\r\nx\r\nget a\r\n"),
+        case("set exptime absolute past", "set a 0 1000000000 1\r\nx\r\nget a\r\n"),
+        case("set exptime 30 days is relative", "set a 0 2592000 1\r\nx\r\nget a\r\n"),
+        case("set exptime 30 days + 1 is absolute past", "set a 0 2592001 1\r\nx\r\nget a\r\n"),
+        case("set exptime far future absolute", "set a 0 2000000000 1\r\nx\r\nget a\r\n"),
+        case("set exptime 2^31 wraps negative", "set a 0 2147483648 1\r\nx\r\nget a\r\n"),
+        case("set exptime 2^32 wraps to 0", "set a 0 4294967296 1\r\nx\r\nget a\r\n"),
+        case("set exptime not a number", "set a 0 soon 1\r\nx\r\nget a\r\n"),
+        case("set zero-length value", "set a 0 0 0\r\n\r\nget a\r\n"),
+        case("set negative length", "set a 0 0 -1\r\nget a\r\n"),
+        case("set length not a number", "set a 0 0 five\r\nhello\r\nget a\r\n"),
+        case("set length INT_MAX-1 refused", "set a 0 0 2147483646\r\nget a\r\n"),
+        case("set length 2^31 wraps negative", "set a 0 0 2147483648\r\nget a\r\n"),
+        case("set noreply", "set a 0 0 1 noreply\r\nx\r\nget a\r\n"),
+        case("set misspelt noreply replies", "set a 0 0 1 noreplyx\r\nx\r\nget a\r\n"),
+        case("set too many tokens", "set a 0 0 1 noreply extra\r\nx\r\nget a\r\n"),
+        case("set too few tokens", "set a 0 0\r\nx\r\nget a\r\n"),
+        case("set without key", "set\r\n"),
+        case("set bad format with noreply is silent", "set a x 0 1 noreply\r\nx\r\nget a\r\n"),
+        case("set value holding CRLF", "set a 0 0 7\r\nab\r\ncd\r\n\r\nget a\r\n"),
+        case("set value holding END line", "set a 0 0 5\r\nEND\r\n\r\nget a\r\n"),
+        case("set binary value", b"set a 0 0 4\r\n\x00\xff\x01\n\r\nget a\r\n".as_slice()),
+        case("set lf-only line endings", "set a 0 0 1\nx\r\nget a\n"),
+        case("set data ended by lf only is a bad chunk", "set a 0 0 1\r\nx\nget a\r\n"),
+        case("set data too long is a bad chunk", "set a 0 0 3\r\nabcde\r\nget a\r\n"),
+        case("set data too short eats next line", "set a 0 0 5\r\nabc\r\nget a\r\nget a\r\n"),
+        case("set bad chunk with noreply", "set a 0 0 3 noreply\r\nabcde\r\nget a\r\n"),
+        case("set extra spaces between tokens", "set   a  0   0  1\r\nx\r\nget   a\r\n"),
+        case("set leading spaces", "   set a 0 0 1\r\nx\r\n  get a\r\n"),
+        case("set trailing spaces", "set a 0 0 1   \r\nx\r\nget a   \r\n"),
+        case("add new key", "add a 0 0 1\r\nx\r\nget a\r\n"),
+        case("add existing key", "set a 0 0 1\r\nx\r\nadd a 0 0 1\r\ny\r\nget a\r\n"),
+        case("add noreply", "add a 0 0 1 noreply\r\nx\r\nadd a 0 0 1 noreply\r\ny\r\nget a\r\n"),
+        case("add wrong tokens", "add a 0 0\r\nadd a 0 0 1 2 3\r\n"),
+        case("replace missing key", "replace a 0 0 1\r\nx\r\nget a\r\n"),
+        case("replace existing key", "set a 1 0 1\r\nx\r\nreplace a 2 0 1\r\ny\r\nget a\r\n"),
+        case("replace noreply", "replace a 0 0 1 noreply\r\nx\r\nget a\r\n"),
+        case("append missing key", "append a 0 0 1\r\nx\r\nget a\r\n"),
+        case(
+            "append keeps flags and exptime",
+            "set a 7 0 2\r\nab\r\nappend a 9 -1 2\r\ncd\r\nget a\r\n",
+        ),
+        case("prepend missing key", "prepend a 0 0 1\r\nx\r\nget a\r\n"),
+        case("prepend existing", "set a 7 0 2\r\nab\r\nprepend a 9 0 2\r\ncd\r\nget a\r\n"),
+        case(
+            "append and prepend noreply",
+            "set a 0 0 1\r\nb\r\nappend a 0 0 1 noreply\r\nc\r\nprepend a 0 0 1 noreply\r\na\r\nget a\r\n",
+        ),
+        case("append empty", "set a 0 0 1\r\nb\r\nappend a 0 0 0\r\n\r\nget a\r\n"),
+        case("append bad flags", "set a 0 0 1\r\nb\r\nappend a x 0 1\r\nc\r\nget a\r\n"),
+        case("append to expired", "set a 0 -1 1\r\nb\r\nappend a 0 0 1\r\nc\r\nget a\r\n"),
+        case("cas missing key", "cas a 0 0 1 1\r\nx\r\nget a\r\n"),
+        case("cas wrong unique", "set a 0 0 1\r\nx\r\ncas a 0 0 1 999999999999\r\ny\r\nget a\r\n"),
+        case("cas unique 0", "set a 0 0 1\r\nx\r\ncas a 0 0 1 0\r\ny\r\nget a\r\n"),
+        case("cas unique not a number", "set a 0 0 1\r\nx\r\ncas a 0 0 1 abc\r\ny\r\nget a\r\n"),
+        case("cas unique negative", "cas a 0 0 1 -1\r\ny\r\n"),
+        case("cas unique -0", "cas a 0 0 1 -0\r\ny\r\n"),
+        case("cas unique over u64", "cas a 0 0 1 18446744073709551616\r\ny\r\n"),
+        case("cas too few tokens", "cas a 0 0 1\r\nx\r\n"),
+        case("cas too many tokens", "cas a 0 0 1 2 noreply x\r\nx\r\n"),
+        case("cas noreply", "cas a 0 0 1 5 noreply\r\nx\r\nget a\r\n"),
+        case("cas bad chunk", "set a 0 0 1\r\nx\r\ncas a 0 0 1 5\r\nxyz\r\nget a\r\n"),
+        case("cas on expired", "set a 0 -1 1\r\nx\r\ncas a 0 0 1 5\r\ny\r\n"),
+        case("gets then set changes unique", "set a 0 0 1\r\nx\r\ngets a\r\nset a 0 0 1\r\ny\r\ngets a\r\n"),
+    ]
+}
+
+fn retrieval_cases() -> Vec<Case> {
+    let many: Vec<String> = (0..40).map(|i| format!("key{i}")).collect();
+    let mut set_many = String::new();
+    for (i, k) in many.iter().enumerate().step_by(3) {
+        set_many.push_str(&format!("set {k} {i} 0 {}\r\n{}\r\n", k.len(), k));
+    }
+    vec![
+        case("get miss", "get a\r\n"),
+        case("get hit and misses", "set b 3 0 2\r\nbb\r\nget a b c\r\n"),
+        case("get repeated key", "set a 0 0 1\r\nx\r\nget a a a\r\n"),
+        case("get without key", "get\r\n"),
+        case("get with only spaces", "get   \r\n"),
+        case(
+            "get 40 keys over many token batches",
+            format!("{set_many}get {}\r\n", many.join(" ")),
+        ),
+        case(
+            "gets 40 keys",
+            format!("{set_many}gets {}\r\n", many.join(" ")),
+        ),
+        case(
+            "gets repeated key keeps its unique",
+            "set a 0 0 1\r\nx\r\ngets a a\r\n",
+        ),
+        case(
+            "gets two keys",
+            "set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\ngets a b c\r\n",
+        ),
+        case("gets without key", "gets\r\n"),
+        case("bget", "set a 0 0 1\r\nx\r\nbget a\r\n"),
+        case("get key named noreply", "get noreply\r\n"),
+        case("get key that looks like HTTP", "get HTTP/1.1\r\n"),
+        case(
+            "get 250-byte key",
+            format!("set {k} 0 0 1\r\nx\r\nget {k}\r\n", k = "k".repeat(250)),
+        ),
+        case("gat hit", "set a 0 0 1\r\nx\r\ngat 100 a\r\nget a\r\n"),
+        case("gat miss", "gat 100 a\r\n"),
+        case(
+            "gat several keys",
+            "set a 1 0 1\r\nx\r\nset b 2 0 1\r\ny\r\ngat 0 a zz b a\r\n",
+        ),
+        case(
+            "gat negative expires after reply",
+            "set a 0 0 1\r\nx\r\ngat -1 a\r\nget a\r\n",
+        ),
+        case("gat no keys", "gat 100\r\n"),
+        case("gat without exptime", "gat\r\n"),
+        case("gat bad exptime", "set a 0 0 1\r\nx\r\ngat abc a\r\n"),
+        case("gats hit", "set a 5 0 1\r\nx\r\ngats 100 a\r\ngets a\r\n"),
+        case("gats miss", "gats 100 a b\r\n"),
+        case("gats bad exptime", "gats 1x a\r\n"),
+        case("touch hit", "set a 0 0 1\r\nx\r\ntouch a 100\r\nget a\r\n"),
+        case("touch miss", "touch a 100\r\n"),
+        case(
+            "touch negative expires",
+            "set a 0 0 1\r\nx\r\ntouch a -1\r\nget a\r\n",
+        ),
+        case("touch bad exptime", "set a 0 0 1\r\nx\r\ntouch a abc\r\n"),
+        case(
+            "touch noreply",
+            "set a 0 0 1\r\nx\r\ntouch a 10 noreply\r\ntouch b 10 noreply\r\nget a\r\n",
+        ),
+        case("touch too few tokens", "touch a\r\n"),
+        case("touch too many tokens", "touch a 1 noreply x\r\n"),
+        case(
+            "touch keeps unique",
+            "set a 0 0 1\r\nx\r\ngets a\r\ntouch a 100\r\ngets a\r\n",
+        ),
+        case("delete hit", "set a 0 0 1\r\nx\r\ndelete a\r\nget a\r\n"),
+        case("delete miss", "delete a\r\n"),
+        case(
+            "delete with 0",
+            "set a 0 0 1\r\nx\r\ndelete a 0\r\nget a\r\n",
+        ),
+        case(
+            "delete noreply",
+            "set a 0 0 1\r\nx\r\ndelete a noreply\r\ndelete a noreply\r\nget a\r\n",
+        ),
+        case(
+            "delete 0 noreply",
+            "set a 0 0 1\r\nx\r\ndelete a 0 noreply\r\nget a\r\n",
+        ),
+        case(
+            "delete with nonzero time",
+            "set a 0 0 1\r\nx\r\ndelete a 5\r\nget a\r\n",
+        ),
+        case("delete with 0 0", "delete a 0 0\r\n"),
+        case("delete with 5 noreply", "delete a 5 noreply\r\n"),
+        case("delete without key", "delete\r\n"),
+        case("delete too many tokens", "delete a 0 noreply x\r\n"),
+        case("delete expired", "set a 0 -1 1\r\nx\r\ndelete a\r\n"),
+    ]
+}
+
+fn arithmetic_cases() -> Vec<Case> {
+    vec![
+        case("incr", "set a 0 0 1\r\n5\r\nincr a 3\r\nget a\r\n"),
+        case("incr miss", "incr a 1\r\n"),
+        case("decr miss", "decr a 1\r\n"),
+        case(
+            "incr grows the value",
+            "set a 0 0 2\r\n99\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "decr pads with a space",
+            "set a 0 0 2\r\n10\r\ndecr a 1\r\nget a\r\n",
+        ),
+        case(
+            "decr padded value again",
+            "set a 0 0 3\r\n100\r\ndecr a 91\r\ndecr a 1\r\nget a\r\nincr a 5\r\nget a\r\n",
+        ),
+        case(
+            "decr floors at 0",
+            "set a 0 0 2\r\n10\r\ndecr a 11\r\nget a\r\n",
+        ),
+        case(
+            "decr huge delta",
+            "set a 0 0 1\r\n7\r\ndecr a 18446744073709551615\r\nget a\r\n",
+        ),
+        case(
+            "incr wraps at 2^64",
+            "set a 0 0 20\r\n18446744073709551615\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr wraps by 2",
+            "set a 0 0 20\r\n18446744073709551614\r\nincr a 5\r\nget a\r\n",
+        ),
+        case(
+            "incr by u64 max",
+            "set a 0 0 1\r\n1\r\nincr a 18446744073709551615\r\n",
+        ),
+        case(
+            "incr value over u64 is non-numeric",
+            "set a 0 0 20\r\n18446744073709551616\r\nincr a 1\r\n",
+        ),
+        case(
+            "incr non-numeric value",
+            "set a 0 0 3\r\nabc\r\nincr a 1\r\n",
+        ),
+        case(
+            "decr non-numeric value",
+            "set a 0 0 3\r\n1a2\r\ndecr a 1\r\n",
+        ),
+        case("incr empty value", "set a 0 0 0\r\n\r\nincr a 1\r\n"),
+        case("incr negative value", "set a 0 0 2\r\n-5\r\nincr a 1\r\n"),
+        case(
+            "incr value with leading spaces",
+            "set a 0 0 3\r\n  5\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr value with + sign",
+            "set a 0 0 2\r\n+5\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr value with trailing space",
+            "set a 0 0 3\r\n12 \r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr value with trailing text after space",
+            "set a 0 0 5\r\n12 ab\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr value with leading zeros",
+            "set a 0 0 3\r\n007\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr keeps flags",
+            "set a 42 0 1\r\n1\r\nincr a 1\r\nget a\r\n",
+        ),
+        case(
+            "incr delta not a number",
+            "set a 0 0 1\r\n1\r\nincr a abc\r\n",
+        ),
+        case("incr delta negative", "set a 0 0 1\r\n1\r\nincr a -1\r\n"),
+        case("incr delta -0", "set a 0 0 1\r\n1\r\nincr a -0\r\n"),
+        case("incr delta +3", "set a 0 0 1\r\n1\r\nincr a +3\r\n"),
+        case(
+            "incr delta over u64",
+            "set a 0 0 1\r\n1\r\nincr a 18446744073709551616\r\n",
+        ),
+        case("incr delta junk", "set a 0 0 1\r\n1\r\nincr a 1x\r\n"),
+        case("decr delta not a number", "decr a abc\r\n"),
+        case(
+            "incr noreply",
+            "set a 0 0 1\r\n1\r\nincr a 1 noreply\r\nincr zz 1 noreply\r\nget a\r\n",
+        ),
+        case(
+            "decr noreply",
+            "set a 0 0 1\r\n5\r\ndecr a 1 noreply\r\nget a\r\n",
+        ),
+        case("incr bad delta noreply", "incr a x noreply\r\nget a\r\n"),
+        case("incr too few tokens", "incr a\r\n"),
+        case("incr too many tokens", "incr a 1 noreply x\r\n"),
+        case("decr too few tokens", "decr\r\n"),
+        case("incr expired", "set a 0 -1 1\r\n1\r\nincr a 1\r\n"),
+        case(
+            "incr changes unique",
+            "set a 0 0 1\r\n1\r\ngets a\r\nincr a 1\r\ngets a\r\n",
+        ),
+    ]
+}
+
+fn admin_cases() -> Vec<Case> {
+    vec![
+        case("flush_all", "set a 0 0 1\r\nx\r\nflush_all\r\nget a\r\n"),
+        case("flush_all 0", "set a 0 0 1\r\nx\r\nflush_all 0\r\nget a\r\n"),
+        case("flush_all negative", "set a 0 0 1\r\nx\r\nflush_all -1\r\nget a\r\n"),
+        case("flush_all noreply", "set a 0 0 1\r\nx\r\nflush_all noreply\r\nget a\r\n"),
+        case("flush_all 0 noreply", "set a 0 0 1\r\nx\r\nflush_all 0 noreply\r\nget a\r\n"),
+        case("flush_all delayed keeps items for now", "set a 0 0 1\r\nx\r\nflush_all 100\r\nget a\r\n"),
+        case("flush_all 1 flushes at once", "set a 0 0 1\r\nx\r\nflush_all 1\r\nget a\r\n"),
+        case(
+            "flush_all 1 also hides what is set in the same second",
+            "flush_all 1\r\nset b 0 0 1\r\ny\r\nget b\r\n",
+        ),
+        case(
+            "flush_all at a recent absolute time flushes at once",
+            format!("set a 0 0 1\r\nx\r\nflush_all {}\r\nget a\r\n", unix_now() - 5),
+        ),
+        case(
+            "flush_all at a future absolute time keeps items for now",
+            format!("set a 0 0 1\r\nx\r\nflush_all {}\r\nget a\r\n", unix_now() + 100),
+        ),
+        case("flush_all then set", "flush_all\r\nset a 0 0 1\r\nx\r\nget a\r\n"),
+        case("flush_all bad arg", "set a 0 0 1\r\nx\r\nflush_all abc\r\nget a\r\n"),
+        case("flush_all bad arg noreply", "flush_all abc noreply\r\nget a\r\n"),
+        case("flush_all two args", "set a 0 0 1\r\nx\r\nflush_all 0 0\r\nget a\r\n"),
+        case("flush_all too many tokens", "flush_all 0 noreply x\r\n"),
+        case("version", "version\r\n"),
+        case("version with args", "version x y\r\n"),
+        case("verbosity 1", "verbosity 1\r\nverbosity 0\r\n"),
+        case("verbosity bad level", "verbosity abc\r\n"),
+        case("verbosity negative", "verbosity -1\r\n"),
+        case("verbosity noreply", "verbosity 0 noreply\r\nget a\r\n"),
+        case("verbosity only noreply", "verbosity noreply\r\nget a\r\n"),
+        case("verbosity without level", "verbosity\r\n"),
+        case("verbosity too many tokens", "verbosity 1 2 3\r\n"),
+        case("cache_memlimit ok", "cache_memlimit 100\r\ncache_memlimit 64\r\n"),
+        case("cache_memlimit 8", "cache_memlimit 8\r\ncache_memlimit 64\r\n"),
+        case("cache_memlimit below 8", "cache_memlimit 7\r\ncache_memlimit 0\r\n"),
+        case("cache_memlimit too big", "cache_memlimit 1000000001\r\n"),
+        case("cache_memlimit 2^32+1 truncates", "cache_memlimit 4294967297\r\n"),
+        case("cache_memlimit bad", "cache_memlimit abc\r\ncache_memlimit -1\r\n"),
+        case("cache_memlimit noreply", "cache_memlimit 64 noreply\r\ncache_memlimit 1 noreply\r\nget a\r\n"),
+        case("cache_memlimit without arg", "cache_memlimit\r\n"),
+        case("cache_memlimit too many tokens", "cache_memlimit 64 noreply x\r\n"),
+        case("quit", "quit\r\nget a\r\n"),
+        case("quit after a reply", "set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n"),
+        case("quit with args", "quit now\r\nget a\r\n"),
+        case("shutdown not enabled", "shutdown\r\n"),
+        case("stats reset", "stats reset\r\n"),
+        case("stats reset with extra token", "stats reset now\r\n"),
+        case("stats detail alone", "stats detail\r\n"),
+        case("stats detail bad arg", "stats detail maybe\r\n"),
+        case(
+            "stats detail on off dump",
+            "stats detail on\r\nset a 0 0 1\r\nx\r\nget a\r\nstats detail dump\r\nstats detail off\r\nstats detail dump\r\n",
+        ),
+        case("stats unknown group", "stats foo\r\n"),
+        case("stats cachedump without args", "stats cachedump\r\nstats cachedump 1\r\n"),
+        case("stats cachedump bad numbers", "stats cachedump x 0\r\nstats cachedump 1 y\r\n"),
+        case("stats cachedump bad slab id", "stats cachedump 64 0\r\nstats cachedump 99 0\r\n"),
+        case("stats cachedump empty class", "stats cachedump 63 0\r\n"),
+    ]
+}
+
+fn bad_input_cases() -> Vec<Case> {
+    let k250 = "k".repeat(250);
+    let k251 = "k".repeat(251);
+    let long_commands = [
+        ("set", format!("set {k251} 0 0 1\r\nx\r\n")),
+        ("add", format!("add {k251} 0 0 1\r\nx\r\n")),
+        ("replace", format!("replace {k251} 0 0 1\r\nx\r\n")),
+        ("append", format!("append {k251} 0 0 1\r\nx\r\n")),
+        ("prepend", format!("prepend {k251} 0 0 1\r\nx\r\n")),
+        ("cas", format!("cas {k251} 0 0 1 1\r\nx\r\n")),
+        ("set noreply", format!("set {k251} 0 0 1 noreply\r\nx\r\n")),
+        ("get", format!("get {k251}\r\n")),
+        ("get after a short key", format!("get a {k251}\r\n")),
+        ("gets", format!("gets {k251}\r\n")),
+        ("gat", format!("gat 10 {k251}\r\n")),
+        ("gats", format!("gats 10 {k251}\r\n")),
+        ("touch", format!("touch {k251} 10\r\n")),
+        ("delete", format!("delete {k251}\r\n")),
+        ("delete noreply", format!("delete {k251} noreply\r\n")),
+        ("incr", format!("incr {k251} 1\r\n")),
+        ("decr", format!("decr {k251} 1\r\n")),
+        ("incr noreply", format!("incr {k251} 1 noreply\r\n")),
+    ];
+    let mut cases: Vec<Case> = long_commands
+        .into_iter()
+        .map(|(name, req)| case(format!("251-byte key: {name}"), format!("{req}get a\r\n")))
+        .collect();
+    cases.extend([
+        case("250-byte key in every command", format!(
+            "set {k} 0 0 1\r\n1\r\nadd {k} 0 0 1\r\n2\r\nreplace {k} 0 0 1\r\n3\r\nappend {k} 0 0 1\r\n4\r\n\
+             prepend {k} 0 0 1\r\n5\r\nget {k}\r\ntouch {k} 0\r\ngat 0 {k}\r\nincr {k} 1\r\ndecr {k} 2\r\n\
+             cas {k} 0 0 1 1\r\nx\r\ndelete {k}\r\n", k = k250)),
+        case("unknown command", "foo\r\n"),
+        case("unknown command with args", "foo bar baz\r\n"),
+        case("uppercase command", "GET a\r\nSET a 0 0 1\r\n"),
+        case("almost commands", "gett a\r\nsett a 0 0 1\r\nx\r\ndeletee a\r\nincrr a 1\r\ntouchh a 1\r\n"),
+        case("one-letter command", "g\r\ns\r\n"),
+        case("empty line crlf", "\r\nget a\r\n"),
+        case("empty line lf", "\nget a\r\n"),
+        case("line of spaces", "    \r\n"),
+        case("bare cr line", "\r\r\n"),
+        case("tab-separated command", "get\ta\r\n"),
+        case("nul byte in command", b"get\x00 a\r\n".as_slice()),
+        case("high bytes", b"\xff\xfe\r\n".as_slice()),
+        case("24 tokens", format!("set {}\r\n", ["a"; 23].join(" "))),
+        case("long bad line with newline", format!("xyz {}\r\nget a\r\n", "a".repeat(1900))),
+        case("meta-like unknown", "mx\r\n"),
+        case("HTTP-looking line on a keyed command", "set / HTTP/1.1\r\n"),
+        case("HTTP request closes", "GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        case("HTTP POST closes", "POST /x HTTP/1.0\r\n\r\n"),
+        case("lowercase word with HTTP/ closes", "foo HTTP/\r\nget a\r\n"),
+        case("partial line at EOF", "set a 0 0 1\r\nx\r\nget a"),
+        case("partial data block at EOF", "set a 0 0 10\r\nabc"),
+    ]);
+    cases
+}
+
+/// Values around the 1 MiB item limit. memcached counts an item as a 48-byte header, 8 bytes
+/// of CAS, 4 bytes of flags when not 0, the key and a NUL, and the data with its `\r\n`.
+fn large_value_cases() -> Vec<Case> {
+    let set = |key: &str, flags: u32, len: usize, extra: &str| {
+        format!(
+            "set {key} {flags} 0 {len}{extra}\r\n{}\r\nget {key}\r\n",
+            "v".repeat(len)
+        )
+    };
+    vec![
+        case("1-byte key, flags 0: 1048516 bytes fit", set("k", 0, 1_048_516, "")),
+        case("1-byte key, flags 0: 1048517 bytes too large", set("k", 0, 1_048_517, "")),
+        case("1-byte key, flags 1: 1048512 bytes fit", set("k", 1, 1_048_512, "")),
+        case("1-byte key, flags 1: 1048513 bytes too large", set("k", 1, 1_048_513, "")),
+        case("10-byte key: 1048507 bytes fit", set("0123456789", 0, 1_048_507, "")),
+        case("10-byte key: 1048508 bytes too large", set("0123456789", 0, 1_048_508, "")),
+        case("too large with noreply", set("k", 0, 1_048_517, " noreply")),
+        case("2 MB value swallowed", set("k", 0, 2_000_000, "")),
+        case(
+            "too large, then the connection works",
+            format!(
+                "set k 0 0 1100000\r\n{}\r\nset k 0 0 2\r\nok\r\nget k\r\n",
+                "v".repeat(1_100_000)
+            ),
+        ),
+        case(
+            "too large swallow is byte-counted, not line-based",
+            format!("set k 0 0 1048517\r\n{}get k\r\nget k\r\n", "v".repeat(1_048_519 - 6)),
+        ),
+        case(
+            "add too large",
+            format!("add k 0 0 1048517\r\n{}\r\nget k\r\n", "v".repeat(1_048_517)),
+        ),
+        case(
+            "cas too large",
+            format!("cas k 0 0 1048517 1\r\n{}\r\nget k\r\n", "v".repeat(1_048_517)),
+        ),
+        case(
+            "append past the limit is not stored",
+            format!(
+                "set k 0 0 1048000\r\n{}\r\nappend k 0 0 1000\r\n{}\r\nappend k 0 0 10\r\n0123456789\r\nget k\r\n",
+                "v".repeat(1_048_000),
+                "w".repeat(1000)
+            ),
+        ),
+        case(
+            "prepend up to exactly the limit",
+            format!(
+                "set k 0 0 1048000\r\n{}\r\nprepend k 0 0 516\r\n{}\r\nprepend k 0 0 1\r\nz\r\nget k\r\n",
+                "v".repeat(1_048_000),
+                "w".repeat(516)
+            ),
+        ),
+        case(
+            "two large values pipelined",
+            format!(
+                "set a 0 0 600000\r\n{v}\r\nset b 0 0 600000\r\n{v}\r\nget a b\r\n",
+                v = "v".repeat(600_000)
+            ),
+        ),
+    ]
+}
+
+fn pipeline_cases() -> Vec<Case> {
+    let mut all = String::new();
+    for i in 0..50 {
+        all.push_str(&format!(
+            "set p{i} {i} 0 {}\r\n{i}\r\n",
+            i.to_string().len()
+        ));
+    }
+    for i in 0..50 {
+        all.push_str(&format!("incr p{i} {i}\r\nget p{i} p{}\r\n", i + 1));
+    }
+    all.push_str("delete p3\r\ndelete p3\r\ntouch p4 0\r\nversion\r\nbogus\r\nget p3 p4\r\n");
+    vec![
+        case("250 pipelined requests", &all),
+        case(
+            "every command pipelined",
+            "set a 0 0 1\r\n1\r\nadd b 0 0 1\r\n2\r\nreplace a 0 0 1\r\n3\r\nappend a 0 0 1\r\n4\r\n\
+             prepend a 0 0 1\r\n5\r\ncas a 0 0 1 1\r\n6\r\nget a b\r\ngets a\r\ngat 0 a\r\ngats 0 b\r\n\
+             touch a 0\r\nincr a 1\r\ndecr a 2\r\ndelete b\r\nversion\r\nverbosity 0\r\nflush_all\r\n\
+             get a\r\nstats reset\r\nstats detail off\r\nfoo\r\nquit\r\nget a\r\n",
+        ),
+        case("noreply everything pipelined", "set a 0 0 1 noreply\r\n1\r\nadd a 0 0 1 noreply\r\n2\r\n\
+             replace a 0 0 1 noreply\r\n3\r\nappend a 0 0 1 noreply\r\n4\r\nprepend a 0 0 1 noreply\r\n5\r\n\
+             incr a 1 noreply\r\ndecr a 1 noreply\r\ntouch a 0 noreply\r\ndelete b noreply\r\n\
+             flush_all 0 noreply\r\nset a 0 0 1 noreply\r\n9\r\nget a\r\n"),
+        case("errors and successes interleaved", "set a 0 0 1\r\n1\r\nbogus\r\nincr a x\r\nincr a 1\r\n\
+             set b 0 0 -1\r\nget a b\r\n\r\nset c 0 0 1\r\nxyz\r\nget c\r\n"),
+    ]
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut all = Vec::new();
+    all.extend(storage_cases());
+    all.extend(retrieval_cases());
+    all.extend(arithmetic_cases());
+    all.extend(admin_cases());
+    all.extend(bad_input_cases());
+    all.extend(large_value_cases());
+    all.extend(pipeline_cases());
+    all
+}
+
+// ---------------------------------------------------------------------------------------------
+// Table-driven comparisons
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn case_table_is_large_and_names_are_unique() {
+    let all = all_cases();
+    let mut names = HashSet::new();
+    for c in &all {
+        assert!(
+            names.insert(c.name.as_str()),
+            "duplicate case name {:?}",
+            c.name
+        );
+    }
+    assert!(all.len() >= 200, "only {} cases", all.len());
+}
+
+#[test]
+fn storage_commands_match_memcached() {
+    run_cases(&storage_cases());
+}
+
+#[test]
+fn retrieval_touch_and_delete_match_memcached() {
+    run_cases(&retrieval_cases());
+}
+
+#[test]
+fn incr_and_decr_match_memcached() {
+    run_cases(&arithmetic_cases());
+}
+
+#[test]
+fn admin_commands_match_memcached() {
+    run_cases(&admin_cases());
+}
+
+#[test]
+fn bad_input_matches_memcached() {
+    run_cases(&bad_input_cases());
+}
+
+#[test]
+fn values_around_the_item_limit_match_memcached() {
+    run_cases(&large_value_cases());
+}
+
+#[test]
+fn pipelined_requests_match_memcached() {
+    run_cases(&pipeline_cases());
+}
+
+/// Requests cut into pieces sent 20 ms apart: mid-command, mid-line-ending, mid-data.
+#[test]
+fn requests_split_across_packets_match_memcached() {
+    let cases = vec![
+        case("set and get", "set a 0 0 5\r\nhello\r\nget a\r\n"),
+        case(
+            "incr sequence",
+            "set n 0 0 2\r\n10\r\ndecr n 1\r\nget n\r\nincr n 100\r\nget n\r\n",
+        ),
+        case("bad chunk", "set a 0 0 3\r\nabcde\r\nget a\r\n"),
+        case(
+            "noreply then get",
+            "set a 0 0 2 noreply\r\nab\r\nappend a 0 0 1 noreply\r\nc\r\nget a\r\n",
+        ),
+        case(
+            "too large swallowed in pieces",
+            format!(
+                "set k 0 0 1048517\r\n{}\r\nget k\r\n",
+                "v".repeat(1_048_517)
+            ),
+        ),
+        case(
+            "multi-get",
+            "set a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\nget a b c a\r\n",
+        ),
+        case("errors", "bogus\r\nset a 0 0 x\r\nincr a\r\n\r\nget a\r\n"),
+    ];
+    let pair = Pair::start();
+    // Cut points: inside the command word, between \r and \n, inside the data, and so on.
+    for cuts in [
+        &[1usize, 2, 3][..],
+        &[5, 12, 13, 16],
+        &[11, 12],
+        &[14, 15, 20, 21, 22],
+        &[30, 1000, 500_000],
+    ] {
+        run_cases_on(&pair, &cases, cuts);
+    }
+    // And one byte at a time, for a short sequence.
+    let bytes = b"set a 0 0 3\r\nabc\r\ngets a\r\ndelete a\r\n";
+    let cuts: Vec<usize> = (1..bytes.len()).collect();
+    run_cases_on(&pair, &[case("one byte per packet", bytes)], &cuts);
+}
+
+/// Input that makes memcached close the connection closes ours too, and with the same replies
+/// before the close; input that does not, does not.
+#[test]
+fn connection_closing_input_matches_memcached() {
+    let pair = Pair::start();
+    let long_get = format!("get {}", vec!["k".repeat(250); 12].join(" "));
+    assert!(long_get.len() > 2048);
+    let inputs: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("3000-byte line without newline", vec![b'a'; 3000], true),
+        (
+            "3000-byte set line without newline",
+            format!("set {}", "1 ".repeat(1500)).into_bytes(),
+            true,
+        ),
+        (
+            "HTTP GET",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+            true,
+        ),
+        ("HTTP HEAD", b"HEAD / HTTP/1.0\r\n".to_vec(), true),
+        ("quit", b"quit\r\n".to_vec(), true),
+        (
+            "quit after get",
+            b"get a\r\nquit\r\nget a\r\n".to_vec(),
+            true,
+        ),
+        (
+            "long multi-get line stays open",
+            long_get.clone().into_bytes(),
+            false,
+        ),
+        ("short partial line stays open", b"get a".to_vec(), false),
+        (
+            "partial data block stays open",
+            b"set a 0 0 10\r\nabc".to_vec(),
+            false,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, request, should_close) in &inputs {
+        let wait = if *should_close {
+            IO_TIMEOUT
+        } else {
+            Duration::from_millis(400)
+        };
+        let (theirs, mc_closed) = send_and_watch(pair.mc.addr, request, wait);
+        let (ours, us_closed) = send_and_watch(pair.us.addr, request, wait);
+        if (canonical(&theirs), mc_closed) != (canonical(&ours), us_closed)
+            || mc_closed != *should_close
+        {
+            failures.push(format!(
+                "case {name:?}\n  request:   {}\n  memcached: {} closed={mc_closed}\n  controlet: {} closed={us_closed}",
+                esc(request),
+                esc(&theirs),
+                esc(&ours),
+            ));
+        }
+    }
+    // A long multi-get line completed later is answered.
+    for addr in [pair.mc.addr, pair.us.addr] {
+        let mut c = RawClient::connect(addr);
+        c.send(long_get.as_bytes());
+        std::thread::sleep(PAUSE);
+        let reply = c.call(b"\r\n", b"\r\n");
+        if reply != b"END\r\n" {
+            failures.push(format!("long multi-get on {addr}: {}", esc(&reply)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interactive flows
+// ---------------------------------------------------------------------------------------------
+
+/// A conversation on one connection, recorded with CAS uniques canonicalised across the whole
+/// conversation, so "the same unique as before" is compared too.
+struct Transcript {
+    client: RawClient,
+    canon: Canon,
+    log: Vec<u8>,
+}
+
+impl Transcript {
+    fn new(addr: SocketAddr) -> Self {
+        Transcript {
+            client: RawClient::connect(addr),
+            canon: Canon::default(),
+            log: Vec::new(),
+        }
+    }
+
+    /// Sends `request`, reads through `terminator`, records `label` and the canonical reply,
+    /// and returns the raw reply.
+    fn step(&mut self, label: &str, request: &[u8], terminator: &[u8]) -> Vec<u8> {
+        let reply = self.client.call(request, terminator);
+        self.log
+            .extend_from_slice(format!("> {label}\n").as_bytes());
+        self.log.extend_from_slice(&self.canon.apply(&reply));
+        reply
+    }
+
+    /// `gets key`, returning the unique (panics on a miss).
+    fn unique(&mut self, key: &str) -> u64 {
+        let reply = self.step(
+            &format!("gets {key}"),
+            format!("gets {key}\r\n").as_bytes(),
+            b"END\r\n",
+        );
+        let line = &reply[..find(&reply, b"\r\n").unwrap()];
+        let text = String::from_utf8_lossy(line);
+        text.split(' ')
+            .nth(4)
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| panic!("no unique in {}", esc(&reply)))
+    }
+}
+
+fn cas_flow(addr: SocketAddr) -> Vec<u8> {
+    let mut t = Transcript::new(addr);
+    let line = b"\r\n".as_slice();
+    let end = b"END\r\n".as_slice();
+    t.step("set k", b"set k 0 0 1\r\nx\r\n", line);
+    let u1 = t.unique("k");
+    t.step(
+        "cas k wrong",
+        format!("cas k 0 0 1 {}\r\ny\r\n", u1 ^ (1 << 40)).as_bytes(),
+        line,
+    );
+    t.step("gets k after failed cas", b"gets k\r\n", end);
+    t.step("touch k", b"touch k 1000\r\n", line);
+    t.step("gets k after touch", b"gets k\r\n", end);
+    t.step("gat k", b"gat 1000 k\r\n", end);
+    t.step("gats k", b"gats 2000 k\r\n", end);
+    t.step("add k (exists)", b"add k 0 0 1\r\nz\r\n", line);
+    t.step("gets k after failed add", b"gets k\r\n", end);
+    t.step(
+        "cas k u1",
+        format!("cas k 3 0 1 {u1}\r\ny\r\n").as_bytes(),
+        line,
+    );
+    let u2 = t.unique("k");
+    assert_ne!(u1, u2, "on {addr}");
+    t.step(
+        "cas k u1 again (stale)",
+        format!("cas k 0 0 1 {u1}\r\nq\r\n").as_bytes(),
+        line,
+    );
+    t.step("cas k 0", b"cas k 0 0 1 0\r\nq\r\n", line);
+    t.step(
+        "cas k u2 noreply",
+        format!("cas k 5 0 1 {u2} noreply\r\nz\r\n").as_bytes(),
+        b"",
+    );
+    let u3 = t.unique("k");
+    t.step("append k", b"append k 0 0 1\r\na\r\n", line);
+    t.step("gets k after append", b"gets k\r\n", end);
+    t.step(
+        "cas k u3 (stale after append)",
+        format!("cas k 0 0 1 {u3}\r\nq\r\n").as_bytes(),
+        line,
+    );
+    t.step("set n", b"set n 0 0 2\r\n10\r\n", line);
+    let un = t.unique("n");
+    t.step("decr n", b"decr n 1\r\n", line);
+    t.step("gets n k", b"gets n k\r\n", end);
+    t.step(
+        "cas n un (stale after decr)",
+        format!("cas n 0 0 1 {un}\r\n5\r\n").as_bytes(),
+        line,
+    );
+    let un2 = t.unique("n");
+    t.step(
+        "cas n current",
+        format!("cas n 0 0 1 {un2}\r\n5\r\n").as_bytes(),
+        line,
+    );
+    t.step("gets n", b"gets n\r\n", end);
+    t.step("delete k", b"delete k\r\n", line);
+    t.step(
+        "cas k deleted",
+        format!("cas k 0 0 1 {u3}\r\nq\r\n").as_bytes(),
+        line,
+    );
+    t.step("set e expired", b"set e 0 -1 1\r\nx\r\n", line);
+    t.step(
+        "cas e expired",
+        format!("cas e 0 0 1 {un2}\r\nq\r\n").as_bytes(),
+        line,
+    );
+    t.step("gets k n e", b"gets k n e\r\n", end);
+    t.log
+}
+
+#[test]
+fn cas_flows_match_memcached() {
+    let pair = Pair::start();
+    let theirs = cas_flow(pair.mc.addr);
+    let ours = cas_flow(pair.us.addr);
+    assert!(
+        theirs == ours,
+        "CAS transcripts differ\nmemcached:\n{}\ncontrolet:\n{}",
+        String::from_utf8_lossy(&theirs).escape_debug(),
+        String::from_utf8_lossy(&ours).escape_debug()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+// ---------------------------------------------------------------------------------------------
+
+/// The counters that must match memcached's after the same requests.
+const COUNTERS: &[&str] = &[
+    "cmd_get",
+    "cmd_set",
+    "cmd_flush",
+    "cmd_touch",
+    "get_hits",
+    "get_misses",
+    "delete_misses",
+    "delete_hits",
+    "incr_misses",
+    "incr_hits",
+    "decr_misses",
+    "decr_hits",
+    "cas_misses",
+    "cas_hits",
+    "cas_badval",
+    "touch_hits",
+    "touch_misses",
+    "store_too_large",
+    "curr_items",
+];
+
+fn stats(addr: SocketAddr, group: &str) -> BTreeMap<String, String> {
+    let reply = RawClient::connect(addr).call(format!("stats{group}\r\n").as_bytes(), b"END\r\n");
+    String::from_utf8(reply)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.strip_prefix("STAT ")?.splitn(2, ' ');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+fn compare_counters(pair: &Pair, when: &str) {
+    let theirs = stats(pair.mc.addr, "");
+    let ours = stats(pair.us.addr, "");
+    let mut diffs = Vec::new();
+    for name in COUNTERS {
+        let (t, o) = (theirs.get(*name), ours.get(*name));
+        assert!(t.is_some(), "memcached has no {name}");
+        if t != o {
+            diffs.push(format!("  {name}: memcached {t:?}, controlet {o:?}"));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "stats counters differ {when}:\n{}",
+        diffs.join("\n")
+    );
+}
+
+#[test]
+fn stats_counters_match_memcached() {
+    let pair = Pair::start();
+    let script = format!(
+        "get {k251}\r\nflush_all\r\n\
+         set a 0 0 1\r\n1\r\nset b 5 0 1\r\nx\r\nadd a 0 0 1\r\n2\r\nadd c 0 0 1\r\n3\r\n\
+         replace zz 0 0 1\r\nx\r\nreplace c 0 0 1\r\n4\r\nappend a 0 0 1\r\n0\r\nprepend b 0 0 1\r\ny\r\n\
+         append zz 0 0 1\r\nx\r\nprepend zz 0 0 1\r\nx\r\n\
+         get a b zz\r\ngets a a c\r\nget zz zz\r\nbget a\r\n\
+         gat 100 a zz\r\ngats 100 b\r\ntouch a 100\r\ntouch zz 100\r\n\
+         incr a 5\r\nincr zz 1\r\ndecr a 1\r\ndecr zz 1\r\ndecr zz 1\r\nincr b 1\r\nincr a x\r\n\
+         cas a 0 0 1 99999999999\r\nx\r\ncas zz 0 0 1 5\r\nx\r\ncas a 0 0 1 x\r\nx\r\n\
+         delete c\r\ndelete zz\r\ndelete c noreply\r\ndelete zz 0\r\n\
+         set big 0 0 1048517\r\n{big}\r\nadd big 0 0 2000000 noreply\r\n{big2}\r\n\
+         set d 0 0 1\r\nabc\r\nset d 0 0 1\r\nd\r\n\
+         incr {k251} 1\r\nbogus\r\nversion\r\nverbosity 0\r\n\
+         set f 0 0 1 noreply\r\nf\r\nget f\r\ndelete f noreply\r\ntouch f 1 noreply\r\n\
+         flush_all 86400\r\n",
+        big = "v".repeat(1_048_517),
+        big2 = "v".repeat(2_000_000),
+        k251 = "k".repeat(251),
+    );
+    let theirs = exchange(pair.mc.addr, script.as_bytes());
+    let ours = exchange(pair.us.addr, script.as_bytes());
+    assert!(
+        canonical(&theirs) == canonical(&ours),
+        "replies to the stats script differ\nmemcached: {}\ncontrolet: {}",
+        esc(&theirs),
+        esc(&ours)
+    );
+    // A successful cas needs the unique first.
+    for addr in [pair.mc.addr, pair.us.addr] {
+        let mut t = Transcript::new(addr);
+        let u = t.unique("a");
+        let reply = t.step(
+            "cas a",
+            format!("cas a 0 0 2 {u}\r\n42\r\n").as_bytes(),
+            b"\r\n",
+        );
+        assert_eq!(reply, b"STORED\r\n", "cas on {addr}");
+    }
+    compare_counters(&pair, "after the script");
+
+    for addr in [pair.mc.addr, pair.us.addr] {
+        let reply = RawClient::connect(addr).call(b"stats reset\r\n", b"\r\n");
+        assert_eq!(reply, b"RESET\r\n", "on {addr}");
+    }
+    compare_counters(&pair, "after stats reset");
+
+    let more =
+        "get a a zz\r\ntouch a 0\r\nincr a 1\r\ndecr zz 1\r\ndelete d\r\nset g 0 0 1\r\ng\r\n";
+    let theirs = exchange(pair.mc.addr, more.as_bytes());
+    let ours = exchange(pair.us.addr, more.as_bytes());
+    assert_eq!(esc(&theirs), esc(&ours), "replies after stats reset");
+    compare_counters(&pair, "after stats reset and more requests");
+}
+
+/// The general stats we report: every name is one memcached reports, and the server-wide
+/// values are sane.
+#[test]
+fn controlet_reports_server_stats() {
+    let mc = Memcached::start();
+    let us = Controlet::start_with(|cfg| cfg.threads = 3);
+    let script = "set a 0 0 5\r\nhello\r\nset b 0 0 1\r\nx\r\n";
+    assert_eq!(
+        exchange(us.addr, script.as_bytes()),
+        b"STORED\r\nSTORED\r\n"
+    );
+    let mut held = RawClient::connect(us.addr);
+    held.call(b"version\r\n", b"\r\n");
+
+    let theirs = stats(mc.addr, "");
+    let ours = stats(us.addr, "");
+    for name in ours.keys() {
+        assert!(
+            theirs.contains_key(name),
+            "we report {name}, memcached does not"
+        );
+    }
+    let num = |name: &str| -> u64 {
+        ours.get(name)
+            .unwrap_or_else(|| panic!("no {name} in {ours:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let now = unix_now();
+    assert_eq!(num("pid"), u64::from(std::process::id()));
+    assert!(num("uptime") < 60, "uptime {}", num("uptime"));
+    assert!(
+        num("time").abs_diff(now) <= 2,
+        "time {} vs {now}",
+        num("time")
+    );
+    assert_eq!(ours["version"], OUR_VERSION);
+    assert!(
+        num("curr_connections") >= 2,
+        "the held connection and this one"
+    );
+    assert!(num("total_connections") >= 3);
+    assert!(num("bytes") >= 6, "two items stored");
+    assert_eq!(num("limit_maxbytes"), 64 * 1024 * 1024);
+    assert_eq!(ours["limit_maxbytes"], theirs["limit_maxbytes"]);
+    assert_eq!(num("threads"), 3);
+    assert_eq!(num("curr_items"), 2);
+    assert!(num("cmd_set") == 2 && num("total_items") == 2);
+    assert!(num("bytes_read") >= script.len() as u64);
+    // cache_memlimit changes limit_maxbytes.
+    assert_eq!(held.call(b"cache_memlimit 100\r\n", b"\r\n"), b"OK\r\n");
+    assert_eq!(
+        stats(us.addr, "")["limit_maxbytes"],
+        (100u64 << 20).to_string()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiry (sleeps, once)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn expiry_matches_memcached() {
+    let pair = Pair::start();
+    let setup =
+        "set soon 1 2 4\r\nsoon\r\nset neg 0 -1 3\r\nneg\r\nset past 0 1000000000 4\r\npast\r\n\
+                 set never 0 0 5\r\nnever\r\nset touched 0 0 1\r\nt\r\ntouch touched 2\r\n\
+                 set gatted 0 0 1\r\ng\r\ngat 2 gatted\r\nset later 0 100 5\r\nlater\r\n\
+                 set n 0 2 2\r\n10\r\ndecr n 1\r\n\
+                 get soon neg past never touched gatted later n\r\n";
+    let check = "get soon neg past never touched gatted later n\r\n";
+    let both = |pair: &Pair, request: &str| -> Vec<Vec<u8>> {
+        [pair.mc.addr, pair.us.addr]
+            .iter()
+            .map(|&a| exchange(a, request.as_bytes()))
+            .collect()
+    };
+    let first = both(&pair, setup);
+    assert_eq!(esc(&first[0]), esc(&first[1]), "right after setting");
+    // A delayed flush, on servers of its own.
+    let flushed = Pair::start();
+    let before = both(&flushed, "set x 0 0 1\r\nx\r\nflush_all 3\r\nget x\r\n");
+    assert_eq!(esc(&before[0]), esc(&before[1]), "right after flush_all 3");
+    assert_eq!(before[1], b"STORED\r\nOK\r\nVALUE x 0 1\r\nx\r\nEND\r\n");
+    let present = String::from_utf8_lossy(&first[1]);
+    for key in ["soon", "never", "touched", "gatted", "later", "n"] {
+        assert!(
+            present.contains(&format!("VALUE {key} ")),
+            "{key} missing: {present}"
+        );
+    }
+    // memcached's clock ticks once a second: 3.5 s is past a 2 s exptime on both.
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = both(&pair, check);
+    assert_eq!(esc(&after[0]), esc(&after[1]), "after 3.5 s");
+    assert_eq!(
+        after[1], b"VALUE never 0 5\r\nnever\r\nVALUE later 0 5\r\nlater\r\nEND\r\n",
+        "only the keys without a 2 s exptime remain"
+    );
+    let later = both(&flushed, "get x\r\nset y 0 0 1\r\ny\r\nget x y\r\n");
+    assert_eq!(
+        esc(&later[0]),
+        esc(&later[1]),
+        "after the delayed flush came"
+    );
+    assert_eq!(later[1], b"END\r\nSTORED\r\nVALUE y 0 1\r\ny\r\nEND\r\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliberate differences: our behaviour, asserted
+// ---------------------------------------------------------------------------------------------
+
+/// Deliberate difference 1: memcached accepts control characters in keys; the protocol forbids them and so do we.
+/// The refused line's data block is then read as a command.
+#[test]
+fn deliberate_control_characters_in_keys_are_refused() {
+    let pair = Pair::start();
+    for key in ["a\tb", "a\x01b", "\x7f", "a\x1bb"] {
+        let set = format!("set {key} 0 0 1\r\nx\r\n");
+        assert_eq!(
+            esc(&exchange(pair.us.addr, set.as_bytes())),
+            esc(b"CLIENT_ERROR bad command line format\r\nERROR\r\n"),
+            "set of key {key:?}"
+        );
+        assert_eq!(
+            exchange(pair.mc.addr, set.as_bytes()),
+            b"STORED\r\n",
+            "memcached, key {key:?}"
+        );
+        for cmd in [
+            format!("get {key}\r\n"),
+            format!("gets a {key}\r\n"),
+            format!("gat 0 {key}\r\n"),
+            format!("delete {key}\r\n"),
+            format!("touch {key} 0\r\n"),
+            format!("incr {key} 1\r\n"),
+        ] {
+            assert_eq!(
+                esc(&exchange(pair.us.addr, cmd.as_bytes())),
+                esc(b"CLIENT_ERROR bad command line format\r\n"),
+                "{cmd:?}"
+            );
+        }
+    }
+}
+
+/// Deliberate difference 2: A set refused as too large (or for lack of memory) leaves the key's old value; memcached
+/// deletes it.
+#[test]
+fn deliberate_refused_set_keeps_the_old_value() {
+    let pair = Pair::start();
+    let request = format!(
+        "set k 0 0 3\r\nold\r\nset k 0 0 1048517\r\n{}\r\nget k\r\n",
+        "v".repeat(1_048_517)
+    );
+    let too_large = b"STORED\r\nSERVER_ERROR object too large for cache\r\n";
+    let ours = exchange(pair.us.addr, request.as_bytes());
+    assert_eq!(
+        esc(&ours),
+        esc(&[too_large.as_slice(), b"VALUE k 0 3\r\nold\r\nEND\r\n"].concat())
+    );
+    let theirs = exchange(pair.mc.addr, request.as_bytes());
+    assert_eq!(
+        esc(&theirs),
+        esc(&[too_large.as_slice(), b"END\r\n"].concat())
+    );
+
+    // Out of memory: a 1 MiB store holding one big item refuses a second one.
+    let small = Controlet::start_with(|cfg| cfg.memory_limit = 1);
+    let request = format!(
+        "set big 0 0 1000000\r\n{}\r\nset k 0 0 3\r\nold\r\nset k 0 0 100000\r\n{}\r\nget k\r\n",
+        "v".repeat(1_000_000),
+        "w".repeat(100_000)
+    );
+    let ours = exchange(small.addr, request.as_bytes());
+    assert_eq!(
+        esc(&ours),
+        esc(b"STORED\r\nSTORED\r\nSERVER_ERROR out of memory storing object\r\nVALUE k 0 3\r\nold\r\nEND\r\n")
+    );
+}
+
+/// Deliberate difference 3: Meta commands are not supported yet: `ERROR`, and a data block after `ms` is read as a
+/// command.
+#[test]
+fn deliberate_meta_commands_are_unsupported() {
+    let pair = Pair::start();
+    for (request, expected) in [
+        ("mn\r\n", "ERROR\r\n"),
+        ("mg k v\r\n", "ERROR\r\n"),
+        ("ms k 1\r\nx\r\n", "ERROR\r\nERROR\r\n"),
+        ("md k\r\n", "ERROR\r\n"),
+        ("ma k\r\n", "ERROR\r\n"),
+        ("me k\r\n", "ERROR\r\n"),
+    ] {
+        let ours = exchange(pair.us.addr, request.as_bytes());
+        assert_eq!(esc(&ours), esc(expected.as_bytes()), "{request:?}");
+    }
+    assert_eq!(exchange(pair.mc.addr, b"mn\r\n"), b"MN\r\n");
+}
+
+/// Deliberate difference 4: memcached's internal stats groups have no counterpart here: just `END`.
+#[test]
+fn deliberate_internal_stats_groups_are_empty() {
+    let us = Controlet::start();
+    for group in ["items", "slabs", "sizes", "conns"] {
+        let reply = exchange(us.addr, format!("stats {group}\r\n").as_bytes());
+        assert_eq!(esc(&reply), esc(b"END\r\n"), "stats {group}");
+    }
+}
+
+/// Not on the list of deliberate differences, but not copied either: memcached behaviours that
+/// depend on how its replies happen to be batched, which a client cannot rely on.
+///
+/// - A `get` with a key over 250 bytes makes memcached drop every reply it has queued and not
+///   yet written (`conn_release_items`), including replies to earlier pipelined requests that
+///   were carried out; we answer every request.
+/// - Input that closes the connection (an HTTP request, an over-long line) makes memcached
+///   drop queued replies too; we write the replies to earlier requests, then close.
+/// - memcached holds `SERVER_ERROR object too large for cache` until the refused data block
+///   has been swallowed; we send it at once.
+#[test]
+fn batching_quirks_of_memcached_are_not_copied() {
+    let pair = Pair::start();
+    let k251 = "k".repeat(251);
+    let ours = exchange(
+        pair.us.addr,
+        format!("set a 0 0 1\r\nx\r\nget a {k251}\r\nget a\r\n").as_bytes(),
+    );
+    assert_eq!(
+        esc(&ours),
+        esc(b"STORED\r\nCLIENT_ERROR bad command line format\r\nVALUE a 0 1\r\nx\r\nEND\r\n")
+    );
+    let http = b"set a 0 0 1\r\nx\r\nGET /a HTTP/1.1\r\n";
+    assert_eq!(
+        send_and_watch(pair.us.addr, http, IO_TIMEOUT),
+        (b"STORED\r\n".to_vec(), true)
+    );
+    let long = [b"version\r\n".as_slice(), &[b'x'; 3000]].concat();
+    let (ours, closed) = send_and_watch(pair.us.addr, &long, IO_TIMEOUT);
+    assert_eq!(
+        (esc(&ours), closed),
+        (esc(format!("VERSION {OUR_VERSION}\r\n").as_bytes()), true)
+    );
+    for (addr, expected) in [
+        (
+            pair.us.addr,
+            b"SERVER_ERROR object too large for cache\r\n".as_slice(),
+        ),
+        (pair.mc.addr, b""),
+    ] {
+        let (got, closed) = send_and_watch(
+            addr,
+            b"set a 0 0 2147483645\r\n",
+            Duration::from_millis(300),
+        );
+        assert_eq!((esc(&got), closed), (esc(expected), false), "on {addr}");
+    }
+}
+
+/// Deliberate difference 5: The version names tailorkv after the memcached version whose protocol it speaks.
+#[test]
+fn deliberate_version_names_tailorkv() {
+    let pair = Pair::start();
+    let ours = exchange(pair.us.addr, b"version\r\n");
+    assert_eq!(
+        esc(&ours),
+        esc(format!("VERSION {OUR_VERSION}\r\n").as_bytes())
+    );
+    assert_eq!(OUR_VERSION, "1.6.18-tailorkv-0.1.0");
+    assert_eq!(
+        exchange(pair.mc.addr, b"version\r\n"),
+        b"VERSION 1.6.18\r\n"
+    );
+}
