@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tailorkv_common::{Clock, Expiry, NodeId, UnixSecs, Version};
+use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
+use tokio::sync::Mutex;
+
+/// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
+/// writes, and a restart resumes past every timestamp that may have been issued.
+const CLOCK_RESERVATION: Ts = 1 << 20;
 
 pub struct Engine<D> {
     datalet: Arc<D>,
@@ -18,25 +23,42 @@ pub struct Engine<D> {
     node: NodeId,
     /// The last timestamp issued.
     last_ts: AtomicU64,
+    /// Timestamps up to this one are reserved in the datalet.
+    reserved: AtomicU64,
+    /// Held while a new reservation is saved.
+    reserving: Mutex<()>,
 }
 
 impl<D: Datalet> Engine<D> {
-    pub fn new(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Self {
-        Engine {
+    /// An engine over `datalet`, resuming its clock past every timestamp a previous run may
+    /// have issued.
+    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
+        let resume = datalet.load_clock().await?;
+        Ok(Engine {
             datalet,
             clock,
             node: NodeId(0),
-            last_ts: AtomicU64::new(0),
-        }
+            last_ts: AtomicU64::new(resume),
+            reserved: AtomicU64::new(resume),
+            reserving: Mutex::new(()),
+        })
     }
 
     pub fn now(&self) -> UnixSecs {
         self.clock.now()
     }
 
-    fn next_version(&self) -> Version {
+    async fn next_version(&self) -> Result<Version, DataletError> {
         let ts = self.last_ts.fetch_add(1, Ordering::Relaxed) + 1;
-        Version::new(ts, self.node)
+        if ts > self.reserved.load(Ordering::Acquire) {
+            let _guard = self.reserving.lock().await;
+            if ts > self.reserved.load(Ordering::Acquire) {
+                let upto = ts + CLOCK_RESERVATION;
+                self.datalet.save_clock(upto).await?;
+                self.reserved.store(upto, Ordering::Release);
+            }
+        }
+        Ok(Version::new(ts, self.node))
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
@@ -44,7 +66,7 @@ impl<D: Datalet> Engine<D> {
     }
 
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
-        let version = self.next_version();
+        let version = self.next_version().await?;
         self.datalet.apply(key, mutation, version, self.now()).await
     }
 
@@ -68,5 +90,104 @@ impl<D: Datalet> Engine<D> {
 
     pub fn datalet_stats(&self) -> DataletStats {
         self.datalet.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use tailorkv_common::codec::StoreMode;
+    use tailorkv_common::{ManualClock, SystemClock};
+    use tailorkv_datalet::{Limits, MemoryDatalet};
+
+    use super::*;
+
+    /// A memory datalet whose clock reservations are remembered, as a durable store would.
+    struct Remembering {
+        inner: MemoryDatalet,
+        saved: StdMutex<Vec<Ts>>,
+        resume: Ts,
+    }
+
+    impl Datalet for Remembering {
+        async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+            self.inner.get(key, now).await
+        }
+        async fn apply(
+            &self,
+            key: &Bytes,
+            m: Mutation,
+            v: Version,
+            now: UnixSecs,
+        ) -> Result<Outcome, DataletError> {
+            self.inner.apply(key, m, v, now).await
+        }
+        async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+            self.inner.flush_all(at, now).await
+        }
+        async fn load_clock(&self) -> Result<Ts, DataletError> {
+            Ok(self.resume)
+        }
+        async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {
+            self.saved.lock().unwrap().push(ts);
+            Ok(())
+        }
+        fn set_memory_limit(&self, bytes: usize) {
+            self.inner.set_memory_limit(bytes)
+        }
+        fn stats(&self) -> DataletStats {
+            self.inner.stats()
+        }
+    }
+
+    fn set(v: &str) -> Mutation {
+        Mutation::Store {
+            mode: StoreMode::Set,
+            flags: 0,
+            expiry: Expiry::Never,
+            value: Bytes::copy_from_slice(v.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_resume_past_the_saved_reservation() {
+        let datalet = Arc::new(Remembering {
+            inner: MemoryDatalet::new(Limits::default()),
+            saved: StdMutex::new(Vec::new()),
+            resume: 5_000_000,
+        });
+        let engine = Engine::start(datalet.clone(), Arc::new(SystemClock))
+            .await
+            .unwrap();
+        let key = Bytes::from_static(b"k");
+        let mut last = 0;
+        for i in 0..100 {
+            engine.apply(&key, set(&i.to_string())).await.unwrap();
+            let version = engine.get(&key).await.unwrap().unwrap().version;
+            assert!(version.ts > 5_000_000, "a version below the resumed clock");
+            assert!(version.ts > last, "versions must increase");
+            last = version.ts;
+        }
+        let saved = datalet.saved.lock().unwrap().clone();
+        assert_eq!(
+            saved,
+            vec![5_000_001 + CLOCK_RESERVATION],
+            "one reservation, saved first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delayed_flush_point_is_a_second_before_its_delay() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let datalet = Arc::new(MemoryDatalet::new(Limits::default()));
+        let engine = Engine::start(datalet, clock.clone()).await.unwrap();
+        let key = Bytes::from_static(b"k");
+        engine.apply(&key, set("v")).await.unwrap();
+        engine.flush_all(3).await.unwrap();
+        clock.advance(1);
+        assert!(engine.get(&key).await.unwrap().is_some());
+        clock.advance(1);
+        assert_eq!(engine.get(&key).await.unwrap(), None);
     }
 }

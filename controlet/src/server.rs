@@ -60,7 +60,9 @@ pub async fn run<D: Datalet>(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let ctx = Arc::new(Context {
-        engine: Engine::new(datalet, clock.clone()),
+        engine: Engine::start(datalet, clock)
+            .await
+            .map_err(std::io::Error::other)?,
         counts: Default::default(),
         config,
         started: Instant::now(),

@@ -19,7 +19,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
-use tailorkv_common::{Expiry, UnixSecs, Version};
+use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 
 pub use memory::MemoryDatalet;
 
@@ -79,6 +79,10 @@ pub enum DataletError {
     /// Storing would exceed the memory limit. Nothing is evicted to make room.
     #[error("out of memory storing object")]
     OutOfMemory,
+    /// The store cannot be reached or failed (a remote server down, a disk error). Whether the
+    /// request took effect is unknown.
+    #[error("datalet unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Limits a datalet enforces.
@@ -147,6 +151,15 @@ pub trait Datalet: Send + Sync + 'static {
         at: UnixSecs,
         now: UnixSecs,
     ) -> impl Future<Output = Result<(), DataletError>> + Send;
+
+    /// The clock reservation last saved with [`Datalet::save_clock`], or 0 if none: every
+    /// version in the store has a timestamp at or below it. A durable store keeps it across
+    /// restarts, so a restarted node never issues a version (a CAS unique) twice.
+    fn load_clock(&self) -> impl Future<Output = Result<Ts, DataletError>> + Send;
+
+    /// Records that timestamps up to `ts` may be in use. Returns once it is as durable as the
+    /// store's items.
+    fn save_clock(&self, ts: Ts) -> impl Future<Output = Result<(), DataletError>> + Send;
 
     /// Changes the memory limit. Items already stored stay.
     fn set_memory_limit(&self, bytes: usize);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tailorkv_common::{UnixSecs, Version};
+use tailorkv_common::{Ts, UnixSecs, Version};
 
 use crate::mutate::{decide, Change};
 use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
@@ -204,6 +204,15 @@ impl Datalet for MemoryDatalet {
                 false
             });
         }
+        Ok(())
+    }
+
+    /// Nothing survives a restart of the memory store, so there is no clock to resume.
+    async fn load_clock(&self) -> Result<Ts, DataletError> {
+        Ok(0)
+    }
+
+    async fn save_clock(&self, _ts: Ts) -> Result<(), DataletError> {
         Ok(())
     }
 

@@ -29,5 +29,9 @@ pub fn cache_memlimit<D: Datalet>(ctx: &Context<D>, megabytes: u32) -> Response 
 pub fn datalet_error(e: DataletError) -> Response {
     match e {
         DataletError::OutOfMemory => Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY),
+        DataletError::Unavailable(why) => {
+            tracing::warn!(%why, "datalet unavailable");
+            Response::ServerError("datalet unavailable")
+        }
     }
 }

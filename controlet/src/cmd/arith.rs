@@ -39,5 +39,6 @@ pub async fn arith<D: Datalet>(
             Response::NotFound
         }
         Err(DataletError::OutOfMemory) => Response::ServerError("out of memory"),
+        Err(e) => super::admin::datalet_error(e),
     }
 }

@@ -36,6 +36,7 @@ pub async fn store<D: Datalet>(
             counts.store_no_memory += 1;
             return Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY);
         }
+        Err(e) => return super::admin::datalet_error(e),
     };
     let is_cas = matches!(mode, StoreMode::Cas(_));
     match outcome {
