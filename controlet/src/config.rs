@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Parser;
@@ -15,9 +16,15 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:11211")]
     pub listen: SocketAddr,
 
-    /// Where items are stored. `memory`: in this process, lost on exit.
+    /// Where items are stored. `memory`: in this process, lost on exit. `disk:DIR`: in a
+    /// database file in DIR, durable: a write is acknowledged once it is on disk.
     #[arg(long, default_value = "memory")]
     pub datalet: DataletSpec,
+
+    /// With a disk datalet: the most writes one commit (one fsync) may carry. Concurrent
+    /// writes share a commit; 1 gives every write its own fsync.
+    #[arg(long, default_value_t = tailorkv_datalet::disk::DEFAULT_MAX_BATCH)]
+    pub disk_max_batch: usize,
 
     /// Most client connections open at once; a connection past this is answered
     /// `ERROR Too many open connections` and closed.
@@ -57,7 +64,7 @@ fn default_threads() -> usize {
 const ITEM_SIZE_MIN: usize = 1024;
 const ITEM_SIZE_LIMIT: usize = 1 << 30;
 
-fn parse_size(s: &str) -> Result<usize, String> {
+pub fn parse_size(s: &str) -> Result<usize, String> {
     let (digits, unit) = match s.to_ascii_lowercase().as_bytes().last() {
         Some(b'k') => (&s[..s.len() - 1], 1024),
         Some(b'm') => (&s[..s.len() - 1], 1024 * 1024),
@@ -77,6 +84,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataletSpec {
     Memory,
+    /// `disk:DIR`.
+    Disk(PathBuf),
 }
 
 impl FromStr for DataletSpec {
@@ -85,8 +94,11 @@ impl FromStr for DataletSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "memory" => Ok(DataletSpec::Memory),
+            s if s.starts_with("disk:") && s.len() > "disk:".len() => {
+                Ok(DataletSpec::Disk(PathBuf::from(&s["disk:".len()..])))
+            }
             other => Err(format!(
-                "unknown datalet {other:?}: the available one is `memory`"
+                "unknown datalet {other:?}: use `memory` or `disk:DIR`"
             )),
         }
     }
@@ -96,6 +108,7 @@ impl fmt::Display for DataletSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DataletSpec::Memory => f.write_str("memory"),
+            DataletSpec::Disk(dir) => write!(f, "disk:{}", dir.display()),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`engine`]: where commands' effects on data are carried out: versions are assigned and
 //!   mutations applied to the datalet. The replicated modes will order mutations here.
 //! - [`stats`]: the counters behind `stats`.
+//! - [`process`]: logging and signal handling shared by the `controlet` and `datalet`
+//!   binaries (`src/bin/datalet.rs` serves one store over the memcached protocol).
 //!
 //! The protocol codec itself is pure and lives in `tailorkv_common::codec`.
 
@@ -17,6 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod out;
+pub mod process;
 pub mod server;
 pub mod stats;
 

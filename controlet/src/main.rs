@@ -1,55 +1,11 @@
 //! `controlet`: a memcached-compatible server. `controlet --help` explains every flag.
 
-use anyhow::Context as _;
 use clap::Parser;
-use tailorkv_controlet::{run_configured, Config};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tailorkv_controlet::process::{init_logging, serve_until_signal};
+use tailorkv_controlet::Config;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.threads.max(1))
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(config))
-}
-
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(
-        listen = %listener.local_addr()?,
-        datalet = %config.datalet,
-        memory_limit_mib = config.memory_limit,
-        "controlet serving memcached clients"
-    );
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run_configured(listener, config, shutdown).await?;
-    tracing::info!("controlet stopped");
-    Ok(())
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-    }
-    shutdown.cancel();
+    init_logging();
+    serve_until_signal(config, "controlet")
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tailorkv_common::{Clock, SystemClock};
-use tailorkv_datalet::{Datalet, Limits, MemoryDatalet};
+use tailorkv_datalet::{Datalet, DiskDatalet, DiskOptions, Limits, MemoryDatalet};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -45,6 +45,22 @@ pub async fn run_configured(
         DataletSpec::Memory => {
             let datalet = Arc::new(MemoryDatalet::new(limits(&config)));
             run(listener, config, datalet, Arc::new(SystemClock), shutdown).await
+        }
+        DataletSpec::Disk(ref dir) => {
+            let options = DiskOptions {
+                max_batch: config.disk_max_batch,
+                ..DiskOptions::default()
+            };
+            let datalet =
+                DiskDatalet::open(dir, limits(&config), options).map_err(std::io::Error::other)?;
+            run(
+                listener,
+                config,
+                Arc::new(datalet),
+                Arc::new(SystemClock),
+                shutdown,
+            )
+            .await
         }
     }
 }

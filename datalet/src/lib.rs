@@ -6,12 +6,15 @@
 //!   is a [`Mutation`] applied at a version the caller chose, so replicas that apply the same
 //!   mutations in the same order hold the same items, CAS uniques included.
 //! - [`memory`]: the embedded in-memory store on `dashmap`, the default.
+//! - [`disk`]: the durable store on `redb`, with group commit.
 //! - [`conformance`]: the behaviour every backend must have, as test cases; a backend's tests
 //!   run them all with [`conformance_tests!`].
 //!
 //! Time is passed in (`now`), never read here, so expiry is tested without sleeping.
 
 pub mod conformance;
+pub mod disk;
+pub mod guarded;
 pub mod memory;
 pub mod mutate;
 
@@ -21,6 +24,8 @@ use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 
+pub use disk::{DiskDatalet, DiskOptions};
+pub use guarded::Guarded;
 pub use memory::MemoryDatalet;
 
 /// A stored value with its metadata.

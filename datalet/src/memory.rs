@@ -14,11 +14,8 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use tailorkv_common::{Ts, UnixSecs, Version};
 
-use crate::mutate::{decide, Change};
+use crate::mutate::{dead, decide, item_bytes, Change, Dead};
 use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
-
-/// Bytes counted per item besides its key and value, like memcached's item header.
-pub const ITEM_OVERHEAD_BYTES: usize = 56;
 
 /// An item and the second it was last written, which delayed flushes compare against.
 #[derive(Clone, Debug)]
@@ -45,16 +42,6 @@ pub struct MemoryDatalet {
     reclaimed: AtomicU64,
 }
 
-fn slot_bytes(key: &[u8], item: &Item) -> usize {
-    key.len() + item.value.len() + ITEM_OVERHEAD_BYTES
-}
-
-/// Why an item is no longer visible.
-enum Dead {
-    Expired,
-    Flushed,
-}
-
 impl MemoryDatalet {
     pub fn new(limits: Limits) -> Self {
         MemoryDatalet {
@@ -73,13 +60,7 @@ impl MemoryDatalet {
 
     fn dead(&self, slot: &Slot, now: UnixSecs) -> Option<Dead> {
         let flush_at = self.flush_at.load(Ordering::Acquire);
-        if flush_at != 0 && flush_at <= now && slot.stored_at <= flush_at {
-            Some(Dead::Flushed)
-        } else if slot.item.expiry.is_expired(now) {
-            Some(Dead::Expired)
-        } else {
-            None
-        }
+        dead(&slot.item, slot.stored_at, flush_at, now)
     }
 
     /// Reserves `bytes` more of the memory limit.
@@ -105,7 +86,7 @@ impl MemoryDatalet {
             if self.dead(slot, now).is_none() {
                 return true;
             }
-            self.release(slot_bytes(key, &slot.item));
+            self.release(item_bytes(key, &slot.item));
             self.reclaimed.fetch_add(1, Ordering::Relaxed);
             false
         });
@@ -123,7 +104,7 @@ impl MemoryDatalet {
             Entry::Occupied(e) => {
                 let slot = e.get();
                 let live = self.dead(slot, now).is_none().then_some(&slot.item);
-                (slot_bytes(key, &slot.item), live)
+                (item_bytes(key, &slot.item), live)
             }
             Entry::Vacant(_) => (0, None),
         };
@@ -131,7 +112,7 @@ impl MemoryDatalet {
         let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
         match (change, entry) {
             (Change::Put(item), entry) => {
-                let new_bytes = slot_bytes(key, &item);
+                let new_bytes = item_bytes(key, &item);
                 if new_bytes > old_bytes && !self.reserve(new_bytes - old_bytes) {
                     return Err(DataletError::OutOfMemory);
                 }
@@ -175,7 +156,7 @@ impl Datalet for MemoryDatalet {
             .map
             .remove_if(key, |_, slot| self.dead(slot, now).is_some())
         {
-            self.release(slot_bytes(&key, &slot.item));
+            self.release(item_bytes(&key, &slot.item));
         }
         Ok(None)
     }
@@ -200,7 +181,7 @@ impl Datalet for MemoryDatalet {
         self.flush_at.store(at, Ordering::Release);
         if at <= now {
             self.map.retain(|key, slot| {
-                self.release(slot_bytes(key, &slot.item));
+                self.release(item_bytes(key, &slot.item));
                 false
             });
         }

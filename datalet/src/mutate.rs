@@ -4,7 +4,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::codec::{item_fits, strtoull};
-use tailorkv_common::Version;
+use tailorkv_common::{UnixSecs, Version};
 
 use crate::{Item, Mutation, Outcome};
 
@@ -114,4 +114,32 @@ fn arithmetic(old: &Item, delta: u64, incr: bool, version: Version) -> (Change, 
         ..old.clone()
     };
     (Change::Put(item), Outcome::Number(new))
+}
+
+/// Bytes an item counts against the memory limit besides its key and value, like memcached's
+/// item header.
+pub const ITEM_OVERHEAD_BYTES: usize = 56;
+
+/// What an item counts against the memory limit.
+pub fn item_bytes(key: &[u8], item: &Item) -> usize {
+    key.len() + item.value.len() + ITEM_OVERHEAD_BYTES
+}
+
+/// Why a stored item is no longer visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dead {
+    Expired,
+    Flushed,
+}
+
+/// Whether an item last written at second `stored_at` is gone at `now`: past its expiry, or
+/// stored at or before the flush point `flush_at` (0: no flush) once that point is reached.
+pub fn dead(item: &Item, stored_at: UnixSecs, flush_at: UnixSecs, now: UnixSecs) -> Option<Dead> {
+    if flush_at != 0 && flush_at <= now && stored_at <= flush_at {
+        Some(Dead::Flushed)
+    } else if item.expiry.is_expired(now) {
+        Some(Dead::Expired)
+    } else {
+        None
+    }
 }

@@ -1,0 +1,284 @@
+//! The durable disk datalet, on [redb](https://docs.rs/redb).
+//!
+//! # How it works
+//!
+//! Items live in one redb table, keyed by the item key; each value is a [`slot::Slot`]: the
+//! version, flags, expiry and write time in a fixed header, then the data. A second table
+//! holds the store's metadata: bytes used, the last flush point, and the clock reservation.
+//!
+//! - **Writes** go to one writer thread ([`writer`]), which applies them in batches, one
+//!   transaction and one fsync per batch (group commit), and acknowledges each write only after
+//!   its batch is committed. After `kill -9` and a restart every acknowledged write is there,
+//!   with its flags, expiry and version.
+//! - **Reads** open a redb read transaction, which sees only committed, and so durable, data:
+//!   a client never reads a value that a crash could take back. Reads run on the caller's
+//!   thread; they are served from redb's page cache when the data is hot.
+//! - **Restart** is short: every commit saves redb's allocator state (quick-repair), so
+//!   reopening after a crash does not walk the whole file.
+//! - **Disk use** stays bounded under overwrites and deletes: redb is copy-on-write and reuses
+//!   the pages freed by earlier transactions, so the file tracks the live data, not the write
+//!   history. Expired and flushed items are removed when next written to, and in bulk when the
+//!   store's limit is reached.
+//!
+//! Why redb: it is a well-kept, pure-Rust embedded store with ACID transactions, a single
+//! writer (which is the group-commit writer we want anyway), readers isolated from uncommitted
+//! writes, and quick crash recovery. An LSM store would also fit, but would expose or require
+//! care around unflushed memtable data on reads.
+
+mod slot;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tailorkv_common::{Ts, UnixSecs, Version};
+use tokio::sync::oneshot;
+
+use crate::mutate::dead;
+use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+use slot::Slot;
+use writer::{Op, Shared, Writer};
+
+const ITEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("items");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_USED_BYTES: &str = "used_bytes";
+const META_FLUSH_AT: &str = "flush_at";
+const META_CLOCK: &str = "clock";
+
+/// The file inside the datalet's directory.
+pub const FILE_NAME: &str = "tailorkv.redb";
+
+/// Writes batched into one commit at most, by default.
+pub const DEFAULT_MAX_BATCH: usize = 1024;
+
+fn unavailable(e: impl std::fmt::Display) -> DataletError {
+    DataletError::Unavailable(format!("disk: {e}"))
+}
+
+/// Options of the disk datalet besides [`Limits`].
+#[derive(Clone, Debug)]
+pub struct DiskOptions {
+    /// Most writes carried by one commit (one fsync). 1 means one fsync per write.
+    pub max_batch: usize,
+    /// Memory redb may use to cache pages.
+    pub cache_bytes: usize,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            max_batch: DEFAULT_MAX_BATCH,
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// A store in a directory on disk, durable across restarts.
+pub struct DiskDatalet {
+    db: Arc<Database>,
+    shared: Arc<Shared>,
+    ops: Mutex<Option<Sender<Op>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    get_expired: std::sync::atomic::AtomicU64,
+    get_flushed: std::sync::atomic::AtomicU64,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for DiskDatalet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskDatalet")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl DiskDatalet {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, limits: Limits, options: DiskOptions) -> Result<Self, DataletError> {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+        let path = dir.join(FILE_NAME);
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        let (used_bytes, flush_at, clock) = init_tables(&db)?;
+        let shared = Arc::new(Shared::default());
+        shared
+            .used_bytes
+            .store(used_bytes as usize, Ordering::Release);
+        shared.flush_at.store(flush_at, Ordering::Release);
+        shared
+            .memory_limit
+            .store(limits.memory_limit_bytes, Ordering::Release);
+        let writer = Writer {
+            db: Arc::clone(&db),
+            shared: Arc::clone(&shared),
+            item_size_max: limits.item_size_max,
+            max_batch: options.max_batch.max(1),
+            used_bytes: used_bytes as usize,
+            flush_at,
+            clock,
+            last_reclaim: 0,
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("disk-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(unavailable)?;
+        Ok(DiskDatalet {
+            db,
+            shared,
+            ops: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(thread)),
+            get_expired: Default::default(),
+            get_flushed: Default::default(),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many commits (fsyncs) have been made: writes divided by this is the batch size.
+    pub fn commits(&self) -> u64 {
+        self.shared.batches.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, op: Op) -> Result<(), DataletError> {
+        let ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        match ops.as_ref() {
+            Some(tx) => tx.send(op).map_err(|_| unavailable("writer stopped")),
+            None => Err(unavailable("closed")),
+        }
+    }
+
+    fn read_slot(&self, key: &[u8]) -> Result<Option<Slot>, DataletError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(ITEMS).map_err(unavailable)?;
+        let slot = table.get(key).map_err(unavailable)?;
+        Ok(slot.and_then(|bytes| Slot::decode(bytes.value())))
+    }
+}
+
+/// Creates the tables if they are missing and reads the metadata.
+fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts), DataletError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    let meta = {
+        txn.open_table(ITEMS).map_err(unavailable)?;
+        let table = txn.open_table(META).map_err(unavailable)?;
+        let read = |name| -> Result<u64, DataletError> {
+            Ok(table
+                .get(name)
+                .map_err(unavailable)?
+                .map_or(0, |v| v.value()))
+        };
+        (
+            read(META_USED_BYTES)?,
+            read(META_FLUSH_AT)?,
+            read(META_CLOCK)?,
+        )
+    };
+    txn.commit().map_err(unavailable)?;
+    Ok(meta)
+}
+
+impl Drop for DiskDatalet {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish the queued ops and stop.
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Datalet for DiskDatalet {
+    async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        let Some(slot) = self.read_slot(key)? else {
+            return Ok(None);
+        };
+        let flush_at = self.shared.flush_at.load(Ordering::Acquire);
+        match dead(&slot.item, slot.stored_at, flush_at, now) {
+            None => Ok(Some(slot.item)),
+            Some(crate::mutate::Dead::Expired) => {
+                self.get_expired.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Some(crate::mutate::Dead::Flushed) => {
+                self.get_flushed.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Apply {
+            key: key.clone(),
+            mutation,
+            version,
+            now,
+            reply,
+        })?;
+        answer.await.map_err(|_| unavailable("writer stopped"))?
+    }
+
+    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Flush { at, now, reply })?;
+        answer.await.map_err(|_| unavailable("writer stopped"))?
+    }
+
+    async fn load_clock(&self) -> Result<Ts, DataletError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(META).map_err(unavailable)?;
+        let clock = table.get(META_CLOCK).map_err(unavailable)?;
+        Ok(clock.map_or(0, |v| v.value()))
+    }
+
+    async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::SaveClock { ts, reply })?;
+        answer.await.map_err(|_| unavailable("writer stopped"))?
+    }
+
+    fn set_memory_limit(&self, bytes: usize) {
+        self.shared.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> DataletStats {
+        let curr_items = self
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|txn| txn.open_table(ITEMS).ok()?.len().ok())
+            .unwrap_or(0);
+        let s = &self.shared;
+        DataletStats {
+            curr_items,
+            total_items: s.total_items.load(Ordering::Relaxed),
+            bytes: s.used_bytes.load(Ordering::Relaxed) as u64,
+            limit_maxbytes: s.memory_limit.load(Ordering::Relaxed) as u64,
+            get_expired: self.get_expired.load(Ordering::Relaxed),
+            get_flushed: self.get_flushed.load(Ordering::Relaxed),
+            reclaimed: s.reclaimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
