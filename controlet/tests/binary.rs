@@ -128,3 +128,66 @@ fn serves_and_stops_cleanly_on_sigterm_and_sigint() {
         );
     }
 }
+
+const DATALET: &str = env!("CARGO_BIN_EXE_datalet");
+
+fn roundtrip(port: u16, request: &[u8], terminator: &[u8]) -> Vec<u8> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(request).unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !reply.ends_with(terminator) {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&buf[..n]);
+    }
+    reply
+}
+
+fn start_datalet(args: &[&str], port: u16) -> Child {
+    let child = Command::new(DATALET)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start datalet");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "datalet did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn the_datalet_binary_explains_itself_and_refuses_a_remote_store() {
+    let out = Command::new(DATALET).arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--listen", "--store", "--memory-limit", "--item-size-max", "disk:DIR"] {
+        assert!(help.contains(flag), "datalet --help does not mention {flag}:\n{help}");
+    }
+    let out = Command::new(DATALET).args(["--store", "tape"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn the_datalet_binary_serves_a_disk_store_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("disk:{}", dir.path().display());
+    let port = free_port();
+    let mut datalet = start_datalet(&["--store", &store], port);
+    let reply = roundtrip(port, b"set k 5 0 3\r\nabc\r\nget k\r\n", b"END\r\n");
+    assert_eq!(reply, b"STORED\r\nVALUE k 5 3\r\nabc\r\nEND\r\n");
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(datalet.id() as i32, libc::SIGTERM) }, 0);
+    assert!(wait_exit(&mut datalet, Duration::from_secs(10)).success());
+
+    let port = free_port();
+    let mut datalet = start_datalet(&["--store", &store], port);
+    let reply = roundtrip(port, b"get k\r\n", b"END\r\n");
+    assert_eq!(reply, b"VALUE k 5 3\r\nabc\r\nEND\r\n", "the disk store kept the item");
+    datalet.kill().unwrap();
+    datalet.wait().unwrap();
+}
