@@ -9,6 +9,7 @@
 //! - [`engine`]: where commands' effects on data are carried out: versions are assigned and
 //!   mutations applied to the datalet. The replicated modes will order mutations here.
 //! - [`stats`]: the counters behind `stats`.
+//! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`process`]: logging and signal handling shared by the `controlet` and `datalet`
 //!   binaries (`src/bin/datalet.rs` serves one store over the memcached protocol).
 //!
@@ -22,6 +23,7 @@ pub mod out;
 pub mod process;
 pub mod server;
 pub mod stats;
+pub mod tob;
 
 pub use config::Config;
 pub use server::{run, run_configured};

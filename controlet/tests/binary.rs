@@ -133,7 +133,8 @@ const DATALET: &str = env!("CARGO_BIN_EXE_datalet");
 
 fn roundtrip(port: u16, request: &[u8], terminator: &[u8]) -> Vec<u8> {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(request).unwrap();
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
@@ -165,10 +166,22 @@ fn start_datalet(args: &[&str], port: u16) -> Child {
 fn the_datalet_binary_explains_itself_and_refuses_a_remote_store() {
     let out = Command::new(DATALET).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--listen", "--store", "--memory-limit", "--item-size-max", "disk:DIR"] {
-        assert!(help.contains(flag), "datalet --help does not mention {flag}:\n{help}");
+    for flag in [
+        "--listen",
+        "--store",
+        "--memory-limit",
+        "--item-size-max",
+        "disk:DIR",
+    ] {
+        assert!(
+            help.contains(flag),
+            "datalet --help does not mention {flag}:\n{help}"
+        );
     }
-    let out = Command::new(DATALET).args(["--store", "tape"]).output().unwrap();
+    let out = Command::new(DATALET)
+        .args(["--store", "tape"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -187,7 +200,10 @@ fn the_datalet_binary_serves_a_disk_store_across_restarts() {
     let port = free_port();
     let mut datalet = start_datalet(&["--store", &store], port);
     let reply = roundtrip(port, b"get k\r\n", b"END\r\n");
-    assert_eq!(reply, b"VALUE k 5 3\r\nabc\r\nEND\r\n", "the disk store kept the item");
+    assert_eq!(
+        reply, b"VALUE k 5 3\r\nabc\r\nEND\r\n",
+        "the disk store kept the item"
+    );
     datalet.kill().unwrap();
     datalet.wait().unwrap();
 }
