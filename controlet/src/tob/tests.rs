@@ -11,10 +11,12 @@ use super::*;
 
 type Op = u64;
 
+/// A link's messages in flight, with the time each arrives, in send order.
+type InFlight = VecDeque<(u64, Message<Op>)>;
+
 struct Sim {
     nodes: Vec<Tob<Op>>,
-    /// Per link, messages in flight with the time they arrive, in send order.
-    links: BTreeMap<(NodeId, NodeId), VecDeque<(u64, Message<Op>)>>,
+    links: BTreeMap<(NodeId, NodeId), InFlight>,
     now: u64,
     rng: StdRng,
     max_delay: u64,
