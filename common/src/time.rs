@@ -6,6 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
 /// Whole seconds since the Unix epoch.
 pub type UnixSecs = u64;
 
@@ -14,7 +16,9 @@ pub type UnixSecs = u64;
 pub const MAX_RELATIVE_EXPTIME_SECS: i64 = 60 * 60 * 24 * 30;
 
 /// When an item stops being visible.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Expiry {
     #[default]
     Never,

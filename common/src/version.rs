@@ -5,15 +5,21 @@
 //! equal. The CAS unique a memcached client sees is the version packed into 64 bits, so every
 //! replica that applied the same write reports the same CAS unique.
 
+use serde::{Deserialize, Serialize};
+
 /// A Lamport timestamp.
 pub type Ts = u64;
 
 /// The id of a controlet in a cluster. A single node uses `NodeId(0)`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct NodeId(pub u16);
 
 /// The version of a stored item: `(timestamp, node)`, ordered in that order.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Version {
     pub ts: Ts,
     pub node: NodeId,

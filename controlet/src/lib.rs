@@ -10,6 +10,7 @@
 //!   mutations applied to the datalet. The replicated modes will order mutations here.
 //! - [`stats`]: the counters behind `stats`.
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
+//! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
 //! - [`process`]: logging and signal handling shared by the `controlet` and `datalet`
 //!   binaries (`src/bin/datalet.rs` serves one store over the memcached protocol).
 //!
@@ -20,6 +21,7 @@ pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod out;
+pub mod peer;
 pub mod process;
 pub mod server;
 pub mod stats;

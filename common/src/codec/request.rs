@@ -1,6 +1,7 @@
 //! What a client asked for, parsed.
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use super::Response;
 
@@ -13,7 +14,7 @@ pub struct Request {
 }
 
 /// How a storage command treats an existing item.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreMode {
     /// Store unconditionally.
     Set,
