@@ -11,6 +11,7 @@
 //! - [`stats`]: the counters behind `stats`.
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
+//! - [`replication`]: the driver that orders operations through the TOB and applies them.
 //! - [`process`]: logging and signal handling shared by the `controlet` and `datalet`
 //!   binaries (`src/bin/datalet.rs` serves one store over the memcached protocol).
 //!
@@ -23,6 +24,7 @@ pub mod engine;
 pub mod out;
 pub mod peer;
 pub mod process;
+pub mod replication;
 pub mod server;
 pub mod stats;
 pub mod tob;

@@ -38,7 +38,7 @@ pub struct Item {
 }
 
 /// A change to one key. Each variant is one memcached command's effect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mutation {
     /// `set`, `add`, `replace`, `append`, `prepend` or `cas`. Append and prepend keep the
     /// existing item's flags and expiry and ignore these.

@@ -93,6 +93,15 @@ where
         (Transport { queues }, inbox)
     }
 
+    /// Queues `message` for `to` if its queue has room; gives it back if not. A peer not in
+    /// the group swallows the message.
+    pub fn try_send(&self, to: NodeId, message: M) -> Result<(), M> {
+        match self.queues.get(&to).map(|q| q.try_send(message)) {
+            Some(Err(mpsc::error::TrySendError::Full(message))) => Err(message),
+            _ => Ok(()),
+        }
+    }
+
     /// Queues `message` for `to`, waiting while that peer's queue is full.
     pub async fn send(&self, to: NodeId, message: M) {
         if let Some(queue) = self.queues.get(&to) {
