@@ -1,9 +1,11 @@
 //! The engine: where a command's effect on data is carried out.
 //!
-//! This is the single-node engine: it stamps each mutation with the next version from a local
-//! counter and applies it to the datalet at once. The replicated engines will order mutations
-//! through the total-order broadcast before applying them; commands talk only to this
-//! interface.
+//! On a single node it stamps each mutation with the next version from a local counter and
+//! applies it to the datalet at once. In a cluster in a strong mode, every mutation (and
+//! `flush_all`) is ordered through the total-order broadcast by a
+//! [`Replicator`](crate::replication::Replicator) and applied in that order on every member;
+//! reads go through the order too in the linearizable mode and are served from the local
+//! replica in the sequential mode. Commands talk only to this interface.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,12 +15,35 @@ use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
+use crate::replication::Replicator;
+
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
 /// writes, and a restart resumes past every timestamp that may have been issued.
 const CLOCK_RESERVATION: Ts = 1 << 20;
 
+/// The consistency a cluster offers, chosen at launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Consistency {
+    /// Every operation, reads included, goes through the total order; a reply is sent when
+    /// the operation is delivered at the node the client asked.
+    Linearizable,
+    /// Writes go through the total order and are acknowledged once applied locally; reads
+    /// are served from the local replica.
+    Sequential,
+    /// Writes are applied locally and propagated in the background; replicas converge.
+    Eventual,
+}
+
+/// How operations are ordered in a cluster.
+struct Ordered {
+    replicator: Replicator,
+    /// Serve reads from the local replica instead of through the order.
+    local_reads: bool,
+}
+
 pub struct Engine<D> {
     datalet: Arc<D>,
+    ordered: Option<Ordered>,
     clock: Arc<dyn Clock>,
     node: NodeId,
     /// The last timestamp issued.
@@ -36,12 +61,23 @@ impl<D: Datalet> Engine<D> {
         let resume = datalet.load_clock().await?;
         Ok(Engine {
             datalet,
+            ordered: None,
             clock,
             node: NodeId(0),
             last_ts: AtomicU64::new(resume),
             reserved: AtomicU64::new(resume),
             reserving: Mutex::new(()),
         })
+    }
+
+    /// Orders operations through `replicator`; `local_reads` serves reads from the local
+    /// replica (the sequential mode).
+    pub fn replicated(mut self, replicator: Replicator, local_reads: bool) -> Self {
+        self.ordered = Some(Ordered {
+            replicator,
+            local_reads,
+        });
+        self
     }
 
     pub fn now(&self) -> UnixSecs {
@@ -62,10 +98,16 @@ impl<D: Datalet> Engine<D> {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
-        self.datalet.get(key, self.now()).await
+        match &self.ordered {
+            Some(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
+            _ => self.datalet.get(key, self.now()).await,
+        }
     }
 
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
+        if let Some(o) = &self.ordered {
+            return o.replicator.mutate(key, mutation, self.now()).await;
+        }
         let version = self.next_version().await?;
         self.datalet.apply(key, mutation, version, self.now()).await
     }
@@ -81,7 +123,11 @@ impl<D: Datalet> Engine<D> {
             Expiry::At(at) if delay > 0 => at,
             _ => now,
         };
-        self.datalet.flush_all(at.saturating_sub(1), now).await
+        let at = at.saturating_sub(1);
+        match &self.ordered {
+            Some(o) => o.replicator.flush(at, now).await,
+            None => self.datalet.flush_all(at, now).await,
+        }
     }
 
     pub fn set_memory_limit(&self, bytes: usize) {
