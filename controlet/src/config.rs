@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Parser;
+use tailorkv_common::NodeId;
+
+pub use crate::engine::Consistency;
 
 /// A memcached-compatible server that stores into a datalet.
 #[derive(Clone, Debug, Parser)]
@@ -18,6 +21,9 @@ pub struct Config {
 
     /// Where items are stored. `memory`: in this process, lost on exit. `disk:DIR`: in a
     /// database file in DIR, durable: a write is acknowledged once it is on disk.
+    /// `memcached://HOST:PORT`: in a memcached (or any memcached-protocol server) there, each
+    /// value with a 31-byte header holding its version and expiry; give that server an item
+    /// size limit of at least --item-size-max.
     #[arg(long, default_value = "memory")]
     pub datalet: DataletSpec,
 
@@ -45,6 +51,29 @@ pub struct Config {
     /// Worker threads serving connections. Default: one per CPU core.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,
+
+    /// This node's id among `--peers`.
+    #[arg(long, default_value_t = 1)]
+    pub id: u16,
+
+    /// Every member of the cluster, this one included, as `ID@HOST:PORT` peer addresses
+    /// separated by commas; the same list on every member. Without it, a single node.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<Member>,
+
+    /// Where this node listens for its peers. Default: its own entry in `--peers`.
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+
+    /// The consistency the cluster offers (with `--peers`).
+    #[arg(long, value_enum, default_value = "linearizable")]
+    pub consistency: Consistency,
+
+    /// Tests only, never from the command line: serve linearizable reads from the local
+    /// replica. This is the classic bug of total-order systems, planted so the tests can show
+    /// the checker catches it.
+    #[arg(skip)]
+    pub unsafe_local_reads: bool,
 }
 
 impl Config {
@@ -80,25 +109,57 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// A cluster member: `ID@HOST:PORT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    pub addr: SocketAddr,
+}
+
+impl FromStr for Member {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a member: use ID@HOST:PORT, e.g. 1@127.0.0.1:7101");
+        let (id, addr) = s.split_once('@').ok_or_else(bad)?;
+        Ok(Member {
+            id: NodeId(id.parse().map_err(|_| bad())?),
+            addr: addr.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// The choice of datalet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DataletSpec {
     Memory,
     /// `disk:DIR`.
     Disk(PathBuf),
+    /// `memcached://HOST:PORT`: any memcached-protocol server; holds `HOST:PORT`.
+    Memcached(String),
+}
+
+/// `HOST:PORT` of a `memcached://` spec, if it is one: a host, and a port that is a number.
+fn memcached_addr(s: &str) -> Option<&str> {
+    let addr = s.strip_prefix("memcached://")?;
+    let (host, port) = addr.rsplit_once(':')?;
+    (!host.is_empty() && port.parse::<u16>().is_ok()).then_some(addr)
 }
 
 impl FromStr for DataletSpec {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(addr) = memcached_addr(s) {
+            return Ok(DataletSpec::Memcached(addr.to_string()));
+        }
         match s {
             "memory" => Ok(DataletSpec::Memory),
             s if s.starts_with("disk:") && s.len() > "disk:".len() => {
                 Ok(DataletSpec::Disk(PathBuf::from(&s["disk:".len()..])))
             }
             other => Err(format!(
-                "unknown datalet {other:?}: use `memory` or `disk:DIR`"
+                "unknown datalet {other:?}: use `memory`, `disk:DIR` or `memcached://HOST:PORT`"
             )),
         }
     }
@@ -109,6 +170,7 @@ impl fmt::Display for DataletSpec {
         match self {
             DataletSpec::Memory => f.write_str("memory"),
             DataletSpec::Disk(dir) => write!(f, "disk:{}", dir.display()),
+            DataletSpec::Memcached(addr) => write!(f, "memcached://{addr}"),
         }
     }
 }
@@ -116,6 +178,26 @@ impl fmt::Display for DataletSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_flags_parse() {
+        let c = Config::parse_from([
+            "controlet",
+            "--id",
+            "2",
+            "--peers",
+            "1@127.0.0.1:7101,2@127.0.0.1:7102,3@127.0.0.1:7103",
+            "--consistency",
+            "sequential",
+        ]);
+        assert_eq!(c.id, 2);
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.peers[1].addr, "127.0.0.1:7102".parse().unwrap());
+        assert_eq!(c.consistency, Consistency::Sequential);
+        assert!(!c.unsafe_local_reads);
+        assert!(Config::try_parse_from(["controlet", "--peers", "x@y"]).is_err());
+        assert!(Config::try_parse_from(["controlet", "--consistency", "causal"]).is_err());
+    }
 
     #[test]
     fn sizes_take_memcached_suffixes_and_bounds() {
@@ -137,5 +219,30 @@ mod tests {
         );
         assert_eq!(c.datalet, DataletSpec::Memory);
         assert!(Config::try_parse_from(["controlet", "--datalet", "tape"]).is_err());
+    }
+
+    #[test]
+    fn a_memcached_datalet_names_host_and_port_and_round_trips() {
+        for spec in [
+            "memcached://127.0.0.1:11211",
+            "memcached://cache.local:1",
+            "memcached://[::1]:11211",
+        ] {
+            let parsed: DataletSpec = spec.parse().unwrap();
+            assert_eq!(parsed.to_string(), spec);
+        }
+        assert_eq!(
+            "memcached://h:7".parse(),
+            Ok(DataletSpec::Memcached("h:7".into()))
+        );
+        for bad in [
+            "memcached://",
+            "memcached://host",
+            "memcached://:11211",
+            "memcached://h:port",
+            "memcached://h:70000",
+        ] {
+            assert!(bad.parse::<DataletSpec>().is_err(), "{bad} accepted");
+        }
     }
 }

@@ -15,7 +15,7 @@ use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
-use crate::replication::Replicator;
+use crate::replication::{Eventual, Replicator};
 
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
 /// writes, and a restart resumes past every timestamp that may have been issued.
@@ -44,6 +44,7 @@ struct Ordered {
 pub struct Engine<D> {
     datalet: Arc<D>,
     ordered: Option<Ordered>,
+    eventual: Option<Arc<Eventual<D>>>,
     clock: Arc<dyn Clock>,
     node: NodeId,
     /// The last timestamp issued.
@@ -62,6 +63,7 @@ impl<D: Datalet> Engine<D> {
         Ok(Engine {
             datalet,
             ordered: None,
+            eventual: None,
             clock,
             node: NodeId(0),
             last_ts: AtomicU64::new(resume),
@@ -77,6 +79,12 @@ impl<D: Datalet> Engine<D> {
             replicator,
             local_reads,
         });
+        self
+    }
+
+    /// Applies writes locally and propagates them through `eventual` (the eventual mode).
+    pub fn eventual(mut self, eventual: Arc<Eventual<D>>) -> Self {
+        self.eventual = Some(eventual);
         self
     }
 
@@ -108,6 +116,9 @@ impl<D: Datalet> Engine<D> {
         if let Some(o) = &self.ordered {
             return o.replicator.mutate(key, mutation, self.now()).await;
         }
+        if let Some(e) = &self.eventual {
+            return e.apply(key, mutation, self.now()).await;
+        }
         let version = self.next_version().await?;
         self.datalet.apply(key, mutation, version, self.now()).await
     }
@@ -124,10 +135,16 @@ impl<D: Datalet> Engine<D> {
             _ => now,
         };
         let at = at.saturating_sub(1);
-        match &self.ordered {
-            Some(o) => o.replicator.flush(at, now).await,
-            None => self.datalet.flush_all(at, now).await,
+        match (&self.ordered, &self.eventual) {
+            (Some(o), _) => o.replicator.flush(at, now).await,
+            (None, Some(e)) => e.flush(at, now).await,
+            (None, None) => self.datalet.flush_all(at, now).await,
         }
+    }
+
+    /// The total order's counters, in a strong-mode cluster.
+    pub fn replication_counters(&self) -> Option<&crate::replication::Counters> {
+        self.ordered.as_ref().map(|o| o.replicator.counters())
     }
 
     pub fn set_memory_limit(&self, bytes: usize) {

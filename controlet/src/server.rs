@@ -6,12 +6,15 @@
 //! and closed, as memcached does. On shutdown the loop stops accepting, every connection
 //! finishes the requests it has read and writes their replies, and `run` returns.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tailorkv_common::{Clock, SystemClock};
-use tailorkv_datalet::{Datalet, DiskDatalet, DiskOptions, Limits, MemoryDatalet};
+use tailorkv_common::{Clock, NodeId, SystemClock};
+use tailorkv_datalet::{
+    Datalet, DiskDatalet, DiskOptions, Limits, MemoryDatalet, RemoteDatalet, RemoteOptions,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -19,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cmd::Context;
-use crate::config::{Config, DataletSpec};
+use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
 use crate::engine::Engine;
+use crate::replication::{spawn_driver, Eventual, Members};
 use crate::stats::Counts;
 
 /// How long shutdown waits for open connections to finish.
@@ -62,6 +66,14 @@ pub async fn run_configured(
             )
             .await
         }
+        DataletSpec::Memcached(ref addr) => {
+            // Connects on first use; `run` loads the clock from it first, so a server that is
+            // down makes the start fail.
+            let options = RemoteOptions::default();
+            let datalet = RemoteDatalet::new(addr.clone(), limits(&config), options);
+            let clock = Arc::new(SystemClock);
+            run(listener, config, Arc::new(datalet), clock, shutdown).await
+        }
     }
 }
 
@@ -75,10 +87,15 @@ pub async fn run<D: Datalet>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let clock_for_cluster = Arc::clone(&clock);
+    let mut engine = Engine::start(datalet.clone(), clock)
+        .await
+        .map_err(std::io::Error::other)?;
+    if !config.peers.is_empty() {
+        engine = join_cluster(&config, engine, datalet, clock_for_cluster, &shutdown).await?;
+    }
     let ctx = Arc::new(Context {
-        engine: Engine::start(datalet, clock)
-            .await
-            .map_err(std::io::Error::other)?,
+        engine,
         counts: Default::default(),
         config,
         started: Instant::now(),
@@ -132,6 +149,50 @@ pub async fn run<D: Datalet>(
         tracing::warn!("connections still open after the shutdown grace period");
     }
     Ok(())
+}
+
+/// Joins the cluster `config.peers` names: binds the peer address and starts the
+/// replication its consistency mode needs.
+async fn join_cluster<D: Datalet>(
+    config: &Config,
+    engine: Engine<D>,
+    datalet: Arc<D>,
+    clock: Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Engine<D>> {
+    let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
+    let me = NodeId(config.id);
+    let own = config
+        .peers
+        .iter()
+        .find(|m| m.id == me)
+        .ok_or_else(|| invalid(format!("--id {} is not in --peers", config.id)))?;
+    let listen = config.peer_listen.unwrap_or(own.addr);
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen for peers on {listen}: {e}"),
+        )
+    })?;
+    let all: Vec<(NodeId, SocketAddr)> = config.peers.iter().map(|m| (m.id, m.addr)).collect();
+    tracing::info!(
+        id = config.id,
+        members = all.len(),
+        consistency = ?config.consistency,
+        "joining the cluster"
+    );
+    let local_reads = match config.consistency {
+        Consistency::Linearizable => config.unsafe_local_reads,
+        Consistency::Sequential => true,
+        Consistency::Eventual => {
+            let peers: Vec<_> = all.iter().copied().filter(|&(id, _)| id != me).collect();
+            let node = Eventual::start(me, datalet, clock, listener, &peers, shutdown.clone());
+            return Ok(engine.eventual(node));
+        }
+    };
+    let members = Members { me, all };
+    let replicator = spawn_driver(members, listener, datalet, shutdown.clone());
+    Ok(engine.replicated(replicator, local_reads))
 }
 
 async fn refuse(mut stream: TcpStream) {

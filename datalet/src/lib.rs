@@ -7,6 +7,8 @@
 //!   mutations in the same order hold the same items, CAS uniques included.
 //! - [`memory`]: the embedded in-memory store on `dashmap`, the default.
 //! - [`disk`]: the durable store on `redb`, with group commit.
+//! - [`remote`]: items kept in any memcached-protocol server (`memcached://host:port`), with a
+//!   header in front of each value that carries its version and expiry.
 //! - [`conformance`]: the behaviour every backend must have, as test cases; a backend's tests
 //!   run them all with [`conformance_tests!`].
 //!
@@ -17,6 +19,7 @@ pub mod disk;
 pub mod guarded;
 pub mod memory;
 pub mod mutate;
+pub mod remote;
 
 use std::future::Future;
 
@@ -27,6 +30,7 @@ use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 pub use disk::{DiskDatalet, DiskOptions};
 pub use guarded::Guarded;
 pub use memory::MemoryDatalet;
+pub use remote::{RemoteDatalet, RemoteOptions};
 
 /// A stored value with its metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,5 +173,6 @@ pub trait Datalet: Send + Sync + 'static {
     /// Changes the memory limit. Items already stored stay.
     fn set_memory_limit(&self, bytes: usize);
 
+    /// The store's counters. A remote store's may trail its state by a moment.
     fn stats(&self) -> DataletStats;
 }

@@ -91,6 +91,15 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     ] {
         s(out, name, value);
     }
+    if let Some(r) = ctx.engine.replication_counters() {
+        s(
+            out,
+            "peer_messages_sent",
+            r.peer_messages_sent.load(Relaxed),
+        );
+        s(out, "ops_proposed", r.ops_proposed.load(Relaxed));
+        s(out, "ops_applied", r.ops_applied.load(Relaxed));
+    }
 }
 
 fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{Counters, Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
 use crate::peer::{Inbox, Transport};
 use crate::tob::{Delivery, Message, Tob};
 
@@ -44,7 +46,9 @@ pub fn spawn_driver<D: Datalet>(
     let (transport, inbox) =
         Transport::<Message<Proposal>>::start(members.me, listener, &peers, shutdown.clone());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+    let counters = Arc::new(Counters::default());
     let driver = Driver {
+        counters: Arc::clone(&counters),
         me: members.me,
         tob: Tob::new(members.me, &ids),
         transport,
@@ -54,10 +58,11 @@ pub fn spawn_driver<D: Datalet>(
         overflow: BTreeMap::new(),
     };
     tokio::spawn(driver.run(requests_rx, inbox, shutdown));
-    Replicator { requests }
+    Replicator { requests, counters }
 }
 
 struct Driver<D> {
+    counters: Arc<Counters>,
     me: NodeId,
     tob: Tob<Proposal>,
     transport: Transport<Message<Proposal>>,
@@ -105,6 +110,7 @@ impl<D: Datalet> Driver<D> {
     }
 
     fn propose(&mut self, request: Request) {
+        self.counters.ops_proposed.fetch_add(1, Relaxed);
         self.next_request += 1;
         self.waiting.insert(self.next_request, request.reply);
         self.tob.propose(Proposal {
@@ -116,7 +122,11 @@ impl<D: Datalet> Driver<D> {
 
     /// Hands the TOB's messages to the transport without ever waiting on it.
     fn send(&mut self) {
-        for envelope in self.tob.take_messages() {
+        let messages = self.tob.take_messages();
+        self.counters
+            .peer_messages_sent
+            .fetch_add(messages.len() as u64, Relaxed);
+        for envelope in messages {
             self.overflow
                 .entry(envelope.to)
                 .or_default()
@@ -134,6 +144,7 @@ impl<D: Datalet> Driver<D> {
 
     /// Applies one delivered operation, and answers its client if it was proposed here.
     async fn apply(&mut self, delivery: Delivery<Proposal>) {
+        self.counters.ops_applied.fetch_add(1, Relaxed);
         let Proposal { request, now, op } = delivery.op;
         let version = Version::new(delivery.seq, NodeId(0));
         let mine = delivery.origin == self.me;

@@ -19,6 +19,7 @@
 //! backpressure, not the protocol.
 
 mod driver;
+pub mod eventual;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ use tailorkv_datalet::{DataletError, Item, Mutation, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
 pub use driver::{spawn_driver, Members};
+pub use eventual::Eventual;
 
 /// An operation in the total order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,18 @@ pub struct Request {
 #[derive(Clone)]
 pub struct Replicator {
     requests: mpsc::Sender<Request>,
+    counters: std::sync::Arc<Counters>,
+}
+
+/// How much the total order costs: peer messages sent per operation proposed here.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Messages this member sent to its peers (broadcasts, acks, heartbeats).
+    pub peer_messages_sent: std::sync::atomic::AtomicU64,
+    /// Operations this member proposed.
+    pub ops_proposed: std::sync::atomic::AtomicU64,
+    /// Operations delivered and applied here (from every member).
+    pub ops_applied: std::sync::atomic::AtomicU64,
 }
 
 /// Client requests waiting for the driver, at most.
@@ -85,6 +99,10 @@ fn stopped() -> DataletError {
 }
 
 impl Replicator {
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, DataletError> {
         let (reply, answer) = oneshot::channel();
         let request = Request { op, now, reply };

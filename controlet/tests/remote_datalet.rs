@@ -1,0 +1,526 @@
+//! The remote datalet against real servers: the whole conformance suite on a real memcached
+//! and on a controlet serving as a plain memcached; its header as the remote server holds it;
+//! per-key order and lost-update freedom under concurrency; outages, timeouts and
+//! reconnection; and a controlet binary in front of a memcached, end to end.
+
+mod remote_support;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use remote_support::{Raw, Server};
+use tailorkv_common::codec::StoreMode;
+use tailorkv_common::{Expiry, NodeId, Version};
+use tailorkv_datalet::remote::header::Header;
+use tailorkv_datalet::remote::pool::worker_for;
+use tailorkv_datalet::{
+    Datalet, DataletError, Guarded, Limits, Mutation, Outcome, RemoteDatalet, RemoteOptions,
+};
+
+const NOW: u64 = 1_700_000_000;
+
+/// A remote datalet on `server`, which lives as long as it.
+fn on(server: Server, limits: Limits) -> Guarded<RemoteDatalet> {
+    let datalet = RemoteDatalet::new(server.addr.to_string(), limits, RemoteOptions::default());
+    Guarded::new(datalet, server)
+}
+
+mod conformance_on_memcached {
+    use super::*;
+    tailorkv_datalet::conformance_tests!(|limits| on(Server::memcached(limits), limits));
+}
+
+mod conformance_on_controlet {
+    use super::*;
+    tailorkv_datalet::conformance_tests!(|limits| on(Server::controlet(limits), limits));
+}
+
+fn v(ts: u64) -> Version {
+    Version::new(ts, NodeId(3))
+}
+
+fn key(k: &str) -> Bytes {
+    Bytes::copy_from_slice(k.as_bytes())
+}
+
+fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
+    Mutation::Store {
+        mode,
+        flags,
+        expiry,
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+fn set(value: &str) -> Mutation {
+    store(StoreMode::Set, value, 0, Expiry::Never)
+}
+
+fn remote(addr: SocketAddr) -> RemoteDatalet {
+    RemoteDatalet::new(
+        addr.to_string(),
+        Limits::default(),
+        RemoteOptions::default(),
+    )
+}
+
+/// One key for each of the pool's connections.
+fn key_per_connection() -> Vec<Bytes> {
+    let n = RemoteOptions::default().connections;
+    (0..n)
+        .map(|w| {
+            (0..)
+                .map(|i| key(&format!("k{i}")))
+                .find(|k| worker_for(k, n) == w)
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn values_carry_a_header_that_another_datalet_reads_back() {
+    let server = Server::memcached(Limits::default());
+    let d = remote(server.addr);
+    let m = store(StoreMode::Set, "hello", 42, Expiry::At(NOW + 100));
+    assert_eq!(d.apply(&key("k"), m, v(5), NOW).await, Ok(Outcome::Stored));
+
+    let reply = Raw::connect(server.addr).call(b"gets k\r\n", b"END\r\n");
+    let head = format!("VALUE k 42 {} ", 31 + 5);
+    assert!(reply.starts_with(head.as_bytes()), "{reply:?}");
+    let start = reply.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let data = Bytes::copy_from_slice(&reply[start..start + 36]);
+    let (header, value) = Header::decode(&data).expect("a tailorkv header");
+    assert_eq!(&value[..], b"hello");
+    let expected = Header {
+        version: v(5),
+        expiry: Expiry::At(NOW + 100),
+        stored_at: NOW,
+    };
+    assert_eq!(header, expected);
+
+    // A datalet that did not write it reads the same item back.
+    let other = remote(server.addr);
+    let item = other.get(b"k", NOW).await.unwrap().unwrap();
+    let read = (&item.value[..], item.flags, item.expiry, item.version);
+    assert_eq!(read, (&b"hello"[..], 42, Expiry::At(NOW + 100), v(5)));
+}
+
+#[tokio::test]
+async fn a_value_without_a_header_reads_as_absent_and_a_store_replaces_it() {
+    let server = Server::memcached(Limits::default());
+    let mut raw = Raw::connect(server.addr);
+    assert_eq!(
+        raw.call(b"set k 3 0 5\r\nhello\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    let d = remote(server.addr);
+    let k = key("k");
+    assert_eq!(d.get(&k, NOW).await, Ok(None));
+    for m in [Mutation::Delete, Mutation::Incr(1)] {
+        assert_eq!(d.apply(&k, m, v(1), NOW).await, Ok(Outcome::NotFound));
+    }
+    let replace = store(StoreMode::Replace, "x", 0, Expiry::Never);
+    assert_eq!(
+        d.apply(&k, replace, v(2), NOW).await,
+        Ok(Outcome::NotStored)
+    );
+    let untouched = raw.call(b"get k\r\n", b"END\r\n");
+    assert_eq!(untouched, b"VALUE k 3 5\r\nhello\r\nEND\r\n");
+
+    let add = store(StoreMode::Add, "mine", 0, Expiry::Never);
+    assert_eq!(d.apply(&k, add, v(3), NOW).await, Ok(Outcome::Stored));
+    assert_eq!(d.get(&k, NOW).await.unwrap().unwrap().value, key("mine"));
+}
+
+#[tokio::test]
+async fn the_header_counts_against_the_item_size_limit() {
+    let limits = Limits {
+        item_size_max: 1024,
+        ..Limits::default()
+    };
+    let d = on(Server::memcached(limits), limits);
+    // memcached counts 60 bytes besides a 1-byte key and the value: 964 bytes fill 1024.
+    let at_limit = "x".repeat(964 - 31);
+    let over = "x".repeat(964 - 30);
+    let k = key("k");
+    assert_eq!(
+        d.apply(&k, set(&over), v(1), NOW).await,
+        Ok(Outcome::NotStored)
+    );
+    assert_eq!(
+        d.apply(&k, set(&at_limit), v(2), NOW).await,
+        Ok(Outcome::Stored)
+    );
+    let append = store(StoreMode::Append, "y", 0, Expiry::Never);
+    assert_eq!(d.apply(&k, append, v(3), NOW).await, Ok(Outcome::NotStored));
+    let item = d.get(&k, NOW).await.unwrap().unwrap();
+    assert_eq!((item.value, item.version), (key(&at_limit), v(2)));
+}
+
+#[tokio::test]
+async fn an_item_changed_to_already_expired_leaves_the_server_only_if_unchanged() {
+    let server = Server::memcached(Limits::default());
+    let d = remote(server.addr);
+    let mut raw = Raw::connect(server.addr);
+    let k = key("k");
+    d.apply(&k, set("a"), v(1), NOW).await.unwrap();
+    let touch = Mutation::Touch {
+        expiry: Expiry::At(NOW - 1),
+    };
+    let touched = d.apply(&k, touch, v(2), NOW).await;
+    assert!(matches!(touched, Ok(Outcome::Touched(_))), "{touched:?}");
+    assert_eq!(d.get(&k, NOW).await, Ok(None));
+    assert_eq!(raw.call(b"get k\r\n", b"END\r\n"), b"END\r\n");
+
+    // A cas to a past expiry removes the item only on a matching unique.
+    d.apply(&k, set("b"), v(3), NOW).await.unwrap();
+    let cas = |unique| store(StoreMode::Cas(unique), "c", 0, Expiry::At(NOW - 1));
+    let stale = d.apply(&k, cas(v(1).cas()), v(4), NOW).await;
+    assert_eq!(stale, Ok(Outcome::Exists));
+    assert_eq!(d.get(&k, NOW).await.unwrap().unwrap().value, key("b"));
+    let current = d.apply(&k, cas(v(3).cas()), v(5), NOW).await;
+    assert_eq!(current, Ok(Outcome::Stored));
+    assert_eq!(d.get(&k, NOW).await, Ok(None));
+    assert_eq!(raw.call(b"get k\r\n", b"END\r\n"), b"END\r\n");
+}
+
+#[tokio::test]
+async fn the_clock_lives_in_a_reserved_key_and_only_goes_up() {
+    let server = Server::memcached(Limits::default());
+    let d = remote(server.addr);
+    assert_eq!(d.load_clock().await, Ok(0));
+    d.save_clock(5_000).await.unwrap();
+    d.save_clock(3_000).await.unwrap();
+    assert_eq!(remote(server.addr).load_clock().await, Ok(5_000));
+
+    // A flush erases it on a memcached; the datalet puts it back.
+    d.flush_all(NOW - 1, NOW).await.unwrap();
+    assert_eq!(remote(server.addr).load_clock().await, Ok(5_000));
+
+    // Clients never see or change the reserved key.
+    let clock = key("__tailorkv_clock");
+    assert_eq!(d.get(&clock, NOW).await, Ok(None));
+    assert_eq!(
+        d.apply(&clock, set("1"), v(1), NOW).await,
+        Ok(Outcome::NotStored)
+    );
+    assert_eq!(
+        d.apply(&clock, Mutation::Delete, v(2), NOW).await,
+        Ok(Outcome::NotFound)
+    );
+    assert_eq!(d.load_clock().await, Ok(5_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operations_on_one_key_keep_their_order_under_concurrency() {
+    const TASKS: u64 = 16;
+    const OPS: u64 = 40;
+    let server = Server::memcached(Limits::default());
+    let d = Arc::new(remote(server.addr));
+    for k in ["c0", "c1", "c2", "c3", "log0", "log1", "log2", "log3"] {
+        let initial = if k.starts_with('c') { "0" } else { "" };
+        d.apply(&key(k), set(initial), v(1), NOW).await.unwrap();
+    }
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                for i in 0..OPS {
+                    let ts = 10 + t * 1000 + i;
+                    let counter = key(&format!("c{}", (t + i) % 4));
+                    let incr = d.apply(&counter, Mutation::Incr(1), v(ts), NOW).await;
+                    assert!(matches!(incr, Ok(Outcome::Number(_))), "{incr:?}");
+                    let entry = store(StoreMode::Append, &format!("{t}:{i},"), 0, Expiry::Never);
+                    let log = key(&format!("log{}", t % 4));
+                    assert_eq!(d.apply(&log, entry, v(ts), NOW).await, Ok(Outcome::Stored));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for c in 0..4 {
+        let value = d
+            .get(format!("c{c}").as_bytes(), NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        let expected = (TASKS * OPS / 4).to_string();
+        assert_eq!(value.value, key(&expected), "counter c{c}");
+    }
+    for l in 0..4 {
+        let log = d
+            .get(format!("log{l}").as_bytes(), NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8(log.value.to_vec()).unwrap();
+        let mut next = vec![0; TASKS as usize];
+        for entry in log.split_terminator(',') {
+            let (t, i) = entry.split_once(':').unwrap();
+            let (t, i): (usize, u64) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(
+                i, next[t],
+                "task {t}'s appends out of order in log{l}: {log}"
+            );
+            next[t] += 1;
+        }
+        for (t, &n) in next.iter().enumerate() {
+            let expected = if t as u64 % 4 == l { OPS } else { 0 };
+            assert_eq!(n, expected, "task {t} in log{l}");
+        }
+    }
+}
+
+/// Runs `futures` together, polling each first in the order given, which is the order their
+/// operations are queued in; returns their outputs in that order.
+async fn queued_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(Option::unwrap).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operations_queued_on_one_key_take_effect_in_queue_order() {
+    let server = Server::memcached(Limits::default());
+    let d = remote(server.addr);
+    let keys = key_per_connection();
+    let mut ops = Vec::new();
+    let mut expected = vec![String::new(); keys.len()];
+    for i in 0..400u64 {
+        // Runs of three on a key, so no pool that spreads one key's operations over its
+        // connections can keep them in order by luck.
+        let k = (i as usize / 3) % keys.len();
+        let m = if i % 5 < 2 {
+            expected[k] = format!("{i}");
+            set(&i.to_string())
+        } else {
+            expected[k].push_str(&format!(",{i}"));
+            store(StoreMode::Append, &format!(",{i}"), 0, Expiry::Never)
+        };
+        ops.push(d.apply(&keys[k], m, v(10 + i), NOW));
+    }
+    for outcome in queued_in_order(ops).await {
+        assert!(matches!(outcome, Ok(Outcome::Stored | Outcome::NotStored)));
+    }
+    for (k, expected) in keys.iter().zip(expected) {
+        let value = d.get(k, NOW).await.unwrap().unwrap().value;
+        assert_eq!(value, key(&expected), "operations on {k:?} were reordered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_datalets_on_one_server_never_lose_each_others_updates() {
+    let server = Server::memcached(Limits::default());
+    let datalets = [Arc::new(remote(server.addr)), Arc::new(remote(server.addr))];
+    let n = key("n");
+    datalets[0].apply(&n, set("0"), v(1), NOW).await.unwrap();
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let d = Arc::clone(&datalets[t as usize % 2]);
+            let n = n.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let incr = d.apply(&n, Mutation::Incr(1), v(10 + t * 100 + i), NOW);
+                    assert!(matches!(incr.await, Ok(Outcome::Number(_))));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let value = datalets[1].get(&n, NOW).await.unwrap().unwrap().value;
+    assert_eq!(value, key("400"));
+}
+
+fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, DataletError>) -> bool {
+    matches!(result, Err(DataletError::Unavailable(_)))
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_and_the_outage_fails_promptly() {
+    let mut server = Server::memcached(Limits::default());
+    let d = remote(server.addr);
+    d.save_clock(77).await.unwrap();
+    let keys = key_per_connection();
+    for k in &keys {
+        assert_eq!(
+            d.apply(k, set("before"), v(1), NOW).await,
+            Ok(Outcome::Stored)
+        );
+    }
+
+    server.kill();
+    for k in &keys {
+        let started = Instant::now();
+        let got = d.get(k, NOW).await;
+        assert!(is_unavailable(&got), "{got:?}");
+        let stored = d.apply(k, set("during"), v(2), NOW).await;
+        assert!(is_unavailable(&stored), "{stored:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "an outage took {took:?}");
+    }
+    assert!(is_unavailable(&d.flush_all(NOW, NOW).await));
+    assert!(is_unavailable(&d.load_clock().await));
+
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for k in &keys {
+        loop {
+            match d.apply(k, set("after"), v(3), NOW).await {
+                Ok(outcome) => break assert_eq!(outcome, Outcome::Stored),
+                Err(e) => assert!(Instant::now() < deadline, "not back after 5 s: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(d.get(k, NOW).await.unwrap().unwrap().value, key("after"));
+    }
+    // The restarted memcached came back empty; the reconnect put the clock back.
+    assert_eq!(remote(server.addr).load_clock().await, Ok(77));
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable_at_once() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = remote(addr);
+    let started = Instant::now();
+    assert!(is_unavailable(&d.get(b"k", NOW).await));
+    assert!(is_unavailable(
+        &d.apply(&key("k"), set("v"), v(1), NOW).await
+    ));
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_and_then_fails_fast() {
+    // The kernel completes connections to a listener nobody accepts from; nothing answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let options = RemoteOptions {
+        connections: 1,
+        request_timeout: Duration::from_millis(300),
+        ..RemoteOptions::default()
+    };
+    let addr = silent.local_addr().unwrap().to_string();
+    let d = RemoteDatalet::new(addr, Limits::default(), options);
+    let started = Instant::now();
+    assert!(is_unavailable(&d.get(b"k", NOW).await));
+    let took = started.elapsed();
+    let timeout = Duration::from_millis(300)..Duration::from_millis(1500);
+    assert!(timeout.contains(&took), "the request took {took:?}");
+    // Right after, the pool does not wait on the same server again.
+    let started = Instant::now();
+    assert!(is_unavailable(&d.get(b"k", NOW).await));
+    assert!(started.elapsed() < Duration::from_millis(200));
+}
+
+/// A controlet process; dropping it kills it.
+struct Controlet(Child);
+
+impl Drop for Controlet {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A controlet binary storing into `memcached`, on a free port.
+fn controlet_on(memcached: SocketAddr) -> (Controlet, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let child = Command::new(env!("CARGO_BIN_EXE_controlet"))
+        .args(["--listen", &addr.to_string(), "--threads", "2"])
+        .args(["--datalet", &format!("memcached://{memcached}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start controlet");
+    let child = Controlet(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "controlet not listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, addr)
+}
+
+#[test]
+fn a_controlet_on_memcached_serves_clients_and_rides_out_a_memcached_restart() {
+    let mut memcached = Server::memcached(Limits::default());
+    let (_controlet, addr) = controlet_on(memcached.addr);
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.call(b"set k 5 0 5\r\nhello\r\n", b"\r\n"), b"STORED\r\n");
+    let gets = c.call(b"gets k\r\n", b"END\r\n");
+    let line = String::from_utf8(gets.clone()).unwrap();
+    let unique: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    assert_eq!(
+        gets,
+        format!("VALUE k 5 5 {unique}\r\nhello\r\nEND\r\n").as_bytes()
+    );
+    let stale = format!("cas k 0 0 1 {}\r\nx\r\n", unique + 1);
+    assert_eq!(c.call(stale.as_bytes(), b"\r\n"), b"EXISTS\r\n");
+    let fresh = format!("cas k 6 0 3 {unique}\r\nbye\r\n");
+    assert_eq!(c.call(fresh.as_bytes(), b"\r\n"), b"STORED\r\n");
+    assert_eq!(c.call(b"append k 0 0 1\r\n!\r\n", b"\r\n"), b"STORED\r\n");
+    assert_eq!(
+        c.call(b"get k\r\n", b"END\r\n"),
+        b"VALUE k 6 4\r\nbye!\r\nEND\r\n"
+    );
+    assert_eq!(c.call(b"set n 0 0 2\r\n41\r\n", b"\r\n"), b"STORED\r\n");
+    assert_eq!(c.call(b"incr n 1\r\n", b"\r\n"), b"42\r\n");
+    let non_numeric = c.call(b"incr k 1\r\n", b"\r\n");
+    assert!(non_numeric.starts_with(b"CLIENT_ERROR"), "{non_numeric:?}");
+    // memcached holds the value behind the header, the flags in its own field.
+    let raw = Raw::connect(memcached.addr).call(b"get k\r\n", b"END\r\n");
+    assert!(raw.starts_with(b"VALUE k 6 35\r\nTKV\x01"), "{raw:?}");
+
+    memcached.kill();
+    let unavailable = b"SERVER_ERROR datalet unavailable\r\n";
+    assert_eq!(c.call(b"get k\r\n", b"\r\n"), unavailable);
+    assert_eq!(c.call(b"set k 0 0 1\r\nx\r\n", b"\r\n"), unavailable);
+    assert_eq!(c.call(b"incr n 1\r\n", b"\r\n"), unavailable);
+
+    memcached.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.call(b"set k 0 0 5\r\nagain\r\n", b"\r\n") != b"STORED\r\n" {
+        assert!(Instant::now() < deadline, "no recovery after 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        c.call(b"get k\r\n", b"END\r\n"),
+        b"VALUE k 0 5\r\nagain\r\nEND\r\n"
+    );
+    // The clock reservation was put back into the memcached that restarted empty.
+    let clock = Raw::connect(memcached.addr).call(b"get __tailorkv_clock\r\n", b"END\r\n");
+    assert!(clock.starts_with(b"VALUE __tailorkv_clock 0 "), "{clock:?}");
+}

@@ -1,0 +1,233 @@
+//! A datalet whose items live in any server that speaks memcached's text protocol: a real
+//! memcached, or another tailorkv node.
+//!
+//! # Layout
+//!
+//! - [`header`]: the 31 bytes in front of every stored value that carry the item's version,
+//!   expiry and write time; the item's flags use memcached's own flags field.
+//! - [`exptime`]: the exptime the remote server is given, so it reclaims expired items.
+//! - [`client`]: the protocol, client side: requests to bytes, bytes to replies (pure).
+//! - [`conn`]: one connection: a request out, its reply in, under timeouts.
+//! - [`ops`]: each datalet operation as requests: `set` directly, every other mutation as a
+//!   `gets`, [`crate::mutate::decide`], and a conditional write back.
+//! - [`clock`]: the clock reservation, in a reserved key.
+//! - [`pool`]: the connection tasks, per-key ordering, reconnection with backoff.
+//! - [`state`]: what the tasks share: limits, flush point, saved clock, counters.
+//!
+//! # How it works
+//!
+//! [`RemoteDatalet::new`] starts [`RemoteOptions::connections`] tasks, which connect when
+//! their first job comes. Each operation is sent to the task its key hashes to and waits for
+//! its reply; see [`pool`] for why that keeps per-key order and how failures are handled, and
+//! [`ops`] for why concurrent writers to one remote server never lose each other's updates.
+//!
+//! Visibility is decided here, by the header and the caller's clock, exactly as the memory
+//! datalet decides it ([`crate::mutate::dead`]); the remote server's own expiry and flushes
+//! are there to free its memory, and to be seen by its other clients.
+//!
+//! # What differs from a local store
+//!
+//! - **Foreign values** (no valid header: written by another client) read as absent. A store
+//!   replaces one, conditionally on its CAS unique; `delete` reports `NOT_FOUND` and leaves it.
+//! - **Keys starting with `__tailorkv_`** are reserved: [`clock::CLOCK_KEY`] keeps the clock
+//!   reservation there. Such a key reads as absent and is never stored or changed: a store
+//!   is `NotStored` and any other mutation (a `cas` too) `NotFound`, as if the key held
+//!   nothing that could be replaced. So is a key the protocol cannot carry (empty, longer
+//!   than 250 bytes, with spaces or control characters).
+//! - **Item size**: the header counts against the item size limit, so a value fits if it
+//!   fits with the header. A remote server given the same item size limit as this datalet
+//!   therefore takes every item this datalet accepts; a value within 31 bytes of the limit is
+//!   `NotStored` here though the memory datalet would take it.
+//! - **Memory** is the remote server's to enforce: its `SERVER_ERROR out of memory` is
+//!   [`DataletError::OutOfMemory`]. [`Datalet::set_memory_limit`] records the limit and
+//!   forwards it as `cache_memlimit` in whole MiB, rounded up, on every connection (so any
+//!   operation issued afterwards sees it); memcached refuses less than 8 MiB and keeps its
+//!   limit, which is logged. A `set` that a real memcached refuses for memory also deletes
+//!   the key's old value (memcached's own behaviour; every other mutation keeps it).
+//! - **`flush_all(at, now)`** sets the flush point here, which hides items by their header's
+//!   write time exactly as in the memory datalet, and forwards `flush_all` (when `at <= now`)
+//!   or `flush_all <at - now + 1>` (memcached's delay, which flushes what is stored up to `at`
+//!   on the remote server's clock) so the remote server frees the memory and its other
+//!   clients see the flush. The flush point itself is kept in this process only: a restarted
+//!   controlet still sees a past flush through the remote server, but no longer hides items
+//!   stored during the flush point's own second after it.
+//! - **The clock** ([`Datalet::load_clock`], [`Datalet::save_clock`]) is kept in the reserved
+//!   key, header-encoded, and only ever raised. A flush erases it on a memcached, so it is put
+//!   back right after an immediate flush, a moment after a delayed one comes due, and after
+//!   every reconnect (the remote server may have restarted empty). A controlet that stops
+//!   in such a window loses the reservation: a memcached keeps nothing durable.
+//! - **[`Datalet::stats`]** reports the limit recorded here; `total_items`, `get_expired` and
+//!   `get_flushed` as counted by this datalet; and `curr_items`, `bytes` and `reclaimed` as
+//!   the remote server last reported them, for all its clients and its reserved keys. Those
+//!   are refreshed every [`RemoteOptions::stats_refresh`] and whenever `stats` is called, so
+//!   they trail the remote server by a moment.
+
+pub mod client;
+pub mod clock;
+pub mod conn;
+pub mod exptime;
+pub mod header;
+pub mod ops;
+pub mod pool;
+pub mod state;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tailorkv_common::codec::{valid_key, StoreMode};
+use tailorkv_common::{Ts, UnixSecs, Version};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
+
+use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+use pool::{worker_for, Job};
+use state::Shared;
+
+pub use header::HEADER_LEN;
+
+/// Keys with this prefix are the datalet's own.
+pub const RESERVED_PREFIX: &[u8] = b"__tailorkv_";
+
+/// How the pool connects and how long it waits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// Connections, each with its own task. Keys are spread over them by hash.
+    pub connections: usize,
+    /// The longest a connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The longest one request may wait for its reply.
+    pub request_timeout: Duration,
+    /// The longest wait between connection attempts while the remote server is down.
+    pub max_backoff: Duration,
+    /// How often the remote server's counters are fetched for `stats`.
+    pub stats_refresh: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            connections: 8,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(1),
+            stats_refresh: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A datalet on a remote memcached-protocol server.
+pub struct RemoteDatalet {
+    shared: Arc<Shared>,
+    workers: Vec<UnboundedSender<Job>>,
+}
+
+impl RemoteDatalet {
+    /// A datalet on the server at `addr` (`host:port`). Starts the connection tasks, which
+    /// connect on their first operation, so it must be called within a tokio runtime but need
+    /// not be awaited, and succeeds whether or not the server is up.
+    pub fn new(addr: impl Into<String>, limits: Limits, options: RemoteOptions) -> Self {
+        assert!(options.connections > 0, "a pool needs a connection");
+        let n = options.connections;
+        let shared = Arc::new(Shared::new(addr.into(), limits, options));
+        let workers = (0..n)
+            .map(|i| pool::spawn(i, Arc::clone(&shared)))
+            .collect();
+        RemoteDatalet { shared, workers }
+    }
+
+    /// Queues `job` on the task for `key` and waits for its reply.
+    async fn call<T>(
+        &self,
+        key: &[u8],
+        job: impl FnOnce(oneshot::Sender<Result<T, DataletError>>) -> Job,
+    ) -> Result<T, DataletError> {
+        let (tx, rx) = oneshot::channel();
+        let worker = &self.workers[worker_for(key, self.workers.len())];
+        if worker.send(job(tx)).is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+fn gone() -> DataletError {
+    DataletError::Unavailable("the remote datalet's connection task has stopped".into())
+}
+
+/// Whether this datalet stores `key`: not reserved, and sendable in a request line.
+fn storable(key: &[u8]) -> bool {
+    !key.is_empty() && valid_key(key) && !key.contains(&b' ') && !key.starts_with(RESERVED_PREFIX)
+}
+
+impl Datalet for RemoteDatalet {
+    async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        if !storable(key) {
+            return Ok(None);
+        }
+        let key = Bytes::copy_from_slice(key);
+        self.call(&key.clone(), |reply| Job::Get { key, now, reply })
+            .await
+    }
+
+    async fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        if !storable(key) {
+            return Ok(match mutation {
+                Mutation::Store { mode, .. } if !matches!(mode, StoreMode::Cas(_)) => {
+                    Outcome::NotStored
+                }
+                _ => Outcome::NotFound,
+            });
+        }
+        let job = |reply| Job::Apply {
+            key: key.clone(),
+            mutation,
+            version,
+            now,
+            reply,
+        };
+        self.call(key, job).await
+    }
+
+    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+        self.call(b"", |reply| Job::FlushAll { at, now, reply })
+            .await
+    }
+
+    async fn load_clock(&self) -> Result<Ts, DataletError> {
+        self.call(clock::CLOCK_KEY, |reply| Job::LoadClock { reply })
+            .await
+    }
+
+    async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {
+        let job = |reply| Job::SaveClock {
+            ts,
+            reply: Some(reply),
+        };
+        self.call(clock::CLOCK_KEY, job).await
+    }
+
+    fn set_memory_limit(&self, bytes: usize) {
+        self.shared.set_memory_limit(bytes);
+        let megabytes = (bytes as u64).div_ceil(1 << 20);
+        for worker in &self.workers {
+            let _ = worker.send(Job::CacheMemlimit { megabytes });
+        }
+    }
+
+    fn stats(&self) -> DataletStats {
+        if !self.shared.refreshing.swap(true, Ordering::AcqRel)
+            && self.workers[0].send(Job::RefreshStats).is_err()
+        {
+            self.shared.refreshing.store(false, Ordering::Release);
+        }
+        self.shared.stats()
+    }
+}

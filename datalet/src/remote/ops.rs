@@ -1,0 +1,372 @@
+//! The datalet's operations as memcached requests on one connection.
+//!
+//! # How a mutation is carried out
+//!
+//! A plain `set` is one `set` request: it does not depend on what was there. Every other
+//! mutation is a read-modify-write:
+//!
+//! 1. `gets` the key: the remote value and the remote server's CAS unique.
+//! 2. [`see`] it: a valid header that is neither expired nor flushed makes it the live item;
+//!    anything else (no value, an expired or flushed one, a foreign one) is no item.
+//! 3. [`decide`] what the mutation does to that item, exactly as every other backend does.
+//! 4. Write the change back conditionally: `cas` on the unique read in step 1 when the remote
+//!    held a value, `add` when it held none; a removal is a `delete`, or a `cas` of an empty,
+//!    already expired value when it must be conditional (a stored item that is already
+//!    expired, as `touch` with a past time makes).
+//! 5. If another client changed the key in between (`EXISTS`, `NOT_FOUND`, `NOT_STORED`),
+//!    start again from step 1, at most [`MAX_RACES`] times.
+//!
+//! So a writer that does not go through this datalet, or another controlet on the same remote
+//! server, never has its update lost: a write back only lands on the value it was decided on.
+//! A `delete` is not conditional (memcached has no compare-and-delete in its text protocol);
+//! it is still correct, because a delete's outcome depends only on there being an item.
+
+use bytes::Bytes;
+use tailorkv_common::codec::{StoreMode, SERVER_ERROR_TOO_LARGE};
+use tailorkv_common::{Clock, SystemClock, UnixSecs, Version};
+
+use super::client::{ProtocolError, RemoteValue, Reply, Request, StoreCommand};
+use super::clock;
+use super::conn::{Conn, ConnError};
+use super::exptime::remote_exptime;
+use super::header::Header;
+use super::state::{Counter, Shared};
+use crate::mutate::{dead, decide, Change, Dead};
+use crate::{DataletError, Item, Mutation, Outcome};
+
+/// Times a read-modify-write starts again after losing a race before giving up.
+pub const MAX_RACES: usize = 64;
+
+/// How an operation failed.
+#[derive(Debug)]
+pub enum OpError {
+    /// The connection failed: drop it and reconnect.
+    Conn(ConnError),
+    /// The remote server answered, refusing: the connection is fine.
+    Refused(DataletError),
+    /// There is no connection now and none was tried: the last attempt failed recently.
+    Down(String),
+}
+
+impl From<ConnError> for OpError {
+    fn from(e: ConnError) -> Self {
+        OpError::Conn(e)
+    }
+}
+
+/// What a remote value is to us at `now`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Absent,
+    Foreign,
+    Dead(Dead),
+    Live(Item),
+}
+
+/// Reads a remote value through its header.
+pub fn see(remote: Option<&RemoteValue>, flush_at: UnixSecs, now: UnixSecs) -> Seen {
+    let Some(remote) = remote else {
+        return Seen::Absent;
+    };
+    let Ok((header, value)) = Header::decode(&remote.data) else {
+        return Seen::Foreign;
+    };
+    let item = Item {
+        value,
+        flags: remote.flags,
+        expiry: header.expiry,
+        version: header.version,
+    };
+    match dead(&item, header.stored_at, flush_at, now) {
+        Some(why) => Seen::Dead(why),
+        None => Seen::Live(item),
+    }
+}
+
+pub async fn get(
+    s: &Shared,
+    conn: &mut Conn,
+    key: &[u8],
+    now: UnixSecs,
+) -> Result<Option<Item>, OpError> {
+    let remote = gets(conn, key).await?;
+    match see(remote.as_ref(), s.flush_at(), now) {
+        Seen::Live(item) => return Ok(Some(item)),
+        Seen::Dead(Dead::Expired) => s.count(Counter::GetExpired),
+        Seen::Dead(Dead::Flushed) => s.count(Counter::GetFlushed),
+        Seen::Absent | Seen::Foreign => {}
+    }
+    Ok(None)
+}
+
+pub async fn apply(
+    s: &Shared,
+    conn: &mut Conn,
+    key: &Bytes,
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+) -> Result<Outcome, OpError> {
+    if let Mutation::Store {
+        mode, flags, value, ..
+    } = &mutation
+    {
+        let joins = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        if !joins && !s.fits(key, *flags, value.len()) {
+            return Ok(Outcome::NotStored);
+        }
+        if *mode == StoreMode::Set {
+            return set(s, conn, key, mutation, version, now).await;
+        }
+    }
+    for _ in 0..MAX_RACES {
+        if let Some(outcome) = try_apply(s, conn, key, mutation.clone(), version, now).await? {
+            return Ok(outcome);
+        }
+    }
+    let why = format!("key changed by other writers {MAX_RACES} times in a row; gave up");
+    Err(OpError::Refused(DataletError::Unavailable(why)))
+}
+
+/// One read-modify-write; `None` when another writer got in between.
+async fn try_apply(
+    s: &Shared,
+    conn: &mut Conn,
+    key: &[u8],
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+) -> Result<Option<Outcome>, OpError> {
+    let remote = gets(conn, key).await?;
+    let unique = remote.as_ref().map(|r| r.cas);
+    let current = match see(remote.as_ref(), s.flush_at(), now) {
+        Seen::Live(item) => Some(item),
+        _ => None,
+    };
+    let (change, outcome) = decide(key, current.as_ref(), mutation, version, s.decide_limit());
+    let written = match change {
+        Change::Keep => return Ok(Some(outcome)),
+        Change::Remove => deleted(conn.call(Request::Delete { key }).await?)?,
+        Change::Put(item) => match remote_exptime(item.expiry, now, wall_clock()) {
+            Some(exptime) => {
+                let command = unique.map_or(StoreCommand::Add, StoreCommand::Cas);
+                let written = put(conn, command, key, &item, exptime, now).await?;
+                if written == Written::Stored && !matches!(outcome, Outcome::Touched(_)) {
+                    s.count(Counter::TotalItems);
+                }
+                written
+            }
+            // Stored already expired: it must vanish, if it is there to see at all.
+            None => match (current, unique) {
+                (Some(_), Some(unique)) => remove_if_unchanged(conn, key, unique).await?,
+                _ => Written::Stored,
+            },
+        },
+    };
+    Ok(match written {
+        Written::Stored => Some(outcome),
+        Written::TooLarge => Some(Outcome::NotStored),
+        Written::Raced => None,
+    })
+}
+
+/// `set`: no read needed. An item stored already expired is a delete.
+async fn set(
+    s: &Shared,
+    conn: &mut Conn,
+    key: &[u8],
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+) -> Result<Outcome, OpError> {
+    let (Change::Put(item), outcome) = decide(key, None, mutation, version, s.decide_limit())
+    else {
+        unreachable!("a set always stores");
+    };
+    let Some(exptime) = remote_exptime(item.expiry, now, wall_clock()) else {
+        deleted(conn.call(Request::Delete { key }).await?)?;
+        return Ok(outcome);
+    };
+    match put(conn, StoreCommand::Set, key, &item, exptime, now).await? {
+        Written::Stored => {
+            s.count(Counter::TotalItems);
+            Ok(outcome)
+        }
+        Written::TooLarge => Ok(Outcome::NotStored),
+        Written::Raced => Err(unexpected(Reply::NotStored).into()),
+    }
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Written {
+    Stored,
+    /// Another writer changed the key since it was read.
+    Raced,
+    /// The remote server's item size limit is below ours.
+    TooLarge,
+}
+
+async fn put(
+    conn: &mut Conn,
+    command: StoreCommand,
+    key: &[u8],
+    item: &Item,
+    exptime: i64,
+    now: UnixSecs,
+) -> Result<Written, OpError> {
+    let header = Header {
+        version: item.version,
+        expiry: item.expiry,
+        stored_at: now,
+    };
+    let head = header.encode();
+    let request = Request::Store {
+        command,
+        key,
+        flags: item.flags,
+        exptime,
+        head: &head,
+        body: &item.value,
+    };
+    written(conn.call(request).await?)
+}
+
+/// A conditional delete: `cas` of an empty value with a negative exptime, which memcached
+/// stores as already expired, so the key reads as a miss and its memory is reclaimed.
+async fn remove_if_unchanged(conn: &mut Conn, key: &[u8], unique: u64) -> Result<Written, OpError> {
+    let request = Request::Store {
+        command: StoreCommand::Cas(unique),
+        key,
+        flags: 0,
+        exptime: -1,
+        head: &[],
+        body: &[],
+    };
+    written(conn.call(request).await?)
+}
+
+pub(super) fn written(reply: Reply) -> Result<Written, OpError> {
+    match reply {
+        Reply::Stored => Ok(Written::Stored),
+        Reply::Exists | Reply::NotFound | Reply::NotStored => Ok(Written::Raced),
+        Reply::ServerError(msg) if msg == SERVER_ERROR_TOO_LARGE => Ok(Written::TooLarge),
+        other => Err(refusal(other)),
+    }
+}
+
+fn deleted(reply: Reply) -> Result<Written, OpError> {
+    match reply {
+        Reply::Deleted => Ok(Written::Stored),
+        Reply::NotFound => Ok(Written::Raced),
+        other => Err(refusal(other)),
+    }
+}
+
+pub(super) async fn gets(conn: &mut Conn, key: &[u8]) -> Result<Option<RemoteValue>, OpError> {
+    match conn.call(Request::Gets { key }).await? {
+        Reply::Value(hit) => Ok(hit),
+        other => Err(refusal(other)),
+    }
+}
+
+/// The error for a reply that is not a success: a full store, a server error, or a reply that
+/// makes no sense here, after which the connection is not trusted.
+fn refusal(reply: Reply) -> OpError {
+    match reply {
+        Reply::ServerError(msg) if msg.to_ascii_lowercase().contains("out of memory") => {
+            OpError::Refused(DataletError::OutOfMemory)
+        }
+        Reply::ServerError(msg) => OpError::Refused(DataletError::Unavailable(format!(
+            "remote server error: {msg}"
+        ))),
+        other => unexpected(other).into(),
+    }
+}
+
+fn unexpected(reply: Reply) -> ConnError {
+    ConnError::Protocol(ProtocolError(format!("unexpected reply {reply:?}")))
+}
+
+/// `flush_all` at the remote server, timed like ours (see the module doc of `remote`), then
+/// the flush point here. An immediate flush erases the clock key, so it is put back at once;
+/// after a delayed one, the pool puts it back when the flush comes due.
+pub async fn flush_all(
+    s: &Shared,
+    conn: &mut Conn,
+    at: UnixSecs,
+    now: UnixSecs,
+) -> Result<(), OpError> {
+    let delay = (at > now).then(|| at - now + 1);
+    match conn.call(Request::FlushAll { delay }).await? {
+        Reply::Ok => {}
+        other => return Err(refusal(other)),
+    }
+    s.set_flush_at(at);
+    let saved = s.clock_saved();
+    if delay.is_none() && saved > 0 {
+        clock::resave_clock(s, conn, saved).await?;
+    }
+    Ok(())
+}
+
+/// `cache_memlimit`: a remote server that refuses (memcached takes no less than 8 MiB) keeps
+/// its limit, and the refusal is logged.
+pub async fn cache_memlimit(conn: &mut Conn, megabytes: u64) -> Result<(), OpError> {
+    match conn.call(Request::CacheMemlimit { megabytes }).await? {
+        Reply::Ok => {}
+        other => tracing::warn!(?other, megabytes, "remote server kept its memory limit"),
+    }
+    Ok(())
+}
+
+pub async fn refresh_stats(s: &Shared, conn: &mut Conn) -> Result<(), OpError> {
+    match conn.call(Request::Stats).await? {
+        Reply::Stats(stats) => {
+            s.absorb_remote_stats(&stats);
+            Ok(())
+        }
+        other => Err(refusal(other)),
+    }
+}
+
+fn wall_clock() -> UnixSecs {
+    SystemClock.now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailorkv_common::{Expiry, NodeId};
+
+    fn remote(data: Bytes) -> RemoteValue {
+        RemoteValue {
+            flags: 9,
+            cas: 1,
+            data,
+        }
+    }
+
+    #[test]
+    fn the_header_decides_what_a_remote_value_is() {
+        let header = Header {
+            version: Version::new(3, NodeId(2)),
+            expiry: Expiry::At(100),
+            stored_at: 50,
+        };
+        let value = remote(header.join(b"data"));
+        let item = Item {
+            value: Bytes::from_static(b"data"),
+            flags: 9,
+            expiry: Expiry::At(100),
+            version: Version::new(3, NodeId(2)),
+        };
+        assert_eq!(see(None, 0, 60), Seen::Absent);
+        assert_eq!(see(Some(&value), 0, 99), Seen::Live(item));
+        assert_eq!(see(Some(&value), 0, 100), Seen::Dead(Dead::Expired));
+        assert_eq!(see(Some(&value), 50, 60), Seen::Dead(Dead::Flushed));
+        assert!(matches!(see(Some(&value), 49, 60), Seen::Live(_)));
+        let foreign = remote(Bytes::from_static(b"written by someone else"));
+        assert_eq!(see(Some(&foreign), 0, 60), Seen::Foreign);
+    }
+}
