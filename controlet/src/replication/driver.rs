@@ -98,6 +98,7 @@ impl<D: Datalet> Driver<D> {
                     while let Ok((from, message)) = inbox.try_recv() {
                         self.tob.step(from, message);
                     }
+                    self.tob.ack();
                 }
                 _ = ticker.tick() => self.tob.tick(),
                 () = shutdown.cancelled() => return,

@@ -12,8 +12,8 @@
 //!   `(timestamp, sender)`. Under load, one broadcast carries many operations, so peer
 //!   messages per operation fall as load rises.
 //! - A member receiving a broadcast queues it and owes every other member a message with a
-//!   later timestamp: [`Tob::tick`] (or the next broadcast) pays that debt with a
-//!   [`Message::Ack`]. Acks also go out as heartbeats when a member has been quiet, so an idle
+//!   later timestamp: [`Tob::ack`] (called after each burst of received messages), the next
+//!   broadcast, or [`Tob::tick`] pays that debt with a [`Message::Ack`]. Acks also go out as heartbeats when a member has been quiet, so an idle
 //!   member never holds up delivery for long.
 //! - The batch at the head of the queue (the smallest `(timestamp, sender)`) is delivered once
 //!   every other member has been heard from with a timestamp at least as large: by FIFO and the
@@ -167,6 +167,14 @@ impl<Op: Clone> Tob<Op> {
             self.owe_ack = true;
         }
         self.maybe_deliver();
+    }
+
+    /// Pays owed acks now: the driver calls this after handling a burst of messages, so a
+    /// broadcast is acknowledged at once, with one ack for the whole burst.
+    pub fn ack(&mut self) {
+        if self.owe_ack {
+            self.send_all(|ts| Message::Ack { ts });
+        }
     }
 
     /// Advances time by one tick: pays owed acks, sends heartbeats after a quiet spell.

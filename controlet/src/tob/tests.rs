@@ -203,6 +203,32 @@ fn batches_carry_many_operations_in_one_message() {
 }
 
 #[test]
+fn ack_pays_what_is_owed_at_once_and_only_then() {
+    let members = [NodeId(1), NodeId(2)];
+    let mut b = Tob::<Op>::new(NodeId(2), &members);
+    b.ack();
+    assert!(b.take_messages().is_empty(), "nothing owed, nothing sent");
+    b.step(
+        NodeId(1),
+        Message::Broadcast {
+            ts: 5,
+            ops: vec![1],
+        },
+    );
+    b.step(
+        NodeId(1),
+        Message::Broadcast {
+            ts: 6,
+            ops: vec![2],
+        },
+    );
+    b.ack();
+    let sent = b.take_messages();
+    assert_eq!(sent.len(), 1, "one ack for the burst");
+    assert!(matches!(sent[0].message, Message::Ack { ts } if ts > 6));
+}
+
+#[test]
 fn a_quiet_member_sends_heartbeats_and_acks_owed_broadcasts() {
     let members = [NodeId(1), NodeId(2)];
     let mut b = Tob::<Op>::new(NodeId(2), &members);
