@@ -4,6 +4,8 @@
 //! Everything here fails loudly: a missing `memcached` binary is a test failure with a message
 //! saying how to install it, never a skipped test.
 
+pub mod checker;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -300,5 +302,43 @@ impl RawClient {
                 Err(_) => continue,
             }
         }
+    }
+}
+
+/// An in-process cluster of controlets on loopback, in one consistency mode. Dropping it
+/// stops every node.
+pub struct Cluster {
+    pub nodes: Vec<Controlet>,
+}
+
+impl Cluster {
+    /// `n` nodes in `consistency`; `tweak` adjusts every node's configuration.
+    pub fn start(
+        n: u16,
+        consistency: tailorkv_controlet::config::Consistency,
+        tweak: impl Fn(&mut Config),
+    ) -> Cluster {
+        let peers: Vec<tailorkv_controlet::config::Member> = (1..=n)
+            .map(|id| tailorkv_controlet::config::Member {
+                id: tailorkv_common::NodeId(id),
+                addr: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            })
+            .collect();
+        let nodes = (1..=n)
+            .map(|id| {
+                Controlet::start_with(|c| {
+                    c.id = id;
+                    c.peers = peers.clone();
+                    c.consistency = consistency;
+                    tweak(c);
+                })
+            })
+            .collect();
+        Cluster { nodes }
+    }
+
+    /// The client address of every node.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
     }
 }

@@ -1,0 +1,417 @@
+//! Real 3-node clusters over TCP, one per consistency mode, with concurrent clients bound to
+//! different nodes. Every client records what it asked and was told; the history is then
+//! checked by the checker of the mode's guarantee. A planted bug (linearizable reads served
+//! from the local replica) shows the checks have teeth. Each run is seeded; a failure prints
+//! its seed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tailorkv_common::Version;
+use tailorkv_controlet::config::Consistency;
+use tailorkv_tests::checker::{
+    check_converged, check_linearizable, check_write_order, Budget, OpKind, OpResult, Recorder,
+    ReplicaState, Value, Write,
+};
+use tailorkv_tests::{Cluster, RawClient};
+
+const CLIENTS_PER_NODE: usize = 2;
+
+/// A blocking memcached client that speaks just what the workloads need.
+struct Client {
+    raw: RawClient,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        Client {
+            raw: RawClient::connect(addr),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8]) -> OpResult {
+        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        match &self.raw.call(&req, b"\r\n")[..] {
+            b"STORED\r\n" => OpResult::Stored,
+            other => panic!("set {key}: {}", String::from_utf8_lossy(other)),
+        }
+    }
+
+    fn add(&mut self, key: &str, value: &[u8]) -> OpResult {
+        let mut req = format!("add {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        match &self.raw.call(&req, b"\r\n")[..] {
+            b"STORED\r\n" => OpResult::Stored,
+            b"NOT_STORED\r\n" => OpResult::NotStored,
+            other => panic!("add {key}: {}", String::from_utf8_lossy(other)),
+        }
+    }
+
+    fn delete(&mut self, key: &str) -> OpResult {
+        match &self
+            .raw
+            .call(format!("delete {key}\r\n").as_bytes(), b"\r\n")[..]
+        {
+            b"DELETED\r\n" => OpResult::Deleted,
+            b"NOT_FOUND\r\n" => OpResult::NotFound,
+            other => panic!("delete {key}: {}", String::from_utf8_lossy(other)),
+        }
+    }
+
+    /// `(value, cas)` of a key, or `None`.
+    fn gets(&mut self, key: &str) -> Option<(Vec<u8>, u64)> {
+        let reply = self
+            .raw
+            .call(format!("gets {key}\r\n").as_bytes(), b"END\r\n");
+        if reply == b"END\r\n" {
+            return None;
+        }
+        let text = String::from_utf8(reply).expect("test values are text");
+        let mut lines = text.split("\r\n");
+        let header: Vec<&str> = lines.next().unwrap().split(' ').collect();
+        assert_eq!(header[0], "VALUE", "{text}");
+        Some((
+            lines.next().unwrap().as_bytes().to_vec(),
+            header[4].parse().unwrap(),
+        ))
+    }
+
+    fn get(&mut self, key: &str) -> OpResult {
+        match self.gets(key) {
+            Some((value, _)) => OpResult::Hit(Value(value)),
+            None => OpResult::Miss,
+        }
+    }
+}
+
+/// Random sets (unique values), gets, deletes and adds on a few keys.
+fn random_workload(
+    addr: SocketAddr,
+    client: u32,
+    ops: usize,
+    keys: usize,
+    seed: u64,
+    rec: &Recorder,
+) {
+    let mut c = Client::connect(addr);
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
+    for i in 0..ops {
+        let key = format!("k{}", rng.random_range(0..keys));
+        let value = format!("c{client}-{i}").into_bytes();
+        let kind = match rng.random_range(0..10) {
+            0..=3 => OpKind::Set(Value(value)),
+            4..=7 => OpKind::Get,
+            8 => OpKind::Delete,
+            _ => OpKind::Add(Value(value)),
+        };
+        let id = rec.invoke(client, key.as_str(), kind.clone());
+        let result = match &kind {
+            OpKind::Set(v) => c.set(&key, &v.0),
+            OpKind::Get => c.get(&key),
+            OpKind::Delete => c.delete(&key),
+            OpKind::Add(v) => c.add(&key, &v.0),
+            OpKind::Incr(_) => unreachable!("not in this workload"),
+        };
+        rec.complete(id, result);
+    }
+}
+
+/// Runs `random_workload` from every client of a cluster at once; returns the history.
+fn run_clients(cluster: &Cluster, ops: usize, keys: usize, seed: u64) -> Recorder {
+    let recorder = Recorder::new();
+    std::thread::scope(|s| {
+        for (n, addr) in cluster.addrs().into_iter().enumerate() {
+            for k in 0..CLIENTS_PER_NODE {
+                let client = (n * CLIENTS_PER_NODE + k) as u32;
+                let recorder = &recorder;
+                s.spawn(move || random_workload(addr, client, ops, keys, seed, recorder));
+            }
+        }
+    });
+    recorder
+}
+
+#[test]
+fn linearizable_mode_is_linearizable() {
+    for seed in 1..=3 {
+        let cluster = Cluster::start(3, Consistency::Linearizable, |_| {});
+        let history = run_clients(&cluster, 150, 4, seed).history();
+        let verdict = check_linearizable(&history, Budget::default());
+        assert!(verdict.is_linearizable(), "seed {seed}: {verdict}");
+    }
+}
+
+/// A writer on node 1 and readers on the other nodes race on one key; with reads served
+/// locally, a read that starts after a write finished can still return the older value.
+fn stale_read_race(cluster: &Cluster, rounds: usize) -> Recorder {
+    let recorder = Recorder::new();
+    let addrs = cluster.addrs();
+    std::thread::scope(|s| {
+        let rec = &recorder;
+        let writer_addr = addrs[0];
+        let reader_addrs = addrs[1..].to_vec();
+        s.spawn(move || {
+            let mut w = Client::connect(writer_addr);
+            // The writer reads on the other nodes right after each of its writes.
+            let mut readers: Vec<Client> =
+                reader_addrs.iter().map(|&a| Client::connect(a)).collect();
+            for i in 0..rounds {
+                let value = format!("v{i}").into_bytes();
+                let id = rec.invoke(0, "x", OpKind::Set(Value(value.clone())));
+                let r = w.set("x", &value);
+                rec.complete(id, r);
+                for r in readers.iter_mut() {
+                    let id = rec.invoke(0, "x", OpKind::Get);
+                    let got = r.get("x");
+                    rec.complete(id, got);
+                }
+            }
+        });
+        for (n, &addr) in addrs[1..].iter().enumerate() {
+            s.spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..rounds {
+                    let id = rec.invoke(n as u32 + 1, "x", OpKind::Get);
+                    let got = c.get("x");
+                    rec.complete(id, got);
+                }
+            });
+        }
+    });
+    recorder
+}
+
+#[test]
+fn the_checker_catches_linearizable_reads_served_locally() {
+    // The planted bug: reads answered from the local replica.
+    let mut caught = None;
+    for attempt in 0..5 {
+        let cluster = Cluster::start(3, Consistency::Linearizable, |c| {
+            c.unsafe_local_reads = true
+        });
+        let history = stale_read_race(&cluster, 400).history();
+        let verdict = check_linearizable(&history, Budget::default());
+        if !verdict.is_linearizable() {
+            caught = Some((attempt, verdict));
+            break;
+        }
+    }
+    let (attempt, verdict) = caught.expect("5 runs with local reads and no violation found");
+    eprintln!("violation found on attempt {attempt}: {verdict}");
+    // The same race against the correct mode passes.
+    let cluster = Cluster::start(3, Consistency::Linearizable, |_| {});
+    let history = stale_read_race(&cluster, 400).history();
+    let verdict = check_linearizable(&history, Budget::default());
+    assert!(verdict.is_linearizable(), "{verdict}");
+}
+
+/// Every node's `gets` of `keys`, once all nodes agree or after 5 s.
+fn replica_states(cluster: &Cluster, keys: usize) -> Vec<ReplicaState> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let states: Vec<ReplicaState> = cluster
+            .addrs()
+            .into_iter()
+            .map(|addr| {
+                let mut c = Client::connect(addr);
+                (0..keys)
+                    .filter_map(|k| {
+                        let key = format!("k{k}");
+                        let (value, cas) = c.gets(&key)?;
+                        Some((key, (Value(value), Version::from_cas(cas))))
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .collect();
+        if states.iter().all(|s| s == &states[0]) || Instant::now() > deadline {
+            return states;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sequential_mode_keeps_one_write_order_and_replicas_end_identical() {
+    for seed in 1..=3 {
+        let cluster = Cluster::start(3, Consistency::Sequential, |_| {});
+        let history = run_clients(&cluster, 200, 4, seed).history();
+        let verdict = check_write_order(&history);
+        assert!(verdict.is_consistent(), "seed {seed}: {verdict:?}");
+        let states = replica_states(&cluster, 4);
+        assert!(
+            states.iter().all(|s| s == &states[0]),
+            "seed {seed}: replicas differ: {states:?}"
+        );
+    }
+}
+
+#[test]
+fn eventual_mode_converges_to_the_highest_version_on_every_node() {
+    for seed in 1..=3 {
+        let cluster = Cluster::start(3, Consistency::Eventual, |_| {});
+        let keys = 5;
+        let writes = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for (n, addr) in cluster.addrs().into_iter().enumerate() {
+                for k in 0..CLIENTS_PER_NODE {
+                    let writes = &writes;
+                    s.spawn(move || {
+                        let client = n * CLIENTS_PER_NODE + k;
+                        let mut rng = StdRng::seed_from_u64(seed * 1000 + client as u64);
+                        let mut c = Client::connect(addr);
+                        for i in 0..150 {
+                            let key = format!("k{}", rng.random_range(0..keys));
+                            if rng.random_range(0..10) == 0 {
+                                c.delete(&key);
+                                writes.lock().unwrap().push(Write {
+                                    key,
+                                    value: None,
+                                    version: None,
+                                });
+                                continue;
+                            }
+                            let value = format!("c{client}-{i}").into_bytes();
+                            c.set(&key, &value);
+                            // Reads are local: right after the write, this node holds it,
+                            // unless a newer write already replaced it.
+                            let version = match c.gets(&key) {
+                                Some((v, cas)) if v == value => Some(Version::from_cas(cas)),
+                                _ => None,
+                            };
+                            writes.lock().unwrap().push(Write {
+                                key,
+                                value: Some(Value(value)),
+                                version,
+                            });
+                        }
+                    });
+                }
+            }
+        });
+        let states = replica_states(&cluster, keys);
+        let writes = writes.into_inner().unwrap();
+        let known = writes.iter().filter(|w| w.version.is_some()).count();
+        assert!(
+            known * 2 > writes.len(),
+            "seed {seed}: too few versions known ({known})"
+        );
+        if let Err(divergence) = check_converged(&states, &writes) {
+            panic!("seed {seed}: {divergence:?}");
+        }
+    }
+}
+
+/// Every command, good and bad, in one packet; `version` last marks the end of the replies.
+const SCRIPT: &[u8] = b"set a 5 0 5\r\nhello\r\nget a\r\ngets a\r\nappend a 0 0 2\r\n!!\r\n\
+prepend a 0 0 2\r\n<<\r\nget a\r\nadd a 0 0 1\r\nx\r\nadd b 7 0 1\r\nb\r\nreplace c 0 0 1\r\nc\r\n\
+replace a 9 0 1\r\nA\r\nincr n 1\r\nset n 0 0 2\r\n10\r\nincr n 5\r\ndecr n 100\r\nget n\r\n\
+incr a 1\r\ntouch a 100\r\ntouch zz 1\r\ngat 100 a b\r\ngats 0 a zz\r\ndelete b\r\ndelete b\r\n\
+cas a 0 0 1 1\r\nq\r\nset e 0 -1 1\r\nx\r\nget e\r\nset q 0 0 1 noreply\r\nq\r\n\
+incr q 1 noreply\r\nget q a n\r\nverbosity 1\r\nbogus\r\nset k 0 0 3\r\nabcde\r\n\
+flush_all\r\nget a n q\r\nversion\r\n";
+
+/// Sends `request`, reads through the `VERSION` reply, and renames CAS uniques `c1`, `c2`, ...
+/// in order of appearance, so replies compare across servers.
+fn transcript(addr: SocketAddr, request: &[u8]) -> String {
+    let mut raw = RawClient::connect(addr);
+    raw.send(request);
+    let reply = String::from_utf8(raw.read_until(b"\r\n")).unwrap();
+    let mut reply = reply;
+    while !reply.contains("VERSION ") {
+        let more = raw.read_until(b"\r\n");
+        reply.push_str(std::str::from_utf8(&more).unwrap());
+    }
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    reply
+        .split("\r\n")
+        .map(|line| {
+            let words: Vec<&str> = line.split(' ').collect();
+            if words[0] == "VALUE" && words.len() == 5 {
+                let n = names.len() + 1;
+                let name = names.entry(words[4].to_string()).or_insert(format!("c{n}"));
+                format!(
+                    "{} {} {} {} {}",
+                    words[0], words[1], words[2], words[3], name
+                )
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[test]
+fn every_command_answers_as_on_a_single_node_in_every_mode() {
+    let single = tailorkv_tests::Controlet::start();
+    let expected = transcript(single.addr, SCRIPT);
+    assert!(expected.contains("VALUE a 9 1 c"), "sanity: {expected}");
+    for mode in [
+        Consistency::Linearizable,
+        Consistency::Sequential,
+        Consistency::Eventual,
+    ] {
+        let cluster = Cluster::start(3, mode, |_| {});
+        for addr in cluster.addrs() {
+            assert_eq!(transcript(addr, SCRIPT), expected, "{mode:?} at {addr}");
+        }
+    }
+}
+
+#[test]
+fn in_the_strong_modes_cas_uniques_and_counters_agree_across_nodes() {
+    for mode in [Consistency::Linearizable, Consistency::Sequential] {
+        let cluster = Cluster::start(3, mode, |_| {});
+        let addrs = cluster.addrs();
+        let mut n1 = Client::connect(addrs[0]);
+        let mut n2 = Client::connect(addrs[1]);
+        let mut n3 = Client::connect(addrs[2]);
+        n1.set("k", b"v1");
+        let (_, unique) = n1.gets("k").unwrap();
+        // A unique from one node is good on another: the versions come from the total order.
+        let mut raw = RawClient::connect(addrs[1]);
+        let cas = format!("cas k 0 0 2 {unique}\r\nv2\r\n");
+        assert_eq!(raw.call(cas.as_bytes(), b"\r\n"), b"STORED\r\n", "{mode:?}");
+        assert_eq!(raw.call(cas.as_bytes(), b"\r\n"), b"EXISTS\r\n", "{mode:?}");
+        // incr through every node: one sequence of results, and one final value everywhere.
+        n3.set("n", b"0");
+        let mut results = Vec::new();
+        let mut raws: Vec<RawClient> = addrs.iter().map(|&a| RawClient::connect(a)).collect();
+        for _ in 0..10 {
+            for raw in raws.iter_mut() {
+                let reply = String::from_utf8(raw.call(b"incr n 1\r\n", b"\r\n")).unwrap();
+                results.push(reply.trim_end().parse::<u64>().unwrap());
+            }
+        }
+        results.sort_unstable();
+        assert_eq!(results, (1..=30).collect::<Vec<u64>>(), "{mode:?}");
+        // flush_all is ordered like a write: a later read through the order sees it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let states: Vec<_> = [&mut n1, &mut n2, &mut n3]
+                .into_iter()
+                .map(|c| c.gets("n"))
+                .collect();
+            if states.iter().all(|s| s == &states[0]) {
+                assert_eq!(states[0].as_ref().unwrap().0, b"30", "{mode:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: replicas disagree: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut raw = RawClient::connect(addrs[2]);
+        assert_eq!(raw.call(b"flush_all\r\n", b"\r\n"), b"OK\r\n");
+        if mode == Consistency::Linearizable {
+            assert_eq!(n1.gets("k"), None, "a read after the flush sees it");
+        }
+    }
+}
