@@ -7,13 +7,14 @@ mod remote_support;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use remote_support::{Raw, Server};
+use remote_support::{Proxy, Raw, Server};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, Version};
 use tailorkv_datalet::remote::header::Header;
@@ -355,6 +356,228 @@ async fn two_datalets_on_one_server_never_lose_each_others_updates() {
     }
     let value = datalets[1].get(&n, NOW).await.unwrap().unwrap().value;
     assert_eq!(value, key("400"));
+}
+
+/// A datalet on `addr` with one connection and the given request timeout.
+fn one_connection(addr: SocketAddr, request_timeout: Duration) -> RemoteDatalet {
+    let options = RemoteOptions {
+        connections: 1,
+        request_timeout,
+        ..RemoteOptions::default()
+    };
+    RemoteDatalet::new(addr.to_string(), Limits::default(), options)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_sets_on_one_connection_are_pipelined() {
+    const JOBS: u64 = 200;
+    let server = Server::memcached(Limits::default());
+    let proxy = Proxy::start(server.addr).await;
+    let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
+    for i in 0..JOBS {
+        let k = key(&format!("r{i}"));
+        d.apply(&k, set(&format!("v{i}")), v(1), NOW).await.unwrap();
+    }
+
+    // Every reply is held 50 ms: one job at a time would take 200 * 50 ms = 10 s.
+    let delay = Duration::from_millis(50);
+    proxy.delay_replies(delay);
+    let reads_before = proxy.client_reads();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..JOBS)
+        .map(|i| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let got = d.get(format!("r{i}").as_bytes(), NOW).await.unwrap();
+                assert_eq!(got.unwrap().value, key(&format!("v{i}")));
+                let w = key(&format!("w{i}"));
+                let stored = d.apply(&w, set(&format!("x{i}")), v(2), NOW).await;
+                assert_eq!(stored, Ok(Outcome::Stored));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let took = started.elapsed();
+    let writes = proxy.client_reads() - reads_before;
+    // 400 requests; a handful of round trips, so a handful of writes.
+    assert!(took < Duration::from_secs(2), "400 jobs took {took:?}");
+    assert!(writes <= 40, "400 requests in {writes} writes");
+    proxy.delay_replies(Duration::ZERO);
+    for i in 0..JOBS {
+        let got = d.get(format!("w{i}").as_bytes(), NOW).await.unwrap();
+        assert_eq!(got.unwrap().value, key(&format!("x{i}")));
+    }
+}
+
+type Step<'a> = Pin<Box<dyn Future<Output = String> + Send + 'a>>;
+
+/// One operation as a future of its result in words, for comparing sequences.
+fn step<'a>(d: &'a RemoteDatalet, k: &Bytes, m: Option<Mutation>, ts: u64) -> Step<'a> {
+    let k = k.clone();
+    Box::pin(async move {
+        match m {
+            None => match d.get(&k, NOW).await {
+                Ok(Some(item)) => String::from_utf8(item.value.to_vec()).unwrap(),
+                other => format!("{other:?}"),
+            },
+            Some(m) => format!("{:?}", d.apply(&k, m, v(ts), NOW).await),
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelined_and_read_modify_write_operations_on_one_key_keep_their_order() {
+    const TASKS: u64 = 8;
+    const ROUNDS: u64 = 25;
+    let server = Server::memcached(Limits::default());
+    let options = RemoteOptions {
+        connections: 2,
+        ..RemoteOptions::default()
+    };
+    let d = Arc::new(RemoteDatalet::new(
+        server.addr.to_string(),
+        Limits::default(),
+        options,
+    ));
+    let shared = key("shared");
+    d.apply(&shared, set("0"), v(1), NOW).await.unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let d = Arc::clone(&d);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mine = [key(&format!("t{t}a")), key(&format!("t{t}b"))];
+                for i in 0..ROUNDS {
+                    let ts = 10 + (t * ROUNDS + i) * 20;
+                    let append = |s: &str| store(StoreMode::Append, s, 0, Expiry::Never);
+                    let prepend = |s: &str| store(StoreMode::Prepend, s, 0, Expiry::Never);
+                    let mut steps = Vec::new();
+                    let mut expected = Vec::new();
+                    // Queued all at once, gets and sets (pipelined) between increments,
+                    // appends and prepends (read-modify-writes), on the same keys.
+                    for (j, k) in mine.iter().enumerate() {
+                        let ts = ts + j as u64 * 10;
+                        let n = 100 * i + j as u64;
+                        steps.push(step(&d, k, Some(set(&n.to_string())), ts));
+                        expected.push("Ok(Stored)".to_string());
+                        steps.push(step(&d, k, Some(Mutation::Incr(5)), ts + 1));
+                        expected.push(format!("Ok(Number({}))", n + 5));
+                        steps.push(step(&d, k, None, 0));
+                        expected.push((n + 5).to_string());
+                        steps.push(step(&d, k, Some(append("x")), ts + 2));
+                        expected.push("Ok(Stored)".to_string());
+                        steps.push(step(&d, &shared, Some(Mutation::Incr(1)), ts + 3));
+                        expected.push(String::new());
+                        steps.push(step(&d, k, None, 0));
+                        expected.push(format!("{}x", n + 5));
+                        steps.push(step(&d, k, Some(set(&format!("{n}y"))), ts + 4));
+                        expected.push("Ok(Stored)".to_string());
+                        steps.push(step(&d, k, Some(prepend("p")), ts + 5));
+                        expected.push("Ok(Stored)".to_string());
+                        steps.push(step(&d, k, None, 0));
+                        expected.push(format!("p{n}y"));
+                    }
+                    let got = queued_in_order(steps).await;
+                    for (got, expected) in got.iter().zip(&expected) {
+                        if expected.is_empty() {
+                            assert!(got.starts_with("Ok(Number("), "{got}");
+                        } else {
+                            assert_eq!(got, expected, "task {t} round {i}: {got:?}");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let total = d.get(&shared, NOW).await.unwrap().unwrap().value;
+    assert_eq!(total, key(&(TASKS * ROUNDS * 2).to_string()));
+    for t in 0..TASKS {
+        for (j, name) in ["a", "b"].iter().enumerate() {
+            let k = format!("t{t}{name}");
+            let value = d.get(k.as_bytes(), NOW).await.unwrap().unwrap().value;
+            let last = 100 * (ROUNDS - 1) + j as u64;
+            assert_eq!(value, key(&format!("p{last}y")), "{k}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_in_flight_fail_together_when_the_connection_stalls_or_drops_and_then_recover() {
+    const JOBS: usize = 40;
+    let server = Server::memcached(Limits::default());
+    let proxy = Proxy::start(server.addr).await;
+    let d = Arc::new(one_connection(proxy.addr, Duration::from_millis(500)));
+    d.save_clock(99).await.unwrap();
+    d.apply(&key("k"), set("before"), v(1), NOW).await.unwrap();
+
+    // Many jobs in flight on one connection, all of whose replies are held back.
+    let launch = |d: &Arc<RemoteDatalet>| -> Vec<_> {
+        (0..JOBS)
+            .map(|i| {
+                let d = Arc::clone(d);
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = if i % 2 == 0 {
+                        d.get(b"k", NOW).await.map(|_| ())
+                    } else {
+                        let k = key(&format!("k{i}"));
+                        d.apply(&k, set("lost?"), v(2), NOW).await.map(|_| ())
+                    };
+                    (result, started.elapsed())
+                })
+            })
+            .collect()
+    };
+
+    // A stalled server: all of them fail at the request timeout, not one after another.
+    proxy.delay_replies(Duration::from_secs(30));
+    let started = Instant::now();
+    for task in launch(&d) {
+        let (result, _) = task.await.unwrap();
+        assert!(is_unavailable(&result), "{result:?}");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "a stall took {took:?}");
+
+    // A dropped connection fails every job in flight at once, well before the timeout.
+    proxy.delay_replies(Duration::ZERO);
+    let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(10)));
+    assert_eq!(d.load_clock().await, Ok(99));
+    proxy.delay_replies(Duration::from_secs(30));
+    let tasks = launch(&d);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    for task in tasks {
+        let (result, _) = task.await.unwrap();
+        assert!(is_unavailable(&result), "{result:?}");
+    }
+    let took = cut_at.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "failing the jobs took {took:?}"
+    );
+
+    // Then the connection comes back, and the clock is put back with it.
+    proxy.delay_replies(Duration::ZERO);
+    let raw = Raw::connect(server.addr).call(b"delete __tailorkv_clock\r\n", b"\r\n");
+    assert_eq!(raw, b"DELETED\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match d.apply(&key("k"), set("after"), v(3), NOW).await {
+            Ok(outcome) => break assert_eq!(outcome, Outcome::Stored),
+            Err(e) => assert!(Instant::now() < deadline, "not back after 5 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = d.get(b"k", NOW).await.unwrap().unwrap();
+    assert_eq!(got.value, key("after"));
+    assert_eq!(remote(server.addr).load_clock().await, Ok(99));
 }
 
 fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, DataletError>) -> bool {

@@ -239,3 +239,106 @@ impl Raw {
         Some(got)
     }
 }
+
+/// A TCP proxy in front of a server, for the remote datalet's pipelining tests: it counts
+/// the writes its clients make, can hold the server's replies back for a while, and can cut
+/// every connection through it at once. Runs on the current tokio runtime.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Reads the proxy made from its clients: an upper bound on their writes.
+    client_reads: std::sync::atomic::AtomicU64,
+    /// How long each chunk of replies is held before it is passed on.
+    delay: std::sync::Mutex<Duration>,
+    /// The tasks of the connections through the proxy; aborting one closes both its sockets.
+    links: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let shared = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let state = std::sync::Arc::clone(&shared);
+                let link = tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    relay(client, server, state).await;
+                });
+                shared.links.lock().unwrap().push(link);
+            }
+        });
+        Proxy { addr, state }
+    }
+
+    /// Holds each chunk of replies for `delay` before passing it on.
+    pub fn delay_replies(&self, delay: Duration) {
+        *self.state.delay.lock().unwrap() = delay;
+    }
+
+    /// The reads made from clients so far: each client write is one read or more.
+    pub fn client_reads(&self) -> u64 {
+        self.state
+            .client_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Closes every connection through the proxy, both ways.
+    pub fn cut(&self) {
+        for link in self.state.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    state: std::sync::Arc<ProxyState>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_in, mut client_out) = client.into_split();
+    let (mut server_in, mut server_out) = server.into_split();
+    let requests = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = client_in.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            state.client_reads.fetch_add(1, Ordering::Relaxed);
+            if server_out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let replies = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = server_in.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let delay = *state.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            if client_out.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = replies => {}
+    }
+}

@@ -1,6 +1,9 @@
 //! One TCP connection to the remote server: a stream, a read buffer, a write buffer, and the
-//! codec of [`super::client`]. A request is written whole, then its reply is read whole;
-//! every step is under a timeout, so nothing waits on a dead or stalled server for long.
+//! codec of [`super::client`]. Either one request is written whole and its reply read whole
+//! ([`Conn::call`]), or a batch of requests is written in one go while their replies are read
+//! in order as they come ([`Conn::pipeline`]): memcached answers the requests of one
+//! connection in the order they came. Every exchange is under a timeout, so nothing waits on a
+//! dead or stalled server for long.
 
 use std::time::Duration;
 
@@ -9,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::client::{decode, ProtocolError, Reply, Request};
+use super::client::{decode, Expect, ProtocolError, Reply, Request};
 
 /// Why a connection failed. After any of these the connection is dropped: a request may have
 /// been half sent or its reply half read.
@@ -73,6 +76,61 @@ impl Conn {
             Ok(result) => result,
             Err(_) => Err(ConnError::Timeout(limit)),
         }
+    }
+
+    /// The write buffer, emptied, for a batch of requests to be encoded into and then sent by
+    /// [`Conn::pipeline`].
+    pub fn batch(&mut self) -> &mut BytesMut {
+        self.output.clear();
+        &mut self.output
+    }
+
+    /// Sends the requests encoded into [`Conn::batch`] in one write and hands their replies to
+    /// `each` in order, one for each of `expects` (the shape of each request's reply), as each
+    /// arrives; all within the request timeout. Replies are read while the requests are still
+    /// being written, so large values either way never deadlock the two sides. `each` fails
+    /// when a reply leaves the connection untrustworthy; that stops the exchange. On an error
+    /// the replies not yet handed over are lost: the connection must be dropped.
+    pub async fn pipeline<F>(&mut self, expects: &[Expect], each: F) -> Result<(), ConnError>
+    where
+        F: FnMut(usize, Reply) -> Result<(), ConnError>,
+    {
+        let limit = self.request_timeout;
+        match timeout(limit, self.exchange_many(expects, each)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnError::Timeout(limit)),
+        }
+    }
+
+    async fn exchange_many<F>(&mut self, expects: &[Expect], mut each: F) -> Result<(), ConnError>
+    where
+        F: FnMut(usize, Reply) -> Result<(), ConnError>,
+    {
+        let (mut reader, mut writer) = self.stream.split();
+        let output = &self.output;
+        let input = &mut self.input;
+        let write = async {
+            writer.write_all(output).await?;
+            Ok::<(), ConnError>(())
+        };
+        let read = async {
+            for (i, &expect) in expects.iter().enumerate() {
+                loop {
+                    if let Some(reply) = decode(input, expect)? {
+                        each(i, reply)?;
+                        break;
+                    }
+                    if input.capacity() - input.len() < 4096 {
+                        input.reserve(16 * 1024);
+                    }
+                    if reader.read_buf(input).await? == 0 {
+                        return Err(ConnError::Closed);
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::try_join!(write, read).map(|_| ())
     }
 
     async fn exchange(&mut self, request: Request<'_>) -> Result<Reply, ConnError> {

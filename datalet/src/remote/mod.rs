@@ -7,18 +7,21 @@
 //!   expiry and write time; the item's flags use memcached's own flags field.
 //! - [`exptime`]: the exptime the remote server is given, so it reclaims expired items.
 //! - [`client`]: the protocol, client side: requests to bytes, bytes to replies (pure).
-//! - [`conn`]: one connection: a request out, its reply in, under timeouts.
+//! - [`conn`]: one connection: a request out and its reply in, or a pipelined batch of
+//!   requests out and their replies in, in order, under timeouts.
 //! - [`ops`]: each datalet operation as requests: `set` directly, every other mutation as a
 //!   `gets`, [`crate::mutate::decide`], and a conditional write back.
 //! - [`clock`]: the clock reservation, in a reserved key.
-//! - [`pool`]: the connection tasks, per-key ordering, reconnection with backoff.
+//! - [`pool`]: the connection tasks, pipelining, per-key ordering, reconnection with backoff.
 //! - [`state`]: what the tasks share: limits, flush point, saved clock, counters.
 //!
 //! # How it works
 //!
 //! [`RemoteDatalet::new`] starts [`RemoteOptions::connections`] tasks, which connect when
 //! their first job comes. Each operation is sent to the task its key hashes to and waits for
-//! its reply; see [`pool`] for why that keeps per-key order and how failures are handled, and
+//! its reply; a task keeps many `get`s and `set`s in flight at once, and runs each
+//! read-modify-write alone. See [`pool`] for why that keeps per-key order and how failures
+//! are handled, and
 //! [`ops`] for why concurrent writers to one remote server never lose each other's updates.
 //!
 //! Visibility is decided here, by the header and the caller's clock, exactly as the memory

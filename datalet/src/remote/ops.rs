@@ -21,11 +21,11 @@
 //! A `delete` is not conditional (memcached has no compare-and-delete in its text protocol);
 //! it is still correct, because a delete's outcome depends only on there being an item.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tailorkv_common::codec::{StoreMode, SERVER_ERROR_TOO_LARGE};
 use tailorkv_common::{Clock, SystemClock, UnixSecs, Version};
 
-use super::client::{ProtocolError, RemoteValue, Reply, Request, StoreCommand};
+use super::client::{Expect, ProtocolError, RemoteValue, Reply, Request, StoreCommand};
 use super::clock;
 use super::conn::{Conn, ConnError};
 use super::exptime::remote_exptime;
@@ -89,7 +89,23 @@ pub async fn get(
     key: &[u8],
     now: UnixSecs,
 ) -> Result<Option<Item>, OpError> {
-    let remote = gets(conn, key).await?;
+    let reply = conn.call(Request::Gets { key }).await?;
+    got(s, reply, now)
+}
+
+/// A `get` as one request, for a pipeline: `gets` of the key, its reply read by [`got`].
+pub fn plan_get(out: &mut BytesMut, key: &[u8]) -> Expect {
+    let request = Request::Gets { key };
+    request.encode(out);
+    request.expect()
+}
+
+/// What the reply to a `get`'s `gets` means at `now`.
+pub fn got(s: &Shared, reply: Reply, now: UnixSecs) -> Result<Option<Item>, OpError> {
+    let remote = match reply {
+        Reply::Value(hit) => hit,
+        other => return Err(refusal(other)),
+    };
     match see(remote.as_ref(), s.flush_at(), now) {
         Seen::Live(item) => return Ok(Some(item)),
         Seen::Dead(Dead::Expired) => s.count(Counter::GetExpired),
@@ -97,6 +113,100 @@ pub async fn get(
         Seen::Absent | Seen::Foreign => {}
     }
     Ok(None)
+}
+
+/// Whether `mutation` is carried out as exactly one request, whose outcome does not depend on
+/// what the key held: a plain `set`. Such a mutation can be pipelined ([`plan_set`]); every
+/// other one is a read-modify-write ([`apply`]).
+pub fn single_request(mutation: &Mutation) -> bool {
+    matches!(
+        mutation,
+        Mutation::Store {
+            mode: StoreMode::Set,
+            ..
+        }
+    )
+}
+
+/// A `set` planned as one request.
+pub enum SetPlan {
+    /// Decided without asking the remote server (too large to store).
+    Done(Outcome),
+    /// A request was encoded; its reply goes to [`set_done`] with this.
+    Sent { expect: Expect, pending: PendingSet },
+}
+
+/// A `set` waiting for its reply.
+pub struct PendingSet {
+    outcome: Outcome,
+    /// A `delete` was sent: the item was stored already expired.
+    deleting: bool,
+}
+
+/// Encodes a `set` (see [`single_request`]) into `out`: a `set` request, or a `delete` for an
+/// item stored already expired.
+pub fn plan_set(
+    s: &Shared,
+    out: &mut BytesMut,
+    key: &[u8],
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+) -> SetPlan {
+    if let Mutation::Store { flags, value, .. } = &mutation {
+        if !s.fits(key, *flags, value.len()) {
+            return SetPlan::Done(Outcome::NotStored);
+        }
+    }
+    let (Change::Put(item), outcome) = decide(key, None, mutation, version, s.decide_limit())
+    else {
+        unreachable!("a set always stores");
+    };
+    let (request, deleting);
+    let head;
+    match remote_exptime(item.expiry, now, wall_clock()) {
+        None => {
+            request = Request::Delete { key };
+            deleting = true;
+        }
+        Some(exptime) => {
+            head = Header {
+                version: item.version,
+                expiry: item.expiry,
+                stored_at: now,
+            }
+            .encode();
+            request = Request::Store {
+                command: StoreCommand::Set,
+                key,
+                flags: item.flags,
+                exptime,
+                head: &head,
+                body: &item.value,
+            };
+            deleting = false;
+        }
+    }
+    request.encode(out);
+    let expect = request.expect();
+    let pending = PendingSet { outcome, deleting };
+    SetPlan::Sent { expect, pending }
+}
+
+/// The outcome of a `set` from the reply to its request.
+pub fn set_done(s: &Shared, pending: PendingSet, reply: Reply) -> Result<Outcome, OpError> {
+    if pending.deleting {
+        deleted(reply)?;
+        return Ok(pending.outcome);
+    }
+    match written(reply)? {
+        Written::Stored => {
+            s.count(Counter::TotalItems);
+            Ok(pending.outcome)
+        }
+        Written::TooLarge => Ok(Outcome::NotStored),
+        Written::Raced => Err(unexpected(Reply::NotStored).into()),
+    }
 }
 
 pub async fn apply(
@@ -170,7 +280,7 @@ async fn try_apply(
     })
 }
 
-/// `set`: no read needed. An item stored already expired is a delete.
+/// `set`: no read needed, one request. An item stored already expired is a delete.
 async fn set(
     s: &Shared,
     conn: &mut Conn,
@@ -179,21 +289,17 @@ async fn set(
     version: Version,
     now: UnixSecs,
 ) -> Result<Outcome, OpError> {
-    let (Change::Put(item), outcome) = decide(key, None, mutation, version, s.decide_limit())
-    else {
-        unreachable!("a set always stores");
-    };
-    let Some(exptime) = remote_exptime(item.expiry, now, wall_clock()) else {
-        deleted(conn.call(Request::Delete { key }).await?)?;
-        return Ok(outcome);
-    };
-    match put(conn, StoreCommand::Set, key, &item, exptime, now).await? {
-        Written::Stored => {
-            s.count(Counter::TotalItems);
-            Ok(outcome)
+    match plan_set(s, conn.batch(), key, mutation, version, now) {
+        SetPlan::Done(outcome) => Ok(outcome),
+        SetPlan::Sent { expect, pending } => {
+            let mut reply = None;
+            conn.pipeline(&[expect], |_, r| {
+                reply = Some(r);
+                Ok(())
+            })
+            .await?;
+            set_done(s, pending, reply.expect("one reply for one request"))
         }
-        Written::TooLarge => Ok(Outcome::NotStored),
-        Written::Raced => Err(unexpected(Reply::NotStored).into()),
     }
 }
 

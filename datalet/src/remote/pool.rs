@@ -1,23 +1,37 @@
 //! The connection pool: a fixed number of tasks, each owning one connection and a queue of
 //! jobs.
 //!
+//! # Pipelining
+//!
+//! A job that is exactly one request and one reply (a `get`, a plain `set`) is
+//! *pipelined*: the task takes it together with the pipelined jobs queued behind it, up to
+//! [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values), writes all their
+//! requests in one write, and hands each reply to its job as it arrives, in order: memcached
+//! answers the requests of one connection in the order they came. Every other job (a
+//! read-modify-write, the clock, a flush, `cache_memlimit`, `stats`) runs alone: the task
+//! first waits for every reply in flight, then carries the job out to its end, then takes the
+//! next one. So the connection's own order is the queue's order, and no later job gets in
+//! between a read-modify-write's read and its conditional write.
+//!
 //! # Ordering
 //!
-//! A key always goes to the same task ([`worker_for`]), and a task carries out its jobs one
-//! at a time in the order they were queued: a read-modify-write finishes before the next job
-//! starts. So two operations on one key are never reordered or interleaved, whichever callers
-//! issued them; operations on different keys run in parallel on different connections.
+//! A key always goes to the same task ([`worker_for`]), and a task's requests reach the remote
+//! server in the order their jobs were queued, and a read-modify-write finishes before any
+//! later job's request is sent. So two operations on one key are never reordered or
+//! interleaved, whichever callers issued them; operations on different keys run in parallel
+//! on different connections.
 //!
 //! # Failure and reconnection
 //!
 //! A task connects when its first job comes. When the connection fails (refused, reset, a
 //! timeout, a reply that makes no sense) it is dropped and the job fails with
-//! [`DataletError::Unavailable`]. Jobs that come in the next moment fail at once without
-//! trying, and then the next job tries to connect again; each failure in a row doubles that
-//! moment, from [`FIRST_BACKOFF`] up to [`super::RemoteOptions::max_backoff`]. Connecting and
-//! every request are under timeouts, so a job never waits on a dead server for long. After
-//! each reconnect the clock reservation is put back first: a remote server that restarted has
-//! lost it.
+//! [`DataletError::Unavailable`], and so does every job whose request is in flight with it:
+//! whether such a request took effect is unknown. Jobs that come in the next moment fail at
+//! once without trying, and then the next job tries to connect again; each failure in a row
+//! doubles that moment, from [`FIRST_BACKOFF`] up to [`super::RemoteOptions::max_backoff`].
+//! Connecting and every exchange (one request, or one pipelined batch) are under timeouts,
+//! so a job never waits on a dead server for long. After each reconnect the clock
+//! reservation is put back first: a remote server that restarted has lost it.
 
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::atomic::Ordering;
@@ -30,14 +44,21 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
+use super::client;
 use super::clock;
-use super::conn::Conn;
+use super::conn::{Conn, ConnError};
 use super::ops::{self, OpError};
 use super::state::Shared;
 use crate::{DataletError, Item, Mutation, Outcome};
 
 /// The wait before reconnecting after a first failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The most requests a connection has in flight at once.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+/// A batch takes no more jobs once its values add up to this many bytes.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Reply<T> = oneshot::Sender<Result<T, DataletError>>;
 
@@ -74,6 +95,63 @@ pub enum Job {
     RefreshStats,
 }
 
+impl Job {
+    /// Whether the job is one request and one reply, so it can be pipelined; and then the
+    /// bytes of value it sends.
+    fn pipelined(&self) -> Option<usize> {
+        match self {
+            Job::Get { .. } => Some(0),
+            Job::Apply { mutation, .. } if ops::single_request(mutation) => match mutation {
+                Mutation::Store { value, .. } => Some(value.len()),
+                _ => Some(0),
+            },
+            _ => None,
+        }
+    }
+}
+
+/// A pipelined job whose request is in flight.
+enum InFlight {
+    Get {
+        now: UnixSecs,
+        reply: Reply<Option<Item>>,
+    },
+    Set {
+        pending: ops::PendingSet,
+        reply: Reply<Outcome>,
+    },
+}
+
+impl InFlight {
+    /// Hands the job the outcome of its reply. A reply that condemns the connection fails the
+    /// job, and comes back as the error.
+    fn finish(self, s: &Shared, reply: client::Reply) -> Result<(), ConnError> {
+        match self {
+            InFlight::Get { now, reply: tx } => answer(ops::got(s, reply, now), tx),
+            InFlight::Set { pending, reply: tx } => answer(ops::set_done(s, pending, reply), tx),
+        }
+    }
+
+    fn fail(self, e: DataletError) {
+        match self {
+            InFlight::Get { reply, .. } => drop(reply.send(Err(e))),
+            InFlight::Set { reply, .. } => drop(reply.send(Err(e))),
+        }
+    }
+}
+
+/// Answers a job; a connection error also comes back, to fail the connection.
+fn answer<T>(result: Result<T, OpError>, tx: Reply<T>) -> Result<(), ConnError> {
+    let (answer, condemned) = match result {
+        Ok(value) => (Ok(value), None),
+        Err(OpError::Refused(e)) => (Err(e), None),
+        Err(OpError::Down(why)) => (Err(DataletError::Unavailable(why)), None),
+        Err(OpError::Conn(e)) => (Err(DataletError::Unavailable(e.to_string())), Some(e)),
+    };
+    let _ = tx.send(answer);
+    condemned.map_or(Ok(()), Err)
+}
+
 /// The task a key's operations go to, out of `n`.
 pub fn worker_for(key: &[u8], n: usize) -> usize {
     let mut hasher = DefaultHasher::new();
@@ -86,6 +164,7 @@ pub fn spawn(index: usize, shared: Arc<Shared>) -> UnboundedSender<Job> {
     let (tx, jobs) = unbounded_channel();
     let worker = Worker {
         index,
+        held: None,
         shared,
         link: Link::default(),
         jobs,
@@ -97,6 +176,8 @@ pub fn spawn(index: usize, shared: Arc<Shared>) -> UnboundedSender<Job> {
 
 struct Worker {
     index: usize,
+    /// A job taken off the queue while gathering a batch, that must run after it.
+    held: Option<Job>,
     shared: Arc<Shared>,
     link: Link,
     jobs: UnboundedReceiver<Job>,
@@ -125,13 +206,98 @@ impl Worker {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let refreshes = self.index == 0;
         loop {
-            let job = tokio::select! {
-                job = self.jobs.recv() => job,
-                _ = ticker.tick(), if refreshes => Some(Job::RefreshStats),
+            let job = match self.held.take() {
+                Some(job) => job,
+                None => tokio::select! {
+                    job = self.jobs.recv() => match job {
+                        Some(job) => job,
+                        None => return,
+                    },
+                    _ = ticker.tick(), if refreshes => Job::RefreshStats,
+                },
             };
+            match job.pipelined() {
+                Some(bytes) => {
+                    let batch = self.gather(job, bytes);
+                    self.pipeline(batch).await;
+                }
+                None => self.handle(job).await,
+            }
+        }
+    }
+
+    /// `first` and the pipelined jobs queued right behind it. A job that cannot be pipelined
+    /// ends the batch and is held for after it.
+    fn gather(&mut self, first: Job, mut bytes: usize) -> Vec<Job> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_IN_FLIGHT && bytes < MAX_BATCH_BYTES {
+            let Ok(job) = self.jobs.try_recv() else {
+                break;
+            };
+            match job.pipelined() {
+                Some(more) => {
+                    bytes += more;
+                    batch.push(job);
+                }
+                None => {
+                    self.held = Some(job);
+                    break;
+                }
+            }
+        }
+        batch
+    }
+
+    /// Sends the batch's requests in one write and answers each job by its reply, in order.
+    async fn pipeline(&mut self, batch: Vec<Job>) {
+        let s = Arc::clone(&self.shared);
+        let conn = match self.link.ready(&s).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = self.link.settle::<()>(Err(e), &s).unwrap_err();
+                for job in batch {
+                    fail(job, e.clone());
+                }
+                return;
+            }
+        };
+        let out = conn.batch();
+        let mut expects = Vec::with_capacity(batch.len());
+        let mut flying = Vec::with_capacity(batch.len());
+        for job in batch {
             match job {
-                Some(job) => self.handle(job).await,
-                None => return,
+                Job::Get { key, now, reply } => {
+                    expects.push(ops::plan_get(out, &key));
+                    flying.push(Some(InFlight::Get { now, reply }));
+                }
+                Job::Apply {
+                    key,
+                    mutation,
+                    version,
+                    now,
+                    reply,
+                } => match ops::plan_set(&s, out, &key, mutation, version, now) {
+                    ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
+                    ops::SetPlan::Sent { expect, pending } => {
+                        expects.push(expect);
+                        flying.push(Some(InFlight::Set { pending, reply }));
+                    }
+                },
+                _ => unreachable!("not a pipelined job"),
+            }
+        }
+        if expects.is_empty() {
+            return;
+        }
+        let result = conn
+            .pipeline(&expects, |i, reply| {
+                let job = flying[i].take().expect("one reply for each request");
+                job.finish(&s, reply)
+            })
+            .await;
+        if let Err(e) = self.link.settle(result.map_err(OpError::Conn), &s) {
+            for job in flying.into_iter().flatten() {
+                job.fail(e.clone());
             }
         }
     }
@@ -198,6 +364,22 @@ impl Worker {
                 let _ = queue.send(Job::SaveClock { ts, reply: None });
             }
         });
+    }
+}
+
+/// Fails a job that never reached the remote server.
+fn fail(job: Job, e: DataletError) {
+    match job {
+        Job::Get { reply, .. } => drop(reply.send(Err(e))),
+        Job::Apply { reply, .. } => drop(reply.send(Err(e))),
+        Job::FlushAll { reply, .. } => drop(reply.send(Err(e))),
+        Job::LoadClock { reply } => drop(reply.send(Err(e))),
+        Job::SaveClock { reply, .. } => {
+            if let Some(reply) = reply {
+                drop(reply.send(Err(e)));
+            }
+        }
+        Job::CacheMemlimit { .. } | Job::RefreshStats => {}
     }
 }
 
