@@ -41,6 +41,11 @@ mod conformance_on_controlet {
     tailorkv_datalet::conformance_tests!(|limits| on(Server::controlet(limits), limits));
 }
 
+mod conformance_on_datalet_binary {
+    use super::*;
+    tailorkv_datalet::conformance_tests!(|limits| on(Server::datalet(limits), limits));
+}
+
 fn v(ts: u64) -> Version {
     Version::new(ts, NodeId(3))
 }

@@ -1,5 +1,5 @@
-//! Remote servers for the remote datalet's tests: a real memcached, or a `controlet` binary
-//! serving as a plain memcached, each a child process on a loopback port, configured with the
+//! Remote servers for the remote datalet's tests: a real memcached, our `datalet` binary, or
+//! a `controlet` binary serving as a plain memcached, each a child process on a loopback port, configured with the
 //! limits of the datalet's `Limits`. A missing `memcached` binary fails the tests; it never
 //! skips them.
 
@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use tailorkv_datalet::Limits;
 
 const CONTROLET: &str = env!("CARGO_BIN_EXE_controlet");
+const DATALET: &str = env!("CARGO_BIN_EXE_datalet");
 
 /// Which server to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Memcached,
     Controlet,
+    Datalet,
 }
 
 /// A server process. Dropping it kills it.
@@ -46,6 +48,21 @@ impl Server {
             "2",
         ];
         Server::start(Kind::Controlet, args.map(String::from).to_vec())
+    }
+
+    /// Our `datalet` binary serving its memory store, with `limits`.
+    pub fn datalet(limits: Limits) -> Server {
+        let mib = limits.memory_limit_bytes.div_ceil(1 << 20).to_string();
+        let item = limits.item_size_max.to_string();
+        let args = [
+            "--store",
+            "memory",
+            "--memory-limit",
+            &mib,
+            "--item-size-max",
+            &item,
+        ];
+        Server::start(Kind::Datalet, args.map(String::from).to_vec())
     }
 
     fn start(kind: Kind, args: Vec<String>) -> Server {
@@ -97,8 +114,13 @@ impl Server {
                 }
                 cmd
             }
-            Kind::Controlet => {
-                let mut cmd = Command::new(CONTROLET);
+            Kind::Controlet | Kind::Datalet => {
+                let bin = if self.kind == Kind::Controlet {
+                    CONTROLET
+                } else {
+                    DATALET
+                };
+                let mut cmd = Command::new(bin);
                 cmd.args(["--listen", &self.addr.to_string()]);
                 cmd
             }
@@ -123,7 +145,7 @@ impl Server {
             if let Some(version) = probe_version(self.addr) {
                 let ours = version.windows(8).any(|w| w == b"tailorkv");
                 std::thread::sleep(Duration::from_millis(20));
-                let right_server = ours == (self.kind == Kind::Controlet);
+                let right_server = ours == (self.kind != Kind::Memcached);
                 if !right_server || self.exited() {
                     self.kill();
                     return false;
