@@ -65,11 +65,9 @@ pub(super) struct Writer {
     pub last_reclaim: UnixSecs,
 }
 
-/// The answer to one op, sent once its batch is committed.
-enum Answer {
-    Apply(Result<Outcome, DataletError>),
-    Done,
-}
+/// The answer to one op, sent once its batch is committed: an apply's outcome (or its own
+/// error, such as running out of memory); `None` for ops that only succeed or fail.
+type Answer = Result<Option<Outcome>, DataletError>;
 
 impl Writer {
     pub fn run(mut self, ops: Receiver<Op>) {
@@ -104,8 +102,7 @@ impl Writer {
                 tracing::error!(error = %e, ops = batch.len(), "disk datalet commit failed");
                 (self.used_bytes, self.flush_at, self.clock) = before;
                 for op in batch {
-                    let answer = Answer::Apply(Err(e.clone()));
-                    reply(op, answer);
+                    reply(op, Err(e.clone()));
                 }
             }
         }
@@ -136,7 +133,7 @@ impl Writer {
                         if matches!(outcome, Ok(Outcome::Stored | Outcome::Number(_))) {
                             *new_items += 1;
                         }
-                        Answer::Apply(outcome)
+                        outcome.map(Some)
                     }
                     Op::Flush { at, now, .. } => {
                         self.flush_at = *at;
@@ -144,11 +141,11 @@ impl Writer {
                             items.retain(|_, _| false).map_err(unavailable)?;
                             self.used_bytes = 0;
                         }
-                        Answer::Done
+                        Ok(None)
                     }
                     Op::SaveClock { ts, .. } => {
                         self.clock = self.clock.max(*ts);
-                        Answer::Done
+                        Ok(None)
                     }
                 };
                 answers.push(answer);
@@ -244,19 +241,13 @@ impl Writer {
 }
 
 fn reply(op: Op, answer: Answer) {
-    match (op, answer) {
-        (Op::Apply { reply, .. }, Answer::Apply(result)) => {
-            let _ = reply.send(result);
+    match op {
+        Op::Apply { reply, .. } => {
+            let outcome = answer.map(|o| o.expect("an apply always answers with an outcome"));
+            let _ = reply.send(outcome);
         }
-        (Op::Flush { reply, .. } | Op::SaveClock { reply, .. }, answer) => {
-            let result = match answer {
-                Answer::Apply(Err(e)) => Err(e),
-                _ => Ok(()),
-            };
-            let _ = reply.send(result);
-        }
-        (Op::Apply { reply, .. }, Answer::Done) => {
-            let _ = reply.send(Err(DataletError::Unavailable("no answer".into())));
+        Op::Flush { reply, .. } | Op::SaveClock { reply, .. } => {
+            let _ = reply.send(answer.map(|_| ()));
         }
     }
 }
