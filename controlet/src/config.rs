@@ -69,6 +69,11 @@ pub struct Config {
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: Consistency,
 
+    /// Milliseconds of silence after which a peer is suspected to have failed (strong modes).
+    /// Each wrong suspicion of a peer adds half this to its timeout.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(20..=600_000))]
+    pub failure_timeout_ms: u64,
+
     /// Tests only, never from the command line: serve linearizable reads from the local
     /// replica. This is the classic bug of total-order systems, planted so the tests can show
     /// the checker catches it.

@@ -108,7 +108,11 @@ impl<D: Datalet> Engine<D> {
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
         match &self.ordered {
             Some(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
-            _ => self.datalet.get(key, self.now()).await,
+            Some(o) => {
+                o.replicator.may_read_locally().await?;
+                self.datalet.get(key, self.now()).await
+            }
+            None => self.datalet.get(key, self.now()).await,
         }
     }
 
@@ -147,12 +151,28 @@ impl<D: Datalet> Engine<D> {
         self.ordered.as_ref().map(|o| o.replicator.counters())
     }
 
+    /// The eventual-consistency side of this node, in the eventual mode.
+    pub fn eventual_node(&self) -> Option<&Eventual<D>> {
+        self.eventual.as_deref()
+    }
+
+    /// Where this node stands in its cluster, in a strong mode.
+    pub fn cluster_health(&self) -> Option<&crate::replication::Health> {
+        self.ordered.as_ref().map(|o| o.replicator.health())
+    }
+
     pub fn set_memory_limit(&self, bytes: usize) {
         self.datalet.set_memory_limit(bytes);
     }
 
     pub fn datalet_stats(&self) -> DataletStats {
         self.datalet.stats()
+    }
+
+    /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is
+    /// the local replica as it stands, not read through the order.
+    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        self.datalet.scan(self.now()).await
     }
 }
 
@@ -177,6 +197,9 @@ mod tests {
         async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
             self.inner.get(key, now).await
         }
+        async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+            self.inner.scan(now).await
+        }
         async fn apply(
             &self,
             key: &Bytes,
@@ -188,6 +211,9 @@ mod tests {
         }
         async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
             self.inner.flush_all(at, now).await
+        }
+        async fn reset(&self) -> Result<(), DataletError> {
+            self.inner.reset().await
         }
         async fn load_clock(&self) -> Result<Ts, DataletError> {
             Ok(self.resume)

@@ -26,6 +26,7 @@ use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
 use crate::engine::Engine;
 use crate::replication::{spawn_driver, Eventual, Members};
+use crate::tob::Timing;
 use crate::stats::Counts;
 
 /// How long shutdown waits for open connections to finish.
@@ -191,7 +192,21 @@ async fn join_cluster<D: Datalet>(
         }
     };
     let members = Members { me, all };
-    let replicator = spawn_driver(members, listener, datalet, shutdown.clone());
+    let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
+    let replicator = spawn_driver(
+        members,
+        listener,
+        datalet,
+        clock,
+        Timing {
+            suspect_after: config.failure_timeout_ms,
+            suspect_increment: config.failure_timeout_ms / 2,
+            view_change: (config.failure_timeout_ms * 5 / 8).max(10),
+            ..Timing::default()
+        },
+        delivered,
+        shutdown.clone(),
+    );
     Ok(engine.replicated(replicator, local_reads))
 }
 

@@ -13,6 +13,7 @@
 //! - Memory limits are 8 MiB and more: memcached can be given no less through
 //!   `cache_memlimit`, and counts memory in 1 MiB pages.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ macro_rules! conformance_tests {
             memory_limit_refuses_and_keeps_what_is_stored,
             expired_items_are_reclaimed_to_make_room,
             mutations_of_one_key_never_interleave,
+            scan_returns_exactly_the_live_items,
+            scan_returns_every_one_of_many_items,
+            reset_empties_the_store_and_keeps_the_clock,
+            items_written_after_a_reset_are_served,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -442,4 +447,183 @@ pub async fn mutations_of_one_key_never_interleave<D: Datalet>(make: impl Fn(Lim
         task.await.unwrap();
     }
     assert_eq!(value(&*d, "n").await, Some(key("1000")));
+}
+
+fn item(value: &str, flags: u32, expiry: Expiry, ts: u64) -> Item {
+    Item {
+        value: key(value),
+        flags,
+        expiry,
+        version: v(ts),
+    }
+}
+
+/// What a scan at `now` returns, by key; a key returned twice fails.
+async fn scanned<D: Datalet>(d: &D, now: UnixSecs) -> BTreeMap<Bytes, Item> {
+    let items = d.scan(now).await.expect("scan");
+    let n = items.len();
+    let by_key: BTreeMap<Bytes, Item> = items.into_iter().collect();
+    assert_eq!(by_key.len(), n, "a scan returned a key twice");
+    by_key
+}
+
+fn items(list: &[(&str, Item)]) -> BTreeMap<Bytes, Item> {
+    list.iter().map(|(k, i)| (key(k), i.clone())).collect()
+}
+
+/// A scan returns the live items as `get` sees them, value, flags, expiry and version: not
+/// deleted, expired or flushed ones.
+pub async fn scan_returns_exactly_the_live_items<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    assert_eq!(
+        scanned(&d, NOW).await,
+        BTreeMap::new(),
+        "a new store is empty"
+    );
+    let m = store(StoreMode::Set, "1", 7, Expiry::At(NOW + 100));
+    apply(&d, "a", m, 1).await;
+    apply(&d, "b", set("2"), 2).await;
+    apply(&d, "deleted", set("3"), 3).await;
+    apply(&d, "deleted", Mutation::Delete, 4).await;
+    let m = store(StoreMode::Set, "4", 1, Expiry::At(NOW + 5));
+    apply(&d, "short", m, 5).await;
+    let m = store(StoreMode::Set, "5", 0, Expiry::At(0));
+    apply(&d, "past", m, 6).await;
+    apply(&d, "n", set("10"), 7).await;
+    apply(&d, "n", Mutation::Incr(5), 8).await;
+    apply(&d, "t", set("x"), 9).await;
+    let touch = Mutation::Touch {
+        expiry: Expiry::At(NOW + 50),
+    };
+    apply(&d, "t", touch, 10).await;
+    let mut expected = items(&[
+        ("a", item("1", 7, Expiry::At(NOW + 100), 1)),
+        ("b", item("2", 0, Expiry::Never, 2)),
+        ("short", item("4", 1, Expiry::At(NOW + 5), 5)),
+        ("n", item("15", 0, Expiry::Never, 8)),
+        ("t", item("x", 0, Expiry::At(NOW + 50), 9)),
+    ]);
+    assert_eq!(scanned(&d, NOW).await, expected);
+    for (k, i) in &expected {
+        let got = d.get(k, NOW).await.unwrap();
+        assert_eq!(got.as_ref(), Some(i), "get and scan disagree on {k:?}");
+    }
+    expected.remove(&key("short"));
+    assert_eq!(
+        scanned(&d, NOW + 5).await,
+        expected,
+        "an item expires at its second"
+    );
+
+    // A flush hides everything stored up to it, and what is stored after shows.
+    d.flush_all(NOW, NOW).await.unwrap();
+    assert_eq!(scanned(&d, NOW).await, BTreeMap::new());
+    d.apply(&key("after"), set("6"), v(11), NOW + 1)
+        .await
+        .unwrap();
+    let after = items(&[("after", item("6", 0, Expiry::Never, 11))]);
+    assert_eq!(scanned(&d, NOW + 1).await, after);
+
+    // A delayed flush point hides them once reached, as for `get`.
+    d.flush_all(NOW + 10, NOW + 1).await.unwrap();
+    assert_eq!(scanned(&d, NOW + 9).await, after);
+    assert_eq!(scanned(&d, NOW + 10).await, BTreeMap::new());
+}
+
+/// Items written a few at a time from several tasks, so a batching store batches them.
+const MANY_ITEMS: u64 = 2_000;
+
+/// A scan of many items misses none and repeats none.
+pub async fn scan_returns_every_one_of_many_items<D: Datalet>(make: impl Fn(Limits) -> D) {
+    const TASKS: u64 = 8;
+    let d = Arc::new(make(Limits::default()));
+    let many = |i: u64| (format!("many{i}"), format!("value{i}"));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                for i in (t..MANY_ITEMS).step_by(TASKS as usize) {
+                    let (k, value) = many(i);
+                    let m = store(StoreMode::Set, &value, i as u32, Expiry::Never);
+                    assert_eq!(apply(&*d, &k, m, i + 1).await, Outcome::Stored);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let got = scanned(&*d, NOW).await;
+    assert_eq!(got.len() as u64, MANY_ITEMS, "items missing from the scan");
+    for i in 0..MANY_ITEMS {
+        let (k, value) = many(i);
+        let expected = item(&value, i as u32, Expiry::Never, i + 1);
+        assert_eq!(got.get(&key(&k)), Some(&expected), "{k}");
+    }
+}
+
+/// A reset leaves nothing to read, scan or count, and keeps the clock reservation.
+pub async fn reset_empties_the_store_and_keeps_the_clock<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+        apply(&d, k, set(k), i as u64 + 1).await;
+    }
+    stats_once(&d, |s| s.curr_items == 3).await;
+    d.reset().await.unwrap();
+    for k in ["a", "b", "c"] {
+        assert_eq!(d.get(k.as_bytes(), NOW).await, Ok(None), "{k} survived");
+    }
+    assert_eq!(scanned(&d, NOW).await, BTreeMap::new());
+    let stats = stats_once(&d, |s| s.curr_items == 0 && s.bytes == 0).await;
+    assert_eq!((stats.curr_items, stats.bytes), (0, 0), "{stats:?}");
+
+    // The clock reservation survives, and a reset of an empty store is no different.
+    d.save_clock(5_000).await.unwrap();
+    let clock = d.load_clock().await.unwrap();
+    apply(&d, "d", set("d"), 4).await;
+    d.reset().await.unwrap();
+    assert_eq!(d.get(b"d", NOW).await, Ok(None));
+    assert_eq!(d.load_clock().await, Ok(clock), "a reset lost the clock");
+    d.reset().await.unwrap();
+    assert_eq!(d.load_clock().await, Ok(clock));
+    assert_eq!(scanned(&d, NOW).await, BTreeMap::new());
+}
+
+/// After a reset the store serves writes as a fresh one: keys are absent to every command,
+/// and a flush point pending before the reset is gone.
+pub async fn items_written_after_a_reset_are_served<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    apply(&d, "a", set("old"), 1).await;
+    apply(&d, "n", set("41"), 2).await;
+    d.flush_all(NOW + 10, NOW).await.unwrap();
+    d.reset().await.unwrap();
+
+    let add = store(StoreMode::Add, "new", 3, Expiry::Never);
+    assert_eq!(apply(&d, "a", add, 3).await, Outcome::Stored);
+    let replace = store(StoreMode::Replace, "x", 0, Expiry::Never);
+    assert_eq!(apply(&d, "n", replace, 4).await, Outcome::NotStored);
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(1), 5).await,
+        Outcome::NotFound
+    );
+    apply(&d, "n", set("7"), 6).await;
+    assert_eq!(
+        apply(&d, "n", Mutation::Incr(1), 7).await,
+        Outcome::Number(8)
+    );
+    d.apply(&key("c"), set("c"), v(8), NOW + 10).await.unwrap();
+
+    // Stored before and at the forgotten flush point, and still there after it.
+    for now in [NOW, NOW + 11] {
+        let a = d.get(b"a", now).await.unwrap();
+        assert_eq!(a, Some(item("new", 3, Expiry::Never, 3)), "at {now}");
+    }
+    let expected = items(&[
+        ("a", item("new", 3, Expiry::Never, 3)),
+        ("n", item("8", 0, Expiry::Never, 7)),
+        ("c", item("c", 0, Expiry::Never, 8)),
+    ]);
+    assert_eq!(scanned(&d, NOW + 11).await, expected);
+    let stats = stats_once(&d, |s| s.curr_items == 3).await;
+    assert_eq!(stats.curr_items, 3);
 }

@@ -28,6 +28,10 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.get(key, now).await
     }
 
+    async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        self.inner.scan(now).await
+    }
+
     async fn apply(
         &self,
         key: &Bytes,
@@ -40,6 +44,10 @@ impl<D: Datalet> Datalet for Guarded<D> {
 
     async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
         self.inner.flush_all(at, now).await
+    }
+
+    async fn reset(&self) -> Result<(), DataletError> {
+        self.inner.reset().await
     }
 
     async fn load_clock(&self) -> Result<Ts, DataletError> {

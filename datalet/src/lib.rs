@@ -92,6 +92,11 @@ pub enum DataletError {
     /// request took effect is unknown.
     #[error("datalet unavailable: {0}")]
     Unavailable(String),
+    /// The cluster refused the operation: this node is not serving in a view with a majority
+    /// (cut off, catching up, or the operation timed out waiting for one). The text is the
+    /// reason a client is given; whether a write took effect is unknown.
+    #[error("{0}")]
+    Refused(&'static str),
 }
 
 /// Limits a datalet enforces.
@@ -141,6 +146,13 @@ pub trait Datalet: Send + Sync + 'static {
         now: UnixSecs,
     ) -> impl Future<Output = Result<Option<Item>, DataletError>> + Send;
 
+    /// Every live item (not expired at `now`, not hidden by a flush), with its key, in no
+    /// particular order. Used for state transfer to a rejoining replica and for anti-entropy.
+    fn scan(
+        &self,
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<Vec<(Bytes, Item)>, DataletError>> + Send;
+
     /// Applies one mutation to `key`. A change it makes carries `version`, except `Touch`,
     /// which keeps the item's version as memcached keeps its CAS unique.
     fn apply(
@@ -160,6 +172,11 @@ pub trait Datalet: Send + Sync + 'static {
         at: UnixSecs,
         now: UnixSecs,
     ) -> impl Future<Output = Result<(), DataletError>> + Send;
+
+    /// Removes every item and any pending flush point, as a fresh store. The clock
+    /// reservation ([`Datalet::load_clock`]) is kept. Used before a replica installs a
+    /// transferred state.
+    fn reset(&self) -> impl Future<Output = Result<(), DataletError>> + Send;
 
     /// The clock reservation last saved with [`Datalet::save_clock`], or 0 if none: every
     /// version in the store has a timestamp at or below it. A durable store keeps it across

@@ -161,6 +161,18 @@ impl Datalet for MemoryDatalet {
         Ok(None)
     }
 
+    /// Each shard is read under its lock, so every item is as it was at some moment of the
+    /// scan; a write made while it runs may or may not be seen. Dead items are skipped but
+    /// left in place, and not counted as expired or flushed reads: a scan is not a client's.
+    async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        Ok(self
+            .map
+            .iter()
+            .filter(|entry| self.dead(entry.value(), now).is_none())
+            .map(|entry| (entry.key().clone(), entry.value().item.clone()))
+            .collect())
+    }
+
     async fn apply(
         &self,
         key: &Bytes,
@@ -185,6 +197,18 @@ impl Datalet for MemoryDatalet {
                 false
             });
         }
+        Ok(())
+    }
+
+    /// Each item removed gives back its own bytes, so the accounting stays exact even if a
+    /// write races the reset (it may or may not survive it). The flush point is cleared after
+    /// the items are gone, so no flushed item shows again meanwhile.
+    async fn reset(&self) -> Result<(), DataletError> {
+        self.map.retain(|key, slot| {
+            self.release(item_bytes(key, &slot.item));
+            false
+        });
+        self.flush_at.store(0, Ordering::Release);
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 //! saying how to install it, never a skipped test.
 
 pub mod checker;
+pub mod procs;
+pub mod workload;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -779,6 +779,88 @@ fn pipeline_cases() -> Vec<Case> {
     ]
 }
 
+/// `lru_crawler` requests answered with one line, on servers running no dump. (The dumps
+/// themselves are compared in `metadump_lists_what_memcached_lists`.) A `metadump` comes
+/// first in its request: memcached refuses one queued behind other replies (see
+/// `batching_quirks_of_memcached_are_not_copied`).
+fn lru_crawler_cases() -> Vec<Case> {
+    vec![
+        case("lru_crawler alone", "lru_crawler\r\n"),
+        case(
+            "lru_crawler metadump without mode",
+            "lru_crawler metadump\r\n",
+        ),
+        case(
+            "lru_crawler metadump noreply",
+            "lru_crawler metadump all noreply\r\n",
+        ),
+        case("lru_crawler metadump class 0", "lru_crawler metadump 0\r\n"),
+        case(
+            "lru_crawler metadump class 64",
+            "lru_crawler metadump 64\r\n",
+        ),
+        case(
+            "lru_crawler metadump class -1",
+            "lru_crawler metadump -1\r\n",
+        ),
+        case(
+            "lru_crawler metadump bad id in list",
+            "lru_crawler metadump 1,x\r\n",
+        ),
+        case("lru_crawler metadump HASH", "lru_crawler metadump HASH\r\n"),
+        case("lru_crawler metadump ALL", "lru_crawler metadump ALL\r\n"),
+        case(
+            "lru_crawler metadump then other commands",
+            "lru_crawler metadump 0\r\nlru_crawler crawl 0\r\nversion x\r\n",
+        ),
+        case(
+            "lru_crawler mgdump is not in 1.6.18",
+            "lru_crawler mgdump all\r\nlru_crawler mgdump hash\r\n",
+        ),
+        case(
+            "lru_crawler unknown subcommand",
+            "lru_crawler foo\r\nlru_crawler foo bar\r\nlru_crawler foo bar baz\r\n",
+        ),
+        case("lru_crawler crawl without classes", "lru_crawler crawl\r\n"),
+        case("lru_crawler crawl hash", "lru_crawler crawl hash\r\n"),
+        case(
+            "lru_crawler crawl class 0",
+            "lru_crawler crawl 0\r\nlru_crawler crawl 1,99\r\n",
+        ),
+        case("lru_crawler crawl no ids", "lru_crawler crawl ,\r\n"),
+        case("lru_crawler crawl all", "lru_crawler crawl all\r\n"),
+        case(
+            "lru_crawler tocrawl",
+            "lru_crawler tocrawl 5\r\nlru_crawler tocrawl 4294967297\r\n",
+        ),
+        case(
+            "lru_crawler tocrawl bad",
+            "lru_crawler tocrawl x\r\nlru_crawler tocrawl -1\r\nlru_crawler tocrawl\r\n",
+        ),
+        case(
+            "lru_crawler sleep",
+            "lru_crawler sleep 100\r\nlru_crawler sleep 1000000\r\n",
+        ),
+        case(
+            "lru_crawler sleep too long",
+            "lru_crawler sleep 1000001\r\nlru_crawler sleep 4294967295\r\n",
+        ),
+        case(
+            "lru_crawler sleep bad",
+            "lru_crawler sleep x\r\nlru_crawler sleep -5\r\n",
+        ),
+        case("lru_crawler enable while running", "lru_crawler enable\r\n"),
+        case(
+            "lru_crawler enable with arg",
+            "lru_crawler enable x\r\nlru_crawler disable x\r\n",
+        ),
+        case(
+            "lru_crawler between other commands",
+            "set a 0 0 1\r\nx\r\nlru_crawler crawl 0\r\nlru_crawler tocrawl 1\r\nget a\r\n",
+        ),
+    ]
+}
+
 fn all_cases() -> Vec<Case> {
     let mut all = Vec::new();
     all.extend(storage_cases());
@@ -788,6 +870,7 @@ fn all_cases() -> Vec<Case> {
     all.extend(bad_input_cases());
     all.extend(large_value_cases());
     all.extend(pipeline_cases());
+    all.extend(lru_crawler_cases());
     all
 }
 
@@ -842,6 +925,37 @@ fn values_around_the_item_limit_match_memcached() {
 #[test]
 fn pipelined_requests_match_memcached() {
     run_cases(&pipeline_cases());
+}
+
+/// memcached answers `BUSY currently processing crawler request` while a crawl runs, its own
+/// background crawls included; those cases are sent to it again until it is not busy.
+#[test]
+fn lru_crawler_replies_match_memcached() {
+    const BUSY: &[u8] = b"BUSY currently processing crawler request\r\n";
+    let pair = Pair::start();
+    let mut failures = Vec::new();
+    for case in lru_crawler_cases() {
+        pair.flush();
+        let deadline = Instant::now() + IO_TIMEOUT;
+        let theirs = loop {
+            let reply = exchange(pair.mc.addr, &case.request);
+            if find(&reply, BUSY).is_none() || Instant::now() > deadline {
+                break reply;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let ours = exchange(pair.us.addr, &case.request);
+        if canonical(&theirs) != canonical(&ours) {
+            failures.push(format!(
+                "case {:?}\n  request:   {}\n  memcached: {}\n  controlet: {}",
+                case.name,
+                esc(&case.request),
+                esc(&theirs),
+                esc(&ours),
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Requests cut into pieces sent 20 ms apart: mid-command, mid-line-ending, mid-data.
@@ -1318,6 +1432,174 @@ fn expiry_matches_memcached() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// lru_crawler metadump: the same items, with our approximations of memcached's internals
+// ---------------------------------------------------------------------------------------------
+
+/// One `lru_crawler metadump <mode>` on its own connection: the whole reply, every item line
+/// ended by `\n` and the last line (`END`, or a refusal) by `\r\n`. Tried again while
+/// memcached's crawler is busy (its background crawls too).
+fn metadump(addr: SocketAddr, mode: &str) -> Vec<u8> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut client = RawClient::connect(addr);
+        let reply = client.call(
+            format!("lru_crawler metadump {mode}\r\n").as_bytes(),
+            b"\r\n",
+        );
+        if !reply.starts_with(b"BUSY ") || Instant::now() > deadline {
+            return reply;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A metadump reply's items: each key (as listed, URL-encoded) with its fields by name.
+type Dumped = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Reads a whole metadump reply, checking its shape: item lines with memcached's fields in
+/// memcached's order, each ended by `\n` alone, each key once, then `END\r\n`.
+fn parse_metadump(reply: &[u8], what: &str) -> Dumped {
+    const FIELDS: [&str; 7] = ["key", "exp", "la", "cas", "fetch", "cls", "size"];
+    let text = String::from_utf8(reply.to_vec()).expect("an ASCII reply");
+    let body = text
+        .strip_suffix("END\r\n")
+        .unwrap_or_else(|| panic!("{what}: not ended by END: {text:?}"));
+    let mut items = Dumped::new();
+    for line in body.split_terminator('\n') {
+        assert!(
+            !line.ends_with('\r'),
+            "{what}: a line ended by \\r\\n: {line:?}"
+        );
+        let fields: Vec<(&str, &str)> = line
+            .split(' ')
+            .map(|f| {
+                f.split_once('=')
+                    .unwrap_or_else(|| panic!("{what}: {line:?}"))
+            })
+            .collect();
+        let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, FIELDS, "{what}: {line:?}");
+        let by_name = fields
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        let listed_before = items.insert(fields[0].1.to_string(), by_name);
+        assert!(listed_before.is_none(), "{what}: listed twice: {line:?}");
+    }
+    items
+}
+
+/// The CAS unique `gets` reports for `key`.
+fn gets_unique(addr: SocketAddr, key: &str) -> String {
+    let reply = RawClient::connect(addr).call(format!("gets {key}\r\n").as_bytes(), b"END\r\n");
+    let head = reply.split(|&b| b == b'\r').next().unwrap();
+    let head = String::from_utf8_lossy(head).into_owned();
+    head.rsplit(' ').next().unwrap().to_string()
+}
+
+/// Both servers list the same keys, once each, with the same `exp` and `size`, each item on
+/// a `\n`-ended line, then `END\r\n`; expired, deleted and flushed items are left out. `cas`
+/// is each server's own `gets` unique. `la`, `fetch` and `cls` are our approximations (the
+/// dump's time, `no`, `1`); for these small items, just stored and not yet read, they are
+/// memcached's values too, `la` give or take a few seconds. Once read, memcached says
+/// `fetch=yes`; we still say `no`.
+#[test]
+fn metadump_lists_what_memcached_lists() {
+    let pair = Pair::start();
+    pair.flush();
+    let at = unix_now() + 1000;
+    let setup = format!(
+        "set plain 0 0 1\r\nx\r\nset b%20c 5 {at} 3\r\nxyz\r\nset rel 0 100 2\r\nab\r\n\
+         set k\u{e9}y/~ 7 0 4\r\nabcd\r\nappend plain 0 0 2\r\nyz\r\n\
+         set gone 0 0 1\r\ng\r\ndelete gone\r\nset neg 0 -1 1\r\nn\r\n\
+         set past 0 1000000000 1\r\np\r\n"
+    );
+    let stored = [pair.mc.addr, pair.us.addr].map(|a| exchange(a, setup.as_bytes()));
+    assert_eq!(esc(&stored[0]), esc(&stored[1]), "setting up");
+    // The keys as listed, and as stored.
+    let keys = [
+        ("b%2520c", "b%20c"),
+        ("k%C3%A9y%2F~", "k\u{e9}y/~"),
+        ("plain", "plain"),
+        ("rel", "rel"),
+    ];
+    let dump_both = |mode: &str| -> [Dumped; 2] {
+        [("memcached", pair.mc.addr), ("controlet", pair.us.addr)]
+            .map(|(name, a)| parse_metadump(&metadump(a, mode), &format!("{mode} on {name}")))
+    };
+    for mode in ["hash", "all", "1", "2,1", "+1"] {
+        let [theirs, ours] = dump_both(mode);
+        let listed: Vec<&str> = ours.keys().map(String::as_str).collect();
+        assert_eq!(listed, keys.map(|(listed, _)| listed), "{mode}: our keys");
+        assert_eq!(
+            theirs.keys().collect::<Vec<_>>(),
+            ours.keys().collect::<Vec<_>>(),
+            "{mode}: the keys"
+        );
+        for (key, ours) in &ours {
+            let theirs = &theirs[key];
+            for name in ["size", "fetch", "cls"] {
+                assert_eq!(theirs[name], ours[name], "{mode}: {key} {name}");
+            }
+            let exp = |fields: &BTreeMap<String, String>| fields["exp"].parse::<i64>().unwrap();
+            let slack = if key == "rel" { 2 } else { 0 };
+            assert!(
+                exp(theirs).abs_diff(exp(ours)) <= slack,
+                "{mode}: {key} exp: memcached {theirs:?}, controlet {ours:?}"
+            );
+            for fields in [theirs, ours] {
+                let la: u64 = fields["la"].parse().unwrap();
+                assert!(la.abs_diff(unix_now()) <= 5, "{mode}: {key} la: {fields:?}");
+            }
+            assert_eq!(ours["cls"], "1");
+        }
+        assert_eq!(ours["plain"]["exp"], "-1", "{mode}: no expiry");
+        assert_eq!(ours["b%2520c"]["exp"], at.to_string(), "{mode}: exptime");
+    }
+
+    // `cas` is the `gets` unique; reading marks memcached's items fetched, not ours.
+    let [theirs, ours] = dump_both("hash");
+    for (listed, key) in keys {
+        for (addr, dumped) in [(pair.mc.addr, &theirs), (pair.us.addr, &ours)] {
+            assert_eq!(
+                dumped[listed]["cas"],
+                gets_unique(addr, key),
+                "{key} on {addr}"
+            );
+        }
+    }
+    let [theirs, ours] = dump_both("hash");
+    for (listed, _) in keys {
+        assert_eq!(
+            (
+                theirs[listed]["fetch"].as_str(),
+                ours[listed]["fetch"].as_str()
+            ),
+            ("yes", "no")
+        );
+    }
+
+    // Classes without items, and a store just flushed: `END` alone on both.
+    for mode in ["2", "63", "2,3"] {
+        let [theirs, ours] = [pair.mc.addr, pair.us.addr].map(|a| metadump(a, mode));
+        assert_eq!(
+            (esc(&theirs), esc(&ours)),
+            (esc(b"END\r\n"), esc(b"END\r\n")),
+            "{mode}"
+        );
+    }
+    pair.flush();
+    for mode in ["hash", "all"] {
+        let [theirs, ours] = [pair.mc.addr, pair.us.addr].map(|a| metadump(a, mode));
+        assert_eq!(
+            (esc(&theirs), esc(&ours)),
+            (esc(b"END\r\n"), esc(b"END\r\n")),
+            "after flush_all, {mode}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Deliberate differences: our behaviour, asserted
 // ---------------------------------------------------------------------------------------------
 
@@ -1429,6 +1711,9 @@ fn deliberate_internal_stats_groups_are_empty() {
 ///   drop queued replies too; we write the replies to earlier requests, then close.
 /// - memcached holds `SERVER_ERROR object too large for cache` until the refused data block
 ///   has been swallowed; we send it at once.
+/// - memcached refuses an `lru_crawler metadump` read in the same batch as earlier requests
+///   whose replies are not yet written (`ERROR cannot pipeline other commands before
+///   metadump`), before even checking its arguments; we carry it out in its turn.
 #[test]
 fn batching_quirks_of_memcached_are_not_copied() {
     let pair = Pair::start();
@@ -1466,6 +1751,12 @@ fn batching_quirks_of_memcached_are_not_copied() {
         );
         assert_eq!((esc(&got), closed), (esc(expected), false), "on {addr}");
     }
+    let dumps =
+        b"set a 0 0 1\r\nx\r\nlru_crawler metadump 0\r\nlru_crawler metadump 2\r\nget a\r\n";
+    assert_eq!(
+        esc(&exchange(pair.us.addr, dumps)),
+        esc(b"STORED\r\nBADCLASS invalid class id\r\nEND\r\nVALUE a 0 1\r\nx\r\nEND\r\n")
+    );
 }
 
 /// Deliberate difference 5: The version names tailorkv after the memcached version whose protocol it speaks.
@@ -1481,5 +1772,51 @@ fn deliberate_version_names_tailorkv() {
     assert_eq!(
         exchange(pair.mc.addr, b"version\r\n"),
         b"VERSION 1.6.18\r\n"
+    );
+}
+
+/// Deliberate difference 6: the LRU crawler cannot be turned off, and a dump of no class ids
+/// leaves later dumps working. memcached's `lru_crawler disable` answers `OK`, after which its
+/// dumps answer `CLIENT_ERROR lru crawler disabled`; ours keeps dumping and says it could not
+/// stop. memcached answers `lru_crawler metadump ,` with `NOTSTARTED no items to crawl`, as we
+/// do, but then answers every later dump `ERROR an unknown error happened`.
+#[test]
+fn deliberate_lru_crawler_cannot_be_disabled() {
+    let pair = Pair::start();
+    let request = b"set a 0 0 1\r\nx\r\nlru_crawler disable\r\n";
+    assert_eq!(
+        esc(&exchange(pair.us.addr, request)),
+        esc(b"STORED\r\nERROR failed to stop lru crawler thread\r\n")
+    );
+    assert!(metadump(pair.us.addr, "hash").starts_with(b"key=a exp=-1 la="));
+    assert_eq!(
+        esc(&exchange(pair.mc.addr, request)),
+        esc(b"STORED\r\nOK\r\n")
+    );
+    // Its crawler thread stops a moment after the `OK`.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let disabled = loop {
+        let reply = metadump(pair.mc.addr, "hash");
+        if reply.starts_with(b"CLIENT_ERROR") || Instant::now() > deadline {
+            break reply;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        esc(&disabled),
+        esc(b"CLIENT_ERROR lru crawler disabled\r\n")
+    );
+
+    let broken = Memcached::start();
+    for addr in [pair.us.addr, broken.addr] {
+        assert_eq!(
+            esc(&metadump(addr, ",")),
+            esc(b"NOTSTARTED no items to crawl\r\n")
+        );
+    }
+    assert_eq!(esc(&metadump(pair.us.addr, "2")), esc(b"END\r\n"));
+    assert_eq!(
+        esc(&metadump(broken.addr, "2")),
+        esc(b"ERROR an unknown error happened\r\n")
     );
 }

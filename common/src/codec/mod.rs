@@ -29,11 +29,11 @@ mod response;
 use bytes::{Buf, Bytes, BytesMut};
 
 pub use number::{strtol_i32, strtoul_u32, strtoull};
-pub use parse::{item_fits, valid_key, KEY_MAX_BYTES};
+pub use parse::{item_fits, item_size, valid_key, KEY_MAX_BYTES};
 pub use request::{Command, Request, StatsGroup, StoreMode};
 pub use response::{
-    encode_stat, encode_value, Response, CLIENT_ERROR_BAD_CHUNK, CLIENT_ERROR_BAD_FORMAT,
-    SERVER_ERROR_OUT_OF_MEMORY, SERVER_ERROR_TOO_LARGE,
+    encode_stat, encode_value, MetadumpLine, Response, CLIENT_ERROR_BAD_CHUNK,
+    CLIENT_ERROR_BAD_FORMAT, SERVER_ERROR_OUT_OF_MEMORY, SERVER_ERROR_TOO_LARGE,
 };
 
 use parse::{parse_line, Parsed, PendingStore};

@@ -49,8 +49,15 @@ pub fn valid_key(key: &[u8]) -> bool {
 /// an 8-byte CAS, 4 bytes of flags when they are not 0, the key and a NUL, the data and its
 /// `\r\n`. The same values fit here as in memcached.
 pub fn item_fits(key_len: usize, flags: u32, value_len: usize, item_size_max: usize) -> bool {
+    item_size(key_len, flags, value_len) <= item_size_max
+}
+
+/// An item's size as memcached counts it (its `ITEM_ntotal`, which `lru_crawler metadump`
+/// reports as `size=`): a 48-byte header, an 8-byte CAS, 4 bytes of flags when they are not 0,
+/// the key and a NUL, the data and its `\r\n`.
+pub fn item_size(key_len: usize, flags: u32, value_len: usize) -> usize {
     let flags_len = if flags == 0 { 0 } else { 4 };
-    48 + 8 + flags_len + key_len + 1 + value_len + 2 <= item_size_max
+    48 + 8 + flags_len + key_len + 1 + value_len + 2
 }
 
 struct Tokens<'a> {
@@ -118,6 +125,7 @@ pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, De
         b"verbosity" => want(nt == 3 || nt == 4).map(|_| verbosity(&t)),
         b"cache_memlimit" => want(nt == 3 || nt == 4).map(|_| cache_memlimit(&t)),
         b"stats" => Ok(stats(&t)),
+        b"lru_crawler" => Ok(lru_crawler(&t)),
         b"version" => Ok(done(Command::Version, false)),
         b"quit" => Ok(done(Command::Quit, false)),
         b"shutdown" => Ok(reply(Response::Line("ERROR: shutdown not enabled"), false)),
@@ -345,7 +353,8 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
     done(Command::Stats(group), false)
 }
 
-/// memcached's `MAX_NUMBER_OF_SLAB_CLASSES`: `stats cachedump` refuses class ids from here up.
+/// memcached's `MAX_NUMBER_OF_SLAB_CLASSES`: `stats cachedump` refuses class ids from here up,
+/// and `lru_crawler` takes ids from 1 up to below it.
 const SLAB_CLASSES: u32 = 64;
 
 /// `stats cachedump <class> <limit>`: there are no slab classes here, so a valid request lists
@@ -360,5 +369,108 @@ fn cachedump(t: &Tokens) -> Result<Parsed, DecodeError> {
         }
         (Some(_), Some(_)) => done(Command::Stats(StatsGroup::Empty), false),
         _ => reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT), false),
+    }
+}
+
+/// `lru_crawler <subcommand> [<arg>]`, answered as memcached 1.6.18 answers it with its LRU
+/// crawler running (its default), word for word:
+///
+/// - `metadump all|hash|<class ids>` lists the items ([`Command::Metadump`]). Class ids are a
+///   comma-separated list of numbers from 1 to 63; anything else is `BADCLASS invalid class
+///   id`, and a list with no id at all (`,`) is `NOTSTARTED no items to crawl`.
+/// - `crawl <class ids>|all` asks memcached to reclaim expired items. Here an expired item is
+///   never served and the datalet reclaims it on its own, so a valid request does nothing and
+///   answers `OK`; the ids are checked as for `metadump`, and `crawl hash` is refused with
+///   memcached's `ERROR an unknown error happened`.
+/// - `tocrawl <n>` and `sleep <microseconds>` tune memcached's crawler; there is none to tune:
+///   the number is checked as memcached checks it and `OK` answered.
+/// - `enable` answers what memcached answers when its crawler already runs, `ERROR failed to
+///   start lru crawler thread`; `disable` cannot stop a dump that is always available and
+///   answers memcached's failure to stop, `ERROR failed to stop lru crawler thread`.
+/// - Anything else (`mgdump` came after 1.6.18), or a wrong token count, is `ERROR`. There is
+///   no `noreply`.
+fn lru_crawler(t: &Tokens) -> Result<Parsed, DecodeError> {
+    let line = |text: &'static str| reply(Response::Line(text), false);
+    let nt = t.ntokens();
+    if nt == 3 {
+        return match t.toks[1] {
+            b"enable" => line("ERROR failed to start lru crawler thread"),
+            b"disable" => line("ERROR failed to stop lru crawler thread"),
+            _ => error(),
+        };
+    }
+    if nt != 4 {
+        return error();
+    }
+    let arg = t.toks[2];
+    let bad_format = || reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT), false);
+    let nothing = |classes| match classes {
+        Classes::NoIds => line("NOTSTARTED no items to crawl"),
+        _ => line("BADCLASS invalid class id"),
+    };
+    match t.toks[1] {
+        b"metadump" => match crawl_classes(arg) {
+            Classes::Hash => done(Command::Metadump { listed: true }, false),
+            Classes::Listed(listed) => done(Command::Metadump { listed }, false),
+            other => nothing(other),
+        },
+        b"crawl" => match crawl_classes(arg) {
+            Classes::Hash => line("ERROR an unknown error happened"),
+            Classes::Listed(_) => reply(Response::Ok, false),
+            other => nothing(other),
+        },
+        b"tocrawl" => match strtoul_u32(arg) {
+            Some(_) => reply(Response::Ok, false),
+            None => bad_format(),
+        },
+        b"sleep" => match strtoul_u32(arg) {
+            Some(micros) if micros > 1_000_000 => reply(
+                Response::ClientError("sleep must be one second or less"),
+                false,
+            ),
+            Some(_) => reply(Response::Ok, false),
+            None => bad_format(),
+        },
+        _ => error(),
+    }
+}
+
+/// What the argument of `lru_crawler metadump|crawl` selects.
+enum Classes {
+    /// `hash`: a walk of the hash table.
+    Hash,
+    /// `all`, or a list of valid class ids: whether it takes in class 1, where every item is
+    /// here.
+    Listed(bool),
+    /// Only commas: nothing to crawl.
+    NoIds,
+    /// An id that is not a number from 1 to 63.
+    Bad,
+}
+
+/// Reads the argument of `lru_crawler metadump|crawl` as memcached's `lru_crawler_crawl`
+/// does: `all`, `hash`, or ids split on commas (empty pieces skipped, as `strtok_r` skips
+/// them), each read with `safe_strtoul` (so `+1` and `4294967297` are class 1).
+fn crawl_classes(arg: &[u8]) -> Classes {
+    match arg {
+        b"all" => return Classes::Listed(true),
+        b"hash" => return Classes::Hash,
+        _ => {}
+    }
+    let mut any = false;
+    let mut class_one = false;
+    for id in arg.split(|&b| b == b',').filter(|p| !p.is_empty()) {
+        match strtoul_u32(id) {
+            Some(id) if (1..SLAB_CLASSES).contains(&id) => {
+                any = true;
+                class_one |= id == 1;
+            }
+            _ => return Classes::Bad,
+        }
+    }
+    if any {
+        Classes::Listed(class_one)
+    } else {
+        Classes::NoIds
     }
 }

@@ -68,6 +68,11 @@ pub enum Command {
     Verbosity,
     /// `cache_memlimit <megabytes>`, already checked to be in memcached's range.
     CacheMemlimit { megabytes: u32 },
+    /// `lru_crawler metadump all|hash|<class id>[,<class id>]*`: a line per live item, then
+    /// `END`. There are no slab classes here and every item is listed as class 1, so `listed`
+    /// is false when the request names only other classes; the reply is then `END` alone.
+    /// The other `lru_crawler` subcommands are answered by the parser.
+    Metadump { listed: bool },
     /// `quit`: close the connection once earlier replies are written.
     Quit,
     /// A request the parser answers by itself: a malformed line, a rejected value.

@@ -145,6 +145,16 @@ fn item_size_counts_like_memcached() {
 }
 
 #[test]
+fn item_size_is_memcacheds_item_ntotal() {
+    // As memcached 1.6.18's `lru_crawler metadump` reported these items' sizes.
+    assert_eq!(item_size(1, 0, 1), 61);
+    assert_eq!(item_size(5, 5, 3), 71);
+    assert_eq!(item_size(1, 0, 0), 60);
+    assert_eq!(item_size(3, 1, 16_000), 16_066);
+    assert_eq!(item_size(3, 0, 600_000), 600_062);
+}
+
+#[test]
 fn keys_over_250_bytes_or_with_control_characters_are_refused() {
     let long = "a".repeat(251);
     for line in [
@@ -249,4 +259,79 @@ fn stats_cachedump_checks_its_arguments_like_memcached() {
             Command::Stats(StatsGroup::Empty),
         ]
     );
+}
+
+/// Each `lru_crawler` line and what memcached 1.6.18 (crawler running) answers it.
+#[test]
+fn lru_crawler_is_answered_like_memcached() {
+    let dump = |listed| Command::Metadump { listed };
+    let line = |text| Command::Reply(Response::Line(text));
+    let bad_class = line("BADCLASS invalid class id");
+    let not_started = line("NOTSTARTED no items to crawl");
+    let ok = Command::Reply(Response::Ok);
+    let error = Command::Reply(Response::Error);
+    let bad_format = Command::Reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT));
+    let cases: Vec<(&str, Command)> = vec![
+        ("lru_crawler metadump all", dump(true)),
+        ("lru_crawler metadump hash", dump(true)),
+        ("lru_crawler   metadump  hash  ", dump(true)),
+        ("lru_crawler metadump 1", dump(true)),
+        ("lru_crawler metadump 2,1", dump(true)),
+        ("lru_crawler metadump ,,1,", dump(true)),
+        ("lru_crawler metadump +1", dump(true)),
+        ("lru_crawler metadump 4294967297", dump(true)),
+        ("lru_crawler metadump 2", dump(false)),
+        ("lru_crawler metadump 63", dump(false)),
+        ("lru_crawler metadump 0", bad_class.clone()),
+        ("lru_crawler metadump 64", bad_class.clone()),
+        ("lru_crawler metadump 1,x", bad_class.clone()),
+        ("lru_crawler metadump -1", bad_class.clone()),
+        ("lru_crawler metadump HASH", bad_class.clone()),
+        ("lru_crawler metadump ALL", bad_class.clone()),
+        ("lru_crawler metadump ,", not_started.clone()),
+        ("lru_crawler metadump", error.clone()),
+        ("lru_crawler metadump all noreply", error.clone()),
+        ("lru_crawler", error.clone()),
+        ("lru_crawler mgdump all", error.clone()),
+        ("lru_crawler mgdump hash", error.clone()),
+        ("lru_crawler foo", error.clone()),
+        ("lru_crawler foo bar", error.clone()),
+        ("lru_crawler foo bar baz", error.clone()),
+        ("lru_crawler crawl", error.clone()),
+        ("lru_crawler crawl all", ok.clone()),
+        ("lru_crawler crawl 1,2", ok.clone()),
+        (
+            "lru_crawler crawl hash",
+            line("ERROR an unknown error happened"),
+        ),
+        ("lru_crawler crawl 0", bad_class.clone()),
+        ("lru_crawler crawl ,", not_started.clone()),
+        ("lru_crawler tocrawl 5", ok.clone()),
+        ("lru_crawler tocrawl x", bad_format.clone()),
+        ("lru_crawler tocrawl -1", bad_format.clone()),
+        ("lru_crawler sleep 1000000", ok.clone()),
+        ("lru_crawler sleep 4294967297", ok.clone()),
+        (
+            "lru_crawler sleep 1000001",
+            Command::Reply(Response::ClientError("sleep must be one second or less")),
+        ),
+        ("lru_crawler sleep x", bad_format.clone()),
+        (
+            "lru_crawler enable",
+            line("ERROR failed to start lru crawler thread"),
+        ),
+        ("lru_crawler enable x", error.clone()),
+        (
+            "lru_crawler disable",
+            line("ERROR failed to stop lru crawler thread"),
+        ),
+    ];
+    for (text, expected) in cases {
+        let reqs = decode_all(format!("{text}\r\n").as_bytes());
+        let expected = Request {
+            command: expected,
+            noreply: false,
+        };
+        assert_eq!(reqs, vec![expected], "{text:?}");
+    }
 }

@@ -33,5 +33,6 @@ pub fn datalet_error(e: DataletError) -> Response {
             tracing::warn!(%why, "datalet unavailable");
             Response::ServerError("datalet unavailable")
         }
+        DataletError::Refused(why) => Response::ServerError(why),
     }
 }

@@ -10,6 +10,7 @@ mod arith;
 mod delete;
 mod flush;
 mod get;
+mod lru_crawler;
 mod stats;
 mod store;
 mod touch;
@@ -86,6 +87,7 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         Command::CacheMemlimit { megabytes } => {
             admin::cache_memlimit(ctx, megabytes).encode(&mut out.buf)
         }
+        Command::Metadump { listed } => lru_crawler::metadump(ctx, listed, out).await?,
         Command::Quit => return Ok(Flow::Close),
         Command::Reply(reply) => {
             count_refusal(&reply, counts);

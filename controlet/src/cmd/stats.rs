@@ -100,6 +100,19 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         s(out, "ops_proposed", r.ops_proposed.load(Relaxed));
         s(out, "ops_applied", r.ops_applied.load(Relaxed));
     }
+    if let Some(e) = ctx.engine.eventual_node() {
+        s(out, "antientropy_rounds", e.antientropy_rounds());
+        s(out, "antientropy_entries_sent", e.antientropy_entries_sent());
+        s(out, "hints_queued", e.hints_queued());
+        s(out, "hints_dropped", e.hints_dropped());
+        s(out, "hints_pending", e.hints_pending());
+        s(out, "tombstones", e.tombstones() as u64);
+    }
+    if let Some(h) = ctx.engine.cluster_health() {
+        encode_stat(out, "cluster_state", h.state().name());
+        s(out, "cluster_epoch", h.epoch());
+        s(out, "cluster_members", h.members());
+    }
 }
 
 fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {

@@ -15,17 +15,27 @@
 //! - A writer that cannot connect, or whose connection breaks, reconnects with exponential
 //!   backoff (10 ms doubling to 1 s) and resends the message it was writing.
 //! - Received messages from all peers go into one bounded inbox, tagged with their sender.
+//! - Outbound connections are bound to the IP of this member's own peer address, so that
+//!   every link between two members is identified by its two IPs (the fault tests give each
+//!   member its own loopback address and cut links with firewall rules).
 //!
-//! Caveat: messages the kernel had accepted on a connection that then breaks are not resent;
-//! links are reliable as long as connections are. Failure detection and rejoin are what make
-//! the protocol survive broken links and crashed peers.
+//! # Lost messages are detected, never hidden
+//!
+//! Messages the kernel had accepted on a connection that then breaks are lost. Every message a
+//! writer sends carries its number on that link (from 1, for the life of the sending
+//! process, whose `session` the hello names), and the receiving side remembers per sender
+//! the next number it expects, across connections. A resent duplicate is dropped; a number
+//! past the expected one means messages were lost, and the inbox gets [`Incoming::Gap`] before
+//! the message that follows the gap, so the protocol can stop trusting that link (the total
+//! order treats it as a failure and the member catches up by state transfer).
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,7 +43,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::NodeId;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
@@ -49,10 +59,28 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// What travels on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<M> {
-    /// First frame of a connection: who is sending.
-    Hello { from: NodeId },
-    /// One protocol message.
+    /// First frame of a connection: who is sending, and which run of that process.
+    Hello { from: NodeId, session: u64 },
+    /// One protocol message, with its number on this link.
+    Message { n: u64, message: M },
+}
+
+/// What the inbox yields from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming<M> {
     Message(M),
+    /// Messages from this peer were lost (a connection broke with messages in flight).
+    Gap,
+}
+
+/// A number that names one run of this process: the wall clock in nanoseconds, so a restart
+/// picks a larger one (the total order treats a node's messages from a smaller one as
+/// coming from a run that has since restarted).
+pub fn new_session() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos.max(1)
 }
 
 /// The sending side of the transport: one queue per peer.
@@ -69,25 +97,43 @@ impl<M> Clone for Transport<M> {
 }
 
 /// Received messages, tagged with their sender.
-pub type Inbox<M> = mpsc::Receiver<(NodeId, M)>;
+pub type Inbox<M> = mpsc::Receiver<(NodeId, Incoming<M>)>;
+
+/// Per sender: its session and the next message number expected from it.
+type Expected = Arc<Mutex<HashMap<NodeId, (u64, u64)>>>;
 
 impl<M> Transport<M>
 where
     M: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Starts receiving on `listener` and sending to `peers` (other members, not `id`).
+    /// `session` names this run of the process (see [`new_session`]).
     pub fn start(
         id: NodeId,
+        session: u64,
         listener: TcpListener,
         peers: &[(NodeId, SocketAddr)],
         shutdown: CancellationToken,
     ) -> (Transport<M>, Inbox<M>) {
         let (inbox_tx, inbox) = mpsc::channel(PEER_QUEUE * peers.len().max(1));
-        tokio::spawn(accept_loop(listener, inbox_tx, shutdown.clone()));
+        let source = listener
+            .local_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|ip| !ip.is_unspecified());
+        let expected = Expected::default();
+        tokio::spawn(accept_loop(listener, inbox_tx, expected, shutdown.clone()));
         let mut queues = BTreeMap::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            tokio::spawn(writer(id, peer, addr, rx, shutdown.clone()));
+            let link = Link {
+                id,
+                session,
+                peer,
+                addr,
+                source,
+            };
+            tokio::spawn(writer(link, rx, shutdown.clone()));
             queues.insert(peer, tx);
         }
         (Transport { queues }, inbox)
@@ -115,19 +161,36 @@ fn encode<M: Serialize>(frame: &Frame<M>) -> Bytes {
     Bytes::from(postcard::to_stdvec(frame).expect("peer messages always encode"))
 }
 
-/// Sends everything queued for one peer, reconnecting as needed.
-async fn writer<M: Serialize>(
+/// One outbound link.
+struct Link {
     id: NodeId,
+    session: u64,
     peer: NodeId,
     addr: SocketAddr,
-    mut queue: mpsc::Receiver<M>,
-    shutdown: CancellationToken,
-) {
+    /// The IP outbound connections are bound to, if any.
+    source: Option<IpAddr>,
+}
+
+async fn connect(link: &Link) -> io::Result<TcpStream> {
+    let socket = if link.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = link.source.filter(|ip| ip.is_ipv4() == link.addr.is_ipv4()) {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(link.addr).await
+}
+
+/// Sends everything queued for one peer, reconnecting as needed.
+async fn writer<M: Serialize>(link: Link, mut queue: mpsc::Receiver<M>, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_START;
-    let mut unsent: Option<M> = None;
+    let mut unsent: Option<(u64, M)> = None;
+    let mut sent = 0u64;
     loop {
         let stream = tokio::select! {
-            s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)) => s,
+            s = tokio::time::timeout(CONNECT_TIMEOUT, connect(&link)) => s,
             () = shutdown.cancelled() => return,
         };
         let stream = match stream {
@@ -144,27 +207,28 @@ async fn writer<M: Serialize>(
         let _ = stream.set_nodelay(true);
         backoff = BACKOFF_START;
         let mut framed = FramedWrite::new(stream, LengthDelimitedCodec::new());
-        if framed
-            .send(encode::<M>(&Frame::Hello { from: id }))
-            .await
-            .is_err()
-        {
+        let hello = Frame::<M>::Hello {
+            from: link.id,
+            session: link.session,
+        };
+        if framed.send(encode::<M>(&hello)).await.is_err() {
             continue;
         }
-        tracing::debug!(?peer, %addr, "peer link up");
-        match pump(&mut framed, &mut queue, &mut unsent, &shutdown).await {
+        tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
+        match pump(&mut framed, &mut queue, &mut unsent, &mut sent, &shutdown).await {
             Ok(()) => return,
-            Err(e) => tracing::debug!(?peer, error = %e, "peer link broke; reconnecting"),
+            Err(e) => tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting"),
         }
     }
 }
 
 /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`, with
-/// the message being written kept in `unsent`).
+/// the message being written kept in `unsent`). `sent` numbers the messages.
 async fn pump<M: Serialize>(
     framed: &mut FramedWrite<TcpStream, LengthDelimitedCodec>,
     queue: &mut mpsc::Receiver<M>,
-    unsent: &mut Option<M>,
+    unsent: &mut Option<(u64, M)>,
+    sent: &mut u64,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     loop {
@@ -172,20 +236,29 @@ async fn pump<M: Serialize>(
             Some(m) => m,
             None => tokio::select! {
                 m = queue.recv() => match m {
-                    Some(m) => m,
+                    Some(m) => {
+                        *sent += 1;
+                        (*sent, m)
+                    }
                     None => return Ok(()),
                 },
                 () = shutdown.cancelled() => return Ok(()),
             },
         };
         let mut next = Some(first);
-        while let Some(message) = next.take() {
-            let frame = encode(&Frame::Message(&message));
+        while let Some((n, message)) = next.take() {
+            let frame = encode(&Frame::Message {
+                n,
+                message: &message,
+            });
             if let Err(e) = framed.feed(frame).await {
-                *unsent = Some(message);
+                *unsent = Some((n, message));
                 return Err(e);
             }
-            next = queue.try_recv().ok();
+            next = queue.try_recv().ok().map(|m| {
+                *sent += 1;
+                (*sent, m)
+            });
         }
         SinkExt::<Bytes>::flush(framed).await?;
     }
@@ -193,7 +266,8 @@ async fn pump<M: Serialize>(
 
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
-    inbox: mpsc::Sender<(NodeId, M)>,
+    inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
+    expected: Expected,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -204,7 +278,8 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(reader(stream, inbox.clone(), shutdown.clone()));
+                let reader = reader(stream, inbox.clone(), expected.clone(), shutdown.clone());
+                tokio::spawn(reader);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "peer accept failed");
@@ -214,10 +289,37 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// What to do with message `n` from a sender, given what is expected of it.
+fn admit(expected: &Expected, from: NodeId, session: u64, n: u64) -> Admit {
+    let mut expected = expected.lock().unwrap();
+    let entry = expected.entry(from).or_insert((session, 1));
+    if entry.0 != session {
+        // A new run of the sender: its numbering starts over.
+        *entry = (session, 1);
+    }
+    let next = entry.1;
+    if n < next {
+        return Admit::Duplicate;
+    }
+    entry.1 = n + 1;
+    if n > next {
+        Admit::AfterGap
+    } else {
+        Admit::Next
+    }
+}
+
+enum Admit {
+    Next,
+    Duplicate,
+    AfterGap,
+}
+
 /// Reads one peer connection into the inbox.
 async fn reader<M: DeserializeOwned>(
     stream: TcpStream,
-    inbox: mpsc::Sender<(NodeId, M)>,
+    inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
+    expected: Expected,
     shutdown: CancellationToken,
 ) {
     let codec = LengthDelimitedCodec::builder()
@@ -232,10 +334,17 @@ async fn reader<M: DeserializeOwned>(
         };
         let Some(Ok(bytes)) = frame else { return };
         match (postcard::from_bytes::<Frame<M>>(&bytes), from) {
-            (Ok(Frame::Hello { from: sender }), None) => from = Some(sender),
-            (Ok(Frame::Message(m)), Some(sender)) => {
-                if inbox.send((sender, m)).await.is_err() {
-                    return;
+            (Ok(Frame::Hello { from: sender, session }), None) => from = Some((sender, session)),
+            (Ok(Frame::Message { n, message }), Some((sender, session))) => {
+                let event = match admit(&expected, sender, session, n) {
+                    Admit::Duplicate => continue,
+                    Admit::Next => None,
+                    Admit::AfterGap => Some(Incoming::Gap),
+                };
+                for event in event.into_iter().chain([Incoming::Message(message)]) {
+                    if inbox.send((sender, event)).await.is_err() {
+                        return;
+                    }
                 }
             }
             (frame, _) => {

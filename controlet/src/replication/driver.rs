@@ -1,39 +1,88 @@
-//! The driver task: owns the [`Tob`], the peer transport and the apply loop.
+//! The driver task: owns the [`Tob`], the peer transport, the apply loop and state transfer.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tailorkv_common::{NodeId, Version};
-use tailorkv_datalet::Datalet;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tailorkv_common::codec::StoreMode;
+use tailorkv_common::{Clock, Expiry, NodeId, Version};
+use tailorkv_datalet::{Datalet, DataletError, Mutation};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::atomic::Ordering::Relaxed;
+use super::{Counters, Health, Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
+use crate::peer::{new_session, Inbox, Incoming, Transport};
+use crate::tob::{Event, Incarnation, Message, NodeState, Timing, Tob};
 
-use super::{Counters, Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
-use crate::peer::{Inbox, Transport};
-use crate::tob::{Delivery, Message, Tob};
-
-/// How often the TOB is ticked.
+/// How often the TOB is ticked: one tick of [`Timing`].
 pub const TICK: Duration = Duration::from_millis(1);
+/// How long a client request waits for the cluster before it is refused.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Items per state-transfer message.
+const STATE_CHUNK: usize = 2048;
+
+pub(crate) const CUT_OFF: &str = "no quorum: this node is not in the cluster's current view";
+pub(crate) const TIMED_OUT: &str = "no quorum: timed out waiting for the cluster; the outcome is unknown";
+pub(crate) const CATCHING_UP: &str = "no quorum: this node is catching up";
 
 /// This member and the whole group.
 #[derive(Clone, Debug)]
 pub struct Members {
     pub me: NodeId,
-    /// Every member, this one included, with its peer address.
+    /// Every configured node, this one included, with its peer address.
     pub all: Vec<(NodeId, SocketAddr)>,
+}
+
+/// What travels between drivers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMsg {
+    Tob {
+        incarnation: Incarnation,
+        message: Message<Proposal>,
+    },
+    /// Part of a snapshot for a joining member.
+    State(StateChunk),
+}
+
+/// A part of the datalet's state at sequence number `seq`, for the view `epoch`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChunk {
+    pub epoch: u64,
+    pub seq: u64,
+    pub items: Vec<StateItem>,
+    /// The snapshot is complete with this chunk.
+    pub last: bool,
+}
+
+/// One item of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateItem {
+    pub key: Bytes,
+    pub value: Bytes,
+    pub flags: u32,
+    pub expiry: Expiry,
+    pub version: Version,
 }
 
 /// Starts the driver on `listener` (this member's peer address); returns the handle commands
 /// use.
+///
+/// `delivered` is the sequence number the datalet's state reflects (what it saved with
+/// `save_clock` in an earlier run, 0 for an empty store): it decides which node's state the
+/// first view starts from when every node restarts.
 pub fn spawn_driver<D: Datalet>(
     members: Members,
     listener: TcpListener,
     datalet: Arc<D>,
+    clock: Arc<dyn Clock>,
+    timing: Timing,
+    delivered: u64,
     shutdown: CancellationToken,
 ) -> Replicator {
     let ids: Vec<NodeId> = members.all.iter().map(|&(id, _)| id).collect();
@@ -43,108 +92,348 @@ pub fn spawn_driver<D: Datalet>(
         .copied()
         .filter(|&(id, _)| id != members.me)
         .collect();
+    let incarnation = new_session();
     let (transport, inbox) =
-        Transport::<Message<Proposal>>::start(members.me, listener, &peers, shutdown.clone());
+        Transport::<PeerMsg>::start(members.me, incarnation, listener, &peers, shutdown.clone());
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let counters = Arc::new(Counters::default());
+    let health = Arc::new(Health::default());
     let driver = Driver {
         counters: Arc::clone(&counters),
+        health: Arc::clone(&health),
         me: members.me,
-        tob: Tob::new(members.me, &ids),
+        incarnation,
+        tob: Tob::new(members.me, incarnation, &ids, delivered, timing),
+        saved: delivered,
         transport,
         datalet,
+        clock,
         waiting: HashMap::new(),
+        deadlines: VecDeque::new(),
         next_request: 0,
         overflow: BTreeMap::new(),
+        receiving: None,
+        early_chunks: Vec::new(),
     };
     tokio::spawn(driver.run(requests_rx, inbox, shutdown));
-    Replicator { requests, counters }
+    Replicator {
+        requests,
+        counters,
+        health,
+    }
+}
+
+/// A snapshot being received.
+struct Receiving {
+    epoch: u64,
+    seq: u64,
+    started: Instant,
+    items: u64,
 }
 
 struct Driver<D> {
     counters: Arc<Counters>,
+    health: Arc<Health>,
     me: NodeId,
+    incarnation: Incarnation,
     tob: Tob<Proposal>,
-    transport: Transport<Message<Proposal>>,
+    transport: Transport<PeerMsg>,
     datalet: Arc<D>,
+    clock: Arc<dyn Clock>,
     /// Replies owed to this member's clients, by request id.
     waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Request ids by arrival, with the moment each is refused if still waiting.
+    deadlines: VecDeque<(Instant, u64)>,
     next_request: u64,
     /// Messages a full peer queue could not take yet, per peer, in order.
-    overflow: BTreeMap<NodeId, VecDeque<Message<Proposal>>>,
+    overflow: BTreeMap<NodeId, VecDeque<PeerMsg>>,
+    receiving: Option<Receiving>,
+    /// The sequence number last saved in the datalet.
+    saved: u64,
+    /// Snapshot chunks that arrived before the view that asks for them.
+    early_chunks: Vec<StateChunk>,
 }
 
 impl<D: Datalet> Driver<D> {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut inbox: Inbox<Message<Proposal>>,
+        mut inbox: Inbox<PeerMsg>,
         shutdown: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            let can_accept = self.overflow.values().all(VecDeque::is_empty);
+            let can_accept = self.members_overflow_empty();
             tokio::select! {
                 Some(request) = requests.recv(), if can_accept => {
-                    self.propose(request);
+                    self.take(request);
                     while let Ok(request) = requests.try_recv() {
-                        self.propose(request);
+                        self.take(request);
                     }
                     self.tob.flush();
                 }
-                Some((from, message)) = inbox.recv() => {
-                    self.tob.step(from, message);
-                    while let Ok((from, message)) = inbox.try_recv() {
-                        self.tob.step(from, message);
+                Some((from, event)) = inbox.recv() => {
+                    self.receive(from, event).await;
+                    while let Ok((from, event)) = inbox.try_recv() {
+                        self.receive(from, event).await;
                     }
                     self.tob.ack();
                 }
-                _ = ticker.tick() => self.tob.tick(),
+                _ = ticker.tick() => {
+                    self.tob.tick();
+                    self.expire();
+                }
                 () = shutdown.cancelled() => return,
             }
-            self.send();
-            for delivery in self.tob.take_deliveries() {
-                self.apply(delivery).await;
-            }
+            self.carry_out().await;
         }
     }
 
-    fn propose(&mut self, request: Request) {
+    fn members_overflow_empty(&self) -> bool {
+        let view = self.tob.view();
+        self.overflow
+            .iter()
+            .all(|(peer, q)| q.is_empty() || view.incarnation_of(*peer).is_none())
+    }
+
+    /// Takes a client request: refused at once when this node is cut off, else proposed.
+    fn take(&mut self, request: Request) {
+        if self.tob.state() == NodeState::Outside {
+            let _ = request
+                .reply
+                .send(Reply::Refused(DataletError::Refused(CUT_OFF)));
+            return;
+        }
         self.counters.ops_proposed.fetch_add(1, Relaxed);
         self.next_request += 1;
-        self.waiting.insert(self.next_request, request.reply);
+        let id = self.next_request;
+        self.waiting.insert(id, request.reply);
+        self.deadlines
+            .push_back((Instant::now() + REQUEST_TIMEOUT, id));
         self.tob.propose(Proposal {
-            request: self.next_request,
+            request: id,
             now: request.now,
             op: request.op,
         });
     }
 
-    /// Hands the TOB's messages to the transport without ever waiting on it.
+    /// Refuses requests that waited too long.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if let Some(waiter) = self.waiting.remove(&id) {
+                let _ = waiter.send(Reply::Refused(DataletError::Refused(TIMED_OUT)));
+            }
+        }
+    }
+
+    fn fail_all_waiting(&mut self, why: &'static str) {
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.send(Reply::Refused(DataletError::Refused(why)));
+        }
+        self.deadlines.clear();
+    }
+
+    async fn receive(&mut self, from: NodeId, event: Incoming<PeerMsg>) {
+        match event {
+            Incoming::Gap => {
+                tracing::warn!(?from, "messages from a peer were lost");
+                self.tob.link_gap(from);
+            }
+            Incoming::Message(PeerMsg::Tob {
+                incarnation,
+                message,
+            }) => self.tob.step(from, incarnation, message),
+            Incoming::Message(PeerMsg::State(chunk)) => self.receive_state(chunk).await,
+        }
+    }
+
+    /// Hands the TOB's messages to the transport without ever waiting on it. Messages for
+    /// nodes outside the view are dropped when their queue is full: they are either stale or
+    /// sent again.
     fn send(&mut self) {
         let messages = self.tob.take_messages();
         self.counters
             .peer_messages_sent
             .fetch_add(messages.len() as u64, Relaxed);
         for envelope in messages {
+            let message = PeerMsg::Tob {
+                incarnation: envelope.incarnation,
+                message: envelope.message,
+            };
             self.overflow
                 .entry(envelope.to)
                 .or_default()
-                .push_back(envelope.message);
+                .push_back(message);
         }
+        self.drain_overflow();
+    }
+
+    fn drain_overflow(&mut self) {
+        let view = self.tob.view().clone();
         for (&to, queue) in self.overflow.iter_mut() {
+            let member = view.incarnation_of(to).is_some();
             while let Some(message) = queue.pop_front() {
                 if let Err(message) = self.transport.try_send(to, message) {
-                    queue.push_front(message);
-                    break;
+                    if member {
+                        queue.push_front(message);
+                        break;
+                    }
                 }
             }
         }
     }
 
+    /// Carries out what the TOB decided, in order, until it has nothing more.
+    async fn carry_out(&mut self) {
+        loop {
+            self.send();
+            let events = self.tob.take_events();
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                self.carry_out_one(event).await;
+            }
+        }
+        // Record how far the datalet's state goes, once per burst, after applying it: a
+        // restart then knows its position (at worst behind what it applied, never ahead).
+        let delivered = self.tob.delivered();
+        if delivered != self.saved && self.tob.is_synced() {
+            match self.datalet.save_clock(delivered).await {
+                Ok(()) => self.saved = delivered,
+                Err(e) => tracing::warn!(error = %e, "could not save the applied position"),
+            }
+        }
+        let view = self.tob.view();
+        self.health
+            .set(self.tob.state(), view.epoch, view.members.len());
+    }
+
+    async fn carry_out_one(&mut self, event: Event<Proposal>) {
+        match event {
+            Event::Deliver(delivery) => self.apply(delivery).await,
+            Event::Serving { epoch } => {
+                tracing::info!(epoch, members = ?self.tob.view().members, "serving in a new view");
+            }
+            Event::SendState { epoch, seq, to } => self.send_state(epoch, seq, to).await,
+            Event::AwaitState { epoch, source, seq } => {
+                tracing::info!(epoch, ?source, seq, "joining a view: waiting for its state");
+                self.fail_all_waiting(CATCHING_UP);
+                if let Err(e) = self.datalet.reset().await {
+                    tracing::error!(error = %e, "could not reset the datalet for a state transfer");
+                }
+                self.receiving = Some(Receiving {
+                    epoch,
+                    seq,
+                    started: Instant::now(),
+                    items: 0,
+                });
+                for chunk in std::mem::take(&mut self.early_chunks) {
+                    if chunk.epoch == epoch {
+                        Box::pin(self.receive_state(chunk)).await;
+                    } else if chunk.epoch > epoch {
+                        self.early_chunks.push(chunk);
+                    }
+                }
+            }
+            Event::Excluded { epoch } => {
+                tracing::warn!(epoch, "not in the cluster's current view; asking to join");
+                self.receiving = None;
+                self.fail_all_waiting(CUT_OFF);
+            }
+        }
+    }
+
+    /// Sends a snapshot of the datalet, as it is now, to the members that need it.
+    async fn send_state(&mut self, epoch: u64, seq: u64, to: Vec<NodeId>) {
+        let now = self.clock.now();
+        let items = match self.datalet.scan(now).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the datalet for a state transfer");
+                return;
+            }
+        };
+        tracing::info!(epoch, seq, items = items.len(), ?to, "sending state");
+        let total = items.len();
+        let mut chunks: Vec<StateChunk> = Vec::with_capacity(total / STATE_CHUNK + 1);
+        let mut items = items.into_iter().peekable();
+        loop {
+            let part: Vec<StateItem> = items
+                .by_ref()
+                .take(STATE_CHUNK)
+                .map(|(key, item)| StateItem {
+                    key,
+                    value: item.value,
+                    flags: item.flags,
+                    expiry: item.expiry,
+                    version: item.version,
+                })
+                .collect();
+            let last = items.peek().is_none();
+            chunks.push(StateChunk {
+                epoch,
+                seq,
+                items: part,
+                last,
+            });
+            if last {
+                break;
+            }
+        }
+        for peer in to {
+            let queue = self.overflow.entry(peer).or_default();
+            queue.extend(chunks.iter().cloned().map(PeerMsg::State));
+        }
+        self.drain_overflow();
+    }
+
+    async fn receive_state(&mut self, chunk: StateChunk) {
+        let expected = self.receiving.as_ref().map(|r| (r.epoch, r.seq));
+        if expected != Some((chunk.epoch, chunk.seq)) {
+            // The view that asks for it may be installed but not carried out yet (the
+            // `AwaitState` event waits for the end of the burst), or not installed yet.
+            if chunk.epoch >= self.tob.view().epoch {
+                self.early_chunks.push(chunk);
+            }
+            return;
+        }
+        let now = self.clock.now();
+        let count = chunk.items.len() as u64;
+        for item in chunk.items {
+            let mutation = Mutation::Store {
+                mode: StoreMode::Set,
+                flags: item.flags,
+                expiry: item.expiry,
+                value: item.value,
+            };
+            if let Err(e) = self.datalet.apply(&item.key, mutation, item.version, now).await {
+                tracing::error!(error = %e, "could not store a transferred item");
+            }
+        }
+        let receiving = self.receiving.as_mut().expect("checked");
+        receiving.items += count;
+        if chunk.last {
+            let receiving = self.receiving.take().expect("checked");
+            tracing::info!(
+                epoch = receiving.epoch,
+                seq = receiving.seq,
+                items = receiving.items,
+                ms = receiving.started.elapsed().as_millis() as u64,
+                "state installed"
+            );
+            self.tob.state_installed(receiving.epoch, receiving.seq);
+        }
+    }
+
     /// Applies one delivered operation, and answers its client if it was proposed here.
-    async fn apply(&mut self, delivery: Delivery<Proposal>) {
+    async fn apply(&mut self, delivery: crate::tob::Delivery<Proposal>) {
         self.counters.ops_applied.fetch_add(1, Relaxed);
         let Proposal { request, now, op } = delivery.op;
         let version = Version::new(delivery.seq, NodeId(0));
@@ -162,5 +451,11 @@ impl<D: Datalet> Driver<D> {
                 let _ = waiter.send(reply);
             }
         }
+    }
+}
+
+impl<D> Drop for Driver<D> {
+    fn drop(&mut self) {
+        tracing::debug!(me = ?self.me, incarnation = self.incarnation, "driver stopped");
     }
 }

@@ -15,10 +15,22 @@
 //! there, never earlier, and a read is answered from the state at its place in the order.
 //!
 //! The driver never waits on a peer: messages a full peer queue cannot take wait in the
-//! driver, and while any wait it takes no new client requests, so clients feel the
-//! backpressure, not the protocol.
+//! driver, and while any wait for a member of the view it takes no new client requests, so
+//! clients feel the backpressure, not the protocol.
+//!
+//! # Faults
+//!
+//! The [`Tob`](crate::tob::Tob) detects failures and changes views (see its documentation).
+//! The driver carries out what that needs: when this node joins a view as a member that must
+//! be given its state, it empties its datalet and installs the snapshot the view's source
+//! sends ([`driver::StateChunk`]); when it is the source, it scans its datalet right after
+//! applying the old view's tail and sends that. A request is refused with `SERVER_ERROR`
+//! at once when this node is outside the view, and after [`driver::REQUEST_TIMEOUT`] when
+//! the cluster does not order it in time (its outcome is then unknown). In the sequential
+//! mode, local reads are served only while this node is an up-to-date member of a view.
 
 mod driver;
+pub mod antientropy;
 pub mod eventual;
 #[cfg(test)]
 mod tests;
@@ -29,7 +41,9 @@ use tailorkv_common::UnixSecs;
 use tailorkv_datalet::{DataletError, Item, Mutation, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
-pub use driver::{spawn_driver, Members};
+use crate::tob::NodeState;
+
+pub use driver::{spawn_driver, Members, PeerMsg, StateChunk, StateItem, REQUEST_TIMEOUT};
 pub use eventual::Eventual;
 
 /// An operation in the total order.
@@ -64,6 +78,8 @@ pub enum Reply {
     Mutated(Result<Outcome, DataletError>),
     Read(Result<Option<Item>, DataletError>),
     Flushed(Result<(), DataletError>),
+    /// Not ordered: refused, or timed out (outcome unknown).
+    Refused(DataletError),
 }
 
 /// A client operation on its way to the driver.
@@ -78,6 +94,55 @@ pub struct Request {
 pub struct Replicator {
     requests: mpsc::Sender<Request>,
     counters: std::sync::Arc<Counters>,
+    health: std::sync::Arc<Health>,
+}
+
+/// Where this node stands in the cluster, as the driver last saw it.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: std::sync::atomic::AtomicU8,
+    epoch: std::sync::atomic::AtomicU64,
+    members: std::sync::atomic::AtomicU64,
+    /// Woken when this node starts serving.
+    serving: tokio::sync::Notify,
+}
+
+impl Health {
+    pub fn set(&self, state: NodeState, epoch: u64, members: usize) {
+        let code = match state {
+            NodeState::Booting => 0,
+            NodeState::Serving => 1,
+            NodeState::Changing => 2,
+            NodeState::CatchingUp => 3,
+            NodeState::Outside => 4,
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.state.swap(code, Relaxed) != code && state == NodeState::Serving {
+            self.serving.notify_waiters();
+        }
+        self.epoch.store(epoch, Relaxed);
+        self.members.store(members as u64, Relaxed);
+    }
+
+    pub fn state(&self) -> NodeState {
+        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => NodeState::Serving,
+            2 => NodeState::Changing,
+            3 => NodeState::CatchingUp,
+            4 => NodeState::Outside,
+            _ => NodeState::Booting,
+        }
+    }
+
+    /// The current view's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many members the current view has.
+    pub fn members(&self) -> u64 {
+        self.members.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// How much the total order costs: peer messages sent per operation proposed here.
@@ -103,6 +168,33 @@ impl Replicator {
         &self.counters
     }
 
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Waits until local reads are sound, that is until this node is an up-to-date member of
+    /// a view that is not changing, for at most [`REQUEST_TIMEOUT`]; refuses at once when it
+    /// is cut off.
+    pub async fn may_read_locally(&self) -> Result<(), DataletError> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let serving = self.health.serving.notified();
+            match self.health.state() {
+                NodeState::Serving => return Ok(()),
+                NodeState::Outside => return Err(DataletError::Refused(driver::CUT_OFF)),
+                // While the view changes this node may be on the losing side of a split:
+                // wait for the outcome rather than serve what may be left behind.
+                NodeState::Changing | NodeState::CatchingUp | NodeState::Booting => {}
+            }
+            if tokio::time::timeout_at(deadline, serving).await.is_err() {
+                return Err(DataletError::Refused(match self.health.state() {
+                    NodeState::CatchingUp => driver::CATCHING_UP,
+                    _ => driver::TIMED_OUT,
+                }));
+            }
+        }
+    }
+
     async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, DataletError> {
         let (reply, answer) = oneshot::channel();
         let request = Request { op, now, reply };
@@ -122,6 +214,7 @@ impl Replicator {
         };
         match self.order(op, now).await? {
             Reply::Mutated(result) => result,
+            Reply::Refused(e) => Err(e),
             other => unreachable!("a mutation answered with {other:?}"),
         }
     }
@@ -132,6 +225,7 @@ impl Replicator {
         };
         match self.order(op, now).await? {
             Reply::Read(result) => result,
+            Reply::Refused(e) => Err(e),
             other => unreachable!("a read answered with {other:?}"),
         }
     }
@@ -139,6 +233,7 @@ impl Replicator {
     pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
         match self.order(Op::Flush { at }, now).await? {
             Reply::Flushed(result) => result,
+            Reply::Refused(e) => Err(e),
             other => unreachable!("a flush answered with {other:?}"),
         }
     }

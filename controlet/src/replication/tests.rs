@@ -32,6 +32,9 @@ async fn cluster(n: u16) -> (Vec<Replicator>, Vec<Arc<MemoryDatalet>>, Cancellat
             members,
             listener,
             datalet.clone(),
+            Arc::new(tailorkv_common::SystemClock),
+            crate::tob::Timing::default(),
+            0,
             shutdown.clone(),
         ));
         datalets.push(datalet);

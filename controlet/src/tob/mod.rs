@@ -1,66 +1,216 @@
-//! Total-order broadcast on Lamport clocks: a sans-IO state machine.
+//! Total-order broadcast on Lamport clocks, with views that survive failures: a sans-IO state
+//! machine.
 //!
-//! # How it works
+//! # Ordering within a view
 //!
-//! Every member keeps a Lamport clock. Every message a member sends, to anyone, carries a
-//! fresh timestamp from it (the clock ticks on every send), and every message received moves
-//! the clock past the timestamp it carries. Links are FIFO (TCP), so once member `q` has been
-//! heard from with timestamp `t`, every later message from `q` carries a timestamp above `t`.
+//! A *view* is a numbered set of members (each with its *incarnation*, a number that changes
+//! when its process restarts). Every member keeps a Lamport clock; every message it sends
+//! carries a fresh timestamp (the clock ticks on every send) and every message received moves
+//! the clock past the timestamp it carries. Links are FIFO (TCP; the transport reports lost
+//! messages rather than hide them).
 //!
 //! - [`Tob::propose`] buffers an operation; [`Tob::flush`] sends every buffered operation in
-//!   one [`Message::Broadcast`] to all other members and queues it locally, keyed by its
-//!   `(timestamp, sender)`. Under load, one broadcast carries many operations, so peer
-//!   messages per operation fall as load rises.
-//! - A member receiving a broadcast queues it and owes every other member a message with a
-//!   later timestamp: [`Tob::ack`] (called after each burst of received messages), the next
-//!   broadcast, or [`Tob::tick`] pays that debt with a [`Message::Ack`]. Acks also go out as heartbeats when a member has been quiet, so an idle
-//!   member never holds up delivery for long.
-//! - The batch at the head of the queue (the smallest `(timestamp, sender)`) is delivered once
-//!   every other member has been heard from with a timestamp at least as large: by FIFO and the
-//!   clock rule, every later message of a member carries a larger timestamp than any heard
-//!   from it, so nothing ordered before the head can arrive any more. So every member delivers every
-//!   batch exactly once, in the same order. Each delivered operation gets the next sequence
-//!   number, `1, 2, 3, ...`, identical on every member: the strong modes use it as the
-//!   operation's version, and so as its CAS unique.
+//!   one [`Message::Broadcast`] to the other members and queues it locally under its key
+//!   `(timestamp, sender)`.
+//! - Every broadcast and every [`Message::Ack`] carries the sender's *receipt vector*: for each
+//!   member, the timestamp of the last broadcast received from it. A member owes an ack after
+//!   receiving broadcasts ([`Tob::ack`] pays it at once for a whole burst); quiet members
+//!   send acks as heartbeats.
+//! - The batch at the head of the queue (the smallest key) is delivered once every other
+//!   member of the view has reported receiving it. That one rule gives both order and
+//!   stability. Order: a member `q` that reports receiving a batch with timestamp `t` sent
+//!   that report after its clock passed `t`, so by FIFO every broadcast of `q` with a smaller
+//!   timestamp arrived before the report; so nothing ordered before the head can still
+//!   arrive. Stability: a delivered batch is held by every member of the view, which is what
+//!   lets a view change recover everything any member delivered.
+//! - Delivered operations are numbered `1, 2, 3, ...` identically on every member: the strong
+//!   modes use that number as the version, and so as the CAS unique.
+//!
+//! # Changing views
+//!
+//! A [`detector::Detector`] watches every node; every message is a sign of life and quiet
+//! members send heartbeats. When a member of the view is suspected, when a node asks to
+//! [`Message::Join`], or when messages from a member were lost, the members agree on the next
+//! view with a single-decree Paxos per epoch, led by a coordinator:
+//!
+//! 1. **Prepare.** The coordinator (the lowest-numbered member it does not suspect, or any
+//!    member whose wait ran out) picks a ballot `(next epoch, round, its id)` and sends
+//!    [`Message::Prepare`] to every node.
+//! 2. **Promise.** A member of the current view that has not promised a higher ballot
+//!    promises this one and *freezes*: it stops sending, receiving and delivering broadcasts
+//!    of the current view. Its [`Message::Promise`] carries its [`Standing`]: how far it
+//!    delivered, the batches it holds undelivered, and any plan it accepted earlier. Nodes
+//!    outside the view (restarted, excluded, booting) answer too, as candidates to join.
+//! 3. **Accept.** With promises from a majority of the current view (and after a short wait for
+//!    the rest), the coordinator makes a [`Plan`]: if any promise carries an accepted plan,
+//!    the one with the highest ballot, unchanged (Paxos); otherwise the next view has every
+//!    node that promised, and its *tail* is the union of the batches the voters hold
+//!    undelivered, in key order. Every batch any member delivered was held by every member,
+//!    so by every voter: each voter's deliveries are a prefix of its tail order, and
+//!    delivering the rest of the tail leaves every survivor at the same sequence number.
+//!    A majority of the current view must accept the plan.
+//! 4. **Install.** The coordinator sends [`Message::Install`] to every node. Members that
+//!    promised as up-to-date members of the old view (*synced*) deliver the rest of the tail
+//!    and continue in the new view. The others (joiners) drop their state and wait for a
+//!    snapshot of the datalet at the view's starting sequence number, which the plan's
+//!    *source* sends as soon as it has delivered the tail ([`Event::SendState`]); until it
+//!    is installed ([`Tob::state_installed`]) a joiner acknowledges the new view's
+//!    broadcasts but delivers nothing. A node left out learns so ([`Event::Excluded`]) and
+//!    asks to join again.
+//!
+//! A member that cannot gather a majority never delivers: every delivery needs every member
+//! of its view, and a view needs a majority of the previous one, so two sides of a partition
+//! can never both make progress, and a minority refuses rather than diverges. Nodes that are
+//! behind learn the current plan from any node ahead of them. The first view (epoch 1) is
+//! formed the same way from the configured nodes (epoch 0). Losing a majority of a view at
+//! once stops the strong modes until enough of those members return.
 //!
 //! Time is ticks; nothing here reads a clock or touches a socket. The driver feeds received
 //! messages to [`Tob::step`], calls [`Tob::tick`] on a timer, sends what
-//! [`Tob::take_messages`] returns and applies what [`Tob::take_deliveries`] returns.
-//!
-//! Caveat: membership is fixed. A member that stops sending stops delivery everywhere; failure
-//! detection and view changes are what make the order survive a crash.
+//! [`Tob::take_messages`] returns and carries out what [`Tob::take_events`] returns, in order.
 
+pub mod detector;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tailorkv_common::{NodeId, Ts};
 
-/// A message between members. Every message carries the sender's clock.
+use detector::Detector;
+
+/// Names one run of a node's process; a restart picks a larger one.
+pub type Incarnation = u64;
+
+/// A numbered set of members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message<Op> {
-    /// Operations to order, stamped with the timestamp that orders them.
-    Broadcast { ts: Ts, ops: Vec<Op> },
-    /// Nothing to order: proves the sender's clock has passed `ts`, acknowledging broadcasts
-    /// it has received and serving as a heartbeat.
-    Ack { ts: Ts },
+pub struct View {
+    pub epoch: u64,
+    /// Members with their incarnations, by id.
+    pub members: Vec<(NodeId, Incarnation)>,
 }
 
-impl<Op> Message<Op> {
-    pub fn ts(&self) -> Ts {
-        match self {
-            Message::Broadcast { ts, .. } | Message::Ack { ts } => *ts,
-        }
+impl View {
+    pub fn incarnation_of(&self, id: NodeId) -> Option<Incarnation> {
+        self.members
+            .iter()
+            .find(|&&(m, _)| m == id)
+            .map(|&(_, inc)| inc)
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.members.iter().map(|&(id, _)| id)
+    }
+
+    fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
     }
 }
 
-/// A message with its addresses.
+/// A view-change ballot: ordered by the epoch it would start, then round, then node.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Ballot {
+    pub epoch: u64,
+    pub round: u64,
+    pub node: NodeId,
+}
+
+/// Operations broadcast together, under their key `(ts, origin)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch<Op> {
+    pub ts: Ts,
+    pub origin: NodeId,
+    pub ops: Vec<Op>,
+}
+
+impl<Op> Batch<Op> {
+    fn key(&self) -> (Ts, NodeId) {
+        (self.ts, self.origin)
+    }
+}
+
+/// The agreed transition to a new view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan<Op> {
+    pub view: View,
+    /// Batches of the previous view still to deliver, in key order.
+    pub tail: Vec<Batch<Op>>,
+    /// Members that deliver the tail themselves; the others receive a snapshot.
+    pub synced: Vec<NodeId>,
+    /// The synced member that sends the snapshot.
+    pub source: NodeId,
+    /// The sequence number the view starts at, after the tail.
+    pub start_seq: u64,
+}
+
+/// What a node reports when it promises.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing<Op> {
+    pub epoch: u64,
+    /// Up to date in its view (not waiting for, or missing, a snapshot).
+    pub synced: bool,
+    pub delivered: u64,
+    /// Key of the last batch delivered in this epoch.
+    pub last: (Ts, NodeId),
+    /// Batches of this epoch received and not delivered.
+    pub pending: Vec<Batch<Op>>,
+    pub accepted: Option<(Ballot, Plan<Op>)>,
+}
+
+/// A message between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message<Op> {
+    /// Operations to order, with the sender's receipt vector.
+    Broadcast {
+        epoch: u64,
+        ts: Ts,
+        received: Vec<(NodeId, Ts)>,
+        ops: Vec<Op>,
+    },
+    /// The sender's receipt vector; also a heartbeat.
+    Ack {
+        epoch: u64,
+        ts: Ts,
+        received: Vec<(NodeId, Ts)>,
+    },
+    /// A heartbeat from a node that is not sending acks (frozen, outside, booting).
+    Alive { epoch: u64 },
+    Prepare {
+        ballot: Ballot,
+    },
+    Promise {
+        ballot: Ballot,
+        standing: Standing<Op>,
+    },
+    /// The ballot is lower than one already promised.
+    Reject {
+        ballot: Ballot,
+        promised: Ballot,
+    },
+    Accept {
+        ballot: Ballot,
+        plan: Plan<Op>,
+    },
+    Accepted {
+        ballot: Ballot,
+    },
+    /// A chosen plan; also sent to nodes found to be behind.
+    Install {
+        plan: Plan<Op>,
+    },
+    /// A node outside the view (or behind it) asks to be let in.
+    Join { epoch: u64 },
+}
+
+/// A message with its addresses and the sender's incarnation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<Op> {
     pub from: NodeId,
     pub to: NodeId,
+    pub incarnation: Incarnation,
     pub message: Message<Op>,
 }
 
@@ -69,52 +219,239 @@ pub struct Envelope<Op> {
 pub struct Delivery<Op> {
     /// Position in the total order, from 1; the same on every member.
     pub seq: u64,
-    /// The member that proposed it.
+    /// The node that proposed it.
     pub origin: NodeId,
     pub op: Op,
 }
 
-/// Ticks of silence after which a member sends a heartbeat.
-pub const HEARTBEAT_TICKS: u64 = 10;
+/// What the driver must do, in this order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event<Op> {
+    /// Apply this operation.
+    Deliver(Delivery<Op>),
+    /// A view was installed with this node as a synced member: it serves again.
+    Serving { epoch: u64 },
+    /// Send a snapshot of the datalet, as it is now (after everything delivered so far and
+    /// before anything delivered later), to these members.
+    SendState { epoch: u64, seq: u64, to: Vec<NodeId> },
+    /// This node is in the new view but must be given its state: drop the local state and
+    /// wait for a snapshot from `source` at `seq`. Operations proposed here and not yet
+    /// delivered will not be answered here.
+    AwaitState {
+        epoch: u64,
+        source: NodeId,
+        seq: u64,
+    },
+    /// This node is not in the current view; operations proposed here will not be answered.
+    Excluded { epoch: u64 },
+}
 
-/// One member's state.
+/// The epoch its sender was in when it sent `message`.
+fn sender_epoch<Op>(message: &Message<Op>) -> u64 {
+    match message {
+        Message::Broadcast { epoch, .. }
+        | Message::Ack { epoch, .. }
+        | Message::Alive { epoch }
+        | Message::Join { epoch } => *epoch,
+        Message::Prepare { ballot }
+        | Message::Accept { ballot, .. }
+        | Message::Accepted { ballot }
+        | Message::Reject { ballot, .. } => ballot.epoch.saturating_sub(1),
+        Message::Promise { standing, .. } => standing.epoch,
+        Message::Install { plan } => plan.view.epoch,
+    }
+}
+
+/// Messages of a later epoch kept, at most, until this node installs that epoch.
+pub const EARLY_LIMIT: usize = 100_000;
+
+/// Timing, in ticks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Silence after which a member sends a heartbeat.
+    pub heartbeat: u64,
+    /// Silence after which a node is suspected, at first.
+    pub suspect_after: u64,
+    /// Added to a node's timeout each time it was suspected wrongly.
+    pub suspect_increment: u64,
+    /// How long a coordinator with a majority waits for the other nodes' promises.
+    pub collect: u64,
+    /// How long a frozen member waits for a view before leading a change itself; also how
+    /// long a member waits for the lowest-numbered member to lead.
+    pub view_change: u64,
+    /// How often a node outside the view asks to join.
+    pub join_interval: u64,
+    /// How long a joiner waits for its snapshot before asking for another view change.
+    pub state_timeout: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat: 10,
+            suspect_after: 400,
+            suspect_increment: 200,
+            collect: 30,
+            view_change: 250,
+            join_interval: 100,
+            state_timeout: 30_000,
+        }
+    }
+}
+
+/// Where a node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeState {
+    /// No view formed yet.
+    Booting,
+    /// In a view, up to date, and ordering.
+    Serving,
+    /// Up to date, while the members agree on the next view.
+    Changing,
+    /// In the view, waiting for a snapshot.
+    CatchingUp,
+    /// Not in the current view.
+    Outside,
+}
+
+impl NodeState {
+    /// The name `stats` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Booting => "booting",
+            NodeState::Serving => "serving",
+            NodeState::Changing => "changing-view",
+            NodeState::CatchingUp => "catching-up",
+            NodeState::Outside => "outside",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Not in the current view (or booting, at epoch 0).
+    Outside,
+    /// In the view, waiting for a snapshot.
+    CatchingUp { since: u64 },
+    /// In the view and up to date.
+    Normal,
+}
+
+#[derive(Debug)]
+struct Coordination<Op> {
+    ballot: Ballot,
+    started: u64,
+    promises: BTreeMap<NodeId, (Incarnation, Standing<Op>)>,
+    majority_at: Option<u64>,
+    plan: Option<Plan<Op>>,
+    accepted_by: BTreeSet<NodeId>,
+}
+
+/// One node's state.
 #[derive(Debug)]
 pub struct Tob<Op> {
     id: NodeId,
-    /// The other members.
-    peers: Vec<NodeId>,
+    incarnation: Incarnation,
+    /// Every configured node, this one included.
+    universe: Vec<NodeId>,
+    timing: Timing,
+    now: u64,
     clock: Ts,
-    /// The largest timestamp heard from each other member.
-    heard: BTreeMap<NodeId, Ts>,
-    /// Broadcasts received or sent, not yet delivered, by `(timestamp, sender)`.
+    view: View,
+    status: Status,
+    last_plan: Option<Plan<Op>>,
+    /// Per member, its last receipt vector.
+    acked: BTreeMap<NodeId, BTreeMap<NodeId, Ts>>,
+    /// Per member, the timestamp of the last broadcast received from it (ours included).
+    received: BTreeMap<NodeId, Ts>,
+    /// Broadcasts received or sent in this epoch, not yet delivered.
     queue: BTreeMap<(Ts, NodeId), Vec<Op>>,
-    /// Proposed, not yet broadcast.
     proposed: Vec<Op>,
-    /// A broadcast arrived since we last sent to everyone: we owe them a later timestamp.
     owe_ack: bool,
     ticks_quiet: u64,
     delivered_seq: u64,
+    last_delivered: (Ts, NodeId),
+    detector: Detector,
+    promised: Ballot,
+    accepted: Option<(Ballot, Plan<Op>)>,
+    /// When this node promised a ballot of the next epoch, if it has.
+    frozen_at: Option<u64>,
+    coordination: Option<Coordination<Op>>,
+    /// Since when a view change has been wanted.
+    wanted_since: Option<u64>,
+    /// Nodes outside the view that asked to join, with their incarnations.
+    joiners: BTreeMap<NodeId, Incarnation>,
+    /// Nodes some of whose messages were lost, with the last epoch those messages may belong
+    /// to: nothing of that epoch or earlier is taken from them, and a view that holds them in
+    /// such an epoch is changed.
+    damaged: BTreeMap<NodeId, u64>,
+    /// Nodes whose messages were lost, told before their next message (whose epoch bounds
+    /// the epochs of the lost ones).
+    gap_pending: BTreeSet<NodeId>,
+    last_join: u64,
+    /// Broadcasts and acks of a later epoch, from nodes that installed it before we did:
+    /// stepped again once we install it (a member may hear a new view's first broadcasts
+    /// before the coordinator's `Install`, over another link).
+    early: Vec<(NodeId, Incarnation, Message<Op>)>,
+    /// Senders whose early messages did not all fit, with the latest epoch dropped.
+    early_lost: BTreeMap<NodeId, u64>,
+    /// When each node was last sent our plan, to send it at most once per heartbeat.
+    plan_sent: BTreeMap<NodeId, u64>,
     outbox: Vec<Envelope<Op>>,
-    deliveries: Vec<Delivery<Op>>,
+    events: Vec<Event<Op>>,
 }
 
 impl<Op: Clone> Tob<Op> {
-    /// A member `id` of the group `members` (which includes `id`).
-    pub fn new(id: NodeId, members: &[NodeId]) -> Self {
-        assert!(members.contains(&id), "{id:?} is not among the members");
-        let peers: Vec<NodeId> = members.iter().copied().filter(|&m| m != id).collect();
+    /// Node `id` (run `incarnation`) of the configured nodes `universe`, booting: it has
+    /// delivered `delivered` operations before (0 for an empty store).
+    pub fn new(
+        id: NodeId,
+        incarnation: Incarnation,
+        universe: &[NodeId],
+        delivered: u64,
+        timing: Timing,
+    ) -> Self {
+        assert!(universe.contains(&id), "{id:?} is not among the nodes");
+        let mut universe = universe.to_vec();
+        universe.sort();
+        universe.dedup();
+        let others = universe.iter().copied().filter(|&n| n != id);
         Tob {
             id,
-            heard: peers.iter().map(|&p| (p, 0)).collect(),
-            peers,
+            incarnation,
+            detector: Detector::new(others, timing.suspect_after, timing.suspect_increment),
+            view: View {
+                epoch: 0,
+                members: universe.iter().map(|&n| (n, 0)).collect(),
+            },
+            universe,
+            timing,
+            now: 0,
             clock: 0,
+            status: Status::Outside,
+            last_plan: None,
+            acked: BTreeMap::new(),
+            received: BTreeMap::new(),
             queue: BTreeMap::new(),
             proposed: Vec::new(),
             owe_ack: false,
             ticks_quiet: 0,
-            delivered_seq: 0,
+            delivered_seq: delivered,
+            last_delivered: (0, NodeId(0)),
+            promised: Ballot::default(),
+            accepted: None,
+            frozen_at: None,
+            coordination: None,
+            wanted_since: None,
+            joiners: BTreeMap::new(),
+            damaged: BTreeMap::new(),
+            gap_pending: BTreeSet::new(),
+            last_join: 0,
+            early: Vec::new(),
+            early_lost: BTreeMap::new(),
+            plan_sent: BTreeMap::new(),
             outbox: Vec::new(),
-            deliveries: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -126,9 +463,38 @@ impl<Op: Clone> Tob<Op> {
         self.clock
     }
 
-    /// Operations delivered so far.
+    /// Operations delivered (or installed by snapshot) so far.
     pub fn delivered(&self) -> u64 {
         self.delivered_seq
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// In a view, up to date, and not in the middle of a view change.
+    pub fn is_serving(&self) -> bool {
+        self.status == Status::Normal && self.frozen_at.is_none() && self.view.epoch > 0
+    }
+
+    /// In a view and up to date (possibly frozen for a view change): local reads are sound.
+    pub fn is_synced(&self) -> bool {
+        self.status == Status::Normal && self.view.epoch > 0
+    }
+
+    /// Where this node stands, for the driver and for `stats`.
+    pub fn state(&self) -> NodeState {
+        match self.status {
+            _ if self.view.epoch == 0 => NodeState::Booting,
+            Status::Outside => NodeState::Outside,
+            Status::CatchingUp { .. } => NodeState::CatchingUp,
+            Status::Normal if self.frozen_at.is_some() => NodeState::Changing,
+            Status::Normal => NodeState::Serving,
+        }
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
     }
 
     /// Buffers an operation for the next broadcast.
@@ -136,53 +502,246 @@ impl<Op: Clone> Tob<Op> {
         self.proposed.push(op);
     }
 
-    /// Broadcasts every buffered operation as one batch.
+    /// Operations proposed and not yet broadcast.
+    pub fn proposed_len(&self) -> usize {
+        self.proposed.len()
+    }
+
+    /// Broadcasts every buffered operation as one batch, if this node is serving.
     pub fn flush(&mut self) {
-        if self.proposed.is_empty() {
+        if self.proposed.is_empty() || !self.is_serving() {
             return;
         }
         let ops = std::mem::take(&mut self.proposed);
-        let ts = self.send_all(|ts| Message::Broadcast {
+        let epoch = self.view.epoch;
+        let ts = self.next_ts();
+        self.received.insert(self.id, ts);
+        let received = self.receipts();
+        self.send_members(Message::Broadcast {
+            epoch,
             ts,
+            received,
             ops: ops.clone(),
         });
         self.queue.insert((ts, self.id), ops);
         self.maybe_deliver();
     }
 
-    /// Handles a message from member `from`.
-    pub fn step(&mut self, from: NodeId, message: Message<Op>) {
-        let Some(heard) = self.heard.get_mut(&from) else {
-            return; // not a member: ignore
-        };
-        let ts = message.ts();
-        debug_assert!(
-            ts > *heard,
-            "{from:?} went back in time: FIFO or the clock rule broke"
-        );
-        *heard = (*heard).max(ts);
-        self.clock = self.clock.max(ts);
-        if let Message::Broadcast { ts, ops } = message {
-            self.queue.insert((ts, from), ops);
-            self.owe_ack = true;
+    /// Messages from `from` were lost; the driver says so before stepping the next message
+    /// from it. The lost messages belong to epochs up to that next message's: nothing of
+    /// those epochs is taken from `from` any more, and a view holding it in one is changed.
+    pub fn link_gap(&mut self, from: NodeId) {
+        self.gap_pending.insert(from);
+    }
+
+    fn damage(&mut self, from: NodeId, through: u64) {
+        let entry = self.damaged.entry(from).or_insert(through);
+        *entry = (*entry).max(through);
+    }
+
+    fn is_damaged(&self, node: NodeId) -> bool {
+        self.damaged
+            .get(&node)
+            .is_some_and(|&through| through >= self.view.epoch)
+    }
+
+    /// The snapshot for the current view has been installed in the datalet.
+    pub fn state_installed(&mut self, epoch: u64, seq: u64) {
+        if epoch != self.view.epoch || !matches!(self.status, Status::CatchingUp { .. }) {
+            return;
         }
+        self.delivered_seq = seq;
+        self.status = Status::Normal;
+        self.events.push(Event::Serving { epoch });
         self.maybe_deliver();
+        self.flush();
+    }
+
+    /// Handles a message from node `from`, run `incarnation`.
+    pub fn step(&mut self, from: NodeId, incarnation: Incarnation, message: Message<Op>) {
+        if from == self.id || !self.universe.contains(&from) {
+            return;
+        }
+        let member = match self.view.incarnation_of(from) {
+            _ if self.view.epoch == 0 => false,
+            Some(inc) if inc == incarnation => true,
+            Some(inc) if incarnation < inc => return, // from a run that has since restarted
+            Some(_) => {
+                // A new run of a member: the run in the view crashed.
+                self.detector.suspect(from);
+                false
+            }
+            None => false,
+        };
+        if self.gap_pending.remove(&from) {
+            self.damage(from, sender_epoch(&message));
+        }
+        // A new run of a member stays suspected until a view admits it.
+        let stale_member = self.view.epoch > 0 && self.view.incarnation_of(from).is_some();
+        if member || !stale_member {
+            self.detector.heard(from);
+        }
+        let in_epoch = |epoch: u64, me: &Self| {
+            epoch == me.view.epoch
+                && member
+                && me.status != Status::Outside
+                && me.frozen_at.is_none()
+                && !me.is_damaged(from)
+        };
+        match message {
+            Message::Broadcast {
+                epoch,
+                ts,
+                received,
+                ops,
+            } => {
+                if in_epoch(epoch, self) {
+                    self.clock = self.clock.max(ts);
+                    self.queue.insert((ts, from), ops);
+                    self.received.insert(from, ts);
+                    self.acked.insert(from, received.into_iter().collect());
+                    self.owe_ack = true;
+                    self.maybe_deliver();
+                } else if epoch > self.view.epoch {
+                    let message = Message::Broadcast {
+                        epoch,
+                        ts,
+                        received,
+                        ops,
+                    };
+                    self.keep_early(from, incarnation, message);
+                } else {
+                    self.compare_epochs(from, epoch);
+                }
+            }
+            Message::Ack {
+                epoch,
+                ts,
+                received,
+            } => {
+                if in_epoch(epoch, self) {
+                    self.clock = self.clock.max(ts);
+                    self.acked.insert(from, received.into_iter().collect());
+                    self.maybe_deliver();
+                } else if epoch > self.view.epoch {
+                    let message = Message::Ack {
+                        epoch,
+                        ts,
+                        received,
+                    };
+                    self.keep_early(from, incarnation, message);
+                } else {
+                    self.compare_epochs(from, epoch);
+                }
+            }
+            Message::Alive { epoch } => self.compare_epochs(from, epoch),
+            Message::Join { epoch } => {
+                if epoch > self.view.epoch {
+                    self.send_to(from, Message::Join {
+                        epoch: self.view.epoch,
+                    });
+                    return;
+                }
+                self.send_plan(from, true);
+                if !member && self.view.epoch > 0 && self.status != Status::Outside {
+                    self.joiners.insert(from, incarnation);
+                }
+            }
+            Message::Prepare { ballot } => self.on_prepare(from, ballot),
+            Message::Promise { ballot, standing } => {
+                if let Some(c) = self.coordination.as_mut() {
+                    if c.ballot == ballot {
+                        c.promises.insert(from, (incarnation, standing));
+                        self.coordinate();
+                    }
+                }
+            }
+            Message::Reject { ballot, promised } => {
+                if self.coordination.as_ref().is_some_and(|c| c.ballot == ballot) {
+                    self.coordination = None;
+                    if promised > self.promised && promised.epoch == self.view.epoch + 1 {
+                        // Give the coordinator of the higher ballot its time.
+                        self.promised = promised;
+                        self.frozen_at = Some(self.now);
+                    }
+                }
+            }
+            Message::Accept { ballot, plan } => {
+                if ballot.epoch != self.view.epoch + 1 {
+                    if ballot.epoch <= self.view.epoch {
+                        self.send_plan(from, true);
+                    }
+                    return;
+                }
+                if ballot < self.promised {
+                    let promised = self.promised;
+                    self.send_to(from, Message::Reject { ballot, promised });
+                    return;
+                }
+                if ballot > self.promised {
+                    self.frozen_at = Some(self.now);
+                }
+                self.promised = ballot;
+                self.frozen_at.get_or_insert(self.now);
+                self.accepted = Some((ballot, plan));
+                self.send_to(from, Message::Accepted { ballot });
+            }
+            Message::Accepted { ballot } => {
+                let voter = member || self.view.epoch == 0;
+                if let Some(c) = self.coordination.as_mut() {
+                    if c.ballot == ballot && c.plan.is_some() && voter {
+                        c.accepted_by.insert(from);
+                        self.coordinate();
+                    }
+                }
+            }
+            Message::Install { plan } => {
+                if plan.view.epoch > self.view.epoch {
+                    self.install(plan);
+                }
+            }
+        }
     }
 
     /// Pays owed acks now: the driver calls this after handling a burst of messages, so a
     /// broadcast is acknowledged at once, with one ack for the whole burst.
     pub fn ack(&mut self) {
-        if self.owe_ack {
-            self.send_all(|ts| Message::Ack { ts });
+        if self.owe_ack && self.sends_acks() {
+            self.send_ack();
         }
     }
 
-    /// Advances time by one tick: pays owed acks, sends heartbeats after a quiet spell.
+    /// Advances time by one tick: heartbeats, failure detection, view changes.
     pub fn tick(&mut self) {
+        self.now += 1;
         self.ticks_quiet += 1;
-        if self.owe_ack || self.ticks_quiet >= HEARTBEAT_TICKS {
-            self.send_all(|ts| Message::Ack { ts });
+        self.detector.tick();
+        if self.sends_acks() {
+            if self.owe_ack || self.ticks_quiet >= self.timing.heartbeat {
+                self.send_ack();
+            }
+        } else if self.ticks_quiet >= self.timing.heartbeat {
+            self.ticks_quiet = 0;
+            let epoch = self.view.epoch;
+            for to in self.universe.clone() {
+                if to != self.id {
+                    self.send_to(to, Message::Alive { epoch });
+                }
+            }
         }
+        if self.status == Status::Outside && self.view.epoch > 0 {
+            if self.now >= self.last_join + self.timing.join_interval {
+                self.last_join = self.now;
+                let epoch = self.view.epoch;
+                for to in self.universe.clone() {
+                    if to != self.id {
+                        self.send_to(to, Message::Join { epoch });
+                    }
+                }
+            }
+            return;
+        }
+        self.drive_view_change();
     }
 
     /// Messages to send, in order; per destination, they must be sent in this order.
@@ -190,45 +749,492 @@ impl<Op: Clone> Tob<Op> {
         std::mem::take(&mut self.outbox)
     }
 
-    /// Operations delivered since the last call, in the total order.
-    pub fn take_deliveries(&mut self) -> Vec<Delivery<Op>> {
-        std::mem::take(&mut self.deliveries)
+    /// What to carry out, in order.
+    pub fn take_events(&mut self) -> Vec<Event<Op>> {
+        std::mem::take(&mut self.events)
     }
 
-    /// Sends a message with a fresh timestamp to every other member; returns the timestamp.
-    fn send_all(&mut self, make: impl Fn(Ts) -> Message<Op>) -> Ts {
+    fn sends_acks(&self) -> bool {
+        self.view.epoch > 0 && self.status != Status::Outside && self.frozen_at.is_none()
+    }
+
+    fn next_ts(&mut self) -> Ts {
         self.clock += 1;
-        let ts = self.clock;
-        for &to in &self.peers {
-            self.outbox.push(Envelope {
-                from: self.id,
-                to,
-                message: make(ts),
-            });
-        }
-        self.owe_ack = false;
         self.ticks_quiet = 0;
-        ts
+        self.owe_ack = false;
+        self.clock
     }
 
-    /// Delivers every queued batch that nothing smaller can precede any more.
+    fn receipts(&self) -> Vec<(NodeId, Ts)> {
+        self.received.iter().map(|(&n, &ts)| (n, ts)).collect()
+    }
+
+    fn send_ack(&mut self) {
+        let epoch = self.view.epoch;
+        let ts = self.next_ts();
+        let received = self.receipts();
+        self.send_members(Message::Ack {
+            epoch,
+            ts,
+            received,
+        });
+    }
+
+    fn send_to(&mut self, to: NodeId, message: Message<Op>) {
+        self.outbox.push(Envelope {
+            from: self.id,
+            to,
+            incarnation: self.incarnation,
+            message,
+        });
+    }
+
+    fn send_members(&mut self, message: Message<Op>) {
+        let members: Vec<NodeId> = self.view.ids().filter(|&m| m != self.id).collect();
+        for to in members {
+            self.send_to(to, message.clone());
+        }
+    }
+
+    /// Sends our latest plan to `to` (at most once per heartbeat unless `now`).
+    fn send_plan(&mut self, to: NodeId, now: bool) {
+        let Some(plan) = self.last_plan.clone() else {
+            return;
+        };
+        let last = self.plan_sent.get(&to).copied();
+        if !now && last.is_some_and(|t| self.now < t + self.timing.heartbeat) {
+            return;
+        }
+        self.plan_sent.insert(to, self.now);
+        self.send_to(to, Message::Install { plan });
+    }
+
+    /// Keeps a message of a later epoch for when we install it, and asks its sender where
+    /// it is. Past [`EARLY_LIMIT`] messages, the sender's link counts as broken.
+    fn keep_early(&mut self, from: NodeId, incarnation: Incarnation, message: Message<Op>) {
+        let epoch = match &message {
+            Message::Broadcast { epoch, .. } | Message::Ack { epoch, .. } => *epoch,
+            _ => return,
+        };
+        if self.early.len() < EARLY_LIMIT && !self.early_lost.contains_key(&from) {
+            self.early.push((from, incarnation, message));
+        } else {
+            let lost = self.early_lost.entry(from).or_insert(epoch);
+            *lost = (*lost).max(epoch);
+        }
+        self.compare_epochs(from, epoch);
+    }
+
+    /// A message of another epoch: tell a node behind us where we are, or ask one ahead.
+    fn compare_epochs(&mut self, from: NodeId, epoch: u64) {
+        if epoch < self.view.epoch {
+            self.send_plan(from, false);
+        } else if epoch > self.view.epoch && self.now >= self.last_join + self.timing.heartbeat {
+            self.last_join = self.now;
+            let mine = self.view.epoch;
+            self.send_to(from, Message::Join { epoch: mine });
+        }
+    }
+
+    /// Delivers every queued batch that every other member reported receiving.
     fn maybe_deliver(&mut self) {
+        if self.status != Status::Normal || self.view.epoch == 0 {
+            return;
+        }
         while let Some((&(ts, origin), _)) = self.queue.first_key_value() {
-            // Every later message of a member carries a timestamp above the largest heard from
-            // it, and ours above our clock, which is at least `ts`: so once each member has
-            // been heard at `ts` or later, no batch ordered before this one can still arrive.
-            let settled = self.heard.values().all(|&heard| heard >= ts);
-            if !settled {
+            let held_by_all = self.view.ids().all(|q| {
+                q == self.id
+                    || q == origin
+                    || self
+                        .acked
+                        .get(&q)
+                        .and_then(|r| r.get(&origin))
+                        .is_some_and(|&t| t >= ts)
+            });
+            if !held_by_all {
                 return;
             }
-            let (_, ops) = self.queue.pop_first().expect("non-empty queue");
-            for op in ops {
-                self.delivered_seq += 1;
-                self.deliveries.push(Delivery {
-                    seq: self.delivered_seq,
+            let (key, ops) = self.queue.pop_first().expect("non-empty queue");
+            self.deliver(key, ops);
+        }
+    }
+
+    fn deliver(&mut self, key: (Ts, NodeId), ops: Vec<Op>) {
+        for op in ops {
+            self.delivered_seq += 1;
+            self.events.push(Event::Deliver(Delivery {
+                seq: self.delivered_seq,
+                origin: key.1,
+                op,
+            }));
+        }
+        self.last_delivered = key;
+    }
+
+    fn standing(&self) -> Standing<Op> {
+        Standing {
+            epoch: self.view.epoch,
+            synced: self.view.epoch == 0 || self.status == Status::Normal,
+            delivered: self.delivered_seq,
+            last: self.last_delivered,
+            pending: self
+                .queue
+                .iter()
+                .map(|(&(ts, origin), ops)| Batch {
+                    ts,
                     origin,
-                    op,
-                });
+                    ops: ops.clone(),
+                })
+                .collect(),
+            accepted: self.accepted.clone(),
+        }
+    }
+
+    fn on_prepare(&mut self, from: NodeId, ballot: Ballot) {
+        if ballot.epoch <= self.view.epoch {
+            // The coordinator is behind.
+            self.send_plan(from, true);
+            return;
+        }
+        if ballot.epoch == self.view.epoch + 1 {
+            if ballot < self.promised {
+                let promised = self.promised;
+                self.send_to(from, Message::Reject { ballot, promised });
+                return;
+            }
+            if ballot > self.promised {
+                // A new coordinator: wait for it afresh before leading a change ourselves.
+                self.frozen_at = Some(self.now);
+            }
+            self.promised = ballot;
+            self.frozen_at.get_or_insert(self.now);
+            if self
+                .coordination
+                .as_ref()
+                .is_some_and(|c| c.ballot < ballot)
+            {
+                self.coordination = None;
+            }
+        }
+        // A node further behind answers as a candidate to join.
+        let standing = self.standing();
+        self.send_to(from, Message::Promise { ballot, standing });
+    }
+
+    /// The nodes whose promise counts toward a majority of the current view.
+    fn is_voter(&self, node: NodeId, incarnation: Incarnation, standing: &Standing<Op>) -> bool {
+        standing.epoch == self.view.epoch
+            && (self.view.epoch == 0 || self.view.incarnation_of(node) == Some(incarnation))
+    }
+
+    fn drive_view_change(&mut self) {
+        let members: Vec<NodeId> = self.view.ids().filter(|&m| m != self.id).collect();
+        let catching_up_too_long = matches!(self.status,
+            Status::CatchingUp { since } if self.now > since + self.timing.state_timeout);
+        let wanted = self.view.epoch == 0
+            || members.iter().any(|&m| self.detector.is_suspected(m))
+            || !self.joiners.is_empty()
+            || members.iter().any(|&m| self.is_damaged(m))
+            || catching_up_too_long;
+        if let Some(c) = &self.coordination {
+            if self.now > c.started + self.timing.view_change {
+                self.start_coordination(); // stuck: try again with a higher round
+            } else {
+                self.coordinate();
+            }
+            return;
+        }
+        if let Some(at) = self.frozen_at {
+            if self.now > at + self.timing.view_change + self.stagger() {
+                self.start_coordination();
+            }
+            return;
+        }
+        if !wanted {
+            self.wanted_since = None;
+            return;
+        }
+        let since = *self.wanted_since.get_or_insert(self.now);
+        let candidates: Vec<NodeId> = if self.view.epoch == 0 {
+            self.universe.clone()
+        } else {
+            self.view.ids().collect()
+        };
+        let first = candidates
+            .iter()
+            .copied()
+            .find(|&n| n == self.id || !self.detector.is_suspected(n));
+        if first == Some(self.id) || self.now > since + self.timing.view_change + self.stagger() {
+            self.start_coordination();
+        }
+    }
+
+    /// Spreads the moments at which nodes take the lead, by rank.
+    fn stagger(&self) -> u64 {
+        let rank = self.universe.iter().position(|&n| n == self.id).unwrap_or(0) as u64;
+        rank * self.timing.view_change / 2
+    }
+
+    fn start_coordination(&mut self) {
+        let epoch = self.view.epoch + 1;
+        let mut round = 1;
+        if self.promised.epoch == epoch {
+            round = self.promised.round + 1;
+        }
+        if let Some(c) = &self.coordination {
+            round = round.max(c.ballot.round + 1);
+        }
+        let ballot = Ballot {
+            epoch,
+            round,
+            node: self.id,
+        };
+        self.promised = ballot;
+        self.frozen_at = Some(self.now);
+        let mut promises = BTreeMap::new();
+        promises.insert(self.id, (self.incarnation, self.standing()));
+        self.coordination = Some(Coordination {
+            ballot,
+            started: self.now,
+            promises,
+            majority_at: None,
+            plan: None,
+            accepted_by: BTreeSet::new(),
+        });
+        for to in self.universe.clone() {
+            if to != self.id {
+                self.send_to(to, Message::Prepare { ballot });
+            }
+        }
+        self.coordinate();
+    }
+
+    fn majority(&self) -> usize {
+        if self.view.epoch == 0 {
+            self.universe.len() / 2 + 1
+        } else {
+            self.view.majority()
+        }
+    }
+
+    /// Moves the coordination on: makes the plan once enough promises are in, installs it
+    /// once a majority accepted it.
+    fn coordinate(&mut self) {
+        let mut need = self.majority();
+        let restarted = self.coordination.as_ref().is_some_and(|c| {
+            self.view.epoch == 0 && c.promises.values().any(|(_, s)| s.delivered > 0)
+        });
+        if restarted && self.coordination.as_ref().is_some_and(|c| c.plan.is_none()) {
+            // Every node restarted with the state it saved: the latest acknowledged writes
+            // may be on any one of them, so the first view waits for all.
+            need = self.universe.len();
+        }
+        let Some(c) = self.coordination.as_ref() else {
+            return;
+        };
+        if c.plan.is_some() {
+            if c.accepted_by.len() + 1 >= need {
+                let plan = c.plan.clone().expect("checked");
+                for to in self.universe.clone() {
+                    if to != self.id {
+                        self.send_to(to, Message::Install { plan: plan.clone() });
+                    }
+                }
+                self.install(plan);
+            }
+            return;
+        }
+        let voters: Vec<(NodeId, &Standing<Op>)> = c
+            .promises
+            .iter()
+            .filter(|(&n, (inc, s))| self.is_voter(n, *inc, s))
+            .map(|(&n, (_, s))| (n, s))
+            .collect();
+        if voters.len() < need {
+            return;
+        }
+        let majority_at = c.majority_at.unwrap_or(self.now);
+        let all_in = self
+            .universe
+            .iter()
+            .all(|&n| c.promises.contains_key(&n) || self.detector.is_suspected(n));
+        if !all_in && self.now < majority_at + self.timing.collect {
+            self.coordination.as_mut().expect("checked").majority_at = Some(majority_at);
+            return;
+        }
+        let Some(plan) = self.make_plan() else {
+            return;
+        };
+        let c = self.coordination.as_ref().expect("checked");
+        let ballot = c.ballot;
+        let voters: Vec<NodeId> = c
+            .promises
+            .iter()
+            .filter(|(&n, (inc, s))| n != self.id && self.is_voter(n, *inc, s))
+            .map(|(&n, _)| n)
+            .collect();
+        self.coordination.as_mut().expect("checked").plan = Some(plan.clone());
+        self.accepted = Some((ballot, plan.clone()));
+        for to in voters {
+            self.send_to(
+                to,
+                Message::Accept {
+                    ballot,
+                    plan: plan.clone(),
+                },
+            );
+        }
+        self.coordinate();
+    }
+
+    fn make_plan(&self) -> Option<Plan<Op>> {
+        let c = self.coordination.as_ref()?;
+        let voters: Vec<(NodeId, &Standing<Op>)> = c
+            .promises
+            .iter()
+            .filter(|(&n, (inc, s))| self.is_voter(n, *inc, s))
+            .map(|(&n, (_, s))| (n, s))
+            .collect();
+        if let Some((_, plan)) = voters
+            .iter()
+            .filter_map(|(_, s)| s.accepted.as_ref())
+            .max_by_key(|(b, _)| *b)
+        {
+            return Some(plan.clone());
+        }
+        let synced: Vec<(NodeId, &Standing<Op>)> = if self.view.epoch == 0 {
+            let best = voters.iter().map(|(_, s)| s.delivered).max()?;
+            voters
+                .iter()
+                .copied()
+                .filter(|(_, s)| s.delivered == best)
+                .collect()
+        } else {
+            voters.iter().copied().filter(|(_, s)| s.synced).collect()
+        };
+        let &(first, first_standing) = synced.first()?;
+        let mut tail: BTreeMap<(Ts, NodeId), Vec<Op>> = BTreeMap::new();
+        for (_, s) in &voters {
+            for b in &s.pending {
+                tail.entry(b.key()).or_insert_with(|| b.ops.clone());
+            }
+        }
+        let start_seq = first_standing.delivered
+            + tail
+                .range((
+                    std::ops::Bound::Excluded(first_standing.last),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(_, ops)| ops.len() as u64)
+                .sum::<u64>();
+        let synced_ids: Vec<NodeId> = synced.iter().map(|&(n, _)| n).collect();
+        let source = if synced_ids.contains(&self.id) {
+            self.id
+        } else {
+            first
+        };
+        let members = c
+            .promises
+            .iter()
+            .map(|(&n, &(inc, _))| (n, inc))
+            .collect();
+        Some(Plan {
+            view: View {
+                epoch: self.view.epoch + 1,
+                members,
+            },
+            tail: tail
+                .into_iter()
+                .map(|((ts, origin), ops)| Batch { ts, origin, ops })
+                .collect(),
+            synced: synced_ids,
+            source,
+            start_seq,
+        })
+    }
+
+    fn install(&mut self, plan: Plan<Op>) {
+        let epoch = plan.view.epoch;
+        let me_in = plan.view.incarnation_of(self.id) == Some(self.incarnation);
+        let synced = me_in
+            && plan.synced.contains(&self.id)
+            && self.view.epoch + 1 == epoch
+            && (self.status == Status::Normal || self.view.epoch == 0);
+        if synced {
+            for batch in &plan.tail {
+                if batch.key() > self.last_delivered {
+                    self.deliver(batch.key(), batch.ops.clone());
+                }
+            }
+        }
+        let consistent = !synced || self.delivered_seq == plan.start_seq;
+        debug_assert!(
+            consistent,
+            "{:?}: at {} after the tail, the plan says {}",
+            self.id, self.delivered_seq, plan.start_seq
+        );
+        self.view = plan.view.clone();
+        self.queue.clear();
+        self.received.clear();
+        self.acked.clear();
+        self.damaged.retain(|_, &mut through| through >= epoch);
+        self.coordination = None;
+        self.accepted = None;
+        self.frozen_at = None;
+        self.wanted_since = None;
+        self.last_delivered = (0, NodeId(0));
+        // A joiner is still waiting only if the view does not hold it or holds an older run.
+        self.joiners
+            .retain(|&n, &mut inc| plan.view.incarnation_of(n).is_none_or(|held| held < inc));
+        if synced && consistent {
+            self.status = Status::Normal;
+            self.events.push(Event::Serving { epoch });
+            if plan.source == self.id {
+                let to: Vec<NodeId> = plan
+                    .view
+                    .ids()
+                    .filter(|n| !plan.synced.contains(n))
+                    .collect();
+                if !to.is_empty() {
+                    self.events.push(Event::SendState {
+                        epoch,
+                        seq: plan.start_seq,
+                        to,
+                    });
+                }
+            }
+        } else if me_in {
+            self.status = Status::CatchingUp { since: self.now };
+            self.proposed.clear();
+            self.events.push(Event::AwaitState {
+                epoch,
+                source: plan.source,
+                seq: plan.start_seq,
+            });
+        } else {
+            self.status = Status::Outside;
+            self.proposed.clear();
+            self.events.push(Event::Excluded { epoch });
+        }
+        self.last_plan = Some(plan);
+        if self.status != Status::Outside {
+            // Announce ourselves in the new view at once.
+            self.send_ack();
+        }
+        if self.status == Status::Normal {
+            self.flush();
+        }
+        for (from, through) in std::mem::take(&mut self.early_lost) {
+            self.damage(from, through);
+        }
+        let early = std::mem::take(&mut self.early);
+        for (from, incarnation, message) in early {
+            let epoch = match &message {
+                Message::Broadcast { epoch, .. } | Message::Ack { epoch, .. } => *epoch,
+                _ => continue,
+            };
+            if epoch >= self.view.epoch {
+                self.step(from, incarnation, message);
             }
         }
     }

@@ -13,6 +13,9 @@
 //! - **Reads** open a redb read transaction, which sees only committed, and so durable, data:
 //!   a client never reads a value that a crash could take back. Reads run on the caller's
 //!   thread; they are served from redb's page cache when the data is hot.
+//! - **Scans** read every item in one read transaction, a consistent snapshot of what is
+//!   committed; **resets** go through the writer like any write, so they are ordered with
+//!   the writes and durable when acknowledged, and keep the clock reservation.
 //! - **Restart** is short: every commit saves redb's allocator state (quick-repair), so
 //!   reopening after a crash does not walk the whole file.
 //! - **Disk use** stays bounded under overwrites and deletes: redb is copy-on-write and reuses
@@ -190,6 +193,28 @@ fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts), DataletError> {
     Ok(meta)
 }
 
+/// The live items at `now` in one read transaction.
+fn scan_snapshot(db: &Database, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    let meta = txn.open_table(META).map_err(unavailable)?;
+    let flush_at = meta
+        .get(META_FLUSH_AT)
+        .map_err(unavailable)?
+        .map_or(0, |v| v.value());
+    let items = txn.open_table(ITEMS).map_err(unavailable)?;
+    let mut live = Vec::new();
+    for entry in items.iter().map_err(unavailable)? {
+        let (key, bytes) = entry.map_err(unavailable)?;
+        let Some(slot) = Slot::decode(bytes.value()) else {
+            continue;
+        };
+        if dead(&slot.item, slot.stored_at, flush_at, now).is_none() {
+            live.push((Bytes::copy_from_slice(key.value()), slot.item));
+        }
+    }
+    Ok(live)
+}
+
 impl Drop for DiskDatalet {
     fn drop(&mut self) {
         // Closing the channel lets the writer finish the queued ops and stop.
@@ -219,6 +244,16 @@ impl Datalet for DiskDatalet {
         }
     }
 
+    /// One read transaction, on a blocking thread: a consistent snapshot of what is committed,
+    /// read with the flush point committed with it. Unlike `get`, it counts no expired or
+    /// flushed reads.
+    async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || scan_snapshot(&db, now))
+            .await
+            .map_err(unavailable)?
+    }
+
     async fn apply(
         &self,
         key: &Bytes,
@@ -240,6 +275,14 @@ impl Datalet for DiskDatalet {
     async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Flush { at, now, reply })?;
+        answer.await.map_err(|_| unavailable("writer stopped"))?
+    }
+
+    /// Through the writer, so it is ordered with the writes queued before it, and committed
+    /// (durable) when it returns. The clock reservation stays.
+    async fn reset(&self) -> Result<(), DataletError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Op::Reset { reply })?;
         answer.await.map_err(|_| unavailable("writer stopped"))?
     }
 

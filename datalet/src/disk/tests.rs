@@ -4,6 +4,7 @@ use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId};
 
 use super::*;
+use crate::mutate::item_bytes;
 use crate::Guarded;
 
 fn open_temp(limits: Limits) -> Guarded<DiskDatalet> {
@@ -72,6 +73,49 @@ async fn a_reopened_store_has_every_item_its_version_expiry_flush_point_and_cloc
     );
     assert_eq!(d.load_clock().await.unwrap(), 5_000);
     assert!(d.stats().bytes > 0, "byte accounting survives");
+}
+
+#[tokio::test]
+async fn a_reset_is_durable_and_the_clock_outlives_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let key = Bytes::from_static(b"a");
+    {
+        let d = DiskDatalet::open(dir.path(), limits, DiskOptions::default()).unwrap();
+        let m = set(b"gone", 1, Expiry::Never);
+        d.apply(&key, m, Version::new(10, NodeId(2)), NOW)
+            .await
+            .unwrap();
+        d.save_clock(7_000).await.unwrap();
+        d.flush_all(NOW + 50, NOW).await.unwrap();
+        d.reset().await.unwrap();
+        let m = set(b"after", 2, Expiry::Never);
+        d.apply(
+            &Bytes::from_static(b"b"),
+            m,
+            Version::new(11, NodeId(2)),
+            NOW,
+        )
+        .await
+        .unwrap();
+    }
+    let d = DiskDatalet::open(dir.path(), limits, DiskOptions::default()).unwrap();
+    assert_eq!(d.get(b"a", NOW).await.unwrap(), None, "the reset survives");
+    let scanned = d.scan(NOW + 60).await.unwrap();
+    let b = Item {
+        value: Bytes::from_static(b"after"),
+        flags: 2,
+        expiry: Expiry::Never,
+        version: Version::new(11, NodeId(2)),
+    };
+    assert_eq!(
+        scanned,
+        vec![(Bytes::from_static(b"b"), b)],
+        "the flush point pending before the reset is gone"
+    );
+    assert_eq!(d.load_clock().await.unwrap(), 7_000);
+    let used = item_bytes(b"b", &scanned[0].1) as u64;
+    assert_eq!(d.stats().bytes, used, "byte accounting restarts from zero");
 }
 
 #[tokio::test]

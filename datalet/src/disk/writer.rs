@@ -40,6 +40,10 @@ pub(super) enum Op {
         ts: Ts,
         reply: oneshot::Sender<Result<(), DataletError>>,
     },
+    /// Removes every item and the flush point; keeps the clock.
+    Reset {
+        reply: oneshot::Sender<Result<(), DataletError>>,
+    },
 }
 
 /// What readers need to see of the writer's state, published after each commit.
@@ -147,6 +151,12 @@ impl Writer {
                         self.clock = self.clock.max(*ts);
                         Ok(None)
                     }
+                    Op::Reset { .. } => {
+                        items.retain(|_, _| false).map_err(unavailable)?;
+                        self.used_bytes = 0;
+                        self.flush_at = 0;
+                        Ok(None)
+                    }
                 };
                 answers.push(answer);
             }
@@ -246,7 +256,7 @@ fn reply(op: Op, answer: Answer) {
             let outcome = answer.map(|o| o.expect("an apply always answers with an outcome"));
             let _ = reply.send(outcome);
         }
-        Op::Flush { reply, .. } | Op::SaveClock { reply, .. } => {
+        Op::Flush { reply, .. } | Op::SaveClock { reply, .. } | Op::Reset { reply } => {
             let _ = reply.send(answer.map(|_| ()));
         }
     }

@@ -28,6 +28,12 @@ pub async fn load_clock(s: &Shared, conn: &mut Conn) -> Result<Ts, OpError> {
     Ok(ts)
 }
 
+/// The reservation the clock key holds now, if it holds one; `None` too for a value that is
+/// not a clock.
+pub async fn held_clock(conn: &mut Conn) -> Result<Option<Ts>, OpError> {
+    Ok(gets(conn, CLOCK_KEY).await?.as_ref().and_then(clock_of))
+}
+
 /// Raises the saved clock to `ts`; never lowers it.
 pub async fn save_clock(s: &Shared, conn: &mut Conn, ts: Ts) -> Result<(), OpError> {
     for _ in 0..MAX_RACES {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::client::{decode, Expect, ProtocolError, Reply, Request};
+use super::client::{decode, Expect, ProtocolError, Reply, Request, MAX_REPLY_LINE_BYTES};
 
 /// Why a connection failed. After any of these the connection is dropped: a request may have
 /// been half sent or its reply half read.
@@ -99,6 +99,48 @@ impl Conn {
         match timeout(limit, self.exchange_many(expects, each)).await {
             Ok(result) => result,
             Err(_) => Err(ConnError::Timeout(limit)),
+        }
+    }
+
+    /// Sends the request line `request` (its line ending included) and hands each line of the
+    /// reply to `each`, without its line ending, until `each` answers that the reply is over
+    /// (`Ok(false)`): for replies of any length, read and handed over as they come, such as
+    /// `lru_crawler metadump`'s. The timeout is on progress, not on the whole reply: each
+    /// read must bring bytes within the request timeout, so a long reply that keeps coming
+    /// is never cut off. On an error the connection must be dropped.
+    pub async fn lines<F>(&mut self, request: &[u8], mut each: F) -> Result<(), ConnError>
+    where
+        F: FnMut(&[u8]) -> Result<bool, ConnError>,
+    {
+        let limit = self.request_timeout;
+        match timeout(limit, self.stream.write_all(request)).await {
+            Ok(written) => written?,
+            Err(_) => return Err(ConnError::Timeout(limit)),
+        }
+        loop {
+            while let Some(nl) = self.input.iter().position(|&b| b == b'\n') {
+                let line = self.input.split_to(nl + 1);
+                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                let text = text.strip_suffix(b"\r").unwrap_or(text);
+                if !each(text)? {
+                    return Ok(());
+                }
+            }
+            if self.input.len() > MAX_REPLY_LINE_BYTES {
+                return Err(ProtocolError(format!(
+                    "a line of more than {MAX_REPLY_LINE_BYTES} bytes"
+                ))
+                .into());
+            }
+            if self.input.capacity() - self.input.len() < 4096 {
+                self.input.reserve(16 * 1024);
+            }
+            match timeout(limit, self.stream.read_buf(&mut self.input)).await {
+                Ok(Ok(0)) => return Err(ConnError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(ConnError::Timeout(limit)),
+            }
         }
     }
 

@@ -13,6 +13,8 @@
 //!   `gets`, [`crate::mutate::decide`], and a conditional write back.
 //! - [`clock`]: the clock reservation, in a reserved key.
 //! - [`pool`]: the connection tasks, pipelining, per-key ordering, reconnection with backoff.
+//! - [`scan`]: listing the remote server's keys with `lru_crawler metadump`, for
+//!   [`Datalet::scan`].
 //! - [`state`]: what the tasks share: limits, flush point, saved clock, counters.
 //!
 //! # How it works
@@ -59,6 +61,14 @@
 //!   back right after an immediate flush, a moment after a delayed one comes due, and after
 //!   every reconnect (the remote server may have restarted empty). A controlet that stops
 //!   in such a window loses the reservation: a memcached keeps nothing durable.
+//! - **[`Datalet::scan`]** lists the keys with `lru_crawler metadump` (see [`scan`]) and then
+//!   reads them. A remote server without that command (another tailorkv node answers `ERROR`)
+//!   or with it disabled cannot be scanned: the scan fails with
+//!   [`DataletError::Unavailable`]. It is not a snapshot: a write made meanwhile may or may
+//!   not be seen.
+//! - **[`Datalet::reset`]** is an immediate `flush_all`: it empties the whole remote server,
+//!   other clients' items too. The flush point here is forgotten, and the clock reservation
+//!   is put back right after, as after any immediate flush.
 //! - **[`Datalet::stats`]** reports the limit recorded here; `total_items`, `get_expired` and
 //!   `get_flushed` as counted by this datalet; and `curr_items`, `bytes` and `reclaimed` as
 //!   the remote server last reported them, for all its clients and its reserved keys. Those
@@ -72,6 +82,7 @@ pub mod exptime;
 pub mod header;
 pub mod ops;
 pub mod pool;
+pub mod scan;
 pub mod state;
 
 use std::sync::atomic::Ordering;
@@ -170,8 +181,48 @@ impl Datalet for RemoteDatalet {
             return Ok(None);
         }
         let key = Bytes::copy_from_slice(key);
-        self.call(&key.clone(), |reply| Job::Get { key, now, reply })
-            .await
+        let job = |reply| Job::Get {
+            key: key.clone(),
+            now,
+            counted: true,
+            reply,
+        };
+        self.call(&key, job).await
+    }
+
+    /// The keys come from [`scan::dump_keys`]; those this datalet could have stored are then
+    /// read with `gets` through the pool, [`scan::READ_BATCH`] at a time, pipelined on each
+    /// connection and in order with the other operations on their key. What reads as a live
+    /// item of ours is kept; a key gone since the dump, a foreign value and a dead item are
+    /// not (nor counted as expired or flushed reads). Not a snapshot: a write made during the
+    /// scan may or may not be seen, and each item is as it was when read.
+    async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        let keys = scan::dump_keys(&self.shared).await?;
+        let keys: Vec<Bytes> = keys.into_iter().filter(|k| storable(k)).collect();
+        let mut live = Vec::new();
+        for batch in keys.chunks(scan::READ_BATCH) {
+            let mut reads = Vec::with_capacity(batch.len());
+            for key in batch {
+                let (reply, read) = oneshot::channel();
+                let worker = &self.workers[worker_for(key, self.workers.len())];
+                let job = Job::Get {
+                    key: key.clone(),
+                    now,
+                    counted: false,
+                    reply,
+                };
+                if worker.send(job).is_err() {
+                    return Err(gone());
+                }
+                reads.push(read);
+            }
+            for (key, read) in batch.iter().zip(reads) {
+                if let Some(item) = read.await.unwrap_or_else(|_| Err(gone()))? {
+                    live.push((key.clone(), item));
+                }
+            }
+        }
+        Ok(live)
     }
 
     async fn apply(
@@ -202,6 +253,12 @@ impl Datalet for RemoteDatalet {
     async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
         self.call(b"", |reply| Job::FlushAll { at, now, reply })
             .await
+    }
+
+    /// See [`ops::reset`]. Runs on one connection, ordered with the operations queued on it
+    /// before; operations still in flight on the others may land before or after it.
+    async fn reset(&self) -> Result<(), DataletError> {
+        self.call(b"", |reply| Job::Reset { reply }).await
     }
 
     async fn load_clock(&self) -> Result<Ts, DataletError> {

@@ -83,14 +83,16 @@ pub fn see(remote: Option<&RemoteValue>, flush_at: UnixSecs, now: UnixSecs) -> S
     }
 }
 
+/// A `get`; `counted` as for [`got`].
 pub async fn get(
     s: &Shared,
     conn: &mut Conn,
     key: &[u8],
     now: UnixSecs,
+    counted: bool,
 ) -> Result<Option<Item>, OpError> {
     let reply = conn.call(Request::Gets { key }).await?;
-    got(s, reply, now)
+    got(s, reply, now, counted)
 }
 
 /// A `get` as one request, for a pipeline: `gets` of the key, its reply read by [`got`].
@@ -100,17 +102,23 @@ pub fn plan_get(out: &mut BytesMut, key: &[u8]) -> Expect {
     request.expect()
 }
 
-/// What the reply to a `get`'s `gets` means at `now`.
-pub fn got(s: &Shared, reply: Reply, now: UnixSecs) -> Result<Option<Item>, OpError> {
+/// What the reply to a `get`'s `gets` means at `now`. A dead item is counted as an expired
+/// or flushed read when `counted` (a client's read; not a scan's).
+pub fn got(
+    s: &Shared,
+    reply: Reply,
+    now: UnixSecs,
+    counted: bool,
+) -> Result<Option<Item>, OpError> {
     let remote = match reply {
         Reply::Value(hit) => hit,
         other => return Err(refusal(other)),
     };
     match see(remote.as_ref(), s.flush_at(), now) {
         Seen::Live(item) => return Ok(Some(item)),
-        Seen::Dead(Dead::Expired) => s.count(Counter::GetExpired),
-        Seen::Dead(Dead::Flushed) => s.count(Counter::GetFlushed),
-        Seen::Absent | Seen::Foreign => {}
+        Seen::Dead(Dead::Expired) if counted => s.count(Counter::GetExpired),
+        Seen::Dead(Dead::Flushed) if counted => s.count(Counter::GetFlushed),
+        Seen::Dead(_) | Seen::Absent | Seen::Foreign => {}
     }
     Ok(None)
 }
@@ -412,6 +420,27 @@ pub async fn flush_all(
     let saved = s.clock_saved();
     if delay.is_none() && saved > 0 {
         clock::resave_clock(s, conn, saved).await?;
+    }
+    Ok(())
+}
+
+/// Empties the remote server with an immediate `flush_all` (which also replaces a delayed
+/// one pending there) and forgets the flush point here; then puts back the clock reservation,
+/// the higher of the one saved here and the one the clock key held before the flush, so a
+/// reservation saved by an earlier process survives too. A reservation that cannot be put
+/// back fails the reset, which can be repeated.
+pub async fn reset(s: &Shared, conn: &mut Conn) -> Result<(), OpError> {
+    if let Some(held) = clock::held_clock(conn).await? {
+        s.clock_was_saved(held);
+    }
+    match conn.call(Request::FlushAll { delay: None }).await? {
+        Reply::Ok => {}
+        other => return Err(refusal(other)),
+    }
+    s.set_flush_at(0);
+    let saved = s.clock_saved();
+    if saved > 0 {
+        clock::save_clock(s, conn, saved).await?;
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 //! [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values), writes all their
 //! requests in one write, and hands each reply to its job as it arrives, in order: memcached
 //! answers the requests of one connection in the order they came. Every other job (a
-//! read-modify-write, the clock, a flush, `cache_memlimit`, `stats`) runs alone: the task
-//! first waits for every reply in flight, then carries the job out to its end, then takes the
-//! next one. So the connection's own order is the queue's order, and no later job gets in
+//! read-modify-write, the clock, a flush, a reset, `cache_memlimit`, `stats`) runs alone: the
+//! task first waits for every reply in flight, then carries the job out to its end, then takes
+//! the next one. So the connection's own order is the queue's order, and no later job gets in
 //! between a read-modify-write's read and its conditional write.
 //!
 //! # Ordering
@@ -64,9 +64,12 @@ type Reply<T> = oneshot::Sender<Result<T, DataletError>>;
 
 /// Work for a connection task.
 pub enum Job {
+    /// A read; `counted` when a dead item counts as an expired or flushed read (a client's
+    /// read, not a scan's).
     Get {
         key: Bytes,
         now: UnixSecs,
+        counted: bool,
         reply: Reply<Option<Item>>,
     },
     Apply {
@@ -79,6 +82,9 @@ pub enum Job {
     FlushAll {
         at: UnixSecs,
         now: UnixSecs,
+        reply: Reply<()>,
+    },
+    Reset {
         reply: Reply<()>,
     },
     LoadClock {
@@ -114,6 +120,7 @@ impl Job {
 enum InFlight {
     Get {
         now: UnixSecs,
+        counted: bool,
         reply: Reply<Option<Item>>,
     },
     Set {
@@ -127,7 +134,11 @@ impl InFlight {
     /// job, and comes back as the error.
     fn finish(self, s: &Shared, reply: client::Reply) -> Result<(), ConnError> {
         match self {
-            InFlight::Get { now, reply: tx } => answer(ops::got(s, reply, now), tx),
+            InFlight::Get {
+                now,
+                counted,
+                reply: tx,
+            } => answer(ops::got(s, reply, now, counted), tx),
             InFlight::Set { pending, reply: tx } => answer(ops::set_done(s, pending, reply), tx),
         }
     }
@@ -266,9 +277,18 @@ impl Worker {
         let mut flying = Vec::with_capacity(batch.len());
         for job in batch {
             match job {
-                Job::Get { key, now, reply } => {
+                Job::Get {
+                    key,
+                    now,
+                    counted,
+                    reply,
+                } => {
                     expects.push(ops::plan_get(out, &key));
-                    flying.push(Some(InFlight::Get { now, reply }));
+                    flying.push(Some(InFlight::Get {
+                        now,
+                        counted,
+                        reply,
+                    }));
                 }
                 Job::Apply {
                     key,
@@ -305,8 +325,13 @@ impl Worker {
     async fn handle(&mut self, job: Job) {
         let s = Arc::clone(&self.shared);
         match job {
-            Job::Get { key, now, reply } => {
-                let _ = reply.send(on_conn!(self, c => ops::get(&s, c, &key, now)));
+            Job::Get {
+                key,
+                now,
+                counted,
+                reply,
+            } => {
+                let _ = reply.send(on_conn!(self, c => ops::get(&s, c, &key, now, counted)));
             }
             Job::Apply {
                 key,
@@ -324,6 +349,9 @@ impl Worker {
                     self.resave_clock_after(at - now);
                 }
                 let _ = reply.send(result);
+            }
+            Job::Reset { reply } => {
+                let _ = reply.send(on_conn!(self, c => ops::reset(&s, c)));
             }
             Job::LoadClock { reply } => {
                 let _ = reply.send(on_conn!(self, c => clock::load_clock(&s, c)));
@@ -373,6 +401,7 @@ fn fail(job: Job, e: DataletError) {
         Job::Get { reply, .. } => drop(reply.send(Err(e))),
         Job::Apply { reply, .. } => drop(reply.send(Err(e))),
         Job::FlushAll { reply, .. } => drop(reply.send(Err(e))),
+        Job::Reset { reply } => drop(reply.send(Err(e))),
         Job::LoadClock { reply } => drop(reply.send(Err(e))),
         Job::SaveClock { reply, .. } => {
             if let Some(reply) = reply {

@@ -1,0 +1,78 @@
+//! `lru_crawler metadump all|hash|<class ids>`: every live item, one line each, then `END`.
+//!
+//! The format is memcached 1.6.18's, byte for byte: each item is
+//!
+//! ```text
+//! key=<URL-encoded key> exp=<-1 or unix time> la=<unix time> cas=<unique> fetch=<yes|no> cls=<class> size=<bytes>
+//! ```
+//!
+//! ended by `\n` alone, and the dump ends with `END\r\n`. Expired and flushed items are left
+//! out, as memcached leaves them out. `key=` is URL-encoded as memcached encodes it (letters,
+//! digits and `-._~` as they are, every other byte `%XX`), `cas=` is the CAS unique `gets`
+//! reports, and `exp=` is `-1` for an item that does not expire, else the unix time it
+//! expires at. The other fields stand for memcached internals we do not have, so they are
+//! approximations:
+//!
+//! - `la=` (last access): no access times are kept, so it is the time of the dump.
+//! - `fetch=` (read since stored): not tracked, so always `no`.
+//! - `cls=` (slab class): there are no slab classes, so always `1`. A dump of a list of class
+//!   ids lists everything if the list has 1 and nothing (`END` alone) if not.
+//! - `size=`: the item's size as memcached counts it ([`item_size`]: header, CAS, flags, key,
+//!   data and its `\r\n`), which is what memcached reports; the store's own overhead differs.
+//!
+//! The dump lists the local datalet ([`Engine::scan`](crate::engine::Engine::scan)); in a
+//! cluster that is this node's replica as it stands, not read through the total order. It
+//! is one reply like any other: it comes in order with the replies to requests pipelined
+//! around it (memcached refuses a dump queued behind other replies with `ERROR cannot pipeline
+//! other commands before metadump`, depending on how its reads were batched), and it is never
+//! `BUSY`, since dumps do not share a crawler. A store that fails to list answers its error
+//! (`SERVER_ERROR ...`) instead of any item line. The other `lru_crawler` subcommands are
+//! answered by the parser (`tailorkv_common::codec`).
+
+use tailorkv_common::codec::{item_size, MetadumpLine, Response};
+use tailorkv_common::Expiry;
+use tailorkv_datalet::Datalet;
+use tokio::io::AsyncWrite;
+
+use super::Context;
+use crate::out::Out;
+
+/// The slab class every item is listed in.
+const CLASS: u32 = 1;
+
+/// `lru_crawler metadump`: the items if `listed`, then `END`.
+pub async fn metadump<D: Datalet, W: AsyncWrite + Unpin>(
+    ctx: &Context<D>,
+    listed: bool,
+    out: &mut Out<W>,
+) -> std::io::Result<()> {
+    if listed {
+        let items = match ctx.engine.scan().await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "datalet failed to list its items");
+                super::admin::datalet_error(e).encode(&mut out.buf);
+                return Ok(());
+            }
+        };
+        let now = ctx.engine.now();
+        for (key, item) in &items {
+            let line = MetadumpLine {
+                key,
+                exp: match item.expiry {
+                    Expiry::Never => None,
+                    Expiry::At(at) => Some(at),
+                },
+                last_access: now,
+                cas: item.version.cas(),
+                fetched: false,
+                class: CLASS,
+                size: item_size(key.len(), item.flags, item.value.len()),
+            };
+            line.encode(&mut out.buf);
+            out.flush_if_full().await?;
+        }
+    }
+    Response::End.encode(&mut out.buf);
+    Ok(())
+}

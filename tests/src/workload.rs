@@ -1,0 +1,697 @@
+//! A recorded client workload for fault tests, and the blocking client it uses.
+//!
+//! [`Workload::start`] runs `clients` threads, client `k` talking to node `k % n + 1` on a
+//! connection of its own, doing random `set`s (unique values), `get`s, `delete`s and `add`s
+//! on a few keys until [`Workload::stop`]. Every op goes into a [`Recorder`]: a reply is
+//! recorded with [`Recorder::complete`]; no reply within the op timeout, a broken connection
+//! or a `SERVER_ERROR` with [`Recorder::fail`] (indeterminate), after which the client opens a
+//! new connection to the same node. A client whose node refuses connections retries with a
+//! short backoff, recording nothing meanwhile. Each connection is a client of its own in the
+//! history (a new [`ClientId`]): a session does not survive its connection.
+//!
+//! Besides the history, a workload keeps every acknowledged write with the node it went
+//! through and when it was invoked and completed (to measure when writes resume after a
+//! fault), and, for the eventual mode's convergence check, every write with the version it
+//! was stored at when [`WorkloadConfig::learn_versions`] asks (a `gets` on the same
+//! connection right after each write; reads there are local).
+//!
+//! `incr` is left out: with the many indeterminate ops of a fault test, which `incr`s took
+//! effect is a subset-sum question the checker may not settle within budget. `cas` has no
+//! model in the checker.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tailorkv_common::Version;
+
+use crate::checker::{ClientId, History, OpKind, OpResult, Recorder, Value, Write};
+
+/// Why a request got no usable reply.
+#[derive(Debug)]
+pub enum Failure {
+    /// No (complete) reply within the timeout.
+    Timeout,
+    /// `SERVER_ERROR <message>`.
+    ServerError(String),
+    /// The connection broke.
+    Io(std::io::Error),
+    /// A reply that makes no sense for the request: a bug, and the connection is unusable.
+    Unexpected(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => write!(f, "timeout"),
+            Failure::ServerError(m) => write!(f, "SERVER_ERROR {m}"),
+            Failure::Io(e) => write!(f, "connection error: {e}"),
+            Failure::Unexpected(m) => write!(f, "unexpected reply: {m}"),
+        }
+    }
+}
+
+/// A blocking memcached text-protocol client with a deadline on every request. After any
+/// [`Failure`] the connection's state is unknown: drop it and connect again.
+pub struct McConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl McConn {
+    /// Connects within 1 s; every request then has `timeout` to be answered.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<McConn> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_nodelay(true)?;
+        Ok(McConn {
+            stream,
+            buf: Vec::new(),
+            timeout,
+        })
+    }
+
+    /// `set`: [`OpResult::Stored`].
+    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
+        self.store("set", key, value)
+    }
+
+    /// `add`: [`OpResult::Stored`] or [`OpResult::NotStored`].
+    pub fn add(&mut self, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
+        self.store("add", key, value)
+    }
+
+    fn store(&mut self, verb: &str, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
+        let mut req = format!("{verb} {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        let deadline = self.send(&req)?;
+        match &self.read_line(deadline)?[..] {
+            b"STORED" => Ok(OpResult::Stored),
+            b"NOT_STORED" if verb == "add" => Ok(OpResult::NotStored),
+            other => Err(other_reply(verb, key, other)),
+        }
+    }
+
+    /// `delete`: [`OpResult::Deleted`] or [`OpResult::NotFound`].
+    pub fn delete(&mut self, key: &str) -> Result<OpResult, Failure> {
+        let deadline = self.send(format!("delete {key}\r\n").as_bytes())?;
+        match &self.read_line(deadline)?[..] {
+            b"DELETED" => Ok(OpResult::Deleted),
+            b"NOT_FOUND" => Ok(OpResult::NotFound),
+            other => Err(other_reply("delete", key, other)),
+        }
+    }
+
+    /// `get`: [`OpResult::Hit`] or [`OpResult::Miss`].
+    pub fn get(&mut self, key: &str) -> Result<OpResult, Failure> {
+        Ok(match self.gets(key)? {
+            Some((value, _)) => OpResult::Hit(Value(value)),
+            None => OpResult::Miss,
+        })
+    }
+
+    /// `gets`: the value and CAS unique, or `None`.
+    pub fn gets(&mut self, key: &str) -> Result<Option<(Vec<u8>, u64)>, Failure> {
+        let mut items = self.retrieve("gets", &[key])?;
+        Ok(items.remove(key))
+    }
+
+    /// `gets` of many keys in one request: the keys present, with value and CAS unique.
+    pub fn gets_many(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Failure> {
+        self.retrieve("gets", keys)
+    }
+
+    fn retrieve(
+        &mut self,
+        verb: &str,
+        keys: &[&str],
+    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Failure> {
+        let deadline = self.send(format!("{verb} {}\r\n", keys.join(" ")).as_bytes())?;
+        let mut items = BTreeMap::new();
+        loop {
+            let line = self.read_line(deadline)?;
+            if line == b"END" {
+                return Ok(items);
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let words: Vec<&str> = text.split(' ').collect();
+            let bad = || Failure::Unexpected(format!("{verb} {}: {text:?}", keys.join(" ")));
+            if words.first() == Some(&"SERVER_ERROR") {
+                return Err(server_error(&line));
+            }
+            if words.len() < 4 || words[0] != "VALUE" {
+                return Err(bad());
+            }
+            let len: usize = words[3].parse().map_err(|_| bad())?;
+            let cas: u64 = match words.get(4) {
+                Some(c) => c.parse().map_err(|_| bad())?,
+                None => 0,
+            };
+            let mut data = self.read_exact(len + 2, deadline)?;
+            if !data.ends_with(b"\r\n") {
+                return Err(bad());
+            }
+            data.truncate(len);
+            items.insert(words[1].to_string(), (data, cas));
+        }
+    }
+
+    /// Sends raw bytes (with the request timeout as write timeout); returns the reply
+    /// deadline.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<Instant, Failure> {
+        let deadline = Instant::now() + self.timeout;
+        self.stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(Failure::Io)?;
+        self.stream.write_all(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Io(e),
+        })?;
+        Ok(deadline)
+    }
+
+    /// The next reply line, without its `\r\n`.
+    pub fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>, Failure> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = self.buf[..end].to_vec();
+                self.buf.drain(..end + 2);
+                return Ok(line);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// The next `n` bytes of the reply.
+    pub fn read_exact(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, Failure> {
+        while self.buf.len() < n {
+            self.fill(deadline)?;
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::Timeout);
+        }
+        self.stream
+            .set_read_timeout(Some(left))
+            .map_err(Failure::Io)?;
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err(Failure::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Failure::Timeout)
+            }
+            Err(e) => Err(Failure::Io(e)),
+        }
+    }
+}
+
+fn server_error(line: &[u8]) -> Failure {
+    let text = String::from_utf8_lossy(line);
+    Failure::ServerError(text.trim_start_matches("SERVER_ERROR").trim().to_string())
+}
+
+fn other_reply(verb: &str, key: &str, line: &[u8]) -> Failure {
+    if line.starts_with(b"SERVER_ERROR") {
+        server_error(line)
+    } else {
+        Failure::Unexpected(format!("{verb} {key}: {:?}", String::from_utf8_lossy(line)))
+    }
+}
+
+/// Does `kind` on `key` through `conn`, recorded as an op of `client`: completed with the
+/// reply, or failed (indeterminate) on any [`Failure`].
+pub fn recorded(
+    recorder: &Recorder,
+    client: ClientId,
+    conn: &mut McConn,
+    key: &str,
+    kind: OpKind,
+) -> Result<OpResult, Failure> {
+    let id = recorder.invoke(client, key, kind.clone());
+    let result = match &kind {
+        OpKind::Set(v) => conn.set(key, &v.0),
+        OpKind::Add(v) => conn.add(key, &v.0),
+        OpKind::Get => conn.get(key),
+        OpKind::Delete => conn.delete(key),
+        OpKind::Incr(_) => unimplemented!("incr: not in the fault workloads"),
+    };
+    match &result {
+        Ok(r) => recorder.complete(id, r.clone()),
+        Err(_) => recorder.fail(id),
+    }
+    result
+}
+
+/// What a [`Workload`] does.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Client threads; client `k` talks to node `k % nodes + 1`.
+    pub clients: usize,
+    /// Keys `k0`, `k1`, ...
+    pub keys: usize,
+    /// Seeds each client's choice of ops and keys.
+    pub seed: u64,
+    /// How long a request may wait for its reply before it is indeterminate.
+    pub op_timeout: Duration,
+    /// Pause after each op, to keep histories checkable.
+    pub think: Duration,
+    /// After each acknowledged `set`/`add`, read the key back on the same connection to learn
+    /// the write's version (eventual mode: reads are local).
+    pub learn_versions: bool,
+}
+
+impl WorkloadConfig {
+    /// `clients` clients on 8 keys, 3 s op timeout, 5 ms think time: a few hundred ops a
+    /// second per client, enough to exercise every fault window while leaving the CPU (and
+    /// so the timing checks) to the cluster.
+    pub fn new(clients: usize, seed: u64) -> Self {
+        WorkloadConfig {
+            clients,
+            keys: 8,
+            seed,
+            op_timeout: Duration::from_secs(3),
+            think: Duration::from_millis(5),
+            learn_versions: false,
+        }
+    }
+}
+
+/// An acknowledged write of a workload.
+#[derive(Clone, Debug)]
+pub struct WriteAck {
+    /// The node (1-based) it went through.
+    pub node: usize,
+    pub client: ClientId,
+    pub key: String,
+    pub invoked: Instant,
+    pub completed: Instant,
+}
+
+/// What one node's clients saw.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStats {
+    pub ok: u64,
+    pub server_errors: u64,
+    pub timeouts: u64,
+    pub broken: u64,
+    pub unexpected: u64,
+    pub connects: u64,
+    pub refused: u64,
+}
+
+struct Shared {
+    recorder: Recorder,
+    stop: AtomicBool,
+    next_client: AtomicU32,
+    acks: Mutex<Vec<WriteAck>>,
+    writes: Mutex<Vec<Write>>,
+    stats: Mutex<Vec<NodeStats>>,
+    unexpected: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Client threads running a recorded random workload against a cluster. Dropping it stops
+/// them.
+pub struct Workload {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    config: WorkloadConfig,
+    nodes: usize,
+}
+
+impl Workload {
+    /// Starts `config.clients` clients spread over the nodes at `addrs` (node 1 first).
+    pub fn start(addrs: &[SocketAddr], config: WorkloadConfig) -> Workload {
+        assert!(!addrs.is_empty());
+        let shared = Arc::new(Shared {
+            recorder: Recorder::new(),
+            stop: AtomicBool::new(false),
+            next_client: AtomicU32::new(0),
+            acks: Mutex::new(Vec::new()),
+            writes: Mutex::new(Vec::new()),
+            stats: Mutex::new(vec![NodeStats::default(); addrs.len()]),
+            unexpected: Mutex::new(Vec::new()),
+        });
+        let threads = (0..config.clients)
+            .map(|k| {
+                let node = k % addrs.len() + 1;
+                let addr = addrs[node - 1];
+                let shared = Arc::clone(&shared);
+                let config = config.clone();
+                std::thread::Builder::new()
+                    .name(format!("workload-{k}-node-{node}"))
+                    .spawn(move || client_loop(&shared, &config, k, node, addr))
+                    .expect("spawn workload client")
+            })
+            .collect();
+        Workload {
+            shared,
+            threads,
+            config,
+            nodes: addrs.len(),
+        }
+    }
+
+    /// The keys the clients use.
+    pub fn keys(&self) -> Vec<String> {
+        (0..self.config.keys).map(|k| format!("k{k}")).collect()
+    }
+
+    /// The recorder every op goes to; a test records its own ops here too, under
+    /// [`new_client`](Self::new_client) ids, so the checkers see them.
+    pub fn recorder(&self) -> &Recorder {
+        &self.shared.recorder
+    }
+
+    /// A client id no one has used.
+    pub fn new_client(&self) -> ClientId {
+        self.shared.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every acknowledged write so far.
+    pub fn acks(&self) -> Vec<WriteAck> {
+        lock(&self.shared.acks).clone()
+    }
+
+    /// How long after `since` the first acknowledged write invoked after `since` through one
+    /// of `nodes` completed, if one did.
+    pub fn first_write_after(&self, since: Instant, nodes: &[usize]) -> Option<Duration> {
+        lock(&self.shared.acks)
+            .iter()
+            .filter(|a| a.invoked >= since && nodes.contains(&a.node))
+            .map(|a| a.completed.duration_since(since))
+            .min()
+    }
+
+    /// Waits up to `within` (from now) for [`first_write_after`](Self::first_write_after).
+    pub fn wait_for_write_after(
+        &self,
+        since: Instant,
+        nodes: &[usize],
+        within: Duration,
+    ) -> Option<Duration> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(d) = self.first_write_after(since, nodes) {
+                return Some(d);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// When writes through `nodes` resumed for good after `since`: the completion (as time
+    /// after `since`) of the first write invoked after `since` from which on writes through
+    /// `nodes` kept being acknowledged, no gap between acknowledgements (nor before
+    /// `since + horizon`) longer than `max_gap`. Waits until `since + horizon`. `None` if they
+    /// did not. A write or two that slip through at the moment of a fault, on messages
+    /// already on their way, are not a resumption: the cluster must keep writing.
+    pub fn resumed_after(
+        &self,
+        since: Instant,
+        nodes: &[usize],
+        horizon: Duration,
+        max_gap: Duration,
+    ) -> Option<Duration> {
+        let end = since + horizon;
+        std::thread::sleep(end.saturating_duration_since(Instant::now()));
+        let mut done: Vec<Instant> = lock(&self.shared.acks)
+            .iter()
+            .filter(|a| a.invoked >= since && nodes.contains(&a.node) && a.completed <= end)
+            .map(|a| a.completed)
+            .collect();
+        done.sort();
+        if end.duration_since(*done.last()?) > max_gap {
+            return None;
+        }
+        // The first completion after the last gap that was too long.
+        let mut start = done[0];
+        for pair in done.windows(2) {
+            if pair[1].duration_since(pair[0]) > max_gap {
+                start = pair[1];
+            }
+        }
+        Some(start.duration_since(since))
+    }
+
+    /// How many writes were acknowledged through `node` after `since`.
+    pub fn writes_through_since(&self, node: usize, since: Instant) -> usize {
+        lock(&self.shared.acks)
+            .iter()
+            .filter(|a| a.node == node && a.invoked >= since)
+            .count()
+    }
+
+    /// Every write made, for [`check_converged`](crate::checker::check_converged): with its
+    /// version when learned, `None` otherwise (indeterminate, overwritten before the read
+    /// back, deletes, or versions not asked for).
+    pub fn writes(&self) -> Vec<Write> {
+        lock(&self.shared.writes).clone()
+    }
+
+    /// Adds a write the test made itself.
+    pub fn add_write(&self, write: Write) {
+        lock(&self.shared.writes).push(write);
+    }
+
+    /// Replies that made no sense (protocol bugs), one line each.
+    pub fn unexpected(&self) -> Vec<String> {
+        lock(&self.shared.unexpected).clone()
+    }
+
+    /// The history so far; ops still in flight are indeterminate.
+    pub fn history(&self) -> History {
+        self.shared.recorder.history()
+    }
+
+    /// Per node: ops answered, failures by kind, connections.
+    pub fn summary(&self) -> String {
+        lock(&self.shared.stats)
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                format!(
+                    "node {}: {} ok, {} SERVER_ERROR, {} timeouts, {} broken, {} unexpected, \
+                     {} connections, {} refused",
+                    n + 1,
+                    s.ok,
+                    s.server_errors,
+                    s.timeouts,
+                    s.broken,
+                    s.unexpected,
+                    s.connects,
+                    s.refused
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// How many nodes the workload spreads over.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// Stops the clients and waits for them (up to the op timeout). Idempotent.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small, seeded PRNG (SplitMix64): the library has no `rand`.
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, addr: SocketAddr) {
+    let mut rng = SplitMix::new(config.seed ^ (k as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A));
+    let mut conn: Option<(McConn, ClientId)> = None;
+    let mut backoff = Duration::from_millis(20);
+    let mut seq = 0u64;
+    let stat = |f: &dyn Fn(&mut NodeStats)| f(&mut lock(&shared.stats)[node - 1]);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some((c, client)) = conn.as_mut() else {
+            match McConn::connect(addr, config.op_timeout) {
+                Ok(c) => {
+                    let client = shared.next_client.fetch_add(1, Ordering::Relaxed);
+                    conn = Some((c, client));
+                    backoff = Duration::from_millis(20);
+                    stat(&|s| s.connects += 1);
+                }
+                Err(_) => {
+                    stat(&|s| s.refused += 1);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(300));
+                }
+            }
+            continue;
+        };
+        let client = *client;
+        seq += 1;
+        let key = format!("k{}", rng.below(config.keys as u64));
+        let value = Value(format!("w{k}-{seq}").into_bytes());
+        let kind = match rng.below(20) {
+            0..=6 => OpKind::Set(value.clone()),
+            7..=15 => OpKind::Get,
+            16..=17 => OpKind::Delete,
+            _ => OpKind::Add(value.clone()),
+        };
+        let invoked = Instant::now();
+        let result = recorded(&shared.recorder, client, c, &key, kind.clone());
+        let completed = Instant::now();
+        let is_write = !matches!(kind, OpKind::Get);
+        let mut conn_broken = false;
+        match result {
+            Ok(r) => {
+                stat(&|s| s.ok += 1);
+                let stored = matches!(r, OpResult::Stored);
+                if is_write && (stored || matches!(kind, OpKind::Delete)) {
+                    lock(&shared.acks).push(WriteAck {
+                        node,
+                        client,
+                        key: key.clone(),
+                        invoked,
+                        completed,
+                    });
+                }
+                match &kind {
+                    OpKind::Delete => lock(&shared.writes).push(Write {
+                        key: key.clone(),
+                        value: None,
+                        version: None,
+                    }),
+                    OpKind::Set(_) | OpKind::Add(_) if stored => {
+                        let version = if config.learn_versions {
+                            match learn_version(shared, client, c, &key, &value) {
+                                Ok(version) => version,
+                                Err(()) => {
+                                    conn_broken = true;
+                                    None
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        lock(&shared.writes).push(Write {
+                            key: key.clone(),
+                            value: Some(value),
+                            version,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Err(failure) => {
+                match &failure {
+                    Failure::Timeout => stat(&|s| s.timeouts += 1),
+                    Failure::ServerError(_) => stat(&|s| s.server_errors += 1),
+                    Failure::Io(_) => stat(&|s| s.broken += 1),
+                    Failure::Unexpected(m) => {
+                        stat(&|s| s.unexpected += 1);
+                        lock(&shared.unexpected).push(format!("node {node}: {m}"));
+                    }
+                }
+                if is_write {
+                    let value = match &kind {
+                        OpKind::Set(v) | OpKind::Add(v) => Some(v.clone()),
+                        _ => None,
+                    };
+                    lock(&shared.writes).push(Write {
+                        key: key.clone(),
+                        value,
+                        version: None,
+                    });
+                }
+                // A node that refuses refuses fast: do not hammer it.
+                conn = None;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        if conn_broken {
+            conn = None;
+        }
+        if !config.think.is_zero() {
+            std::thread::sleep(config.think);
+        }
+    }
+}
+
+/// Reads `key` back on `conn` (recorded) right after writing `value`: its version, if the
+/// write is still there; `Err` if the read failed and the connection must go.
+fn learn_version(
+    shared: &Shared,
+    client: ClientId,
+    conn: &mut McConn,
+    key: &str,
+    value: &Value,
+) -> Result<Option<Version>, ()> {
+    let id = shared.recorder.invoke(client, key, OpKind::Get);
+    match conn.gets(key) {
+        Ok(Some((v, cas))) => {
+            let hit = v == value.0;
+            shared.recorder.complete(id, OpResult::Hit(Value(v)));
+            Ok(hit.then(|| Version::from_cas(cas)))
+        }
+        Ok(None) => {
+            shared.recorder.complete(id, OpResult::Miss);
+            Ok(None)
+        }
+        Err(_) => {
+            shared.recorder.fail(id);
+            Err(())
+        }
+    }
+}

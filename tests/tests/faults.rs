@@ -1,0 +1,947 @@
+//! Faults against real `controlet` processes: kill -9, SIGSTOP, partitions, packet loss,
+//! restarts. Each test runs a recorded workload (`tailorkv_tests::workload`) while it
+//! injects a fault, then checks the history with the checker of the mode's guarantee and
+//! the replicas' final state, and measures how fast the cluster recovers.
+//!
+//! What they expect, for 3 nodes (and 5 where named):
+//!
+//! - a dead, paused or partitioned minority stops nothing: writes through the majority
+//!   resume within 2 s of the fault, and keep flowing (no gap over 1 s) from then on; a
+//!   write or two slipping through at the moment of the fault do not count;
+//! - in the strong modes a node cut off from the majority refuses (`SERVER_ERROR`, within
+//!   about 3 s) rather than hang or, in the linearizable mode, answer from a stale copy;
+//! - in the eventual mode both sides of a partition keep accepting writes;
+//! - a node back from the fault (restarted empty, continued, healed) serves the latest values
+//!   within 10 s;
+//! - every history passes its checker, and the replicas end identical (eventual: converged
+//!   to each key's highest-version write).
+//!
+//! Measured times are printed as `FIGURE <name>_ms=<n> ...` lines (run with `--nocapture`
+//! and `grep FIGURE`; a failing test shows them anyway).
+//!
+//! Randomness is seeded from `TAILORKV_SEED`, or the clock; every test prints its seed.
+//! `TAILORKV_SOAK=1` makes `restart_catch_up_100k` write 100,000 keys instead of 20,000.
+//! The network faults need iptables and root: without them the tests fail, saying to run
+//! `scripts/test`. Fault tests run one at a time (the harness holds a lock).
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use tailorkv_common::Version;
+use tailorkv_tests::checker::{
+    check_converged, check_linearizable, check_sequential, check_write_order, Budget, ClientId,
+    History, Op, OpKind, OpResult, Recorder, ReplicaState, SequentialVerdict, Value, Write,
+};
+use tailorkv_tests::procs::{Net, ProcCluster};
+use tailorkv_tests::workload::{Failure, McConn, Workload, WorkloadConfig};
+
+const LIN: &str = "linearizable";
+const SEQ: &str = "sequential";
+const EVENTUAL: &str = "eventual";
+
+/// How soon after a fault writes through the majority must be acknowledged again.
+const RESUME_WITHIN: Duration = Duration::from_secs(2);
+/// How soon a node back from a fault must serve the latest values.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(10);
+/// Writes have resumed when acknowledgements come with no gap longer than this.
+const MAX_GAP: Duration = Duration::from_secs(1);
+/// How long after a fault writes must be flowing (from within [`RESUME_WITHIN`] on).
+const HORIZON: Duration = Duration::from_secs(4);
+/// How long a cut-off node may take to refuse a request.
+const REFUSE_WITHIN: Duration = Duration::from_millis(3_500);
+
+/// The seed of this test: `TAILORKV_SEED`, or the clock. Printed.
+fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("TAILORKV_SEED") {
+        Ok(s) => s.parse().expect("TAILORKV_SEED must be a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("{test}: seed {seed} (TAILORKV_SEED={seed} repeats it)");
+    seed
+}
+
+fn figure(name: &str, value: Option<Duration>, rest: &str) {
+    match value {
+        Some(d) => eprintln!("FIGURE {name}_ms={} {rest}", d.as_millis()),
+        None => eprintln!("FIGURE {name}_ms=never {rest}"),
+    }
+}
+
+/// One test's cluster, workload and what it needs to explain a failure.
+struct Run {
+    test: String,
+    seed: u64,
+    mode: &'static str,
+    n: usize,
+    // Field order is drop order: the clients stop first, then the faults go, then the nodes.
+    workload: Workload,
+    net: Option<Net>,
+    cluster: ProcCluster,
+}
+
+impl Run {
+    /// `n` nodes in `mode`, a fault injector if `with_net`, and the workload running.
+    fn start(test: &str, n: usize, mode: &'static str, with_net: bool) -> Run {
+        if with_net {
+            Net::available();
+        }
+        let seed = seed(test);
+        let cluster = ProcCluster::start(n, mode, &[]);
+        let net = with_net.then(Net::new);
+        let mut config = WorkloadConfig::new(if n <= 3 { 6 } else { 5 }, seed);
+        config.learn_versions = mode == EVENTUAL;
+        let workload = Workload::start(&cluster.addrs(), config);
+        Run {
+            test: test.to_string(),
+            seed,
+            mode,
+            n,
+            workload,
+            net,
+            cluster,
+        }
+    }
+
+    fn net(&self) -> &Net {
+        self.net.as_ref().expect("started with a Net")
+    }
+
+    /// Everything a failure message needs: the test, seed, nodes and logs, client counts.
+    fn context(&self) -> String {
+        format!(
+            "{} ({} nodes, {}), seed {} (TAILORKV_SEED={} repeats it)\n{}\nclients:\n{}",
+            self.test,
+            self.n,
+            self.mode,
+            self.seed,
+            self.seed,
+            self.cluster.describe(),
+            self.workload.summary()
+        )
+    }
+
+    /// `FIGURE` suffix: nodes and mode.
+    fn tags(&self) -> String {
+        format!("nodes={} mode={}", self.n, self.mode)
+    }
+
+    /// Lets the workload run for `d`.
+    fn run_for(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    /// Checks the workload got writes acknowledged before any fault: a cluster that cannot
+    /// serve when healthy makes every later check meaningless.
+    fn assert_healthy_start(&self) {
+        let acks = self.workload.acks().len();
+        assert!(
+            acks > 0,
+            "no write acknowledged in the first second, before any fault\n{}",
+            self.context()
+        );
+    }
+
+    /// Checks that writes through `nodes` resumed for good within [`RESUME_WITHIN`] of the
+    /// fault at `since`, and stayed up (no gap over [`MAX_GAP`]) until `since + horizon`;
+    /// prints the figure (and when the first write after the fault was acknowledged).
+    fn assert_writes_resume(&self, name: &str, since: Instant, nodes: &[usize], horizon: Duration) {
+        let resumed = self.workload.resumed_after(since, nodes, horizon, MAX_GAP);
+        let first = self.workload.first_write_after(since, nodes);
+        let first = first.map_or("never".into(), |d| d.as_millis().to_string());
+        figure(
+            name,
+            resumed,
+            &format!("{} first_write_ms={first}", self.tags()),
+        );
+        match resumed {
+            Some(d) => assert!(
+                d <= RESUME_WITHIN,
+                "{name}: writes through nodes {nodes:?} resumed for good only after {d:?} \
+                 (limit {RESUME_WITHIN:?})\n{}",
+                self.context()
+            ),
+            None => panic!(
+                "{name}: writes through nodes {nodes:?} had not resumed for good {horizon:?} \
+                 after the fault (first write acknowledged after it: {first} ms)\n{}",
+                self.context()
+            ),
+        }
+    }
+
+    /// Writes a fresh marker key through `node` (recorded), retrying for up to 5 s; returns
+    /// the key and value. Its version goes to the convergence writes.
+    fn write_marker(&self, name: &str, node: usize) -> (String, Value) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let rec = self.workload.recorder();
+        for attempt in 0.. {
+            // A fresh key per attempt: an attempt without a reply may still land later.
+            let key = format!("{name}-{attempt}");
+            let value = Value(format!("{name}-{attempt}-{}", self.seed).into_bytes());
+            let client = self.workload.new_client();
+            let mut outcome = None;
+            if let Ok(mut conn) = McConn::connect(self.cluster.addr(node), Duration::from_secs(2)) {
+                match recorded(rec, client, &mut conn, &key, OpKind::Set(value.clone())) {
+                    Ok(_) => {
+                        let version = learn_version(rec, client, &mut conn, &key, &value);
+                        self.workload.add_write(Write {
+                            key: key.clone(),
+                            value: Some(value.clone()),
+                            version,
+                        });
+                        return (key, value);
+                    }
+                    Err(f) => outcome = Some(f),
+                }
+            }
+            self.workload.add_write(Write {
+                key,
+                value: Some(value),
+                version: None,
+            });
+            assert!(
+                Instant::now() < deadline,
+                "could not write {name} through node {node} within 5 s (last: {})\n{}",
+                outcome.map_or("connection refused".into(), |f| f.to_string()),
+                self.context()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unreachable!()
+    }
+
+    /// Polls node `node` (recorded reads) until it returns `value` for `key`, within
+    /// [`CATCH_UP_WITHIN`] of `since`; returns how long after `since` it did.
+    fn await_serves(&self, node: usize, key: &str, value: &Value, since: Instant) -> Duration {
+        let deadline = since + CATCH_UP_WITHIN;
+        let rec = self.workload.recorder();
+        let mut seen = Vec::new();
+        loop {
+            let client = self.workload.new_client();
+            if let Ok(mut conn) = McConn::connect(self.cluster.addr(node), Duration::from_secs(2)) {
+                loop {
+                    match recorded(rec, client, &mut conn, key, OpKind::Get) {
+                        Ok(OpResult::Hit(v)) if v == *value => return since.elapsed(),
+                        Ok(other) => note(&mut seen, since, format!("{other:?}")),
+                        Err(f) => {
+                            note(&mut seen, since, f.to_string());
+                            break;
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            } else {
+                note(&mut seen, since, "connection refused".into());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not serve {key} = {value} within {CATCH_UP_WITHIN:?}; it \
+                 answered (first time each):\n{}\n{}",
+                seen.join("\n"),
+                self.context()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every node's items (recorded `gets` of the workload's keys and `extra`), once all
+    /// nodes agree, within 10 s: the workload must be stopped. Panics, with the states, if
+    /// they never agree.
+    fn converged_states(&self, extra: &[String]) -> Vec<BTreeMap<String, (Vec<u8>, u64)>> {
+        let mut keys = self.workload.keys();
+        keys.extend(extra.iter().cloned());
+        let started = Instant::now();
+        let deadline = started + CATCH_UP_WITHIN;
+        loop {
+            let states: Vec<Result<_, String>> = (1..=self.n)
+                .map(|i| {
+                    read_state(
+                        self.workload.recorder(),
+                        &self.workload,
+                        self.cluster.addr(i),
+                        &keys,
+                    )
+                })
+                .collect();
+            let agreed = states.iter().all(|s| s.is_ok() && s == &states[0]);
+            if agreed {
+                figure(
+                    "converge_after_quiet",
+                    Some(started.elapsed()),
+                    &self.tags(),
+                );
+                return states.into_iter().map(Result::unwrap).collect();
+            }
+            if Instant::now() > deadline {
+                let shown: Vec<String> = states
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("node {}: {}", i + 1, show_state(s)))
+                    .collect();
+                panic!(
+                    "replicas still differ {CATCH_UP_WITHIN:?} after the workload stopped:\n{}\n{}",
+                    shown.join("\n"),
+                    self.context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the workload, waits for the replicas to agree, and checks the final state and
+    /// the history by the mode's checkers.
+    fn finish(mut self, extra_keys: &[String]) {
+        self.workload.stop();
+        let states = self.converged_states(extra_keys);
+        let unexpected = self.workload.unexpected();
+        assert!(
+            unexpected.is_empty(),
+            "replies that make no sense:\n{}\n{}",
+            unexpected.join("\n"),
+            self.context()
+        );
+        let history = self.workload.history();
+        let indeterminate = history
+            .ops()
+            .iter()
+            .filter(|o| o.is_indeterminate())
+            .count();
+        eprintln!(
+            "{}: {} ops recorded, {indeterminate} without a reply\n{}",
+            self.test,
+            history.len(),
+            self.workload.summary()
+        );
+        match self.mode {
+            LIN => {
+                let started = Instant::now();
+                let verdict = check_linearizable(
+                    &history,
+                    Budget {
+                        max_steps_per_key: 2_000_000,
+                        max_time: Some(Duration::from_secs(30)),
+                    },
+                );
+                eprintln!("linearizability checked in {:?}", started.elapsed());
+                assert!(verdict.is_linearizable(), "{verdict}\n{}", self.context());
+            }
+            SEQ => {
+                let verdict = check_write_order(&history);
+                assert!(verdict.is_consistent(), "{verdict}\n{}", self.context());
+                // The exhaustive check is for small histories: the keys with few ops (the
+                // test's own markers and probes).
+                let small: Vec<Op> = history
+                    .by_key()
+                    .into_values()
+                    .filter(|ops| ops.len() <= 60)
+                    .flatten()
+                    .cloned()
+                    .collect();
+                let small = History::from_ops(small);
+                let started = Instant::now();
+                let verdict = check_sequential(
+                    &small,
+                    Budget {
+                        max_steps_per_key: 200_000,
+                        max_time: Some(Duration::from_secs(10)),
+                    },
+                );
+                eprintln!(
+                    "check_sequential of the {} ops of small keys: {verdict} ({:?})",
+                    small.len(),
+                    started.elapsed()
+                );
+                // Running out of budget is no verdict; only a proven violation fails.
+                assert!(
+                    !matches!(verdict, SequentialVerdict::NotSequentiallyConsistent(_)),
+                    "{verdict}\n{}",
+                    self.context()
+                );
+            }
+            EVENTUAL => {
+                let replicas: Vec<ReplicaState> = states
+                    .iter()
+                    .map(|s| {
+                        s.iter()
+                            .map(|(k, (v, cas))| {
+                                (k.clone(), (Value(v.clone()), Version::from_cas(*cas)))
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let writes = self.workload.writes();
+                let known = writes.iter().filter(|w| w.version.is_some()).count();
+                eprintln!("{} writes, {known} with a known version", writes.len());
+                assert_versions_unique(&writes, &self.context());
+                if let Err(divergence) = check_converged(&replicas, &writes) {
+                    panic!("{divergence}\n{}", self.context());
+                }
+            }
+            other => unreachable!("mode {other}"),
+        }
+    }
+}
+
+/// Panics if two different writes of a key were stored at the same version: last writer
+/// wins needs versions that name one write (a node restarted with its clock reset would
+/// hand out versions again).
+fn assert_versions_unique(writes: &[Write], context: &str) {
+    let mut seen: BTreeMap<(&str, Version), &Option<Value>> = BTreeMap::new();
+    for w in writes {
+        let Some(version) = w.version else { continue };
+        if let Some(other) = seen.insert((w.key.as_str(), version), &w.value) {
+            panic!(
+                "key {:?}: two writes stored at the same version {version:?}: {other:?} and \
+                 {:?}; versions must name one write (does a restarted node reuse its \
+                 clock?)\n{context}",
+                w.key, w.value
+            );
+        }
+    }
+}
+
+/// Adds `what` to `seen` unless it is there already, with the time it was first seen.
+fn note(seen: &mut Vec<String>, since: Instant, what: String) {
+    if !seen.iter().any(|s| s.ends_with(&format!(": {what}"))) {
+        seen.push(format!("+{}ms: {what}", since.elapsed().as_millis()));
+    }
+}
+
+fn show_state(state: &Result<BTreeMap<String, (Vec<u8>, u64)>, String>) -> String {
+    match state {
+        Ok(items) => items
+            .iter()
+            .map(|(k, (v, cas))| format!("{k}={}@{cas}", String::from_utf8_lossy(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+/// Does `kind` through `conn`, recorded under `client`.
+fn recorded(
+    rec: &Recorder,
+    client: ClientId,
+    conn: &mut McConn,
+    key: &str,
+    kind: OpKind,
+) -> Result<OpResult, Failure> {
+    tailorkv_tests::workload::recorded(rec, client, conn, key, kind)
+}
+
+/// Reads `key` back (recorded) to learn the version `value` was stored at.
+fn learn_version(
+    rec: &Recorder,
+    client: ClientId,
+    conn: &mut McConn,
+    key: &str,
+    value: &Value,
+) -> Option<Version> {
+    let id = rec.invoke(client, key, OpKind::Get);
+    match conn.gets(key) {
+        Ok(Some((v, cas))) => {
+            rec.complete(id, OpResult::Hit(Value(v.clone())));
+            (v == value.0).then(|| Version::from_cas(cas))
+        }
+        Ok(None) => {
+            rec.complete(id, OpResult::Miss);
+            None
+        }
+        Err(_) => {
+            rec.fail(id);
+            None
+        }
+    }
+}
+
+/// `gets` of every key through `addr`, each recorded as a read of a new client.
+fn read_state(
+    rec: &Recorder,
+    workload: &Workload,
+    addr: SocketAddr,
+    keys: &[String],
+) -> Result<BTreeMap<String, (Vec<u8>, u64)>, String> {
+    let client = workload.new_client();
+    let mut conn = McConn::connect(addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    let mut items = BTreeMap::new();
+    for key in keys {
+        let id = rec.invoke(client, key.as_str(), OpKind::Get);
+        match conn.gets(key) {
+            Ok(Some((v, cas))) => {
+                rec.complete(id, OpResult::Hit(Value(v.clone())));
+                items.insert(key.clone(), (v, cas));
+            }
+            Ok(None) => rec.complete(id, OpResult::Miss),
+            Err(f) => {
+                rec.fail(id);
+                return Err(format!("{key}: {f}"));
+            }
+        }
+    }
+    Ok(items)
+}
+
+// ---------------------------------------------------------------------------------------
+// kill -9 of a minority
+
+/// Kills the first `(n-1)/2` nodes under load; writes through the others must resume
+/// within 2 s; the killed nodes restart (empty: memory datalet) and must serve a key written
+/// after their death within 10 s; the history passes the mode's checker and the replicas end
+/// identical.
+fn kill9_minority(n: usize, mode: &'static str) {
+    let test = format!("kill9_minority_{mode}_{n}");
+    let mut run = Run::start(&test, n, mode, false);
+    let victims: Vec<usize> = (1..=(n - 1) / 2).collect();
+    let survivors: Vec<usize> = (victims.len() + 1..=n).collect();
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+
+    let killed = Instant::now();
+    for &v in &victims {
+        run.cluster.kill(v);
+    }
+    eprintln!("{test}: killed nodes {victims:?}");
+    run.assert_writes_resume("resume_after_kill", killed, &survivors, HORIZON);
+
+    let (key, value) = run.write_marker("after-kill", survivors[0]);
+    let restarted = Instant::now();
+    for &v in &victims {
+        run.cluster.restart(v);
+    }
+    for &v in &victims {
+        let took = run.await_serves(v, &key, &value, restarted);
+        figure(
+            "rejoin_after_restart",
+            Some(took),
+            &format!("node={v} {}", run.tags()),
+        );
+    }
+    run.run_for(Duration::from_secs(1));
+    run.finish(&[key]);
+}
+
+#[test]
+fn kill9_minority_linearizable_3() {
+    kill9_minority(3, LIN);
+}
+
+#[test]
+fn kill9_minority_linearizable_5() {
+    kill9_minority(5, LIN);
+}
+
+#[test]
+fn kill9_minority_sequential_3() {
+    kill9_minority(3, SEQ);
+}
+
+#[test]
+fn kill9_minority_sequential_5() {
+    kill9_minority(5, SEQ);
+}
+
+#[test]
+fn kill9_minority_eventual_3() {
+    kill9_minority(3, EVENTUAL);
+}
+
+#[test]
+fn kill9_minority_eventual_5() {
+    kill9_minority(5, EVENTUAL);
+}
+
+// ---------------------------------------------------------------------------------------
+// SIGSTOP
+
+/// Pauses node 1 for 3 s under load: the others keep serving (writes resume within 2 s),
+/// node 1 serves a key written after it continued within 10 s, and everything checks.
+fn sigstop_pause(mode: &'static str) {
+    let test = format!("sigstop_pause_{mode}");
+    let run = Run::start(&test, 3, mode, false);
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+
+    let stopped = Instant::now();
+    run.cluster.stop(1);
+    let paused = Duration::from_secs(3);
+    run.assert_writes_resume("resume_after_sigstop", stopped, &[2, 3], paused);
+    std::thread::sleep(
+        (stopped + Duration::from_secs(3)).saturating_duration_since(Instant::now()),
+    );
+    run.cluster.cont(1);
+    let continued = Instant::now();
+    let (key, value) = run.write_marker("after-sigcont", 2);
+    let took = run.await_serves(1, &key, &value, continued);
+    figure("rejoin_after_sigcont", Some(took), &run.tags());
+    run.run_for(Duration::from_secs(1));
+    run.finish(&[key]);
+}
+
+#[test]
+fn sigstop_pause_linearizable() {
+    sigstop_pause(LIN);
+}
+
+#[test]
+fn sigstop_pause_sequential() {
+    sigstop_pause(SEQ);
+}
+
+#[test]
+fn sigstop_pause_eventual() {
+    sigstop_pause(EVENTUAL);
+}
+
+// ---------------------------------------------------------------------------------------
+// Partitions
+
+/// Sends one recorded request through `node` and says how it ended and how long it took.
+fn probe(run: &Run, node: usize, key: &str, kind: OpKind) -> (Result<OpResult, Failure>, Duration) {
+    let client = run.workload.new_client();
+    let started = Instant::now();
+    let result = match McConn::connect(run.cluster.addr(node), Duration::from_secs(5)) {
+        Ok(mut conn) => recorded(run.workload.recorder(), client, &mut conn, key, kind),
+        Err(e) => Err(Failure::Io(e)),
+    };
+    (result, started.elapsed())
+}
+
+/// Partitions the first `(n-1)/2` nodes from the rest, in a strong mode: the majority
+/// writes again within 2 s; the minority refuses writes (and, linearizable, reads) with
+/// `SERVER_ERROR` within about 3 s, acknowledges no write, and after the heal serves the
+/// latest value within 10 s.
+fn partition_minority_refuses(n: usize, mode: &'static str) {
+    let test = format!("partition_minority_refuses_{mode}_{n}");
+    let run = Run::start(&test, n, mode, true);
+    let minority: Vec<usize> = (1..=(n - 1) / 2).collect();
+    let majority: Vec<usize> = (minority.len() + 1..=n).collect();
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+
+    let cut = Instant::now();
+    run.net().partition(&[&minority, &majority]);
+    eprintln!("{test}: partitioned {minority:?} | {majority:?}");
+    run.assert_writes_resume("resume_after_partition", cut, &majority, HORIZON);
+
+    for &m in &minority {
+        let value = Value(format!("minority-{m}-{}", run.seed).into_bytes());
+        let (result, took) = probe(&run, m, "probe", OpKind::Set(value));
+        eprintln!("{test}: set through cut-off node {m}: {result:?} after {took:?}");
+        match result {
+            Err(Failure::ServerError(_)) if took <= REFUSE_WITHIN => {}
+            Ok(r) => panic!(
+                "node {m}, cut off from the majority, acknowledged a write: {r:?} (if the \
+                 partition cut nothing: does the peer transport bind the source address of \
+                 its connections to the IP of --peer-listen?)\n{}",
+                run.context()
+            ),
+            other => panic!(
+                "node {m}, cut off from the majority, answered a write with {other:?} after \
+                 {took:?}, not SERVER_ERROR within {REFUSE_WITHIN:?}\n{}",
+                run.context()
+            ),
+        }
+        let (result, took) = probe(&run, m, "k0", OpKind::Get);
+        eprintln!("{test}: get through cut-off node {m}: {result:?} after {took:?}");
+        match (&result, mode) {
+            (Err(Failure::ServerError(_)), _) if took <= REFUSE_WITHIN => {}
+            // Sequential reads are local: a cut-off node may answer them from its copy (the
+            // checker judges the answer), but must not hang.
+            (Ok(_), SEQ) => {}
+            _ => panic!(
+                "node {m}, cut off from the majority, answered a read with {result:?} after \
+                 {took:?}, not SERVER_ERROR within {REFUSE_WITHIN:?}\n{}",
+                run.context()
+            ),
+        }
+        let acked = run
+            .workload
+            .writes_through_since(m, cut + Duration::from_millis(500));
+        assert_eq!(
+            acked,
+            0,
+            "node {m} acknowledged {acked} writes invoked well after it was cut off\n{}",
+            run.context()
+        );
+    }
+
+    run.net().heal();
+    let healed = Instant::now();
+    eprintln!("{test}: healed");
+    let (key, value) = run.write_marker("after-heal", majority[0]);
+    for &m in &minority {
+        let took = run.await_serves(m, &key, &value, healed);
+        figure(
+            "rejoin_after_heal",
+            Some(took),
+            &format!("node={m} {}", run.tags()),
+        );
+    }
+    // The healed minority takes writes again.
+    let (key2, _) = run.write_marker("minority-after-heal", minority[0]);
+    run.run_for(Duration::from_secs(1));
+    run.finish(&[key, key2]);
+}
+
+#[test]
+fn partition_minority_refuses_linearizable_3() {
+    partition_minority_refuses(3, LIN);
+}
+
+#[test]
+fn partition_minority_refuses_linearizable_5() {
+    partition_minority_refuses(5, LIN);
+}
+
+#[test]
+fn partition_minority_refuses_sequential_3() {
+    partition_minority_refuses(3, SEQ);
+}
+
+#[test]
+fn partition_minority_refuses_sequential_5() {
+    partition_minority_refuses(5, SEQ);
+}
+
+/// Eventual mode, {1} | {2,3}: both sides keep accepting writes, each side reads its own
+/// (the partition holds), and after the heal every replica converges within 10 s to each
+/// key's highest-version write.
+#[test]
+fn partition_eventual_available() {
+    let test = "partition_eventual_available";
+    let run = Run::start(test, 3, EVENTUAL, true);
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+
+    let cut = Instant::now();
+    run.net().partition(&[&[1], &[2, 3]]);
+    run.run_for(Duration::from_millis(500));
+    // One key written on both sides: each side must see its own write.
+    let (split_1, _) = run.write_marker("split-minority", 1);
+    let (split_2, _) = run.write_marker("split-majority", 2);
+    for (node, other) in [(1, &split_2), (2, &split_1)] {
+        let (result, _) = probe(&run, node, other, OpKind::Get);
+        assert!(
+            matches!(result, Ok(OpResult::Miss)),
+            "node {node} read {other} from across the partition ({result:?}): the partition \
+             does not hold; does the peer transport bind the source address of its \
+             connections to the IP of --peer-listen?\n{}",
+            run.context()
+        );
+    }
+    let (key, value_1) = ("split".to_string(), Value(b"minority-side".to_vec()));
+    let value_2 = Value(b"majority-side".to_vec());
+    for (node, value) in [(1, &value_1), (2, &value_2)] {
+        let (result, took) = probe(&run, node, &key, OpKind::Set(value.clone()));
+        assert!(
+            matches!(result, Ok(OpResult::Stored)) && took < Duration::from_secs(1),
+            "eventual mode: node {node} must accept a write during the partition, got \
+             {result:?} after {took:?}\n{}",
+            run.context()
+        );
+    }
+    for (node, value) in [(1, &value_1), (2, &value_2)] {
+        let client = run.workload.new_client();
+        let mut conn = McConn::connect(run.cluster.addr(node), Duration::from_secs(2)).unwrap();
+        let version = learn_version(run.workload.recorder(), client, &mut conn, &key, value);
+        assert!(
+            version.is_some(),
+            "node {node} does not read its own write of {key} during the partition\n{}",
+            run.context()
+        );
+        run.workload.add_write(Write {
+            key: key.clone(),
+            value: Some(value.clone()),
+            version,
+        });
+    }
+    run.run_for(Duration::from_secs(2));
+    for node in 1..=3 {
+        let acked = run.workload.writes_through_since(node, cut);
+        assert!(
+            acked > 0,
+            "eventual mode: no write acknowledged through node {node} during the \
+             partition\n{}",
+            run.context()
+        );
+    }
+
+    run.net().heal();
+    eprintln!("{test}: healed");
+    run.run_for(Duration::from_secs(1));
+    run.finish(&[key, split_1, split_2]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Packet loss
+
+/// 10% of node 1's peer packets dropped for 5 s under load, linearizable: the cluster keeps
+/// acknowledging writes, the history is linearizable (so no acknowledged write is lost: a
+/// later read would miss it), and the replicas end identical.
+#[test]
+fn packet_loss() {
+    let test = "packet_loss";
+    let run = Run::start(test, 3, LIN, true);
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+
+    let lossy = Instant::now();
+    run.net().loss(1, 0.1);
+    run.run_for(Duration::from_secs(5));
+    run.net().heal();
+    let counts: Vec<usize> = (1..=3)
+        .map(|node| run.workload.writes_through_since(node, lossy))
+        .collect();
+    eprintln!("{test}: writes acknowledged during the loss, by node: {counts:?}");
+    assert!(
+        counts[1] > 0 && counts[2] > 0,
+        "no writes through the healthy nodes during 10% loss on node 1: {counts:?}\n{}",
+        run.context()
+    );
+    run.run_for(Duration::from_secs(1));
+    run.finish(&[]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Restart and catch-up of a large store
+
+/// Writes N keys through node 1 (100,000 with `TAILORKV_SOAK=1`; 20,000 otherwise, to keep
+/// CI short), kills node 3, restarts it empty, and measures how long until its linearizable
+/// reads return the last key and a sample of 500 keys correctly. A wrong answer meanwhile (a miss, an old value)
+/// fails the test: a linearizable read must refuse or wait, never answer from a copy that
+/// has not caught up.
+#[test]
+fn restart_catch_up_100k() {
+    let test = "restart_catch_up_100k";
+    let seed = seed(test);
+    let keys: usize = if std::env::var("TAILORKV_SOAK").is_ok_and(|v| v == "1") {
+        100_000
+    } else {
+        20_000
+    };
+    let mut cluster = ProcCluster::start(3, LIN, &[]);
+    let context = |cluster: &ProcCluster| {
+        format!(
+            "{test}, {keys} keys, seed {seed} (TAILORKV_SEED={seed} repeats it)\n{}",
+            cluster.describe()
+        )
+    };
+    let value = |i: usize| format!("v{i}-{seed}-{}", "x".repeat(i % 50));
+
+    // Load: pipelined noreply sets in big batches on a few connections (key i on connection
+    // i % LOADERS), each ended by a get of its own last key: a connection's commands are
+    // served in order, so once that answers, all its sets are in.
+    const LOADERS: usize = 4;
+    let load_timeout = Duration::from_secs(if keys > 20_000 { 300 } else { 60 });
+    let catch_up_timeout = Duration::from_secs(if keys > 20_000 { 150 } else { 30 });
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..LOADERS {
+            let (addr, value, cluster) = (cluster.addr(1), &value, &cluster);
+            s.spawn(move || {
+                let mut conn = McConn::connect(addr, load_timeout).expect("connect node 1");
+                let mine: Vec<usize> = (c..keys).step_by(LOADERS).collect();
+                for batch in mine.chunks(1_000) {
+                    let mut req = Vec::with_capacity(batch.len() * 80);
+                    for &i in batch {
+                        let v = value(i);
+                        write!(req, "set ck{i} 0 0 {} noreply\r\n{v}\r\n", v.len()).unwrap();
+                    }
+                    if let Err(f) = conn.send(&req) {
+                        panic!("loading node 1: {f}\n{}", context(cluster));
+                    }
+                }
+                let Some(&last) = mine.last() else { return };
+                match conn.get(&format!("ck{last}")) {
+                    Ok(OpResult::Hit(v)) if v.0 == value(last).as_bytes() => {}
+                    other => panic!(
+                        "loading node 1: get ck{last} after its sets -> {other:?}\n{}",
+                        context(cluster)
+                    ),
+                }
+            });
+        }
+    });
+    let last = format!("ck{}", keys - 1);
+    let mut conn = McConn::connect(cluster.addr(1), load_timeout).expect("connect node 1");
+    figure("load", Some(started.elapsed()), &format!("keys={keys}"));
+
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sample: Vec<usize> = (0..500).map(|_| rng.random_range(0..keys)).collect();
+    let check_sample = |conn: &mut McConn| -> Result<(), String> {
+        for chunk in sample.chunks(100) {
+            let names: Vec<String> = chunk.iter().map(|i| format!("ck{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let got = conn.gets_many(&refs).map_err(|f| format!("retry: {f}"))?;
+            for (&i, name) in chunk.iter().zip(&names) {
+                let want = value(i);
+                match got.get(name) {
+                    Some((v, _)) if v == want.as_bytes() => {}
+                    other => {
+                        return Err(format!(
+                            "{name}: wanted {want:?}, got {:?}",
+                            other.map(|(v, _)| String::from_utf8_lossy(v))
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = check_sample(&mut conn) {
+        panic!("node 1 lost loaded keys: {e}\n{}", context(&cluster));
+    }
+
+    cluster.kill(3);
+    let restarted = Instant::now();
+    cluster.restart(3);
+    let deadline = restarted + catch_up_timeout;
+    let mut refusals = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "node 3 did not catch up within {catch_up_timeout:?} ({refusals} refused or timed-out \
+             reads)\n{}",
+            context(&cluster)
+        );
+        let Ok(mut conn) = McConn::connect(cluster.addr(3), Duration::from_secs(5)) else {
+            refusals += 1;
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        match conn.get(&last) {
+            Ok(OpResult::Hit(v)) if v.0 == value(keys - 1).as_bytes() => {}
+            Ok(other) => panic!(
+                "node 3, restarted, answered a linearizable read of {last} with {other:?}: a \
+                 stale read\n{}",
+                context(&cluster)
+            ),
+            Err(_) => {
+                refusals += 1;
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        match check_sample(&mut conn) {
+            Ok(()) => break,
+            Err(e) if e.starts_with("retry") => refusals += 1,
+            Err(e) => panic!(
+                "node 3 serves {last} but a stale value elsewhere: {e}\n{}",
+                context(&cluster)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = restarted.elapsed();
+    eprintln!("{test}: node 3 caught up after {took:?}, {refusals} refused reads on the way");
+    figure("catch_up", Some(took), &format!("keys={keys}"));
+}
