@@ -26,8 +26,8 @@ use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
 use crate::engine::Engine;
 use crate::replication::{spawn_driver, Eventual, Members};
-use crate::tob::Timing;
 use crate::stats::Counts;
+use crate::tob::Timing;
 
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -102,7 +102,11 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     }
     if let Some(e) = ctx.engine.eventual_node() {
         s(out, "antientropy_rounds", e.antientropy_rounds());
-        s(out, "antientropy_entries_sent", e.antientropy_entries_sent());
+        s(
+            out,
+            "antientropy_entries_sent",
+            e.antientropy_entries_sent(),
+        );
         s(out, "hints_queued", e.hints_queued());
         s(out, "hints_dropped", e.hints_dropped());
         s(out, "hints_pending", e.hints_pending());

@@ -161,6 +161,35 @@ fn encode<M: Serialize>(frame: &Frame<M>) -> Bytes {
     Bytes::from(postcard::to_stdvec(frame).expect("peer messages always encode"))
 }
 
+/// How long sent data may stay unacknowledged before the kernel drops the connection
+/// (`TCP_USER_TIMEOUT`). Without it, a connection across a cut link lingers after the link
+/// heals while TCP's retransmission backoff grows to seconds; with it, the writer reconnects
+/// at once, and the receiver is told of the messages lost with the old connection.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[cfg(target_os = "linux")]
+fn set_user_timeout(stream: &TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let ms = timeout.as_millis() as libc::c_uint;
+    // SAFETY: setsockopt on a socket this stream owns, with a pointer to a live c_uint and its
+    // size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_user_timeout(_: &TcpStream, _: Duration) {}
+
 /// One outbound link.
 struct Link {
     id: NodeId,
@@ -184,7 +213,11 @@ async fn connect(link: &Link) -> io::Result<TcpStream> {
 }
 
 /// Sends everything queued for one peer, reconnecting as needed.
-async fn writer<M: Serialize>(link: Link, mut queue: mpsc::Receiver<M>, shutdown: CancellationToken) {
+async fn writer<M: Serialize>(
+    link: Link,
+    mut queue: mpsc::Receiver<M>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = BACKOFF_START;
     let mut unsent: Option<(u64, M)> = None;
     let mut sent = 0u64;
@@ -205,6 +238,7 @@ async fn writer<M: Serialize>(link: Link, mut queue: mpsc::Receiver<M>, shutdown
             }
         };
         let _ = stream.set_nodelay(true);
+        set_user_timeout(&stream, LINK_TIMEOUT);
         backoff = BACKOFF_START;
         let mut framed = FramedWrite::new(stream, LengthDelimitedCodec::new());
         let hello = Frame::<M>::Hello {
@@ -217,7 +251,9 @@ async fn writer<M: Serialize>(link: Link, mut queue: mpsc::Receiver<M>, shutdown
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
         match pump(&mut framed, &mut queue, &mut unsent, &mut sent, &shutdown).await {
             Ok(()) => return,
-            Err(e) => tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting"),
+            Err(e) => {
+                tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting")
+            }
         }
     }
 }
@@ -334,7 +370,13 @@ async fn reader<M: DeserializeOwned>(
         };
         let Some(Ok(bytes)) = frame else { return };
         match (postcard::from_bytes::<Frame<M>>(&bytes), from) {
-            (Ok(Frame::Hello { from: sender, session }), None) => from = Some((sender, session)),
+            (
+                Ok(Frame::Hello {
+                    from: sender,
+                    session,
+                }),
+                None,
+            ) => from = Some((sender, session)),
             (Ok(Frame::Message { n, message }), Some((sender, session))) => {
                 let event = match admit(&expected, sender, session, n) {
                     Admit::Duplicate => continue,

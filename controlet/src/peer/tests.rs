@@ -40,7 +40,8 @@ async fn a_sender_retries_until_its_peer_listens() {
     // Reserve an address for b, then close it: b is not listening yet.
     let (probe, ab) = bound().await;
     drop(probe);
-    let (a, _a_in) = Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
+    let (a, _a_in) =
+        Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
     for i in 0..10 {
         a.send(NodeId(2), i).await;
     }
@@ -61,7 +62,10 @@ async fn a_connection_that_does_not_say_hello_is_dropped() {
     let (lb, ab) = bound().await;
     let (_b, mut b_in) = Transport::<u64>::start(NodeId(2), 2, lb, &[], shutdown.clone());
     let mut raw = TcpStream::connect(ab).await.unwrap();
-    let frame = encode(&Frame::Message { n: 1, message: 7u64 });
+    let frame = encode(&Frame::Message {
+        n: 1,
+        message: 7u64,
+    });
     raw.write_all(&(frame.len() as u32).to_be_bytes())
         .await
         .unwrap();
@@ -97,7 +101,8 @@ async fn outbound_links_are_bound_to_the_peer_address_ip() {
     let la = TcpListener::bind("127.0.0.21:0").await.unwrap();
     let target = std::net::TcpListener::bind("127.0.0.22:0").unwrap();
     let ab = target.local_addr().unwrap();
-    let (a, _a_in) = Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
+    let (a, _a_in) =
+        Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
     a.send(NodeId(2), 1).await;
     let (_conn, from) = tokio::task::spawn_blocking(move || target.accept().unwrap())
         .await

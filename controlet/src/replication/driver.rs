@@ -28,7 +28,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const STATE_CHUNK: usize = 2048;
 
 pub(crate) const CUT_OFF: &str = "no quorum: this node is not in the cluster's current view";
-pub(crate) const TIMED_OUT: &str = "no quorum: timed out waiting for the cluster; the outcome is unknown";
+pub(crate) const TIMED_OUT: &str =
+    "no quorum: timed out waiting for the cluster; the outcome is unknown";
 pub(crate) const CATCHING_UP: &str = "no quorum: this node is catching up";
 
 /// This member and the whole group.
@@ -413,7 +414,11 @@ impl<D: Datalet> Driver<D> {
                 expiry: item.expiry,
                 value: item.value,
             };
-            if let Err(e) = self.datalet.apply(&item.key, mutation, item.version, now).await {
+            if let Err(e) = self
+                .datalet
+                .apply(&item.key, mutation, item.version, now)
+                .await
+            {
                 tracing::error!(error = %e, "could not store a transferred item");
             }
         }

@@ -70,9 +70,12 @@
 //!
 //! - Tombstones, hints and the last flush live in memory: a restarted node forgets them (its
 //!   peers still hold theirs and repair it, within the grace period).
-//! - The Lamport clock starts at 0 when the node does and moves past the cluster's as soon as
-//!   a peer's update or summary arrives: a write made on a freshly restarted node before that
-//!   may lose to an older write.
+//! - The clock is a hybrid logical clock: never below the wall clock (64 timestamps per
+//!   millisecond, [`wall_floor`]), so a node restarted with an empty memory does not reissue
+//!   its old versions unless it had run more than 64 writes per millisecond ahead of the wall
+//!   clock. It moves past the cluster's as soon as a peer's update or summary arrives; until
+//!   then a write on a freshly restarted node can lose to an older write made on a node
+//!   whose clock had run ahead.
 //! - `flush_all` is repaired as one flush point (the latest), not as a history: a replica
 //!   that missed a flush gets it from a summary and applies it then, which also removes what
 //!   it stored since; anti-entropy brings back whatever of that the others hold.

@@ -29,8 +29,8 @@
 //! the cluster does not order it in time (its outcome is then unknown). In the sequential
 //! mode, local reads are served only while this node is an up-to-date member of a view.
 
-mod driver;
 pub mod antientropy;
+mod driver;
 pub mod eventual;
 #[cfg(test)]
 mod tests;

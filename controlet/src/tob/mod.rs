@@ -62,8 +62,16 @@
 //! of its view, and a view needs a majority of the previous one, so two sides of a partition
 //! can never both make progress, and a minority refuses rather than diverges. Nodes that are
 //! behind learn the current plan from any node ahead of them. The first view (epoch 1) is
-//! formed the same way from the configured nodes (epoch 0). Losing a majority of a view at
-//! once stops the strong modes until enough of those members return.
+//! formed the same way from the configured nodes (epoch 0); when they restart with saved state
+//! (`delivered` > 0, a durable datalet), it waits for every configured node and starts from the
+//! furthest. Losing a majority of a view at once stops the strong modes until enough of those
+//! members return.
+//!
+//! Lost messages: the driver calls [`Tob::link_gap`] before the next message from a sender
+//! whose messages were lost; the lost ones belong to epochs up to that next message's, so
+//! nothing of those epochs is taken from the sender any more, and a view holding it in such
+//! an epoch is changed. Nobody can have delivered a lost batch without this node's receipt, so
+//! the node's own state stays consistent.
 //!
 //! Time is ticks; nothing here reads a clock or touches a socket. The driver feeds received
 //! messages to [`Tob::step`], calls [`Tob::tick`] on a timer, sends what
@@ -177,7 +185,9 @@ pub enum Message<Op> {
         received: Vec<(NodeId, Ts)>,
     },
     /// A heartbeat from a node that is not sending acks (frozen, outside, booting).
-    Alive { epoch: u64 },
+    Alive {
+        epoch: u64,
+    },
     Prepare {
         ballot: Ballot,
     },
@@ -202,7 +212,9 @@ pub enum Message<Op> {
         plan: Plan<Op>,
     },
     /// A node outside the view (or behind it) asks to be let in.
-    Join { epoch: u64 },
+    Join {
+        epoch: u64,
+    },
 }
 
 /// A message with its addresses and the sender's incarnation.
@@ -233,7 +245,11 @@ pub enum Event<Op> {
     Serving { epoch: u64 },
     /// Send a snapshot of the datalet, as it is now (after everything delivered so far and
     /// before anything delivered later), to these members.
-    SendState { epoch: u64, seq: u64, to: Vec<NodeId> },
+    SendState {
+        epoch: u64,
+        seq: u64,
+        to: Vec<NodeId>,
+    },
     /// This node is in the new view but must be given its state: drop the local state and
     /// wait for a snapshot from `source` at `seq`. Operations proposed here and not yet
     /// delivered will not be answered here.
@@ -344,7 +360,9 @@ struct Coordination<Op> {
     promises: BTreeMap<NodeId, (Incarnation, Standing<Op>)>,
     majority_at: Option<u64>,
     plan: Option<Plan<Op>>,
-    accepted_by: BTreeSet<NodeId>,
+    /// Who accepted the plan, and whether each is a run that was in the view (see
+    /// [`Tob::vote`]).
+    accepted_by: BTreeMap<NodeId, bool>,
 }
 
 /// One node's state.
@@ -637,9 +655,12 @@ impl<Op: Clone> Tob<Op> {
             Message::Alive { epoch } => self.compare_epochs(from, epoch),
             Message::Join { epoch } => {
                 if epoch > self.view.epoch {
-                    self.send_to(from, Message::Join {
-                        epoch: self.view.epoch,
-                    });
+                    self.send_to(
+                        from,
+                        Message::Join {
+                            epoch: self.view.epoch,
+                        },
+                    );
                     return;
                 }
                 self.send_plan(from, true);
@@ -657,7 +678,11 @@ impl<Op: Clone> Tob<Op> {
                 }
             }
             Message::Reject { ballot, promised } => {
-                if self.coordination.as_ref().is_some_and(|c| c.ballot == ballot) {
+                if self
+                    .coordination
+                    .as_ref()
+                    .is_some_and(|c| c.ballot == ballot)
+                {
                     self.coordination = None;
                     if promised > self.promised && promised.epoch == self.view.epoch + 1 {
                         // Give the coordinator of the higher ballot its time.
@@ -687,12 +712,17 @@ impl<Op: Clone> Tob<Op> {
                 self.send_to(from, Message::Accepted { ballot });
             }
             Message::Accepted { ballot } => {
-                let voter = member || self.view.epoch == 0;
-                if let Some(c) = self.coordination.as_mut() {
-                    if c.ballot == ballot && c.plan.is_some() && voter {
-                        c.accepted_by.insert(from);
-                        self.coordinate();
-                    }
+                let Some(c) = self.coordination.as_ref() else {
+                    return;
+                };
+                let vote = match c.promises.get(&from) {
+                    Some((inc, s)) if *inc == incarnation => self.vote(from, *inc, s),
+                    _ => None,
+                };
+                if let (Some(remembers), true) = (vote, c.ballot == ballot && c.plan.is_some()) {
+                    let c = self.coordination.as_mut().expect("checked");
+                    c.accepted_by.insert(from, remembers);
+                    self.coordinate();
                 }
             }
             Message::Install { plan } => {
@@ -923,8 +953,48 @@ impl<Op: Clone> Tob<Op> {
 
     /// The nodes whose promise counts toward a majority of the current view.
     fn is_voter(&self, node: NodeId, incarnation: Incarnation, standing: &Standing<Op>) -> bool {
-        standing.epoch == self.view.epoch
-            && (self.view.epoch == 0 || self.view.incarnation_of(node) == Some(incarnation))
+        self.vote(node, incarnation, standing) == Some(true)
+    }
+
+    /// Whether a promise (or acceptance) counts toward a quorum of the current view, and if
+    /// so whether it comes from a run of the node that was in the view (`true`, it remembers
+    /// what it promised and accepted) or from a later run of a member (`false`, it forgot).
+    fn vote(
+        &self,
+        node: NodeId,
+        incarnation: Incarnation,
+        standing: &Standing<Op>,
+    ) -> Option<bool> {
+        if standing.epoch != self.view.epoch {
+            return None;
+        }
+        if self.view.epoch == 0 {
+            return Some(true);
+        }
+        match self.view.incarnation_of(node) {
+            Some(inc) if inc == incarnation => Some(true),
+            Some(inc) if inc < incarnation => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether these votes (`true` for runs that were in the view) make a quorum of the
+    /// current view. A majority of the members by id, of which at least `n - majority + 1`
+    /// are runs that were in the view: then every majority that may have accepted a plan
+    /// before shares a member with these that remembers it (Paxos's intersection), even
+    /// though restarted members forgot. This lets a two-member view whose other member
+    /// restarted change again, where counting only remembering runs would stop it for good.
+    fn is_quorum(&self, votes: impl Iterator<Item = bool>, need: usize) -> bool {
+        let (mut all, mut remembering) = (0, 0);
+        for remembers in votes {
+            all += 1;
+            remembering += usize::from(remembers);
+        }
+        if self.view.epoch == 0 {
+            return remembering >= need;
+        }
+        let n = self.view.members.len();
+        all >= need && remembering >= n + 1 - need
     }
 
     fn drive_view_change(&mut self) {
@@ -971,7 +1041,11 @@ impl<Op: Clone> Tob<Op> {
 
     /// Spreads the moments at which nodes take the lead, by rank.
     fn stagger(&self) -> u64 {
-        let rank = self.universe.iter().position(|&n| n == self.id).unwrap_or(0) as u64;
+        let rank = self
+            .universe
+            .iter()
+            .position(|&n| n == self.id)
+            .unwrap_or(0) as u64;
         rank * self.timing.view_change / 2
     }
 
@@ -999,7 +1073,7 @@ impl<Op: Clone> Tob<Op> {
             promises,
             majority_at: None,
             plan: None,
-            accepted_by: BTreeSet::new(),
+            accepted_by: BTreeMap::new(),
         });
         for to in self.universe.clone() {
             if to != self.id {
@@ -1033,7 +1107,8 @@ impl<Op: Clone> Tob<Op> {
             return;
         };
         if c.plan.is_some() {
-            if c.accepted_by.len() + 1 >= need {
+            let votes = c.accepted_by.values().copied().chain([true]);
+            if self.is_quorum(votes, need) {
                 let plan = c.plan.clone().expect("checked");
                 for to in self.universe.clone() {
                     if to != self.id {
@@ -1044,13 +1119,11 @@ impl<Op: Clone> Tob<Op> {
             }
             return;
         }
-        let voters: Vec<(NodeId, &Standing<Op>)> = c
+        let votes = c
             .promises
             .iter()
-            .filter(|(&n, (inc, s))| self.is_voter(n, *inc, s))
-            .map(|(&n, (_, s))| (n, s))
-            .collect();
-        if voters.len() < need {
+            .filter_map(|(&n, (inc, s))| self.vote(n, *inc, s));
+        if !self.is_quorum(votes, need) {
             return;
         }
         let majority_at = c.majority_at.unwrap_or(self.now);
@@ -1070,7 +1143,7 @@ impl<Op: Clone> Tob<Op> {
         let voters: Vec<NodeId> = c
             .promises
             .iter()
-            .filter(|(&n, (inc, s))| n != self.id && self.is_voter(n, *inc, s))
+            .filter(|(&n, (inc, s))| n != self.id && self.vote(n, *inc, s).is_some())
             .map(|(&n, _)| n)
             .collect();
         self.coordination.as_mut().expect("checked").plan = Some(plan.clone());
@@ -1095,9 +1168,11 @@ impl<Op: Clone> Tob<Op> {
             .filter(|(&n, (inc, s))| self.is_voter(n, *inc, s))
             .map(|(&n, (_, s))| (n, s))
             .collect();
-        if let Some((_, plan)) = voters
+        if let Some((_, plan)) = c
+            .promises
             .iter()
-            .filter_map(|(_, s)| s.accepted.as_ref())
+            .filter(|(&n, (inc, s))| self.vote(n, *inc, s).is_some())
+            .filter_map(|(_, (_, s))| s.accepted.as_ref())
             .max_by_key(|(b, _)| *b)
         {
             return Some(plan.clone());
@@ -1133,11 +1208,7 @@ impl<Op: Clone> Tob<Op> {
         } else {
             first
         };
-        let members = c
-            .promises
-            .iter()
-            .map(|(&n, &(inc, _))| (n, inc))
-            .collect();
+        let members = c.promises.iter().map(|(&n, &(inc, _))| (n, inc)).collect();
         Some(Plan {
             view: View {
                 epoch: self.view.epoch + 1,

@@ -2,24 +2,38 @@
 //!
 //! First, focused unit tests of the core's rules, driven by hand. Then a deterministic fault
 //! simulation: N nodes (3 or 5) run the real [`Tob`] over simulated FIFO links with random
-//! delays, with an "application" per node (the sequence of operations it applied, and the
-//! snapshots of it that joiners receive), while the seed injects faults: crashes and restarts
-//! (a restarted node is a new `Tob` with a larger incarnation and no state), partitions (the
-//! messages across the cut held until it heals, as TCP does, or dropped with a `link_gap`
-//! before the next message on that link), pauses and delay spikes. After the fault phase
-//! everything heals and the run must settle: every node serving in one view of all of them,
-//! with the same sequence, and a new operation delivered everywhere.
+//! delays, each with an "application" (the sequence of operations it applied; a joiner's
+//! snapshot is a copy of its source's, sent over the same link as the source's messages, as
+//! the driver does), while the seed injects faults: crashes and restarts (a restarted node is
+//! a new `Tob` with a larger incarnation and no state; a crash never takes a majority of the
+//! nodes, or of a view installed or proposed, since that stops the cluster by design),
+//! partitions (the messages across the cut held until it heals, as TCP does, or lost with a
+//! `link_gap` before the next message on that link), single TCP connections that break
+//! (what they carried is lost, with a `link_gap`), pauses and delay spikes. Clients propose
+//! unique `u64` operations at every node not outside the view; an operation is acknowledged
+//! when its proposer (the same incarnation) delivers it. After the fault phase everything
+//! heals and the run must settle: every node serving in one view of all of them, with the
+//! same sequence; then a new operation must reach every node.
 //!
-//! The checks (see [`Checker`]): agreement (one operation per sequence number, across nodes,
-//! incarnations and snapshots; no operation twice), no loss of an acknowledged operation, no
-//! applied operation undone, real-time order of acknowledged operations, one view per epoch,
-//! one starting sequence number per epoch, and, during a partition, progress on one side only.
+//! The checks (see [`Checker`] and `Sim::apply`): agreement (one operation per sequence
+//! number, across nodes, incarnations and snapshots; no operation twice; sequence numbers
+//! without holes), no loss of an acknowledged operation, nothing applied ever undone,
+//! real-time order of acknowledged operations, one view per epoch, one starting sequence
+//! number per epoch, and, during a partition, ops proposed during it delivered on one side
+//! at most, never on the minority side of a partition that cut a full, quiet view.
 //!
 //! A run is a function of its seed only: the seed also picks the configuration (node count
 //! and kind of fault). Every failure names its seed and how to replay it:
 //! `TOB_SIM_SEED=<n> cargo test -p tailorkv-controlet --lib tob::tests::replay -- --nocapture`
-//! (`TOB_SIM_TRACE=1` prints every fault, view change and delivery; `TOB_SIM_TRACE=2` every
-//! message too). `TAILORKV_SOAK=1` runs ten times more seeds.
+//! (`TOB_SIM_TRACE=1` prints every fault, view change and delivery, `TOB_SIM_TRACE=2` every
+//! message too; `TOB_SIM_SEED=<a>..<b>` runs a range and lists the failures). Each kind of
+//! fault runs 200 seeds per node count; `TAILORKV_SOAK=1` runs 2000.
+//!
+//! Last, the defects the simulation found, each reduced to a few hand-driven steps, with the
+//! shortest seeds that showed them, all fixed in the core since: a link gap heard an epoch
+//! early, duelling coordinators, and a crash during a view change that left a two-member view
+//! with one live member (`a_crash_during_a_view_change_does_not_stop_three_nodes_for_good`,
+//! `a_soak_seed_that_once_stopped_for_good`).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -584,6 +598,13 @@ enum Cut {
     Drop(f64),
 }
 
+/// A partition in progress, and two checks while it lasts. Delivering an op proposed during
+/// the partition takes an ack from every member of the deliverer's view, sent during the
+/// partition: that view lies within one side, and the views of the other side descend from
+/// it only through promises of its members, who stop delivering once they promised. So ops
+/// proposed during the partition are delivered on one side at most. And if at its start every
+/// node served in one view of all of them, nobody had promised a later ballot: the side
+/// without a majority cannot form a view and delivers none of them.
 struct Partition {
     id: usize,
     /// Per node: on the cut side.
@@ -1687,6 +1708,7 @@ fn run_fault(fault: Fault) -> Stats {
             shown.join("\n  ")
         );
     }
+    println!("{fault:?}: {runs} runs passed: {total:?}");
     assert!(
         total.acked > 0 && total.final_len > 0,
         "{fault:?}: nothing delivered: {total:?}"
@@ -2045,4 +2067,119 @@ fn seeds_that_failed_before_the_fixes() {
         .map(|f| f.to_string())
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A defect the soak found, not fixed yet: these tests fail.
+// ---------------------------------------------------------------------------------------------
+
+/// Liveness, for good. Three nodes; node 1 stalls (a pause or a partition), so node 2 leads a
+/// view change with node 3 alone: node 3 promises and crashes right after, its promise still
+/// on the way. Node 2 plans the view {2, 3 (run 1)} and accepts its own plan; the Accept to
+/// node 3 is lost with it. Node 3 restarts (run 2) and node 1 comes back: two of the three
+/// nodes are as good as ever, the third is up again. But every quorum for epoch 2 now holds
+/// node 2, whose accepted plan must be reused (Paxos), so {2, 3 (run 1)} is installed: a view
+/// of two whose second member is gone for good. It can neither deliver (every member must
+/// ack) nor change (a majority of it must promise, and run 2 of node 3 does not count): nodes
+/// 1 and 3 stay outside, node 2 frozen, forever.
+#[test]
+fn a_crash_during_a_view_change_does_not_stop_three_nodes_for_good() {
+    let timing = Timing::default();
+    let universe = ids(3);
+    let mut nodes = formed(3);
+    // Messages take one tick. Node 1 is stalled until `stall_end` (no ticks, messages to it
+    // wait). Node 3 dies right after its first promise and restarts at `restart`.
+    let stall_end = 1_000;
+    let restart = 700;
+    let mut queue: VecDeque<(u64, Envelope<Op>)> = VecDeque::new();
+    let mut dead = false;
+    let mut died = false;
+    let mut recovered_at = None;
+    let end = stall_end + 40 * timing.view_change;
+    for now in 1..=end {
+        if now == restart {
+            nodes[2] = Tob::new(NodeId(3), 2, &universe, 0, timing);
+            dead = false;
+        }
+        let runs = |i: usize, dead: bool| !(i == 0 && now < stall_end || i == 2 && dead);
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if runs(i, dead) {
+                node.tick();
+            }
+        }
+        let mut waiting = VecDeque::new();
+        while let Some((at, env)) = queue.pop_front() {
+            let to = env.to.0 as usize - 1;
+            if at > now || (to == 0 && now < stall_end) {
+                waiting.push_back((at, env));
+                continue;
+            }
+            if !runs(to, dead) {
+                continue; // lost with the dead node
+            }
+            let prepare = matches!(env.message, Message::Prepare { .. });
+            nodes[to].step(env.from, env.incarnation, env.message);
+            if to == 2 && prepare && !died {
+                for env in nodes[2].take_messages() {
+                    waiting.push_back((now + 1, env)); // its promise is on the way
+                }
+                dead = true;
+                died = true;
+            }
+        }
+        queue = waiting;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if !runs(i, dead) {
+                continue;
+            }
+            node.ack();
+            queue.extend(node.take_messages().into_iter().map(|env| (now + 1, env)));
+            for event in node.take_events() {
+                if let Event::AwaitState { epoch, seq, .. } = event {
+                    node.state_installed(epoch, seq); // the snapshot comes at once
+                }
+            }
+        }
+        let epoch = nodes[0].view().epoch;
+        if now > stall_end
+            && nodes[0].view().incarnation_of(NodeId(3)) == Some(2)
+            && nodes.iter().all(|n| {
+                n.state() == NodeState::Serving
+                    && n.view().epoch == epoch
+                    && n.view().members.len() == 3
+            })
+        {
+            recovered_at = Some(now);
+            break;
+        }
+    }
+    assert!(died, "the scenario needs node 3 to promise and die");
+    let states: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "{:?} in epoch {} {:?}",
+                n.state(),
+                n.view().epoch,
+                n.view().members
+            )
+        })
+        .collect();
+    assert!(
+        recovered_at.is_some(),
+        "not recovered {} ticks after node 1 came back: {states:?}",
+        end - stall_end
+    );
+}
+
+/// The shortest soak run that shows it (3 nodes; stuck from tick 182 on): a partition cuts
+/// node 1 off (tick 41), node 3 leads a view change, node 2 promises and crashes (tick 72);
+/// node 3 plans {2 (run 1), 3}; after the healing node 1's promise makes a quorum that reuses
+/// that plan (tick 182). It recovers now that a later run of a member counts toward a quorum
+/// when enough of the view's own runs remember (`Tob::is_quorum`).
+#[test]
+fn a_soak_seed_that_once_stopped_for_good() {
+    if let Err(f) = run_seed(10570, 0) {
+        panic!("{f}");
+    }
 }
