@@ -109,8 +109,8 @@ impl<D: Datalet> Engine<D> {
         match &self.ordered {
             Some(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
             Some(o) => {
-                o.replicator.may_read_locally().await?;
-                self.datalet.get(key, self.now()).await
+                let read = || self.datalet.get(key, self.now());
+                o.replicator.read_locally(read).await
             }
             None => self.datalet.get(key, self.now()).await,
         }

@@ -7,8 +7,11 @@
 //! order, exactly as the real driver (`controlet/src/replication/driver.rs`) does: a
 //! `SendState` copies the source's map to the joiners, an `AwaitState` clears the map and
 //! waits for that copy, `state_installed` follows its installation. Two clients per node send
-//! `set`, `add`, `delete` and `get` on 3 or 4 keys (every value written is unique) through
-//! their node, in one of the strong modes:
+//! `set`, `add`, `delete` and `get` (every value written is unique) through their node, on 3
+//! or 4 keys at a time: 2 keys used throughout the run, and 1 or 2 keys of the current
+//! *phase*, which the clients leave for fresh ones every [`PHASE_OPS_PER_KEY`] ops per key
+//! (so that `check_sequential`'s exhaustive search stays within its budget on them). The
+//! strong modes:
 //!
 //! - **linearizable**: every op, reads included, is proposed to the total order; the client
 //!   is answered when its op is delivered at its node (matched by request id, as the driver
@@ -30,12 +33,14 @@
 //! proposed) down at once, so the cluster must always recover.
 //!
 //! After the fault phase everything heals and the run must settle: every node serving in one
-//! view of all of them. Then every node reads every key (through the order in the
-//! linearizable mode) and the checks run:
+//! view of all of them. In the linearizable mode every node then reads every key through the
+//! order, as a new client (a write lost shows in the history). Then the checks run:
 //!
-//! - the history, by the mode's checkers: [`check_linearizable`], or [`check_write_order`]
-//!   and [`check_sequential`] (a search with a budget: "unknown" is inconclusive, counted,
-//!   and only a small fraction may be);
+//! - the history, by the mode's checkers: [`check_linearizable`] on every key, or
+//!   [`check_write_order`] on every key and [`check_sequential`] on the keys with at most
+//!   [`SEQ_KEY_OPS`] ops (the phases' keys: the search is for small histories). Searches have
+//!   a step budget, no time limit, so verdicts are deterministic; "unknown" is inconclusive,
+//!   counted, and at most [`MAX_INCONCLUSIVE`] of the runs may have one;
 //! - along the way: one op per sequence number everywhere (agreement), each snapshot equal to
 //!   the replay of the order up to its sequence number, each reply matched to its own
 //!   request, one view per epoch;
@@ -45,12 +50,15 @@
 //!
 //! Planted bugs show the checks can fail: linearizable-mode reads answered from the local map
 //! (the real `unsafe_local_reads`) must be caught by [`check_linearizable`]; sequential-mode
-//! reads answered in any state (even while waiting for a snapshot) by the sequential checks.
+//! writes answered when proposed rather than once delivered, by the sequential checks. And a
+//! race of the real driver, made to happen (a local read of the datalet while the driver
+//! resets it for a snapshot, its published state still `Serving`), by the sequential checks
+//! too: see [`Planted::ReadDuringReset`].
 //!
 //! A failure names its seed and how to replay it:
 //! `SIM_SEED=<n> cargo test -p tailorkv-tests --test simulation replay -- --nocapture`
 //! (`SIM_TRACE=1` prints every fault, view change, delivery and client op; `SIM_TRACE=2` every
-//! message too; `SIM_PLANTED=unsafe-local-reads|reads-in-any-state` plants a bug;
+//! message too; `SIM_PLANTED=unsafe-local-reads|early-write-acks|read-during-reset` plants a bug;
 //! `SIM_SEED=<a>..<b>` runs a range). `TAILORKV_SOAK=1` runs ten times more seeds.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -63,8 +71,8 @@ use rand::{RngExt, SeedableRng};
 use tailorkv_common::NodeId;
 use tailorkv_controlet::tob::{Event, Incarnation, Message, NodeState, Timing, Tob};
 use tailorkv_tests::checker::{
-    check_linearizable, check_sequential, check_write_order, Budget, ClientId, History, OpKind,
-    Op, OpResult, OrderVerdict, SequentialVerdict, Time, Value, Verdict,
+    check_linearizable, check_sequential, check_write_order, Budget, ClientId, History, Op, OpKind,
+    OpResult, OrderVerdict, SequentialVerdict, Time, Value, Verdict,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -105,7 +113,7 @@ const FINAL_READ_TRIES: u32 = 5;
 const LIN_BUDGET: u64 = 1_000_000;
 const SEQ_BUDGET: u64 = 200_000;
 /// `check_sequential` checks the keys with at most this many ops.
-const SEQ_KEY_OPS: usize = 60;
+const SEQ_KEY_OPS: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -147,12 +155,12 @@ impl Config {
     fn of_seed(seed: u64) -> Config {
         let i = (seed % CONFIGS) as usize;
         Config {
-            mode: if i % 2 == 0 {
+            mode: if i.is_multiple_of(2) {
                 Mode::Linearizable
             } else {
                 Mode::Sequential
             },
-            nodes: if (i / 2) % 2 == 0 { 3 } else { 5 },
+            nodes: if (i / 2).is_multiple_of(2) { 3 } else { 5 },
             fault: FAULTS[i / 4],
         }
     }
@@ -184,9 +192,15 @@ enum Planted {
     /// Linearizable mode: reads answered from the node's map while it serves, not through
     /// the order (the real `--unsafe-local-reads`).
     UnsafeLocalReads,
-    /// Sequential mode: reads answered from the node's map in any state, even while it waits
-    /// for a snapshot with its map cleared.
-    ReadsInAnyState,
+    /// Writes answered when proposed, from the node's map as it is then, rather than once
+    /// delivered.
+    EarlyWriteAcks,
+    /// Not a bug of the simulation but a race of the real driver, made to happen: when a
+    /// node that published `Serving` is told `AwaitState`, the driver resets the datalet
+    /// before it publishes `CatchingUp`, so a local read that passed `may_read_locally` may
+    /// read the datalet while it is being reset. Here every idle client of the node reads
+    /// then.
+    ReadDuringReset,
 }
 
 impl Planted {
@@ -194,8 +208,11 @@ impl Planted {
         match s {
             "" | "none" => Planted::None,
             "unsafe-local-reads" => Planted::UnsafeLocalReads,
-            "reads-in-any-state" => Planted::ReadsInAnyState,
-            other => panic!("SIM_PLANTED={other}: not unsafe-local-reads or reads-in-any-state"),
+            "early-write-acks" => Planted::EarlyWriteAcks,
+            "read-during-reset" => Planted::ReadDuringReset,
+            other => panic!(
+                "SIM_PLANTED={other}: not unsafe-local-reads, early-write-acks or read-during-reset"
+            ),
         }
     }
 
@@ -203,7 +220,8 @@ impl Planted {
         match self {
             Planted::None => "none",
             Planted::UnsafeLocalReads => "unsafe-local-reads",
-            Planted::ReadsInAnyState => "reads-in-any-state",
+            Planted::EarlyWriteAcks => "early-write-acks",
+            Planted::ReadDuringReset => "read-during-reset",
         }
     }
 }
@@ -255,11 +273,11 @@ impl Kv {
                 OpResult::Stored
             }
             Kv::Add(k, v) => {
-                if map.contains_key(&k) {
-                    OpResult::NotStored
-                } else {
-                    map.insert(k, (v, seq));
+                if let std::collections::btree_map::Entry::Vacant(e) = map.entry(k) {
+                    e.insert((v, seq));
                     OpResult::Stored
+                } else {
+                    OpResult::NotStored
                 }
             }
             Kv::Delete(k) => match map.remove(&k) {
@@ -344,6 +362,8 @@ struct Node {
     deadlines: VecDeque<(u64, u64)>,
     /// Local reads waiting for this node to serve: record and deadline.
     reads: Vec<(usize, u64)>,
+    /// The state the driver last published (at the end of a `carry_out`).
+    health: Option<NodeState>,
 }
 
 impl Node {
@@ -363,6 +383,7 @@ impl Node {
             waiting: BTreeMap::new(),
             deadlines: VecDeque::new(),
             reads: Vec::new(),
+            health: None,
         }
     }
 
@@ -382,6 +403,8 @@ struct Client {
     script: VecDeque<Kv>,
     scripted: bool,
     retries: u32,
+    /// The key of its latest op.
+    last_key: Key,
 }
 
 /// One client op, as the history will hold it.
@@ -418,7 +441,7 @@ struct Stats {
     ops: u64,
     completed: u64,
     indeterminate: u64,
-    reads: u64,
+    local_reads: u64,
     crashes: u64,
     partitions: u64,
     breaks: u64,
@@ -435,6 +458,8 @@ struct Stats {
     seq_unknown: u64,
     /// Ops of the keys that `check_sequential` checked.
     seq_checked_ops: u64,
+    /// `AwaitState`s told to a node whose published state was `Serving`.
+    reset_while_serving: u64,
 }
 
 impl Stats {
@@ -443,7 +468,7 @@ impl Stats {
         self.ops += o.ops;
         self.completed += o.completed;
         self.indeterminate += o.indeterminate;
-        self.reads += o.reads;
+        self.local_reads += o.local_reads;
         self.crashes += o.crashes;
         self.partitions += o.partitions;
         self.breaks += o.breaks;
@@ -458,6 +483,7 @@ impl Stats {
         self.order_unknown += o.order_unknown;
         self.seq_unknown += o.seq_unknown;
         self.seq_checked_ops += o.seq_checked_ops;
+        self.reset_while_serving += o.reset_while_serving;
     }
 }
 
@@ -587,6 +613,7 @@ impl Sim {
                     script: VecDeque::new(),
                     scripted: false,
                     retries: 0,
+                    last_key: 0,
                 });
             }
         }
@@ -686,6 +713,10 @@ impl Sim {
             self.log(1, || format!("FAILURE (History): {what}"));
             return Err(self.failure(Kind::History, what));
         }
+        if let Err((kind, what)) = self.converged() {
+            self.log(1, || format!("FAILURE ({kind:?}): {what}"));
+            return Err(self.failure(kind, what));
+        }
         Ok(self.stats)
     }
 
@@ -776,6 +807,7 @@ impl Sim {
         });
         self.stats.ops += 1;
         self.clients[c].busy = Some(rec);
+        self.clients[c].last_key = op.key();
         self.log(1, || {
             format!(
                 "client {} at node {} sends op #{rec}: {op:?}",
@@ -785,8 +817,8 @@ impl Sim {
         });
         let state = self.nodes[i].state().expect("active");
         if op.is_read() && self.local_reads() {
-            self.stats.reads += 1;
-            if state == NodeState::Outside && self.planted != Planted::ReadsInAnyState {
+            self.stats.local_reads += 1;
+            if state == NodeState::Outside {
                 self.fail_op(rec, "cut off");
             } else {
                 self.nodes[i].reads.push((rec, self.now + REQUEST_TIMEOUT));
@@ -808,11 +840,52 @@ impl Sim {
         node.waiting.insert(request, rec);
         node.deadlines
             .push_back((self.now + REQUEST_TIMEOUT, request));
-        node.tob
-            .as_mut()
-            .expect("active")
-            .propose(Proposal { uid, request, op });
+        node.tob.as_mut().expect("active").propose(Proposal {
+            uid,
+            request,
+            op: op.clone(),
+        });
+        if self.planted == Planted::EarlyWriteAcks {
+            node.waiting.remove(&request);
+            let result = op.apply(&mut node.map.clone(), 0);
+            self.complete(rec, result);
+        }
         true
+    }
+
+    /// Every idle client of node `i` reads the key of its latest op, now, while the driver
+    /// resets the datalet for a snapshot and the state it published is still `Serving`: the
+    /// read passed `may_read_locally` and reads the datalet concurrently with the reset.
+    fn read_during_reset(&mut self, i: usize) {
+        for c in 0..self.clients.len() {
+            let client = &self.clients[c];
+            if client.node != i || client.busy.is_some() || client.scripted {
+                continue;
+            }
+            let op = Kv::Get(client.last_key);
+            self.clock += 1;
+            let rec = self.recs.len();
+            self.recs.push(Rec {
+                client: client.id,
+                owner: c,
+                op: op.clone(),
+                uid: None,
+                invoked: self.clock,
+                done: None,
+            });
+            self.stats.ops += 1;
+            self.stats.local_reads += 1;
+            self.clients[c].busy = Some(rec);
+            self.log(1, || {
+                format!(
+                    "client {} at node {} reads during the reset: op #{rec}: {op:?}",
+                    self.clients[c].id,
+                    i + 1
+                )
+            });
+            let result = read(&self.nodes[i].map, op.key());
+            self.complete(rec, result);
+        }
     }
 
     /// Answers the local reads waiting at node `i`, if it may serve them now.
@@ -820,9 +893,7 @@ impl Sim {
         let Some(state) = self.nodes[i].state() else {
             return;
         };
-        if self.nodes[i].reads.is_empty()
-            || (state != NodeState::Serving && self.planted != Planted::ReadsInAnyState)
-        {
+        if self.nodes[i].reads.is_empty() || state != NodeState::Serving {
             return;
         }
         for (rec, _) in std::mem::take(&mut self.nodes[i].reads) {
@@ -1087,6 +1158,7 @@ impl Sim {
                 }
             }
         }
+        self.nodes[i].health = self.nodes[i].state();
         self.serve_reads(i);
     }
 
@@ -1164,8 +1236,22 @@ impl Sim {
                     format!("{who} awaits state of epoch {epoch} at seq {seq} from {source:?}")
                 });
                 self.fail_all_waiting(i, "catching up");
+                if self.nodes[i].health == Some(NodeState::Serving) {
+                    // The state published before this burst was `Serving`: the real driver
+                    // resets its datalet while local reads may still be served from it.
+                    self.stats.reset_while_serving += 1;
+                    self.log(1, || {
+                        format!("{who} resets its map while it published Serving")
+                    });
+                }
+                let racing = self.planted == Planted::ReadDuringReset
+                    && self.nodes[i].health == Some(NodeState::Serving)
+                    && self.local_reads();
+                self.nodes[i].map.clear();
+                if racing {
+                    self.read_during_reset(i);
+                }
                 let node = &mut self.nodes[i];
-                node.map.clear();
                 node.applied = 0;
                 node.awaiting = Some((epoch, seq));
                 for (e, s, map) in std::mem::take(&mut node.early) {
@@ -1499,7 +1585,7 @@ impl Sim {
     }
 
     /// Heals everything, lets the clients' last requests end, waits until the cluster settles,
-    /// reads every key at every node, and checks that the replicas converged.
+    /// and reads every key at every node.
     fn settle(&mut self) -> Result<(), (Kind, String)> {
         self.heal();
         self.issuing = false;
@@ -1538,6 +1624,7 @@ impl Sim {
                 script: (0..self.keys_used()).map(Kv::Get).collect(),
                 scripted: true,
                 retries: 0,
+                last_key: 0,
             });
             self.next_client += 1;
         }
@@ -1556,8 +1643,7 @@ impl Sim {
             );
             return Err((Kind::Liveness, what));
         }
-        self.run_until("settled after the final reads", |sim| sim.settled())?;
-        self.converged()
+        self.run_until("settled after the final reads", |sim| sim.settled())
     }
 
     /// Every replica holds the state of the whole order, and every op answered through the
@@ -1722,16 +1808,14 @@ impl Sim {
     fn check_history(&mut self) -> Result<(), String> {
         let history = self.history();
         match self.config.mode {
-            Mode::Linearizable => {
-                match check_linearizable(&history, Budget::steps(LIN_BUDGET)) {
-                    Verdict::Linearizable => {}
-                    Verdict::Unknown { key, reason } => {
-                        self.stats.lin_unknown += 1;
-                        self.log(1, || format!("linearizability unknown: {key}: {reason}"));
-                    }
-                    v @ Verdict::NotLinearizable(_) => return Err(v.to_string()),
+            Mode::Linearizable => match check_linearizable(&history, Budget::steps(LIN_BUDGET)) {
+                Verdict::Linearizable => {}
+                Verdict::Unknown { key, reason } => {
+                    self.stats.lin_unknown += 1;
+                    self.log(1, || format!("linearizability unknown: {key}: {reason}"));
                 }
-            }
+                v @ Verdict::NotLinearizable(_) => return Err(v.to_string()),
+            },
             Mode::Sequential => {
                 match check_write_order(&history) {
                     OrderVerdict::Consistent => {}
@@ -1745,29 +1829,16 @@ impl Sim {
                 }
                 // The exhaustive search is for small histories: the keys with few ops (the
                 // phases' keys).
-                let nofinal = std::env::var("SIM_NOFINAL").is_ok();
-                let firstfinal = self.clients.iter().filter(|c| c.scripted).map(|c| c.id).min().unwrap_or(u32::MAX);
                 let small: Vec<Op> = history
                     .by_key()
-                    .into_iter()
-                    .map(|(k, ops)| (k, ops.into_iter().filter(|op| !nofinal || op.client < firstfinal).collect::<Vec<_>>()))
-                    .collect::<BTreeMap<_,_>>()
                     .into_values()
                     .filter(|ops| ops.len() <= SEQ_KEY_OPS)
                     .flatten()
                     .cloned()
                     .collect();
                 self.stats.seq_checked_ops += small.len() as u64;
-                if let Ok(k) = std::env::var("SIM_DUMP_KEY") {
-                    for op in small.iter().filter(|op| op.key == k) {
-                        println!("DUMP {op}");
-                    }
-                }
                 let small = History::from_ops(small);
-                let t = Instant::now();
-                let v = check_sequential(&small, Budget::steps(SEQ_BUDGET));
-                println!("TIMING check_sequential {} ops {:?} {}", small.len(), t.elapsed(), v);
-                match v {
+                match check_sequential(&small, Budget::steps(SEQ_BUDGET)) {
                     SequentialVerdict::SequentiallyConsistent => {}
                     SequentialVerdict::Unknown { key, reason } => {
                         self.stats.seq_unknown += 1;
@@ -1819,7 +1890,10 @@ fn run_many(mode: Mode, nodes: usize) -> Stats {
         failures.sort_by_key(|f| (f.kind, f.seed));
         let mut kinds: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for f in &failures {
-            kinds.entry(format!("{:?}", f.kind)).or_default().push(f.seed);
+            kinds
+                .entry(format!("{:?}", f.kind))
+                .or_default()
+                .push(f.seed);
         }
         let shown: Vec<String> = failures.iter().take(3).map(|f| f.to_string()).collect();
         panic!(
@@ -1887,10 +1961,7 @@ fn replay() {
     if let Some((a, b)) = spec.split_once("..") {
         let mut failed = Vec::new();
         for seed in number(a)..number(b) {
-            let t = Instant::now();
-            let r = run_seed(seed, planted, trace);
-            println!("TIMING seed {seed} {:?} {:?} {:?}", Config::of_seed(seed), t.elapsed(), r.as_ref().map(|s| (s.ops, s.indeterminate)));
-            if let Err(f) = r {
+            if let Err(f) = run_seed(seed, planted, trace) {
                 println!("{f}");
                 failed.push(seed);
             }
@@ -1921,7 +1992,8 @@ fn runs_are_a_function_of_the_seed() {
 }
 
 /// Runs `seeds` with `planted`; returns the seeds whose history a checker rejected. Any other
-/// failure fails the test: the planted bug is in the reads only.
+/// failure fails the test, but for an answered write that was lost when writes are answered
+/// early.
 fn planted_runs(planted: Planted, seeds: &[u64]) -> Vec<u64> {
     let mut caught = Vec::new();
     for &seed in seeds {
@@ -1932,6 +2004,9 @@ fn planted_runs(planted: Planted, seeds: &[u64]) -> Vec<u64> {
                     println!("caught: {f}");
                 }
                 caught.push(seed);
+            }
+            Err(f) if planted == Planted::EarlyWriteAcks && f.what.starts_with("lost") => {
+                println!("also caught: {f}");
             }
             Err(f) => panic!("{f}"),
         }
@@ -1967,11 +2042,12 @@ fn planted_unsafe_local_reads_are_caught() {
     );
 }
 
-/// Sequential-mode reads answered in any state, even from the cleared map of a node waiting
-/// for a snapshot: the sequential checks must reject at least one history.
+/// Sequential-mode writes answered when proposed rather than once delivered: a client may
+/// then read an older value than its own write, and the sequential checks must reject at least
+/// one history of a fixed set of seeds.
 #[test]
-fn planted_reads_in_any_state_are_caught() {
-    let seeds: Vec<u64> = [Fault::Crash, Fault::PartitionDrop, Fault::Mixed]
+fn planted_early_write_acks_are_caught() {
+    let seeds: Vec<u64> = [Fault::Spike, Fault::Mixed]
         .into_iter()
         .flat_map(|fault| {
             Config {
@@ -1979,13 +2055,45 @@ fn planted_reads_in_any_state_are_caught() {
                 nodes: 3,
                 fault,
             }
-            .seeds(10)
+            .seeds(5)
         })
         .collect();
-    let caught = planted_runs(Planted::ReadsInAnyState, &seeds);
+    let caught = planted_runs(Planted::EarlyWriteAcks, &seeds);
     assert!(
         !caught.is_empty(),
-        "the sequential checks accepted every history with reads in any state: seeds {seeds:?}"
+        "the sequential checks accepted every history with early write acks: seeds {seeds:?}"
     );
 }
 
+/// A race the real driver had, made to happen: a node that published `Serving` is told
+/// `AwaitState` (it answered a `Prepare` two epochs ahead as a candidate, without freezing,
+/// then installed the view in between as a synced member, then the view after it, which holds
+/// it as a joiner). A local read that checked the state before the datalet was emptied, and
+/// read after, saw keys vanish; the sequential checks reject such histories. The driver now
+/// publishes `CatchingUp` and counts the reset before emptying the store, and
+/// `Replicator::read_locally` reads again when a reset began under it.
+///
+/// The seeds reach that state of the core by chance (about 1 run in 1000); if a change of the
+/// core makes both miss it, this test fails and asks for new seeds (find them with
+/// `reset_while_serving > 0` in a soak).
+#[test]
+fn a_local_read_during_a_reset_breaks_sequential_consistency() {
+    let mut reproduced = 0;
+    for seed in [4559, 27231] {
+        let stats = run_seed(seed, Planted::None, 0).unwrap_or_else(|f| panic!("{f}"));
+        if stats.reset_while_serving == 0 {
+            println!("seed {seed} no longer resets a node that published Serving");
+            continue;
+        }
+        reproduced += 1;
+        let f = run_seed(seed, Planted::ReadDuringReset, 0)
+            .expect_err("a read of the map being reset is caught");
+        assert_eq!(f.kind, Kind::History, "{f}");
+        println!("{f}");
+    }
+    assert!(
+        reproduced > 0,
+        "neither seed reaches a reset of a serving node any more: pick new seeds from a soak \
+         (reset_while_serving > 0)"
+    );
+}

@@ -326,6 +326,8 @@ impl<D: Datalet> Driver<D> {
             Event::AwaitState { epoch, source, seq } => {
                 tracing::info!(epoch, ?source, seq, "joining a view: waiting for its state");
                 self.fail_all_waiting(CATCHING_UP);
+                // Local reads must see the node catching up before the store empties.
+                self.health.begin_reset();
                 if let Err(e) = self.datalet.reset().await {
                     tracing::error!(error = %e, "could not reset the datalet for a state transfer");
                 }

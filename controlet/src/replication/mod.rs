@@ -105,6 +105,9 @@ pub struct Health {
     members: std::sync::atomic::AtomicU64,
     /// Woken when this node starts serving.
     serving: tokio::sync::Notify,
+    /// Counts the times the datalet was emptied for a state transfer, so a local read can
+    /// tell whether one began while it read (see [`Replicator::read_locally`]).
+    resets: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -116,16 +119,24 @@ impl Health {
             NodeState::CatchingUp => 3,
             NodeState::Outside => 4,
         };
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.state.swap(code, Relaxed) != code && state == NodeState::Serving {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if self.state.swap(code, SeqCst) != code && state == NodeState::Serving {
             self.serving.notify_waiters();
         }
         self.epoch.store(epoch, Relaxed);
         self.members.store(members as u64, Relaxed);
     }
 
+    /// Marks the node as catching up and counts a reset of its datalet; called before the
+    /// datalet is emptied.
+    pub fn begin_reset(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.store(3, SeqCst);
+        self.resets.fetch_add(1, SeqCst);
+    }
+
     pub fn state(&self) -> NodeState {
-        match self.state.load(std::sync::atomic::Ordering::Relaxed) {
+        match self.state.load(std::sync::atomic::Ordering::SeqCst) {
             1 => NodeState::Serving,
             2 => NodeState::Changing,
             3 => NodeState::CatchingUp,
@@ -172,15 +183,29 @@ impl Replicator {
         &self.health
     }
 
-    /// Waits until local reads are sound, that is until this node is an up-to-date member of
-    /// a view that is not changing, for at most [`REQUEST_TIMEOUT`]; refuses at once when it
-    /// is cut off.
-    pub async fn may_read_locally(&self) -> Result<(), DataletError> {
+    /// Reads `key` from the local replica once that is sound: while this node is an
+    /// up-to-date member of a view that is not changing. Waits for that for at most
+    /// [`REQUEST_TIMEOUT`], refuses at once when the node is cut off, and reads again if a
+    /// state transfer began emptying the datalet while it read (checked with a counter of
+    /// resets taken before and after, as in a seqlock).
+    pub async fn read_locally<F, Fut, T>(&self, read: F) -> Result<T, DataletError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DataletError>>,
+    {
+        use std::sync::atomic::Ordering::SeqCst;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let serving = self.health.serving.notified();
+            let resets = self.health.resets.load(SeqCst);
             match self.health.state() {
-                NodeState::Serving => return Ok(()),
+                NodeState::Serving => {
+                    let value = read().await?;
+                    if self.health.resets.load(SeqCst) == resets {
+                        return Ok(value);
+                    }
+                    continue; // the store was emptied under the read: wait and read again
+                }
                 NodeState::Outside => return Err(DataletError::Refused(driver::CUT_OFF)),
                 // While the view changes this node may be on the losing side of a split:
                 // wait for the outcome rather than serve what may be left behind.
