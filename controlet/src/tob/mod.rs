@@ -606,51 +606,33 @@ impl<Op: Clone> Tob<Op> {
                 && me.frozen_at.is_none()
                 && !me.is_damaged(from)
         };
+        // Broadcasts and acks count only in this node's epoch; a later epoch's wait for it.
+        if let Message::Broadcast { epoch, .. } | Message::Ack { epoch, .. } = &message {
+            let epoch = *epoch;
+            if !in_epoch(epoch, self) {
+                if epoch > self.view.epoch {
+                    self.keep_early(from, incarnation, message);
+                } else {
+                    self.compare_epochs(from, epoch);
+                }
+                return;
+            }
+        }
         match message {
             Message::Broadcast {
-                epoch,
-                ts,
-                received,
-                ops,
+                ts, received, ops, ..
             } => {
-                if in_epoch(epoch, self) {
-                    self.clock = self.clock.max(ts);
-                    self.queue.insert((ts, from), ops);
-                    self.received.insert(from, ts);
-                    self.acked.insert(from, received.into_iter().collect());
-                    self.owe_ack = true;
-                    self.maybe_deliver();
-                } else if epoch > self.view.epoch {
-                    let message = Message::Broadcast {
-                        epoch,
-                        ts,
-                        received,
-                        ops,
-                    };
-                    self.keep_early(from, incarnation, message);
-                } else {
-                    self.compare_epochs(from, epoch);
-                }
+                self.clock = self.clock.max(ts);
+                self.queue.insert((ts, from), ops);
+                self.received.insert(from, ts);
+                self.acked.insert(from, received.into_iter().collect());
+                self.owe_ack = true;
+                self.maybe_deliver();
             }
-            Message::Ack {
-                epoch,
-                ts,
-                received,
-            } => {
-                if in_epoch(epoch, self) {
-                    self.clock = self.clock.max(ts);
-                    self.acked.insert(from, received.into_iter().collect());
-                    self.maybe_deliver();
-                } else if epoch > self.view.epoch {
-                    let message = Message::Ack {
-                        epoch,
-                        ts,
-                        received,
-                    };
-                    self.keep_early(from, incarnation, message);
-                } else {
-                    self.compare_epochs(from, epoch);
-                }
+            Message::Ack { ts, received, .. } => {
+                self.clock = self.clock.max(ts);
+                self.acked.insert(from, received.into_iter().collect());
+                self.maybe_deliver();
             }
             Message::Alive { epoch } => self.compare_epochs(from, epoch),
             Message::Join { epoch } => {
