@@ -103,7 +103,6 @@ pub fn spawn_driver<D: Datalet>(
         counters: Arc::clone(&counters),
         health: Arc::clone(&health),
         me: members.me,
-        incarnation,
         tob: Tob::new(members.me, incarnation, &ids, delivered, timing),
         saved: delivered,
         transport,
@@ -136,7 +135,6 @@ struct Driver<D> {
     counters: Arc<Counters>,
     health: Arc<Health>,
     me: NodeId,
-    incarnation: Incarnation,
     tob: Tob<Proposal>,
     transport: Transport<PeerMsg>,
     datalet: Arc<D>,
@@ -276,7 +274,7 @@ impl<D: Datalet> Driver<D> {
     }
 
     fn drain_overflow(&mut self) {
-        let view = self.tob.view().clone();
+        let view = self.tob.view();
         for (&to, queue) in self.overflow.iter_mut() {
             let member = view.incarnation_of(to).is_some();
             while let Some(message) = queue.pop_front() {
@@ -458,11 +456,5 @@ impl<D: Datalet> Driver<D> {
                 let _ = waiter.send(reply);
             }
         }
-    }
-}
-
-impl<D> Drop for Driver<D> {
-    fn drop(&mut self) {
-        tracing::debug!(me = ?self.me, incarnation = self.incarnation, "driver stopped");
     }
 }

@@ -680,16 +680,9 @@ impl<Op: Clone> Tob<Op> {
                     }
                     return;
                 }
-                if ballot < self.promised {
-                    let promised = self.promised;
-                    self.send_to(from, Message::Reject { ballot, promised });
+                if !self.promise(from, ballot) {
                     return;
                 }
-                if ballot > self.promised {
-                    self.frozen_at = Some(self.now);
-                }
-                self.promised = ballot;
-                self.frozen_at.get_or_insert(self.now);
                 self.accepted = Some((ballot, plan));
                 self.send_to(from, Message::Accepted { ballot });
             }
@@ -902,31 +895,39 @@ impl<Op: Clone> Tob<Op> {
         }
     }
 
+    /// The acceptor's rule for a ballot of the next epoch: refuses (and tells `from`) a
+    /// ballot below the one promised; otherwise promises it, freezes, and gives up any
+    /// coordination of a lower ballot. Returns whether it promised.
+    fn promise(&mut self, from: NodeId, ballot: Ballot) -> bool {
+        if ballot < self.promised {
+            let promised = self.promised;
+            self.send_to(from, Message::Reject { ballot, promised });
+            return false;
+        }
+        if ballot > self.promised {
+            // A new coordinator: wait for it afresh before leading a change ourselves.
+            self.frozen_at = Some(self.now);
+        }
+        self.promised = ballot;
+        self.frozen_at.get_or_insert(self.now);
+        if self
+            .coordination
+            .as_ref()
+            .is_some_and(|c| c.ballot < ballot)
+        {
+            self.coordination = None;
+        }
+        true
+    }
+
     fn on_prepare(&mut self, from: NodeId, ballot: Ballot) {
         if ballot.epoch <= self.view.epoch {
             // The coordinator is behind.
             self.send_plan(from, true);
             return;
         }
-        if ballot.epoch == self.view.epoch + 1 {
-            if ballot < self.promised {
-                let promised = self.promised;
-                self.send_to(from, Message::Reject { ballot, promised });
-                return;
-            }
-            if ballot > self.promised {
-                // A new coordinator: wait for it afresh before leading a change ourselves.
-                self.frozen_at = Some(self.now);
-            }
-            self.promised = ballot;
-            self.frozen_at.get_or_insert(self.now);
-            if self
-                .coordination
-                .as_ref()
-                .is_some_and(|c| c.ballot < ballot)
-            {
-                self.coordination = None;
-            }
+        if ballot.epoch == self.view.epoch + 1 && !self.promise(from, ballot) {
+            return;
         }
         // A node further behind answers as a candidate to join.
         let standing = self.standing();
