@@ -32,6 +32,14 @@ pub struct Config {
     #[arg(long, default_value_t = tailorkv_datalet::disk::DEFAULT_MAX_BATCH)]
     pub disk_max_batch: usize,
 
+    /// With a `memcached://` datalet: connections to that server. Keys are spread over them
+    /// by hash; each carries many requests at once, and gets queued together go out as one
+    /// `gets` of many keys. Fewer connections carry more per request, which costs the server
+    /// less; a read-modify-write (anything but get and set) holds its connection for two round
+    /// trips. Default: one per worker thread (--threads).
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub datalet_connections: Option<usize>,
+
     /// Most client connections open at once; a connection past this is answered
     /// `ERROR Too many open connections` and closed.
     #[arg(long, default_value_t = 1024)]

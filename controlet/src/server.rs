@@ -70,7 +70,10 @@ pub async fn run_configured(
         DataletSpec::Memcached(ref addr) => {
             // Connects on first use; `run` loads the clock from it first, so a server that is
             // down makes the start fail.
-            let options = RemoteOptions::default();
+            let options = RemoteOptions {
+                connections: config.datalet_connections.unwrap_or(config.threads.max(1)),
+                ..RemoteOptions::default()
+            };
             let datalet = RemoteDatalet::new(addr.clone(), limits(&config), options);
             let clock = Arc::new(SystemClock);
             run(listener, config, Arc::new(datalet), clock, shutdown).await

@@ -416,6 +416,76 @@ async fn reads_and_sets_on_one_connection_are_pipelined() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gets_queued_together_share_one_request_and_each_gets_its_own_answer() {
+    const KEYS: usize = 100;
+    let server = Server::memcached(Limits::default());
+    let proxy = Proxy::start(server.addr).await;
+    let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
+    for i in 0..KEYS {
+        let k = key(&format!("g{i}"));
+        d.apply(&k, set(&format!("v{i}")), v(1), NOW).await.unwrap();
+    }
+    let sent_before = proxy.client_bytes().len();
+
+    // Replies are held back, so the gets queue up behind each other: every key is asked
+    // twice at once, and as many keys that were never set are asked among them.
+    proxy.delay_replies(Duration::from_millis(50));
+    let tasks: Vec<_> = (0..3 * KEYS)
+        .map(|i| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let (asked, expected) = match i % 3 {
+                    2 => (format!("none{i}"), None),
+                    _ => (format!("g{}", i / 3), Some(key(&format!("v{}", i / 3)))),
+                };
+                let got = d.get(asked.as_bytes(), NOW).await.unwrap();
+                assert_eq!(got.map(|item| item.value), expected, "{asked}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    proxy.delay_replies(Duration::ZERO);
+    let sent = proxy.client_bytes()[sent_before..].to_vec();
+    let requests: Vec<&[u8]> = sent
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
+    assert!(requests.iter().all(|l| l.starts_with(b"gets ")), "{sent:?}");
+    let asked: Vec<&[u8]> = requests
+        .iter()
+        .flat_map(|l| l.trim_ascii_end().split(|&b| b == b' ').skip(1))
+        .collect();
+    // Two gets of one key queued together share its place in one request.
+    let mut distinct = asked.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 2 * KEYS, "every key asked");
+    assert!(
+        asked.len() < 3 * KEYS,
+        "{} keys asked for 300 gets",
+        asked.len()
+    );
+    assert!(
+        requests.len() <= 20,
+        "300 gets in {} requests",
+        requests.len()
+    );
+    for line in requests {
+        let mut asked: Vec<&[u8]> = line
+            .trim_ascii_end()
+            .split(|&b| b == b' ')
+            .skip(1)
+            .collect();
+        let n = asked.len();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(asked.len(), n, "a key twice in one request");
+    }
+}
+
 type Step<'a> = Pin<Box<dyn Future<Output = String> + Send + 'a>>;
 
 /// One operation as a future of its result in words, for comparing sequences.

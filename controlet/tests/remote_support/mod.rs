@@ -274,6 +274,8 @@ pub struct Proxy {
 struct ProxyState {
     /// Reads the proxy made from its clients: an upper bound on their writes.
     client_reads: std::sync::atomic::AtomicU64,
+    /// Every byte its clients sent.
+    client_bytes: std::sync::Mutex<Vec<u8>>,
     /// How long each chunk of replies is held before it is passed on.
     delay: std::sync::Mutex<Duration>,
     /// The tasks of the connections through the proxy; aborting one closes both its sockets.
@@ -315,6 +317,11 @@ impl Proxy {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Every byte its clients sent so far, all connections together.
+    pub fn client_bytes(&self) -> Vec<u8> {
+        self.state.client_bytes.lock().unwrap().clone()
+    }
+
     /// Closes every connection through the proxy, both ways.
     pub fn cut(&self) {
         for link in self.state.links.lock().unwrap().drain(..) {
@@ -340,6 +347,11 @@ async fn relay(
                 return;
             }
             state.client_reads.fetch_add(1, Ordering::Relaxed);
+            state
+                .client_bytes
+                .lock()
+                .unwrap()
+                .extend_from_slice(&buf[..n]);
             if server_out.write_all(&buf[..n]).await.is_err() {
                 return;
             }

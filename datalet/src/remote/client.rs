@@ -4,7 +4,7 @@
 //! # Wire formats
 //!
 //! Requests ([`Request::encode`]):
-//! - `gets <key>\r\n`
+//! - `gets <key>\r\n`, or `gets <key> <key> ...\r\n` for many keys at once
 //! - `set|add <key> <flags> <exptime> <bytes>\r\n<data>\r\n`
 //! - `cas <key> <flags> <exptime> <bytes> <cas unique>\r\n<data>\r\n`
 //! - `delete <key>\r\n`, `flush_all [<delay>]\r\n`, `cache_memlimit <megabytes>\r\n`,
@@ -14,7 +14,8 @@
 //! - a status line: `STORED`, `NOT_STORED`, `EXISTS`, `NOT_FOUND`, `DELETED`, `OK`, or any
 //!   other line (`MEMLIMIT_TOO_SMALL ...`);
 //! - a retrieval: `VALUE <key> <flags> <bytes> [<cas unique>]\r\n<data>\r\n` per hit, then
-//!   `END\r\n`;
+//!   `END\r\n`: for a one-key `gets` at most one hit ([`Expect::Value`]), for a many-key
+//!   `gets` one per key found, in the order the keys were asked ([`Expect::Values`]);
 //! - statistics: `STAT <name> <value>\r\n` per counter, then `END\r\n`.
 //!
 //! `ERROR`, `CLIENT_ERROR <message>` and `SERVER_ERROR <message>` may come instead of any of
@@ -28,11 +29,20 @@ use tailorkv_common::codec::strtoull;
 /// A reply line longer than this without a line ending is a broken server, not a slow one.
 pub const MAX_REPLY_LINE_BYTES: usize = 8 * 1024;
 
+/// The longest `gets` line with many keys this client sends, its line ending included: within
+/// the 2048 bytes that memcached and every server modelled on it accept for any line.
+pub const MAX_GETS_LINE_BYTES: usize = 2048;
+
 /// One request, borrowed from the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Gets {
         key: &'a [u8],
+    },
+    /// One `gets` for all of `keys`, which must be distinct (a server answers a repeated key
+    /// once for each time it is asked) and fit in [`MAX_GETS_LINE_BYTES`].
+    GetsMany {
+        keys: &'a [Bytes],
     },
     /// `set`, `add`, or `cas` when `cas` is given. The data is `head` then `body`: the item
     /// header and the client's value, sent without first joining them.
@@ -70,6 +80,14 @@ impl Request<'_> {
     pub fn encode(&self, out: &mut BytesMut) {
         match *self {
             Request::Gets { key } => line(out, &[b"gets ", key]),
+            Request::GetsMany { keys } => {
+                out.put_slice(b"gets");
+                for key in keys {
+                    out.put_u8(b' ');
+                    out.put_slice(key);
+                }
+                out.put_slice(b"\r\n");
+            }
             Request::Store {
                 command,
                 key,
@@ -112,6 +130,7 @@ impl Request<'_> {
     pub fn expect(&self) -> Expect {
         match self {
             Request::Gets { .. } => Expect::Value,
+            Request::GetsMany { .. } => Expect::Values,
             Request::Stats => Expect::Stats,
             _ => Expect::Status,
         }
@@ -129,7 +148,10 @@ fn line(out: &mut BytesMut, parts: &[&[u8]]) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expect {
     Status,
+    /// The reply to a one-key `gets`.
     Value,
+    /// The reply to a many-key `gets`.
+    Values,
     Stats,
 }
 
@@ -146,6 +168,8 @@ pub enum Reply {
     Line(String),
     /// The reply to a one-key `gets`: the hit, if any.
     Value(Option<RemoteValue>),
+    /// The reply to a many-key `gets`: each hit with its key, in the order they came.
+    Values(Vec<(Bytes, RemoteValue)>),
     /// `STAT` lines as `(name, value)`.
     Stats(Vec<(String, String)>),
     /// `ERROR`: the server does not know the command.
@@ -182,10 +206,12 @@ pub fn decode(buf: &mut BytesMut, expect: Expect) -> Result<Option<Reply>, Proto
 enum Shape {
     Line(usize),
     Value(Option<ValueAt>),
+    Values(Vec<ValueAt>),
     Stats(Vec<(usize, usize)>),
 }
 
 struct ValueAt {
+    key: std::ops::Range<usize>,
     flags: u32,
     cas: u64,
     data: std::ops::Range<usize>,
@@ -195,17 +221,28 @@ impl Shape {
     fn into_reply(self, frame: &Bytes) -> Reply {
         match self {
             Shape::Line(end) => status(&frame[..end]),
-            Shape::Value(hit) => Reply::Value(hit.map(|v| RemoteValue {
-                flags: v.flags,
-                cas: v.cas,
-                data: frame.slice(v.data),
-            })),
+            Shape::Value(hit) => Reply::Value(hit.map(|v| v.value(frame))),
+            Shape::Values(hits) => Reply::Values(
+                hits.into_iter()
+                    .map(|v| (frame.slice(v.key.clone()), v.value(frame)))
+                    .collect(),
+            ),
             Shape::Stats(lines) => Reply::Stats(
                 lines
                     .into_iter()
                     .filter_map(|(start, end)| stat(&frame[start..end]))
                     .collect(),
             ),
+        }
+    }
+}
+
+impl ValueAt {
+    fn value(self, frame: &Bytes) -> RemoteValue {
+        RemoteValue {
+            flags: self.flags,
+            cas: self.cas,
+            data: frame.slice(self.data),
         }
     }
 }
@@ -240,6 +277,7 @@ fn scan(buf: &[u8], expect: Expect) -> Result<Option<(usize, Shape)>, ProtocolEr
     }
     match expect {
         Expect::Value => scan_value(buf, end, next),
+        Expect::Values => scan_values(buf, end, next),
         _ => scan_stats(buf, end, next),
     }
 }
@@ -254,47 +292,95 @@ fn scan_value(
     end: usize,
     next: usize,
 ) -> Result<Option<(usize, Shape)>, ProtocolError> {
-    let first = &buf[..end];
-    if first == b"END" {
-        return Ok(Some((next, Shape::Value(None))));
-    }
-    let (flags, len, cas) = value_line(first)?;
-    let data = next..next + len;
-    if buf.len() < data.end + 2 {
-        return Ok(None);
-    }
-    if &buf[data.end..data.end + 2] != b"\r\n" {
-        return Err(ProtocolError("a data block not ended by \\r\\n".into()));
-    }
-    let Some((end_at, after)) = next_line(buf, data.end + 2)? else {
-        return Ok(None);
-    };
-    if &buf[data.end + 2..end_at] != b"END" {
-        return Err(ProtocolError("more than one VALUE for one key".into()));
-    }
-    let hit = ValueAt { flags, cas, data };
-    Ok(Some((after, Shape::Value(Some(hit)))))
+    let found = scan_hits(buf, 0, end, next, 1)?;
+    Ok(found.map(|(after, mut hits)| (after, Shape::Value(hits.pop()))))
 }
 
-/// `VALUE <key> <flags> <bytes> <cas>`: the flags, the data length and the CAS unique.
-fn value_line(line: &[u8]) -> Result<(u32, usize, u64), ProtocolError> {
+/// Any number of `VALUE` blocks, then `END`.
+fn scan_values(
+    buf: &[u8],
+    end: usize,
+    next: usize,
+) -> Result<Option<(usize, Shape)>, ProtocolError> {
+    let found = scan_hits(buf, 0, end, next, usize::MAX)?;
+    Ok(found.map(|(after, hits)| (after, Shape::Values(hits))))
+}
+
+/// The `VALUE` blocks from the line `start..end` (whose successor starts at `next`) up to
+/// `END`, at most `most` of them: where the reply ends, and each block.
+fn scan_hits(
+    buf: &[u8],
+    mut start: usize,
+    mut end: usize,
+    mut next: usize,
+    most: usize,
+) -> Result<Option<(usize, Vec<ValueAt>)>, ProtocolError> {
+    let mut hits = Vec::new();
+    loop {
+        let line = &buf[start..end];
+        if line == b"END" {
+            return Ok(Some((next, hits)));
+        }
+        if hits.len() == most {
+            return Err(ProtocolError(format!(
+                "more than {most} VALUE for the keys asked"
+            )));
+        }
+        let (key, flags, len, cas) = value_line(line)?;
+        let data = next..next + len;
+        if buf.len() < data.end + 2 {
+            return Ok(None);
+        }
+        if &buf[data.end..data.end + 2] != b"\r\n" {
+            return Err(ProtocolError("a data block not ended by \\r\\n".into()));
+        }
+        let key = start + key.start..start + key.end;
+        hits.push(ValueAt {
+            key,
+            flags,
+            cas,
+            data,
+        });
+        start = next + len + 2;
+        match next_line(buf, start)? {
+            Some((e, n)) => (end, next) = (e, n),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// `VALUE <key> <flags> <bytes> <cas>`: where the key is in the line, the flags, the data
+/// length and the CAS unique.
+fn value_line(line: &[u8]) -> Result<(std::ops::Range<usize>, u32, usize, u64), ProtocolError> {
     let bad = || {
         ProtocolError(format!(
             "bad VALUE line {:?}",
             String::from_utf8_lossy(line)
         ))
     };
-    let words: Vec<&[u8]> = line
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let [b"VALUE", _key, flags, len, cas] = words[..] else {
+    let mut words = Vec::with_capacity(5);
+    let mut at = 0;
+    while at < line.len() {
+        if line[at] == b' ' {
+            at += 1;
+            continue;
+        }
+        let from = at;
+        while at < line.len() && line[at] != b' ' {
+            at += 1;
+        }
+        words.push(from..at);
+    }
+    let [verb, key, flags, len, cas] = &words[..] else {
         return Err(bad());
     };
-    let flags = strtoull(flags).and_then(|f| u32::try_from(f).ok());
-    let len = strtoull(len).and_then(|l| usize::try_from(l).ok());
-    match (flags, len, strtoull(cas)) {
-        (Some(flags), Some(len), Some(cas)) => Ok((flags, len, cas)),
+    if &line[verb.clone()] != b"VALUE" {
+        return Err(bad());
+    }
+    let flags = strtoull(&line[flags.clone()]).and_then(|f| u32::try_from(f).ok());
+    let len = strtoull(&line[len.clone()]).and_then(|l| usize::try_from(l).ok());
+    match (flags, len, strtoull(&line[cas.clone()])) {
+        (Some(flags), Some(len), Some(cas)) => Ok((key.clone(), flags, len, cas)),
         _ => Err(bad()),
     }
 }
@@ -471,6 +557,45 @@ mod tests {
     }
 
     #[test]
+    fn many_keys_go_in_one_gets_and_their_hits_decode_with_their_keys() {
+        let keys = [Bytes::from_static(b"a"), Bytes::from_static(b"bb")];
+        assert_eq!(encoded(Request::GetsMany { keys: &keys }), b"gets a bb\r\n");
+        assert_eq!(Request::GetsMany { keys: &keys }.expect(), Expect::Values);
+        assert_eq!(
+            decoded(b"END\r\n", Expect::Values),
+            Some(Reply::Values(vec![]))
+        );
+        let whole = b"VALUE a 1 2 7\r\nxy\r\nVALUE  bb 0 0 8\r\n\r\nEND\r\n";
+        for cut in 0..whole.len() {
+            assert_eq!(decoded(&whole[..cut], Expect::Values), None, "cut at {cut}");
+        }
+        let hit = |flags, cas, data: &'static [u8]| RemoteValue {
+            flags,
+            cas,
+            data: Bytes::from_static(data),
+        };
+        assert_eq!(
+            decoded(whole, Expect::Values),
+            Some(Reply::Values(vec![
+                (keys[0].clone(), hit(1, 7, b"xy")),
+                (keys[1].clone(), hit(0, 8, b"")),
+            ]))
+        );
+        // An error comes instead of the whole reply.
+        assert_eq!(
+            decoded(b"SERVER_ERROR busy\r\n", Expect::Values),
+            Some(Reply::ServerError("busy".into()))
+        );
+        // One reply at a time: what follows `END` is the next reply's.
+        let mut buf = BytesMut::from(&b"VALUE a 0 1 1\r\nx\r\nEND\r\nSTORED\r\n"[..]);
+        let Some(Reply::Values(hits)) = decode(&mut buf, Expect::Values).unwrap() else {
+            panic!("no values");
+        };
+        assert_eq!(hits.len(), 1);
+        assert_eq!(&buf[..], b"STORED\r\n");
+    }
+
+    #[test]
     fn stats_decode_to_names_and_values() {
         let whole = b"STAT pid 12\r\nSTAT version 1.6.18\r\nEND\r\n";
         for cut in 0..whole.len() {
@@ -490,6 +615,9 @@ mod tests {
             (b"VALUE k 0 1\r\na\r\nEND\r\n", Expect::Value),
             (b"VALUE k 0 1 1\r\naXXEND\r\n", Expect::Value),
             (b"VALUE k 0 1 1\r\na\r\nVALUE k 0 1 1\r\n", Expect::Value),
+            (b"VALUE k 0 1 1\r\na\r\nVALUE k 0 1\r\n", Expect::Values),
+            (b"VALUE k 0 1 1\r\naXXEND\r\n", Expect::Values),
+            (b"STORED\r\n", Expect::Values),
             (b"STORED\r\n", Expect::Stats),
         ] {
             let mut buf = BytesMut::from(bytes);

@@ -95,9 +95,10 @@ pub async fn get(
     got(s, reply, now, counted)
 }
 
-/// A `get` as one request, for a pipeline: `gets` of the key, its reply read by [`got`].
-pub fn plan_get(out: &mut BytesMut, key: &[u8]) -> Expect {
-    let request = Request::Gets { key };
+/// Many `get`s as one request, for a pipeline: one `gets` of all the keys, which must be
+/// distinct; the hits of its reply are each read by [`got`].
+pub fn plan_gets(out: &mut BytesMut, keys: &[Bytes]) -> Expect {
+    let request = Request::GetsMany { keys };
     request.encode(out);
     request.expect()
 }

@@ -7,7 +7,10 @@
 //! *pipelined*: the task takes it together with the pipelined jobs queued behind it, up to
 //! [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values), writes all their
 //! requests in one write, and hands each reply to its job as it arrives, in order: memcached
-//! answers the requests of one connection in the order they came. Every other job (a
+//! answers the requests of one connection in the order they came. Gets that follow each other
+//! in the batch share one request, `gets <key> <key> ...` (distinct keys, up to
+//! [`client::MAX_GETS_LINE_BYTES`] of line): memcached then answers them all with one write
+//! instead of one each, which is most of what a get costs it. Every other job (a
 //! read-modify-write, the clock, a flush, a reset, `cache_memlimit`, `stats`) runs alone: the
 //! task first waits for every reply in flight, then carries the job out to its end, then takes
 //! the next one. So the connection's own order is the queue's order, and no later job gets in
@@ -116,38 +119,140 @@ impl Job {
     }
 }
 
-/// A pipelined job whose request is in flight.
+/// A pipelined request in flight: one `gets` for a run of gets, or a `set`.
 enum InFlight {
-    Get {
-        now: UnixSecs,
-        counted: bool,
-        reply: Reply<Option<Item>>,
-    },
+    Gets(GetsRun),
     Set {
         pending: ops::PendingSet,
         reply: Reply<Outcome>,
     },
 }
 
+/// A get in a run of gets.
+struct Waiting {
+    /// Its key's place among the run's keys.
+    slot: usize,
+    now: UnixSecs,
+    counted: bool,
+    reply: Reply<Option<Item>>,
+}
+
 impl InFlight {
-    /// Hands the job the outcome of its reply. A reply that condemns the connection fails the
-    /// job, and comes back as the error.
+    /// Hands the jobs the outcome of their reply. A reply that condemns the connection fails
+    /// the jobs, and comes back as the error.
     fn finish(self, s: &Shared, reply: client::Reply) -> Result<(), ConnError> {
         match self {
-            InFlight::Get {
-                now,
-                counted,
-                reply: tx,
-            } => answer(ops::got(s, reply, now, counted), tx),
+            InFlight::Gets(run) => finish_gets(s, run, reply),
             InFlight::Set { pending, reply: tx } => answer(ops::set_done(s, pending, reply), tx),
         }
     }
 
     fn fail(self, e: DataletError) {
         match self {
-            InFlight::Get { reply, .. } => drop(reply.send(Err(e))),
+            InFlight::Gets(run) => {
+                for w in run.waiting {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+            }
             InFlight::Set { reply, .. } => drop(reply.send(Err(e))),
         }
+    }
+}
+
+/// Answers the gets of one `gets` by its reply. The hits come in the order their keys were
+/// asked, each key at most once (the keys are distinct), and a key with no hit was not found;
+/// a hit out of that order leaves the connection untrustworthy. Any other reply (an error)
+/// answers every get alike.
+fn finish_gets(s: &Shared, run: GetsRun, reply: client::Reply) -> Result<(), ConnError> {
+    let hits = match reply {
+        client::Reply::Values(hits) => hits,
+        other => {
+            let mut condemned = Ok(());
+            for w in run.waiting {
+                let answered = answer(ops::got(s, other.clone(), w.now, w.counted), w.reply);
+                condemned = condemned.and(answered);
+            }
+            return condemned;
+        }
+    };
+    let mut found: Vec<Option<client::RemoteValue>> = run.keys.iter().map(|_| None).collect();
+    let mut next = 0;
+    for (key, value) in hits {
+        match run.keys[next..].iter().position(|k| *k == key) {
+            Some(at) => {
+                found[next + at] = Some(value);
+                next += at + 1;
+            }
+            None => {
+                let e = ConnError::Protocol(client::ProtocolError(format!(
+                    "a VALUE for {:?}, not asked for or out of order",
+                    String::from_utf8_lossy(&key)
+                )));
+                InFlight::Gets(run).fail(DataletError::Unavailable(e.to_string()));
+                return Err(e);
+            }
+        }
+    }
+    let mut condemned = Ok(());
+    for w in run.waiting {
+        let hit = client::Reply::Value(found[w.slot].clone());
+        condemned = condemned.and(answer(ops::got(s, hit, w.now, w.counted), w.reply));
+    }
+    condemned
+}
+
+/// Gets that follow each other in a batch, gathered into one `gets` request. Gets of the same
+/// key share it: a key is asked once and its answer goes to each of them.
+#[derive(Default)]
+struct GetsRun {
+    /// The distinct keys, in the order first asked.
+    keys: Vec<Bytes>,
+    waiting: Vec<Waiting>,
+    /// The length of the request line so far.
+    line: usize,
+}
+
+impl GetsRun {
+    /// Whether a get of `key` can join the run: the line may be no longer than
+    /// [`client::MAX_GETS_LINE_BYTES`].
+    fn fits(&self, key: &[u8]) -> bool {
+        self.keys.iter().any(|k| k == key) || self.longer_by(key) <= client::MAX_GETS_LINE_BYTES
+    }
+
+    /// The line's length with `key` added.
+    fn longer_by(&self, key: &[u8]) -> usize {
+        self.line.max(b"gets\r\n".len()) + 1 + key.len()
+    }
+
+    fn push(&mut self, key: Bytes, now: UnixSecs, counted: bool, reply: Reply<Option<Item>>) {
+        let slot = match self.keys.iter().position(|k| *k == key) {
+            Some(slot) => slot,
+            None => {
+                self.line = self.longer_by(&key);
+                self.keys.push(key);
+                self.keys.len() - 1
+            }
+        };
+        self.waiting.push(Waiting {
+            slot,
+            now,
+            counted,
+            reply,
+        });
+    }
+
+    /// Encodes the run's `gets` into `out`, if the run has any get, and starts a new run.
+    fn send(
+        &mut self,
+        out: &mut bytes::BytesMut,
+        expects: &mut Vec<client::Expect>,
+        flying: &mut Vec<Option<InFlight>>,
+    ) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        expects.push(ops::plan_gets(out, &self.keys));
+        flying.push(Some(InFlight::Gets(std::mem::take(self))));
     }
 }
 
@@ -275,6 +380,7 @@ impl Worker {
         let out = conn.batch();
         let mut expects = Vec::with_capacity(batch.len());
         let mut flying = Vec::with_capacity(batch.len());
+        let mut run = GetsRun::default();
         for job in batch {
             match job {
                 Job::Get {
@@ -283,12 +389,10 @@ impl Worker {
                     counted,
                     reply,
                 } => {
-                    expects.push(ops::plan_get(out, &key));
-                    flying.push(Some(InFlight::Get {
-                        now,
-                        counted,
-                        reply,
-                    }));
+                    if !run.fits(&key) {
+                        run.send(out, &mut expects, &mut flying);
+                    }
+                    run.push(key, now, counted, reply);
                 }
                 Job::Apply {
                     key,
@@ -296,16 +400,21 @@ impl Worker {
                     version,
                     now,
                     reply,
-                } => match ops::plan_set(&s, out, &key, mutation, version, now) {
-                    ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
-                    ops::SetPlan::Sent { expect, pending } => {
-                        expects.push(expect);
-                        flying.push(Some(InFlight::Set { pending, reply }));
+                } => {
+                    // The gets queued before the set go out before it.
+                    run.send(out, &mut expects, &mut flying);
+                    match ops::plan_set(&s, out, &key, mutation, version, now) {
+                        ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
+                        ops::SetPlan::Sent { expect, pending } => {
+                            expects.push(expect);
+                            flying.push(Some(InFlight::Set { pending, reply }));
+                        }
                     }
-                },
+                }
                 _ => unreachable!("not a pipelined job"),
             }
         }
+        run.send(out, &mut expects, &mut flying);
         if expects.is_empty() {
             return;
         }
@@ -487,6 +596,129 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::remote::header::Header;
+    use crate::{Limits, RemoteOptions};
+    use tailorkv_common::{Expiry, NodeId};
+
+    fn shared() -> Shared {
+        Shared::new("unused".into(), Limits::default(), RemoteOptions::default())
+    }
+
+    type Answer = oneshot::Receiver<Result<Option<Item>, DataletError>>;
+
+    /// A run of gets of `keys` (a key may come more than once), and what each is answered.
+    fn run_of(keys: &[&str]) -> (GetsRun, Vec<Answer>) {
+        let mut run = GetsRun::default();
+        let answers = keys
+            .iter()
+            .map(|k| {
+                let (reply, answer) = oneshot::channel();
+                run.push(Bytes::copy_from_slice(k.as_bytes()), 100, true, reply);
+                answer
+            })
+            .collect();
+        (run, answers)
+    }
+
+    /// A hit on `key` holding `data` under a valid header.
+    fn hit(key: &str, data: &str) -> (Bytes, client::RemoteValue) {
+        let header = Header {
+            version: Version::new(5, NodeId(1)),
+            expiry: Expiry::Never,
+            stored_at: 50,
+        };
+        let value = client::RemoteValue {
+            flags: 3,
+            cas: 9,
+            data: header.join(data.as_bytes()),
+        };
+        (Bytes::copy_from_slice(key.as_bytes()), value)
+    }
+
+    fn answered(answers: Vec<Answer>) -> Vec<String> {
+        answers
+            .into_iter()
+            .map(|mut a| match a.try_recv().expect("answered") {
+                Ok(Some(item)) => String::from_utf8(item.value.to_vec()).unwrap(),
+                Ok(None) => "miss".into(),
+                Err(e) => format!("error: {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_hits_of_one_gets_go_to_their_keys_and_the_rest_are_misses() {
+        let (w, answers) = run_of(&["a", "b", "c", "b", "d"]);
+        let reply = client::Reply::Values(vec![hit("b", "B"), hit("d", "D")]);
+        assert!(finish_gets(&shared(), w, reply).is_ok());
+        assert_eq!(answered(answers), ["miss", "B", "miss", "B", "D"]);
+
+        let (w, answers) = run_of(&["a", "b"]);
+        assert!(finish_gets(&shared(), w, client::Reply::Values(vec![])).is_ok());
+        assert_eq!(answered(answers), ["miss", "miss"]);
+    }
+
+    #[test]
+    fn a_hit_out_of_order_or_not_asked_for_fails_every_get_and_the_connection() {
+        for hits in [
+            vec![hit("b", "B"), hit("a", "A")],
+            vec![hit("a", "A"), hit("x", "X")],
+            vec![hit("a", "A"), hit("a", "A")],
+        ] {
+            let (w, answers) = run_of(&["a", "b"]);
+            let e = finish_gets(&shared(), w, client::Reply::Values(hits)).unwrap_err();
+            assert!(matches!(e, ConnError::Protocol(_)), "{e}");
+            for answer in answered(answers) {
+                assert!(answer.starts_with("error: "), "{answer}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_reply_answers_every_get_of_the_gets() {
+        let (w, answers) = run_of(&["a", "b"]);
+        let busy = client::Reply::ServerError("busy".into());
+        assert!(finish_gets(&shared(), w, busy).is_ok());
+        for answer in answered(answers) {
+            assert!(answer.contains("remote server error: busy"), "{answer}");
+        }
+        let (w, answers) = run_of(&["a", "b"]);
+        assert!(finish_gets(&shared(), w, client::Reply::Error).is_err());
+        assert_eq!(answered(answers).len(), 2);
+    }
+
+    #[test]
+    fn a_run_of_gets_asks_each_key_once_and_keeps_its_line_short() {
+        let (mut run, _answers) = run_of(&["a", "b", "a"]);
+        assert_eq!(run.keys, ["a", "b"]);
+        assert_eq!(run.waiting.len(), 3);
+        // Distinct keys of 250 bytes until the line is full; a key already asked still fits.
+        let long = |i: usize| Bytes::from(format!("{i:0>250}"));
+        let mut i = 0;
+        while run.fits(&long(i)) {
+            let (reply, _) = oneshot::channel();
+            run.push(long(i), 0, false, reply);
+            i += 1;
+        }
+        assert_eq!(i, 8, "250-byte keys after `a b` in a 2048-byte line");
+        assert!(run.fits(b"a") && run.fits(&long(0)) && run.fits(&[b'c'; 29]));
+        assert!(!run.fits(&[b'c'; 30]), "a line of 2049 bytes");
+        let mut out = bytes::BytesMut::new();
+        let (mut expects, mut flying) = (Vec::new(), Vec::new());
+        run.send(&mut out, &mut expects, &mut flying);
+        assert!(out.starts_with(b"gets a b 000"));
+        assert!(out.len() <= client::MAX_GETS_LINE_BYTES, "{}", out.len());
+        assert!(
+            out.len() > client::MAX_GETS_LINE_BYTES - 251,
+            "{}",
+            out.len()
+        );
+        assert_eq!((expects.len(), flying.len()), (1, 1));
+        assert!(run.waiting.is_empty() && run.keys.is_empty() && run.line == 0);
+        run.send(&mut out, &mut expects, &mut flying);
+        assert_eq!(expects.len(), 1, "an empty run sends nothing");
+    }
 
     #[test]
     fn a_key_always_goes_to_the_same_task_and_keys_spread() {
