@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
+    /// Also report the CPU time these processes (the servers under load, by pid) and loadgen
+    /// itself used while measuring, per operation. Linux only: read from /proc.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub cpu_of: Vec<u32>,
+
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

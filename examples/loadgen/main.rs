@@ -35,6 +35,7 @@
 mod cli;
 mod codec;
 mod conn;
+mod cpu;
 mod keys;
 mod report;
 mod run;
@@ -102,6 +103,7 @@ fn fail(error: anyhow::Error) -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<Report> {
     let keys = KeySpace::new(&args.key_prefix, args.keys, args.key_dist, args.zipf_theta)
         .map_err(|e| anyhow!(e))?;
+    cpu::check(&args.cpu_of).map_err(|e| anyhow!(e).context("--cpu-of"))?;
     let addrs = resolve(&args.targets).await?;
     let conns = connect_all(&addrs, args.connections).await?;
     let run_id: u32 = rand::random();
@@ -122,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         per_target[target].0 += 1;
         per_target[target].1.merge(&stats);
     }
+    let cpu_end = cpu::Snapshot::take(&run.args.cpu_of);
 
     let schedule = run.schedule();
     let preload_secs = (schedule.load_start - started).as_secs_f64();
@@ -129,14 +132,22 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         .last_measured
         .map_or(0.0, |end| (end - schedule.measure_start).as_secs_f64());
     let identity = (run_id, seed);
-    Ok(Report::new(
+    let mut report = Report::new(
         &run.args,
         identity,
         &total,
         &per_target,
         preload_secs,
         measured_secs,
-    ))
+    );
+    if !run.args.cpu_of.is_empty() {
+        let start = run
+            .cpu_start
+            .get()
+            .ok_or_else(|| anyhow!("the measured window never started"))?;
+        report.cpu = Some(start.until(&cpu_end, report.ops).map_err(|e| anyhow!(e))?);
+    }
+    Ok(report)
 }
 
 /// One connection's whole run: preload its share, wait for the others, load, and hand back
@@ -147,9 +158,21 @@ async fn connection(mut conn: Conn, run: Arc<Run>, barrier: Arc<Barrier>) -> (us
         let mut share = Preload::new(conn.id, run.args.connections, run.args.keys);
         conn.drive(&mut share, &run, &mut stats).await;
     }
-    barrier.wait().await;
+    let leader = barrier.wait().await.is_leader();
     // The first connection past the barrier starts the clock.
-    run.schedule();
+    let measure_start = run.schedule().measure_start;
+    if leader && !run.args.cpu_of.is_empty() {
+        if Instant::now() >= measure_start {
+            let _ = run.cpu_start.set(cpu::Snapshot::take(&run.args.cpu_of));
+        } else {
+            // After the warmup.
+            let run = Arc::clone(&run);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(measure_start.into()).await;
+                let _ = run.cpu_start.set(cpu::Snapshot::take(&run.args.cpu_of));
+            });
+        }
+    }
     let mut mix = Mix::new(&run, conn.id);
     conn.drive(&mut mix, &run, &mut stats).await;
     (conn.target, stats)

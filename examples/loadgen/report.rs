@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::cli::Args;
+use crate::cpu::CpuReport;
 use crate::keys::KeyDist;
 use crate::stats::{Errors, Stats};
 
@@ -37,6 +38,9 @@ pub struct Report {
     pub error_samples: Vec<String>,
     pub latency_us: Latencies,
     pub targets: Vec<TargetReport>,
+    /// With --cpu-of: the CPU each process used while measuring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<CpuReport>,
 }
 
 /// The settings that shape the load.
@@ -153,6 +157,7 @@ impl Report {
                 set: Percentiles::of(&stats.set_latency),
             },
             targets,
+            cpu: None,
         }
     }
 
@@ -214,6 +219,15 @@ impl Report {
         );
         for sample in &self.error_samples {
             let _ = writeln!(out, "  ! {sample}");
+        }
+        if let Some(cpu) = &self.cpu {
+            for p in std::iter::once(&cpu.loadgen).chain(&cpu.processes) {
+                let _ = writeln!(
+                    out,
+                    "cpu         {} (pid {}): {:.2} s, {:.2} µs per op",
+                    p.name, p.pid, p.cpu_secs, p.us_per_op
+                );
+            }
         }
         if self.targets.len() > 1 {
             for t in &self.targets {

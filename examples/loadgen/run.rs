@@ -42,6 +42,8 @@ pub struct Run {
     /// Measured requests left to send, if --requests bounds the run.
     budget: Option<AtomicU64>,
     schedule: OnceLock<Schedule>,
+    /// With --cpu-of: the processes' CPU time when measuring started.
+    pub cpu_start: OnceLock<crate::cpu::Snapshot>,
 }
 
 impl Run {
@@ -54,6 +56,7 @@ impl Run {
             ledger,
             seed,
             schedule: OnceLock::new(),
+            cpu_start: OnceLock::new(),
         }
     }
 
