@@ -33,10 +33,10 @@ pub struct Config {
     pub disk_max_batch: usize,
 
     /// With a `memcached://` datalet: connections to that server. Keys are spread over them
-    /// by hash; each carries many requests at once, and gets queued together go out as one
-    /// `gets` of many keys. Fewer connections carry more per request, which costs the server
-    /// less; a read-modify-write (anything but get and set) holds its connection for two round
-    /// trips. Default: one per worker thread (--threads).
+    /// by hash; each carries many requests at once, gets queued together go out as one `gets`
+    /// of many keys, and the read-modify-writes of a batch share two round trips. Fewer
+    /// connections carry more per request, which costs the server less. Default: one per
+    /// worker thread (--threads).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub datalet_connections: Option<usize>,
 

@@ -417,6 +417,55 @@ async fn reads_and_sets_on_one_connection_are_pipelined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_modify_writes_queued_together_share_their_round_trips() {
+    const KEYS: u64 = 100;
+    let server = Server::memcached(Limits::default());
+    let proxy = Proxy::start(server.addr).await;
+    let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
+    for i in 0..KEYS {
+        d.apply(&key(&format!("n{i}")), set("10"), v(1), NOW)
+            .await
+            .unwrap();
+    }
+
+    // Every reply is held 50 ms: a read and a write each, one at a time, would take
+    // 300 * 2 * 50 ms = 30 s.
+    proxy.delay_replies(Duration::from_millis(50));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..KEYS)
+        .map(|i| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                let n = key(&format!("n{i}"));
+                let added = d.apply(&n, Mutation::Incr(i), v(2), NOW).await;
+                assert_eq!(added, Ok(Outcome::Number(10 + i)), "incr n{i}");
+                let missing = key(&format!("m{i}"));
+                let append = store(StoreMode::Append, "x", 0, Expiry::Never);
+                let appended = d.apply(&missing, append, v(3), NOW).await;
+                assert_eq!(appended, Ok(Outcome::NotStored), "append m{i}");
+                let add = store(StoreMode::Add, "new", 0, Expiry::Never);
+                assert_eq!(d.apply(&missing, add, v(4), NOW).await, Ok(Outcome::Stored));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "300 read-modify-writes took {took:?}"
+    );
+    proxy.delay_replies(Duration::ZERO);
+    for i in 0..KEYS {
+        let n = d.get(format!("n{i}").as_bytes(), NOW).await.unwrap();
+        assert_eq!(n.unwrap().value, key(&(10 + i).to_string()));
+        let m = d.get(format!("m{i}").as_bytes(), NOW).await.unwrap();
+        assert_eq!(m.unwrap().value, key("new"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gets_queued_together_share_one_request_and_each_gets_its_own_answer() {
     const KEYS: usize = 100;
     let server = Server::memcached(Limits::default());

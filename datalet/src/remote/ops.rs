@@ -16,6 +16,10 @@
 //! 5. If another client changed the key in between (`EXISTS`, `NOT_FOUND`, `NOT_STORED`),
 //!    start again from step 1, at most [`MAX_RACES`] times.
 //!
+//! [`apply`] runs these steps alone on a connection; the pool instead sends step 1 of many
+//! read-modify-writes in one batch and step 4 of all of them in the next write
+//! ([`plan_read`], [`plan_write`], [`write_done`]), and only a race falls back to [`apply`].
+//!
 //! So a writer that does not go through this datalet, or another controlet on the same remote
 //! server, never has its update lost: a write back only lands on the value it was decided on.
 //! A `delete` is not conditional (memcached has no compare-and-delete in its text protocol);
@@ -81,18 +85,6 @@ pub fn see(remote: Option<&RemoteValue>, flush_at: UnixSecs, now: UnixSecs) -> S
         Some(why) => Seen::Dead(why),
         None => Seen::Live(item),
     }
-}
-
-/// A `get`; `counted` as for [`got`].
-pub async fn get(
-    s: &Shared,
-    conn: &mut Conn,
-    key: &[u8],
-    now: UnixSecs,
-    counted: bool,
-) -> Result<Option<Item>, OpError> {
-    let reply = conn.call(Request::Gets { key }).await?;
-    got(s, reply, now, counted)
 }
 
 /// Many `get`s as one request, for a pipeline: one `gets` of all the keys, which must be
@@ -226,17 +218,11 @@ pub async fn apply(
     version: Version,
     now: UnixSecs,
 ) -> Result<Outcome, OpError> {
-    if let Mutation::Store {
-        mode, flags, value, ..
-    } = &mutation
-    {
-        let joins = matches!(mode, StoreMode::Append | StoreMode::Prepend);
-        if !joins && !s.fits(key, *flags, value.len()) {
-            return Ok(Outcome::NotStored);
-        }
-        if *mode == StoreMode::Set {
-            return set(s, conn, key, mutation, version, now).await;
-        }
+    if let Some(outcome) = refused_early(s, key, &mutation) {
+        return Ok(outcome);
+    }
+    if single_request(&mutation) {
+        return set(s, conn, key, mutation, version, now).await;
     }
     for _ in 0..MAX_RACES {
         if let Some(outcome) = try_apply(s, conn, key, mutation.clone(), version, now).await? {
@@ -245,6 +231,19 @@ pub async fn apply(
     }
     let why = format!("key changed by other writers {MAX_RACES} times in a row; gave up");
     Err(OpError::Refused(DataletError::Unavailable(why)))
+}
+
+/// The outcome of a mutation decided without asking the remote server: a store (other than
+/// an append or prepend, which add to what is there) too large to keep.
+pub fn refused_early(s: &Shared, key: &[u8], mutation: &Mutation) -> Option<Outcome> {
+    let Mutation::Store {
+        mode, flags, value, ..
+    } = mutation
+    else {
+        return None;
+    };
+    let joins = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+    (!joins && !s.fits(key, *flags, value.len())).then_some(Outcome::NotStored)
 }
 
 /// One read-modify-write; `None` when another writer got in between.
@@ -257,36 +256,170 @@ async fn try_apply(
     now: UnixSecs,
 ) -> Result<Option<Outcome>, OpError> {
     let remote = gets(conn, key).await?;
-    let unique = remote.as_ref().map(|r| r.cas);
-    let current = match see(remote.as_ref(), s.flush_at(), now) {
+    match plan_write(
+        s,
+        conn.batch(),
+        key,
+        remote.as_ref(),
+        mutation,
+        version,
+        now,
+    ) {
+        WritePlan::Done(outcome) => Ok(Some(outcome)),
+        WritePlan::Sent { expect, pending } => {
+            let reply = exchange_one(conn, expect).await?;
+            write_done(s, pending, reply)
+        }
+    }
+}
+
+/// The write of a read-modify-write, planned from what its read found.
+pub enum WritePlan {
+    /// Nothing to write: the outcome.
+    Done(Outcome),
+    /// A request was encoded; its reply goes to [`write_done`] with this.
+    Sent {
+        expect: Expect,
+        pending: PendingWrite,
+    },
+}
+
+/// A read-modify-write's write waiting for its reply.
+pub struct PendingWrite {
+    outcome: Outcome,
+    write: WriteKind,
+}
+
+enum WriteKind {
+    /// `delete`.
+    Delete,
+    /// `cas`, or `add` where the read found nothing; a new item when `counts`.
+    Put { counts: bool },
+    /// A `cas` that stores the item already expired, so it vanishes.
+    RemoveIfUnchanged,
+}
+
+/// Decides `mutation` on what the key's `gets` returned (`remote`) and encodes the write that
+/// carries it out into `out`: conditional on the CAS unique read, so a write by anyone else
+/// in between makes it fail rather than be lost.
+pub fn plan_write(
+    s: &Shared,
+    out: &mut BytesMut,
+    key: &[u8],
+    remote: Option<&RemoteValue>,
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+) -> WritePlan {
+    let unique = remote.map(|r| r.cas);
+    let current = match see(remote, s.flush_at(), now) {
         Seen::Live(item) => Some(item),
         _ => None,
     };
     let (change, outcome) = decide(key, current.as_ref(), mutation, version, s.decide_limit());
-    let written = match change {
-        Change::Keep => return Ok(Some(outcome)),
-        Change::Remove => deleted(conn.call(Request::Delete { key }).await?)?,
+    let write = match change {
+        Change::Keep => return WritePlan::Done(outcome),
+        Change::Remove => {
+            Request::Delete { key }.encode(out);
+            WriteKind::Delete
+        }
         Change::Put(item) => match remote_exptime(item.expiry, now, wall_clock()) {
             Some(exptime) => {
                 let command = unique.map_or(StoreCommand::Add, StoreCommand::Cas);
-                let written = put(conn, command, key, &item, exptime, now).await?;
-                if written == Written::Stored && !matches!(outcome, Outcome::Touched(_)) {
-                    s.count(Counter::TotalItems);
+                let head = Header {
+                    version: item.version,
+                    expiry: item.expiry,
+                    stored_at: now,
                 }
-                written
+                .encode();
+                Request::Store {
+                    command,
+                    key,
+                    flags: item.flags,
+                    exptime,
+                    head: &head,
+                    body: &item.value,
+                }
+                .encode(out);
+                let counts = !matches!(outcome, Outcome::Touched(_));
+                WriteKind::Put { counts }
             }
-            // Stored already expired: it must vanish, if it is there to see at all.
+            // Stored already expired: it must vanish, if it is there to see at all. A `cas`
+            // of an empty value with a negative exptime, which memcached stores as already
+            // expired, so the key reads as a miss and its memory is reclaimed.
             None => match (current, unique) {
-                (Some(_), Some(unique)) => remove_if_unchanged(conn, key, unique).await?,
-                _ => Written::Stored,
+                (Some(_), Some(unique)) => {
+                    Request::Store {
+                        command: StoreCommand::Cas(unique),
+                        key,
+                        flags: 0,
+                        exptime: -1,
+                        head: &[],
+                        body: &[],
+                    }
+                    .encode(out);
+                    WriteKind::RemoveIfUnchanged
+                }
+                _ => return WritePlan::Done(outcome),
             },
         },
     };
+    let pending = PendingWrite { outcome, write };
+    WritePlan::Sent {
+        expect: Expect::Status,
+        pending,
+    }
+}
+
+/// The outcome of a read-modify-write from the reply to its write; `None` when another
+/// writer got in between, so it must start again.
+pub fn write_done(
+    s: &Shared,
+    pending: PendingWrite,
+    reply: Reply,
+) -> Result<Option<Outcome>, OpError> {
+    let written = match pending.write {
+        WriteKind::Delete => deleted(reply)?,
+        WriteKind::RemoveIfUnchanged => written(reply)?,
+        WriteKind::Put { counts } => {
+            let written = written(reply)?;
+            if written == Written::Stored && counts {
+                s.count(Counter::TotalItems);
+            }
+            written
+        }
+    };
     Ok(match written {
-        Written::Stored => Some(outcome),
+        Written::Stored => Some(pending.outcome),
         Written::TooLarge => Some(Outcome::NotStored),
         Written::Raced => None,
     })
+}
+
+/// A read-modify-write's read, for a pipeline: `gets` of the key, its reply read by [`read`].
+pub fn plan_read(out: &mut BytesMut, key: &[u8]) -> Expect {
+    let request = Request::Gets { key };
+    request.encode(out);
+    request.expect()
+}
+
+/// What the reply to a one-key `gets` found.
+pub fn read(reply: Reply) -> Result<Option<RemoteValue>, OpError> {
+    match reply {
+        Reply::Value(hit) => Ok(hit),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Sends the one request encoded into [`Conn::batch`] and returns its reply.
+async fn exchange_one(conn: &mut Conn, expect: Expect) -> Result<Reply, ConnError> {
+    let mut reply = None;
+    conn.pipeline(&[expect], |_, r| {
+        reply = Some(r);
+        Ok(())
+    })
+    .await?;
+    Ok(reply.expect("one reply for one request"))
 }
 
 /// `set`: no read needed, one request. An item stored already expired is a delete.
@@ -301,13 +434,8 @@ async fn set(
     match plan_set(s, conn.batch(), key, mutation, version, now) {
         SetPlan::Done(outcome) => Ok(outcome),
         SetPlan::Sent { expect, pending } => {
-            let mut reply = None;
-            conn.pipeline(&[expect], |_, r| {
-                reply = Some(r);
-                Ok(())
-            })
-            .await?;
-            set_done(s, pending, reply.expect("one reply for one request"))
+            let reply = exchange_one(conn, expect).await?;
+            set_done(s, pending, reply)
         }
     }
 }
@@ -320,45 +448,6 @@ pub(super) enum Written {
     Raced,
     /// The remote server's item size limit is below ours.
     TooLarge,
-}
-
-async fn put(
-    conn: &mut Conn,
-    command: StoreCommand,
-    key: &[u8],
-    item: &Item,
-    exptime: i64,
-    now: UnixSecs,
-) -> Result<Written, OpError> {
-    let header = Header {
-        version: item.version,
-        expiry: item.expiry,
-        stored_at: now,
-    };
-    let head = header.encode();
-    let request = Request::Store {
-        command,
-        key,
-        flags: item.flags,
-        exptime,
-        head: &head,
-        body: &item.value,
-    };
-    written(conn.call(request).await?)
-}
-
-/// A conditional delete: `cas` of an empty value with a negative exptime, which memcached
-/// stores as already expired, so the key reads as a miss and its memory is reclaimed.
-async fn remove_if_unchanged(conn: &mut Conn, key: &[u8], unique: u64) -> Result<Written, OpError> {
-    let request = Request::Store {
-        command: StoreCommand::Cas(unique),
-        key,
-        flags: 0,
-        exptime: -1,
-        head: &[],
-        body: &[],
-    };
-    written(conn.call(request).await?)
 }
 
 pub(super) fn written(reply: Reply) -> Result<Written, OpError> {
@@ -379,10 +468,7 @@ fn deleted(reply: Reply) -> Result<Written, OpError> {
 }
 
 pub(super) async fn gets(conn: &mut Conn, key: &[u8]) -> Result<Option<RemoteValue>, OpError> {
-    match conn.call(Request::Gets { key }).await? {
-        Reply::Value(hit) => Ok(hit),
-        other => Err(refusal(other)),
-    }
+    read(conn.call(Request::Gets { key }).await?)
 }
 
 /// The error for a reply that is not a success: a full store, a server error, or a reply that

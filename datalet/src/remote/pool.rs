@@ -1,28 +1,35 @@
 //! The connection pool: a fixed number of tasks, each owning one connection and a queue of
 //! jobs.
 //!
-//! # Pipelining
+//! # Batches
 //!
-//! A job that is exactly one request and one reply (a `get`, a plain `set`) is
-//! *pipelined*: the task takes it together with the pipelined jobs queued behind it, up to
-//! [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values), writes all their
-//! requests in one write, and hands each reply to its job as it arrives, in order: memcached
-//! answers the requests of one connection in the order they came. Gets that follow each other
-//! in the batch share one request, `gets <key> <key> ...` (distinct keys, up to
-//! [`client::MAX_GETS_LINE_BYTES`] of line): memcached then answers them all with one write
-//! instead of one each, which is most of what a get costs it. Every other job (a
-//! read-modify-write, the clock, a flush, a reset, `cache_memlimit`, `stats`) runs alone: the
-//! task first waits for every reply in flight, then carries the job out to its end, then takes
-//! the next one. So the connection's own order is the queue's order, and no later job gets in
-//! between a read-modify-write's read and its conditional write.
+//! A task takes the job at the head of its queue together with the gets and mutations queued
+//! behind it, up to [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values),
+//! writes all their requests in one write, and hands each reply to its job as it arrives, in
+//! order: memcached answers the requests of one connection in the order they came.
+//!
+//! - A plain `set` is one request.
+//! - Gets that follow each other share one request, `gets <key> <key> ...` (each key once, up
+//!   to [`client::MAX_GETS_LINE_BYTES`] of line): memcached then answers them all with one
+//!   write instead of one each, which is most of what a get costs it.
+//! - A read-modify-write (every other mutation: see [`ops`]) sends its `gets` with the batch.
+//!   Once the batch's replies are in, each is decided on what it read and the conditional
+//!   writes of all of them go out together ([`Worker::write_back`]). One that lost a race to
+//!   another writer then runs again alone, reading afresh, before the next batch. So many
+//!   read-modify-writes share two round trips instead of taking two each.
+//!
+//! Every other job (the clock, a flush, a reset, `cache_memlimit`, `stats`) ends the batch and
+//! runs alone after it, to its end.
 //!
 //! # Ordering
 //!
 //! A key always goes to the same task ([`worker_for`]), and a task's requests reach the remote
-//! server in the order their jobs were queued, and a read-modify-write finishes before any
-//! later job's request is sent. So two operations on one key are never reordered or
-//! interleaved, whichever callers issued them; operations on different keys run in parallel
-//! on different connections.
+//! server in the order their jobs were queued. A batch holds at most one read-modify-write of
+//! a key and nothing on that key after it: a later job on the key waits for the next batch,
+//! which starts only once the write is done. So two operations on one key are never reordered,
+//! and nothing lands between a read-modify-write's read and its conditional write but other
+//! clients' writes, which make the write fail and the read-modify-write start again.
+//! Operations on different keys run in parallel on different connections.
 //!
 //! # Failure and reconnection
 //!
@@ -32,7 +39,7 @@
 //! whether such a request took effect is unknown. Jobs that come in the next moment fail at
 //! once without trying, and then the next job tries to connect again; each failure in a row
 //! doubles that moment, from [`FIRST_BACKOFF`] up to [`super::RemoteOptions::max_backoff`].
-//! Connecting and every exchange (one request, or one pipelined batch) are under timeouts,
+//! Connecting and every exchange (one request, or one batch) are under timeouts,
 //! so a job never waits on a dead server for long. After each reconnect the clock
 //! reservation is put back first: a remote server that restarted has lost it.
 
@@ -105,27 +112,49 @@ pub enum Job {
 }
 
 impl Job {
-    /// Whether the job is one request and one reply, so it can be pipelined; and then the
-    /// bytes of value it sends.
+    /// Whether the job goes in a batch (a get, or any mutation), and then the bytes of value
+    /// it sends.
     fn pipelined(&self) -> Option<usize> {
         match self {
             Job::Get { .. } => Some(0),
-            Job::Apply { mutation, .. } if ops::single_request(mutation) => match mutation {
-                Mutation::Store { value, .. } => Some(value.len()),
-                _ => Some(0),
-            },
+            Job::Apply {
+                mutation: Mutation::Store { value, .. },
+                ..
+            } => Some(value.len()),
+            Job::Apply { .. } => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The key of a job that goes in a batch, and whether it is a read-modify-write.
+    fn batched_key(&self) -> Option<(&Bytes, bool)> {
+        match self {
+            Job::Get { key, .. } => Some((key, false)),
+            Job::Apply { key, mutation, .. } => Some((key, !ops::single_request(mutation))),
             _ => None,
         }
     }
 }
 
-/// A pipelined request in flight: one `gets` for a run of gets, or a `set`.
+/// A read-modify-write in a batch: its `gets` goes out with the batch, its write once the
+/// batch's replies are in.
+struct Rmw {
+    key: Bytes,
+    mutation: Mutation,
+    version: Version,
+    now: UnixSecs,
+    reply: Reply<Outcome>,
+}
+
+/// A pipelined request in flight: one `gets` for a run of gets, a `set`, or the `gets` of a
+/// read-modify-write.
 enum InFlight {
     Gets(GetsRun),
     Set {
         pending: ops::PendingSet,
         reply: Reply<Outcome>,
     },
+    Read(Rmw),
 }
 
 /// A get in a run of gets.
@@ -144,6 +173,7 @@ impl InFlight {
         match self {
             InFlight::Gets(run) => finish_gets(s, run, reply),
             InFlight::Set { pending, reply: tx } => answer(ops::set_done(s, pending, reply), tx),
+            InFlight::Read(_) => unreachable!("a read's reply goes to the write it plans"),
         }
     }
 
@@ -154,7 +184,9 @@ impl InFlight {
                     let _ = w.reply.send(Err(e.clone()));
                 }
             }
-            InFlight::Set { reply, .. } => drop(reply.send(Err(e))),
+            InFlight::Set { reply, .. } | InFlight::Read(Rmw { reply, .. }) => {
+                drop(reply.send(Err(e)))
+            }
         }
     }
 }
@@ -345,26 +377,36 @@ impl Worker {
     /// `first` and the pipelined jobs queued right behind it. A job that cannot be pipelined
     /// ends the batch and is held for after it.
     fn gather(&mut self, first: Job, mut bytes: usize) -> Vec<Job> {
+        // The keys of the batch's read-modify-writes: a later job on one of them must wait
+        // for the next batch, since their writes go out after the whole batch.
+        let mut rmw_keys: Vec<Bytes> = Vec::new();
+        if let Some((key, true)) = first.batched_key() {
+            rmw_keys.push(key.clone());
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_IN_FLIGHT && bytes < MAX_BATCH_BYTES {
             let Ok(job) = self.jobs.try_recv() else {
                 break;
             };
-            match job.pipelined() {
-                Some(more) => {
-                    bytes += more;
-                    batch.push(job);
-                }
-                None => {
-                    self.held = Some(job);
-                    break;
-                }
+            let (Some(more), Some((key, rmw))) = (job.pipelined(), job.batched_key()) else {
+                self.held = Some(job);
+                break;
+            };
+            if rmw_keys.iter().any(|k| k == key) {
+                self.held = Some(job);
+                break;
             }
+            if rmw {
+                rmw_keys.push(key.clone());
+            }
+            bytes += more;
+            batch.push(job);
         }
         batch
     }
 
-    /// Sends the batch's requests in one write and answers each job by its reply, in order.
+    /// Sends the batch's requests in one write and answers each job by its reply, in order;
+    /// then writes back the batch's read-modify-writes (see [`Worker::write_back`]).
     async fn pipeline(&mut self, batch: Vec<Job>) {
         let s = Arc::clone(&self.shared);
         let conn = match self.link.ready(&s).await {
@@ -401,14 +443,27 @@ impl Worker {
                     now,
                     reply,
                 } => {
-                    // The gets queued before the set go out before it.
+                    // The gets queued before the mutation go out before it.
                     run.send(out, &mut expects, &mut flying);
-                    match ops::plan_set(&s, out, &key, mutation, version, now) {
-                        ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
-                        ops::SetPlan::Sent { expect, pending } => {
-                            expects.push(expect);
-                            flying.push(Some(InFlight::Set { pending, reply }));
+                    if let Some(outcome) = ops::refused_early(&s, &key, &mutation) {
+                        let _ = reply.send(Ok(outcome));
+                    } else if ops::single_request(&mutation) {
+                        match ops::plan_set(&s, out, &key, mutation, version, now) {
+                            ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
+                            ops::SetPlan::Sent { expect, pending } => {
+                                expects.push(expect);
+                                flying.push(Some(InFlight::Set { pending, reply }));
+                            }
                         }
+                    } else {
+                        expects.push(ops::plan_read(out, &key));
+                        flying.push(Some(InFlight::Read(Rmw {
+                            key,
+                            mutation,
+                            version,
+                            now,
+                            reply,
+                        })));
                     }
                 }
                 _ => unreachable!("not a pipelined job"),
@@ -418,40 +473,107 @@ impl Worker {
         if expects.is_empty() {
             return;
         }
+        // The read-modify-writes whose read came back, with what it found.
+        let mut read: Vec<(Rmw, Option<client::RemoteValue>)> = Vec::new();
         let result = conn
             .pipeline(&expects, |i, reply| {
-                let job = flying[i].take().expect("one reply for each request");
-                job.finish(&s, reply)
+                match flying[i].take().expect("one reply for each request") {
+                    InFlight::Read(rmw) => match ops::read(reply) {
+                        Ok(found) => {
+                            read.push((rmw, found));
+                            Ok(())
+                        }
+                        Err(e) => answer(Err(e), rmw.reply),
+                    },
+                    job => job.finish(&s, reply),
+                }
             })
             .await;
         if let Err(e) = self.link.settle(result.map_err(OpError::Conn), &s) {
             for job in flying.into_iter().flatten() {
                 job.fail(e.clone());
             }
+            for (rmw, _) in read {
+                let _ = rmw.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        if !read.is_empty() {
+            self.write_back(read).await;
+        }
+    }
+
+    /// The second half of a batch's read-modify-writes: each is decided on what its read
+    /// found and its conditional write goes out, all in one write. Their keys are distinct
+    /// and no later job on them has been sent ([`Worker::gather`]), so a key's order holds.
+    /// One that lost a race to another writer then runs again alone, reading afresh.
+    async fn write_back(&mut self, read: Vec<(Rmw, Option<client::RemoteValue>)>) {
+        let s = Arc::clone(&self.shared);
+        let mut raced = Vec::new();
+        let conn = match self.link.ready(&s).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = self.link.settle::<()>(Err(e), &s).unwrap_err();
+                for (rmw, _) in read {
+                    let _ = rmw.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let out = conn.batch();
+        let mut expects = Vec::with_capacity(read.len());
+        let mut writing = Vec::with_capacity(read.len());
+        for (rmw, found) in read {
+            let mutation = rmw.mutation.clone();
+            match ops::plan_write(
+                &s,
+                out,
+                &rmw.key,
+                found.as_ref(),
+                mutation,
+                rmw.version,
+                rmw.now,
+            ) {
+                ops::WritePlan::Done(outcome) => drop(rmw.reply.send(Ok(outcome))),
+                ops::WritePlan::Sent { expect, pending } => {
+                    expects.push(expect);
+                    writing.push(Some((rmw, pending)));
+                }
+            }
+        }
+        if !expects.is_empty() {
+            let result = conn
+                .pipeline(&expects, |i, reply| {
+                    let (rmw, pending) = writing[i].take().expect("one reply for each request");
+                    match ops::write_done(&s, pending, reply) {
+                        Ok(Some(outcome)) => answer(Ok(outcome), rmw.reply),
+                        Ok(None) => {
+                            raced.push(rmw);
+                            Ok(())
+                        }
+                        Err(e) => answer(Err(e), rmw.reply),
+                    }
+                })
+                .await;
+            if let Err(e) = self.link.settle(result.map_err(OpError::Conn), &s) {
+                let unanswered = writing.into_iter().flatten().map(|(rmw, _)| rmw);
+                for rmw in unanswered.chain(raced) {
+                    let _ = rmw.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        for rmw in raced {
+            let (key, mutation, version, now) = (&rmw.key, rmw.mutation, rmw.version, rmw.now);
+            let result = on_conn!(self, c => ops::apply(&s, c, key, mutation, version, now));
+            let _ = rmw.reply.send(result);
         }
     }
 
     async fn handle(&mut self, job: Job) {
         let s = Arc::clone(&self.shared);
         match job {
-            Job::Get {
-                key,
-                now,
-                counted,
-                reply,
-            } => {
-                let _ = reply.send(on_conn!(self, c => ops::get(&s, c, &key, now, counted)));
-            }
-            Job::Apply {
-                key,
-                mutation,
-                version,
-                now,
-                reply,
-            } => {
-                let result = on_conn!(self, c => ops::apply(&s, c, &key, mutation, version, now));
-                let _ = reply.send(result);
-            }
+            job @ (Job::Get { .. } | Job::Apply { .. }) => self.pipeline(vec![job]).await,
             Job::FlushAll { at, now, reply } => {
                 let result = on_conn!(self, c => ops::flush_all(&s, c, at, now));
                 if result.is_ok() && at > now {
