@@ -469,7 +469,10 @@ async fn concurrent_connections_see_their_own_writes() {
     let server = Controlet::start();
     let addr = server.addr;
     let mut c = connect(addr).await;
+    // This client's set is noreply: read the counter back on the same connection, so it is
+    // stored before other connections increment it.
     c.set("counter", b"0", 0).await.unwrap();
+    assert_eq!(c.get("counter").await.unwrap(), b"0");
 
     let tasks = 16;
     let rounds = 100;
