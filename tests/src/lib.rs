@@ -109,7 +109,7 @@ impl Memcached {
     /// still lose the port, it exits, and another port is tried.
     pub fn start_with(args: &[&str]) -> Self {
         for _ in 0..20 {
-            let port = memcached_port();
+            let port = unclaimed_port();
             let mut cmd = Command::new("memcached");
             cmd.args([
                 "-p",
@@ -170,7 +170,7 @@ impl Memcached {
 
 /// A port below the ephemeral range (32768 and up on Linux) that is free now, different on
 /// each call in this process and unlikely to be another process's pick.
-fn memcached_port() -> u16 {
+fn unclaimed_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     const LOW: u32 = 12_000;
@@ -212,13 +212,11 @@ impl Drop for Memcached {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, below the kernel's ephemeral range: a port picked by
+/// binding port 0 is in that range, where any outgoing connection (a test's client, a node's
+/// peer link) may take it as its local port before the server binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unclaimed_port()
 }
 
 /// Waits until something accepts connections on `addr`, for up to 10 seconds.
