@@ -792,9 +792,8 @@ impl Sim {
         self.carry_out(i);
     }
 
-    /// Client `c` sends `op`; true if it was proposed to the order.
-    fn invoke(&mut self, c: usize, op: Kv) -> bool {
-        let i = self.clients[c].node;
+    /// Records that client `c` invokes `op` now, and makes the client busy with it.
+    fn begin(&mut self, c: usize, op: &Kv) -> usize {
         self.clock += 1;
         let rec = self.recs.len();
         self.recs.push(Rec {
@@ -807,6 +806,13 @@ impl Sim {
         });
         self.stats.ops += 1;
         self.clients[c].busy = Some(rec);
+        rec
+    }
+
+    /// Client `c` sends `op`; true if it was proposed to the order.
+    fn invoke(&mut self, c: usize, op: Kv) -> bool {
+        let i = self.clients[c].node;
+        let rec = self.begin(c, &op);
         self.clients[c].last_key = op.key();
         self.log(1, || {
             format!(
@@ -863,19 +869,8 @@ impl Sim {
                 continue;
             }
             let op = Kv::Get(client.last_key);
-            self.clock += 1;
-            let rec = self.recs.len();
-            self.recs.push(Rec {
-                client: client.id,
-                owner: c,
-                op: op.clone(),
-                uid: None,
-                invoked: self.clock,
-                done: None,
-            });
-            self.stats.ops += 1;
+            let rec = self.begin(c, &op);
             self.stats.local_reads += 1;
-            self.clients[c].busy = Some(rec);
             self.log(1, || {
                 format!(
                     "client {} at node {} reads during the reset: op #{rec}: {op:?}",

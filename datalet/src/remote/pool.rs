@@ -111,26 +111,32 @@ pub enum Job {
     RefreshStats,
 }
 
-impl Job {
-    /// Whether the job goes in a batch (a get, or any mutation), and then the bytes of value
-    /// it sends.
-    fn pipelined(&self) -> Option<usize> {
-        match self {
-            Job::Get { .. } => Some(0),
-            Job::Apply {
-                mutation: Mutation::Store { value, .. },
-                ..
-            } => Some(value.len()),
-            Job::Apply { .. } => Some(0),
-            _ => None,
-        }
-    }
+/// A job that goes in a batch, as the batch sees it.
+struct Batched<'a> {
+    key: &'a Bytes,
+    /// A read-modify-write: its write goes out after the batch.
+    rmw: bool,
+    /// The bytes of value it sends.
+    bytes: usize,
+}
 
-    /// The key of a job that goes in a batch, and whether it is a read-modify-write.
-    fn batched_key(&self) -> Option<(&Bytes, bool)> {
+impl Job {
+    /// The job as part of a batch, if it goes in one: a get, or any mutation.
+    fn batched(&self) -> Option<Batched<'_>> {
         match self {
-            Job::Get { key, .. } => Some((key, false)),
-            Job::Apply { key, mutation, .. } => Some((key, !ops::single_request(mutation))),
+            Job::Get { key, .. } => Some(Batched {
+                key,
+                rmw: false,
+                bytes: 0,
+            }),
+            Job::Apply { key, mutation, .. } => Some(Batched {
+                key,
+                rmw: !ops::single_request(mutation),
+                bytes: match mutation {
+                    Mutation::Store { value, .. } => value.len(),
+                    _ => 0,
+                },
+            }),
             _ => None,
         }
     }
@@ -207,7 +213,7 @@ fn finish_gets(s: &Shared, run: GetsRun, reply: client::Reply) -> Result<(), Con
             return condemned;
         }
     };
-    let mut found: Vec<Option<client::RemoteValue>> = run.keys.iter().map(|_| None).collect();
+    let mut found: Vec<Option<client::RemoteValue>> = vec![None; run.keys.len()];
     let mut next = 0;
     for (key, value) in hits {
         match run.keys[next..].iter().position(|k| *k == key) {
@@ -364,7 +370,7 @@ impl Worker {
                     _ = ticker.tick(), if refreshes => Job::RefreshStats,
                 },
             };
-            match job.pipelined() {
+            match job.batched().map(|b| b.bytes) {
                 Some(bytes) => {
                     let batch = self.gather(job, bytes);
                     self.pipeline(batch).await;
@@ -374,13 +380,14 @@ impl Worker {
         }
     }
 
-    /// `first` and the pipelined jobs queued right behind it. A job that cannot be pipelined
-    /// ends the batch and is held for after it.
+    /// `first` and the gets and mutations queued right behind it. Any other job, or a job on
+    /// the key of a read-modify-write already in the batch, ends the batch and is held for
+    /// after it.
     fn gather(&mut self, first: Job, mut bytes: usize) -> Vec<Job> {
         // The keys of the batch's read-modify-writes: a later job on one of them must wait
         // for the next batch, since their writes go out after the whole batch.
         let mut rmw_keys: Vec<Bytes> = Vec::new();
-        if let Some((key, true)) = first.batched_key() {
+        if let Some(Batched { key, rmw: true, .. }) = first.batched() {
             rmw_keys.push(key.clone());
         }
         let mut batch = vec![first];
@@ -388,18 +395,14 @@ impl Worker {
             let Ok(job) = self.jobs.try_recv() else {
                 break;
             };
-            let (Some(more), Some((key, rmw))) = (job.pipelined(), job.batched_key()) else {
+            let Some(b) = job.batched().filter(|b| !rmw_keys.contains(b.key)) else {
                 self.held = Some(job);
                 break;
             };
-            if rmw_keys.iter().any(|k| k == key) {
-                self.held = Some(job);
-                break;
+            if b.rmw {
+                rmw_keys.push(b.key.clone());
             }
-            if rmw {
-                rmw_keys.push(key.clone());
-            }
-            bytes += more;
+            bytes += b.bytes;
             batch.push(job);
         }
         batch
@@ -573,7 +576,7 @@ impl Worker {
     async fn handle(&mut self, job: Job) {
         let s = Arc::clone(&self.shared);
         match job {
-            job @ (Job::Get { .. } | Job::Apply { .. }) => self.pipeline(vec![job]).await,
+            Job::Get { .. } | Job::Apply { .. } => unreachable!("gets and mutations go in batches"),
             Job::FlushAll { at, now, reply } => {
                 let result = on_conn!(self, c => ops::flush_all(&s, c, at, now));
                 if result.is_ok() && at > now {
