@@ -7,11 +7,12 @@
 //! reads go through the order too in the linearizable mode and are served from the local
 //! replica in the sequential mode. Commands talk only to this interface.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
+use tailorkv_datalet::mutate::ITEM_OVERHEAD_BYTES;
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
@@ -39,6 +40,12 @@ struct Ordered {
     replicator: Replicator,
     /// Serve reads from the local replica instead of through the order.
     local_reads: bool,
+    /// The memory limit, in bytes. A replica must never fail to apply what the order
+    /// delivered, or it would diverge from the others; so the limit is enforced here, before
+    /// an operation is proposed, against this replica's memory, and the datalet itself has
+    /// none. A write refused here was never ordered: nothing anywhere stored it. Replicas may
+    /// pass the limit by what is in flight at once.
+    memory_limit: AtomicUsize,
 }
 
 pub struct Engine<D> {
@@ -73,11 +80,19 @@ impl<D: Datalet> Engine<D> {
     }
 
     /// Orders operations through `replicator`; `local_reads` serves reads from the local
-    /// replica (the sequential mode).
-    pub fn replicated(mut self, replicator: Replicator, local_reads: bool) -> Self {
+    /// replica (the sequential mode). `memory_limit` (bytes) is checked before a write is
+    /// proposed; the datalet's own limit is lifted.
+    pub fn replicated(
+        mut self,
+        replicator: Replicator,
+        local_reads: bool,
+        memory_limit: usize,
+    ) -> Self {
+        self.datalet.set_memory_limit(usize::MAX);
         self.ordered = Some(Ordered {
             replicator,
             local_reads,
+            memory_limit: AtomicUsize::new(memory_limit),
         });
         self
     }
@@ -118,6 +133,7 @@ impl<D: Datalet> Engine<D> {
 
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
         if let Some(o) = &self.ordered {
+            self.admit(o, key, &mutation).await?;
             return o.replicator.mutate(key, mutation, self.now()).await;
         }
         if let Some(e) = &self.eventual {
@@ -125,6 +141,35 @@ impl<D: Datalet> Engine<D> {
         }
         let version = self.next_version().await?;
         self.datalet.apply(key, mutation, version, self.now()).await
+    }
+
+    /// Refuses a write that could take this replica past its memory limit, after freeing
+    /// what items dead at the order's clock hold. Deletes and touches never grow an item;
+    /// `incr` may by up to 20 digits.
+    async fn admit(
+        &self,
+        o: &Ordered,
+        key: &Bytes,
+        mutation: &Mutation,
+    ) -> Result<(), DataletError> {
+        let grows = match mutation {
+            Mutation::Store { value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
+            Mutation::Incr(_) | Mutation::Decr(_) => 20,
+            Mutation::Delete | Mutation::Touch { .. } => return Ok(()),
+        };
+        let limit = o.memory_limit.load(Ordering::Relaxed);
+        let fits = || (self.datalet.stats().bytes as usize).saturating_add(grows) <= limit;
+        if fits() {
+            return Ok(());
+        }
+        self.datalet
+            .reclaim(o.replicator.health().order_now())
+            .await;
+        if fits() {
+            Ok(())
+        } else {
+            Err(DataletError::OutOfMemory)
+        }
     }
 
     /// `flush_all [delay]`, with memcached's timing: the flush point is one second before the
@@ -161,12 +206,21 @@ impl<D: Datalet> Engine<D> {
         self.ordered.as_ref().map(|o| o.replicator.health())
     }
 
+    /// `cache_memlimit`. In a strong-mode cluster it changes this node's limit on what it
+    /// proposes, never what the replicas apply, so nodes with different limits stay identical.
     pub fn set_memory_limit(&self, bytes: usize) {
-        self.datalet.set_memory_limit(bytes);
+        match &self.ordered {
+            Some(o) => o.memory_limit.store(bytes, Ordering::Relaxed),
+            None => self.datalet.set_memory_limit(bytes),
+        }
     }
 
     pub fn datalet_stats(&self) -> DataletStats {
-        self.datalet.stats()
+        let mut stats = self.datalet.stats();
+        if let Some(o) = &self.ordered {
+            stats.limit_maxbytes = o.memory_limit.load(Ordering::Relaxed) as u64;
+        }
+        stats
     }
 
     /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is

@@ -25,7 +25,9 @@ use crate::cmd::Context;
 use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
 use crate::engine::Engine;
-use crate::replication::{spawn_driver, Eventual, Members};
+use crate::peer::{cluster_digest, LinkConfig};
+use crate::replication::eventual::{self, EventualOptions};
+use crate::replication::{max_frame_bytes, spawn_driver, Eventual, Members};
 use crate::stats::Counts;
 use crate::tob::Timing;
 
@@ -40,6 +42,36 @@ pub fn limits(config: &Config) -> Limits {
     }
 }
 
+/// A cluster in the linearizable or sequential mode: its replicas apply one order.
+fn is_strong_cluster(config: &Config) -> bool {
+    !config.peers.is_empty() && config.consistency != Consistency::Eventual
+}
+
+/// The largest peer frame a configuration may need: within what a 4-byte length holds, with
+/// room to spare.
+const FRAME_CAP_BYTES: usize = 2 << 30;
+
+/// What names a cluster on its peer links: the members, the mode and the item size limit,
+/// which every member must share.
+fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
+    let mut members: Vec<String> = config
+        .peers
+        .iter()
+        .map(|m| format!("{}@{}", m.id.0, m.addr))
+        .collect();
+    members.sort();
+    let mode = format!("{:?}", config.consistency);
+    let item = config.item_size_max.to_string();
+    let parts = members
+        .iter()
+        .map(String::as_bytes)
+        .chain([mode.as_bytes(), item.as_bytes()]);
+    LinkConfig {
+        cluster: cluster_digest(parts),
+        max_frame_bytes,
+    }
+}
+
 /// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled.
 pub async fn run_configured(
     listener: TcpListener,
@@ -48,7 +80,12 @@ pub async fn run_configured(
 ) -> std::io::Result<()> {
     match config.datalet {
         DataletSpec::Memory => {
-            let datalet = Arc::new(MemoryDatalet::new(limits(&config)));
+            let datalet = if is_strong_cluster(&config) {
+                MemoryDatalet::replica(limits(&config))
+            } else {
+                MemoryDatalet::new(limits(&config))
+            };
+            let datalet = Arc::new(datalet);
             run(listener, config, datalet, Arc::new(SystemClock), shutdown).await
         }
         DataletSpec::Disk(ref dir) => {
@@ -190,11 +227,35 @@ async fn join_cluster<D: Datalet>(
         Consistency::Sequential => true,
         Consistency::Eventual => {
             let peers: Vec<_> = all.iter().copied().filter(|&(id, _)| id != me).collect();
-            let node = Eventual::start(me, datalet, clock, listener, &peers, shutdown.clone());
+            let options = EventualOptions {
+                link: link_config(config, eventual::max_frame_bytes(config.item_size_max)),
+                ..EventualOptions::default()
+            };
+            let node = Eventual::start_with(
+                me,
+                datalet,
+                clock,
+                listener,
+                &peers,
+                shutdown.clone(),
+                options,
+            );
             return Ok(engine.eventual(node));
         }
     };
-    let members = Members { me, all };
+    let frame = max_frame_bytes(all.len(), config.item_size_max);
+    if frame > FRAME_CAP_BYTES {
+        return Err(invalid(format!(
+            "--item-size-max {} is too large for a {}-node cluster in this mode: a view change \
+             may carry {} MiB in one message, over the {} MiB a peer frame may hold",
+            config.item_size_max,
+            all.len(),
+            frame >> 20,
+            FRAME_CAP_BYTES >> 20
+        )));
+    }
+    let link = link_config(config, frame);
+    let members = Members { me, all, link };
     let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
     let replicator = spawn_driver(
         members,
@@ -210,7 +271,8 @@ async fn join_cluster<D: Datalet>(
         delivered,
         shutdown.clone(),
     );
-    Ok(engine.replicated(replicator, local_reads))
+    let memory_limit = config.memory_limit * 1024 * 1024;
+    Ok(engine.replicated(replicator, local_reads, memory_limit))
 }
 
 async fn refuse(mut stream: TcpStream) {

@@ -190,6 +190,15 @@ pub trait Datalet: Send + Sync + 'static {
     /// Changes the memory limit. Items already stored stay.
     fn set_memory_limit(&self, bytes: usize);
 
+    /// Frees what items dead at `now` hold (expired or flushed), where the store keeps them
+    /// until they are touched. Returns how many it removed. A replica calls it with the
+    /// order's clock, before which no operation still to come can be applied, so what it
+    /// removes is dead for every replica. The default removes nothing.
+    fn reclaim(&self, now: UnixSecs) -> impl Future<Output = u64> + Send {
+        let _ = now;
+        async { 0 }
+    }
+
     /// The store's counters. A remote store's may trail its state by a moment.
     fn stats(&self) -> DataletStats;
 }

@@ -6,6 +6,12 @@
 //! [`DataletError::OutOfMemory`] after expired items are reclaimed. Nothing live is ever
 //! evicted. Expired and flushed items are removed when next touched, and in bulk when memory
 //! runs short.
+//!
+//! A *replica* ([`MemoryDatalet::replica`]) is changed only by mutations and
+//! [`Datalet::reclaim`]: a read that finds a dead item leaves it in place. Replicas apply the
+//! same mutations at the same (ordered) clock readings, but serve reads at their own clocks;
+//! were a read to remove an item that a clock running ahead sees expired, a later mutation
+//! read at the order's (earlier) clock would find it gone on that replica alone.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -40,11 +46,14 @@ pub struct MemoryDatalet {
     get_expired: AtomicU64,
     get_flushed: AtomicU64,
     reclaimed: AtomicU64,
+    /// Reads leave dead items in place (see the module's documentation).
+    replica: bool,
 }
 
 impl MemoryDatalet {
     pub fn new(limits: Limits) -> Self {
         MemoryDatalet {
+            replica: false,
             map: DashMap::new(),
             item_size_max: limits.item_size_max,
             memory_limit: AtomicUsize::new(limits.memory_limit_bytes),
@@ -55,6 +64,15 @@ impl MemoryDatalet {
             get_expired: AtomicU64::new(0),
             get_flushed: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+        }
+    }
+
+    /// A store that only mutations and [`Datalet::reclaim`] change: for a replica of a
+    /// replicated mode.
+    pub fn replica(limits: Limits) -> Self {
+        MemoryDatalet {
+            replica: true,
+            ..MemoryDatalet::new(limits)
         }
     }
 
@@ -78,18 +96,21 @@ impl MemoryDatalet {
     }
 
     /// Removes every expired or flushed item; at most once a second.
-    fn reclaim(&self, now: UnixSecs) {
+    fn sweep(&self, now: UnixSecs) -> u64 {
         if self.last_reclaim.swap(now, Ordering::AcqRel) == now {
-            return;
+            return 0;
         }
+        let mut removed = 0;
         self.map.retain(|key, slot| {
             if self.dead(slot, now).is_none() {
                 return true;
             }
             self.release(item_bytes(key, &slot.item));
-            self.reclaimed.fetch_add(1, Ordering::Relaxed);
+            removed += 1;
             false
         });
+        self.reclaimed.fetch_add(removed, Ordering::Relaxed);
+        removed
     }
 
     fn try_apply(
@@ -152,6 +173,9 @@ impl Datalet for MemoryDatalet {
             Dead::Flushed => &self.get_flushed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if self.replica {
+            return Ok(None);
+        }
         if let Some((key, slot)) = self
             .map
             .remove_if(key, |_, slot| self.dead(slot, now).is_some())
@@ -182,7 +206,7 @@ impl Datalet for MemoryDatalet {
     ) -> Result<Outcome, DataletError> {
         match self.try_apply(key, mutation.clone(), version, now) {
             Err(DataletError::OutOfMemory) => {
-                self.reclaim(now);
+                self.sweep(now);
                 self.try_apply(key, mutation, version, now)
             }
             done => done,
@@ -225,6 +249,10 @@ impl Datalet for MemoryDatalet {
         self.memory_limit.store(bytes, Ordering::Relaxed);
     }
 
+    async fn reclaim(&self, now: UnixSecs) -> u64 {
+        self.sweep(now)
+    }
+
     fn stats(&self) -> DataletStats {
         DataletStats {
             curr_items: self.map.len() as u64,
@@ -243,4 +271,74 @@ mod tests {
     use super::*;
 
     crate::conformance_tests!(MemoryDatalet::new);
+
+    mod replica {
+        use super::*;
+
+        crate::conformance_tests!(MemoryDatalet::replica);
+    }
+
+    fn set(value: &'static [u8], expiry: tailorkv_common::Expiry) -> Mutation {
+        Mutation::Store {
+            mode: tailorkv_common::codec::StoreMode::Set,
+            flags: 0,
+            expiry,
+            value: Bytes::from_static(value),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replica_keeps_dead_items_until_a_mutation_or_a_reclaim() {
+        use tailorkv_common::{Expiry, NodeId};
+        for replica in [false, true] {
+            let store = if replica {
+                MemoryDatalet::replica(Limits::default())
+            } else {
+                MemoryDatalet::new(Limits::default())
+            };
+            let key = Bytes::from_static(b"k");
+            let version = Version::new(1, NodeId(0));
+            store
+                .apply(&key, set(b"v", Expiry::At(100)), version, 50)
+                .await
+                .unwrap();
+            // Read past its expiry: gone for the reader either way.
+            assert_eq!(store.get(b"k", 200).await.unwrap(), None);
+            // A replica still holds it, so a mutation read at an earlier clock finds it.
+            let kept = store.stats().curr_items;
+            assert_eq!(kept, u64::from(replica), "replica={replica}");
+            let appended = store
+                .apply(
+                    &key,
+                    Mutation::Store {
+                        mode: tailorkv_common::codec::StoreMode::Append,
+                        flags: 0,
+                        expiry: Expiry::Never,
+                        value: Bytes::from_static(b"w"),
+                    },
+                    Version::new(2, NodeId(0)),
+                    99,
+                )
+                .await
+                .unwrap();
+            let want = if replica {
+                Outcome::Stored
+            } else {
+                Outcome::NotStored
+            };
+            assert_eq!(appended, want, "replica={replica}");
+        }
+        let store = MemoryDatalet::replica(Limits::default());
+        let version = Version::new(1, NodeId(0));
+        for i in 0..10u8 {
+            let key = Bytes::from(vec![b'k', i]);
+            store
+                .apply(&key, set(b"v", Expiry::At(100)), version, 50)
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.reclaim(99).await, 0, "nothing is dead yet");
+        assert_eq!(store.reclaim(100).await, 10);
+        assert_eq!((store.stats().curr_items, store.stats().bytes), (0, 0));
+    }
 }

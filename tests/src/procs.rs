@@ -103,6 +103,8 @@ struct Node {
     child: Option<Child>,
     /// How many times it was started.
     starts: u32,
+    /// Arguments this node alone gets, after the cluster's.
+    own_args: Vec<String>,
 }
 
 /// A cluster of `controlet` processes on loopback. Dropping it kills every node still
@@ -120,6 +122,17 @@ impl ProcCluster {
     /// `version`. In `extra_args`, `{node}` stands for the node's id and `{dir}` for the
     /// cluster's directory: `--datalet disk:{dir}/node-{node}` gives each node its own store.
     pub fn start(n: usize, consistency: &str, extra_args: &[&str]) -> ProcCluster {
+        Self::start_with(n, consistency, extra_args, |_| Vec::new())
+    }
+
+    /// [`ProcCluster::start`], where node `i` also gets `own_args(i)` (after `extra_args`),
+    /// at every start: for clusters of unequal nodes.
+    pub fn start_with(
+        n: usize,
+        consistency: &str,
+        extra_args: &[&str],
+        own_args: impl Fn(usize) -> Vec<String>,
+    ) -> ProcCluster {
         assert!(n >= 1, "a cluster has at least one node");
         let exclusive = Exclusive::acquire();
         let binary = controlet_binary();
@@ -131,6 +144,7 @@ impl ProcCluster {
                 log: dir.join(format!("node-{i}.log")),
                 child: None,
                 starts: 0,
+                own_args: own_args(i),
             })
             .collect();
         let peers = nodes
@@ -342,6 +356,7 @@ impl ProcCluster {
         .chain(
             self.args
                 .iter()
+                .chain(&node.own_args)
                 .map(|a| a.replace("{node}", &i.to_string()).replace("{dir}", &dir)),
         )
         .collect();

@@ -99,6 +99,7 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         );
         s(out, "ops_proposed", r.ops_proposed.load(Relaxed));
         s(out, "ops_applied", r.ops_applied.load(Relaxed));
+        s(out, "apply_failures", r.apply_failures.load(Relaxed));
     }
     if let Some(e) = ctx.engine.eventual_node() {
         s(out, "antientropy_rounds", e.antientropy_rounds());

@@ -19,6 +19,22 @@
 //!   every link between two members is identified by its two IPs (the fault tests give each
 //!   member its own loopback address and cut links with firewall rules).
 //!
+//! # Frames are bounded, and only the cluster's own nodes are heard
+//!
+//! Both sides set the largest frame explicitly ([`LinkConfig::max_frame_bytes`], the same on
+//! every member, derived from the configuration). The protocols above keep every message
+//! under it; a message that is not (a bug) is reported and skipped, its number consumed, so
+//! the receiver sees a gap: never a link that resends one frame forever.
+//!
+//! A hello names the sender's cluster ([`LinkConfig::cluster`], a digest of the member list
+//! and of the settings every member must share). A connection whose hello names another
+//! cluster, a node that is not a configured peer, or an older run of a peer than one already
+//! heard from, is logged and closed before anything it sends reaches the protocol, so a
+//! stranger on the peer port (a node of another cluster, a misconfigured member, a stale
+//! connection of a process that restarted) cannot disturb the numbering of a real peer's
+//! messages and force a view change. This guards against mistakes, not attackers: peer
+//! authentication is a separate matter.
+//!
 //! # Lost messages are detected, never hidden
 //!
 //! Messages the kernel had accepted on a connection that then breaks are lost. Every message a
@@ -50,8 +66,45 @@ use tokio_util::sync::CancellationToken;
 
 /// Messages queued per peer before senders wait.
 pub const PEER_QUEUE: usize = 4096;
-/// Largest frame accepted from a peer.
+/// The smallest frame limit a link has.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// What every link of one cluster agrees on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkConfig {
+    /// Names the cluster: a digest of what its members must share (see [`cluster_digest`]).
+    pub cluster: u64,
+    /// The largest frame sent or accepted.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            cluster: 0,
+            max_frame_bytes: MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// A digest of `parts` (FNV-1a over each part and its length), stable across builds and
+/// machines: members configured alike compute the same one.
+pub fn cluster_digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    };
+    for part in parts {
+        for b in (part.len() as u64).to_le_bytes() {
+            eat(b);
+        }
+        for &b in part {
+            eat(b);
+        }
+    }
+    hash
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -59,8 +112,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// What travels on a peer connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<M> {
-    /// First frame of a connection: who is sending, and which run of that process.
-    Hello { from: NodeId, session: u64 },
+    /// First frame of a connection: who is sending, which run of that process, and which
+    /// cluster it belongs to.
+    Hello {
+        from: NodeId,
+        session: u64,
+        cluster: u64,
+    },
     /// One protocol message, with its number on this link.
     Message { n: u64, message: M },
 }
@@ -113,6 +171,7 @@ where
         session: u64,
         listener: TcpListener,
         peers: &[(NodeId, SocketAddr)],
+        config: LinkConfig,
         shutdown: CancellationToken,
     ) -> (Transport<M>, Inbox<M>) {
         let (inbox_tx, inbox) = mpsc::channel(PEER_QUEUE * peers.len().max(1));
@@ -122,7 +181,17 @@ where
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
         let expected = Expected::default();
-        tokio::spawn(accept_loop(listener, inbox_tx, expected, shutdown.clone()));
+        let known = Arc::new(Known {
+            peers: peers.iter().map(|&(peer, _)| peer).collect(),
+            config,
+        });
+        tokio::spawn(accept_loop(
+            listener,
+            inbox_tx,
+            expected,
+            known,
+            shutdown.clone(),
+        ));
         let mut queues = BTreeMap::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
@@ -132,6 +201,7 @@ where
                 peer,
                 addr,
                 source,
+                config,
             };
             tokio::spawn(writer(link, rx, shutdown.clone()));
             queues.insert(peer, tx);
@@ -198,6 +268,19 @@ struct Link {
     addr: SocketAddr,
     /// The IP outbound connections are bound to, if any.
     source: Option<IpAddr>,
+    config: LinkConfig,
+}
+
+/// What a receiving side checks a hello against.
+struct Known {
+    peers: Vec<NodeId>,
+    config: LinkConfig,
+}
+
+fn codec(config: &LinkConfig) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(config.max_frame_bytes)
+        .new_codec()
 }
 
 async fn connect(link: &Link) -> io::Result<TcpStream> {
@@ -240,16 +323,27 @@ async fn writer<M: Serialize>(
         let _ = stream.set_nodelay(true);
         set_user_timeout(&stream, LINK_TIMEOUT);
         backoff = BACKOFF_START;
-        let mut framed = FramedWrite::new(stream, LengthDelimitedCodec::new());
+        let mut framed = FramedWrite::new(stream, codec(&link.config));
         let hello = Frame::<M>::Hello {
             from: link.id,
             session: link.session,
+            cluster: link.config.cluster,
         };
         if framed.send(encode::<M>(&hello)).await.is_err() {
             continue;
         }
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
-        match pump(&mut framed, &mut queue, &mut unsent, &mut sent, &shutdown).await {
+        let limit = link.config.max_frame_bytes;
+        match pump(
+            &mut framed,
+            &mut queue,
+            &mut unsent,
+            &mut sent,
+            limit,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting")
@@ -259,12 +353,15 @@ async fn writer<M: Serialize>(
 }
 
 /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`, with
-/// the message being written kept in `unsent`). `sent` numbers the messages.
+/// the message being written kept in `unsent`). `sent` numbers the messages. A message whose
+/// frame would pass `limit` is reported and skipped, its number used up, so the receiver
+/// sees a gap where it was.
 async fn pump<M: Serialize>(
     framed: &mut FramedWrite<TcpStream, LengthDelimitedCodec>,
     queue: &mut mpsc::Receiver<M>,
     unsent: &mut Option<(u64, M)>,
     sent: &mut u64,
+    limit: usize,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
     loop {
@@ -287,7 +384,14 @@ async fn pump<M: Serialize>(
                 n,
                 message: &message,
             });
-            if let Err(e) = framed.feed(frame).await {
+            if frame.len() > limit {
+                tracing::error!(
+                    n,
+                    bytes = frame.len(),
+                    limit,
+                    "a peer message is larger than a frame may be; not sent (the peer sees a gap)"
+                );
+            } else if let Err(e) = framed.feed(frame).await {
                 *unsent = Some((n, message));
                 return Err(e);
             }
@@ -304,6 +408,7 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
     inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
     expected: Expected,
+    known: Arc<Known>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -314,7 +419,13 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                let reader = reader(stream, inbox.clone(), expected.clone(), shutdown.clone());
+                let reader = reader(
+                    stream,
+                    inbox.clone(),
+                    expected.clone(),
+                    Arc::clone(&known),
+                    shutdown.clone(),
+                );
                 tokio::spawn(reader);
             }
             Err(e) => {
@@ -325,10 +436,42 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Whether a connection from run `session` of `from` may be heard: not if a later run of
+/// that node has been heard from already (a stale connection of a process since restarted).
+fn current_run(expected: &Expected, from: NodeId, session: u64) -> bool {
+    let expected = expected.lock().unwrap();
+    expected
+        .get(&from)
+        .is_none_or(|&(heard, _)| session >= heard)
+}
+
+/// Why a hello is refused, if it is.
+fn check_hello(
+    known: &Known,
+    expected: &Expected,
+    from: NodeId,
+    session: u64,
+    cluster: u64,
+) -> Result<(), &'static str> {
+    if cluster != known.config.cluster {
+        return Err("it belongs to another cluster (member list or shared settings differ)");
+    }
+    if !known.peers.contains(&from) {
+        return Err("it names a node that is not a configured peer");
+    }
+    if !current_run(expected, from, session) {
+        return Err("it comes from an older run of that peer");
+    }
+    Ok(())
+}
+
 /// What to do with message `n` from a sender, given what is expected of it.
 fn admit(expected: &Expected, from: NodeId, session: u64, n: u64) -> Admit {
     let mut expected = expected.lock().unwrap();
     let entry = expected.entry(from).or_insert((session, 1));
+    if session < entry.0 {
+        return Admit::Stale;
+    }
     if entry.0 != session {
         // A new run of the sender: its numbering starts over.
         *entry = (session, 1);
@@ -349,6 +492,8 @@ enum Admit {
     Next,
     Duplicate,
     AfterGap,
+    /// From a run older than one heard from since: the connection is dropped.
+    Stale,
 }
 
 /// Reads one peer connection into the inbox.
@@ -356,30 +501,44 @@ async fn reader<M: DeserializeOwned>(
     stream: TcpStream,
     inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
     expected: Expected,
+    known: Arc<Known>,
     shutdown: CancellationToken,
 ) {
-    let codec = LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
-        .new_codec();
-    let mut framed = FramedRead::new(stream, codec);
+    let remote = stream.peer_addr().ok();
+    let mut framed = FramedRead::new(stream, codec(&known.config));
     let mut from = None;
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
             () = shutdown.cancelled() => return,
         };
-        let Some(Ok(bytes)) = frame else { return };
+        let bytes = match frame {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
+                tracing::warn!(?remote, error = %e, "unreadable frame from a peer; dropping the link");
+                return;
+            }
+            None => return,
+        };
         match (postcard::from_bytes::<Frame<M>>(&bytes), from) {
             (
                 Ok(Frame::Hello {
                     from: sender,
                     session,
+                    cluster,
                 }),
                 None,
-            ) => from = Some((sender, session)),
+            ) => {
+                if let Err(why) = check_hello(&known, &expected, sender, session, cluster) {
+                    tracing::warn!(?remote, ?sender, "refused a peer connection: {why}");
+                    return;
+                }
+                from = Some((sender, session));
+            }
             (Ok(Frame::Message { n, message }), Some((sender, session))) => {
                 let event = match admit(&expected, sender, session, n) {
                     Admit::Duplicate => continue,
+                    Admit::Stale => return,
                     Admit::Next => None,
                     Admit::AfterGap => Some(Incoming::Gap),
                 };
@@ -391,6 +550,7 @@ async fn reader<M: DeserializeOwned>(
             }
             (frame, _) => {
                 tracing::warn!(
+                    ?remote,
                     ok = frame.is_ok(),
                     "bad frame from a peer; dropping the link"
                 );

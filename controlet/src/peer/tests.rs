@@ -14,10 +14,22 @@ async fn bound() -> (TcpListener, SocketAddr) {
 async fn messages_arrive_in_order_tagged_with_their_sender() {
     let shutdown = CancellationToken::new();
     let ((la, aa), (lb, ab)) = (bound().await, bound().await);
-    let (a, mut a_in) =
-        Transport::<(u32, String)>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
-    let (b, mut b_in) =
-        Transport::<(u32, String)>::start(NodeId(2), 2, lb, &[(NodeId(1), aa)], shutdown.clone());
+    let (a, mut a_in) = Transport::<(u32, String)>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
+    let (b, mut b_in) = Transport::<(u32, String)>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
     for i in 0..2000 {
         a.send(NodeId(2), (i, format!("from a {i}"))).await;
         b.send(NodeId(1), (i, format!("from b {i}"))).await;
@@ -36,18 +48,31 @@ async fn messages_arrive_in_order_tagged_with_their_sender() {
 #[tokio::test]
 async fn a_sender_retries_until_its_peer_listens() {
     let shutdown = CancellationToken::new();
-    let (la, _) = bound().await;
+    let (la, aa) = bound().await;
     // Reserve an address for b, then close it: b is not listening yet.
     let (probe, ab) = bound().await;
     drop(probe);
-    let (a, _a_in) =
-        Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
+    let (a, _a_in) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
     for i in 0..10 {
         a.send(NodeId(2), i).await;
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
     let lb = TcpListener::bind(ab).await.unwrap();
-    let (_b, mut b_in) = Transport::<u64>::start(NodeId(2), 2, lb, &[], shutdown.clone());
+    let (_b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
     for i in 0..10 {
         let got = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
         assert_eq!(got.unwrap(), Some((NodeId(1), Incoming::Message(i))));
@@ -60,7 +85,14 @@ async fn a_connection_that_does_not_say_hello_is_dropped() {
     use tokio::io::AsyncWriteExt;
     let shutdown = CancellationToken::new();
     let (lb, ab) = bound().await;
-    let (_b, mut b_in) = Transport::<u64>::start(NodeId(2), 2, lb, &[], shutdown.clone());
+    let (_b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
     let mut raw = TcpStream::connect(ab).await.unwrap();
     let frame = encode(&Frame::Message {
         n: 1,
@@ -101,12 +133,139 @@ async fn outbound_links_are_bound_to_the_peer_address_ip() {
     let la = TcpListener::bind("127.0.0.21:0").await.unwrap();
     let target = std::net::TcpListener::bind("127.0.0.22:0").unwrap();
     let ab = target.local_addr().unwrap();
-    let (a, _a_in) =
-        Transport::<u64>::start(NodeId(1), 1, la, &[(NodeId(2), ab)], shutdown.clone());
+    let (a, _a_in) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
     a.send(NodeId(2), 1).await;
     let (_conn, from) = tokio::task::spawn_blocking(move || target.accept().unwrap())
         .await
         .unwrap();
     assert_eq!(from.ip().to_string(), "127.0.0.21");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_message_too_large_for_a_frame_is_skipped_and_seen_as_a_gap() {
+    let shutdown = CancellationToken::new();
+    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
+    let small = LinkConfig {
+        cluster: 9,
+        max_frame_bytes: 1024,
+    };
+    let (a, _a_in) = Transport::<Vec<u8>>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        small,
+        shutdown.clone(),
+    );
+    let (_b, mut b_in) = Transport::<Vec<u8>>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        small,
+        shutdown.clone(),
+    );
+    a.send(NodeId(2), vec![1; 10]).await;
+    a.send(NodeId(2), vec![2; 4096]).await;
+    a.send(NodeId(2), vec![3; 10]).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let next = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+        got.push(
+            next.expect("the link goes on after the large message")
+                .unwrap()
+                .1,
+        );
+    }
+    assert_eq!(
+        got,
+        vec![
+            Incoming::Message(vec![1; 10]),
+            Incoming::Gap,
+            Incoming::Message(vec![3; 10]),
+        ]
+    );
+    shutdown.cancel();
+}
+
+/// Sends `frames` on a raw connection to `to`, each length-prefixed.
+async fn send_raw(to: SocketAddr, frames: &[Bytes]) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut raw = TcpStream::connect(to).await.unwrap();
+    for frame in frames {
+        raw.write_all(&(frame.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        raw.write_all(frame).await.unwrap();
+    }
+    raw
+}
+
+#[tokio::test]
+async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
+    let shutdown = CancellationToken::new();
+    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
+    let config = LinkConfig {
+        cluster: 77,
+        max_frame_bytes: MAX_FRAME_BYTES,
+    };
+    let session = new_session();
+    let (a, _a_in) = Transport::<u64>::start(
+        NodeId(1),
+        session,
+        la,
+        &[(NodeId(2), ab)],
+        config,
+        shutdown.clone(),
+    );
+    let (_b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        config,
+        shutdown.clone(),
+    );
+    a.send(NodeId(2), 1).await;
+    let first = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+    assert_eq!(first.unwrap(), Some((NodeId(1), Incoming::Message(1))));
+    let hello = |from: u16, session: u64, cluster: u64| {
+        encode(&Frame::<u64>::Hello {
+            from: NodeId(from),
+            session,
+            cluster,
+        })
+    };
+    let message = |n: u64| encode(&Frame::Message { n, message: 666u64 });
+    let strangers = [
+        // Garbage.
+        vec![Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")],
+        // Another cluster's node 1, newer run.
+        vec![hello(1, session + 1, 78), message(5)],
+        // A node that is not a peer.
+        vec![hello(9, session + 1, 77), message(5)],
+        // An older run of node 1.
+        vec![hello(1, session - 1, 77), message(5)],
+    ];
+    let mut held = Vec::new();
+    for frames in &strangers {
+        held.push(send_raw(ab, frames).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Node 1's own messages still arrive in order, with no gap and nothing of the strangers.
+    a.send(NodeId(2), 2).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+    assert_eq!(next.unwrap(), Some((NodeId(1), Incoming::Message(2))));
+    let more = tokio::time::timeout(Duration::from_millis(200), b_in.recv()).await;
+    assert!(more.is_err(), "a stranger was heard: {more:?}");
+    drop(held);
     shutdown.cancel();
 }

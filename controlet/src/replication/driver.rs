@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::codec::StoreMode;
-use tailorkv_common::{Clock, Expiry, NodeId, Version};
+use tailorkv_common::{Clock, Expiry, NodeId, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, Mutation};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -17,20 +17,61 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, Health, Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
-use crate::peer::{new_session, Inbox, Incoming, Transport};
+use crate::peer::{new_session, Inbox, Incoming, LinkConfig, Transport};
 use crate::tob::{Event, Incarnation, Message, NodeState, Timing, Tob};
 
 /// How often the TOB is ticked: one tick of [`Timing`].
 pub const TICK: Duration = Duration::from_millis(1);
 /// How long a client request waits for the cluster before it is refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Items per state-transfer message.
-const STATE_CHUNK: usize = 2048;
+/// Bytes of items per state-transfer message (a larger item goes alone).
+pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of operations proposed here and not yet delivered past which the driver takes no
+/// new client requests. It bounds what a view change carries: every member's undelivered
+/// batches come from some member's proposals, so a `Promise` or `Install` holds at most this
+/// (plus one operation) per member, twice over (its pending batches and an accepted plan).
+pub const IN_FLIGHT_BYTES: usize = 8 << 20;
+/// What a proposal adds to its operation's key and value on the wire, at most.
+const PROPOSAL_OVERHEAD: usize = 64;
 
+/// Refused before it was proposed: nothing happened.
 pub(crate) const CUT_OFF: &str = "no quorum: this node is not in the cluster's current view";
+/// Proposed, and not known to be ordered: it may yet take effect.
 pub(crate) const TIMED_OUT: &str =
     "no quorum: timed out waiting for the cluster; the outcome is unknown";
-pub(crate) const CATCHING_UP: &str = "no quorum: this node is catching up";
+/// Refused while a snapshot is installed: a request taken before that may have been ordered.
+pub(crate) const CATCHING_UP: &str = "no quorum: this node is catching up; the outcome is unknown";
+/// Ordered, but this node could not apply it and is catching up: the others applied it.
+pub(crate) const NOT_APPLIED: &str =
+    "this node failed to apply the operation and is catching up; the outcome is unknown";
+
+/// The largest frame a peer link of a strong-mode cluster of `members` nodes carries, for
+/// items up to `item_size_max`: a view change's `Promise` (pending batches and an accepted
+/// plan) or `Install` (the plan's tail), each bounded through [`IN_FLIGHT_BYTES`]; broadcasts
+/// and state chunks are smaller. At least [`crate::peer::MAX_FRAME_BYTES`].
+pub fn max_frame_bytes(members: usize, item_size_max: usize) -> usize {
+    let op = item_size_max + tailorkv_common::codec::KEY_MAX_BYTES + PROPOSAL_OVERHEAD;
+    let per_member = IN_FLIGHT_BYTES + op;
+    (2 * members.max(1) * per_member + (1 << 20)).max(crate::peer::MAX_FRAME_BYTES)
+}
+
+impl crate::tob::Weigh for Proposal {
+    fn weight(&self) -> usize {
+        let data = match &self.op {
+            Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
+            Op::Get { key } => key.len(),
+            Op::Flush { .. } => 0,
+        };
+        data + PROPOSAL_OVERHEAD
+    }
+}
+
+fn mutation_bytes(mutation: &Mutation) -> usize {
+    match mutation {
+        Mutation::Store { value, .. } => value.len(),
+        _ => 0,
+    }
+}
 
 /// This member and the whole group.
 #[derive(Clone, Debug)]
@@ -38,6 +79,8 @@ pub struct Members {
     pub me: NodeId,
     /// Every configured node, this one included, with its peer address.
     pub all: Vec<(NodeId, SocketAddr)>,
+    /// The cluster's name and frame limit on peer links.
+    pub link: LinkConfig,
 }
 
 /// What travels between drivers.
@@ -56,6 +99,9 @@ pub enum PeerMsg {
 pub struct StateChunk {
     pub epoch: u64,
     pub seq: u64,
+    /// The order's clock at `seq` (see `Driver::order_now`): the joiner continues from it, so
+    /// every replica decides expiry at the same moments.
+    pub now: UnixSecs,
     pub items: Vec<StateItem>,
     /// The snapshot is complete with this chunk.
     pub last: bool,
@@ -94,8 +140,14 @@ pub fn spawn_driver<D: Datalet>(
         .filter(|&(id, _)| id != members.me)
         .collect();
     let incarnation = new_session();
-    let (transport, inbox) =
-        Transport::<PeerMsg>::start(members.me, incarnation, listener, &peers, shutdown.clone());
+    let (transport, inbox) = Transport::<PeerMsg>::start(
+        members.me,
+        incarnation,
+        listener,
+        &peers,
+        members.link,
+        shutdown.clone(),
+    );
     let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
     let counters = Arc::new(Counters::default());
     let health = Arc::new(Health::default());
@@ -114,6 +166,8 @@ pub fn spawn_driver<D: Datalet>(
         overflow: BTreeMap::new(),
         receiving: None,
         early_chunks: Vec::new(),
+        order_now: 0,
+        diverged: false,
     };
     tokio::spawn(driver.run(requests_rx, inbox, shutdown));
     Replicator {
@@ -129,6 +183,8 @@ struct Receiving {
     seq: u64,
     started: Instant,
     items: u64,
+    /// An item could not be stored: the snapshot is not installed.
+    failed: bool,
 }
 
 struct Driver<D> {
@@ -151,6 +207,15 @@ struct Driver<D> {
     saved: u64,
     /// Snapshot chunks that arrived before the view that asks for them.
     early_chunks: Vec<StateChunk>,
+    /// The order's clock: the latest proposer's clock reading among the operations applied
+    /// so far. Every operation is applied at `max(order_now, its proposer's reading)`, so
+    /// expiry is decided by a clock that never goes back and is the same on every replica;
+    /// an item dead at `order_now` is dead for every operation still to come, which is what
+    /// lets a snapshot, or a reclaim of memory, drop it on one replica alone.
+    order_now: UnixSecs,
+    /// This node failed to apply a delivered operation: it applies nothing more until it
+    /// has installed a snapshot.
+    diverged: bool,
 }
 
 impl<D: Datalet> Driver<D> {
@@ -163,11 +228,12 @@ impl<D: Datalet> Driver<D> {
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            let can_accept = self.members_overflow_empty();
+            let can_accept = self.members_overflow_empty() && self.has_room();
             tokio::select! {
                 Some(request) = requests.recv(), if can_accept => {
                     self.take(request);
-                    while let Ok(request) = requests.try_recv() {
+                    while self.has_room() {
+                        let Ok(request) = requests.try_recv() else { break };
                         self.take(request);
                     }
                     self.tob.flush();
@@ -187,6 +253,11 @@ impl<D: Datalet> Driver<D> {
             }
             self.carry_out().await;
         }
+    }
+
+    /// Whether this node's undelivered proposals leave room for another request.
+    fn has_room(&self) -> bool {
+        self.tob.own_bytes() < IN_FLIGHT_BYTES
     }
 
     fn members_overflow_empty(&self) -> bool {
@@ -312,6 +383,7 @@ impl<D: Datalet> Driver<D> {
         let view = self.tob.view();
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
+        self.health.set_order_now(self.order_now);
     }
 
     async fn carry_out_one(&mut self, event: Event<Proposal>) {
@@ -324,6 +396,7 @@ impl<D: Datalet> Driver<D> {
             Event::AwaitState { epoch, source, seq } => {
                 tracing::info!(epoch, ?source, seq, "joining a view: waiting for its state");
                 self.fail_all_waiting(CATCHING_UP);
+                self.diverged = false;
                 // Local reads must see the node catching up before the store empties.
                 self.health.begin_reset();
                 if let Err(e) = self.datalet.reset().await {
@@ -334,6 +407,7 @@ impl<D: Datalet> Driver<D> {
                     seq,
                     started: Instant::now(),
                     items: 0,
+                    failed: false,
                 });
                 for chunk in std::mem::take(&mut self.early_chunks) {
                     if chunk.epoch == epoch {
@@ -351,9 +425,11 @@ impl<D: Datalet> Driver<D> {
         }
     }
 
-    /// Sends a snapshot of the datalet, as it is now, to the members that need it.
+    /// Sends a snapshot of the datalet, as it is now, to the members that need it: every item
+    /// live at the order's clock (not the wall clock, which may be past an item's expiry that
+    /// the other replicas still hold live), in chunks of about [`STATE_CHUNK_BYTES`].
     async fn send_state(&mut self, epoch: u64, seq: u64, to: Vec<NodeId>) {
-        let now = self.clock.now();
+        let now = self.order_now;
         let items = match self.datalet.scan(now).await {
             Ok(items) => items,
             Err(e) => {
@@ -362,32 +438,7 @@ impl<D: Datalet> Driver<D> {
             }
         };
         tracing::info!(epoch, seq, items = items.len(), ?to, "sending state");
-        let total = items.len();
-        let mut chunks: Vec<StateChunk> = Vec::with_capacity(total / STATE_CHUNK + 1);
-        let mut items = items.into_iter().peekable();
-        loop {
-            let part: Vec<StateItem> = items
-                .by_ref()
-                .take(STATE_CHUNK)
-                .map(|(key, item)| StateItem {
-                    key,
-                    value: item.value,
-                    flags: item.flags,
-                    expiry: item.expiry,
-                    version: item.version,
-                })
-                .collect();
-            let last = items.peek().is_none();
-            chunks.push(StateChunk {
-                epoch,
-                seq,
-                items: part,
-                last,
-            });
-            if last {
-                break;
-            }
-        }
+        let chunks = state_chunks(epoch, seq, now, items);
         for peer in to {
             let queue = self.overflow.entry(peer).or_default();
             queue.extend(chunks.iter().cloned().map(PeerMsg::State));
@@ -406,6 +457,7 @@ impl<D: Datalet> Driver<D> {
             return;
         }
         let now = self.clock.now();
+        self.order_now = chunk.now;
         let count = chunk.items.len() as u64;
         for item in chunk.items {
             let mutation = Mutation::Store {
@@ -420,11 +472,17 @@ impl<D: Datalet> Driver<D> {
                 .await
             {
                 tracing::error!(error = %e, "could not store a transferred item");
+                self.receiving.as_mut().expect("checked").failed = true;
             }
         }
         let receiving = self.receiving.as_mut().expect("checked");
         receiving.items += count;
-        if chunk.last {
+        if chunk.last && receiving.failed {
+            // Serving this copy would lie: ask for another snapshot.
+            self.receiving = None;
+            tracing::error!("a transferred state could not be stored; asking for another");
+            self.tob.resync();
+        } else if chunk.last {
             let receiving = self.receiving.take().expect("checked");
             tracing::info!(
                 epoch = receiving.epoch,
@@ -438,23 +496,110 @@ impl<D: Datalet> Driver<D> {
     }
 
     /// Applies one delivered operation, and answers its client if it was proposed here.
+    ///
+    /// An operation every replica applies (a mutation, a flush) that fails here leaves this
+    /// replica behind the order: it stops applying and serving, and catches up by state
+    /// transfer ([`Tob::resync`]). Its client is told the outcome is unknown: the others
+    /// applied it. A datalet's memory limit cannot fail an operation here: in a cluster it is
+    /// enforced before an operation is proposed (see [`crate::engine`]).
     async fn apply(&mut self, delivery: crate::tob::Delivery<Proposal>) {
-        self.counters.ops_applied.fetch_add(1, Relaxed);
         let Proposal { request, now, op } = delivery.op;
-        let version = Version::new(delivery.seq, NodeId(0));
         let mine = delivery.origin == self.me;
+        if self.diverged {
+            if mine {
+                self.answer(request, Reply::Refused(DataletError::Refused(NOT_APPLIED)));
+            }
+            return;
+        }
+        self.counters.ops_applied.fetch_add(1, Relaxed);
+        self.order_now = self.order_now.max(now);
+        let now = self.order_now;
+        let version = Version::new(delivery.seq, NodeId(0));
         let reply = match op {
             Op::Mutate { key, mutation } => {
-                Reply::Mutated(self.datalet.apply(&key, mutation, version, now).await)
+                let result = self.datalet.apply(&key, mutation, version, now).await;
+                if let Err(e) = &result {
+                    self.diverge(delivery.seq, e);
+                }
+                Reply::Mutated(result)
             }
             Op::Get { key } if mine => Reply::Read(self.datalet.get(&key, now).await),
             Op::Get { .. } => return,
-            Op::Flush { at } => Reply::Flushed(self.datalet.flush_all(at, now).await),
+            Op::Flush { at } => {
+                let result = self.datalet.flush_all(at, now).await;
+                if let Err(e) = &result {
+                    self.diverge(delivery.seq, e);
+                }
+                Reply::Flushed(result)
+            }
         };
         if mine {
-            if let Some(waiter) = self.waiting.remove(&request) {
-                let _ = waiter.send(reply);
-            }
+            let reply = if self.diverged {
+                Reply::Refused(DataletError::Refused(NOT_APPLIED))
+            } else {
+                reply
+            };
+            self.answer(request, reply);
         }
     }
+
+    fn answer(&mut self, request: u64, reply: Reply) {
+        if let Some(waiter) = self.waiting.remove(&request) {
+            let _ = waiter.send(reply);
+        }
+    }
+
+    /// The datalet failed to apply operation `seq`: this replica no longer holds the order's
+    /// state, so it stops serving and asks for a snapshot.
+    fn diverge(&mut self, seq: u64, error: &DataletError) {
+        tracing::error!(
+            seq,
+            %error,
+            "could not apply an ordered operation; catching up by state transfer"
+        );
+        self.counters.apply_failures.fetch_add(1, Relaxed);
+        self.diverged = true;
+        self.tob.resync();
+    }
+}
+
+/// Splits a snapshot into chunks of about [`STATE_CHUNK_BYTES`] (an item larger than that goes
+/// alone); the last chunk says so, and an empty snapshot is one empty last chunk.
+pub(super) fn state_chunks(
+    epoch: u64,
+    seq: u64,
+    now: UnixSecs,
+    items: Vec<(Bytes, tailorkv_datalet::Item)>,
+) -> Vec<StateChunk> {
+    let mut chunks = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for (key, item) in items {
+        let size = key.len() + item.value.len() + PROPOSAL_OVERHEAD;
+        if !part.is_empty() && bytes + size > STATE_CHUNK_BYTES {
+            chunks.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(StateItem {
+            key,
+            value: item.value,
+            flags: item.flags,
+            expiry: item.expiry,
+            version: item.version,
+        });
+    }
+    chunks.push(part);
+    let last = chunks.len() - 1;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, items)| StateChunk {
+            epoch,
+            seq,
+            now,
+            items,
+            last: i == last,
+        })
+        .collect()
 }

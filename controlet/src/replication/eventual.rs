@@ -96,7 +96,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::antientropy::{Entry, Snapshot};
-use crate::peer::{new_session, Incoming, Transport};
+use crate::peer::{new_session, Incoming, LinkConfig, Transport};
 
 /// One replicated change: the item a write left, a delete's tombstone, or a flush.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +211,14 @@ pub struct EventualOptions {
     pub tombstone_grace: Duration,
     /// Updates kept per peer while its queue is full, at most.
     pub hint_limit: usize,
+    /// The cluster's name and frame limit on peer links.
+    pub link: LinkConfig,
+}
+
+/// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
+/// of updates or a repair is cut at [`MESSAGE_BYTES`] plus the one entry that passed it.
+pub fn max_frame_bytes(item_size_max: usize) -> usize {
+    (MESSAGE_BYTES + item_size_max + (1 << 20)).max(crate::peer::MAX_FRAME_BYTES)
 }
 
 impl Default for EventualOptions {
@@ -219,6 +227,7 @@ impl Default for EventualOptions {
             antientropy_interval: Duration::from_secs(2),
             tombstone_grace: Duration::from_secs(3600),
             hint_limit: 100_000,
+            link: LinkConfig::default(),
         }
     }
 }
@@ -293,8 +302,14 @@ impl<D: Datalet> Eventual<D> {
         shutdown: CancellationToken,
         options: EventualOptions,
     ) -> Arc<Self> {
-        let (transport, mut inbox) =
-            Transport::<Message>::start(me, new_session(), listener, peers, shutdown.clone());
+        let (transport, mut inbox) = Transport::<Message>::start(
+            me,
+            new_session(),
+            listener,
+            peers,
+            options.link,
+            shutdown.clone(),
+        );
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let counters = Arc::new(Counters::default());
         let node = Arc::new(Eventual {

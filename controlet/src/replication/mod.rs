@@ -43,7 +43,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::tob::NodeState;
 
-pub use driver::{spawn_driver, Members, PeerMsg, StateChunk, StateItem, REQUEST_TIMEOUT};
+pub use driver::{
+    max_frame_bytes, spawn_driver, Members, PeerMsg, StateChunk, StateItem, IN_FLIGHT_BYTES,
+    REQUEST_TIMEOUT, STATE_CHUNK_BYTES,
+};
 pub use eventual::Eventual;
 
 /// An operation in the total order.
@@ -108,6 +111,8 @@ pub struct Health {
     /// Counts the times the datalet was emptied for a state transfer, so a local read can
     /// tell whether one began while it read (see [`Replicator::read_locally`]).
     resets: std::sync::atomic::AtomicU64,
+    /// The order's clock as the driver last applied it (see `driver::Driver::order_now`).
+    order_now: std::sync::atomic::AtomicU64,
 }
 
 impl Health {
@@ -145,6 +150,16 @@ impl Health {
         }
     }
 
+    /// The order's clock: no operation still to be applied here reads an earlier one.
+    pub fn order_now(&self) -> UnixSecs {
+        self.order_now.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn set_order_now(&self, now: UnixSecs) {
+        self.order_now
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// The current view's epoch.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::Relaxed)
@@ -165,6 +180,9 @@ pub struct Counters {
     pub ops_proposed: std::sync::atomic::AtomicU64,
     /// Operations delivered and applied here (from every member).
     pub ops_applied: std::sync::atomic::AtomicU64,
+    /// Ordered operations this member's datalet failed to apply (each sent it to catch up
+    /// by state transfer).
+    pub apply_failures: std::sync::atomic::AtomicU64,
 }
 
 /// Client requests waiting for the driver, at most.

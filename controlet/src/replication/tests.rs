@@ -7,37 +7,56 @@ use tailorkv_datalet::{Datalet, Limits, MemoryDatalet, Mutation, Outcome};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use tailorkv_common::UnixSecs;
+use tailorkv_datalet::DataletError;
+
 use super::*;
 
 const NOW: u64 = 1_700_000_000;
 
 async fn cluster(n: u16) -> (Vec<Replicator>, Vec<Arc<MemoryDatalet>>, CancellationToken) {
+    let datalets = (0..n)
+        .map(|_| Arc::new(MemoryDatalet::replica(Limits::default())))
+        .collect();
+    let clocks = (0..n)
+        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
+        .collect();
+    cluster_of(datalets, clocks).await
+}
+
+/// A cluster of one member per datalet, each reading its own clock.
+async fn cluster_of<D: Datalet>(
+    datalets: Vec<Arc<D>>,
+    clocks: Vec<Arc<dyn tailorkv_common::Clock>>,
+) -> (Vec<Replicator>, Vec<Arc<D>>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
     let mut all = Vec::new();
-    for id in 1..=n {
+    for id in 1..=datalets.len() as u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         all.push((tailorkv_common::NodeId(id), listener.local_addr().unwrap()));
         listeners.push(listener);
     }
     let mut replicators = Vec::new();
-    let mut datalets = Vec::new();
-    for (listener, &(me, _)) in listeners.into_iter().zip(&all) {
-        let datalet = Arc::new(MemoryDatalet::new(Limits::default()));
+    for ((listener, &(me, _)), (datalet, clock)) in listeners
+        .into_iter()
+        .zip(&all)
+        .zip(datalets.iter().zip(clocks))
+    {
         let members = Members {
             me,
             all: all.clone(),
+            link: crate::peer::LinkConfig::default(),
         };
         replicators.push(spawn_driver(
             members,
             listener,
             datalet.clone(),
-            Arc::new(tailorkv_common::SystemClock),
+            clock,
             crate::tob::Timing::default(),
             0,
             shutdown.clone(),
         ));
-        datalets.push(datalet);
     }
     (replicators, datalets, shutdown)
 }
@@ -119,4 +138,223 @@ async fn flush_and_reads_are_ordered_with_writes() {
     replicators[2].flush(NOW - 1, NOW).await.unwrap();
     assert_eq!(replicators[0].read(&key, NOW).await.unwrap(), None);
     shutdown.cancel();
+}
+
+/// A memory replica whose `apply` fails for one key while `poisoned` is set, as a full disk
+/// or an unreachable remote store would.
+struct Failing {
+    inner: MemoryDatalet,
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl Failing {
+    fn new(poisoned: bool) -> Arc<Self> {
+        Arc::new(Failing {
+            inner: MemoryDatalet::replica(Limits::default()),
+            poisoned: std::sync::atomic::AtomicBool::new(poisoned),
+        })
+    }
+}
+
+impl Datalet for Failing {
+    async fn get(
+        &self,
+        key: &[u8],
+        now: UnixSecs,
+    ) -> Result<Option<tailorkv_datalet::Item>, DataletError> {
+        self.inner.get(key, now).await
+    }
+    async fn scan(
+        &self,
+        now: UnixSecs,
+    ) -> Result<Vec<(Bytes, tailorkv_datalet::Item)>, DataletError> {
+        self.inner.scan(now).await
+    }
+    async fn apply(
+        &self,
+        key: &Bytes,
+        m: Mutation,
+        v: tailorkv_common::Version,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        if key.as_ref() == b"poison"
+            && self
+                .poisoned
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(DataletError::Unavailable("disk full".into()));
+        }
+        self.inner.apply(key, m, v, now).await
+    }
+    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+        self.inner.flush_all(at, now).await
+    }
+    async fn reset(&self) -> Result<(), DataletError> {
+        self.inner.reset().await
+    }
+    async fn load_clock(&self) -> Result<tailorkv_common::Ts, DataletError> {
+        Ok(0)
+    }
+    async fn save_clock(&self, _ts: tailorkv_common::Ts) -> Result<(), DataletError> {
+        Ok(())
+    }
+    fn set_memory_limit(&self, bytes: usize) {
+        self.inner.set_memory_limit(bytes)
+    }
+    fn stats(&self) -> tailorkv_datalet::DataletStats {
+        self.inner.stats()
+    }
+}
+
+fn set_value(value: &'static [u8]) -> Mutation {
+    Mutation::Store {
+        mode: StoreMode::Set,
+        flags: 0,
+        expiry: Expiry::Never,
+        value: Bytes::from_static(value),
+    }
+}
+
+/// Waits until every replica holds the same items (values and versions), up to 20 s.
+async fn assert_replicas_identical<D: Datalet>(datalets: &[Arc<D>], what: &str) {
+    let mut last = Vec::new();
+    for _ in 0..2_000 {
+        let mut states = Vec::new();
+        for d in datalets {
+            let mut items = d.scan(NOW).await.unwrap();
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            states.push(items);
+        }
+        if states.iter().all(|s| s == &states[0]) {
+            return;
+        }
+        last = states;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let counts: Vec<usize> = last.iter().map(Vec::len).collect();
+    panic!("{what}: replicas differ (items per replica {counts:?})");
+}
+
+#[tokio::test]
+async fn a_member_that_fails_to_apply_catches_up_instead_of_serving_a_diverged_copy() {
+    let datalets = vec![Failing::new(false), Failing::new(true), Failing::new(false)];
+    let clocks = (0..3)
+        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
+        .collect();
+    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let poison = Bytes::from_static(b"poison");
+    assert_eq!(
+        replicators[0].mutate(&poison, set_value(b"p"), NOW).await,
+        Ok(Outcome::Stored),
+        "the proposer applied it"
+    );
+    for i in 0..50 {
+        let key = Bytes::from(format!("k{i}"));
+        replicators[0]
+            .mutate(&key, set_value(b"v"), NOW)
+            .await
+            .unwrap();
+    }
+    // Node 2 failed to apply `poison`: it must catch up, not serve a copy without it.
+    assert_replicas_identical(&datalets, "after a failed apply on a follower").await;
+    let read = replicators[1].read(&poison, NOW).await.unwrap();
+    assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
+    assert_eq!(
+        replicators[1]
+            .counters()
+            .apply_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
+    let datalets = vec![Failing::new(true), Failing::new(false), Failing::new(false)];
+    let clocks = (0..3)
+        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
+        .collect();
+    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let poison = Bytes::from_static(b"poison");
+    let answer = replicators[0].mutate(&poison, set_value(b"p"), NOW).await;
+    match answer {
+        Err(DataletError::Refused(why)) => assert!(
+            why.contains("outcome is unknown"),
+            "the client must not be told the write failed: {why}"
+        ),
+        other => panic!("a write the others applied was answered {other:?}"),
+    }
+    // The others applied it; the proposer catches up and holds it too.
+    let read = replicators[2].read(&poison, NOW).await.unwrap();
+    assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
+    assert_replicas_identical(&datalets, "after a failed apply on the proposer").await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_snapshot_holds_what_is_live_at_the_orders_clock_not_the_sources() {
+    // Node 3 proposes with its clock at NOW; node 2's clock runs 100 s ahead. Node 1 fails to
+    // apply `poison` and catches up from node 2 (the first synced member). The snapshot must
+    // still carry an item expiring at NOW + 50, which every operation of the order (read at
+    // NOW) still sees, or node 1 would answer differently from the others.
+    let clocks: Vec<Arc<dyn tailorkv_common::Clock>> = vec![
+        Arc::new(tailorkv_common::ManualClock::new(NOW)),
+        Arc::new(tailorkv_common::ManualClock::new(NOW + 100)),
+        Arc::new(tailorkv_common::ManualClock::new(NOW)),
+    ];
+    let datalets = vec![Failing::new(true), Failing::new(false), Failing::new(false)];
+    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let key = Bytes::from_static(b"short-lived");
+    let set = Mutation::Store {
+        mode: StoreMode::Set,
+        flags: 0,
+        expiry: Expiry::At(NOW + 50),
+        value: Bytes::from_static(b"v"),
+    };
+    replicators[2].mutate(&key, set, NOW).await.unwrap();
+    let poison = Bytes::from_static(b"poison");
+    replicators[2]
+        .mutate(&poison, set_value(b"p"), NOW)
+        .await
+        .unwrap();
+    assert_replicas_identical(&datalets, "after a snapshot from a clock ahead").await;
+    let read = replicators[0].read(&key, NOW).await.unwrap();
+    assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"v")));
+    shutdown.cancel();
+}
+
+#[test]
+fn state_chunks_are_bounded_in_bytes() {
+    let item = |size: usize| tailorkv_datalet::Item {
+        value: Bytes::from(vec![b'x'; size]),
+        flags: 0,
+        expiry: Expiry::Never,
+        version: tailorkv_common::Version::new(1, tailorkv_common::NodeId(0)),
+    };
+    let mut items: Vec<(Bytes, tailorkv_datalet::Item)> = (0..100)
+        .map(|i| (Bytes::from(format!("k{i}")), item(5_000)))
+        .collect();
+    items.push((Bytes::from_static(b"big"), item(3 << 20)));
+    items.extend((0..10).map(|i| (Bytes::from(format!("j{i}")), item(300_000))));
+    let chunks = driver::state_chunks(2, 7, NOW, items);
+    let sizes: Vec<usize> = chunks
+        .iter()
+        .map(|c| c.items.iter().map(|i| i.key.len() + i.value.len()).sum())
+        .collect();
+    for (chunk, &size) in chunks.iter().zip(&sizes) {
+        assert!(
+            size <= STATE_CHUNK_BYTES || chunk.items.len() == 1,
+            "a chunk of {} items holds {size} bytes",
+            chunk.items.len()
+        );
+        assert_eq!((chunk.epoch, chunk.seq, chunk.now), (2, 7, NOW));
+    }
+    assert_eq!(chunks.iter().map(|c| c.items.len()).sum::<usize>(), 111);
+    assert_eq!(chunks.iter().filter(|c| c.last).count(), 1);
+    assert!(chunks.last().unwrap().last);
+    // An empty snapshot is one empty last chunk.
+    let empty = driver::state_chunks(2, 7, NOW, Vec::new());
+    assert_eq!(empty.len(), 1);
+    assert!(empty[0].last && empty[0].items.is_empty());
 }

@@ -91,6 +91,23 @@ use detector::Detector;
 /// Names one run of a node's process; a restart picks a larger one.
 pub type Incarnation = u64;
 
+/// An operation's size in bytes as it travels. A broadcast carries operations up to
+/// [`Tob::set_batch_bytes`] in total (at least one), and [`Tob::own_bytes`] counts what this
+/// node proposed and has not delivered yet, so the driver can bound what any one message, and
+/// any view change (whose messages carry undelivered batches), may hold.
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for u64 {
+    fn weight(&self) -> usize {
+        8
+    }
+}
+
+/// The default most bytes of operations in one broadcast.
+pub const BATCH_BYTES: usize = 1 << 20;
+
 /// A numbered set of members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct View {
@@ -385,6 +402,14 @@ pub struct Tob<Op> {
     /// Broadcasts received or sent in this epoch, not yet delivered.
     queue: BTreeMap<(Ts, NodeId), Vec<Op>>,
     proposed: Vec<Op>,
+    /// Most bytes of operations in one broadcast (a larger operation goes alone).
+    batch_bytes: usize,
+    /// Bytes of the operations this node proposed that are not delivered yet: buffered, or
+    /// broadcast and still queued.
+    own_bytes: usize,
+    /// This node failed to apply what it delivered: it delivers nothing more and wants a
+    /// view change that gives it a snapshot.
+    resync_wanted: bool,
     owe_ack: bool,
     ticks_quiet: u64,
     delivered_seq: u64,
@@ -419,7 +444,7 @@ pub struct Tob<Op> {
     events: Vec<Event<Op>>,
 }
 
-impl<Op: Clone> Tob<Op> {
+impl<Op: Clone + Weigh> Tob<Op> {
     /// Node `id` (run `incarnation`) of the configured nodes `universe`, booting: it has
     /// delivered `delivered` operations before (0 for an empty store).
     pub fn new(
@@ -452,6 +477,9 @@ impl<Op: Clone> Tob<Op> {
             received: BTreeMap::new(),
             queue: BTreeMap::new(),
             proposed: Vec::new(),
+            batch_bytes: BATCH_BYTES,
+            own_bytes: 0,
+            resync_wanted: false,
             owe_ack: false,
             ticks_quiet: 0,
             delivered_seq: delivered,
@@ -515,9 +543,49 @@ impl<Op: Clone> Tob<Op> {
         &self.detector
     }
 
+    /// Sets the most bytes of operations one broadcast carries ([`BATCH_BYTES`] by default).
+    pub fn set_batch_bytes(&mut self, bytes: usize) {
+        self.batch_bytes = bytes.max(1);
+    }
+
     /// Buffers an operation for the next broadcast.
     pub fn propose(&mut self, op: Op) {
+        self.own_bytes += op.weight();
         self.proposed.push(op);
+    }
+
+    /// Bytes of the operations proposed here and not delivered yet (buffered or queued).
+    pub fn own_bytes(&self) -> usize {
+        self.own_bytes
+    }
+
+    /// Counts [`Tob::own_bytes`] afresh, after operations were dropped wholesale.
+    fn recount_own(&mut self) {
+        let queued: usize = self
+            .queue
+            .iter()
+            .filter(|((_, origin), _)| *origin == self.id)
+            .flat_map(|(_, ops)| ops.iter())
+            .map(Weigh::weight)
+            .sum();
+        self.own_bytes = queued + self.proposed.iter().map(Weigh::weight).sum::<usize>();
+    }
+
+    /// This node could not apply an operation it delivered, so its state is no longer the
+    /// order's: it stops delivering (it still receives and acknowledges broadcasts, so the
+    /// others go on) and asks for a view change in which it is given a snapshot. Operations
+    /// it delivered from then on are not applied here.
+    /// A node already catching up (whose snapshot could not be installed) asks for another.
+    pub fn resync(&mut self) {
+        if self.status == Status::Outside || self.view.epoch == 0 {
+            return;
+        }
+        if self.status == Status::Normal {
+            self.status = Status::CatchingUp { since: self.now };
+        }
+        self.resync_wanted = true;
+        self.proposed.clear();
+        self.recount_own();
     }
 
     /// Operations proposed and not yet broadcast.
@@ -525,12 +593,28 @@ impl<Op: Clone> Tob<Op> {
         self.proposed.len()
     }
 
-    /// Broadcasts every buffered operation as one batch, if this node is serving.
+    /// Broadcasts every buffered operation, if this node is serving: in batches of at most
+    /// [`Tob::set_batch_bytes`] (an operation larger than that goes alone), in order.
     pub fn flush(&mut self) {
         if self.proposed.is_empty() || !self.is_serving() {
             return;
         }
-        let ops = std::mem::take(&mut self.proposed);
+        let mut ops = std::mem::take(&mut self.proposed).into_iter().peekable();
+        while ops.peek().is_some() {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            while let Some(op) =
+                ops.next_if(|op| batch.is_empty() || bytes + op.weight() <= self.batch_bytes)
+            {
+                bytes += op.weight();
+                batch.push(op);
+            }
+            self.broadcast(batch);
+        }
+        self.maybe_deliver();
+    }
+
+    fn broadcast(&mut self, ops: Vec<Op>) {
         let epoch = self.view.epoch;
         let ts = self.next_ts();
         self.received.insert(self.id, ts);
@@ -542,7 +626,6 @@ impl<Op: Clone> Tob<Op> {
             ops: ops.clone(),
         });
         self.queue.insert((ts, self.id), ops);
-        self.maybe_deliver();
     }
 
     /// Messages from `from` were lost; the driver says so before stepping the next message
@@ -865,6 +948,10 @@ impl<Op: Clone> Tob<Op> {
     }
 
     fn deliver(&mut self, key: (Ts, NodeId), ops: Vec<Op>) {
+        if key.1 == self.id {
+            let bytes: usize = ops.iter().map(Weigh::weight).sum();
+            self.own_bytes = self.own_bytes.saturating_sub(bytes);
+        }
         for op in ops {
             self.delivered_seq += 1;
             self.events.push(Event::Deliver(Delivery {
@@ -988,7 +1075,8 @@ impl<Op: Clone> Tob<Op> {
             || members.iter().any(|&m| self.detector.is_suspected(m))
             || !self.joiners.is_empty()
             || members.iter().any(|&m| self.is_damaged(m))
-            || catching_up_too_long;
+            || catching_up_too_long
+            || self.resync_wanted;
         if let Some(c) = &self.coordination {
             if self.now > c.started + self.timing.view_change {
                 self.start_coordination(); // stuck: try again with a higher round
@@ -1236,6 +1324,7 @@ impl<Op: Clone> Tob<Op> {
         self.accepted = None;
         self.frozen_at = None;
         self.wanted_since = None;
+        self.resync_wanted = false;
         self.last_delivered = (0, NodeId(0));
         // A joiner is still waiting only if the view does not hold it or holds an older run.
         self.joiners
@@ -1278,6 +1367,7 @@ impl<Op: Clone> Tob<Op> {
         if self.status == Status::Normal {
             self.flush();
         }
+        self.recount_own();
         for (from, through) in std::mem::take(&mut self.early_lost) {
             self.damage(from, through);
         }

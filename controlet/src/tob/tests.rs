@@ -2183,3 +2183,95 @@ fn a_soak_seed_that_once_stopped_for_good() {
         panic!("{f}");
     }
 }
+
+#[test]
+fn a_flush_splits_proposals_into_broadcasts_bounded_in_bytes() {
+    let mut nodes = formed(3);
+    // Each u64 weighs 8 bytes: batches of 24 bytes hold three.
+    nodes[0].set_batch_bytes(24);
+    for op in 0..10 {
+        nodes[0].propose(op);
+    }
+    assert_eq!(nodes[0].own_bytes(), 80);
+    nodes[0].flush();
+    let messages = nodes[0].take_messages();
+    let broadcasts: Vec<usize> = messages
+        .iter()
+        .filter(|env| env.to == NodeId(2))
+        .filter_map(|env| match &env.message {
+            Message::Broadcast { ops, .. } => Some(ops.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(broadcasts, vec![3, 3, 3, 1]);
+    assert_eq!(nodes[0].own_bytes(), 80, "broadcast, not delivered yet");
+    for env in messages {
+        let to = env.to.0 as usize - 1;
+        nodes[to].step(env.from, env.incarnation, env.message);
+    }
+    for node in nodes.iter_mut() {
+        node.ack();
+    }
+    route(&mut nodes);
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let ops: Vec<(u64, Op)> = delivered_ops(&node.take_events());
+        let want: Vec<(u64, Op)> = (0..10).map(|op| (op + 1, op)).collect();
+        assert_eq!(ops, want, "node {}", i + 1);
+    }
+    assert_eq!(nodes[0].own_bytes(), 0);
+}
+
+#[test]
+fn own_bytes_fall_as_proposals_are_delivered() {
+    let mut nodes = formed(3);
+    for op in 0..5 {
+        nodes[1].propose(op);
+    }
+    assert_eq!(nodes[1].own_bytes(), 40);
+    nodes[1].flush();
+    route(&mut nodes);
+    assert_eq!(delivered_ops(&nodes[1].take_events()).len(), 5);
+    assert_eq!(nodes[1].own_bytes(), 0);
+}
+
+#[test]
+fn a_member_that_asks_to_resync_is_given_a_snapshot_while_the_others_go_on() {
+    let mut nodes = formed(3);
+    nodes[1].resync();
+    assert_eq!(nodes[1].state(), NodeState::CatchingUp);
+    // The others still deliver: the resyncing member keeps acknowledging broadcasts.
+    nodes[0].propose(7);
+    nodes[0].flush();
+    route(&mut nodes);
+    assert_eq!(delivered_ops(&nodes[0].take_events()), vec![(1, 7)]);
+    assert!(delivered_ops(&nodes[1].take_events()).is_empty());
+    // It asks for a view change in which it is a member to be given the state.
+    let mut awaited = None;
+    let mut sent = None;
+    for _ in 0..5_000 {
+        for node in nodes.iter_mut() {
+            node.tick();
+        }
+        route(&mut nodes);
+        for event in nodes[1].take_events() {
+            if let Event::AwaitState { epoch, seq, .. } = event {
+                awaited = Some((epoch, seq));
+            }
+        }
+        for i in [0, 2] {
+            for event in nodes[i].take_events() {
+                if let Event::SendState { epoch, seq, to } = event {
+                    assert_eq!(to, vec![NodeId(2)]);
+                    sent = Some((epoch, seq));
+                }
+            }
+        }
+        if awaited.is_some() && sent.is_some() {
+            break;
+        }
+    }
+    assert_eq!(awaited, Some((2, 1)), "a view that gives it state at seq 1");
+    assert_eq!(sent, awaited);
+    nodes[1].state_installed(2, 1);
+    assert_eq!(nodes[1].state(), NodeState::Serving);
+}

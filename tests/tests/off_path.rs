@@ -1,0 +1,405 @@
+//! One step off the tested paths, as a new user would go: large items through a restart,
+//! nodes with unequal memory, and strangers on the peer port. Real `controlet` processes
+//! (`tailorkv_tests::procs`); each test names what it would have caught.
+//!
+//! Figures are printed as `FIGURE <name>_ms=<n> ...` lines (run with `--nocapture` and
+//! `grep FIGURE`); `BENCHMARKS.md` quotes them.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tailorkv_tests::checker::OpResult;
+use tailorkv_tests::procs::ProcCluster;
+use tailorkv_tests::workload::{Failure, McConn};
+
+const LIN: &str = "linearizable";
+const SEQ: &str = "sequential";
+/// The controlet's default `--failure-timeout-ms`.
+const FAILURE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// `stats` of the node at `addr`, by name.
+fn stats(addr: SocketAddr) -> BTreeMap<String, String> {
+    let mut conn = McConn::connect(addr, Duration::from_secs(5)).expect("connect for stats");
+    let deadline = conn.send(b"stats\r\n").expect("send stats");
+    let mut out = BTreeMap::new();
+    loop {
+        let line = conn.read_line(deadline).expect("read stats");
+        if line == b"END" {
+            return out;
+        }
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let mut words = text.splitn(3, ' ');
+        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
+        {
+            out.insert(name.to_string(), value.to_string());
+        }
+    }
+}
+
+fn stat_u64(addr: SocketAddr, name: &str) -> u64 {
+    let all = stats(addr);
+    all.get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric stat {name} in {all:?}"))
+}
+
+/// The value of item `i` of a run: `size` bytes, different for every item.
+fn value(i: usize, size: usize) -> Vec<u8> {
+    let head = format!("item-{i}-");
+    let mut v = head.into_bytes();
+    v.extend((0..size).map(|k| b'a' + ((i + k) % 26) as u8));
+    v.truncate(size);
+    v
+}
+
+/// Loads `count` items of `size` bytes through `addr` with pipelined `noreply` sets, then
+/// reads the last one back: the connection's commands are served in order, so then every set
+/// before it is in.
+fn load(addr: SocketAddr, prefix: &str, count: usize, size: usize) {
+    let mut conn = McConn::connect(addr, Duration::from_secs(120)).expect("connect to load");
+    for batch in (0..count).collect::<Vec<_>>().chunks(100) {
+        let mut req = Vec::with_capacity(batch.len() * (size + 64));
+        for &i in batch {
+            write!(req, "set {prefix}{i} 0 0 {size} noreply\r\n").unwrap();
+            req.extend_from_slice(&value(i, size));
+            req.extend_from_slice(b"\r\n");
+        }
+        conn.send(&req).expect("send a batch of sets");
+    }
+    let last = count - 1;
+    match conn.get(&format!("{prefix}{last}")) {
+        Ok(OpResult::Hit(v)) if v.0 == value(last, size) => {}
+        other => panic!("loading: get {prefix}{last} after its sets -> {other:?}"),
+    }
+}
+
+/// Writes through `addr` until `stop`, one `set` at a time; returns the longest time between
+/// two acknowledgements (or from the start to the first), and how many were refused.
+fn write_until(addr: SocketAddr, stop: &AtomicBool) -> (Duration, u64) {
+    let mut longest = Duration::ZERO;
+    let mut refused = 0;
+    let mut last_ack = Instant::now();
+    let mut conn = None;
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match McConn::connect(addr, Duration::from_secs(5)) {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        i += 1;
+        match c.set(&format!("w{}", i % 100), format!("{i}").as_bytes()) {
+            Ok(_) => {
+                longest = longest.max(last_ack.elapsed());
+                last_ack = Instant::now();
+            }
+            Err(Failure::ServerError(_)) => refused += 1,
+            Err(_) => {
+                refused += 1;
+                conn = None;
+            }
+        }
+    }
+    longest = longest.max(last_ack.elapsed());
+    (longest, refused)
+}
+
+/// Kills node 3 of a 3-node linearizable cluster holding `count` items of `size` bytes,
+/// restarts it empty, and checks that it catches up while writes through node 1 go on.
+/// Returns (catch-up time, longest write stall).
+fn restart_with_items(test: &str, count: usize, size: usize, extra: &[&str]) {
+    let cluster = ProcCluster::start(3, LIN, extra);
+    let started = Instant::now();
+    load(cluster.addr(1), "big", count, size);
+    eprintln!(
+        "{test}: loaded {count} x {size} B in {:?}",
+        started.elapsed()
+    );
+    let cluster = Mutex::new(cluster);
+    let addr1 = cluster.lock().unwrap().addr(1);
+    let addr3 = cluster.lock().unwrap().addr(3);
+    let stop = AtomicBool::new(false);
+    let catch_up_within = Duration::from_secs(60);
+    let (caught_up, (stall, refused)) = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_until(addr1, &stop));
+        std::thread::sleep(Duration::from_millis(300));
+        let restarted = {
+            let mut c = cluster.lock().unwrap();
+            c.kill(3);
+            let at = Instant::now();
+            c.restart(3);
+            at
+        };
+        // Node 3 has caught up when a linearizable read there returns loaded items: a read
+        // is answered only by a node that holds the state at the read's place in the order.
+        let sample: Vec<usize> = (0..count).step_by((count / 50).max(1)).collect();
+        let caught_up = loop {
+            if restarted.elapsed() > catch_up_within {
+                stop.store(true, Ordering::Relaxed);
+                break None;
+            }
+            let Ok(mut conn) = McConn::connect(addr3, Duration::from_secs(5)) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let all_there = sample.iter().all(|&i| {
+                matches!(conn.get(&format!("big{i}")),
+                    Ok(OpResult::Hit(v)) if v.0 == value(i, size))
+            });
+            if all_there {
+                break Some(restarted.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Keep writing a moment past the catch-up, then stop.
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (caught_up, writer.join().unwrap())
+    });
+    let cluster = cluster.into_inner().unwrap();
+    let Some(caught_up) = caught_up else {
+        panic!(
+            "{test}: node 3 did not serve the loaded items within {catch_up_within:?} of its \
+             restart\n{}",
+            cluster.describe()
+        );
+    };
+    let ratio = stall.as_secs_f64() / FAILURE_TIMEOUT.as_secs_f64();
+    eprintln!(
+        "FIGURE {test}_catch_up_ms={} items={count} size={size}",
+        caught_up.as_millis()
+    );
+    eprintln!(
+        "FIGURE {test}_longest_write_stall_ms={} ratio_to_failure_timeout={ratio:.1} refused={refused}",
+        stall.as_millis()
+    );
+    // Writes stop while the survivors agree to go on without node 3 (about a failure
+    // timeout and a view change), and must not stop again for the transfer.
+    assert!(
+        stall < FAILURE_TIMEOUT * 10,
+        "{test}: writes through node 1 stalled for {stall:?} during node 3's restart and \
+         catch-up\n{}",
+        cluster.describe()
+    );
+    // Every replica serves every loaded item.
+    for node in 1..=3 {
+        let mut conn = McConn::connect(cluster.addr(node), Duration::from_secs(10)).unwrap();
+        for i in (0..count).step_by((count / 200).max(1)) {
+            match conn.get(&format!("big{i}")) {
+                Ok(OpResult::Hit(v)) if v.0 == value(i, size) => {}
+                other => panic!(
+                    "{test}: node {node} answered big{i} with {:?}",
+                    other.map(|r| match r {
+                        OpResult::Hit(v) => format!("a value of {} bytes", v.0.len()),
+                        r => format!("{r:?}"),
+                    })
+                ),
+            }
+        }
+    }
+}
+
+/// Before: a state chunk held 2,048 items whatever their size, so a snapshot of 5 KB items
+/// made 10 MB frames that the sending codec refused (8 MiB default) and resent forever; the
+/// joiner never caught up and the survivors, whose queue to it never drained, stopped taking
+/// writes.
+#[test]
+fn restart_with_10k_items_of_5kb_catches_up_while_writes_go_on() {
+    restart_with_items(
+        "restart_10k_x_5kb",
+        10_000,
+        5_000,
+        &["--memory-limit", "512"],
+    );
+}
+
+/// Items of 1 MB (the default `--item-size-max` holds them): each state chunk and each
+/// broadcast carries what a frame can.
+#[test]
+fn restart_with_100_items_of_1mb_catches_up_while_writes_go_on() {
+    restart_with_items(
+        "restart_100_x_1mb",
+        100,
+        1_000_000,
+        &["--memory-limit", "512"],
+    );
+}
+
+/// Before: a replica that could not apply a write (its memory limit lower, by flag or by
+/// `cache_memlimit`) dropped it with a log line and went on serving without it: reads through
+/// it missed acknowledged writes. Now the memory limit is checked where a write is proposed,
+/// and a replica applies everything the order delivers.
+fn unequal_memory(mode: &'static str) {
+    let test = format!("unequal_memory_{mode}");
+    let cluster = ProcCluster::start_with(3, mode, &[], |node| {
+        if node == 3 {
+            vec!["--memory-limit".into(), "8".into()]
+        } else {
+            Vec::new()
+        }
+    });
+    let mut admin = McConn::connect(cluster.addr(2), Duration::from_secs(5)).unwrap();
+    let deadline = admin.send(b"cache_memlimit 8\r\n").unwrap();
+    assert_eq!(admin.read_line(deadline).unwrap(), b"OK");
+    let size = 10_000;
+    let mut conn = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    for i in 0..2_000 {
+        match conn.set(&format!("m{i}"), &value(i, size)) {
+            Ok(OpResult::Stored) => {}
+            other => panic!("{test}: set m{i} through node 1 -> {other:?}"),
+        }
+    }
+    for node in [2, 3] {
+        let mut reader = McConn::connect(cluster.addr(node), Duration::from_secs(10)).unwrap();
+        let mut missing = Vec::new();
+        for i in 0..2_000 {
+            match reader.get(&format!("m{i}")) {
+                Ok(OpResult::Hit(v)) if v.0 == value(i, size) => {}
+                Ok(OpResult::Miss) => missing.push(i),
+                other => panic!("{test}: get m{i} through node {node} -> {other:?}"),
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "{test}: node {node} (8 MiB) misses {} of 2,000 acknowledged writes, e.g. m{}",
+            missing.len(),
+            missing[0]
+        );
+    }
+    // Node 2 is over its own limit: it refuses new writes, which no replica then holds.
+    let mut small = McConn::connect(cluster.addr(2), Duration::from_secs(10)).unwrap();
+    match small.set("refused", &value(0, size)) {
+        Err(Failure::ServerError(e)) => assert!(e.contains("out of memory"), "{e}"),
+        other => panic!("{test}: a write through a full node 2 -> {other:?}"),
+    }
+    for node in 1..=3 {
+        let mut reader = McConn::connect(cluster.addr(node), Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            reader.get("refused").unwrap(),
+            OpResult::Miss,
+            "{test}: a refused write is on node {node}"
+        );
+    }
+    // Memory the replicas hold is the same, whatever each one's limit.
+    let bytes: Vec<u64> = (1..=3)
+        .map(|node| stat_u64(cluster.addr(node), "bytes"))
+        .collect();
+    assert!(
+        bytes.iter().all(|&b| b == bytes[0]),
+        "{test}: replicas hold different bytes: {bytes:?}"
+    );
+}
+
+#[test]
+fn unequal_memory_linearizable_serves_every_acknowledged_write() {
+    unequal_memory(LIN);
+}
+
+#[test]
+fn unequal_memory_sequential_serves_every_acknowledged_write() {
+    unequal_memory(SEQ);
+}
+
+/// Sends `frames` to `to`, each behind its 4-byte big-endian length, and keeps the
+/// connection open.
+fn send_frames(to: SocketAddr, frames: &[Vec<u8>]) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(to).expect("connect to the peer port");
+    for frame in frames {
+        stream
+            .write_all(&(frame.len() as u32).to_be_bytes())
+            .unwrap();
+        stream.write_all(frame).unwrap();
+    }
+    stream
+}
+
+/// A postcard `Frame::Hello { from, session, cluster }`: variant 0, then varints.
+fn hello(from: u16, session: u64, cluster: u64) -> Vec<u8> {
+    let mut out = vec![0];
+    for n in [u64::from(from), session, cluster] {
+        varint(&mut out, n);
+    }
+    out
+}
+
+/// A postcard `Frame::Message { n, PeerMsg::Tob { incarnation, Message::Alive { epoch } } }`.
+fn alive(n: u64, incarnation: u64, epoch: u64) -> Vec<u8> {
+    let mut out = vec![1];
+    varint(&mut out, n);
+    out.push(0); // PeerMsg::Tob
+    varint(&mut out, incarnation);
+    out.push(2); // Message::Alive
+    varint(&mut out, epoch);
+    out
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Before: anyone who connected to a node's peer port and said hello as a member, with a
+/// new session number, reset the numbering of that member's messages, so the member's next
+/// real message looked like one after lost messages and forced a view change. Now a hello
+/// must name the cluster (a digest of its configuration) and a current run of a configured
+/// peer; strangers are logged and dropped.
+#[test]
+fn strangers_on_the_peer_port_force_no_view_change() {
+    let cluster = ProcCluster::start(3, LIN, &[]);
+    let node1 = cluster.addr(1);
+    let mut conn = McConn::connect(node1, Duration::from_secs(5)).unwrap();
+    assert_eq!(conn.set("before", b"1").unwrap(), OpResult::Stored);
+    let epoch = stat_u64(node1, "cluster_epoch");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut held = Vec::new();
+    for round in 0..5u64 {
+        // Garbage, an HTTP probe, and a node of another cluster claiming to be node 2, with
+        // a newer run than node 2's, sending a message far past the next number.
+        held.push(send_frames(
+            cluster.peer_addr(1),
+            &[b"\x00\x01garbage".to_vec()],
+        ));
+        let mut probe = std::net::TcpStream::connect(cluster.peer_addr(1)).unwrap();
+        probe.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        held.push(probe);
+        held.push(send_frames(
+            cluster.peer_addr(1),
+            &[
+                hello(2, now + round, 12345),
+                alive(1_000, now + round, epoch),
+            ],
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(conn.set("during", b"1").unwrap(), OpResult::Stored);
+    }
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(conn.set("after", b"1").unwrap(), OpResult::Stored);
+    for node in 1..=3 {
+        assert_eq!(
+            stat_u64(cluster.addr(node), "cluster_epoch"),
+            epoch,
+            "node {node} changed views because of strangers on node 1's peer port\n{}",
+            cluster.describe()
+        );
+    }
+    drop(held);
+}
