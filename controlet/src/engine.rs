@@ -187,7 +187,10 @@ impl<D: Datalet> Engine<D> {
         match (&self.ordered, &self.eventual) {
             (Some(o), _) => o.replicator.flush(at, now).await,
             (None, Some(e)) => e.flush(at, now).await,
-            (None, None) => self.datalet.flush_all(at, now).await,
+            (None, None) => {
+                let version = self.next_version().await?;
+                self.datalet.flush_all(at, now, version).await
+            }
         }
     }
 
@@ -263,8 +266,13 @@ mod tests {
         ) -> Result<Outcome, DataletError> {
             self.inner.apply(key, m, v, now).await
         }
-        async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-            self.inner.flush_all(at, now).await
+        async fn flush_all(
+            &self,
+            at: UnixSecs,
+            now: UnixSecs,
+            version: Version,
+        ) -> Result<(), DataletError> {
+            self.inner.flush_all(at, now, version).await
         }
         async fn reset(&self) -> Result<(), DataletError> {
             self.inner.reset().await

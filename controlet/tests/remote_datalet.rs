@@ -24,6 +24,8 @@ use tailorkv_datalet::{
 };
 
 const NOW: u64 = 1_700_000_000;
+/// The version a test's `flush_all` is applied at.
+const FLUSH_VERSION: Version = Version::new(1, NodeId(0));
 
 /// A remote datalet on `server`, which lives as long as it.
 fn on(server: Server, limits: Limits) -> Guarded<RemoteDatalet> {
@@ -205,7 +207,7 @@ async fn the_clock_lives_in_a_reserved_key_and_only_goes_up() {
     assert_eq!(remote(server.addr).load_clock().await, Ok(5_000));
 
     // A flush erases it on a memcached; the datalet puts it back.
-    d.flush_all(NOW - 1, NOW).await.unwrap();
+    d.flush_all(NOW - 1, NOW, FLUSH_VERSION).await.unwrap();
     assert_eq!(remote(server.addr).load_clock().await, Ok(5_000));
 
     // Clients never see or change the reserved key.
@@ -731,7 +733,7 @@ async fn a_restarted_server_is_reconnected_and_the_outage_fails_promptly() {
         let took = started.elapsed();
         assert!(took < Duration::from_secs(1), "an outage took {took:?}");
     }
-    assert!(is_unavailable(&d.flush_all(NOW, NOW).await));
+    assert!(is_unavailable(&d.flush_all(NOW, NOW, FLUSH_VERSION).await));
     assert!(is_unavailable(&d.load_clock().await));
 
     server.restart();

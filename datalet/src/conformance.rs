@@ -59,6 +59,8 @@ macro_rules! conformance_tests {
 }
 
 const NOW: UnixSecs = 1_700_000_000;
+/// The version a test's `flush_all` is applied at.
+const FLUSH_VERSION: Version = Version::new(1, NodeId(0));
 
 fn v(ts: u64) -> Version {
     Version::new(ts, NodeId(1))
@@ -296,7 +298,7 @@ pub async fn items_expire_at_their_second<D: Datalet>(make: impl Fn(Limits) -> D
 pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
     let d = make(Limits::default());
     apply(&d, "a", set("1"), 1).await;
-    d.flush_all(NOW - 1, NOW).await.unwrap();
+    d.flush_all(NOW - 1, NOW, FLUSH_VERSION).await.unwrap();
     assert_eq!(value(&d, "a").await, None);
     let stats = stats_once(&d, |s| s.bytes == 0).await;
     assert_eq!(stats.bytes, 0, "a flush frees memory");
@@ -307,7 +309,7 @@ pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
     );
 
     // A flush point of this very second also hides what is stored during it.
-    d.flush_all(NOW, NOW).await.unwrap();
+    d.flush_all(NOW, NOW, FLUSH_VERSION).await.unwrap();
     assert_eq!(value(&d, "after").await, None);
     apply(&d, "same_second", set("3"), 3).await;
     assert_eq!(value(&d, "same_second").await, None);
@@ -318,7 +320,7 @@ pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
 
     // A delayed flush point hides items stored up to and during its second, once reached.
     d.apply(&key("b"), set("5"), v(5), NOW + 1).await.unwrap();
-    d.flush_all(NOW + 10, NOW + 1).await.unwrap();
+    d.flush_all(NOW + 10, NOW + 1, FLUSH_VERSION).await.unwrap();
     assert!(d.get(b"b", NOW + 9).await.unwrap().is_some());
     d.apply(&key("c"), set("6"), v(6), NOW + 10).await.unwrap();
     d.apply(&key("e"), set("7"), v(7), NOW + 11).await.unwrap();
@@ -339,8 +341,12 @@ pub async fn flush_all_now_and_delayed<D: Datalet>(make: impl Fn(Limits) -> D) {
 
     // A flush replaces a pending delayed one.
     d.apply(&key("f"), set("8"), v(8), NOW + 12).await.unwrap();
-    d.flush_all(NOW + 30, NOW + 12).await.unwrap();
-    d.flush_all(NOW + 12, NOW + 13).await.unwrap();
+    d.flush_all(NOW + 30, NOW + 12, FLUSH_VERSION)
+        .await
+        .unwrap();
+    d.flush_all(NOW + 12, NOW + 13, FLUSH_VERSION)
+        .await
+        .unwrap();
     assert_eq!(d.get(b"f", NOW + 13).await, Ok(None));
     d.apply(&key("g"), set("9"), v(9), NOW + 14).await.unwrap();
     let g = d.get(b"g", NOW + 40).await.unwrap();
@@ -516,7 +522,7 @@ pub async fn scan_returns_exactly_the_live_items<D: Datalet>(make: impl Fn(Limit
     );
 
     // A flush hides everything stored up to it, and what is stored after shows.
-    d.flush_all(NOW, NOW).await.unwrap();
+    d.flush_all(NOW, NOW, FLUSH_VERSION).await.unwrap();
     assert_eq!(scanned(&d, NOW).await, BTreeMap::new());
     d.apply(&key("after"), set("6"), v(11), NOW + 1)
         .await
@@ -525,7 +531,7 @@ pub async fn scan_returns_exactly_the_live_items<D: Datalet>(make: impl Fn(Limit
     assert_eq!(scanned(&d, NOW + 1).await, after);
 
     // A delayed flush point hides them once reached, as for `get`.
-    d.flush_all(NOW + 10, NOW + 1).await.unwrap();
+    d.flush_all(NOW + 10, NOW + 1, FLUSH_VERSION).await.unwrap();
     assert_eq!(scanned(&d, NOW + 9).await, after);
     assert_eq!(scanned(&d, NOW + 10).await, BTreeMap::new());
 }
@@ -577,14 +583,23 @@ pub async fn reset_empties_the_store_and_keeps_the_clock<D: Datalet>(make: impl 
     let stats = stats_once(&d, |s| s.curr_items == 0 && s.bytes == 0).await;
     assert_eq!((stats.curr_items, stats.bytes), (0, 0), "{stats:?}");
 
-    // The clock reservation survives, and a reset of an empty store is no different.
+    // The clock reservation survives, once the reset state is confirmed with a
+    // `save_clock` (until then a durable store reports no position), and a reset of an
+    // empty store is no different.
     d.save_clock(5_000).await.unwrap();
     let clock = d.load_clock().await.unwrap();
     apply(&d, "d", set("d"), 4).await;
     d.reset().await.unwrap();
     assert_eq!(d.get(b"d", NOW).await, Ok(None));
+    let unconfirmed = d.load_clock().await.unwrap();
+    assert!(
+        unconfirmed == 0 || unconfirmed == clock,
+        "a reset store reports {unconfirmed}: neither no position nor the clock {clock}"
+    );
+    d.save_clock(0).await.unwrap();
     assert_eq!(d.load_clock().await, Ok(clock), "a reset lost the clock");
     d.reset().await.unwrap();
+    d.save_clock(0).await.unwrap();
     assert_eq!(d.load_clock().await, Ok(clock));
     assert_eq!(scanned(&d, NOW).await, BTreeMap::new());
 }
@@ -595,7 +610,7 @@ pub async fn items_written_after_a_reset_are_served<D: Datalet>(make: impl Fn(Li
     let d = make(Limits::default());
     apply(&d, "a", set("old"), 1).await;
     apply(&d, "n", set("41"), 2).await;
-    d.flush_all(NOW + 10, NOW).await.unwrap();
+    d.flush_all(NOW + 10, NOW, FLUSH_VERSION).await.unwrap();
     d.reset().await.unwrap();
 
     let add = store(StoreMode::Add, "new", 3, Expiry::Never);

@@ -42,8 +42,13 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.apply(key, mutation, version, now).await
     }
 
-    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        self.inner.flush_all(at, now).await
+    async fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        version: Version,
+    ) -> Result<(), DataletError> {
+        self.inner.flush_all(at, now, version).await
     }
 
     async fn reset(&self) -> Result<(), DataletError> {

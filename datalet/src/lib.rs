@@ -166,21 +166,29 @@ pub trait Datalet: Send + Sync + 'static {
     /// Invalidates every item stored at or before second `at`, once the clock reaches `at`:
     /// an `at` earlier than `now` empties the store at once, and an `at` equal to `now` also
     /// hides what is stored during the rest of this second (memcached's `oldest_live`). A
-    /// flush replaces any earlier pending one.
+    /// flush replaces any earlier pending one. `version` is the flush's place in the order
+    /// of changes, which a durable store records with it, as it does an applied mutation's
+    /// (see [`Datalet::load_clock`]).
     fn flush_all(
         &self,
         at: UnixSecs,
         now: UnixSecs,
+        version: Version,
     ) -> impl Future<Output = Result<(), DataletError>> + Send;
 
     /// Removes every item and any pending flush point, as a fresh store. The clock
-    /// reservation ([`Datalet::load_clock`]) is kept. Used before a replica installs a
-    /// transferred state.
+    /// reservation ([`Datalet::load_clock`]) is kept, but a durable store reports 0 from
+    /// `load_clock` until the next [`Datalet::save_clock`]: a state being installed is not a
+    /// position to restart from. Used before a replica installs a transferred state.
     fn reset(&self) -> impl Future<Output = Result<(), DataletError>> + Send;
 
     /// The clock reservation last saved with [`Datalet::save_clock`], or 0 if none: every
     /// version in the store has a timestamp at or below it. A durable store keeps it across
-    /// restarts, so a restarted node never issues a version (a CAS unique) twice.
+    /// restarts, so a restarted node never issues a version (a CAS unique) twice. A durable
+    /// store also counts the version of every mutation and flush it applied, in the same
+    /// transaction as the change, so what it returns is never behind what it holds: in the
+    /// strong modes, where versions are positions in the order, it is where the store's state
+    /// stands. After a [`Datalet::reset`] not yet followed by a `save_clock` it is 0.
     fn load_clock(&self) -> impl Future<Output = Result<Ts, DataletError>> + Send;
 
     /// Records that timestamps up to `ts` may be in use. Returns once it is as durable as the

@@ -213,7 +213,12 @@ impl Datalet for MemoryDatalet {
         }
     }
 
-    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+    async fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        _version: Version,
+    ) -> Result<(), DataletError> {
         self.flush_at.store(at, Ordering::Release);
         if at <= now {
             self.map.retain(|key, slot| {

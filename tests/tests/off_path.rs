@@ -403,3 +403,249 @@ fn strangers_on_the_peer_port_force_no_view_change() {
     }
     drop(held);
 }
+
+/// Each node's local replica as `lru_crawler metadump all` lists it: key, expiry, CAS unique
+/// and size of every live item (the access time, which is the dump's, left out).
+fn replica(addr: SocketAddr) -> Result<Vec<String>, Failure> {
+    let mut conn = McConn::connect(addr, Duration::from_secs(10)).map_err(Failure::Io)?;
+    let deadline = conn.send(b"lru_crawler metadump all\r\n")?;
+    let mut items = Vec::new();
+    let mut pending = Vec::new();
+    loop {
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            let kept: Vec<&str> = text
+                .split(' ')
+                .filter(|w| !w.starts_with("la=") && !w.starts_with("fetch="))
+                .collect();
+            items.push(kept.join(" "));
+        }
+        if pending.starts_with(b"END\r") {
+            items.sort();
+            return Ok(items);
+        }
+        if pending.starts_with(b"SERVER_ERROR") {
+            return Err(Failure::ServerError(
+                String::from_utf8_lossy(&pending).into(),
+            ));
+        }
+        pending.extend(conn.read_exact(1, deadline)?);
+    }
+}
+
+/// What one client may have left in its keys: for each set key, the last acknowledged
+/// value and those attempted since without an answer; for its counter, the range its value
+/// may be in.
+#[derive(Default)]
+struct Possible {
+    sets: BTreeMap<String, (Option<u64>, Vec<u64>)>,
+    counter: (u64, u64),
+}
+
+/// One client's writes until `stop`: `set`s of its 8 keys and `incr`s of its counter,
+/// recording what was acknowledged and what was attempted.
+fn crash_client(
+    addr: SocketAddr,
+    client: usize,
+    seq: &mut u64,
+    p: &mut Possible,
+    stop: &AtomicBool,
+) {
+    let counter = format!("c{client}-n");
+    let mut conn: Option<McConn> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match McConn::connect(addr, Duration::from_secs(3)) {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        *seq += 1;
+        let ok = if seq.is_multiple_of(3) {
+            let deadline = c.send(format!("incr {counter} 1\r\n").as_bytes());
+            let reply = deadline.and_then(|d| c.read_line(d));
+            match reply.map(|l| String::from_utf8_lossy(&l).parse::<u64>()) {
+                Ok(Ok(n)) => {
+                    p.counter = (n, n);
+                    true
+                }
+                _ => {
+                    p.counter.1 += 1;
+                    false
+                }
+            }
+        } else {
+            let key = format!("c{client}-s{}", *seq % 8);
+            let entry = p.sets.entry(key.clone()).or_default();
+            match c.set(&key, seq.to_string().as_bytes()) {
+                Ok(OpResult::Stored) => {
+                    *entry = (Some(*seq), Vec::new());
+                    true
+                }
+                _ => {
+                    entry.1.push(*seq);
+                    false
+                }
+            }
+        };
+        if !ok {
+            conn = None;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Before: the applied position was saved after each burst, in a transaction of its own. A
+/// crash of every node between the two left positions behind the data: the restarted
+/// cluster numbered new writes from there, issuing versions (CAS uniques) already in the
+/// store, and nodes that had and had not committed the last writes could start as equals.
+/// Now every commit records the versions it applied, and a store emptied for a state
+/// transfer has no position until the transfer is confirmed.
+#[test]
+fn whole_cluster_kill_with_disk_loses_no_acknowledged_write() {
+    let test = "whole_cluster_kill_disk";
+    let rounds = if std::env::var("TAILORKV_SOAK").is_ok_and(|v| v == "1") {
+        100
+    } else {
+        20
+    };
+    const CLIENTS: usize = 3;
+    let mut cluster = ProcCluster::start(3, LIN, &["--datalet", "disk:{dir}/node-{node}"]);
+    let mut conn = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    for client in 0..CLIENTS {
+        assert_eq!(
+            conn.set(&format!("c{client}-n"), b"0").unwrap(),
+            OpResult::Stored
+        );
+    }
+    drop(conn);
+    let mut possible: Vec<Possible> = (0..CLIENTS).map(|_| Possible::default()).collect();
+    let mut seqs = [0u64; CLIENTS];
+    // Every CAS unique seen, with the key and value it was seen on.
+    let mut versions: BTreeMap<u64, (String, Vec<u8>)> = BTreeMap::new();
+    for round in 0..rounds {
+        let stop = AtomicBool::new(false);
+        let addrs = cluster.addrs();
+        std::thread::scope(|s| {
+            for (client, (p, seq)) in possible.iter_mut().zip(seqs.iter_mut()).enumerate() {
+                let (addr, stop) = (addrs[client % addrs.len()], &stop);
+                s.spawn(move || crash_client(addr, client, seq, p, stop));
+            }
+            std::thread::sleep(Duration::from_millis(400 + 37 * (round as u64 % 7)));
+            for node in 1..=3 {
+                cluster.kill(node);
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        for node in 1..=3 {
+            cluster.restart(node);
+        }
+        let context = |what: String| {
+            format!(
+                "{test}, round {round} of {rounds}: {what}\n{}",
+                cluster.describe()
+            )
+        };
+        // Serving again, and nothing acknowledged is lost.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut conn = loop {
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                context("not serving 30 s after the restart".into())
+            );
+            if let Ok(mut c) = McConn::connect(cluster.addr(1), Duration::from_secs(5)) {
+                if c.get("c0-n").is_ok() {
+                    break c;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for (client, p) in possible.iter_mut().enumerate() {
+            for (key, (acked, attempted)) in p.sets.iter_mut() {
+                let got = match conn.gets(key) {
+                    Ok(got) => got,
+                    Err(f) => panic!("{}", context(format!("gets {key}: {f}"))),
+                };
+                let seen = got.as_ref().map(|(v, _)| {
+                    String::from_utf8_lossy(v)
+                        .parse::<u64>()
+                        .expect("a value this test wrote")
+                });
+                let allowed = seen == *acked || seen.is_some_and(|s| attempted.contains(&s));
+                assert!(
+                    allowed,
+                    "{}",
+                    context(format!(
+                        "{key} holds {seen:?}; last acknowledged {acked:?}, attempted since {attempted:?}"
+                    ))
+                );
+                *acked = seen;
+                attempted.clear();
+                if let Some((value, cas)) = got {
+                    let earlier = versions.insert(cas, (key.clone(), value.clone()));
+                    if let Some(earlier) = earlier.filter(|e| *e != (key.clone(), value.clone())) {
+                        panic!(
+                            "{}",
+                            context(format!(
+                                "CAS unique {cas} issued twice: {earlier:?} and ({key}, {value:?})"
+                            ))
+                        );
+                    }
+                }
+            }
+            let counter = format!("c{client}-n");
+            let n = match conn.get(&counter) {
+                Ok(OpResult::Hit(v)) => {
+                    String::from_utf8_lossy(&v.0).trim().parse::<u64>().unwrap()
+                }
+                other => panic!("{}", context(format!("get {counter}: {other:?}"))),
+            };
+            let (low, high) = p.counter;
+            assert!(
+                (low..=high).contains(&n),
+                "{}",
+                context(format!(
+                    "{counter} is {n}; acknowledged increments make it at least {low}, \
+                     attempted ones at most {high}"
+                ))
+            );
+            p.counter = (n, n);
+        }
+        // Every replica holds the same items, versions included.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let states: Vec<_> = (1..=3).map(|node| replica(cluster.addr(node))).collect();
+            if states.iter().all(|s| s.is_ok()) {
+                let states: Vec<Vec<String>> = states.into_iter().map(Result::unwrap).collect();
+                if states.iter().all(|s| s == &states[0]) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let differ: Vec<String> = states[0]
+                        .iter()
+                        .filter(|i| !states[1].contains(i) || !states[2].contains(i))
+                        .take(5)
+                        .cloned()
+                        .collect();
+                    panic!("{}", context(format!("replicas differ, e.g. {differ:?}")));
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}",
+                context("a replica cannot be listed".into())
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "{test}: {rounds} rounds of kill -9 of every node, {} distinct versions checked",
+        versions.len()
+    );
+}

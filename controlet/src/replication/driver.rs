@@ -36,6 +36,13 @@ const PROPOSAL_OVERHEAD: usize = 64;
 
 /// Refused before it was proposed: nothing happened.
 pub(crate) const CUT_OFF: &str = "no quorum: this node is not in the cluster's current view";
+/// A local read waited for this node to catch up, in vain.
+pub(crate) const READ_CATCHING_UP: &str = "no quorum: this node is catching up";
+/// A local read waited for a settled view, in vain.
+pub(crate) const READ_TIMED_OUT: &str = "no quorum: timed out waiting for the cluster";
+/// Proposed, then this node was left out of the view: it may have been ordered without it.
+pub(crate) const EXCLUDED: &str =
+    "no quorum: this node was left out of the cluster's view; the outcome is unknown";
 /// Proposed, and not known to be ordered: it may yet take effect.
 pub(crate) const TIMED_OUT: &str =
     "no quorum: timed out waiting for the cluster; the outcome is unknown";
@@ -420,7 +427,7 @@ impl<D: Datalet> Driver<D> {
             Event::Excluded { epoch } => {
                 tracing::warn!(epoch, "not in the cluster's current view; asking to join");
                 self.receiving = None;
-                self.fail_all_waiting(CUT_OFF);
+                self.fail_all_waiting(EXCLUDED);
             }
         }
     }
@@ -484,6 +491,14 @@ impl<D: Datalet> Driver<D> {
             self.tob.resync();
         } else if chunk.last {
             let receiving = self.receiving.take().expect("checked");
+            // Confirms the installed state as the store's position (a durable store reports
+            // none between the reset and this, so a crash mid-transfer restarts from nothing).
+            if let Err(e) = self.datalet.save_clock(receiving.seq).await {
+                tracing::error!(error = %e, "could not save the installed state's position; asking for another");
+                self.tob.resync();
+                return;
+            }
+            self.saved = receiving.seq;
             tracing::info!(
                 epoch = receiving.epoch,
                 seq = receiving.seq,
@@ -526,7 +541,7 @@ impl<D: Datalet> Driver<D> {
             Op::Get { key } if mine => Reply::Read(self.datalet.get(&key, now).await),
             Op::Get { .. } => return,
             Op::Flush { at } => {
-                let result = self.datalet.flush_all(at, now).await;
+                let result = self.datalet.flush_all(at, now, version).await;
                 if let Err(e) = &result {
                     self.diverge(delivery.seq, e);
                 }

@@ -490,8 +490,8 @@ impl<D: Datalet> Eventual<D> {
     }
 
     pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        self.datalet.flush_all(at, now).await?;
         let version = self.next_version();
+        self.datalet.flush_all(at, now, version).await?;
         let flush = Update::Flush { at, now, version };
         {
             let mut flushed = self.flushed.lock().unwrap();
@@ -548,7 +548,7 @@ impl<D: Datalet> Eventual<D> {
                     }
                     *flushed = Some(Update::Flush { at, now, version });
                 }
-                self.datalet.flush_all(at, now).await
+                self.datalet.flush_all(at, now, version).await
             }
             Update::Item {
                 key,

@@ -26,8 +26,11 @@
 //! sends ([`driver::StateChunk`]); when it is the source, it scans its datalet right after
 //! applying the old view's tail and sends that. A request is refused with `SERVER_ERROR`
 //! at once when this node is outside the view, and after [`driver::REQUEST_TIMEOUT`] when
-//! the cluster does not order it in time (its outcome is then unknown). In the sequential
-//! mode, local reads are served only while this node is an up-to-date member of a view.
+//! the cluster does not order it in time. Every refusal of a request that was already
+//! proposed says `the outcome is unknown` (it may have been ordered and applied by the
+//! others), so no client takes a refused `incr` or `append` for one that did not happen. In
+//! the sequential mode, local reads are served only while this node is an up-to-date member
+//! of a view.
 
 pub mod antientropy;
 mod driver;
@@ -231,8 +234,8 @@ impl Replicator {
             }
             if tokio::time::timeout_at(deadline, serving).await.is_err() {
                 return Err(DataletError::Refused(match self.health.state() {
-                    NodeState::CatchingUp => driver::CATCHING_UP,
-                    _ => driver::TIMED_OUT,
+                    NodeState::CatchingUp => driver::READ_CATCHING_UP,
+                    _ => driver::READ_TIMED_OUT,
                 }));
             }
         }

@@ -186,8 +186,13 @@ impl Datalet for Failing {
         }
         self.inner.apply(key, m, v, now).await
     }
-    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        self.inner.flush_all(at, now).await
+    async fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        version: tailorkv_common::Version,
+    ) -> Result<(), DataletError> {
+        self.inner.flush_all(at, now, version).await
     }
     async fn reset(&self) -> Result<(), DataletError> {
         self.inner.reset().await

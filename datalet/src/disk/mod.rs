@@ -4,7 +4,8 @@
 //!
 //! Items live in one redb table, keyed by the item key; each value is a [`slot::Slot`]: the
 //! version, flags, expiry and write time in a fixed header, then the data. A second table
-//! holds the store's metadata: bytes used, the last flush point, and the clock reservation.
+//! holds the store's metadata: bytes used, the last flush point, the clock reservation, and
+//! whether a reset's state transfer is still unconfirmed.
 //!
 //! - **Writes** go to one writer thread ([`writer`]), which applies them in batches, one
 //!   transaction and one fsync per batch (group commit), and acknowledges each write only after
@@ -16,6 +17,12 @@
 //! - **Scans** read every item in one read transaction, a consistent snapshot of what is
 //!   committed; **resets** go through the writer like any write, so they are ordered with
 //!   the writes and durable when acknowledged, and keep the clock reservation.
+//! - **The clock is a position.** Each commit raises the clock to the version of every
+//!   mutation and flush it applied, in the same transaction, so after any crash the clock is
+//!   at or past the state on disk (in the strong modes, where versions are positions in the
+//!   order, it says how far the state goes). A reset marks the store incomplete until the
+//!   next `save_clock`; meanwhile `load_clock` is 0, so a node that crashed while receiving a
+//!   snapshot never restarts as if it held the state it was given only in part.
 //! - **Restart** is short: every commit saves redb's allocator state (quick-repair), so
 //!   reopening after a crash does not walk the whole file.
 //! - **Disk use** stays bounded under overwrites and deletes: redb is copy-on-write and reuses
@@ -52,6 +59,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_USED_BYTES: &str = "used_bytes";
 const META_FLUSH_AT: &str = "flush_at";
 const META_CLOCK: &str = "clock";
+/// 1 while the store was reset for a state transfer and no `save_clock` confirmed it since.
+const META_INCOMPLETE: &str = "incomplete";
 
 /// The file inside the datalet's directory.
 pub const FILE_NAME: &str = "tailorkv.redb";
@@ -110,7 +119,7 @@ impl DiskDatalet {
             .create(&path)
             .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let (used_bytes, flush_at, clock) = init_tables(&db)?;
+        let (used_bytes, flush_at, clock, incomplete) = init_tables(&db)?;
         let shared = Arc::new(Shared::default());
         shared
             .used_bytes
@@ -127,6 +136,7 @@ impl DiskDatalet {
             used_bytes: used_bytes as usize,
             flush_at,
             clock,
+            incomplete: incomplete != 0,
             last_reclaim: 0,
         };
         let (tx, rx) = mpsc::channel();
@@ -172,7 +182,7 @@ impl DiskDatalet {
 }
 
 /// Creates the tables if they are missing and reads the metadata.
-fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts), DataletError> {
+fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts, u64), DataletError> {
     let txn = db.begin_write().map_err(unavailable)?;
     let meta = {
         txn.open_table(ITEMS).map_err(unavailable)?;
@@ -187,6 +197,7 @@ fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts), DataletError> {
             read(META_USED_BYTES)?,
             read(META_FLUSH_AT)?,
             read(META_CLOCK)?,
+            read(META_INCOMPLETE)?,
         )
     };
     txn.commit().map_err(unavailable)?;
@@ -272,14 +283,25 @@ impl Datalet for DiskDatalet {
         answer.await.map_err(|_| unavailable("writer stopped"))?
     }
 
-    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+    async fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        version: Version,
+    ) -> Result<(), DataletError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Op::Flush { at, now, reply })?;
+        self.send(Op::Flush {
+            at,
+            now,
+            version,
+            reply,
+        })?;
         answer.await.map_err(|_| unavailable("writer stopped"))?
     }
 
     /// Through the writer, so it is ordered with the writes queued before it, and committed
-    /// (durable) when it returns. The clock reservation stays.
+    /// (durable) when it returns. The clock reservation stays; the store is incomplete
+    /// (`load_clock` is 0) until the next `save_clock`.
     async fn reset(&self) -> Result<(), DataletError> {
         let (reply, answer) = oneshot::channel();
         self.send(Op::Reset { reply })?;
@@ -289,8 +311,16 @@ impl Datalet for DiskDatalet {
     async fn load_clock(&self) -> Result<Ts, DataletError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(META).map_err(unavailable)?;
-        let clock = table.get(META_CLOCK).map_err(unavailable)?;
-        Ok(clock.map_or(0, |v| v.value()))
+        let read = |name| -> Result<u64, DataletError> {
+            Ok(table
+                .get(name)
+                .map_err(unavailable)?
+                .map_or(0, |v| v.value()))
+        };
+        if read(META_INCOMPLETE)? != 0 {
+            return Ok(0);
+        }
+        read(META_CLOCK)
     }
 
     async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {

@@ -16,6 +16,8 @@ fn open_temp(limits: Limits) -> Guarded<DiskDatalet> {
 crate::conformance_tests!(open_temp);
 
 const NOW: UnixSecs = 1_700_000_000;
+/// The version a test's `flush_all` is applied at.
+const FLUSH_VERSION: tailorkv_common::Version = tailorkv_common::Version::new(1, NodeId(0));
 
 fn set(value: &[u8], flags: u32, expiry: Expiry) -> Mutation {
     Mutation::Store {
@@ -51,7 +53,7 @@ async fn a_reopened_store_has_every_item_its_version_expiry_flush_point_and_cloc
         .await
         .unwrap();
         d.save_clock(5_000).await.unwrap();
-        d.flush_all(NOW + 50, NOW).await.unwrap();
+        d.flush_all(NOW + 50, NOW, FLUSH_VERSION).await.unwrap();
     }
     let d = DiskDatalet::open(dir.path(), limits, DiskOptions::default()).unwrap();
     let a = d.get(b"a", NOW).await.unwrap().expect("a survives");
@@ -87,7 +89,7 @@ async fn a_reset_is_durable_and_the_clock_outlives_it() {
             .await
             .unwrap();
         d.save_clock(7_000).await.unwrap();
-        d.flush_all(NOW + 50, NOW).await.unwrap();
+        d.flush_all(NOW + 50, NOW, FLUSH_VERSION).await.unwrap();
         d.reset().await.unwrap();
         let m = set(b"after", 2, Expiry::Never);
         d.apply(
@@ -113,9 +115,65 @@ async fn a_reset_is_durable_and_the_clock_outlives_it() {
         vec![(Bytes::from_static(b"b"), b)],
         "the flush point pending before the reset is gone"
     );
-    assert_eq!(d.load_clock().await.unwrap(), 7_000);
+    assert_eq!(
+        d.load_clock().await.unwrap(),
+        0,
+        "a reset not confirmed by save_clock is no position to restart from"
+    );
+    d.save_clock(0).await.unwrap();
+    assert_eq!(
+        d.load_clock().await.unwrap(),
+        7_000,
+        "the clock outlives it"
+    );
     let used = item_bytes(b"b", &scanned[0].1) as u64;
     assert_eq!(d.stats().bytes, used, "byte accounting restarts from zero");
+}
+
+/// The clock never trails what the store holds: every commit raises it to the versions of
+/// the mutations and flushes it applied, deletes and refused writes included, in the same
+/// transaction, so it survives a crash with them.
+#[tokio::test]
+async fn the_clock_covers_every_applied_version_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    {
+        let d = DiskDatalet::open(dir.path(), limits, DiskOptions::default()).unwrap();
+        let key = Bytes::from_static(b"k");
+        d.apply(
+            &key,
+            set(b"v", 0, Expiry::Never),
+            Version::new(40, NodeId(0)),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.load_clock().await.unwrap(), 40);
+        d.apply(&key, Mutation::Delete, Version::new(41, NodeId(0)), NOW)
+            .await
+            .unwrap();
+        assert_eq!(d.load_clock().await.unwrap(), 41, "a delete counts");
+        let missing = Bytes::from_static(b"missing");
+        d.apply(
+            &missing,
+            Mutation::Incr(1),
+            Version::new(42, NodeId(0)),
+            NOW,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            d.load_clock().await.unwrap(),
+            42,
+            "an incr of nothing counts"
+        );
+        d.flush_all(NOW, NOW, Version::new(43, NodeId(0)))
+            .await
+            .unwrap();
+        assert_eq!(d.load_clock().await.unwrap(), 43, "a flush counts");
+    }
+    let d = DiskDatalet::open(dir.path(), limits, DiskOptions::default()).unwrap();
+    assert_eq!(d.load_clock().await.unwrap(), 43);
 }
 
 #[tokio::test]

@@ -18,7 +18,9 @@ use tailorkv_common::{Ts, UnixSecs, Version};
 use tokio::sync::oneshot;
 
 use super::slot::Slot;
-use super::{unavailable, ITEMS, META, META_CLOCK, META_FLUSH_AT, META_USED_BYTES};
+use super::{
+    unavailable, ITEMS, META, META_CLOCK, META_FLUSH_AT, META_INCOMPLETE, META_USED_BYTES,
+};
 use crate::mutate::{dead, decide, item_bytes, Change};
 use crate::{DataletError, Mutation, Outcome};
 
@@ -34,13 +36,15 @@ pub(super) enum Op {
     Flush {
         at: UnixSecs,
         now: UnixSecs,
+        version: Version,
         reply: oneshot::Sender<Result<(), DataletError>>,
     },
     SaveClock {
         ts: Ts,
         reply: oneshot::Sender<Result<(), DataletError>>,
     },
-    /// Removes every item and the flush point; keeps the clock.
+    /// Removes every item and the flush point; keeps the clock, and marks the store
+    /// incomplete until the next `SaveClock`.
     Reset {
         reply: oneshot::Sender<Result<(), DataletError>>,
     },
@@ -65,7 +69,11 @@ pub(super) struct Writer {
     /// Durable state, as of the last commit plus the batch being applied.
     pub used_bytes: usize,
     pub flush_at: UnixSecs,
+    /// The clock reservation, raised also by the version of every mutation and flush
+    /// applied, in the same transaction: never behind the state the store holds.
     pub clock: Ts,
+    /// Emptied for a state transfer that has not been confirmed by a `SaveClock` since.
+    pub incomplete: bool,
     pub last_reclaim: UnixSecs,
 }
 
@@ -88,7 +96,7 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Op>) {
-        let before = (self.used_bytes, self.flush_at, self.clock);
+        let before = (self.used_bytes, self.flush_at, self.clock, self.incomplete);
         let mut new_items = 0;
         let result = self.apply_batch(&batch, &mut new_items);
         match result {
@@ -104,7 +112,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, ops = batch.len(), "disk datalet commit failed");
-                (self.used_bytes, self.flush_at, self.clock) = before;
+                (self.used_bytes, self.flush_at, self.clock, self.incomplete) = before;
                 for op in batch {
                     reply(op, Err(e.clone()));
                 }
@@ -134,12 +142,16 @@ impl Writer {
                         ..
                     } => {
                         let outcome = self.apply(&mut items, key, mutation, *version, *now)?;
+                        self.clock = self.clock.max(version.ts);
                         if matches!(outcome, Ok(Outcome::Stored | Outcome::Number(_))) {
                             *new_items += 1;
                         }
                         outcome.map(Some)
                     }
-                    Op::Flush { at, now, .. } => {
+                    Op::Flush {
+                        at, now, version, ..
+                    } => {
+                        self.clock = self.clock.max(version.ts);
                         self.flush_at = *at;
                         if at <= now {
                             items.retain(|_, _| false).map_err(unavailable)?;
@@ -149,12 +161,14 @@ impl Writer {
                     }
                     Op::SaveClock { ts, .. } => {
                         self.clock = self.clock.max(*ts);
+                        self.incomplete = false;
                         Ok(None)
                     }
                     Op::Reset { .. } => {
                         items.retain(|_, _| false).map_err(unavailable)?;
                         self.used_bytes = 0;
                         self.flush_at = 0;
+                        self.incomplete = true;
                         Ok(None)
                     }
                 };
@@ -166,6 +180,8 @@ impl Writer {
             meta.insert(META_FLUSH_AT, self.flush_at)
                 .map_err(unavailable)?;
             meta.insert(META_CLOCK, self.clock).map_err(unavailable)?;
+            meta.insert(META_INCOMPLETE, u64::from(self.incomplete))
+                .map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         Ok(answers)

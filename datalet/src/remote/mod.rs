@@ -250,7 +250,12 @@ impl Datalet for RemoteDatalet {
         self.call(key, job).await
     }
 
-    async fn flush_all(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+    async fn flush_all(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        _version: Version,
+    ) -> Result<(), DataletError> {
         self.call(b"", |reply| Job::FlushAll { at, now, reply })
             .await
     }
