@@ -4,7 +4,7 @@
 //! others (compared with `scan`), carried by hinted handoff or by anti-entropy, with deletes
 //! repaired too and no deleted key brought back; and a one-key difference among 10,000 keys
 //! must cost a handful of entries, not the data. Deletes racing peers' older updates must leave
-//! every replica the same.
+//! every replica the same, and an item a tombstone shadows must not survive.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -452,6 +452,38 @@ async fn a_flush_missed_by_a_node_that_was_away_is_repaired() {
         converge(&[&n1, &n2, &n3], Duration::from_secs(60)).await,
         state
     );
+}
+
+/// A replica holding an item under a key whose tombstone is newer (the state a delete racing
+/// an older update could leave, made here behind the replication's back) reports the key as
+/// deleted in its digest, like the others: anti-entropy must not take that for agreement while
+/// the replica still serves the item. The item must go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_a_tombstone_shadows_does_not_survive() {
+    let members = members();
+    let n1 = start(&members, 0, empty(), options()).await;
+    let n2 = start(&members, 1, empty(), options()).await;
+    let n3 = start(&members, 2, empty(), options()).await;
+    let nodes = [&n1, &n2, &n3];
+    let gone = key(1);
+    n1.eventual.apply(&gone, set("v"), now()).await.unwrap();
+    n1.eventual.apply(&key(2), set("v"), now()).await.unwrap();
+    converge(&nodes, Duration::from_secs(10)).await;
+    n1.eventual
+        .apply(&gone, Mutation::Delete, now())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes.iter().any(|n| n.eventual.tombstones() < 1) {
+        assert!(Instant::now() < deadline, "the tombstone did not spread");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let older = Version::new(1, NodeId(2));
+    let planted = n2.datalet.apply(&gone, set("shadowed"), older, now()).await;
+    assert_eq!(planted, Ok(Outcome::Stored));
+    let state = converge(&nodes, Duration::from_secs(10)).await;
+    let keys: Vec<&Bytes> = state.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![&key(2)]);
 }
 
 /// The seeds to run: `EVENTUAL_SEED` alone if set, else `0..count`.

@@ -52,9 +52,11 @@
 //! with the difference: replicas in sync exchange 2 small messages per round, and one
 //! differing key among any number costs one bucket's keys and versions and the one entry.
 //! Anti-entropy repairs whatever the hints did not carry: updates lost with a broken
-//! connection, dropped hints, and a replica restarted with an empty store. The summary also
-//! carries the sender's clock and last flush, so a restarted replica's clock moves past the
-//! versions in use and a missed flush is applied.
+//! connection, dropped hints, and a replica restarted with an empty store. A replica's digest
+//! lists a key under its tombstone when the tombstone is at or above the item's version, so
+//! the replica removes such an item as it takes its snapshot (else no round would find the
+//! item it still served). The summary also carries the sender's clock and last flush, so a
+//! restarted replica's clock moves past the versions in use and a missed flush is applied.
 //!
 //! Each round scans the local store ([`Datalet::scan`]): local work is proportional to the
 //! data, traffic to the difference. A round repairs about [`ROUND_ENTRIES`] entries each way
@@ -704,30 +706,33 @@ impl<D: Datalet> Eventual<D> {
     }
 
     /// This replica's entries: every live item, and every tombstone in its grace period.
-    async fn snapshot(&self) -> Result<Snapshot, DataletError> {
+    /// An item that a tombstone here, or the flush, supersedes is removed instead of listed:
+    /// the digest would list its key as deleted, as the other replicas do, and no round would
+    /// find the item this replica still served.
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, DataletError> {
         let now = self.clock_source.now();
         let items = self.datalet.scan(now).await?;
-        let stones: Vec<Entry> = self
+        let stones: HashMap<Bytes, Version> = self
             .tombstones
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, t)| !self.collectable(t.deleted_at, now))
-            .map(|(key, t)| Entry {
-                key: key.clone(),
-                version: t.version,
-                tombstone: true,
-            })
+            .map(|(key, t)| (key.clone(), t.version))
             .collect();
+        let flush = self.flushed.lock().unwrap().as_ref().map(Update::version);
         let mut entries = Vec::with_capacity(items.len() + stones.len());
         for (key, item) in items {
-            if self.flushed_out(item.version, now) {
-                // Written here at a version below a flush, concurrently with it: the flush
-                // removes it on every other replica, so here too.
-                let flush = self.flushed.lock().unwrap().as_ref().map(Update::version);
-                if let Some(flush) = flush {
-                    self.remove_older(&key, flush).await?;
-                }
+            // Written here at a version below a flush, concurrently with it: the flush
+            // removes it on every other replica, so here too.
+            let flushed = flush.filter(|_| self.flushed_out(item.version, now));
+            // Under a tombstone at or above it: deleted everywhere else. No change made
+            // through this node leaves one (each holds the key's lock), but a store changed
+            // behind its back can.
+            let deleted = stones.get(&key).copied().filter(|&t| t >= item.version);
+            if let Some(above) = flushed.max(deleted) {
+                let _key = self.locks.lock(&key).await;
+                self.remove_older(&key, above).await?;
                 continue;
             }
             entries.push(Entry {
@@ -736,7 +741,11 @@ impl<D: Datalet> Eventual<D> {
                 tombstone: false,
             });
         }
-        entries.extend(stones);
+        entries.extend(stones.into_iter().map(|(key, version)| Entry {
+            key,
+            version,
+            tombstone: true,
+        }));
         Ok(Snapshot::new(entries))
     }
 

@@ -405,3 +405,47 @@ async fn an_update_retrying_its_store_honours_a_peer_delete_received_meanwhile()
     );
     shutdown.cancel();
 }
+
+/// A replica holding a tombstone and, under the same key, an item it supersedes (as the races
+/// above could leave, or a store changed behind the node's back) must not keep serving the
+/// item while its anti-entropy digest says deleted: taking a snapshot removes it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_snapshot_removes_an_item_its_tombstone_shadows() {
+    let datalet = Arc::new(Gated::new());
+    let (node, shutdown) = alone(datalet.clone()).await;
+    let deleted_at = Version::new(1000, NodeId(2));
+    let cases = [
+        ("older", Version::new(999, NodeId(3)), true),
+        ("tie", deleted_at, true),
+        ("newer", Version::new(1001, NodeId(3)), false),
+    ];
+    for (key, version, _) in cases {
+        let key = Bytes::from_static(key.as_bytes());
+        let delete = Update::Deleted {
+            key: key.clone(),
+            version: deleted_at,
+            deleted_at: wall(),
+        };
+        node.receive(delete).await.unwrap();
+        // Behind the node's back.
+        let stored = datalet.apply(&key, set("item"), version, wall()).await;
+        assert_eq!(stored, Ok(Outcome::Stored));
+    }
+    let snapshot = node.snapshot().await.unwrap();
+    for (key, version, shadowed) in cases {
+        let entry = snapshot.get(key.as_bytes()).unwrap();
+        let item = datalet.get(key.as_bytes(), wall()).await.unwrap();
+        if shadowed {
+            assert_eq!(
+                (entry.version, entry.tombstone),
+                (deleted_at, true),
+                "{key}"
+            );
+            assert_eq!(item, None, "{key}: a shadowed item stayed");
+        } else {
+            assert_eq!((entry.version, entry.tombstone), (version, false), "{key}");
+            assert_eq!(item.map(|i| i.version), Some(version), "{key}");
+        }
+    }
+    shutdown.cancel();
+}
