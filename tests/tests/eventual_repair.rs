@@ -3,18 +3,23 @@
 //! with an empty store. A node that missed updates must end with exactly the items of the
 //! others (compared with `scan`), carried by hinted handoff or by anti-entropy, with deletes
 //! repaired too and no deleted key brought back; and a one-key difference among 10,000 keys
-//! must cost a handful of entries, not the data.
+//! must cost a handful of entries, not the data. Deletes racing peers' older updates must leave
+//! every replica the same, and an item a tombstone shadows must not survive.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 use tailorkv_common::codec::StoreMode;
-use tailorkv_common::{Clock, Expiry, NodeId, SystemClock, Version};
+use tailorkv_common::{Clock, Expiry, NodeId, SystemClock, Ts, Version};
 use tailorkv_controlet::replication::eventual::EventualOptions;
 use tailorkv_controlet::replication::Eventual;
-use tailorkv_datalet::{Datalet, Item, Limits, MemoryDatalet, Mutation, Outcome};
+use tailorkv_datalet::{
+    Datalet, DataletError, DataletStats, Item, Limits, MemoryDatalet, Mutation, Outcome,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,13 +27,13 @@ use tokio_util::sync::CancellationToken;
 /// debug build, and the tests run side by side: not much shorter.
 const INTERVAL: Duration = Duration::from_millis(250);
 
-struct Node {
-    datalet: Arc<MemoryDatalet>,
-    eventual: Arc<Eventual<MemoryDatalet>>,
+struct Node<D: Datalet = MemoryDatalet> {
+    datalet: Arc<D>,
+    eventual: Arc<Eventual<D>>,
     shutdown: CancellationToken,
 }
 
-impl Drop for Node {
+impl<D: Datalet> Drop for Node<D> {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
@@ -52,12 +57,12 @@ fn options() -> EventualOptions {
 
 /// Starts member `index` of `members` on `datalet`, binding its address (retrying while a
 /// stopped predecessor still holds it).
-async fn start(
+async fn start<D: Datalet>(
     members: &[(NodeId, SocketAddr)],
     index: usize,
-    datalet: Arc<MemoryDatalet>,
+    datalet: Arc<D>,
     options: EventualOptions,
-) -> Node {
+) -> Node<D> {
     let (me, addr) = members[index];
     let deadline = Instant::now() + Duration::from_secs(10);
     let listener = loop {
@@ -115,27 +120,28 @@ fn key(i: usize) -> Bytes {
 }
 
 /// Every live item of `datalet`, sorted by key.
-async fn items(datalet: &MemoryDatalet) -> Vec<(Bytes, Item)> {
+async fn items<D: Datalet>(datalet: &D) -> Vec<(Bytes, Item)> {
     let mut items = datalet.scan(now()).await.unwrap();
     items.sort_by(|a, b| a.0.cmp(&b.0));
     items
 }
 
 /// Waits until every node's datalet holds the same items, for up to `within`; returns them.
-async fn converge(nodes: &[&Node], within: Duration) -> Vec<(Bytes, Item)> {
+async fn converge<D: Datalet>(nodes: &[&Node<D>], within: Duration) -> Vec<(Bytes, Item)> {
     let deadline = Instant::now() + within;
     loop {
         let mut states = Vec::new();
         for node in nodes {
-            states.push(items(&node.datalet).await);
+            states.push(items(node.datalet.as_ref()).await);
         }
         if states.iter().all(|s| s == &states[0]) {
             return states.swap_remove(0);
         }
         if Instant::now() > deadline {
             let sizes: Vec<usize> = states.iter().map(Vec::len).collect();
-            let first = states[0]
+            let first = states
                 .iter()
+                .flatten()
                 .find(|entry| states.iter().any(|s| !s.contains(entry)));
             panic!("replicas differ after {within:?}: sizes {sizes:?}, e.g. {first:?}");
         }
@@ -445,5 +451,209 @@ async fn a_flush_missed_by_a_node_that_was_away_is_repaired() {
     assert_eq!(
         converge(&[&n1, &n2, &n3], Duration::from_secs(60)).await,
         state
+    );
+}
+
+/// A replica holding an item under a key whose tombstone is newer (the state a delete racing
+/// an older update could leave, made here behind the replication's back) reports the key as
+/// deleted in its digest, like the others: anti-entropy must not take that for agreement while
+/// the replica still serves the item. The item must go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_a_tombstone_shadows_does_not_survive() {
+    let members = members();
+    let n1 = start(&members, 0, empty(), options()).await;
+    let n2 = start(&members, 1, empty(), options()).await;
+    let n3 = start(&members, 2, empty(), options()).await;
+    let nodes = [&n1, &n2, &n3];
+    let gone = key(1);
+    n1.eventual.apply(&gone, set("v"), now()).await.unwrap();
+    n1.eventual.apply(&key(2), set("v"), now()).await.unwrap();
+    converge(&nodes, Duration::from_secs(10)).await;
+    n1.eventual
+        .apply(&gone, Mutation::Delete, now())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes.iter().any(|n| n.eventual.tombstones() < 1) {
+        assert!(Instant::now() < deadline, "the tombstone did not spread");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let older = Version::new(1, NodeId(2));
+    let planted = n2.datalet.apply(&gone, set("shadowed"), older, now()).await;
+    assert_eq!(planted, Ok(Outcome::Stored));
+    let state = converge(&nodes, Duration::from_secs(10)).await;
+    let keys: Vec<&Bytes> = state.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec![&key(2)]);
+}
+
+/// The seeds to run: `EVENTUAL_SEED` alone if set, else `0..count`.
+fn seeds(count: u64) -> Vec<u64> {
+    match std::env::var("EVENTUAL_SEED") {
+        Ok(seed) => vec![seed.parse().expect("EVENTUAL_SEED is a number")],
+        Err(_) => (0..count).collect(),
+    }
+}
+
+/// A memory datalet whose reads and writes wait a random moment (nothing, a yield, or up to
+/// 2 ms) before and after they act, so that concurrent operations on one key interleave in
+/// many ways: a peer's update lands in the middle of a local delete, a delete in the middle
+/// of an update's read-then-store.
+struct Jittery {
+    inner: MemoryDatalet,
+    rng: std::sync::Mutex<SmallRng>,
+}
+
+impl Jittery {
+    fn new(seed: u64) -> Self {
+        Jittery {
+            inner: MemoryDatalet::new(Limits::default()),
+            rng: std::sync::Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    async fn pause(&self) {
+        let micros = {
+            let mut rng = self.rng.lock().unwrap();
+            match rng.random_range(0..3) {
+                0 => None,
+                1 => Some(0),
+                _ => Some(rng.random_range(1..2000)),
+            }
+        };
+        match micros {
+            None => {}
+            Some(0) => tokio::task::yield_now().await,
+            Some(us) => tokio::time::sleep(Duration::from_micros(us)).await,
+        }
+    }
+}
+
+impl Datalet for Jittery {
+    async fn get(&self, key: &[u8], now: u64) -> Result<Option<Item>, DataletError> {
+        self.pause().await;
+        let item = self.inner.get(key, now).await;
+        self.pause().await;
+        item
+    }
+
+    async fn scan(&self, now: u64) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        self.inner.scan(now).await
+    }
+
+    async fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        version: Version,
+        now: u64,
+    ) -> Result<Outcome, DataletError> {
+        self.pause().await;
+        let outcome = self.inner.apply(key, mutation, version, now).await;
+        self.pause().await;
+        outcome
+    }
+
+    async fn flush_all(
+        &self,
+        at: u64,
+        now: u64,
+        version: tailorkv_common::Version,
+    ) -> Result<(), DataletError> {
+        self.inner.flush_all(at, now, version).await
+    }
+
+    async fn reset(&self) -> Result<(), DataletError> {
+        self.inner.reset().await
+    }
+
+    async fn load_clock(&self) -> Result<Ts, DataletError> {
+        self.inner.load_clock().await
+    }
+
+    async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {
+        self.inner.save_clock(ts).await
+    }
+
+    fn set_memory_limit(&self, bytes: usize) {
+        self.inner.set_memory_limit(bytes)
+    }
+
+    fn stats(&self) -> DataletStats {
+        self.inner.stats()
+    }
+}
+
+/// Keys raced on in each run, in waves of [`RACE_WAVE`] keys [`RACE_WAVE_GAP`] apart.
+const RACE_KEYS: usize = 400;
+const RACE_WAVE: usize = 3;
+const RACE_WAVE_GAP: Duration = Duration::from_millis(15);
+
+/// Every key is first set and replicated; then, a few keys at a time, each takes two to four
+/// concurrent writes and deletes on random nodes, started within 3 ms of each other, through
+/// datalets that make every step take a random while, so that deletes race their peers' older
+/// updates in every order.
+/// With anti-entropy off, the updates alone must leave every replica the same once they stop.
+/// The operations are seeded (the interleaving is not): a failing run prints its seed, and
+/// `EVENTUAL_SEED=<seed>` runs that one alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_racing_older_updates_leave_every_replica_the_same() {
+    for seed in seeds(3) {
+        eprintln!("seed {seed}");
+        race(seed).await;
+    }
+}
+
+async fn race(seed: u64) {
+    let members = members();
+    let options = EventualOptions {
+        antientropy_interval: Duration::from_secs(3600),
+        ..options()
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let datalet = Arc::new(Jittery::new(seed * 10 + i as u64));
+        nodes.push(start(&members, i, datalet, options).await);
+    }
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for k in 0..RACE_KEYS {
+        let node = &nodes[rng.random_range(0..3)];
+        node.eventual
+            .apply(&key(k), set("v0"), now())
+            .await
+            .unwrap();
+    }
+    let all: Vec<&Node<Jittery>> = nodes.iter().collect();
+    converge(&all, Duration::from_secs(20)).await;
+    let mut ops = Vec::new();
+    for k in 0..RACE_KEYS {
+        if k % RACE_WAVE == 0 {
+            // Let the last wave's updates through first, so that a peer's update arrives
+            // while the other operations on its key still run, not long after them behind a
+            // backlog.
+            tokio::time::sleep(RACE_WAVE_GAP).await;
+        }
+        for op in 0..rng.random_range(2..=4) {
+            let eventual = Arc::clone(&nodes[rng.random_range(0..3)].eventual);
+            let mutation = if rng.random_bool(0.5) {
+                Mutation::Delete
+            } else {
+                set(&format!("v{}", op + 1))
+            };
+            let delay = Duration::from_micros(rng.random_range(0..3000));
+            ops.push(tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                eventual.apply(&key(k), mutation, now()).await.unwrap()
+            }));
+        }
+    }
+    let mut deleted = 0;
+    for op in ops {
+        deleted += usize::from(op.await.unwrap() == Outcome::Deleted);
+    }
+    assert!(deleted > 0, "seed {seed}: no delete found an item");
+    let state = converge(&all, Duration::from_secs(20)).await;
+    eprintln!(
+        "seed {seed}: {deleted} deletes found an item; {} of {RACE_KEYS} keys left",
+        state.len()
     );
 }

@@ -15,6 +15,11 @@
 //! differs in one entry differs in exactly one bucket (and one range), except with
 //! probability about 2^-64 per differing bucket.
 //!
+//! An item that its key's tombstone supersedes does not show in the digest, so no exchange
+//! can find it: the replica holding one must remove it itself (the eventual mode does as it
+//! takes the snapshot), or it serves an item that its digest, like every other replica's,
+//! calls deleted.
+//!
 //! # The exchange
 //!
 //! With a [`Snapshot`] of its entries each, replica A and replica B agree in at most four

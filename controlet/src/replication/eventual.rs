@@ -19,6 +19,18 @@
 //! tombstone for every key), so a replica that had not seen it yet cannot copy flushed items
 //! back.
 //!
+//! # One change to a key at a time
+//!
+//! Every change to a key's item or tombstone on a node holds the key's lock: a client's
+//! write or delete, a peer's update or delete, and anti-entropy removing a superseded item.
+//! (There are 1,024 locks, each for a stripe of keys by hash, held across this node's own
+//! datalet calls and never while anything waits on a peer.) So a delete removes the item and
+//! records its tombstone in one step as far as a peer's update of the key can tell, and the
+//! update reads the tombstone and the item and stores as one step too: a peer's older write
+//! arriving during a delete cannot find the key empty and untombstoned and bring it back on
+//! this replica alone. A client's write takes its version under the lock, above every version
+//! stored for the key here, so each replica applies its own writes of a key in version order.
+//!
 //! # Writes never wait on a peer
 //!
 //! Updates go to each peer with [`Transport::try_send`] only. What a peer's queue cannot take
@@ -40,9 +52,11 @@
 //! with the difference: replicas in sync exchange 2 small messages per round, and one
 //! differing key among any number costs one bucket's keys and versions and the one entry.
 //! Anti-entropy repairs whatever the hints did not carry: updates lost with a broken
-//! connection, dropped hints, and a replica restarted with an empty store. The summary also
-//! carries the sender's clock and last flush, so a restarted replica's clock moves past the
-//! versions in use and a missed flush is applied.
+//! connection, dropped hints, and a replica restarted with an empty store. A replica's digest
+//! lists a key under its tombstone when the tombstone is at or above the item's version, so
+//! the replica removes such an item as it takes its snapshot (else no round would find the
+//! item it still served). The summary also carries the sender's clock and last flush, so a
+//! restarted replica's clock moves past the versions in use and a missed flush is applied.
 //!
 //! Each round scans the local store ([`Datalet::scan`]): local work is proportional to the
 //! data, traffic to the difference. A round repairs about [`ROUND_ENTRIES`] entries each way
@@ -95,7 +109,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::antientropy::{Entry, Snapshot};
+use super::antientropy::{bucket_of, Entry, Snapshot};
 use crate::peer::{new_session, Incoming, LinkConfig, Transport};
 
 /// One replicated change: the item a write left, a delete's tombstone, or a flush.
@@ -200,6 +214,8 @@ pub const HINT_RETRY: Duration = Duration::from_millis(20);
 pub const ROUND_ENTRIES: usize = 16 * 1024;
 /// Anti-entropy messages received and waiting to be handled, at most; more are dropped.
 const REPAIR_QUEUE: usize = 1024;
+/// Stripes of per-key locks: changes to keys of one stripe wait for each other.
+const KEY_LOCKS: usize = 1024;
 
 /// How the eventual mode repairs replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,6 +269,20 @@ struct Tombstone {
     deleted_at: UnixSecs,
 }
 
+/// Per-key exclusion: one lock per stripe of keys ([`KEY_LOCKS`] stripes, by [`bucket_of`]).
+struct KeyLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl KeyLocks {
+    fn new() -> Self {
+        KeyLocks((0..KEY_LOCKS).map(|_| Default::default()).collect())
+    }
+
+    /// Waits for `key`'s lock, which the other keys of its stripe share.
+    async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[bucket_of(key) % KEY_LOCKS].lock().await
+    }
+}
+
 /// The eventual-consistency side of a node: applies local writes, propagates them, applies
 /// its peers' updates, and repairs replicas.
 pub struct Eventual<D> {
@@ -262,6 +292,8 @@ pub struct Eventual<D> {
     /// The Lamport clock: the last timestamp issued or seen.
     clock: AtomicU64,
     tombstones: Mutex<HashMap<Bytes, Tombstone>>,
+    /// Held by every change to a key's item or tombstone (see the module documentation).
+    locks: KeyLocks,
     /// The highest-version flush made or received (an [`Update::Flush`]).
     flushed: Mutex<Option<Update>>,
     outgoing: mpsc::Sender<Update>,
@@ -318,6 +350,7 @@ impl<D: Datalet> Eventual<D> {
             me,
             clock: Default::default(),
             tombstones: Mutex::new(HashMap::new()),
+            locks: KeyLocks::new(),
             flushed: Mutex::new(None),
             outgoing,
             options,
@@ -436,39 +469,70 @@ impl<D: Datalet> Eventual<D> {
         mutation: Mutation,
         now: UnixSecs,
     ) -> Result<Outcome, DataletError> {
-        let mutation = match mutation {
-            Mutation::Touch { expiry } => return self.touch(key, expiry, now).await,
-            other => other,
-        };
-        let is_delete = mutation == Mutation::Delete;
-        let version = self.next_version();
-        let outcome = self.datalet.apply(key, mutation, version, now).await?;
-        if is_delete {
-            if outcome == Outcome::Deleted {
-                self.remember_tombstone(key, version, now, now);
-                self.send(Update::Deleted {
-                    key: key.clone(),
-                    version,
-                    deleted_at: now,
-                })
-                .await;
+        let (outcome, update) = {
+            let _key = self.locks.lock(key).await;
+            match mutation {
+                Mutation::Touch { expiry } => self.touch(key, expiry, now).await?,
+                Mutation::Delete => self.delete(key, now).await?,
+                other => self.store(key, other, now).await?,
             }
-        } else if let Some(item) = self.datalet.get(key, now).await? {
-            self.send(item_update(key, item)).await;
+        };
+        if let Some(update) = update {
+            self.send(update).await;
         }
         Ok(outcome)
     }
 
-    /// `touch` as a new version of the item, so that the new expiry propagates.
+    /// A client's write other than `touch` and `delete`, with the key locked; the item it
+    /// left, to send.
+    async fn store(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        let version = self.next_version();
+        let outcome = self.datalet.apply(key, mutation, version, now).await?;
+        let item = self.datalet.get(key, now).await?;
+        Ok((outcome, item.map(|item| item_update(key, item))))
+    }
+
+    /// A client's `delete`, with the key locked: the item goes and its tombstone is recorded
+    /// in one step as far as a peer's update of the key can tell, since that takes the lock
+    /// too. The version is issued under the lock, so it is above every version stored here.
+    async fn delete(
+        &self,
+        key: &Bytes,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        let version = self.next_version();
+        let outcome = self
+            .datalet
+            .apply(key, Mutation::Delete, version, now)
+            .await?;
+        if outcome != Outcome::Deleted {
+            return Ok((outcome, None));
+        }
+        self.remember_tombstone(key, version, now, now);
+        let update = Update::Deleted {
+            key: key.clone(),
+            version,
+            deleted_at: now,
+        };
+        Ok((outcome, Some(update)))
+    }
+
+    /// `touch` as a new version of the item, so that the new expiry propagates; with the key
+    /// locked.
     async fn touch(
         &self,
         key: &Bytes,
         expiry: Expiry,
         now: UnixSecs,
-    ) -> Result<Outcome, DataletError> {
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
         loop {
             let Some(item) = self.datalet.get(key, now).await? else {
-                return Ok(Outcome::NotFound);
+                return Ok((Outcome::NotFound, None));
             };
             let mutation = Mutation::Store {
                 mode: StoreMode::Cas(item.version.cas()),
@@ -483,8 +547,8 @@ impl<D: Datalet> Eventual<D> {
                     version,
                     ..item
                 };
-                self.send(item_update(key, touched.clone())).await;
-                return Ok(Outcome::Touched(touched));
+                let update = item_update(key, touched.clone());
+                return Ok((Outcome::Touched(touched), Some(update)));
             }
         }
     }
@@ -537,7 +601,7 @@ impl<D: Datalet> Eventual<D> {
     }
 
     /// Applies a peer's update if it is newer than what this replica holds.
-    async fn receive(&self, update: Update) -> Result<(), DataletError> {
+    pub(super) async fn receive(&self, update: Update) -> Result<(), DataletError> {
         self.observe(update.version().ts);
         match update {
             Update::Flush { at, now, version } => {
@@ -563,6 +627,7 @@ impl<D: Datalet> Eventual<D> {
                     expiry,
                     value: value.clone(),
                 };
+                let _key = self.locks.lock(&key).await;
                 self.replace_if_newer(&key, version, mutation).await
             }
             Update::Deleted {
@@ -570,13 +635,15 @@ impl<D: Datalet> Eventual<D> {
                 version,
                 deleted_at,
             } => {
+                let _key = self.locks.lock(&key).await;
                 self.remember_tombstone(&key, version, deleted_at, self.clock_source.now());
                 self.remove_older(&key, version).await
             }
         }
     }
 
-    /// Removes the item under `key` if its version is not above `version`.
+    /// Removes the item under `key` if its version is not above `version`; with the key
+    /// locked.
     async fn remove_older(&self, key: &Bytes, version: Version) -> Result<(), DataletError> {
         loop {
             let now = self.clock_source.now();
@@ -607,21 +674,24 @@ impl<D: Datalet> Eventual<D> {
         }
     }
 
-    /// Stores `mutation(mode)` at `version` unless the key holds a newer item or tombstone.
+    /// Whether this replica holds a tombstone for `key` at or above `version`.
+    fn deleted_since(&self, key: &[u8], version: Version) -> bool {
+        let tombstones = self.tombstones.lock().unwrap();
+        tombstones.get(key).is_some_and(|t| t.version >= version)
+    }
+
+    /// Stores `mutation(mode)` at `version` unless the key holds a newer item or tombstone;
+    /// with the key locked. Every try reads the tombstone again with the item.
     async fn replace_if_newer(
         &self,
         key: &Bytes,
         version: Version,
         mutation: impl Fn(StoreMode) -> Mutation,
     ) -> Result<(), DataletError> {
-        let tombstone = self.tombstones.lock().unwrap().get(key).map(|t| t.version);
-        if tombstone.is_some_and(|t| t >= version) {
-            return Ok(());
-        }
         loop {
             // An expired item is as good as absent.
             let now = self.clock_source.now();
-            if self.flushed_out(version, now) {
+            if self.flushed_out(version, now) || self.deleted_since(key, version) {
                 return Ok(());
             }
             let mode = match self.datalet.get(key, now).await? {
@@ -635,7 +705,9 @@ impl<D: Datalet> Eventual<D> {
                 .await?
             {
                 Outcome::Stored => return Ok(()),
-                _ => continue, // a concurrent write got there first: look again
+                // Changed meanwhile (an item expired, or the store was written behind this
+                // node's back): look again.
+                _ => continue,
             }
         }
     }
@@ -649,30 +721,33 @@ impl<D: Datalet> Eventual<D> {
     }
 
     /// This replica's entries: every live item, and every tombstone in its grace period.
-    async fn snapshot(&self) -> Result<Snapshot, DataletError> {
+    /// An item that a tombstone here, or the flush, supersedes is removed instead of listed:
+    /// the digest would list its key as deleted, as the other replicas do, and no round would
+    /// find the item this replica still served.
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, DataletError> {
         let now = self.clock_source.now();
         let items = self.datalet.scan(now).await?;
-        let stones: Vec<Entry> = self
+        let stones: HashMap<Bytes, Version> = self
             .tombstones
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, t)| !self.collectable(t.deleted_at, now))
-            .map(|(key, t)| Entry {
-                key: key.clone(),
-                version: t.version,
-                tombstone: true,
-            })
+            .map(|(key, t)| (key.clone(), t.version))
             .collect();
+        let flush = self.flushed.lock().unwrap().as_ref().map(Update::version);
         let mut entries = Vec::with_capacity(items.len() + stones.len());
         for (key, item) in items {
-            if self.flushed_out(item.version, now) {
-                // Written here at a version below a flush, concurrently with it: the flush
-                // removes it on every other replica, so here too.
-                let flush = self.flushed.lock().unwrap().as_ref().map(Update::version);
-                if let Some(flush) = flush {
-                    self.remove_older(&key, flush).await?;
-                }
+            // Written here at a version below a flush, concurrently with it: the flush
+            // removes it on every other replica, so here too.
+            let flushed = flush.filter(|_| self.flushed_out(item.version, now));
+            // Under a tombstone at or above it: deleted everywhere else. No change made
+            // through this node leaves one (each holds the key's lock), but a store changed
+            // behind its back can.
+            let deleted = stones.get(&key).copied().filter(|&t| t >= item.version);
+            if let Some(above) = flushed.max(deleted) {
+                let _key = self.locks.lock(&key).await;
+                self.remove_older(&key, above).await?;
                 continue;
             }
             entries.push(Entry {
@@ -681,7 +756,11 @@ impl<D: Datalet> Eventual<D> {
                 tombstone: false,
             });
         }
-        entries.extend(stones);
+        entries.extend(stones.into_iter().map(|(key, version)| Entry {
+            key,
+            version,
+            tombstone: true,
+        }));
         Ok(Snapshot::new(entries))
     }
 

@@ -36,6 +36,8 @@ pub mod antientropy;
 mod driver;
 pub mod eventual;
 #[cfg(test)]
+mod eventual_tests;
+#[cfg(test)]
 mod tests;
 
 use bytes::Bytes;
