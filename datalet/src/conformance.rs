@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             mutations_of_one_key_never_interleave,
             scan_returns_exactly_the_live_items,
             scan_returns_every_one_of_many_items,
+            keys_of_any_bytes_a_client_can_send_are_kept,
             reset_empties_the_store_and_keeps_the_clock,
             items_written_after_a_reset_are_served,
         );
@@ -534,6 +535,58 @@ pub async fn scan_returns_exactly_the_live_items<D: Datalet>(make: impl Fn(Limit
     d.flush_all(NOW + 10, NOW + 1, FLUSH_VERSION).await.unwrap();
     assert_eq!(scanned(&d, NOW + 9).await, after);
     assert_eq!(scanned(&d, NOW + 10).await, BTreeMap::new());
+}
+
+/// Keys a client can send: any bytes but space, NUL and `\n`, at most 250 of them. memcached
+/// stores keys with control characters (memcaslap's all start with `\x10`), so every backend
+/// must keep them as they are: stored, read, changed, deleted and listed by a scan.
+pub async fn keys_of_any_bytes_a_client_can_send_are_kept<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let long = [0x10u8; 250];
+    let keys: [&[u8]; 9] = [
+        b"\x10\x10\x10\x10\x10\x10\x10\x10QHYg2vgu",
+        b"a\x01b",
+        b"tab\there",
+        b"\x7f",
+        b"high\x80\xff",
+        b"cr\rinside",
+        b"ends_in_cr\r",
+        b"\x1b[0m\x0b\x0c",
+        &long,
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        let k = Bytes::copy_from_slice(k);
+        let ts = 10 * i as u64;
+        let m = store(StoreMode::Set, "10", 3, Expiry::Never);
+        assert_eq!(
+            d.apply(&k, m, v(ts + 1), NOW).await,
+            Ok(Outcome::Stored),
+            "{k:?}"
+        );
+        let incr = d.apply(&k, Mutation::Incr(5), v(ts + 2), NOW).await;
+        assert_eq!(incr, Ok(Outcome::Number(15)), "incr {k:?}");
+        let item = d.get(&k, NOW).await.unwrap();
+        assert_eq!(
+            item.map(|i| (i.value, i.flags)),
+            Some((key("15"), 3)),
+            "{k:?}"
+        );
+    }
+    let listed: Vec<Bytes> = scanned(&d, NOW).await.into_keys().collect();
+    let mut expected: Vec<Bytes> = keys.iter().map(|k| Bytes::copy_from_slice(k)).collect();
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "the scan lists every key as it was stored"
+    );
+    for (i, k) in keys.iter().enumerate() {
+        let k = Bytes::copy_from_slice(k);
+        let deleted = d
+            .apply(&k, Mutation::Delete, v(10 * i as u64 + 3), NOW)
+            .await;
+        assert_eq!(deleted, Ok(Outcome::Deleted), "delete {k:?}");
+        assert_eq!(d.get(&k, NOW).await, Ok(None), "{k:?} after delete");
+    }
 }
 
 /// Items written a few at a time from several tasks, so a batching store batches them.

@@ -283,6 +283,7 @@ fn account(run: &Run, in_flight: &InFlight, reply: Reply, stats: &mut Stats) {
     let request = in_flight.request;
     let key = || String::from_utf8_lossy(&run.keys.key(request.key)).into_owned();
     let measured = request.phase == Phase::Measured;
+    stats.answered.count(request.op);
     match reply {
         Reply::Failed(line) => {
             stats.errors.server_error += 1;

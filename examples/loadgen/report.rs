@@ -3,7 +3,8 @@
 //!
 //! Latencies are in microseconds. `ops` counts correct replies to measured requests, and
 //! `ops_per_sec` divides them by `measured_secs`: from the start of measurement to the last
-//! measured reply.
+//! measured reply. `answered` counts every reply of the whole run, so a script can check it
+//! against the server's own `stats` taken before and after the loadgen process.
 
 use std::fmt::Write;
 
@@ -13,7 +14,7 @@ use serde::Serialize;
 use crate::cli::Args;
 use crate::cpu::CpuReport;
 use crate::keys::KeyDist;
-use crate::stats::{Errors, Stats};
+use crate::stats::{Answered, Errors, Stats};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -34,6 +35,9 @@ pub struct Report {
     /// Hits whose whole value was compared.
     pub verified: u64,
     pub sets: u64,
+    /// Every request answered over the whole run (preload and warmup included, errors too):
+    /// what the server's own counters must account for.
+    pub answered: Answered,
     pub errors: ErrorReport,
     pub error_samples: Vec<String>,
     pub latency_us: Latencies,
@@ -149,6 +153,7 @@ impl Report {
             foreign: stats.foreign,
             verified: stats.verified,
             sets: stats.sets,
+            answered: stats.answered,
             errors: ErrorReport::new(&stats.errors),
             error_samples: stats.samples.clone(),
             latency_us: Latencies {
@@ -212,6 +217,11 @@ impl Report {
             self.gets, self.hits, self.misses, self.foreign, self.verified
         );
         let _ = writeln!(out, "sets        {}", self.sets);
+        let _ = writeln!(
+            out,
+            "answered    {} gets, {} sets over the whole run (preload, warmup, errors too)",
+            self.answered.gets, self.answered.sets
+        );
         let _ = writeln!(
             out,
             "errors      {} (wrong value {}, server error {}, protocol {}, timeout {}, io {})",
@@ -320,6 +330,7 @@ mod tests {
         let mut stats = Stats {
             hits: 3,
             sets: 1,
+            answered: Answered { gets: 5, sets: 2 },
             errors: Errors {
                 wrong_value: 2,
                 ..Errors::default()
@@ -341,6 +352,13 @@ mod tests {
         assert!((json["latency_us"]["all"]["max"].as_f64().unwrap() - 3000.0).abs() < 5.0);
         assert_eq!(json["targets"][1]["target"], "b:2");
         assert_eq!(json["preload"]["secs"], 0.5);
+        assert_eq!(
+            (
+                json["answered"]["gets"].as_u64(),
+                json["answered"]["sets"].as_u64()
+            ),
+            (Some(5), Some(2))
+        );
         assert_eq!(json["config"]["key_dist"], "uniform");
         assert!(report.to_text().contains("wrong value 2"));
     }

@@ -49,6 +49,22 @@ impl Errors {
     }
 }
 
+/// Requests answered, by operation, over the whole run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Answered {
+    pub gets: u64,
+    pub sets: u64,
+}
+
+impl Answered {
+    pub fn count(&mut self, op: Op) {
+        match op {
+            Op::Get => self.gets += 1,
+            Op::Set => self.sets += 1,
+        }
+    }
+}
+
 /// One connection's counts and latencies, or the merge of many.
 #[derive(Clone, Debug)]
 pub struct Stats {
@@ -63,6 +79,10 @@ pub struct Stats {
     pub sets: u64,
     /// Sets of the preload phase answered `STORED`.
     pub preloaded: u64,
+    /// Every reply received, of every phase (preload and warmup too) and every kind (errors
+    /// too): what the server was asked to carry out and answered. Its own counters
+    /// (`cmd_get`, `cmd_set`) over the whole run must account for these.
+    pub answered: Answered,
     pub errors: Errors,
     /// The first few errors, described.
     pub samples: Vec<String>,
@@ -85,6 +105,7 @@ impl Default for Stats {
             verified: 0,
             sets: 0,
             preloaded: 0,
+            answered: Answered::default(),
             errors: Errors::default(),
             samples: Vec::new(),
             last_measured: None,
@@ -140,6 +161,8 @@ impl Stats {
         self.verified += other.verified;
         self.sets += other.sets;
         self.preloaded += other.preloaded;
+        self.answered.gets += other.answered.gets;
+        self.answered.sets += other.answered.sets;
         self.errors.add(&other.errors);
         for sample in &other.samples {
             self.sample(|| sample.clone());

@@ -106,6 +106,16 @@ impl Controlet {
         reply[header_end + 2..reply.len() - b"\r\nEND\r\n".len()].to_vec()
     }
 
+    /// A counter from `stats`.
+    fn stat(&self, name: &str) -> u64 {
+        let reply = self.raw(b"stats\r\n", b"END\r\n");
+        let text = String::from_utf8(reply).expect("ASCII stats");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("STAT {name} ")))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+    }
+
     fn set(&self, key: &str, data: &[u8]) {
         let mut request = format!("set {key} 0 0 {}\r\n", data.len()).into_bytes();
         request.extend_from_slice(data);
@@ -147,6 +157,8 @@ fn u64_at(report: &Value, pointer: &str) -> u64 {
         .unwrap_or_else(|| panic!("{pointer} missing from {report:#}"))
 }
 
+/// A clean run: operations, no errors, and the server's own counters account for every
+/// request loadgen says was answered, preload and warmup included.
 #[test]
 fn a_clean_run_has_ops_and_no_errors() {
     let server = Controlet::start();
@@ -162,10 +174,22 @@ fn a_clean_run_has_ops_and_no_errors() {
         "--preload",
         "--duration",
         "2",
+        "--warmup",
+        "0.5",
         "--verify-ratio",
         "1",
     ]);
     assert_eq!(code, 0, "{report:#}");
+    let answered = (
+        u64_at(&report, "/answered/gets"),
+        u64_at(&report, "/answered/sets"),
+    );
+    assert_eq!(answered, (server.stat("cmd_get"), server.stat("cmd_set")));
+    let measured = u64_at(&report, "/gets") + u64_at(&report, "/sets") + 2000;
+    assert!(
+        answered.0 + answered.1 > measured,
+        "warmup counts: {report:#}"
+    );
     let ops = u64_at(&report, "/ops");
     assert!(ops > 0, "{report:#}");
     assert_eq!(u64_at(&report, "/errors/total"), 0, "{report:#}");

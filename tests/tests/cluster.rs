@@ -16,6 +16,7 @@ use tailorkv_tests::checker::{
     check_converged, check_linearizable, check_write_order, Budget, OpKind, OpResult, Recorder,
     ReplicaState, Value, Write,
 };
+use tailorkv_tests::procs::ProcCluster;
 use tailorkv_tests::{Cluster, RawClient};
 
 const CLIENTS_PER_NODE: usize = 2;
@@ -466,5 +467,82 @@ fn eventual_mode_settles_concurrent_writes_by_version() {
             value.starts_with(last.as_bytes()),
             "{key}: the last round must win"
         );
+    }
+}
+
+/// Keys a client can send hold any bytes but space, NUL and `\n` (memcached stores control
+/// characters; memcaslap's keys start with them). In every mode such keys go through the
+/// replication path to every node, through the catch-up of a node restarted empty (a
+/// snapshot in the strong modes, hints and anti-entropy in eventual mode), and out of
+/// `lru_crawler metadump` URL-encoded.
+#[test]
+fn keys_with_control_characters_reach_every_node_and_a_restarted_one() {
+    let keys: [&[u8]; 4] = [
+        b"\x10\x10\x10\x10\x10\x10\x10\x10QHYg2vgu",
+        b"tab\there\x01",
+        b"cr\rdel\x7f",
+        b"high\x80\xff",
+    ];
+    let serves = |addr: SocketAddr, key: &[u8], value: &[u8]| -> bool {
+        // Read to the close: a node catching up answers `SERVER_ERROR`, not `END`.
+        let reply = RawClient::connect(addr).send_all_and_close(&[b"get ", key, b"\r\n"].concat());
+        let len = value.len().to_string();
+        let hit = [
+            b"VALUE ",
+            key,
+            b" 0 ",
+            len.as_bytes(),
+            b"\r\n",
+            value,
+            b"\r\nEND\r\n",
+        ];
+        reply == hit.concat()
+    };
+    let await_serves = |addr: SocketAddr, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, key) in keys.iter().enumerate() {
+            let value = format!("value{i}");
+            while !serves(addr, key, value.as_bytes()) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {addr} never served {key:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    for mode in ["linearizable", "sequential", "eventual"] {
+        let mut cluster = ProcCluster::start(3, mode, &[]);
+        let mut raw = RawClient::connect(cluster.addr(1));
+        for (i, key) in keys.iter().enumerate() {
+            let value = format!("value{i}");
+            let rest = format!(" 0 0 {}\r\n{value}\r\n", value.len());
+            let set = [b"set ", *key, rest.as_bytes()];
+            assert_eq!(
+                raw.call(&set.concat(), b"\r\n"),
+                b"STORED\r\n",
+                "{mode}: {key:?}"
+            );
+        }
+        for addr in cluster.addrs() {
+            await_serves(addr, mode);
+        }
+        cluster.kill(3);
+        cluster.restart(3);
+        await_serves(cluster.addr(3), &format!("{mode}, node 3 restarted"));
+        let dump =
+            RawClient::connect(cluster.addr(3)).call(b"lru_crawler metadump all\r\n", b"END\r\n");
+        let dump = String::from_utf8(dump).unwrap();
+        for listed in [
+            "key=%10%10%10%10%10%10%10%10QHYg2vgu ",
+            "key=tab%09here%01 ",
+            "key=cr%0Ddel%7F ",
+            "key=high%80%FF ",
+        ] {
+            assert!(
+                dump.contains(listed),
+                "{mode}: {listed:?} not in the dump {dump:?}"
+            );
+        }
     }
 }

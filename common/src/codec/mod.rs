@@ -29,7 +29,7 @@ mod response;
 use bytes::{Buf, Bytes, BytesMut};
 
 pub use number::{strtol_i32, strtoul_u32, strtoull};
-pub use parse::{item_fits, item_size, valid_key, KEY_MAX_BYTES};
+pub use parse::{item_fits, item_size, sendable_key, valid_key, KEY_MAX_BYTES};
 pub use request::{Command, Request, StatsGroup, StoreMode};
 pub use response::{
     encode_stat, encode_value, MetadumpLine, Response, CLIENT_ERROR_BAD_CHUNK,

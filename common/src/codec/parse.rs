@@ -1,9 +1,15 @@
 //! One request line to a [`Parsed`] request, following memcached's `process_command_ascii`.
 //!
-//! The line is split on spaces (runs of spaces count as one; tabs are not separators), and at
-//! most 23 tokens are looked at, as memcached does. Token counts below are memcached's
-//! `ntokens`: the real tokens plus one. A wrong count answers `ERROR` before `noreply` is
-//! looked at; after that, `noreply` (the last token) silences every reply, errors included.
+//! The line ends at its first NUL byte, as memcached reads it (a C string: what follows a NUL
+//! is never looked at). It is split on spaces alone (runs of spaces count as one; tabs and
+//! other control characters are not separators), and at most 23 tokens are looked at, as
+//! memcached does. Token counts below are memcached's `ntokens`: the real tokens plus one. A
+//! wrong count answers `ERROR` before `noreply` is looked at; after that, `noreply` (the last
+//! token) silences every reply, errors included.
+//!
+//! So a key is any run of bytes other than space, NUL and `\n`, of at most 250 bytes:
+//! control characters, `\r` inside a key, DEL and bytes above 0x7f included, exactly what
+//! memcached 1.6 stores in its text protocol.
 
 use bytes::Bytes;
 
@@ -39,10 +45,20 @@ pub(crate) struct PendingStore {
     pub noreply: bool,
 }
 
-/// A key is at most 250 bytes and has no control characters. (memcached itself lets control
-/// characters through in the text protocol; the protocol forbids them, and so do we.)
+/// Whether a key token is accepted: at most 250 bytes, whatever they are. This is memcached
+/// 1.6's only check in the text protocol; the tokenizer has already kept spaces, NUL and `\n`
+/// out of every token. (`protocol.txt` says keys hold no control characters, but memcached
+/// stores them, and clients such as memcaslap send them.)
 pub fn valid_key(key: &[u8]) -> bool {
-    key.len() <= KEY_MAX_BYTES && !key.iter().any(|&b| b < 0x20 || b == 0x7f)
+    key.len() <= KEY_MAX_BYTES
+}
+
+/// Whether `key` can be sent in a request line and read back by a memcached-protocol server
+/// as this same key: not empty, at most 250 bytes, and no byte that ends a token or the line
+/// (space, NUL, `\n`). Every key a client can send passes; the check is for code that sends
+/// keys it did not parse itself (the remote datalet).
+pub fn sendable_key(key: &[u8]) -> bool {
+    !key.is_empty() && valid_key(key) && !key.iter().any(|&b| matches!(b, b' ' | b'\n' | 0))
 }
 
 /// Whether an item fits in `item_size_max`, counted as memcached counts it: a 48-byte header,
@@ -104,6 +120,7 @@ fn error() -> Result<Parsed, DecodeError> {
 
 /// Parses one request line (without its line ending).
 pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, DecodeError> {
+    let line = until_nul(line);
     let t = Tokens::new(line);
     if t.n == 0 || t.toks[0].len() < 2 {
         return error();
@@ -132,6 +149,14 @@ pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, De
         _ => Ok(unknown(&t)),
     };
     checked.unwrap_or_else(|()| error())
+}
+
+/// The line up to its first NUL byte, where memcached's `strlen` stops reading it.
+fn until_nul(line: &[u8]) -> &[u8] {
+    match line.iter().position(|&b| b == 0) {
+        Some(nul) => &line[..nul],
+        None => line,
+    }
 }
 
 /// An unknown command: `ERROR`, except that what looks like an HTTP request closes the

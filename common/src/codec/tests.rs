@@ -155,13 +155,13 @@ fn item_size_is_memcacheds_item_ntotal() {
 }
 
 #[test]
-fn keys_over_250_bytes_or_with_control_characters_are_refused() {
+fn keys_over_250_bytes_are_refused() {
     let long = "a".repeat(251);
     for line in [
         format!("get a {long}\r\n"),
         format!("delete {long}\r\n"),
-        "get a\tb\r\n".to_string(),
-        "touch a\x01 1\r\n".to_string(),
+        format!("touch {long} 1\r\n"),
+        format!("incr {long} 1\r\n"),
     ] {
         let reqs = decode_all(line.as_bytes());
         assert_eq!(
@@ -171,6 +171,82 @@ fn keys_over_250_bytes_or_with_control_characters_are_refused() {
         );
     }
     assert!(valid_key("a".repeat(250).as_bytes()));
+    assert!(valid_key(&[0x10; 250]));
+    assert!(!valid_key(&[0x10; 251]));
+}
+
+/// memcached 1.6.18 stores a key of any bytes but the ones that end a token or the line, as
+/// measured against it: control characters, tab, DEL, `\r` inside a key and high bytes.
+#[test]
+fn keys_hold_any_byte_but_space_nul_and_newline() {
+    let keys: [&[u8]; 8] = [
+        b"\x10\x10\x10\x10QHYg2vgu",
+        b"a\x01b",
+        b"t\tab",
+        b"\x7f",
+        b"h\x80\xff",
+        b"r\rs",
+        b"\x1b\x0b\x0c",
+        &[0x10; 250],
+    ];
+    for key in keys {
+        let line = |cmd: &str, rest: &str| [cmd.as_bytes(), key, rest.as_bytes()].concat();
+        let input = [
+            line("set ", " 0 0 1\r\nx\r\n"),
+            line("get ", "\r\n"),
+            line("incr ", " 1\r\n"),
+            line("delete ", "\r\n"),
+        ]
+        .concat();
+        let cmds: Vec<Command> = decode_all(&input).into_iter().map(|r| r.command).collect();
+        let k = Bytes::copy_from_slice(key);
+        assert!(
+            matches!(&cmds[0], Command::Store { key, .. } if *key == k),
+            "{key:?}: {cmds:?}"
+        );
+        assert_eq!(
+            cmds[1..],
+            [
+                Command::Get {
+                    keys: vec![k.clone()],
+                    with_cas: false
+                },
+                Command::Incr {
+                    key: k.clone(),
+                    delta: 1
+                },
+                Command::Delete { key: k },
+            ],
+            "{key:?}"
+        );
+    }
+    // A tab separates nothing: `get a\tb` asks for one key.
+    let reqs = decode_all(b"get a\tb c\r\n");
+    assert!(matches!(&reqs[0].command, Command::Get { keys, .. } if keys.len() == 2));
+    // A key may end in `\r` when the line ends in `\r\r\n`: one `\r` belongs to the line end.
+    let reqs = decode_all(b"get k\r\r\n");
+    assert!(matches!(&reqs[0].command, Command::Get { keys, .. } if &keys[0][..] == b"k\r"));
+}
+
+/// memcached reads a line as a C string: a NUL ends it, and what follows is never looked at.
+#[test]
+fn a_nul_byte_ends_the_line() {
+    let reqs = decode_all(b"get a\x00b c\r\n");
+    assert!(
+        matches!(&reqs[0].command, Command::Get { keys, .. } if keys == &[Bytes::from_static(b"a")])
+    );
+    // `set n` alone has too few tokens; its data line is then an unknown command.
+    let reqs = decode_all(b"set n\x00m 0 0 1\r\nx\r\n");
+    assert_eq!(reqs, vec![reply(Response::Error), reply(Response::Error)]);
+    // What follows the NUL, `noreply` too, is not seen.
+    let reqs = decode_all(b"set k 0 0 1 no\x00reply\r\nx\r\n");
+    assert!(!reqs[0].noreply);
+    assert!(matches!(&reqs[0].command, Command::Store { .. }));
+    assert_eq!(decode_all(b"\x00\r\n"), vec![reply(Response::Error)]);
+    assert!(sendable_key(b"a\x01\rb"));
+    for unsendable in [&b""[..], b"a b", b"a\x00", b"a\nb", &[b'k'; 251]] {
+        assert!(!sendable_key(unsendable), "{unsendable:?}");
+    }
 }
 
 #[test]

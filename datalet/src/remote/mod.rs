@@ -37,8 +37,10 @@
 //! - **Keys starting with `__tailorkv_`** are reserved: [`clock::CLOCK_KEY`] keeps the clock
 //!   reservation there. Such a key reads as absent and is never stored or changed: a store
 //!   is `NotStored` and any other mutation (a `cas` too) `NotFound`, as if the key held
-//!   nothing that could be replaced. So is a key the protocol cannot carry (empty, longer
-//!   than 250 bytes, with spaces or control characters).
+//!   nothing that could be replaced. So is a key a request line cannot carry (empty, longer
+//!   than 250 bytes, or with a space, a NUL or a `\n`: [`sendable_key`]). No client key is
+//!   one: the codec splits keys on spaces and ends lines at NUL and `\n`. Control characters
+//!   and other bytes go through as they are; memcached stores them too.
 //! - **Item size**: the header counts against the item size limit, so a value fits if it
 //!   fits with the header. A remote server given the same item size limit as this datalet
 //!   therefore takes every item this datalet accepts; a value within 31 bytes of the limit is
@@ -90,7 +92,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tailorkv_common::codec::{valid_key, StoreMode};
+use tailorkv_common::codec::{sendable_key, StoreMode};
 use tailorkv_common::{Ts, UnixSecs, Version};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
@@ -170,9 +172,11 @@ fn gone() -> DataletError {
     DataletError::Unavailable("the remote datalet's connection task has stopped".into())
 }
 
-/// Whether this datalet stores `key`: not reserved, and sendable in a request line.
+/// Whether this datalet stores `key`: not reserved, and sendable in a request line. The
+/// request line is what this refusal protects: a key with a space, NUL or `\n` would be read
+/// by the remote server as another key or another command.
 fn storable(key: &[u8]) -> bool {
-    !key.is_empty() && valid_key(key) && !key.contains(&b' ') && !key.starts_with(RESERVED_PREFIX)
+    sendable_key(key) && !key.starts_with(RESERVED_PREFIX)
 }
 
 impl Datalet for RemoteDatalet {
