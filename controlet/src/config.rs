@@ -56,6 +56,17 @@ pub struct Config {
     #[arg(long, default_value_t = 64)]
     pub memory_limit: usize,
 
+    /// Seconds a client connection may stay silent before it is closed, as memcached's
+    /// `-o idle_timeout`; 0 never closes an idle connection. A connection silent in the middle
+    /// of a request is closed after --partial-request-timeout whatever this says.
+    #[arg(long, default_value_t = 0)]
+    pub idle_timeout: u64,
+
+    /// Seconds a client may leave a request half sent (a command line without its end, a
+    /// value short of its length) before the connection is closed, freeing what it holds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub partial_request_timeout: u64,
+
     /// Worker threads serving connections. Default: one per CPU core.
     #[arg(long, default_value_t = default_threads())]
     pub threads: usize,

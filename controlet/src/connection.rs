@@ -8,6 +8,7 @@
 //! connection.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tailorkv_common::codec::Decoder;
@@ -22,6 +23,23 @@ use crate::stats::Counts;
 
 /// Bytes the read buffer grows by when it runs out of room.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+/// How long the client may stay silent now: `--partial-request-timeout` in the middle of a
+/// request, else `--idle-timeout` (none if 0).
+fn silence_allowed(config: &crate::Config, mid_request: bool) -> Option<Duration> {
+    if mid_request {
+        Some(Duration::from_secs(config.partial_request_timeout))
+    } else {
+        (config.idle_timeout > 0).then(|| Duration::from_secs(config.idle_timeout))
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Serves one client until it leaves, sends `quit`, sends input that closes the connection, or
 /// the server shuts down.
@@ -79,8 +97,14 @@ async fn serve_inner<D: Datalet>(
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
+        let wait = silence_allowed(&ctx.config, !input.is_empty() || decoder.is_mid_request());
         let n = tokio::select! {
             read = reader.read_buf(&mut input) => read?,
+            () = sleep_or_forever(wait) => {
+                tracing::debug!(?wait, "closing a connection silent for too long");
+                counts.timed_out_connections += 1;
+                return Ok(());
+            }
             () = shutdown.cancelled() => return Ok(()),
         };
         if n == 0 {

@@ -66,6 +66,7 @@ counters!(
     bytes_written,
     total_connections,
     rejected_connections,
+    timed_out_connections,
 );
 
 #[cfg(test)]

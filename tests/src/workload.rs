@@ -279,6 +279,9 @@ pub struct WorkloadConfig {
     /// After each acknowledged `set`/`add`, read the key back on the same connection to learn
     /// the write's version (eventual mode: reads are local).
     pub learn_versions: bool,
+    /// Values are padded to this many bytes (at least their name, `w<client>-<seq>`), so
+    /// faults meet large items as well as small ones.
+    pub value_size: usize,
 }
 
 impl WorkloadConfig {
@@ -293,6 +296,7 @@ impl WorkloadConfig {
             op_timeout: Duration::from_secs(3),
             think: Duration::from_millis(5),
             learn_versions: false,
+            value_size: 0,
         }
     }
 }
@@ -581,7 +585,12 @@ fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, 
         let client = *client;
         seq += 1;
         let key = format!("k{}", rng.below(config.keys as u64));
-        let value = Value(format!("w{k}-{seq}").into_bytes());
+        let mut value = format!("w{k}-{seq}").into_bytes();
+        if value.len() < config.value_size {
+            value.push(b'.');
+            value.resize(config.value_size, b'a' + (seq % 26) as u8);
+        }
+        let value = Value(value);
         let kind = match rng.below(20) {
             0..=6 => OpKind::Set(value.clone()),
             7..=15 => OpKind::Get,

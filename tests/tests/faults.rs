@@ -89,14 +89,27 @@ struct Run {
 impl Run {
     /// `n` nodes in `mode`, a fault injector if `with_net`, and the workload running.
     fn start(test: &str, n: usize, mode: &'static str, with_net: bool) -> Run {
+        Self::start_with(test, n, mode, with_net, &[], 0)
+    }
+
+    /// [`Run::start`] with `extra_args` for every node and values of `value_size` bytes.
+    fn start_with(
+        test: &str,
+        n: usize,
+        mode: &'static str,
+        with_net: bool,
+        extra_args: &[&str],
+        value_size: usize,
+    ) -> Run {
         if with_net {
             Net::available();
         }
         let seed = seed(test);
-        let cluster = ProcCluster::start(n, mode, &[]);
+        let cluster = ProcCluster::start(n, mode, extra_args);
         let net = with_net.then(Net::new);
         let mut config = WorkloadConfig::new(if n <= 3 { 6 } else { 5 }, seed);
         config.learn_versions = mode == EVENTUAL;
+        config.value_size = value_size;
         let workload = Workload::start(&cluster.addrs(), config);
         Run {
             test: test.to_string(),
@@ -809,6 +822,135 @@ fn packet_loss() {
     );
     run.run_for(Duration::from_secs(1));
     run.finish(&[]);
+}
+
+// ---------------------------------------------------------------------------------------
+// A mixed nemesis
+
+/// How long a nemesis run injects faults: 20 s, or 5 minutes with `TAILORKV_SOAK=1`.
+fn nemesis_duration() -> Duration {
+    if std::env::var("TAILORKV_SOAK").is_ok_and(|v| v == "1") {
+        Duration::from_secs(300)
+    } else {
+        Duration::from_secs(20)
+    }
+}
+
+/// One fault of a nemesis run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `kill -9`, then a restart: an empty memory store, or the disk store as it was.
+    Kill(usize),
+    /// SIGSTOP, then SIGCONT.
+    Pause(usize),
+    /// Cut off from both others by the firewall, then healed.
+    Isolate(usize),
+    /// 10% of its peer packets dropped.
+    Loss(usize),
+    /// Two of the three nodes paused at once: no majority anywhere.
+    MajorityPause(usize, usize),
+}
+
+/// Faults one at a time, chosen and timed by the seed, for [`nemesis_duration`], under the
+/// recorded workload: kill -9 and restart, pauses, a node cut off, packet loss, and a
+/// majority paused at once. After each fault is undone every node must serve a fresh write
+/// (through each node in turn) within [`CATCH_UP_WITHIN`]; at the end the history passes the
+/// mode's checker and the replicas agree.
+fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
+    let test = format!(
+        "nemesis_{mode}{}{}",
+        if disk { "_disk" } else { "" },
+        if value_size > 0 { "_large" } else { "" }
+    );
+    let extra: &[&str] = if disk {
+        &["--datalet", "disk:{dir}/node-{node}"]
+    } else {
+        &[]
+    };
+    let mut run = Run::start_with(&test, 3, mode, true, extra, value_size);
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+    let mut rng = StdRng::seed_from_u64(run.seed);
+    let end = Instant::now() + nemesis_duration();
+    let mut markers = Vec::new();
+    let mut round = 0;
+    while Instant::now() < end {
+        round += 1;
+        let node = rng.random_range(1..=3);
+        let hold = Duration::from_millis(rng.random_range(300..2_000));
+        let fault = match rng.random_range(0..5) {
+            0 => Fault::Kill(node),
+            1 => Fault::Pause(node),
+            2 => Fault::Isolate(node),
+            3 => Fault::Loss(node),
+            _ => Fault::MajorityPause(node, node % 3 + 1),
+        };
+        eprintln!("{test}: round {round}: {fault:?} for {hold:?}");
+        match fault {
+            Fault::Kill(i) => {
+                run.cluster.kill(i);
+                std::thread::sleep(hold);
+                run.cluster.restart(i);
+            }
+            Fault::Pause(i) => {
+                run.cluster.stop(i);
+                std::thread::sleep(hold);
+                run.cluster.cont(i);
+            }
+            Fault::Isolate(i) => {
+                run.net().isolate(i);
+                std::thread::sleep(hold);
+                run.net().heal();
+            }
+            Fault::Loss(i) => {
+                run.net().loss(i, 0.1);
+                std::thread::sleep(hold);
+                run.net().heal();
+            }
+            Fault::MajorityPause(a, b) => {
+                run.cluster.stop(a);
+                run.cluster.stop(b);
+                std::thread::sleep(hold);
+                run.cluster.cont(a);
+                run.cluster.cont(b);
+            }
+        }
+        let undone = Instant::now();
+        let (key, value) = run.write_marker(&format!("nemesis-{round}"), round % 3 + 1);
+        let mut slowest = Duration::ZERO;
+        for i in 1..=3 {
+            slowest = slowest.max(run.await_serves(i, &key, &value, undone));
+        }
+        figure(
+            "serving_after_fault",
+            Some(slowest),
+            &format!("fault={fault:?} {}", run.tags()),
+        );
+        markers.push(key);
+    }
+    eprintln!("{test}: {round} faults");
+    run.run_for(Duration::from_secs(1));
+    run.finish(&markers);
+}
+
+#[test]
+fn nemesis_linearizable_large_values() {
+    nemesis(LIN, false, 5_000);
+}
+
+#[test]
+fn nemesis_linearizable_disk() {
+    nemesis(LIN, true, 0);
+}
+
+#[test]
+fn nemesis_sequential() {
+    nemesis(SEQ, false, 0);
+}
+
+#[test]
+fn nemesis_eventual_large_values() {
+    nemesis(EVENTUAL, false, 5_000);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -309,3 +309,39 @@ fn stats_report_the_server_and_its_counters() {
     );
     assert!(settings.contains("STAT maxconns 1024\r\n"), "{settings}");
 }
+
+/// A client that stops halfway through a request is closed after
+/// `--partial-request-timeout`, freeing what its request held; nothing of it is stored, and
+/// an idle connection (no request begun) stays while `--idle-timeout` is 0.
+#[test]
+fn a_request_left_half_sent_times_out_and_an_idle_connection_stays() {
+    let server = Controlet::start_with(|c| c.partial_request_timeout = 1);
+    let mut idle = RawClient::connect(server.addr);
+    let mut half_line = RawClient::connect(server.addr);
+    half_line.send(b"set half 0 0");
+    let mut half_value = RawClient::connect(server.addr);
+    half_value.send(b"set k 0 0 10\r\nabc");
+    assert!(half_line.is_closed_within(Duration::from_secs(3)));
+    assert!(half_value.is_closed_within(Duration::from_secs(3)));
+    assert_eq!(stat(server.addr, "idle_kicks"), 2);
+    assert!(!idle.is_closed_within(Duration::from_millis(200)));
+    assert_eq!(idle.call(b"get k\r\n", END), END, "nothing was stored");
+}
+
+/// `--idle-timeout`, as memcached's `-o idle_timeout`: a connection silent that long is
+/// closed.
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let server = Controlet::start_with(|c| c.idle_timeout = 1);
+    let mut idle = RawClient::connect(server.addr);
+    assert!(idle
+        .call(
+            b"version
+",
+            b"
+"
+        )
+        .starts_with(b"VERSION"));
+    assert!(idle.is_closed_within(Duration::from_secs(3)));
+    assert_eq!(stat(server.addr, "idle_kicks"), 1);
+}

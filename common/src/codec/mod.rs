@@ -77,6 +77,12 @@ impl Decoder {
     }
 
     /// Takes one request off the front of `buf`, if a whole one is there.
+    /// Whether a request has begun and not ended: bytes of a refused value are still to be
+    /// discarded. (Bytes buffered and not yet decoded are the caller's to see.)
+    pub fn is_mid_request(&self) -> bool {
+        self.swallow > 0
+    }
+
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, DecodeError> {
         if self.swallow > 0 {
             let n = self.swallow.min(buf.len());

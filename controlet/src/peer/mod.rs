@@ -143,7 +143,70 @@ pub fn new_session() -> u64 {
 
 /// The sending side of the transport: one queue per peer.
 pub struct Transport<M> {
-    queues: BTreeMap<NodeId, mpsc::Sender<M>>,
+    queues: BTreeMap<NodeId, Outbound<M>>,
+}
+
+/// One peer's queue, and the messages dropped instead of queued.
+struct Outbound<M> {
+    queue: mpsc::Sender<M>,
+    drops: Arc<Drops>,
+}
+
+impl<M> Clone for Outbound<M> {
+    fn clone(&self) -> Self {
+        Outbound {
+            queue: self.queue.clone(),
+            drops: Arc::clone(&self.drops),
+        }
+    }
+}
+
+/// Messages dropped for a peer ([`Transport::dropped`]), placed among the queued ones: the
+/// writer numbers past them, so the peer sees a gap exactly where they were.
+#[derive(Default)]
+struct Drops {
+    inner: Mutex<DropsInner>,
+}
+
+#[derive(Default)]
+struct DropsInner {
+    /// Messages queued so far.
+    queued: u64,
+    /// Runs of dropped messages: (messages queued before them, how many).
+    runs: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl Drops {
+    /// Queues a message with `enqueue` (which says whether it did), counting it.
+    fn queue(&self, enqueue: impl FnOnce() -> bool) -> bool {
+        let mut inner = self.inner.lock().unwrap();
+        let queued = enqueue();
+        inner.queued += u64::from(queued);
+        queued
+    }
+
+    fn drop_one(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        let at = inner.queued;
+        match inner.runs.back_mut() {
+            Some((after, count)) if *after == at => *count += 1,
+            _ => inner.runs.push_back((at, 1)),
+        }
+    }
+
+    /// How many messages were dropped before the `taken`-th queued message (from 1).
+    fn before(&self, taken: u64) -> u64 {
+        let mut inner = self.inner.lock().unwrap();
+        let mut skipped = 0;
+        while let Some(&(after, count)) = inner.runs.front() {
+            if after >= taken {
+                break;
+            }
+            skipped += count;
+            inner.runs.pop_front();
+        }
+        skipped
+    }
 }
 
 impl<M> Clone for Transport<M> {
@@ -195,6 +258,7 @@ where
         let mut queues = BTreeMap::new();
         for &(peer, addr) in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let drops = Arc::new(Drops::default());
             let link = Link {
                 id,
                 session,
@@ -203,8 +267,8 @@ where
                 source,
                 config,
             };
-            tokio::spawn(writer(link, rx, shutdown.clone()));
-            queues.insert(peer, tx);
+            tokio::spawn(writer(link, rx, Arc::clone(&drops), shutdown.clone()));
+            queues.insert(peer, Outbound { queue: tx, drops });
         }
         (Transport { queues }, inbox)
     }
@@ -212,17 +276,40 @@ where
     /// Queues `message` for `to` if its queue has room; gives it back if not. A peer not in
     /// the group swallows the message.
     pub fn try_send(&self, to: NodeId, message: M) -> Result<(), M> {
-        match self.queues.get(&to).map(|q| q.try_send(message)) {
-            Some(Err(mpsc::error::TrySendError::Full(message))) => Err(message),
-            _ => Ok(()),
+        let Some(out) = self.queues.get(&to) else {
+            return Ok(());
+        };
+        let mut full = None;
+        out.drops.queue(|| match out.queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                full = Some(message);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        full.map_or(Ok(()), Err)
+    }
+
+    /// Records that a message for `to` was dropped here, after the messages queued so far
+    /// (typically one [`Transport::try_send`] gave back): `to` sees a gap in its place, never
+    /// the messages after it as if nothing were missing.
+    pub fn dropped(&self, to: NodeId) {
+        if let Some(out) = self.queues.get(&to) {
+            out.drops.drop_one();
         }
     }
 
     /// Queues `message` for `to`, waiting while that peer's queue is full.
     pub async fn send(&self, to: NodeId, message: M) {
-        if let Some(queue) = self.queues.get(&to) {
+        if let Some(out) = self.queues.get(&to) {
             // Fails only once the writer has stopped, at shutdown.
-            let _ = queue.send(message).await;
+            if let Ok(permit) = out.queue.reserve().await {
+                out.drops.queue(|| {
+                    permit.send(message);
+                    true
+                });
+            }
         }
     }
 }
@@ -298,12 +385,18 @@ async fn connect(link: &Link) -> io::Result<TcpStream> {
 /// Sends everything queued for one peer, reconnecting as needed.
 async fn writer<M: Serialize>(
     link: Link,
-    mut queue: mpsc::Receiver<M>,
+    queue: mpsc::Receiver<M>,
+    drops: Arc<Drops>,
     shutdown: CancellationToken,
 ) {
+    let mut queue = Numbered {
+        queue,
+        drops,
+        taken: 0,
+        sent: 0,
+    };
     let mut backoff = BACKOFF_START;
     let mut unsent: Option<(u64, M)> = None;
-    let mut sent = 0u64;
     loop {
         let stream = tokio::select! {
             s = tokio::time::timeout(CONNECT_TIMEOUT, connect(&link)) => s,
@@ -334,16 +427,7 @@ async fn writer<M: Serialize>(
         }
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
         let limit = link.config.max_frame_bytes;
-        match pump(
-            &mut framed,
-            &mut queue,
-            &mut unsent,
-            &mut sent,
-            limit,
-            &shutdown,
-        )
-        .await
-        {
+        match pump(&mut framed, &mut queue, &mut unsent, limit, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting")
@@ -352,15 +436,42 @@ async fn writer<M: Serialize>(
     }
 }
 
+/// A peer's queue, numbering what it yields: each message gets the next number on the link,
+/// after the numbers of the messages dropped before it ([`Transport::dropped`]).
+struct Numbered<M> {
+    queue: mpsc::Receiver<M>,
+    drops: Arc<Drops>,
+    /// Messages taken from the queue.
+    taken: u64,
+    /// The last number used.
+    sent: u64,
+}
+
+impl<M> Numbered<M> {
+    fn number(&mut self, message: M) -> (u64, M) {
+        self.taken += 1;
+        self.sent += self.drops.before(self.taken) + 1;
+        (self.sent, message)
+    }
+
+    async fn recv(&mut self) -> Option<(u64, M)> {
+        let message = self.queue.recv().await?;
+        Some(self.number(message))
+    }
+
+    fn try_recv(&mut self) -> Option<(u64, M)> {
+        let message = self.queue.try_recv().ok()?;
+        Some(self.number(message))
+    }
+}
+
 /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`, with
-/// the message being written kept in `unsent`). `sent` numbers the messages. A message whose
-/// frame would pass `limit` is reported and skipped, its number used up, so the receiver
-/// sees a gap where it was.
+/// the message being written kept in `unsent`). A message whose frame would pass `limit` is
+/// reported and skipped, its number used up, so the receiver sees a gap where it was.
 async fn pump<M: Serialize>(
     framed: &mut FramedWrite<TcpStream, LengthDelimitedCodec>,
-    queue: &mut mpsc::Receiver<M>,
+    queue: &mut Numbered<M>,
     unsent: &mut Option<(u64, M)>,
-    sent: &mut u64,
     limit: usize,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
@@ -369,10 +480,7 @@ async fn pump<M: Serialize>(
             Some(m) => m,
             None => tokio::select! {
                 m = queue.recv() => match m {
-                    Some(m) => {
-                        *sent += 1;
-                        (*sent, m)
-                    }
+                    Some(m) => m,
                     None => return Ok(()),
                 },
                 () = shutdown.cancelled() => return Ok(()),
@@ -395,10 +503,7 @@ async fn pump<M: Serialize>(
                 *unsent = Some((n, message));
                 return Err(e);
             }
-            next = queue.try_recv().ok().map(|m| {
-                *sent += 1;
-                (*sent, m)
-            });
+            next = queue.try_recv();
         }
         SinkExt::<Bytes>::flush(framed).await?;
     }

@@ -269,3 +269,73 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
     drop(held);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_message_dropped_for_a_peer_shows_as_a_gap_in_its_place() {
+    let shutdown = CancellationToken::new();
+    let (la, aa) = bound().await;
+    // Reserve an address for b, then close it: b is not listening, so a's queue fills.
+    let (probe, ab) = bound().await;
+    drop(probe);
+    let (a, _a_in) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
+    assert_eq!(a.try_send(NodeId(2), 1), Ok(()));
+    assert_eq!(a.try_send(NodeId(2), 2), Ok(()));
+    // Dropped instead of sent: 3, and then 4 and 5 in one run.
+    a.dropped(NodeId(2));
+    assert_eq!(a.try_send(NodeId(2), 6), Ok(()));
+    a.dropped(NodeId(2));
+    a.dropped(NodeId(2));
+    assert_eq!(a.try_send(NodeId(2), 7), Ok(()));
+    let lb = TcpListener::bind(ab).await.unwrap();
+    let (_b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let next = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+        got.push(next.unwrap().unwrap().1);
+    }
+    assert_eq!(
+        got,
+        vec![
+            Incoming::Message(1),
+            Incoming::Message(2),
+            Incoming::Gap,
+            Incoming::Message(6),
+            Incoming::Gap,
+            Incoming::Message(7),
+        ]
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn drops_are_counted_where_they_fall_among_queued_messages() {
+    let drops = Drops::default();
+    assert!(drops.queue(|| true)); // 1st queued
+    drops.drop_one();
+    drops.drop_one();
+    assert!(drops.queue(|| true)); // 2nd
+    assert!(!drops.queue(|| false)); // not queued: no place taken
+    drops.drop_one();
+    assert_eq!(drops.before(1), 0);
+    assert_eq!(drops.before(2), 2);
+    assert_eq!(
+        drops.before(3),
+        1,
+        "the drop after the 2nd comes before a 3rd"
+    );
+    assert_eq!(drops.before(4), 0);
+}

@@ -361,6 +361,8 @@ impl<D: Datalet> Driver<D> {
                         queue.push_front(message);
                         break;
                     }
+                    // Dropped: the node sees a gap here, not later messages without it.
+                    self.transport.dropped(to);
                 }
             }
         }

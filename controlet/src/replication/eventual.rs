@@ -39,7 +39,9 @@
 //! as soon as the peer's queue has room again (retried every [`HINT_RETRY`]). They are
 //! bounded ([`EventualOptions::hint_limit`] updates per peer): past that, the peer's hints are
 //! dropped and counted, and until its queue takes a message again its updates are only
-//! counted, not kept; anti-entropy repairs what they carried.
+//! counted, not kept; anti-entropy repairs what they carried. Each drop is reported to the
+//! transport ([`Transport::dropped`]), so the peer sees a gap where the updates were and
+//! starts an anti-entropy round with this node at once.
 //!
 //! # Anti-entropy
 //!
@@ -1003,6 +1005,8 @@ impl Propagator {
         let (peer, hints) = &mut self.peers[i];
         if hints.overflowed {
             bump(&self.counters.hints_dropped, batch.len());
+            // The peer sees a gap here, and repairs by anti-entropy at once.
+            self.transport.dropped(*peer);
             return;
         }
         bump(&self.counters.hints_queued, batch.len());
@@ -1012,6 +1016,7 @@ impl Propagator {
         if hints.len() > self.limit {
             tracing::debug!(peer = ?peer, hints = hints.len(), "too many hints; dropping them");
             bump(&self.counters.hints_dropped, hints.len());
+            self.transport.dropped(*peer);
             *hints = Hints {
                 blocked: true,
                 overflowed: true,
