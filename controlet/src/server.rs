@@ -109,6 +109,7 @@ pub async fn run_configured(
             // down makes the start fail.
             let options = RemoteOptions {
                 connections: config.datalet_connections.unwrap_or(config.threads.max(1)),
+                replica: is_strong_cluster(&config),
                 ..RemoteOptions::default()
             };
             let datalet = RemoteDatalet::new(addr.clone(), limits(&config), options);

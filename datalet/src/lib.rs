@@ -198,6 +198,13 @@ pub trait Datalet: Send + Sync + 'static {
     /// Changes the memory limit. Items already stored stay.
     fn set_memory_limit(&self, bytes: usize);
 
+    /// Whether the store is known to have lost items it had stored, since it was opened or
+    /// last reset: a remote server that restarted empty or evicted. A replica that sees this
+    /// no longer holds the order's state. The default: never.
+    fn lost_items(&self) -> bool {
+        false
+    }
+
     /// Frees what items dead at `now` hold (expired or flushed), where the store keeps them
     /// until they are touched. Returns how many it removed. A replica calls it with the
     /// order's clock, before which no operation still to come can be applied, so what it

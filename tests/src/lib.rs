@@ -94,6 +94,7 @@ impl Drop for Controlet {
 pub struct Memcached {
     pub addr: SocketAddr,
     child: Child,
+    args: Vec<String>,
 }
 
 impl Memcached {
@@ -110,6 +111,37 @@ impl Memcached {
     pub fn start_with(args: &[&str]) -> Self {
         for _ in 0..20 {
             let port = unclaimed_port();
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            if let Some(memcached) = Self::spawn(port, args) {
+                return memcached;
+            }
+        }
+        panic!("memcached did not start: every port tried was taken");
+    }
+
+    /// Kills this memcached and starts a new, empty one on the same port with the same
+    /// arguments, as a restarted server would be.
+    pub fn restart_empty(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(fresh) = Self::spawn(self.addr.port(), self.args.clone()) {
+                *self = fresh;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memcached did not restart on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// memcached on `port`, once it answers; `None` if it did not take the port.
+    fn spawn(port: u16, args: Vec<String>) -> Option<Self> {
+        {
             let mut cmd = Command::new("memcached");
             cmd.args([
                 "-p",
@@ -121,7 +153,7 @@ impl Memcached {
                 "-t",
                 "2",
             ])
-            .args(args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
             // SAFETY: getuid has no preconditions. memcached refuses to run as root without -u.
@@ -135,11 +167,8 @@ impl Memcached {
                 )
             });
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            if let Some(memcached) = Self::ready(Memcached { addr, child }) {
-                return memcached;
-            }
+            Self::ready(Memcached { addr, child, args })
         }
-        panic!("memcached did not start: every port tried was taken");
     }
 
     /// `memcached` once it answers `version` on its port; `None` (and the child killed) if it

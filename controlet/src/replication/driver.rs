@@ -380,6 +380,15 @@ impl<D: Datalet> Driver<D> {
                 self.carry_out_one(event).await;
             }
         }
+        // A store that lost items behind our back (a remote server restarted or evicted)
+        // no longer holds the order's state.
+        if self.tob.is_synced() && !self.diverged && self.datalet.lost_items() {
+            let seq = self.tob.delivered();
+            self.diverge(
+                seq,
+                &DataletError::Unavailable("the datalet lost items".into()),
+            );
+        }
         // Record how far the datalet's state goes, once per burst, after applying it: a
         // restart then knows its position (at worst behind what it applied, never ahead).
         let delivered = self.tob.delivered();

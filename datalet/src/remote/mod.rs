@@ -63,6 +63,12 @@
 //!   back right after an immediate flush, a moment after a delayed one comes due, and after
 //!   every reconnect (the remote server may have restarted empty). A controlet that stops
 //!   in such a window loses the reservation: a memcached keeps nothing durable.
+//! - **Lost items are noticed.** A reconnect that finds the clock reservation gone (or
+//!   lower), or a `stats` refresh whose `evictions` rose, means the remote server lost items
+//!   ([`Datalet::lost_items`]). A lone controlet logs it and serves on, as from any cache; a
+//!   replica's store ([`RemoteOptions::replica`]) then fails every read and write until it is
+//!   reset, and the replication refills it, rather than serve a copy with holes. An
+//!   immediate flush by another client of the server counts as a loss too.
 //! - **[`Datalet::scan`]** lists the keys with `lru_crawler metadump` (see [`scan`]) and then
 //!   reads them. A remote server without that command (another tailorkv node answers `ERROR`)
 //!   or with it disabled cannot be scanned: the scan fails with
@@ -119,6 +125,10 @@ pub struct RemoteOptions {
     pub max_backoff: Duration,
     /// How often the remote server's counters are fetched for `stats`.
     pub stats_refresh: Duration,
+    /// The store is a replica's: once the remote server is found to have lost items (it
+    /// restarted empty, or evicted), reads and writes fail until a reset, rather than serve
+    /// a copy with holes. A lone node keeps serving, as a cache would.
+    pub replica: bool,
 }
 
 impl Default for RemoteOptions {
@@ -129,6 +139,7 @@ impl Default for RemoteOptions {
             request_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(1),
             stats_refresh: Duration::from_secs(1),
+            replica: false,
         }
     }
 }
@@ -262,6 +273,10 @@ impl Datalet for RemoteDatalet {
     ) -> Result<(), DataletError> {
         self.call(b"", |reply| Job::FlushAll { at, now, reply })
             .await
+    }
+
+    fn lost_items(&self) -> bool {
+        self.shared.has_lost_items()
     }
 
     /// See [`ops::reset`]. Runs on one connection, ordered with the operations queued on it

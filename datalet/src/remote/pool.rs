@@ -58,7 +58,7 @@ use super::client;
 use super::clock;
 use super::conn::{Conn, ConnError};
 use super::ops::{self, OpError};
-use super::state::Shared;
+use super::state::{self, Shared};
 use crate::{DataletError, Item, Mutation, Outcome};
 
 /// The wait before reconnecting after a first failure.
@@ -422,6 +422,12 @@ impl Worker {
                 return;
             }
         };
+        if s.refuses() {
+            for job in batch {
+                fail(job, DataletError::Unavailable(state::LOST.into()));
+            }
+            return;
+        }
         let out = conn.batch();
         let mut expects = Vec::with_capacity(batch.len());
         let mut flying = Vec::with_capacity(batch.len());
@@ -577,6 +583,9 @@ impl Worker {
         let s = Arc::clone(&self.shared);
         match job {
             Job::Get { .. } | Job::Apply { .. } => unreachable!("gets and mutations go in batches"),
+            Job::FlushAll { reply, .. } if s.refuses() => {
+                let _ = reply.send(Err(DataletError::Unavailable(state::LOST.into())));
+            }
             Job::FlushAll { at, now, reply } => {
                 let result = on_conn!(self, c => ops::flush_all(&s, c, at, now));
                 if result.is_ok() && at > now {
@@ -585,7 +594,11 @@ impl Worker {
                 let _ = reply.send(result);
             }
             Job::Reset { reply } => {
-                let _ = reply.send(on_conn!(self, c => ops::reset(&s, c)));
+                let result = on_conn!(self, c => ops::reset(&s, c));
+                if result.is_ok() {
+                    s.reset_done();
+                }
+                let _ = reply.send(result);
             }
             Job::LoadClock { reply } => {
                 let _ = reply.send(on_conn!(self, c => clock::load_clock(&s, c)));
@@ -677,6 +690,13 @@ impl Link {
             let mut conn = Conn::connect(&s.addr, o.connect_timeout, o.request_timeout).await?;
             let saved = s.clock_saved();
             if saved > 0 {
+                // The reservation is only ever raised: a server without it lost its items.
+                if clock::held_clock(&mut conn)
+                    .await?
+                    .is_none_or(|held| held < saved)
+                {
+                    s.lost_items("the remote server no longer holds the clock reservation: it restarted empty, was flushed by another client, or evicted");
+                }
                 clock::resave_clock(s, &mut conn, saved).await?;
             }
             if self.failures > 0 {

@@ -30,7 +30,16 @@ pub struct Shared {
     remote_curr_items: AtomicU64,
     remote_bytes: AtomicU64,
     remote_reclaimed: AtomicU64,
+    /// The remote server's `evictions` as last seen; `u64::MAX` before the first `stats`.
+    remote_evictions: AtomicU64,
+    /// The remote server lost items since the last reset: it restarted empty (the clock
+    /// reservation was gone at a reconnect) or evicted.
+    lost: AtomicBool,
 }
+
+/// What a replica is told once its remote store lost items.
+pub const LOST: &str = "the remote store lost items (it restarted, or evicted); this replica \
+                        must be refilled";
 
 /// Counters this datalet keeps itself.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +65,31 @@ impl Shared {
             remote_curr_items: AtomicU64::new(0),
             remote_bytes: AtomicU64::new(0),
             remote_reclaimed: AtomicU64::new(0),
+            remote_evictions: AtomicU64::new(u64::MAX),
+            lost: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the remote server lost items, and why.
+    pub fn lost_items(&self, why: &str) {
+        if !self.lost.swap(true, Ordering::AcqRel) {
+            tracing::warn!(remote = %self.addr, "{why}");
+        }
+    }
+
+    pub fn has_lost_items(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Whether reads and writes are refused: a replica whose store lost items serves nothing
+    /// until it is reset and refilled.
+    pub fn refuses(&self) -> bool {
+        self.options.replica && self.has_lost_items()
+    }
+
+    /// After a reset the store holds exactly what is written to it from then on.
+    pub fn reset_done(&self) {
+        self.lost.store(false, Ordering::Release);
     }
 
     /// Whether a value of `len` bytes fits the item size limit once the header is in front of
@@ -103,6 +136,15 @@ impl Shared {
     /// Takes the counters that only the remote server knows from its `stats` reply.
     pub fn absorb_remote_stats(&self, stats: &[(String, String)]) {
         for (name, value) in stats {
+            if name == "evictions" {
+                if let Ok(now) = value.parse::<u64>() {
+                    let before = self.remote_evictions.swap(now, Ordering::AcqRel);
+                    if before != u64::MAX && now > before {
+                        self.lost_items("the remote server evicted items");
+                    }
+                }
+                continue;
+            }
             let target = match name.as_str() {
                 "curr_items" => &self.remote_curr_items,
                 "bytes" => &self.remote_bytes,
@@ -126,5 +168,46 @@ impl Shared {
             get_flushed: get(&self.get_flushed),
             reclaimed: get(&self.remote_reclaimed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(evictions: &str) -> Vec<(String, String)> {
+        vec![
+            ("curr_items".into(), "5".into()),
+            ("evictions".into(), evictions.into()),
+        ]
+    }
+
+    #[test]
+    fn rising_evictions_mean_lost_items_and_a_replica_refuses_until_reset() {
+        let options = RemoteOptions {
+            replica: true,
+            ..RemoteOptions::default()
+        };
+        let s = Shared::new("127.0.0.1:1".into(), Limits::default(), options);
+        // The first reading is the baseline, whatever it is.
+        s.absorb_remote_stats(&stats("7"));
+        s.absorb_remote_stats(&stats("7"));
+        assert!(!s.has_lost_items() && !s.refuses());
+        s.absorb_remote_stats(&stats("8"));
+        assert!(s.has_lost_items() && s.refuses());
+        s.reset_done();
+        assert!(!s.refuses());
+        s.absorb_remote_stats(&stats("8"));
+        assert!(!s.has_lost_items(), "no new eviction since the reset");
+
+        // A lone node's store notes the loss but keeps serving, as a cache.
+        let lone = Shared::new(
+            "127.0.0.1:1".into(),
+            Limits::default(),
+            RemoteOptions::default(),
+        );
+        lone.absorb_remote_stats(&stats("0"));
+        lone.absorb_remote_stats(&stats("3"));
+        assert!(lone.has_lost_items() && !lone.refuses());
     }
 }
