@@ -684,7 +684,8 @@ fn a_remote_store_that_restarts_behind_a_replica_is_refilled_not_served() {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        for i in served..500 {
+        while served < 500 {
+            let i = served;
             match reader.get(&format!("r{i}")) {
                 Ok(OpResult::Hit(v)) if v.0 == value(i, 100) => served += 1,
                 Ok(other) => panic!(
