@@ -5,7 +5,11 @@
 //! one `write`, and a client that stops reading its replies stops being read from: memory per
 //! connection stays bounded by the largest request plus the write high-water mark. A client
 //! that disconnects mid-request leaves nothing behind: its partial request dies with the
-//! connection.
+//! connection. One that stays silent mid-request for `--partial-request-timeout` (60 s) is
+//! closed, so a stalled sender cannot hold a buffer of up to an item's size for good; an idle
+//! one is closed after `--idle-timeout` if that is set (memcached's `idle_timeout`, off by
+//! default). Both count as `idle_kicks`, which `stats` shows when an idle timeout is set, as
+//! memcached does.
 
 use std::sync::Arc;
 use std::time::Duration;

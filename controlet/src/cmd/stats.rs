@@ -53,7 +53,10 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     s(out, "curr_connections", ctx.curr_connections.load(Relaxed));
     s(out, "total_connections", c.total_connections);
     s(out, "rejected_connections", c.rejected_connections);
-    s(out, "idle_kicks", c.timed_out_connections);
+    // As memcached: shown only with an idle timeout set.
+    if ctx.config.idle_timeout > 0 {
+        s(out, "idle_kicks", c.timed_out_connections);
+    }
     for (name, value) in [
         ("cmd_get", c.cmd_get),
         ("cmd_set", c.cmd_set),
