@@ -272,8 +272,28 @@ async fn join_cluster<D: Datalet>(
         delivered,
         shutdown.clone(),
     );
+    tokio::spawn(force_on_signal(replicator.clone(), shutdown.clone()));
     let memory_limit = config.memory_limit * 1024 * 1024;
     Ok(engine.replicated(replicator, local_reads, memory_limit))
+}
+
+/// SIGUSR1 tells a strong-mode node to form the next view from any majority of the nodes:
+/// the way back from a lost majority (see [`crate::tob::Tob::force_next_view`]).
+async fn force_on_signal(replicator: crate::replication::Replicator, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("cannot listen for SIGUSR1");
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = usr1.recv() => match got {
+                Some(()) => replicator.health().request_force(),
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn refuse(mut stream: TcpStream) {

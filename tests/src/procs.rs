@@ -282,6 +282,16 @@ impl ProcCluster {
         note(self.log_path(i), "stopped (SIGSTOP) by the test");
     }
 
+    /// Tells node `i` to form the next view from any majority (`SIGUSR1`): the operator's way
+    /// back from a lost majority.
+    pub fn force_quorum(&self, i: usize) {
+        self.signal(i, libc::SIGUSR1);
+        note(
+            self.log_path(i),
+            "told to force a quorum (SIGUSR1) by the test",
+        );
+    }
+
     /// Resumes node `i` after [`stop`](Self::stop) (`SIGCONT`).
     pub fn cont(&self, i: usize) {
         self.signal(i, libc::SIGCONT);

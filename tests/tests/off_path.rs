@@ -713,3 +713,103 @@ fn a_remote_store_that_restarts_behind_a_replica_is_refilled_not_served() {
     );
     eprintln!("{test}: node 3 refused {refused} times, then served all 500 keys");
 }
+
+/// Writes `count` small items through `node`, each acknowledged.
+fn write_items(cluster: &ProcCluster, node: usize, prefix: &str, count: usize) {
+    let mut conn = McConn::connect(cluster.addr(node), Duration::from_secs(10)).unwrap();
+    for i in 0..count {
+        assert_eq!(
+            conn.set(&format!("{prefix}{i}"), &value(i, 64)).unwrap(),
+            OpResult::Stored,
+            "set {prefix}{i}"
+        );
+    }
+}
+
+/// Waits up to `within` for every node in `nodes` to serve every item of `prefix` again.
+fn await_all_served(
+    cluster: &ProcCluster,
+    nodes: &[usize],
+    prefix: &str,
+    count: usize,
+    within: Duration,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    for &node in nodes {
+        let mut next = 0;
+        let mut last = String::new();
+        while next < count {
+            if started.elapsed() > within {
+                return Err(format!("node {node}: at {prefix}{next}: {last}"));
+            }
+            let Ok(mut conn) = McConn::connect(cluster.addr(node), Duration::from_secs(3)) else {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            while next < count {
+                match conn.get(&format!("{prefix}{next}")) {
+                    Ok(OpResult::Hit(v)) if v.0 == value(next, 64) => next += 1,
+                    Ok(other) => panic!("node {node} answered {prefix}{next} with {other:?}"),
+                    Err(f) => {
+                        last = f.to_string();
+                        std::thread::sleep(Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// A majority of a memory cluster killed and restarted empty: the survivor holds every
+/// acknowledged write, but cannot tell that the others did not form a view without it, so the
+/// cluster refuses on its own. One signal to the survivor (`kill -USR1`, in the README) brings
+/// it back with every write.
+#[test]
+fn a_lost_majority_comes_back_with_one_signal_to_the_survivor() {
+    let mut cluster = ProcCluster::start(3, LIN, &[]);
+    write_items(&cluster, 1, "m", 200);
+    cluster.kill(2);
+    cluster.kill(3);
+    cluster.restart(2);
+    cluster.restart(3);
+    // Unavailable, not wrong: nothing is served for 3 s.
+    let refused = await_all_served(&cluster, &[1], "m", 1, Duration::from_secs(3));
+    assert!(refused.is_err(), "the cluster served without a majority");
+    cluster.force_quorum(1);
+    let took = await_all_served(&cluster, &[1, 2, 3], "m", 200, Duration::from_secs(20))
+        .unwrap_or_else(|e| {
+            panic!(
+                "not serving after SIGUSR1 to the survivor: {e}\n{}",
+                cluster.describe()
+            )
+        });
+    eprintln!(
+        "FIGURE majority_loss_recovery_ms={} after SIGUSR1",
+        took.as_millis()
+    );
+    write_items(&cluster, 3, "after", 10);
+}
+
+/// Every disk node killed, one of them for good: the first view waits for all of them, since
+/// the missing one may hold the furthest state. Told to go on without it (`kill -USR1` to a
+/// node that is up), the two start from the furthest of theirs, with every write they hold.
+#[test]
+fn a_disk_cluster_missing_a_node_restarts_when_told() {
+    let mut cluster = ProcCluster::start(3, LIN, &["--datalet", "disk:{dir}/node-{node}"]);
+    write_items(&cluster, 1, "d", 200);
+    for node in 1..=3 {
+        cluster.kill(node);
+    }
+    cluster.restart(1);
+    cluster.restart(2);
+    let waiting = await_all_served(&cluster, &[1], "d", 1, Duration::from_secs(3));
+    assert!(waiting.is_err(), "started without waiting for node 3");
+    cluster.force_quorum(2);
+    await_all_served(&cluster, &[1, 2], "d", 200, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("not serving after SIGUSR1: {e}\n{}", cluster.describe()));
+    cluster.restart(3);
+    await_all_served(&cluster, &[3], "d", 200, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("node 3 did not rejoin: {e}\n{}", cluster.describe()));
+}

@@ -253,6 +253,12 @@ impl<D: Datalet> Driver<D> {
                     self.tob.ack();
                 }
                 _ = ticker.tick() => {
+                    if self.health.take_force() {
+                        tracing::warn!(
+                            "told to form the next view from any majority of the nodes (SIGUSR1)"
+                        );
+                        self.tob.force_next_view();
+                    }
                     self.tob.tick();
                     self.expire();
                 }

@@ -118,6 +118,8 @@ pub struct Health {
     resets: std::sync::atomic::AtomicU64,
     /// The order's clock as the driver last applied it (see `driver::Driver::order_now`).
     order_now: std::sync::atomic::AtomicU64,
+    /// The operator asked to form the next view from any majority (SIGUSR1).
+    force_requested: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
@@ -153,6 +155,18 @@ impl Health {
             4 => NodeState::Outside,
             _ => NodeState::Booting,
         }
+    }
+
+    /// Asks the driver to let the next view form from any majority of the nodes
+    /// ([`crate::tob::Tob::force_next_view`]).
+    pub fn request_force(&self) {
+        self.force_requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_force(&self) -> bool {
+        self.force_requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The order's clock: no operation still to be applied here reads an earlier one.

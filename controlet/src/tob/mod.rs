@@ -410,6 +410,9 @@ pub struct Tob<Op> {
     /// This node failed to apply what it delivered: it delivers nothing more and wants a
     /// view change that gives it a snapshot.
     resync_wanted: bool,
+    /// The operator said the next view may be formed by any majority of the nodes, whether
+    /// or not they remember the last view ([`Tob::force_next_view`]).
+    forced: bool,
     owe_ack: bool,
     ticks_quiet: u64,
     delivered_seq: u64,
@@ -480,6 +483,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             batch_bytes: BATCH_BYTES,
             own_bytes: 0,
             resync_wanted: false,
+            forced: false,
             owe_ack: false,
             ticks_quiet: 0,
             delivered_seq: delivered,
@@ -552,6 +556,18 @@ impl<Op: Clone + Weigh> Tob<Op> {
     pub fn propose(&mut self, op: Op) {
         self.own_bytes += op.weight();
         self.proposed.push(op);
+    }
+
+    /// The operator's way out of a lost majority: the next view this node coordinates needs
+    /// only a majority of the nodes to answer, counting restarted ones (which forgot what
+    /// they promised) and, when every node restarted from its saved state, without waiting for
+    /// the missing ones. Safe only if the nodes that answer hold every acknowledged write:
+    /// a member that still serves does, having received every delivered batch; so does the
+    /// furthest of the restarted disk nodes, unless the missing one was further. Lasts until
+    /// the next view is installed.
+    pub fn force_next_view(&mut self) {
+        self.forced = true;
+        self.wanted_since = None;
     }
 
     /// Bytes of the operations proposed here and not delivered yet (buffered or queued).
@@ -1060,6 +1076,9 @@ impl<Op: Clone + Weigh> Tob<Op> {
             all += 1;
             remembering += usize::from(remembers);
         }
+        if self.forced {
+            return all >= need;
+        }
         if self.view.epoch == 0 {
             return remembering >= need;
         }
@@ -1077,6 +1096,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
             || members.iter().any(|&m| self.is_damaged(m))
             || catching_up_too_long
             || self.resync_wanted;
+        let may_lead = self.status != Status::Outside || self.view.epoch == 0;
+        if self.forced && self.coordination.is_none() && may_lead {
+            // Told to go on: lead now, rather than wait behind a coordinator that cannot.
+            self.start_coordination();
+            return;
+        }
         if let Some(c) = &self.coordination {
             if self.now > c.started + self.timing.view_change {
                 self.start_coordination(); // stuck: try again with a higher round
@@ -1169,7 +1194,8 @@ impl<Op: Clone + Weigh> Tob<Op> {
         let restarted = self.coordination.as_ref().is_some_and(|c| {
             self.view.epoch == 0 && c.promises.values().any(|(_, s)| s.delivered > 0)
         });
-        if restarted && self.coordination.as_ref().is_some_and(|c| c.plan.is_none()) {
+        if restarted && !self.forced && self.coordination.as_ref().is_some_and(|c| c.plan.is_none())
+        {
             // Every node restarted with the state it saved: the latest acknowledged writes
             // may be on any one of them, so the first view waits for all.
             need = self.universe.len();
@@ -1325,6 +1351,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.frozen_at = None;
         self.wanted_since = None;
         self.resync_wanted = false;
+        self.forced = false;
         self.last_delivered = (0, NodeId(0));
         // A joiner is still waiting only if the view does not hold it or holds an older run.
         self.joiners
