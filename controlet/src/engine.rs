@@ -81,14 +81,14 @@ impl<D: Datalet> Engine<D> {
 
     /// Orders operations through `replicator`; `local_reads` serves reads from the local
     /// replica (the sequential mode). `memory_limit` (bytes) is checked before a write is
-    /// proposed; the datalet's own limit is lifted.
+    /// proposed; the datalet must have been opened without a limit of its own
+    /// (`server::limits` sees to that), so it never refuses what the order delivers.
     pub fn replicated(
         mut self,
         replicator: Replicator,
         local_reads: bool,
         memory_limit: usize,
     ) -> Self {
-        self.datalet.set_memory_limit(usize::MAX);
         self.ordered = Some(Ordered {
             replicator,
             local_reads,
@@ -162,9 +162,13 @@ impl<D: Datalet> Engine<D> {
         if fits() {
             return Ok(());
         }
-        self.datalet
-            .reclaim(o.replicator.health().order_now())
-            .await;
+        // What is dead may be reclaimed only at the order's clock; bring it up to now first
+        // (in the sequential mode reads do not move it, and refused writes are not ordered).
+        let health = o.replicator.health();
+        if health.order_now() < self.now() {
+            let _ = o.replicator.advance_clock(self.now()).await;
+        }
+        self.datalet.reclaim(health.order_now()).await;
         if fits() {
             Ok(())
         } else {

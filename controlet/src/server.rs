@@ -34,10 +34,16 @@ use crate::tob::Timing;
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The datalet limits a configuration asks for.
+/// The datalet limits a configuration asks for. A local store of a strong-mode cluster has
+/// no memory limit of its own: the engine checks the limit before a write is proposed, and a
+/// replica must apply everything the order delivers (see `Engine::replicated`).
 pub fn limits(config: &Config) -> Limits {
+    let memory_limit_bytes = match config.datalet {
+        DataletSpec::Memory | DataletSpec::Disk(_) if is_strong_cluster(config) => usize::MAX,
+        _ => config.memory_limit * 1024 * 1024,
+    };
     Limits {
-        memory_limit_bytes: config.memory_limit * 1024 * 1024,
+        memory_limit_bytes,
         item_size_max: config.item_size_max,
     }
 }
@@ -262,7 +268,6 @@ async fn join_cluster<D: Datalet>(
         members,
         listener,
         datalet,
-        clock,
         Timing {
             suspect_after: config.failure_timeout_ms,
             suspect_increment: config.failure_timeout_ms / 2,

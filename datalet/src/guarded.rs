@@ -51,6 +51,14 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.flush_all(at, now, version).await
     }
 
+    async fn reclaim(&self, now: UnixSecs) -> u64 {
+        self.inner.reclaim(now).await
+    }
+
+    fn lost_items(&self) -> bool {
+        self.inner.lost_items()
+    }
+
     async fn reset(&self) -> Result<(), DataletError> {
         self.inner.reset().await
     }

@@ -219,6 +219,18 @@ impl Datalet for MemoryDatalet {
         now: UnixSecs,
         _version: Version,
     ) -> Result<(), DataletError> {
+        // What a due flush point hid goes before a new point replaces it, so a later point
+        // never brings it back (on one replica and not another).
+        let due = self.flush_at.load(Ordering::Acquire);
+        if due != 0 && due <= now {
+            self.map.retain(|key, slot| {
+                if slot.stored_at > due {
+                    return true;
+                }
+                self.release(item_bytes(key, &slot.item));
+                false
+            });
+        }
         self.flush_at.store(at, Ordering::Release);
         if at <= now {
             self.map.retain(|key, slot| {
@@ -290,6 +302,22 @@ mod tests {
             expiry,
             value: Bytes::from_static(value),
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_flush_point_does_not_bring_back_what_a_due_one_hid() {
+        let store = MemoryDatalet::replica(Limits::default());
+        let v = Version::new(1, tailorkv_common::NodeId(0));
+        let key = Bytes::from_static(b"a");
+        store
+            .apply(&key, set(b"1", tailorkv_common::Expiry::Never), v, 1_000)
+            .await
+            .unwrap();
+        store.flush_all(1_005, 1_000, v).await.unwrap();
+        assert_eq!(store.get(b"a", 1_006).await.unwrap(), None);
+        store.flush_all(1_100, 1_006, v).await.unwrap();
+        assert_eq!(store.get(b"a", 1_007).await.unwrap(), None, "it came back");
+        assert_eq!(store.stats().curr_items, 0);
     }
 
     #[tokio::test]

@@ -813,3 +813,32 @@ fn a_disk_cluster_missing_a_node_restarts_when_told() {
     await_all_served(&cluster, &[3], "d", 200, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("node 3 did not rejoin: {e}\n{}", cluster.describe()));
 }
+
+/// Before: in the sequential mode a full node reclaimed at the order's clock, which only
+/// writes move; refused writes are not ordered and reads are local, so once full it refused
+/// every write though what filled it had expired. Now it orders a clock tick first.
+#[test]
+fn a_full_sequential_node_takes_writes_again_once_its_items_expire() {
+    let cluster = ProcCluster::start(3, SEQ, &["--memory-limit", "8"]);
+    let mut conn = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    let value = vec![b'x'; 100_000];
+    let mut stored = 0;
+    for i in 0..200 {
+        let mut req = format!("set t{i} 0 2 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(&value);
+        req.extend_from_slice(b"\r\n");
+        let deadline = conn.send(&req).unwrap();
+        match &conn.read_line(deadline).unwrap()[..] {
+            b"STORED" => stored += 1,
+            b"SERVER_ERROR out of memory storing object" => break,
+            other => panic!("set t{i}: {}", String::from_utf8_lossy(other)),
+        }
+    }
+    assert!(
+        (50..200).contains(&stored),
+        "filled after {stored} items of 100 KB"
+    );
+    // Everything stored expires within 2 s; then writes are taken again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(conn.set("after", &value).unwrap(), OpResult::Stored);
+}

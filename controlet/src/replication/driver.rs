@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::codec::StoreMode;
-use tailorkv_common::{Clock, Expiry, NodeId, UnixSecs, Version};
+use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, Mutation};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -67,7 +67,7 @@ impl crate::tob::Weigh for Proposal {
         let data = match &self.op {
             Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
             Op::Get { key } => key.len(),
-            Op::Flush { .. } => 0,
+            Op::Flush { .. } | Op::Clock => 0,
         };
         data + PROPOSAL_OVERHEAD
     }
@@ -134,7 +134,6 @@ pub fn spawn_driver<D: Datalet>(
     members: Members,
     listener: TcpListener,
     datalet: Arc<D>,
-    clock: Arc<dyn Clock>,
     timing: Timing,
     delivered: u64,
     shutdown: CancellationToken,
@@ -166,7 +165,6 @@ pub fn spawn_driver<D: Datalet>(
         saved: delivered,
         transport,
         datalet,
-        clock,
         waiting: HashMap::new(),
         deadlines: VecDeque::new(),
         next_request: 0,
@@ -201,7 +199,6 @@ struct Driver<D> {
     tob: Tob<Proposal>,
     transport: Transport<PeerMsg>,
     datalet: Arc<D>,
-    clock: Arc<dyn Clock>,
     /// Replies owed to this member's clients, by request id.
     waiting: HashMap<u64, oneshot::Sender<Reply>>,
     /// Request ids by arrival, with the moment each is refused if still waiting.
@@ -301,9 +298,12 @@ impl<D: Datalet> Driver<D> {
         });
     }
 
-    /// Refuses requests that waited too long.
+    /// Refuses requests that waited too long, and takes back those of them never broadcast
+    /// (proposed while this node was not serving), so they neither take effect later nor
+    /// hold the room new requests need.
     fn expire(&mut self) {
         let now = Instant::now();
+        let mut expired = std::collections::HashSet::new();
         while let Some(&(deadline, id)) = self.deadlines.front() {
             if deadline > now {
                 break;
@@ -311,7 +311,11 @@ impl<D: Datalet> Driver<D> {
             self.deadlines.pop_front();
             if let Some(waiter) = self.waiting.remove(&id) {
                 let _ = waiter.send(Reply::Refused(DataletError::Refused(TIMED_OUT)));
+                expired.insert(id);
             }
+        }
+        if !expired.is_empty() && self.tob.proposed_len() > 0 {
+            self.tob.withdraw(|p| expired.contains(&p.request));
         }
     }
 
@@ -416,6 +420,15 @@ impl<D: Datalet> Driver<D> {
             Event::Serving { epoch } => {
                 tracing::info!(epoch, members = ?self.tob.view().members, "serving in a new view");
             }
+            // A source that failed to apply part of the tail holds no snapshot of `seq`: it
+            // sends nothing, and the view change it asked for names another source.
+            Event::SendState { epoch, seq, .. } if self.diverged => {
+                tracing::warn!(
+                    epoch,
+                    seq,
+                    "not sending state: this node failed to apply the tail"
+                );
+            }
             Event::SendState { epoch, seq, to } => self.send_state(epoch, seq, to).await,
             Event::AwaitState { epoch, source, seq } => {
                 tracing::info!(epoch, ?source, seq, "joining a view: waiting for its state");
@@ -423,7 +436,8 @@ impl<D: Datalet> Driver<D> {
                 self.diverged = false;
                 // Local reads must see the node catching up before the store empties.
                 self.health.begin_reset();
-                if let Err(e) = self.datalet.reset().await {
+                let reset = self.datalet.reset().await;
+                if let Err(e) = &reset {
                     tracing::error!(error = %e, "could not reset the datalet for a state transfer");
                 }
                 self.receiving = Some(Receiving {
@@ -431,7 +445,8 @@ impl<D: Datalet> Driver<D> {
                     seq,
                     started: Instant::now(),
                     items: 0,
-                    failed: false,
+                    // Items left from before would survive the install.
+                    failed: reset.is_err(),
                 });
                 for chunk in std::mem::take(&mut self.early_chunks) {
                     if chunk.epoch == epoch {
@@ -480,8 +495,10 @@ impl<D: Datalet> Driver<D> {
             }
             return;
         }
-        let now = self.clock.now();
+        // Stored at the order's clock, as the source's items were applied, so a delayed flush
+        // ordered meanwhile hides the same items here as there.
         self.order_now = chunk.now;
+        let now = chunk.now;
         let count = chunk.items.len() as u64;
         for item in chunk.items {
             let mutation = Mutation::Store {
@@ -545,6 +562,8 @@ impl<D: Datalet> Driver<D> {
         }
         self.counters.ops_applied.fetch_add(1, Relaxed);
         self.order_now = self.order_now.max(now);
+        // Before any reply: a client that waited for this operation sees the clock it set.
+        self.health.set_order_now(self.order_now);
         let now = self.order_now;
         let version = Version::new(delivery.seq, NodeId(0));
         let reply = match op {
@@ -557,6 +576,7 @@ impl<D: Datalet> Driver<D> {
             }
             Op::Get { key } if mine => Reply::Read(self.datalet.get(&key, now).await),
             Op::Get { .. } => return,
+            Op::Clock => Reply::Flushed(Ok(())),
             Op::Flush { at } => {
                 let result = self.datalet.flush_all(at, now, version).await;
                 if let Err(e) = &result {

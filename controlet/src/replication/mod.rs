@@ -69,6 +69,10 @@ pub enum Op {
     Flush {
         at: UnixSecs,
     },
+    /// Changes no data: brings the order's clock up to the proposer's reading, so that what
+    /// expired since the last ordered operation counts as dead everywhere (a node about to
+    /// refuse a write for memory orders one before it reclaims).
+    Clock,
 }
 
 /// What travels in a broadcast: the operation, who is waiting for it, and the proposer's clock.
@@ -289,6 +293,15 @@ impl Replicator {
             Reply::Read(result) => result,
             Reply::Refused(e) => Err(e),
             other => unreachable!("a read answered with {other:?}"),
+        }
+    }
+
+    /// Orders an [`Op::Clock`] at `now`; returns once it is applied here.
+    pub async fn advance_clock(&self, now: UnixSecs) -> Result<(), DataletError> {
+        match self.order(Op::Clock, now).await? {
+            Reply::Flushed(result) => result,
+            Reply::Refused(e) => Err(e),
+            other => unreachable!("a clock answered with {other:?}"),
         }
     }
 

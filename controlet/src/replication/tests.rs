@@ -18,16 +18,13 @@ async fn cluster(n: u16) -> (Vec<Replicator>, Vec<Arc<MemoryDatalet>>, Cancellat
     let datalets = (0..n)
         .map(|_| Arc::new(MemoryDatalet::replica(Limits::default())))
         .collect();
-    let clocks = (0..n)
-        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
-        .collect();
-    cluster_of(datalets, clocks).await
+    cluster_of(datalets).await
 }
 
-/// A cluster of one member per datalet, each reading its own clock.
+/// A cluster of one member per datalet. Operations carry the time the test gives them (the
+/// drivers read no clock): `NOW`, years behind the wall clock.
 async fn cluster_of<D: Datalet>(
     datalets: Vec<Arc<D>>,
-    clocks: Vec<Arc<dyn tailorkv_common::Clock>>,
 ) -> (Vec<Replicator>, Vec<Arc<D>>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
@@ -38,11 +35,7 @@ async fn cluster_of<D: Datalet>(
         listeners.push(listener);
     }
     let mut replicators = Vec::new();
-    for ((listener, &(me, _)), (datalet, clock)) in listeners
-        .into_iter()
-        .zip(&all)
-        .zip(datalets.iter().zip(clocks))
-    {
+    for ((listener, &(me, _)), datalet) in listeners.into_iter().zip(&all).zip(&datalets) {
         let members = Members {
             me,
             all: all.clone(),
@@ -52,7 +45,6 @@ async fn cluster_of<D: Datalet>(
             members,
             listener,
             datalet.clone(),
-            clock,
             crate::tob::Timing::default(),
             0,
             shutdown.clone(),
@@ -243,10 +235,7 @@ async fn assert_replicas_identical<D: Datalet>(datalets: &[Arc<D>], what: &str) 
 #[tokio::test]
 async fn a_member_that_fails_to_apply_catches_up_instead_of_serving_a_diverged_copy() {
     let datalets = vec![Failing::new(false), Failing::new(true), Failing::new(false)];
-    let clocks = (0..3)
-        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
-        .collect();
-    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let (replicators, datalets, shutdown) = cluster_of(datalets).await;
     let poison = Bytes::from_static(b"poison");
     assert_eq!(
         replicators[0].mutate(&poison, set_value(b"p"), NOW).await,
@@ -277,10 +266,7 @@ async fn a_member_that_fails_to_apply_catches_up_instead_of_serving_a_diverged_c
 #[tokio::test]
 async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
     let datalets = vec![Failing::new(true), Failing::new(false), Failing::new(false)];
-    let clocks = (0..3)
-        .map(|_| Arc::new(tailorkv_common::SystemClock) as Arc<dyn tailorkv_common::Clock>)
-        .collect();
-    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let (replicators, datalets, shutdown) = cluster_of(datalets).await;
     let poison = Bytes::from_static(b"poison");
     let answer = replicators[0].mutate(&poison, set_value(b"p"), NOW).await;
     match answer {
@@ -299,17 +285,12 @@ async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
 
 #[tokio::test]
 async fn a_snapshot_holds_what_is_live_at_the_orders_clock_not_the_sources() {
-    // Node 3 proposes with its clock at NOW; node 2's clock runs 100 s ahead. Node 1 fails to
-    // apply `poison` and catches up from node 2 (the first synced member). The snapshot must
-    // still carry an item expiring at NOW + 50, which every operation of the order (read at
-    // NOW) still sees, or node 1 would answer differently from the others.
-    let clocks: Vec<Arc<dyn tailorkv_common::Clock>> = vec![
-        Arc::new(tailorkv_common::ManualClock::new(NOW)),
-        Arc::new(tailorkv_common::ManualClock::new(NOW + 100)),
-        Arc::new(tailorkv_common::ManualClock::new(NOW)),
-    ];
+    // Node 3 proposes at NOW, years behind every node's wall clock. Node 1 fails to apply
+    // `poison` and catches up from node 2 (the first synced member). The snapshot must still
+    // carry an item expiring at NOW + 50, which every operation of the order (read at NOW)
+    // still sees, though any wall clock is past it, or node 1 would answer differently.
     let datalets = vec![Failing::new(true), Failing::new(false), Failing::new(false)];
-    let (replicators, datalets, shutdown) = cluster_of(datalets, clocks).await;
+    let (replicators, datalets, shutdown) = cluster_of(datalets).await;
     let key = Bytes::from_static(b"short-lived");
     let set = Mutation::Store {
         mode: StoreMode::Set,

@@ -570,6 +570,16 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.wanted_since = None;
     }
 
+    /// Takes back the buffered operations (not yet broadcast) that `gone` picks: their clients
+    /// gave up waiting, and they were never sent, so they never take effect.
+    pub fn withdraw(&mut self, gone: impl Fn(&Op) -> bool) {
+        let before = self.proposed.len();
+        self.proposed.retain(|op| !gone(op));
+        if self.proposed.len() != before {
+            self.recount_own();
+        }
+    }
+
     /// Bytes of the operations proposed here and not delivered yet (buffered or queued).
     pub fn own_bytes(&self) -> usize {
         self.own_bytes
@@ -979,15 +989,21 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.last_delivered = key;
     }
 
+    /// A node that is not synced reports no pending batches: whatever any member delivered is
+    /// held by every synced voter too, so the tail needs only theirs, and a joiner's queue
+    /// (everything broadcast while it waits for its snapshot) stays out of view-change
+    /// messages, which are bounded through the synced members' undelivered proposals.
     fn standing(&self) -> Standing<Op> {
+        let synced = self.view.epoch == 0 || self.status == Status::Normal;
         Standing {
             epoch: self.view.epoch,
-            synced: self.view.epoch == 0 || self.status == Status::Normal,
+            synced,
             delivered: self.delivered_seq,
             last: self.last_delivered,
             pending: self
                 .queue
                 .iter()
+                .filter(|_| synced)
                 .map(|(&(ts, origin), ops)| Batch {
                     ts,
                     origin,
@@ -1376,6 +1392,11 @@ impl<Op: Clone + Weigh> Tob<Op> {
         } else if me_in {
             self.status = Status::CatchingUp { since: self.now };
             self.proposed.clear();
+            if plan.source == self.id {
+                // Named the source when it promised, it has since fallen behind (it failed to
+                // apply): nobody will send the view's state, so ask for another view now.
+                self.resync_wanted = true;
+            }
             self.events.push(Event::AwaitState {
                 epoch,
                 source: plan.source,

@@ -2275,3 +2275,18 @@ fn a_member_that_asks_to_resync_is_given_a_snapshot_while_the_others_go_on() {
     nodes[1].state_installed(2, 1);
     assert_eq!(nodes[1].state(), NodeState::Serving);
 }
+
+#[test]
+fn proposals_not_yet_broadcast_can_be_withdrawn() {
+    let mut nodes = formed(3);
+    nodes[0].resync(); // not serving: proposals wait in the buffer
+    for op in 0..4 {
+        nodes[0].propose(op);
+    }
+    nodes[0].flush();
+    assert_eq!(nodes[0].proposed_len(), 4);
+    assert_eq!(nodes[0].own_bytes(), 32);
+    nodes[0].withdraw(|&op| op % 2 == 0);
+    assert_eq!(nodes[0].proposed_len(), 2);
+    assert_eq!(nodes[0].own_bytes(), 16);
+}

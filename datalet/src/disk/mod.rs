@@ -308,6 +308,20 @@ impl Datalet for DiskDatalet {
         answer.await.map_err(|_| unavailable("writer stopped"))?
     }
 
+    /// Through the writer, like a write: removes what is dead at `now` (at most once a
+    /// second), as a full store would before refusing a write.
+    async fn reclaim(&self, now: UnixSecs) -> u64 {
+        let before = self.shared.reclaimed.load(Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        if self.send(Op::Reclaim { now, reply }).is_err() {
+            return 0;
+        }
+        if !matches!(answer.await, Ok(Ok(()))) {
+            return 0;
+        }
+        self.shared.reclaimed.load(Ordering::Relaxed) - before
+    }
+
     async fn load_clock(&self) -> Result<Ts, DataletError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(META).map_err(unavailable)?;

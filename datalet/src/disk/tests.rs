@@ -270,3 +270,36 @@ async fn disk_use_stays_bounded_under_overwrites_and_deletes() {
     let (early, late) = (sizes[5], sizes[29]);
     assert!(late <= early * 2, "file keeps growing: {sizes:?}");
 }
+
+#[tokio::test]
+async fn a_new_flush_point_does_not_bring_back_what_a_due_one_hid() {
+    let d = open_temp(Limits::default());
+    let v = Version::new(1, NodeId(0));
+    d.apply(
+        &Bytes::from_static(b"a"),
+        set(b"1", 0, Expiry::Never),
+        v,
+        NOW,
+    )
+    .await
+    .unwrap();
+    d.flush_all(NOW + 5, NOW, v).await.unwrap();
+    assert_eq!(d.get(b"a", NOW + 6).await.unwrap(), None);
+    d.flush_all(NOW + 100, NOW + 6, v).await.unwrap();
+    assert_eq!(d.get(b"a", NOW + 7).await.unwrap(), None, "it came back");
+}
+
+#[tokio::test]
+async fn reclaim_removes_what_is_dead() {
+    let d = open_temp(Limits::default());
+    let v = Version::new(1, NodeId(0));
+    for i in 0..10u8 {
+        let m = set(b"x", 0, Expiry::At(NOW + 10));
+        d.apply(&Bytes::from(vec![b'k', i]), m, v, NOW)
+            .await
+            .unwrap();
+    }
+    assert_eq!(d.reclaim(NOW + 9).await, 0);
+    assert_eq!(d.reclaim(NOW + 10).await, 10);
+    assert_eq!(d.stats().bytes, 0);
+}

@@ -43,6 +43,11 @@ pub(super) enum Op {
         ts: Ts,
         reply: oneshot::Sender<Result<(), DataletError>>,
     },
+    /// Removes the items dead at `now` (at most once a second), counted in `reclaimed`.
+    Reclaim {
+        now: UnixSecs,
+        reply: oneshot::Sender<Result<(), DataletError>>,
+    },
     /// Removes every item and the flush point; keeps the clock, and marks the store
     /// incomplete until the next `SaveClock`.
     Reset {
@@ -152,6 +157,7 @@ impl Writer {
                         at, now, version, ..
                     } => {
                         self.clock = self.clock.max(version.ts);
+                        self.retire_flush_point(&mut items, *now)?;
                         self.flush_at = *at;
                         if at <= now {
                             items.retain(|_, _| false).map_err(unavailable)?;
@@ -164,6 +170,7 @@ impl Writer {
                         self.incomplete = false;
                         Ok(None)
                     }
+                    Op::Reclaim { now, .. } => self.sweep(&mut items, *now).map(|_| None),
                     Op::Reset { .. } => {
                         items.retain(|_, _| false).map_err(unavailable)?;
                         self.used_bytes = 0;
@@ -245,8 +252,18 @@ impl Writer {
         if self.used_bytes + more <= limit {
             return Ok(true);
         }
+        self.sweep(items, now)?;
+        Ok(self.used_bytes + more <= limit)
+    }
+
+    /// Removes every item dead at `now`, at most once a second; returns how many.
+    fn sweep(
+        &mut self,
+        items: &mut Table<&[u8], &[u8]>,
+        now: UnixSecs,
+    ) -> Result<u64, DataletError> {
         if self.last_reclaim == now {
-            return Ok(false);
+            return Ok(0);
         }
         self.last_reclaim = now;
         let (flush_at, mut freed, mut removed) = (self.flush_at, 0, 0);
@@ -262,7 +279,32 @@ impl Writer {
             .map_err(unavailable)?;
         self.used_bytes -= freed;
         self.shared.reclaimed.fetch_add(removed, Ordering::Relaxed);
-        Ok(self.used_bytes + more <= limit)
+        Ok(removed)
+    }
+
+    /// Before a flush point replaces a due one, removes what the due one flushed: a later
+    /// flush point must not bring those items back (on one replica and not another).
+    fn retire_flush_point(
+        &mut self,
+        items: &mut Table<&[u8], &[u8]>,
+        now: UnixSecs,
+    ) -> Result<(), DataletError> {
+        let due = self.flush_at;
+        if due == 0 || due > now {
+            return Ok(());
+        }
+        let mut freed = 0;
+        items
+            .retain(|key, bytes| match Slot::decode(bytes) {
+                Some(s) if s.stored_at <= due => {
+                    freed += item_bytes(key, &s.item);
+                    false
+                }
+                _ => true,
+            })
+            .map_err(unavailable)?;
+        self.used_bytes -= freed;
+        Ok(())
     }
 }
 
@@ -272,7 +314,10 @@ fn reply(op: Op, answer: Answer) {
             let outcome = answer.map(|o| o.expect("an apply always answers with an outcome"));
             let _ = reply.send(outcome);
         }
-        Op::Flush { reply, .. } | Op::SaveClock { reply, .. } | Op::Reset { reply } => {
+        Op::Flush { reply, .. }
+        | Op::SaveClock { reply, .. }
+        | Op::Reclaim { reply, .. }
+        | Op::Reset { reply } => {
             let _ = reply.send(answer.map(|_| ()));
         }
     }
