@@ -166,7 +166,9 @@ pub trait Datalet: Send + Sync + 'static {
     /// Invalidates every item stored at or before second `at`, once the clock reaches `at`:
     /// an `at` earlier than `now` empties the store at once, and an `at` equal to `now` also
     /// hides what is stored during the rest of this second (memcached's `oldest_live`). A
-    /// flush replaces any earlier pending one. `version` is the flush's place in the order
+    /// flush replaces any earlier pending one. The memory and disk stores first remove what
+    /// an earlier point that is already due hid, so a later point cannot bring it back (the
+    /// `memcached://` store does not). `version` is the flush's place in the order
     /// of changes, which a durable store records with it, as it does an applied mutation's
     /// (see [`Datalet::load_clock`]).
     fn flush_all(
