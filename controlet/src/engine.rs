@@ -158,7 +158,7 @@ impl<D: Datalet> Engine<D> {
             Mutation::Delete | Mutation::Touch { .. } => return Ok(()),
         };
         let limit = o.memory_limit.load(Ordering::Relaxed);
-        let fits = || (self.datalet.stats().bytes as usize).saturating_add(grows) <= limit;
+        let fits = || (self.datalet.used_bytes() as usize).saturating_add(grows) <= limit;
         if fits() {
             return Ok(());
         }

@@ -59,6 +59,10 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.lost_items()
     }
 
+    fn used_bytes(&self) -> u64 {
+        self.inner.used_bytes()
+    }
+
     async fn reset(&self) -> Result<(), DataletError> {
         self.inner.reset().await
     }

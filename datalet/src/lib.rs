@@ -218,4 +218,10 @@ pub trait Datalet: Send + Sync + 'static {
 
     /// The store's counters. A remote store's may trail its state by a moment.
     fn stats(&self) -> DataletStats;
+
+    /// The bytes the store holds as last known, asking nothing of anyone: what a check on
+    /// every write may call. A remote store's figure trails its server by up to a refresh.
+    fn used_bytes(&self) -> u64 {
+        self.stats().bytes
+    }
 }

@@ -306,6 +306,11 @@ impl Datalet for RemoteDatalet {
         }
     }
 
+    /// The remote server's `bytes` from its last `stats`, without asking for a fresh one.
+    fn used_bytes(&self) -> u64 {
+        self.shared.stats().bytes
+    }
+
     fn stats(&self) -> DataletStats {
         if !self.shared.refreshing.swap(true, Ordering::AcqRel)
             && self.workers[0].send(Job::RefreshStats).is_err()
