@@ -2290,3 +2290,45 @@ fn proposals_not_yet_broadcast_can_be_withdrawn() {
     assert_eq!(nodes[0].proposed_len(), 2);
     assert_eq!(nodes[0].own_bytes(), 16);
 }
+
+#[test]
+fn a_member_that_is_not_synced_promises_with_no_pending_batches() {
+    let mut nodes = formed(3);
+    // Node 2 holds a broadcast of node 1 undelivered (node 3 has not seen it).
+    nodes[0].propose(9);
+    nodes[0].flush();
+    for env in nodes[0].take_messages() {
+        if env.to == NodeId(2) {
+            nodes[1].step(env.from, env.incarnation, env.message);
+        }
+    }
+    let _ = nodes[1].take_messages();
+    // While synced, node 2 would report it; once resyncing, it reports nothing.
+    nodes[1].resync();
+    nodes[0].force_next_view();
+    nodes[0].tick();
+    let prepare: Vec<_> = nodes[0]
+        .take_messages()
+        .into_iter()
+        .filter(|env| env.to == NodeId(2) && matches!(env.message, Message::Prepare { .. }))
+        .collect();
+    assert_eq!(prepare.len(), 1, "node 1 leads a view change");
+    for env in prepare {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    let promises: Vec<Standing<Op>> = nodes[1]
+        .take_messages()
+        .into_iter()
+        .filter_map(|env| match env.message {
+            Message::Promise { standing, .. } => Some(standing),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(promises.len(), 1);
+    assert!(!promises[0].synced);
+    assert!(
+        promises[0].pending.is_empty(),
+        "a member catching up sent its backlog: {:?}",
+        promises[0].pending
+    );
+}
