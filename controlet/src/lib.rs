@@ -28,6 +28,7 @@ pub mod replication;
 pub mod server;
 pub mod stats;
 pub mod tob;
+pub mod weigh;
 
 pub use config::Config;
 pub use server::{run, run_configured};

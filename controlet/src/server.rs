@@ -75,6 +75,7 @@ fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     LinkConfig {
         cluster: cluster_digest(parts),
         max_frame_bytes,
+        ..LinkConfig::default()
     }
 }
 

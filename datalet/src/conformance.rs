@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             mutations_of_one_key_never_interleave,
             scan_returns_exactly_the_live_items,
             scan_returns_every_one_of_many_items,
+            a_snapshot_is_the_state_when_taken_read_in_bounded_parts,
             keys_of_any_bytes_a_client_can_send_are_kept,
             reset_empties_the_store_and_keeps_the_clock,
             items_written_after_a_reset_are_served,
@@ -619,6 +620,62 @@ pub async fn scan_returns_every_one_of_many_items<D: Datalet>(make: impl Fn(Limi
         let expected = item(&value, i as u32, Expiry::Never, i + 1);
         assert_eq!(got.get(&key(&k)), Some(&expected), "{k}");
     }
+}
+
+/// A snapshot holds the live items as they were when it was taken, whatever is applied while
+/// it is read, and hands them out in parts no larger than asked (but for one larger item,
+/// which comes alone).
+pub async fn a_snapshot_is_the_state_when_taken_read_in_bounded_parts<D: Datalet>(
+    make: impl Fn(Limits) -> D,
+) {
+    let d = make(Limits::default());
+    let value = "v".repeat(1000);
+    for i in 0..50u64 {
+        let m = store(StoreMode::Set, &value, i as u32, Expiry::Never);
+        apply(&d, &format!("snap{i}"), m, i + 1).await;
+    }
+    let large = "L".repeat(10_000);
+    apply(&d, "large", set(&large), 51).await;
+    apply(
+        &d,
+        "expired",
+        store(StoreMode::Set, "x", 0, Expiry::At(NOW - 1)),
+        52,
+    )
+    .await;
+    let before = scanned(&d, NOW).await;
+    assert_eq!(before.len(), 51);
+
+    let mut snapshot = d.snapshot(NOW).await.expect("snapshot");
+    // Changes after the snapshot was taken: none of them is in it.
+    apply(&d, "snap0", set("changed"), 60).await;
+    apply(&d, "snap1", Mutation::Delete, 61).await;
+    apply(&d, "late", set("late"), 62).await;
+
+    const PART: usize = 4096;
+    let mut got = BTreeMap::new();
+    let mut parts = 0;
+    loop {
+        let part = snapshot.next_part(PART).expect("part");
+        if part.is_empty() {
+            break;
+        }
+        parts += 1;
+        let bytes: usize = part.iter().map(|(k, i)| crate::part_bytes(k, i)).sum();
+        assert!(
+            bytes <= PART || part.len() == 1,
+            "a part of {} items holds {bytes} bytes",
+            part.len()
+        );
+        for (k, item) in part {
+            assert!(got.insert(k.clone(), item).is_none(), "{k:?} came twice");
+        }
+    }
+    assert_eq!(got, before, "the snapshot is the state when it was taken");
+    assert!(
+        parts >= 13,
+        "{parts} parts: 51 KB in parts of 4 KiB takes at least 13"
+    );
 }
 
 /// A reset leaves nothing to read, scan or count, and keeps the clock reservation.

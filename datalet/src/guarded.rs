@@ -32,6 +32,10 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.scan(now).await
     }
 
+    async fn snapshot(&self, now: UnixSecs) -> Result<Box<dyn crate::Snapshot>, DataletError> {
+        self.inner.snapshot(now).await
+    }
+
     async fn apply(
         &self,
         key: &Bytes,

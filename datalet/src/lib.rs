@@ -133,6 +133,67 @@ pub struct DataletStats {
     pub reclaimed: u64,
 }
 
+/// A snapshot being read ([`Datalet::snapshot`]).
+pub trait Snapshot: Send {
+    /// The next items, about `max_bytes` of keys and values (at least one item, however
+    /// large), or an empty part once every item was read. It may block on I/O: call it from a
+    /// blocking thread.
+    fn next_part(&mut self, max_bytes: usize) -> Result<Vec<(Bytes, Item)>, DataletError>;
+}
+
+/// What an item counts for in a snapshot's part.
+pub fn part_bytes(key: &[u8], item: &Item) -> usize {
+    key.len() + item.value.len()
+}
+
+/// A snapshot already read whole, handed out in parts.
+pub struct Scanned {
+    items: std::vec::IntoIter<(Bytes, Item)>,
+    held: Option<(Bytes, Item)>,
+}
+
+impl Scanned {
+    pub fn new(items: Vec<(Bytes, Item)>) -> Self {
+        Scanned {
+            items: items.into_iter(),
+            held: None,
+        }
+    }
+}
+
+impl Snapshot for Scanned {
+    fn next_part(&mut self, max_bytes: usize) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        fill_part(self.items.by_ref().map(Ok), &mut self.held, max_bytes)
+    }
+}
+
+/// Takes items from `items` into a part of at most `max_bytes` (or one larger item), keeping
+/// in `held` the item that did not fit, for the next part.
+pub(crate) fn fill_part(
+    mut items: impl Iterator<Item = Result<(Bytes, Item), DataletError>>,
+    held: &mut Option<(Bytes, Item)>,
+    max_bytes: usize,
+) -> Result<Vec<(Bytes, Item)>, DataletError> {
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let next = match held.take() {
+            Some(item) => item,
+            None => match items.next() {
+                Some(item) => item?,
+                None => return Ok(part),
+            },
+        };
+        let size = part_bytes(&next.0, &next.1);
+        if !part.is_empty() && bytes + size > max_bytes {
+            *held = Some(next);
+            return Ok(part);
+        }
+        bytes += size;
+        part.push(next);
+    }
+}
+
 /// A single-node store.
 ///
 /// Every method takes `now`, the caller's clock, so that expiry is decided identically by
@@ -147,11 +208,27 @@ pub trait Datalet: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Item>, DataletError>> + Send;
 
     /// Every live item (not expired at `now`, not hidden by a flush), with its key, in no
-    /// particular order. Used for state transfer to a rejoining replica and for anti-entropy.
+    /// particular order. Used for anti-entropy.
     fn scan(
         &self,
         now: UnixSecs,
     ) -> impl Future<Output = Result<Vec<(Bytes, Item)>, DataletError>> + Send;
+
+    /// The live items at `now` as they are at this moment, read a part at a time: what a
+    /// replica sends a joining one. Changes applied after this returns are not in it. The
+    /// default takes a [`Datalet::scan`] and hands it out in parts (the memory store's scan
+    /// shares its values, so it costs a reference per item); the disk store reads its parts
+    /// from one read transaction as they are asked for, so a snapshot of a store larger than
+    /// memory never sits in memory whole.
+    fn snapshot(
+        &self,
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<Box<dyn Snapshot>, DataletError>> + Send {
+        async move {
+            let items = self.scan(now).await?;
+            Ok(Box::new(Scanned::new(items)) as Box<dyn Snapshot>)
+        }
+    }
 
     /// Applies one mutation to `key`. A change it makes carries `version`, except `Touch`,
     /// which keeps the item's version as memcached keeps its CAS unique.

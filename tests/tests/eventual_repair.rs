@@ -15,6 +15,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Clock, Expiry, NodeId, SystemClock, Ts, Version};
+use tailorkv_controlet::peer::LinkConfig;
 use tailorkv_controlet::replication::eventual::EventualOptions;
 use tailorkv_controlet::replication::Eventual;
 use tailorkv_datalet::{
@@ -46,6 +47,14 @@ fn members() -> Vec<(NodeId, SocketAddr)> {
             (NodeId(id), format!("127.0.0.1:{port}").parse().unwrap())
         })
         .collect()
+}
+
+/// Peer queues small enough that a test's writes overflow them.
+fn small_queues() -> LinkConfig {
+    LinkConfig {
+        queue_bytes: 256 << 10,
+        ..LinkConfig::default()
+    }
 }
 
 fn options() -> EventualOptions {
@@ -172,6 +181,7 @@ async fn hints_carry_the_updates_a_down_node_missed() {
     let members = members();
     let options = EventualOptions {
         antientropy_interval: Duration::from_secs(3600),
+        link: small_queues(),
         ..EventualOptions::default()
     };
     let n1 = start(&members, 0, empty(), options).await;
@@ -217,7 +227,8 @@ async fn hints_carry_the_updates_a_down_node_missed() {
 async fn anti_entropy_repairs_what_dropped_hints_carried() {
     let members = members();
     let options = EventualOptions {
-        hint_limit: 100,
+        hint_bytes: 100 * 64,
+        link: small_queues(),
         // All three nodes share one thread here: fewer rounds while the writes run.
         antientropy_interval: INTERVAL * 2,
         ..options()

@@ -9,12 +9,17 @@
 //! frame (`tokio_util`'s `LengthDelimitedCodec`) holding the message encoded with `postcard`
 //! (serde).
 //!
-//! - Sending goes through a bounded queue per peer, drained by that peer's writer task, which
+//! - Sending goes through a queue per peer, drained by that peer's writer task, which
 //!   writes every queued message and then flushes once: under load, one syscall carries many
 //!   messages. A full queue makes the sender wait (backpressure) rather than drop a message.
+//! - Received messages from all peers go into one inbox, tagged with their sender.
+//! - Both are bounded in bytes ([`LinkConfig::queue_bytes`] per peer, [`LinkConfig::inbox_bytes`]
+//!   in all), each message counted at
+//!   its [`Weigh`]t (the inbox at its frame's length) plus its size in the queue: a burst of
+//!   large values waits for room as a burst of small ones does. A message larger than the
+//!   whole budget still passes, alone.
 //! - A writer that cannot connect, or whose connection breaks, reconnects with exponential
 //!   backoff (10 ms doubling to 1 s) and resends the message it was writing.
-//! - Received messages from all peers go into one bounded inbox, tagged with their sender.
 //! - Outbound connections are bound to the IP of this member's own peer address, so that
 //!   every link between two members is identified by its two IPs (the fault tests give each
 //!   member its own loopback address and cut links with firewall rules).
@@ -60,12 +65,17 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::NodeId;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-/// Messages queued per peer before senders wait.
-pub const PEER_QUEUE: usize = 4096;
+pub use crate::weigh::Weigh;
+
+/// Bytes of messages queued for one peer before senders wait.
+pub const PEER_QUEUE_BYTES: usize = 32 << 20;
+/// Bytes of received messages, from all peers, not yet taken by the protocol before the
+/// readers wait (and so, through TCP, the senders).
+pub const INBOX_BYTES: usize = 64 << 20;
 /// The smallest frame limit a link has.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
@@ -76,6 +86,10 @@ pub struct LinkConfig {
     pub cluster: u64,
     /// The largest frame sent or accepted.
     pub max_frame_bytes: usize,
+    /// Bytes queued for one peer before senders wait ([`PEER_QUEUE_BYTES`] by default).
+    pub queue_bytes: usize,
+    /// Bytes received and not yet taken before readers wait ([`INBOX_BYTES`] by default).
+    pub inbox_bytes: usize,
 }
 
 impl Default for LinkConfig {
@@ -83,6 +97,8 @@ impl Default for LinkConfig {
         LinkConfig {
             cluster: 0,
             max_frame_bytes: MAX_FRAME_BYTES,
+            queue_bytes: PEER_QUEUE_BYTES,
+            inbox_bytes: INBOX_BYTES,
         }
     }
 }
@@ -144,11 +160,14 @@ pub fn new_session() -> u64 {
 /// The sending side of the transport: one queue per peer.
 pub struct Transport<M> {
     queues: BTreeMap<NodeId, Outbound<M>>,
+    /// Bytes each peer's queue holds at most.
+    budget: usize,
 }
 
-/// One peer's queue, and the messages dropped instead of queued.
+/// One peer's queue, its room in bytes, and the messages dropped instead of queued.
 struct Outbound<M> {
-    queue: mpsc::Sender<M>,
+    queue: mpsc::UnboundedSender<Weighed<M>>,
+    room: Arc<Semaphore>,
     drops: Arc<Drops>,
 }
 
@@ -156,9 +175,23 @@ impl<M> Clone for Outbound<M> {
     fn clone(&self) -> Self {
         Outbound {
             queue: self.queue.clone(),
+            room: Arc::clone(&self.room),
             drops: Arc::clone(&self.drops),
         }
     }
+}
+
+/// A queued message with the room it holds, given back when it leaves the queue.
+struct Weighed<M> {
+    message: M,
+    permits: u32,
+}
+
+/// The room a message of `weight` bytes takes in a queue of `budget` bytes: its weight and
+/// its size in the queue, and at most the whole budget, so that any message can pass.
+fn permits<M>(weight: usize, budget: usize) -> u32 {
+    let cost = weight.saturating_add(std::mem::size_of::<M>());
+    cost.min(budget) as u32
 }
 
 /// Messages dropped for a peer ([`Transport::dropped`]), placed among the queued ones: the
@@ -213,19 +246,74 @@ impl<M> Clone for Transport<M> {
     fn clone(&self) -> Self {
         Transport {
             queues: self.queues.clone(),
+            budget: self.budget,
         }
     }
 }
 
-/// Received messages, tagged with their sender.
-pub type Inbox<M> = mpsc::Receiver<(NodeId, Incoming<M>)>;
+/// Received messages, tagged with their sender: what [`Transport::start`] returns. Taking a
+/// message gives its room back to the readers.
+pub struct Inbox<M> {
+    queue: mpsc::UnboundedReceiver<(NodeId, Weighed<Incoming<M>>)>,
+    room: Arc<Semaphore>,
+}
+
+impl<M> Inbox<M> {
+    /// The next message, waiting for one; `None` once every reader has stopped.
+    pub async fn recv(&mut self) -> Option<(NodeId, Incoming<M>)> {
+        let got = self.queue.recv().await?;
+        Some(self.release(got))
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<(NodeId, Incoming<M>)> {
+        let got = self.queue.try_recv().ok()?;
+        Some(self.release(got))
+    }
+
+    fn release(&self, (from, weighed): (NodeId, Weighed<Incoming<M>>)) -> (NodeId, Incoming<M>) {
+        self.room.add_permits(weighed.permits as usize);
+        (from, weighed.message)
+    }
+}
+
+/// The sending half of the inbox, shared by the readers.
+struct InboxSender<M> {
+    queue: mpsc::UnboundedSender<(NodeId, Weighed<Incoming<M>>)>,
+    room: Arc<Semaphore>,
+    budget: usize,
+}
+
+impl<M> Clone for InboxSender<M> {
+    fn clone(&self) -> Self {
+        InboxSender {
+            queue: self.queue.clone(),
+            room: Arc::clone(&self.room),
+            budget: self.budget,
+        }
+    }
+}
+
+impl<M> InboxSender<M> {
+    /// Puts a message of `bytes` (its frame's length) in the inbox once it has room; whether
+    /// the inbox is still open.
+    async fn send(&self, from: NodeId, message: Incoming<M>, bytes: usize) -> bool {
+        let permits = permits::<(NodeId, Incoming<M>)>(bytes, self.budget);
+        match self.room.acquire_many(permits).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return false,
+        }
+        let weighed = Weighed { message, permits };
+        self.queue.send((from, weighed)).is_ok()
+    }
+}
 
 /// Per sender: its session and the next message number expected from it.
 type Expected = Arc<Mutex<HashMap<NodeId, (u64, u64)>>>;
 
 impl<M> Transport<M>
 where
-    M: Serialize + DeserializeOwned + Send + 'static,
+    M: Serialize + DeserializeOwned + Weigh + Send + 'static,
 {
     /// Starts receiving on `listener` and sending to `peers` (other members, not `id`).
     /// `session` names this run of the process (see [`new_session`]).
@@ -237,7 +325,17 @@ where
         config: LinkConfig,
         shutdown: CancellationToken,
     ) -> (Transport<M>, Inbox<M>) {
-        let (inbox_tx, inbox) = mpsc::channel(PEER_QUEUE * peers.len().max(1));
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let inbox_room = Arc::new(Semaphore::new(config.inbox_bytes));
+        let inbox = Inbox {
+            queue: inbox_rx,
+            room: Arc::clone(&inbox_room),
+        };
+        let inbox_tx = InboxSender {
+            queue: inbox_tx,
+            room: inbox_room,
+            budget: config.inbox_bytes,
+        };
         let source = listener
             .local_addr()
             .ok()
@@ -257,7 +355,8 @@ where
         ));
         let mut queues = BTreeMap::new();
         for &(peer, addr) in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let room = Arc::new(Semaphore::new(config.queue_bytes));
             let drops = Arc::new(Drops::default());
             let link = Link {
                 id,
@@ -267,10 +366,23 @@ where
                 source,
                 config,
             };
-            tokio::spawn(writer(link, rx, Arc::clone(&drops), shutdown.clone()));
-            queues.insert(peer, Outbound { queue: tx, drops });
+            let queue = Numbered {
+                queue: rx,
+                room: Arc::clone(&room),
+                drops: Arc::clone(&drops),
+                taken: 0,
+                sent: 0,
+            };
+            tokio::spawn(writer(link, queue, shutdown.clone()));
+            let out = Outbound {
+                queue: tx,
+                room,
+                drops,
+            };
+            queues.insert(peer, out);
         }
-        (Transport { queues }, inbox)
+        let budget = config.queue_bytes;
+        (Transport { queues, budget }, inbox)
     }
 
     /// Queues `message` for `to` if its queue has room; gives it back if not. A peer not in
@@ -279,16 +391,28 @@ where
         let Some(out) = self.queues.get(&to) else {
             return Ok(());
         };
-        let mut full = None;
-        out.drops.queue(|| match out.queue.try_send(message) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(message)) => {
-                full = Some(message);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-        full.map_or(Ok(()), Err)
+        let permits = permits::<M>(message.weight(), self.budget);
+        match out.room.try_acquire_many(permits) {
+            Ok(permit) => permit.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(message),
+            // The writer stopped, at shutdown.
+            Err(tokio::sync::TryAcquireError::Closed) => return Ok(()),
+        }
+        out.drops
+            .queue(|| out.queue.send(Weighed { message, permits }).is_ok());
+        Ok(())
+    }
+
+    /// Bytes `to`'s queue has free now (its whole budget for a node not in the group).
+    pub fn room(&self, to: NodeId) -> usize {
+        self.queues
+            .get(&to)
+            .map_or(self.budget, |out| out.room.available_permits())
+    }
+
+    /// Bytes each peer's queue holds at most ([`LinkConfig::queue_bytes`]).
+    pub fn queue_bytes(&self) -> usize {
+        self.budget
     }
 
     /// Records that a message for `to` was dropped here, after the messages queued so far
@@ -303,12 +427,12 @@ where
     /// Queues `message` for `to`, waiting while that peer's queue is full.
     pub async fn send(&self, to: NodeId, message: M) {
         if let Some(out) = self.queues.get(&to) {
+            let permits = permits::<M>(message.weight(), self.budget);
             // Fails only once the writer has stopped, at shutdown.
-            if let Ok(permit) = out.queue.reserve().await {
-                out.drops.queue(|| {
-                    permit.send(message);
-                    true
-                });
+            if let Ok(permit) = out.room.acquire_many(permits).await {
+                permit.forget();
+                out.drops
+                    .queue(|| out.queue.send(Weighed { message, permits }).is_ok());
             }
         }
     }
@@ -383,18 +507,7 @@ async fn connect(link: &Link) -> io::Result<TcpStream> {
 }
 
 /// Sends everything queued for one peer, reconnecting as needed.
-async fn writer<M: Serialize>(
-    link: Link,
-    queue: mpsc::Receiver<M>,
-    drops: Arc<Drops>,
-    shutdown: CancellationToken,
-) {
-    let mut queue = Numbered {
-        queue,
-        drops,
-        taken: 0,
-        sent: 0,
-    };
+async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: CancellationToken) {
     let mut backoff = BACKOFF_START;
     let mut unsent: Option<(u64, M)> = None;
     loop {
@@ -439,7 +552,9 @@ async fn writer<M: Serialize>(
 /// A peer's queue, numbering what it yields: each message gets the next number on the link,
 /// after the numbers of the messages dropped before it ([`Transport::dropped`]).
 struct Numbered<M> {
-    queue: mpsc::Receiver<M>,
+    queue: mpsc::UnboundedReceiver<Weighed<M>>,
+    /// The queue's room, given back as messages leave it.
+    room: Arc<Semaphore>,
     drops: Arc<Drops>,
     /// Messages taken from the queue.
     taken: u64,
@@ -448,7 +563,9 @@ struct Numbered<M> {
 }
 
 impl<M> Numbered<M> {
-    fn number(&mut self, message: M) -> (u64, M) {
+    fn number(&mut self, weighed: Weighed<M>) -> (u64, M) {
+        self.room.add_permits(weighed.permits as usize);
+        let message = weighed.message;
         self.taken += 1;
         self.sent += self.drops.before(self.taken) + 1;
         (self.sent, message)
@@ -511,7 +628,7 @@ async fn pump<M: Serialize>(
 
 async fn accept_loop<M: DeserializeOwned + Send + 'static>(
     listener: TcpListener,
-    inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
+    inbox: InboxSender<M>,
     expected: Expected,
     known: Arc<Known>,
     shutdown: CancellationToken,
@@ -604,7 +721,7 @@ enum Admit {
 /// Reads one peer connection into the inbox.
 async fn reader<M: DeserializeOwned>(
     stream: TcpStream,
-    inbox: mpsc::Sender<(NodeId, Incoming<M>)>,
+    inbox: InboxSender<M>,
     expected: Expected,
     known: Arc<Known>,
     shutdown: CancellationToken,
@@ -647,10 +764,16 @@ async fn reader<M: DeserializeOwned>(
                     Admit::Next => None,
                     Admit::AfterGap => Some(Incoming::Gap),
                 };
-                for event in event.into_iter().chain([Incoming::Message(message)]) {
-                    if inbox.send((sender, event)).await.is_err() {
+                if let Some(gap) = event {
+                    if !inbox.send(sender, gap, 0).await {
                         return;
                     }
+                }
+                if !inbox
+                    .send(sender, Incoming::Message(message), bytes.len())
+                    .await
+                {
+                    return;
                 }
             }
             (frame, _) => {

@@ -156,6 +156,7 @@ async fn a_message_too_large_for_a_frame_is_skipped_and_seen_as_a_gap() {
     let small = LinkConfig {
         cluster: 9,
         max_frame_bytes: 1024,
+        ..LinkConfig::default()
     };
     let (a, _a_in) = Transport::<Vec<u8>>::start(
         NodeId(1),
@@ -216,6 +217,7 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
     let config = LinkConfig {
         cluster: 77,
         max_frame_bytes: MAX_FRAME_BYTES,
+        ..LinkConfig::default()
     };
     let session = new_session();
     let (a, _a_in) = Transport::<u64>::start(
@@ -338,4 +340,94 @@ fn drops_are_counted_where_they_fall_among_queued_messages() {
         "the drop after the 2nd comes before a 3rd"
     );
     assert_eq!(drops.before(4), 0);
+}
+
+/// A peer's queue holds bytes, not a count of messages: with the peer unreachable, a few
+/// large messages fill it where many small ones fit, and a message larger than the whole
+/// queue still passes once the queue is empty.
+#[tokio::test]
+async fn a_peers_queue_is_bounded_in_bytes() {
+    let shutdown = CancellationToken::new();
+    let (la, _) = bound().await;
+    // Nobody listens there: nothing leaves the queue.
+    let (gone, gone_addr) = bound().await;
+    drop(gone);
+    let config = LinkConfig {
+        queue_bytes: 1 << 20,
+        ..LinkConfig::default()
+    };
+    let start = |listener| {
+        Transport::<Bytes>::start(
+            NodeId(1),
+            1,
+            listener,
+            &[(NodeId(2), gone_addr)],
+            config,
+            shutdown.clone(),
+        )
+    };
+    let (a, _a_in) = start(la);
+    let large = Bytes::from(vec![7u8; 100 << 10]);
+    let mut taken = 0;
+    while a.try_send(NodeId(2), large.clone()).is_ok() {
+        taken += 1;
+        assert!(taken <= 10, "more than 1 MiB of 100 KiB messages queued");
+    }
+    assert_eq!(taken, 10, "1 MiB holds ten messages of 100 KiB");
+
+    let (lb, _) = bound().await;
+    let (b, _b_in) = start(lb);
+    let small = Bytes::from_static(b"x");
+    let mut small_taken = 0;
+    while b.try_send(NodeId(2), small.clone()).is_ok() {
+        small_taken += 1;
+    }
+    assert!(
+        small_taken > 10_000,
+        "small messages: only {small_taken} fit"
+    );
+
+    let (lc, _) = bound().await;
+    let (c, _c_in) = start(lc);
+    let huge = Bytes::from(vec![1u8; 4 << 20]);
+    assert!(
+        c.try_send(NodeId(2), huge.clone()).is_ok(),
+        "alone, it passes"
+    );
+    assert!(c.try_send(NodeId(2), small).is_err(), "it fills the queue");
+    shutdown.cancel();
+}
+
+/// The inbox holds bytes too: when the protocol stops taking messages, the readers stop
+/// reading once the inbox is full, TCP pushes back, and the sender waits, rather than
+/// received messages piling up without bound.
+#[tokio::test]
+async fn a_full_inbox_pushes_back_to_the_sender() {
+    let shutdown = CancellationToken::new();
+    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
+    let config = LinkConfig {
+        queue_bytes: 1 << 20,
+        inbox_bytes: 1 << 20,
+        ..LinkConfig::default()
+    };
+    let peers = [(NodeId(2), ab)];
+    let (a, _a_in) = Transport::<Bytes>::start(NodeId(1), 1, la, &peers, config, shutdown.clone());
+    let peers = [(NodeId(1), aa)];
+    let (_b, b_in) = Transport::<Bytes>::start(NodeId(2), 2, lb, &peers, config, shutdown.clone());
+    // 64 MiB: more than the inbox, the queue and the kernel's buffers hold together.
+    let sender = tokio::spawn(async move {
+        let message = Bytes::from(vec![3u8; 64 << 10]);
+        for _ in 0..1024 {
+            a.send(NodeId(2), message.clone()).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!sender.is_finished(), "the sender never had to wait");
+    let held = b_in.queue.len();
+    assert!(
+        (1..=16).contains(&held),
+        "the inbox holds {held} messages of 64 KiB, past its 1 MiB"
+    );
+    sender.abort();
+    shutdown.cancel();
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
-use tailorkv_datalet::{Datalet, DataletError, Mutation};
+use tailorkv_datalet::{Datalet, DataletError, Mutation, Snapshot};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -26,6 +26,9 @@ pub const TICK: Duration = Duration::from_millis(1);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes of items per state-transfer message (a larger item goes alone).
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;
+/// State-transfer chunks read and queued at most per turn of the driver's loop (it turns at
+/// least every [`TICK`]), so a transfer never keeps it from the order's messages for long.
+const STATE_CHUNKS_PER_PUMP: usize = 4;
 /// Bytes of operations proposed here and not yet delivered past which the driver takes no
 /// new client requests. It bounds what a view change carries: every member's undelivered
 /// batches come from some member's proposals, so a `Promise` or `Install` holds at most this
@@ -60,6 +63,21 @@ pub fn max_frame_bytes(members: usize, item_size_max: usize) -> usize {
     let op = item_size_max + tailorkv_common::codec::KEY_MAX_BYTES + PROPOSAL_OVERHEAD;
     let per_member = IN_FLIGHT_BYTES + op;
     (2 * members.max(1) * per_member + (1 << 20)).max(crate::peer::MAX_FRAME_BYTES)
+}
+
+impl crate::weigh::Weigh for PeerMsg {
+    fn weight(&self) -> usize {
+        match self {
+            PeerMsg::Tob { message, .. } => message.weight() + 8,
+            PeerMsg::State(chunk) => {
+                let items = chunk.items.iter();
+                items
+                    .map(|i| i.key.len() + i.value.len() + 40)
+                    .sum::<usize>()
+                    + 32
+            }
+        }
+    }
 }
 
 impl crate::tob::Weigh for Proposal {
@@ -170,6 +188,7 @@ pub fn spawn_driver<D: Datalet>(
         next_request: 0,
         overflow: BTreeMap::new(),
         receiving: None,
+        sending: None,
         early_chunks: Vec::new(),
         order_now: 0,
         diverged: false,
@@ -180,6 +199,21 @@ pub fn spawn_driver<D: Datalet>(
         counters,
         health,
     }
+}
+
+/// A snapshot being sent, a chunk at a time as the joiners' queues take them: read from the
+/// datalet's [`Snapshot`] as it goes, so what is in memory is a chunk per joiner, not the
+/// store.
+struct Sending {
+    epoch: u64,
+    seq: u64,
+    now: UnixSecs,
+    /// `None` once read to the end (or failed).
+    snapshot: Option<Box<dyn Snapshot>>,
+    /// The joiners, each with the chunk its queue has not taken yet.
+    to: Vec<(NodeId, Option<StateChunk>)>,
+    started: Instant,
+    items: u64,
 }
 
 /// A snapshot being received.
@@ -207,6 +241,7 @@ struct Driver<D> {
     /// Messages a full peer queue could not take yet, per peer, in order.
     overflow: BTreeMap<NodeId, VecDeque<PeerMsg>>,
     receiving: Option<Receiving>,
+    sending: Option<Sending>,
     /// The sequence number last saved in the datalet.
     saved: u64,
     /// Snapshot chunks that arrived before the view that asks for them.
@@ -244,7 +279,7 @@ impl<D: Datalet> Driver<D> {
                 }
                 Some((from, event)) = inbox.recv() => {
                     self.receive(from, event).await;
-                    while let Ok((from, event)) = inbox.try_recv() {
+                    while let Some((from, event)) = inbox.try_recv() {
                         self.receive(from, event).await;
                     }
                     self.tob.ack();
@@ -408,6 +443,7 @@ impl<D: Datalet> Driver<D> {
                 Err(e) => tracing::warn!(error = %e, "could not save the applied position"),
             }
         }
+        self.pump_state().await;
         let view = self.tob.view();
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
@@ -464,25 +500,105 @@ impl<D: Datalet> Driver<D> {
         }
     }
 
-    /// Sends a snapshot of the datalet, as it is now, to the members that need it: every item
-    /// live at the order's clock (not the wall clock, which may be past an item's expiry that
-    /// the other replicas still hold live), in chunks of about [`STATE_CHUNK_BYTES`].
+    /// Starts sending a snapshot of the datalet, as it is now, to the members that need it:
+    /// every item live at the order's clock (not the wall clock, which may be past an item's
+    /// expiry that the other replicas still hold live). [`Driver::pump_state`] sends it.
     async fn send_state(&mut self, epoch: u64, seq: u64, to: Vec<NodeId>) {
         let now = self.order_now;
-        let items = match self.datalet.scan(now).await {
-            Ok(items) => items,
+        let snapshot = match self.datalet.snapshot(now).await {
+            Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the datalet for a state transfer");
                 return;
             }
         };
-        tracing::info!(epoch, seq, items = items.len(), ?to, "sending state");
-        let chunks = state_chunks(epoch, seq, now, items);
-        for peer in to {
-            let queue = self.overflow.entry(peer).or_default();
-            queue.extend(chunks.iter().cloned().map(PeerMsg::State));
+        tracing::info!(epoch, seq, ?to, "sending state");
+        self.sending = Some(Sending {
+            epoch,
+            seq,
+            now,
+            snapshot: Some(snapshot),
+            to: to.into_iter().map(|peer| (peer, None)).collect(),
+            started: Instant::now(),
+            items: 0,
+        });
+        self.pump_state().await;
+    }
+
+    /// Sends the snapshot being sent on, a chunk of about [`STATE_CHUNK_BYTES`] at a time,
+    /// while every joiner's queue has half its room free (the rest is for the order's own
+    /// messages, so the transfer never holds them back, nor this node's clients with them).
+    /// A joiner that left the view is dropped; a new view ends the transfer.
+    async fn pump_state(&mut self) {
+        let Some(sending) = self.sending.as_mut() else {
+            return;
+        };
+        let view = self.tob.view();
+        if view.epoch != sending.epoch {
+            self.sending = None;
+            return;
         }
-        self.drain_overflow();
+        sending
+            .to
+            .retain(|(peer, _)| view.incarnation_of(*peer).is_some());
+        let half = self.transport.queue_bytes() / 2;
+        for _ in 0..STATE_CHUNKS_PER_PUMP {
+            for (peer, held) in sending.to.iter_mut() {
+                if self.transport.room(*peer) < half {
+                    continue;
+                }
+                if let Some(chunk) = held.take() {
+                    if let Err(PeerMsg::State(chunk)) =
+                        self.transport.try_send(*peer, PeerMsg::State(chunk))
+                    {
+                        *held = Some(chunk);
+                    }
+                }
+            }
+            if sending.to.iter().any(|(_, held)| held.is_some()) {
+                return;
+            }
+            let Some(mut snapshot) = sending.snapshot.take() else {
+                tracing::info!(
+                    epoch = sending.epoch,
+                    seq = sending.seq,
+                    items = sending.items,
+                    ms = sending.started.elapsed().as_millis() as u64,
+                    "state sent"
+                );
+                self.sending = None;
+                return;
+            };
+            let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
+            let read = tokio::task::spawn_blocking(move || {
+                let chunk = next_chunk(&mut *snapshot, epoch, seq, now);
+                (snapshot, chunk)
+            })
+            .await;
+            let chunk = match read {
+                Ok((snapshot, Ok(chunk))) => {
+                    if !chunk.last {
+                        sending.snapshot = Some(snapshot);
+                    }
+                    chunk
+                }
+                Ok((_, Err(e))) => {
+                    // The joiners time out waiting and ask for another view change.
+                    tracing::error!(error = %e, "could not read the datalet for a state transfer");
+                    self.sending = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the state transfer's reader failed");
+                    self.sending = None;
+                    return;
+                }
+            };
+            sending.items += chunk.items.len() as u64;
+            for (_, held) in sending.to.iter_mut() {
+                *held = Some(chunk.clone());
+            }
+        }
     }
 
     async fn receive_state(&mut self, chunk: StateChunk) {
@@ -615,43 +731,31 @@ impl<D: Datalet> Driver<D> {
     }
 }
 
-/// Splits a snapshot into chunks of about [`STATE_CHUNK_BYTES`] (an item larger than that goes
-/// alone); the last chunk says so, and an empty snapshot is one empty last chunk.
-pub(super) fn state_chunks(
+/// The next chunk of a snapshot: about [`STATE_CHUNK_BYTES`] of items (an item larger than
+/// that goes alone). The end of the snapshot is an empty chunk marked last.
+pub(super) fn next_chunk(
+    snapshot: &mut dyn Snapshot,
     epoch: u64,
     seq: u64,
     now: UnixSecs,
-    items: Vec<(Bytes, tailorkv_datalet::Item)>,
-) -> Vec<StateChunk> {
-    let mut chunks = Vec::new();
-    let mut part = Vec::new();
-    let mut bytes = 0;
-    for (key, item) in items {
-        let size = key.len() + item.value.len() + PROPOSAL_OVERHEAD;
-        if !part.is_empty() && bytes + size > STATE_CHUNK_BYTES {
-            chunks.push(std::mem::take(&mut part));
-            bytes = 0;
-        }
-        bytes += size;
-        part.push(StateItem {
+) -> Result<StateChunk, DataletError> {
+    let part = snapshot.next_part(STATE_CHUNK_BYTES)?;
+    let last = part.is_empty();
+    let items = part
+        .into_iter()
+        .map(|(key, item)| StateItem {
             key,
             value: item.value,
             flags: item.flags,
             expiry: item.expiry,
             version: item.version,
-        });
-    }
-    chunks.push(part);
-    let last = chunks.len() - 1;
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, items)| StateChunk {
-            epoch,
-            seq,
-            now,
-            items,
-            last: i == last,
         })
-        .collect()
+        .collect();
+    Ok(StateChunk {
+        epoch,
+        seq,
+        now,
+        items,
+        last,
+    })
 }

@@ -37,7 +37,7 @@
 //! (the peer is down, cut off or slow) is kept for it as *hints* (hinted handoff): per peer,
 //! one update per key, the highest version, and the latest flush, sent first. Hints are sent
 //! as soon as the peer's queue has room again (retried every [`HINT_RETRY`]). They are
-//! bounded ([`EventualOptions::hint_limit`] updates per peer): past that, the peer's hints are
+//! bounded ([`EventualOptions::hint_bytes`] per peer, by [`Update`]s' sizes): past that, the peer's hints are
 //! dropped and counted, and until its queue takes a message again its updates are only
 //! counted, not kept; anti-entropy repairs what they carried. Each drop is reported to the
 //! transport ([`Transport::dropped`]), so the peer sees a gap where the updates were and
@@ -184,6 +184,28 @@ pub enum Message {
     },
 }
 
+impl crate::weigh::Weigh for Message {
+    fn weight(&self) -> usize {
+        let updates = |u: &[Update]| u.iter().map(Update::size).sum::<usize>();
+        let data = match self {
+            Message::Updates(u) => updates(u),
+            Message::Summary { ranges, .. } => 8 * ranges.len() + 40,
+            Message::Buckets { ranges, .. } => {
+                ranges.iter().map(|(_, b)| 8 * b.len() + 10).sum::<usize>()
+            }
+            Message::Entries { buckets } => buckets
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .map(|e| e.key.len() + 24)
+                .sum(),
+            Message::Repair { updates: u, want } => {
+                updates(u) + want.iter().map(|k| k.len() + 8).sum::<usize>()
+            }
+        };
+        data + 16
+    }
+}
+
 /// Timestamps per millisecond of wall-clock time in [`wall_floor`].
 const TS_PER_MS: Ts = 64;
 
@@ -227,8 +249,8 @@ pub struct EventualOptions {
     /// How long a tombstone is kept after its delete. A replica cut off for longer can
     /// resurrect deleted keys.
     pub tombstone_grace: Duration,
-    /// Updates kept per peer while its queue is full, at most.
-    pub hint_limit: usize,
+    /// Bytes of updates kept per peer while its queue is full, at most.
+    pub hint_bytes: usize,
     /// The cluster's name and frame limit on peer links.
     pub link: LinkConfig,
 }
@@ -244,7 +266,7 @@ impl Default for EventualOptions {
         EventualOptions {
             antientropy_interval: Duration::from_secs(2),
             tombstone_grace: Duration::from_secs(3600),
-            hint_limit: 100_000,
+            hint_bytes: 64 << 20,
             link: LinkConfig::default(),
         }
     }
@@ -362,7 +384,7 @@ impl<D: Datalet> Eventual<D> {
         let propagator = Propagator {
             transport: transport.clone(),
             peers: targets.iter().map(|&p| (p, Hints::default())).collect(),
-            limit: options.hint_limit,
+            limit: options.hint_bytes,
             counters,
         };
         tokio::spawn(propagator.run(queue, shutdown.clone()));
@@ -850,6 +872,8 @@ struct Hints {
     flush: Option<Update>,
     /// Per key, the highest-version update.
     updates: HashMap<Bytes, Update>,
+    /// What the flush and the updates weigh ([`Update::size`]).
+    bytes: usize,
     /// The peer's queue was full at the last try: until the next retry, updates go straight
     /// to the hints (trying to send them would cost a full batch of hints each time).
     blocked: bool,
@@ -872,14 +896,18 @@ impl Hints {
         match &update {
             Update::Flush { version, .. } => {
                 if self.flush.as_ref().is_none_or(|f| f.version() < *version) {
-                    self.flush = Some(update);
+                    self.bytes += update.size();
+                    let old = self.flush.replace(update);
+                    self.bytes -= old.map_or(0, |u| u.size());
                 }
             }
             Update::Item { key, version, .. } | Update::Deleted { key, version, .. } => {
                 match self.updates.get(key) {
                     Some(held) if held.version() >= *version => {}
                     _ => {
-                        self.updates.insert(key.clone(), update);
+                        self.bytes += update.size();
+                        let old = self.updates.insert(key.clone(), update);
+                        self.bytes -= old.map_or(0, |u| u.size());
                     }
                 }
             }
@@ -906,6 +934,7 @@ impl Hints {
             keys
         };
         batch.extend(keys.iter().filter_map(|k| self.updates.remove(k)));
+        self.bytes -= batch.iter().map(Update::size).sum::<usize>();
         batch
     }
 }
@@ -1013,8 +1042,8 @@ impl Propagator {
         for update in batch {
             hints.keep(update);
         }
-        if hints.len() > self.limit {
-            tracing::debug!(peer = ?peer, hints = hints.len(), "too many hints; dropping them");
+        if hints.bytes > self.limit {
+            tracing::debug!(peer = ?peer, hints = hints.len(), bytes = hints.bytes, "too many hints; dropping them");
             bump(&self.counters.hints_dropped, hints.len());
             self.transport.dropped(*peer);
             *hints = Hints {

@@ -95,15 +95,11 @@ pub type Incarnation = u64;
 /// [`Tob::set_batch_bytes`] in total (at least one), and [`Tob::own_bytes`] counts what this
 /// node proposed and has not delivered yet, so the driver can bound what any one message, and
 /// any view change (whose messages carry undelivered batches), may hold.
-pub trait Weigh {
-    fn weight(&self) -> usize;
-}
+pub use crate::weigh::Weigh;
 
-impl Weigh for u64 {
-    fn weight(&self) -> usize {
-        8
-    }
-}
+/// The default most bytes of operations a node catching up holds (everything broadcast while
+/// it waits for its snapshot) before it stops reporting receipts; see [`Tob::set_catch_up_bytes`].
+pub const CATCH_UP_BYTES: usize = 128 << 20;
 
 /// The default most bytes of operations in one broadcast.
 pub const BATCH_BYTES: usize = 1 << 20;
@@ -234,6 +230,38 @@ pub enum Message<Op> {
     },
 }
 
+impl<Op: Weigh> Weigh for Batch<Op> {
+    fn weight(&self) -> usize {
+        self.ops.weight() + 24
+    }
+}
+
+impl<Op: Weigh> Weigh for Plan<Op> {
+    fn weight(&self) -> usize {
+        self.tail.weight() + 16 * (self.view.members.len() + self.synced.len()) + 32
+    }
+}
+
+impl<Op: Weigh> Weigh for Message<Op> {
+    fn weight(&self) -> usize {
+        let data = match self {
+            Message::Broadcast { received, ops, .. } => 16 * received.len() + ops.weight(),
+            Message::Ack { received, .. } => 16 * received.len(),
+            Message::Promise { standing, .. } => {
+                standing.pending.weight()
+                    + standing.accepted.as_ref().map_or(0, |(_, p)| p.weight())
+            }
+            Message::Accept { plan, .. } | Message::Install { plan } => plan.weight(),
+            Message::Alive { .. }
+            | Message::Prepare { .. }
+            | Message::Reject { .. }
+            | Message::Accepted { .. }
+            | Message::Join { .. } => 0,
+        };
+        data + 32
+    }
+}
+
 /// A message with its addresses and the sender's incarnation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<Op> {
@@ -295,8 +323,10 @@ fn sender_epoch<Op>(message: &Message<Op>) -> u64 {
     }
 }
 
-/// Messages of a later epoch kept, at most, until this node installs that epoch.
-pub const EARLY_LIMIT: usize = 100_000;
+/// Bytes of messages of a later epoch kept, at most, until this node installs that epoch
+/// (by [`Weigh`]). What arrives early is bounded anyway: a member's broadcasts cannot run
+/// ahead of this node's receipts by more than the driver lets it have undelivered.
+pub const EARLY_BYTES: usize = 64 << 20;
 
 /// Timing, in ticks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -401,6 +431,14 @@ pub struct Tob<Op> {
     received: BTreeMap<NodeId, Ts>,
     /// Broadcasts received or sent in this epoch, not yet delivered.
     queue: BTreeMap<(Ts, NodeId), Vec<Op>>,
+    /// Bytes of operations received while catching up (held in `queue` until the snapshot
+    /// is installed).
+    backlog_bytes: usize,
+    /// Most of `backlog_bytes` before this node stops reporting further receipts.
+    catch_up_bytes: usize,
+    /// The receipts reported while the backlog is past `catch_up_bytes`: those of the moment
+    /// it passed it.
+    held_receipts: Option<BTreeMap<NodeId, Ts>>,
     proposed: Vec<Op>,
     /// Most bytes of operations in one broadcast (a larger operation goes alone).
     batch_bytes: usize,
@@ -439,6 +477,8 @@ pub struct Tob<Op> {
     /// stepped again once we install it (a member may hear a new view's first broadcasts
     /// before the coordinator's `Install`, over another link).
     early: Vec<(NodeId, Incarnation, Message<Op>)>,
+    /// What `early` weighs.
+    early_bytes: usize,
     /// Senders whose early messages did not all fit, with the latest epoch dropped.
     early_lost: BTreeMap<NodeId, u64>,
     /// When each node was last sent our plan, to send it at most once per heartbeat.
@@ -481,6 +521,9 @@ impl<Op: Clone + Weigh> Tob<Op> {
             queue: BTreeMap::new(),
             proposed: Vec::new(),
             batch_bytes: BATCH_BYTES,
+            backlog_bytes: 0,
+            catch_up_bytes: CATCH_UP_BYTES,
+            held_receipts: None,
             own_bytes: 0,
             resync_wanted: false,
             forced: false,
@@ -498,6 +541,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             gap_pending: BTreeSet::new(),
             last_join: 0,
             early: Vec::new(),
+            early_bytes: 0,
             early_lost: BTreeMap::new(),
             plan_sent: BTreeMap::new(),
             outbox: Vec::new(),
@@ -550,6 +594,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
     /// Sets the most bytes of operations one broadcast carries ([`BATCH_BYTES`] by default).
     pub fn set_batch_bytes(&mut self, bytes: usize) {
         self.batch_bytes = bytes.max(1);
+    }
+
+    /// Sets the most bytes of operations a node catching up holds before it stops reporting
+    /// receipts ([`CATCH_UP_BYTES`] by default).
+    pub fn set_catch_up_bytes(&mut self, bytes: usize) {
+        self.catch_up_bytes = bytes;
     }
 
     /// Buffers an operation for the next broadcast.
@@ -681,6 +731,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.status = Status::Normal;
         self.events.push(Event::Serving { epoch });
         self.maybe_deliver();
+        self.release_backlog();
         self.flush();
     }
 
@@ -732,6 +783,9 @@ impl<Op: Clone + Weigh> Tob<Op> {
                 ts, received, ops, ..
             } => {
                 self.clock = self.clock.max(ts);
+                if matches!(self.status, Status::CatchingUp { .. }) {
+                    self.hold_back(ops.weight());
+                }
                 self.queue.insert((ts, from), ops);
                 self.received.insert(from, ts);
                 self.acked.insert(from, received.into_iter().collect());
@@ -880,7 +934,29 @@ impl<Op: Clone + Weigh> Tob<Op> {
     }
 
     fn receipts(&self) -> Vec<(NodeId, Ts)> {
-        self.received.iter().map(|(&n, &ts)| (n, ts)).collect()
+        let received = self.held_receipts.as_ref().unwrap_or(&self.received);
+        received.iter().map(|(&n, &ts)| (n, ts)).collect()
+    }
+
+    /// Counts a broadcast of `bytes` received while catching up. Once the backlog passes
+    /// [`Tob::set_catch_up_bytes`], the receipts reported stay those of that moment: the
+    /// others cannot deliver what this node has not reported, so their proposers stop at
+    /// their in-flight bound until this node has installed its snapshot and delivered the
+    /// backlog, and what it holds stays bounded. Reporting less than was received is always
+    /// safe: it only delays deliveries.
+    fn hold_back(&mut self, bytes: usize) {
+        self.backlog_bytes += bytes;
+        if self.backlog_bytes > self.catch_up_bytes && self.held_receipts.is_none() {
+            self.held_receipts = Some(self.received.clone());
+        }
+    }
+
+    /// Ends [`Tob::hold_back`]'s accounting: the backlog is delivered, or dropped.
+    fn release_backlog(&mut self) {
+        self.backlog_bytes = 0;
+        if self.held_receipts.take().is_some() {
+            self.owe_ack = true;
+        }
     }
 
     fn send_ack(&mut self) {
@@ -924,13 +1000,15 @@ impl<Op: Clone + Weigh> Tob<Op> {
     }
 
     /// Keeps a message of a later epoch for when we install it, and asks its sender where
-    /// it is. Past [`EARLY_LIMIT`] messages, the sender's link counts as broken.
+    /// it is. Past [`EARLY_BYTES`], the sender's link counts as broken.
     fn keep_early(&mut self, from: NodeId, incarnation: Incarnation, message: Message<Op>) {
         let epoch = match &message {
             Message::Broadcast { epoch, .. } | Message::Ack { epoch, .. } => *epoch,
             _ => return,
         };
-        if self.early.len() < EARLY_LIMIT && !self.early_lost.contains_key(&from) {
+        let weight = message.weight();
+        if self.early_bytes + weight <= EARLY_BYTES && !self.early_lost.contains_key(&from) {
+            self.early_bytes += weight;
             self.early.push((from, incarnation, message));
         } else {
             let lost = self.early_lost.entry(from).or_insert(epoch);
@@ -1359,6 +1437,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         );
         self.view = plan.view.clone();
         self.queue.clear();
+        self.release_backlog();
         self.received.clear();
         self.acked.clear();
         self.damaged.retain(|_, &mut through| through >= epoch);
@@ -1420,6 +1499,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             self.damage(from, through);
         }
         let early = std::mem::take(&mut self.early);
+        self.early_bytes = 0;
         for (from, incarnation, message) in early {
             let epoch = match &message {
                 Message::Broadcast { epoch, .. } | Message::Ack { epoch, .. } => *epoch,

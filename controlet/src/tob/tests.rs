@@ -2332,3 +2332,95 @@ fn a_member_that_is_not_synced_promises_with_no_pending_batches() {
         promises[0].pending
     );
 }
+
+/// Messages of a later epoch are kept up to [`EARLY_BYTES`], however few: past that, the
+/// sender's link counts as broken for that epoch (so a view holding it changes) rather than
+/// the node keeping whatever arrives.
+#[test]
+fn early_messages_are_bounded_in_bytes() {
+    let mut nodes = formed(3);
+    let incarnation = nodes[1].incarnation;
+    // Broadcasts of just over 8 MiB each: seven fit in 64 MiB, the eighth does not.
+    let ops: Vec<Op> = vec![7; (8 << 20) / 8];
+    for i in 0..10u64 {
+        let message = Message::Broadcast {
+            epoch: 2,
+            ts: 1_000 + i,
+            received: Vec::new(),
+            ops: ops.clone(),
+        };
+        nodes[2].step(NodeId(2), incarnation, message);
+    }
+    assert!(nodes[2].early_bytes <= EARLY_BYTES);
+    assert_eq!(
+        nodes[2].early.len(),
+        7,
+        "64 MiB holds seven broadcasts of 8 MiB"
+    );
+    assert_eq!(nodes[2].early_lost.get(&NodeId(2)), Some(&2));
+}
+
+/// A node catching up holds everything broadcast while it waits for its snapshot. Past
+/// [`Tob::set_catch_up_bytes`] it stops reporting receipts, so the others deliver no further
+/// (their proposers then stop at the driver's in-flight bound) and what it holds stays
+/// bounded; once its snapshot is installed it delivers the backlog and reports again.
+#[test]
+fn a_node_catching_up_holds_a_bounded_backlog() {
+    let mut nodes = formed(3);
+    // A broadcast of one operation weighs 16 bytes: the third passes 40.
+    nodes[1].set_catch_up_bytes(40);
+    nodes[1].resync();
+    let broadcast = |nodes: &mut Vec<Tob<Op>>, ops: std::ops::Range<Op>| {
+        for op in ops {
+            nodes[0].propose(op);
+            nodes[0].flush();
+            route(nodes);
+        }
+    };
+    broadcast(&mut nodes, 0..10);
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        vec![(1, 0), (2, 1)],
+        "delivery stops at the receipts node 2 reported before its backlog passed the bound"
+    );
+    // The view change that gives node 2 its snapshot delivers the rest from the tail.
+    let mut awaited = None;
+    for _ in 0..5_000 {
+        for node in nodes.iter_mut() {
+            node.tick();
+        }
+        route(&mut nodes);
+        for event in nodes[1].take_events() {
+            if let Event::AwaitState { epoch, seq, .. } = event {
+                awaited = Some((epoch, seq));
+            }
+        }
+        if awaited.is_some() {
+            break;
+        }
+    }
+    let (epoch, seq) = awaited.expect("a view that gives node 2 its state");
+    assert_eq!(seq, 10);
+    let tail = delivered_ops(&nodes[0].take_events());
+    assert_eq!(tail.len(), 8, "{tail:?}");
+    // Waiting for its snapshot in the new view, it holds back again.
+    broadcast(&mut nodes, 100..110);
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        vec![(11, 100), (12, 101)]
+    );
+    nodes[1].state_installed(epoch, seq);
+    nodes[1].ack();
+    route(&mut nodes);
+    let expected: Vec<(u64, Op)> = (100..110).map(|op| (op - 89, op)).collect();
+    assert_eq!(
+        delivered_ops(&nodes[1].take_events()),
+        expected,
+        "node 2 delivers its backlog"
+    );
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        expected[2..],
+        "and reports it, so the others deliver the rest"
+    );
+}

@@ -226,6 +226,50 @@ fn scan_snapshot(db: &Database, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, Dat
     Ok(live)
 }
 
+/// A snapshot read from one read transaction, a part at a time.
+struct DiskSnapshot {
+    items: redb::Range<'static, &'static [u8], &'static [u8]>,
+    flush_at: UnixSecs,
+    now: UnixSecs,
+    held: Option<(Bytes, Item)>,
+}
+
+impl DiskSnapshot {
+    fn open(db: &Database, now: UnixSecs) -> Result<DiskSnapshot, DataletError> {
+        let txn = db.begin_read().map_err(unavailable)?;
+        let meta = txn.open_table(META).map_err(unavailable)?;
+        let flush_at = meta
+            .get(META_FLUSH_AT)
+            .map_err(unavailable)?
+            .map_or(0, |v| v.value());
+        let items = txn.open_table(ITEMS).map_err(unavailable)?;
+        let items = items.range::<&[u8]>(..).map_err(unavailable)?;
+        Ok(DiskSnapshot {
+            items,
+            flush_at,
+            now,
+            held: None,
+        })
+    }
+}
+
+impl crate::Snapshot for DiskSnapshot {
+    fn next_part(&mut self, max_bytes: usize) -> Result<Vec<(Bytes, Item)>, DataletError> {
+        let (flush_at, now) = (self.flush_at, self.now);
+        let live = self.items.by_ref().filter_map(|entry| {
+            let (key, bytes) = match entry {
+                Ok(entry) => entry,
+                Err(e) => return Some(Err(unavailable(e))),
+            };
+            let slot = Slot::decode(bytes.value())?;
+            dead(&slot.item, slot.stored_at, flush_at, now)
+                .is_none()
+                .then(|| Ok((Bytes::copy_from_slice(key.value()), slot.item)))
+        });
+        crate::fill_part(live, &mut self.held, max_bytes)
+    }
+}
+
 impl Drop for DiskDatalet {
     fn drop(&mut self) {
         // Closing the channel lets the writer finish the queued ops and stop.
@@ -263,6 +307,15 @@ impl Datalet for DiskDatalet {
         tokio::task::spawn_blocking(move || scan_snapshot(&db, now))
             .await
             .map_err(unavailable)?
+    }
+
+    /// A read transaction (redb's snapshot isolation), its items read as they are asked for.
+    async fn snapshot(&self, now: UnixSecs) -> Result<Box<dyn crate::Snapshot>, DataletError> {
+        let db = Arc::clone(&self.db);
+        let snapshot = tokio::task::spawn_blocking(move || DiskSnapshot::open(&db, now))
+            .await
+            .map_err(unavailable)??;
+        Ok(Box::new(snapshot))
     }
 
     async fn apply(
