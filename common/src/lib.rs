@@ -8,7 +8,10 @@
 //!   exptime rules.
 //! - [`codec`]: the memcached text protocol, server side: bytes in, [`codec::Request`] out;
 //!   [`codec::Response`] and VALUE blocks back to bytes. Pure: no I/O, no clock.
+//! - [`client`]: the same protocol, client side: [`client::Request`] to bytes, bytes to
+//!   [`client::Reply`]. Pure too; for talking to any memcached-compatible server.
 
+pub mod client;
 pub mod codec;
 pub mod time;
 pub mod version;

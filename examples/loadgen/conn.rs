@@ -10,7 +10,7 @@
 //!   request, then takes as many more as are free, encodes that batch into one buffer, stamps
 //!   it with one send time, queues a descriptor per request ([`InFlight`]) to the receiver, and
 //!   writes the batch with one `write_all`;
-//! - the **receiver** takes descriptors in order, reads until [`codec::parse`] yields the reply
+//! - the **receiver** takes descriptors in order, reads until [`reply::take`] yields the reply
 //!   to each, accounts it into [`Stats`], and gives the permit back.
 //!
 //! A request's latency runs from its batch's send time to the parse of its reply.
@@ -25,6 +25,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
+use tailorkv_common::client::{self, ProtocolError, Request as Wire, StoreCommand};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
@@ -32,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at};
 
-use crate::codec::{self, Op, ProtocolError, Reply};
+use crate::reply::{self, Answer, Op};
 use crate::run::Run;
 use crate::source::{Phase, Request, Source};
 use crate::stats::Stats;
@@ -199,16 +200,16 @@ impl Sender {
         let key = run.keys.key(request.key);
         match request.op {
             Op::Get => {
-                codec::encode_get(&mut self.buf, &key);
+                Wire::Get { key: &key }.encode(&mut self.buf);
                 run.ledger.was_written(request.key)
             }
             Op::Set => {
                 self.seq += 1;
                 let tag = run.ledger.issue(self.writer, self.seq);
                 let size = run.args.value_size;
-                codec::begin_set(&mut self.buf, &key, size);
+                client::encode_store_line(&mut self.buf, StoreCommand::Set, &key, 0, 0, size);
                 value::encode(&key, tag, size, &mut self.buf);
-                codec::end_set(&mut self.buf);
+                self.buf.extend_from_slice(b"\r\n");
                 false
             }
         }
@@ -234,8 +235,8 @@ impl Receiver {
     ) -> Result<(), ConnError> {
         while let Some(in_flight) = replies.recv().await {
             match self.next_reply(&mut rd, &in_flight, run).await {
-                Ok(reply) => {
-                    account(run, &in_flight, reply, stats);
+                Ok(answer) => {
+                    account(run, &in_flight, answer, stats);
                     window.add_permits(1);
                 }
                 Err(error) => {
@@ -259,13 +260,12 @@ impl Receiver {
         rd: &mut ReadHalf<'_>,
         in_flight: &InFlight,
         run: &Run,
-    ) -> Result<Reply, ConnError> {
+    ) -> Result<Answer, ConnError> {
         let limit = run.args.request_timeout;
         let deadline = (in_flight.sent_at + limit).into();
         loop {
-            if let Some((reply, used)) = codec::parse(&self.buf, in_flight.request.op)? {
-                let _ = self.buf.split_to(used);
-                return Ok(reply);
+            if let Some(answer) = reply::take(&mut self.buf, in_flight.request.op)? {
+                return Ok(answer);
             }
             self.buf.reserve(READ_CHUNK);
             let read = timeout_at(deadline, rd.read_buf(&mut self.buf))
@@ -279,18 +279,18 @@ impl Receiver {
 }
 
 /// Counts one reply. Only a correct reply to a measured request counts as an operation.
-fn account(run: &Run, in_flight: &InFlight, reply: Reply, stats: &mut Stats) {
+fn account(run: &Run, in_flight: &InFlight, answer: Answer, stats: &mut Stats) {
     let request = in_flight.request;
     let key = || String::from_utf8_lossy(&run.keys.key(request.key)).into_owned();
     let measured = request.phase == Phase::Measured;
     stats.answered.count(request.op);
-    match reply {
-        Reply::Failed(line) => {
+    match answer {
+        Answer::Failed(line) => {
             stats.errors.server_error += 1;
             stats.sample(|| format!("{:?} {}: {line}", request.op, key()));
             return;
         }
-        Reply::Stored => {
+        Answer::Stored => {
             run.ledger.mark_written(request.key);
             match request.phase {
                 Phase::Preload => stats.preloaded += 1,
@@ -298,12 +298,8 @@ fn account(run: &Run, in_flight: &InFlight, reply: Reply, stats: &mut Stats) {
                 Phase::Warmup => {}
             }
         }
-        Reply::Miss => stats.misses += u64::from(measured),
-        Reply::Hit {
-            key: got,
-            flags,
-            data,
-        } => match check_hit(run, in_flight, &got, flags, &data) {
+        Answer::Miss => stats.misses += u64::from(measured),
+        Answer::Hit(hit) => match check_hit(run, in_flight, &hit.key, hit.flags, &hit.data) {
             Ok(verdict) => {
                 if measured {
                     stats.hits += 1;

@@ -1,6 +1,7 @@
 //! `loadgen`: a load generator for memcached-compatible servers, tailorkv's controlet among
-//! them. It speaks the classic text protocol with its own small codec and depends on no
-//! tailorkv crate, so it measures the server and not a shared bug.
+//! them. It speaks the classic text protocol through `tailorkv_common::client`, the protocol's
+//! client side, and shares no code with the server's side of it, so it measures the server
+//! and not a shared bug.
 //!
 //! ```text
 //! loadgen --target 127.0.0.1:11211 --connections 50 --get-ratio 0.9 --preload --duration 10
@@ -10,7 +11,7 @@
 //! # Layout
 //!
 //! - `cli`: the command line.
-//! - `codec`: request encoding and the pure reply parser.
+//! - `reply`: the two requests loadgen sends, and what their replies mean to it.
 //! - `keys`: the key space and its uniform or zipfian distribution.
 //! - `value`: self-describing values: each names the write that made it.
 //! - `verify`: the run's [`verify::Ledger`], which judges whether a value read back could have
@@ -33,10 +34,10 @@
 //! understated (coordinated omission).
 
 mod cli;
-mod codec;
 mod conn;
 mod cpu;
 mod keys;
+mod reply;
 mod report;
 mod run;
 mod source;

@@ -320,7 +320,7 @@ impl Percentiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::Op;
+    use crate::reply::Op;
     use clap::Parser;
     use std::time::{Duration, Instant};
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::codec::Op;
+use crate::reply::Op;
 use crate::run::Run;
 
 /// Which part of the run a request belongs to: only [`Phase::Measured`] ones count.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::codec::Op;
+use crate::reply::Op;
 
 /// Latencies are recorded in nanoseconds, from 1 µs (coarser below) to a minute, with three
 /// significant digits.

@@ -3,10 +3,10 @@
 //! and `ts` in decimal. The stored value only ever goes up, so controlets sharing one server,
 //! or a save that comes late, never lower it: each resumes past the highest reservation.
 
+use tailorkv_common::client::{Hit, Request, StoreCommand};
 use tailorkv_common::codec::strtoull;
 use tailorkv_common::{Expiry, Ts, Version};
 
-use super::client::{RemoteValue, Request, StoreCommand};
 use super::conn::Conn;
 use super::header::Header;
 use super::ops::{gets, written, OpError, Written, MAX_RACES};
@@ -80,7 +80,7 @@ pub async fn resave_clock(s: &Shared, conn: &mut Conn, ts: Ts) -> Result<(), OpE
     }
 }
 
-fn clock_of(remote: &RemoteValue) -> Option<Ts> {
+fn clock_of(remote: &Hit) -> Option<Ts> {
     let (_, digits) = Header::decode(&remote.data).ok()?;
     strtoull(&digits)
 }

@@ -1,9 +1,9 @@
 //! One TCP connection to the remote server: a stream, a read buffer, a write buffer, and the
-//! codec of [`super::client`]. Either one request is written whole and its reply read whole
-//! ([`Conn::call`]), or a batch of requests is written in one go while their replies are read
-//! in order as they come ([`Conn::pipeline`]): memcached answers the requests of one
-//! connection in the order they came. Every exchange is under a timeout, so nothing waits on a
-//! dead or stalled server for long.
+//! codec of [`tailorkv_common::client`]. Either one request is written whole and its reply
+//! read whole ([`Conn::call`]), or a batch of requests is written in one go while their
+//! replies are read in order as they come ([`Conn::pipeline`]): memcached answers the requests
+//! of one connection in the order they came. Every exchange is under a timeout, so nothing
+//! waits on a dead or stalled server for long.
 
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::client::{decode, Expect, ProtocolError, Reply, Request, MAX_REPLY_LINE_BYTES};
+use tailorkv_common::client::{
+    decode, Expect, ProtocolError, Reply, Request, MAX_REPLY_LINE_BYTES,
+};
 
 /// Why a connection failed. After any of these the connection is dropped: a request may have
 /// been half sent or its reply half read.
@@ -127,10 +129,7 @@ impl Conn {
                 }
             }
             if self.input.len() > MAX_REPLY_LINE_BYTES {
-                return Err(ProtocolError(format!(
-                    "a line of more than {MAX_REPLY_LINE_BYTES} bytes"
-                ))
-                .into());
+                return Err(ProtocolError::LineTooLong.into());
             }
             if self.input.capacity() - self.input.len() < 4096 {
                 self.input.reserve(16 * 1024);

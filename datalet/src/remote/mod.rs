@@ -6,9 +6,9 @@
 //! - [`header`]: the 31 bytes in front of every stored value that carry the item's version,
 //!   expiry and write time; the item's flags use memcached's own flags field.
 //! - [`exptime`]: the exptime the remote server is given, so it reclaims expired items.
-//! - [`client`]: the protocol, client side: requests to bytes, bytes to replies (pure).
 //! - [`conn`]: one connection: a request out and its reply in, or a pipelined batch of
-//!   requests out and their replies in, in order, under timeouts.
+//!   requests out and their replies in, in order, under timeouts. Requests and replies go
+//!   through the protocol's client side, [`tailorkv_common::client`].
 //! - [`ops`]: each datalet operation as requests: `set` directly, every other mutation as a
 //!   `gets`, [`crate::mutate::decide`], and a conditional write back.
 //! - [`clock`]: the clock reservation, in a reserved key.
@@ -83,7 +83,6 @@
 //!   are refreshed every [`RemoteOptions::stats_refresh`] and whenever `stats` is called, so
 //!   they trail the remote server by a moment.
 
-pub mod client;
 pub mod clock;
 pub mod conn;
 pub mod exptime;

@@ -26,10 +26,10 @@
 //! it is still correct, because a delete's outcome depends only on there being an item.
 
 use bytes::{Bytes, BytesMut};
+use tailorkv_common::client::{Expect, Hit, ProtocolError, Reply, Request, StoreCommand};
 use tailorkv_common::codec::{StoreMode, SERVER_ERROR_TOO_LARGE};
 use tailorkv_common::{Clock, SystemClock, UnixSecs, Version};
 
-use super::client::{Expect, ProtocolError, RemoteValue, Reply, Request, StoreCommand};
 use super::clock;
 use super::conn::{Conn, ConnError};
 use super::exptime::remote_exptime;
@@ -68,7 +68,7 @@ pub enum Seen {
 }
 
 /// Reads a remote value through its header.
-pub fn see(remote: Option<&RemoteValue>, flush_at: UnixSecs, now: UnixSecs) -> Seen {
+pub fn see(remote: Option<&Hit>, flush_at: UnixSecs, now: UnixSecs) -> Seen {
     let Some(remote) = remote else {
         return Seen::Absent;
     };
@@ -306,7 +306,7 @@ pub fn plan_write(
     s: &Shared,
     out: &mut BytesMut,
     key: &[u8],
-    remote: Option<&RemoteValue>,
+    remote: Option<&Hit>,
     mutation: Mutation,
     version: Version,
     now: UnixSecs,
@@ -404,7 +404,7 @@ pub fn plan_read(out: &mut BytesMut, key: &[u8]) -> Expect {
 }
 
 /// What the reply to a one-key `gets` found.
-pub fn read(reply: Reply) -> Result<Option<RemoteValue>, OpError> {
+pub fn read(reply: Reply) -> Result<Option<Hit>, OpError> {
     match reply {
         Reply::Value(hit) => Ok(hit),
         other => Err(refusal(other)),
@@ -467,7 +467,7 @@ fn deleted(reply: Reply) -> Result<Written, OpError> {
     }
 }
 
-pub(super) async fn gets(conn: &mut Conn, key: &[u8]) -> Result<Option<RemoteValue>, OpError> {
+pub(super) async fn gets(conn: &mut Conn, key: &[u8]) -> Result<Option<Hit>, OpError> {
     read(conn.call(Request::Gets { key }).await?)
 }
 
@@ -486,7 +486,8 @@ fn refusal(reply: Reply) -> OpError {
 }
 
 fn unexpected(reply: Reply) -> ConnError {
-    ConnError::Protocol(ProtocolError(format!("unexpected reply {reply:?}")))
+    let line = reply.status_line().unwrap_or_else(|| format!("{reply:?}"));
+    ConnError::Protocol(ProtocolError::Unexpected(line))
 }
 
 /// `flush_all` at the remote server, timed like ours (see the module doc of `remote`), then
@@ -561,8 +562,9 @@ mod tests {
     use super::*;
     use tailorkv_common::{Expiry, NodeId};
 
-    fn remote(data: Bytes) -> RemoteValue {
-        RemoteValue {
+    fn remote(data: Bytes) -> Hit {
+        Hit {
+            key: Bytes::from_static(b"k"),
             flags: 9,
             cas: 1,
             data,

@@ -49,12 +49,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tailorkv_common::client;
 use tailorkv_common::{Ts, UnixSecs, Version};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
-use super::client;
 use super::clock;
 use super::conn::{Conn, ConnError};
 use super::ops::{self, OpError};
@@ -213,19 +213,17 @@ fn finish_gets(s: &Shared, run: GetsRun, reply: client::Reply) -> Result<(), Con
             return condemned;
         }
     };
-    let mut found: Vec<Option<client::RemoteValue>> = vec![None; run.keys.len()];
+    let mut found: Vec<Option<client::Hit>> = vec![None; run.keys.len()];
     let mut next = 0;
-    for (key, value) in hits {
-        match run.keys[next..].iter().position(|k| *k == key) {
+    for hit in hits {
+        match run.keys[next..].iter().position(|k| *k == hit.key) {
             Some(at) => {
-                found[next + at] = Some(value);
+                found[next + at] = Some(hit);
                 next += at + 1;
             }
             None => {
-                let e = ConnError::Protocol(client::ProtocolError(format!(
-                    "a VALUE for {:?}, not asked for or out of order",
-                    String::from_utf8_lossy(&key)
-                )));
+                let key = String::from_utf8_lossy(&hit.key).into_owned();
+                let e = ConnError::Protocol(client::ProtocolError::ValueNotAsked(key));
                 InFlight::Gets(run).fail(DataletError::Unavailable(e.to_string()));
                 return Err(e);
             }
@@ -483,7 +481,7 @@ impl Worker {
             return;
         }
         // The read-modify-writes whose read came back, with what it found.
-        let mut read: Vec<(Rmw, Option<client::RemoteValue>)> = Vec::new();
+        let mut read: Vec<(Rmw, Option<client::Hit>)> = Vec::new();
         let result = conn
             .pipeline(&expects, |i, reply| {
                 match flying[i].take().expect("one reply for each request") {
@@ -516,7 +514,7 @@ impl Worker {
     /// found and its conditional write goes out, all in one write. Their keys are distinct
     /// and no later job on them has been sent ([`Worker::gather`]), so a key's order holds.
     /// One that lost a race to another writer then runs again alone, reading afresh.
-    async fn write_back(&mut self, read: Vec<(Rmw, Option<client::RemoteValue>)>) {
+    async fn write_back(&mut self, read: Vec<(Rmw, Option<client::Hit>)>) {
         let s = Arc::clone(&self.shared);
         let mut raced = Vec::new();
         let conn = match self.link.ready(&s).await {
@@ -767,18 +765,18 @@ mod tests {
     }
 
     /// A hit on `key` holding `data` under a valid header.
-    fn hit(key: &str, data: &str) -> (Bytes, client::RemoteValue) {
+    fn hit(key: &str, data: &str) -> client::Hit {
         let header = Header {
             version: Version::new(5, NodeId(1)),
             expiry: Expiry::Never,
             stored_at: 50,
         };
-        let value = client::RemoteValue {
+        client::Hit {
+            key: Bytes::copy_from_slice(key.as_bytes()),
             flags: 3,
             cas: 9,
             data: header.join(data.as_bytes()),
-        };
-        (Bytes::copy_from_slice(key.as_bytes()), value)
+        }
     }
 
     fn answered(answers: Vec<Answer>) -> Vec<String> {

@@ -36,6 +36,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tailorkv_common::client::ProtocolError;
 use tokio::time::Instant;
 
 use super::conn::{Conn, ConnError};
@@ -163,11 +164,10 @@ async fn dump(conn: &mut Conn, mode: Mode, keys: &mut HashSet<Bytes>) -> Result<
                 ended = Dumped::Refused(String::from_utf8_lossy(line).into_owned());
                 Ok(false)
             }
-            Line::Bad => Err(super::client::ProtocolError(format!(
-                "bad metadump line {:?}",
-                String::from_utf8_lossy(line)
-            ))
-            .into()),
+            Line::Bad => {
+                let line = String::from_utf8_lossy(line).into_owned();
+                Err(ProtocolError::Unexpected(line).into())
+            }
         }
     })
     .await?;

@@ -1,0 +1,135 @@
+//! Requests to bytes. Encoding appends to any [`BufMut`] (a `BytesMut` write buffer, a
+//! `Vec<u8>`), so a caller batches many requests into one buffer and writes it once.
+
+use bytes::{BufMut, Bytes};
+
+use super::Expect;
+
+/// One request, borrowed from the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Get {
+        key: &'a [u8],
+    },
+    Gets {
+        key: &'a [u8],
+    },
+    /// One `gets` for all of `keys`, which must be distinct (a server answers a repeated key
+    /// once for each time it is asked) and fit in [`super::MAX_GETS_LINE_BYTES`].
+    GetsMany {
+        keys: &'a [Bytes],
+    },
+    /// `set`, `add`, or `cas` when `cas` is given. The data is `head` then `body`: for
+    /// example an item header and the client's value, sent without first joining them.
+    Store {
+        command: StoreCommand,
+        key: &'a [u8],
+        flags: u32,
+        exptime: i64,
+        head: &'a [u8],
+        body: &'a [u8],
+    },
+    Delete {
+        key: &'a [u8],
+    },
+    /// `flush_all`, with a delay in seconds when given.
+    FlushAll {
+        delay: Option<u64>,
+    },
+    CacheMemlimit {
+        megabytes: u64,
+    },
+    Stats,
+}
+
+/// The storage commands a client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreCommand {
+    Set,
+    Add,
+    /// `cas` with the CAS unique the item must still have.
+    Cas(u64),
+}
+
+impl Request<'_> {
+    /// Appends the request's bytes to `out`.
+    pub fn encode(&self, out: &mut impl BufMut) {
+        match *self {
+            Request::Get { key } => line(out, &[b"get ", key]),
+            Request::Gets { key } => line(out, &[b"gets ", key]),
+            Request::GetsMany { keys } => {
+                out.put_slice(b"gets");
+                for key in keys {
+                    out.put_u8(b' ');
+                    out.put_slice(key);
+                }
+                out.put_slice(b"\r\n");
+            }
+            Request::Store {
+                command,
+                key,
+                flags,
+                exptime,
+                head,
+                body,
+            } => {
+                encode_store_line(out, command, key, flags, exptime, head.len() + body.len());
+                out.put_slice(head);
+                out.put_slice(body);
+                out.put_slice(b"\r\n");
+            }
+            Request::Delete { key } => line(out, &[b"delete ", key]),
+            Request::FlushAll { delay: None } => line(out, &[b"flush_all"]),
+            Request::FlushAll { delay: Some(d) } => {
+                line(out, &[b"flush_all ", d.to_string().as_bytes()])
+            }
+            Request::CacheMemlimit { megabytes } => {
+                line(out, &[b"cache_memlimit ", megabytes.to_string().as_bytes()])
+            }
+            Request::Stats => line(out, &[b"stats"]),
+        }
+    }
+
+    /// The shape of the reply this request gets.
+    pub fn expect(&self) -> Expect {
+        match self {
+            Request::Get { .. } => Expect::Get,
+            Request::Gets { .. } => Expect::Gets,
+            Request::GetsMany { .. } => Expect::GetsMany,
+            Request::Stats => Expect::Stats,
+            _ => Expect::Status,
+        }
+    }
+}
+
+/// Appends a storage command's line, `<command> <key> <flags> <exptime> <len>[ <cas
+/// unique>]\r\n`. The caller then appends the `len` bytes of data and `\r\n`: for data made
+/// straight into the write buffer. ([`Request::Store`] does all three.)
+pub fn encode_store_line(
+    out: &mut impl BufMut,
+    command: StoreCommand,
+    key: &[u8],
+    flags: u32,
+    exptime: i64,
+    len: usize,
+) {
+    let name: &[u8] = match command {
+        StoreCommand::Set => b"set ",
+        StoreCommand::Add => b"add ",
+        StoreCommand::Cas(_) => b"cas ",
+    };
+    out.put_slice(name);
+    out.put_slice(key);
+    out.put_slice(format!(" {flags} {exptime} {len}").as_bytes());
+    if let StoreCommand::Cas(unique) = command {
+        out.put_slice(format!(" {unique}").as_bytes());
+    }
+    out.put_slice(b"\r\n");
+}
+
+fn line(out: &mut impl BufMut, parts: &[&[u8]]) {
+    for part in parts {
+        out.put_slice(part);
+    }
+    out.put_slice(b"\r\n");
+}
