@@ -849,13 +849,19 @@ enum Fault {
     Loss(usize),
     /// Two of the three nodes paused at once: no majority anywhere.
     MajorityPause(usize, usize),
+    /// Two of the three nodes killed at once and restarted (memory datalets: empty), while
+    /// the third holds every acknowledged write. As the README says, the survivor is then
+    /// told to go on (`kill -USR1`) in the strong modes: the restarted runs forgot what they
+    /// promised, so only the operator can know no other view was formed.
+    MajorityKill(usize, usize),
 }
 
 /// Faults one at a time, chosen and timed by the seed, for [`nemesis_duration`], under the
 /// recorded workload: kill -9 and restart, pauses, a node cut off, packet loss, and a
-/// majority paused at once. After each fault is undone every node must serve a fresh write
-/// (through each node in turn) within [`CATCH_UP_WITHIN`]; at the end the history passes the
-/// mode's checker and the replicas agree.
+/// majority paused or killed at once. After each fault is undone every node must serve a
+/// fresh write (through each node in turn) within [`CATCH_UP_WITHIN`]; at the end the
+/// history passes the mode's checker and the replicas agree. With `value_size`, the recorded
+/// values have that size, and values of 1 MB are written beside them ([`LargeWrites`]).
 fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
     let test = format!(
         "nemesis_{mode}{}{}",
@@ -870,6 +876,7 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
     let mut run = Run::start_with(&test, 3, mode, true, extra, value_size);
     run.run_for(Duration::from_secs(1));
     run.assert_healthy_start();
+    let large = (value_size > 0).then(|| LargeWrites::start(&run.cluster.addrs()));
     let mut rng = StdRng::seed_from_u64(run.seed);
     let end = Instant::now() + nemesis_duration();
     let mut markers = Vec::new();
@@ -878,12 +885,13 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
         round += 1;
         let node = rng.random_range(1..=3);
         let hold = Duration::from_millis(rng.random_range(300..2_000));
-        let fault = match rng.random_range(0..5) {
+        let fault = match rng.random_range(0..6) {
             0 => Fault::Kill(node),
             1 => Fault::Pause(node),
             2 => Fault::Isolate(node),
             3 => Fault::Loss(node),
-            _ => Fault::MajorityPause(node, node % 3 + 1),
+            4 => Fault::MajorityPause(node, node % 3 + 1),
+            _ => Fault::MajorityKill(node, node % 3 + 1),
         };
         eprintln!("{test}: round {round}: {fault:?} for {hold:?}");
         match fault {
@@ -914,6 +922,16 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
                 run.cluster.cont(a);
                 run.cluster.cont(b);
             }
+            Fault::MajorityKill(a, b) => {
+                run.cluster.kill(a);
+                run.cluster.kill(b);
+                std::thread::sleep(hold);
+                run.cluster.restart(a);
+                run.cluster.restart(b);
+                if mode != EVENTUAL {
+                    run.cluster.force_quorum(6 - a - b);
+                }
+            }
         }
         let undone = Instant::now();
         let (key, value) = run.write_marker(&format!("nemesis-{round}"), round % 3 + 1);
@@ -930,7 +948,152 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
     }
     eprintln!("{test}: {round} faults");
     run.run_for(Duration::from_secs(1));
+    if let Some(large) = large {
+        large.finish(&run);
+    }
     run.finish(&markers);
+}
+
+/// Values of [`LARGE_VALUE`] bytes written beside a nemesis's workload, to keys of their own,
+/// through each node in turn, one at a time. They stay out of the recorded history (whose
+/// checkers copy values as they search); instead, at the end every replica must hold the same
+/// item for each key, and it must be the last acknowledged write of that key or one tried
+/// after it: an acknowledged write is never lost, nor replaced by an earlier one.
+struct LargeWrites {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<LargeWrite>>,
+}
+
+/// One write of a large value: `n` names its value ([`large_value`]).
+struct LargeWrite {
+    key: String,
+    n: u64,
+    acked: bool,
+}
+
+/// 1 MB: the largest value a default item size limit (1 MiB, key and header included) takes.
+const LARGE_VALUE: usize = 1_000_000;
+const LARGE_KEYS: u64 = 4;
+
+fn large_value(key: &str, n: u64) -> Vec<u8> {
+    let mut value = format!("{key}-{n}.").into_bytes();
+    value.resize(LARGE_VALUE, b'a' + (n % 26) as u8);
+    value
+}
+
+impl LargeWrites {
+    fn start(addrs: &[SocketAddr]) -> LargeWrites {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let addrs = addrs.to_vec();
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut writes = Vec::new();
+            let mut conns: Vec<Option<McConn>> = addrs.iter().map(|_| None).collect();
+            for n in 0.. {
+                if stopped.load(Relaxed) {
+                    break;
+                }
+                let i = n as usize % addrs.len();
+                let key = format!("large{}", n % LARGE_KEYS);
+                let conn = match &mut conns[i] {
+                    Some(conn) => conn,
+                    slot => match McConn::connect(addrs[i], Duration::from_secs(3)) {
+                        Ok(conn) => slot.insert(conn),
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    },
+                };
+                let result = conn.set(&key, &large_value(&key, n));
+                let acked = matches!(result, Ok(OpResult::Stored));
+                if matches!(result, Err(Failure::Timeout | Failure::Io(_))) {
+                    conns[i] = None;
+                }
+                writes.push(LargeWrite { key, n, acked });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            writes
+        });
+        LargeWrites { stop, thread }
+    }
+
+    /// Stops the writes and checks what the replicas hold, once they agree (within
+    /// [`CATCH_UP_WITHIN`]).
+    fn finish(self, run: &Run) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let writes = self.thread.join().expect("the large-value writer");
+        let acked = writes.iter().filter(|w| w.acked).count();
+        eprintln!(
+            "{}: {} writes of {LARGE_VALUE} bytes, {acked} acknowledged",
+            run.test,
+            writes.len()
+        );
+        assert!(
+            acked > 0,
+            "no large write was acknowledged
+{}",
+            run.context()
+        );
+        for k in 0..LARGE_KEYS {
+            let key = format!("large{k}");
+            let tried: Vec<&LargeWrite> = writes.iter().filter(|w| w.key == key).collect();
+            let last_acked = tried.iter().filter(|w| w.acked).map(|w| w.n).max();
+            let deadline = Instant::now() + CATCH_UP_WITHIN;
+            let held = loop {
+                let held: Vec<Option<(Vec<u8>, u64)>> = (1..=run.n)
+                    .map(|i| {
+                        McConn::connect(run.cluster.addr(i), Duration::from_secs(5))
+                            .ok()
+                            .and_then(|mut c| c.gets(&key).ok())
+                            .flatten()
+                    })
+                    .collect();
+                if held.iter().all(|h| h == &held[0]) {
+                    break held.into_iter().next().flatten();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "replicas hold different {key} (first bytes: {:?})
+{}",
+                    held.iter()
+                        .map(|h| h
+                            .as_ref()
+                            .map(|(v, cas)| (String::from_utf8_lossy(&v[..24]).into_owned(), *cas)))
+                        .collect::<Vec<_>>(),
+                    run.context()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let Some((value, _)) = held else {
+                assert!(
+                    last_acked.is_none(),
+                    "{key}: write {last_acked:?} was acknowledged, and no replica holds the key
+{}",
+                    run.context()
+                );
+                continue;
+            };
+            let n = tried
+                .iter()
+                .map(|w| w.n)
+                .find(|&n| large_value(&key, n) == value)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{key}: the replicas hold a value never written
+{}",
+                        run.context()
+                    )
+                });
+            assert!(
+                last_acked.is_none_or(|last| n >= last),
+                "{key}: the replicas hold write {n}, older than acknowledged write {last_acked:?}
+{}",
+                run.context()
+            );
+        }
+    }
 }
 
 #[test]

@@ -1322,7 +1322,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
             .universe
             .iter()
             .all(|&n| c.promises.contains_key(&n) || self.detector.is_suspected(n));
-        if !all_in && self.now < majority_at + self.timing.collect {
+        // A first view waits for every node that is heard from: a node that restarted empty
+        // hears from a survivor of the cluster it belonged to (which answers with its view,
+        // not a promise) and joins that, where forming a view of its own with the others that
+        // restarted would start the cluster over without the survivor's data.
+        let first_view = self.view.epoch == 0 && !self.forced;
+        if !all_in && (first_view || self.now < majority_at + self.timing.collect) {
             self.coordination.as_mut().expect("checked").majority_at = Some(majority_at);
             return;
         }

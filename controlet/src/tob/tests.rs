@@ -2424,3 +2424,108 @@ fn a_node_catching_up_holds_a_bounded_backlog() {
         "and reports it, so the others deliver the rest"
     );
 }
+
+/// Safety. Two of three nodes restart empty while the third, still in the view, holds every
+/// delivered batch; its messages are slow. Before: the restarted pair, both at epoch 0,
+/// formed a first view of their own as soon as they had each other's promises, and started
+/// the cluster over empty beside the survivor (split brain, every write lost). Now a first
+/// view waits for every node it hears from: they learn the survivor's view instead, and
+/// the cluster waits for the operator ([`Tob::force_next_view`] on the survivor), which then
+/// brings them in with the survivor's state.
+#[test]
+fn nodes_that_restart_empty_beside_a_survivor_do_not_start_over() {
+    let mut nodes = formed(3);
+    nodes[2].propose(5);
+    nodes[2].flush();
+    route(&mut nodes);
+    let universe = ids(3);
+    nodes[0] = Tob::new(NodeId(1), 2, &universe, 0, Timing::default());
+    nodes[1] = Tob::new(NodeId(2), 2, &universe, 0, Timing::default());
+    let _ = nodes[2].take_events();
+    // The survivor's messages take 50 ticks (longer than a coordinator waits for the rest
+    // once it has a majority); the others' are instant.
+    let mut slow: Vec<(u64, Envelope<Op>)> = Vec::new();
+    let mut now = 0;
+    let mut run = |nodes: &mut Vec<Tob<Op>>, ticks: u64| {
+        for _ in 0..ticks {
+            now += 1;
+            let t = now;
+            for node in nodes.iter_mut() {
+                node.tick();
+            }
+            for _ in 0..3 {
+                for i in 0..3 {
+                    for env in nodes[i].take_messages() {
+                        if env.from == NodeId(3) {
+                            slow.push((t + 50, env));
+                        } else {
+                            let to = env.to.0 as usize - 1;
+                            nodes[to].step(env.from, env.incarnation, env.message);
+                        }
+                    }
+                }
+                let (due, later): (Vec<_>, Vec<_>) = slow.drain(..).partition(|(at, _)| *at <= t);
+                slow = later;
+                for (_, env) in due {
+                    let to = env.to.0 as usize - 1;
+                    nodes[to].step(env.from, env.incarnation, env.message);
+                }
+                for node in nodes.iter_mut() {
+                    node.ack();
+                }
+            }
+        }
+    };
+    for _ in 0..300 {
+        run(&mut nodes, 10);
+        for i in 0..2 {
+            assert_ne!(
+                nodes[i].state(),
+                NodeState::Serving,
+                "node {} formed a view without the survivor: {:?}",
+                i + 1,
+                nodes[i].view()
+            );
+            let events = nodes[i].take_events();
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, Event::Serving { .. } | Event::Deliver(_))),
+                "{events:?}"
+            );
+        }
+    }
+    assert_eq!(
+        nodes[2].view().epoch,
+        1,
+        "the survivor alone changes nothing"
+    );
+    // The operator tells the survivor to go on: all three serve, from its state.
+    nodes[2].force_next_view();
+    let mut first_state = None;
+    for _ in 0..50 {
+        run(&mut nodes, 100);
+        for i in 0..3 {
+            for event in nodes[i].take_events() {
+                if let Event::SendState { epoch, seq, to } = event {
+                    first_state.get_or_insert((i, seq));
+                    for j in to {
+                        nodes[j.0 as usize - 1].state_installed(epoch, seq);
+                    }
+                }
+            }
+        }
+        let epochs: Vec<u64> = nodes.iter().map(|n| n.view().epoch).collect();
+        let all_serving = nodes.iter().all(|n| n.state() == NodeState::Serving);
+        if all_serving && epochs.iter().all(|&e| e == epochs[0]) {
+            assert_eq!(nodes[0].view().members.len(), 3);
+            assert_eq!(
+                first_state,
+                Some((2, 1)),
+                "the survivor sends its state, which holds the delivered operation"
+            );
+            return;
+        }
+    }
+    panic!("the three nodes never served together after the survivor was told to go on");
+}
