@@ -2478,15 +2478,15 @@ fn nodes_that_restart_empty_beside_a_survivor_do_not_start_over() {
     };
     for _ in 0..300 {
         run(&mut nodes, 10);
-        for i in 0..2 {
+        for (i, node) in nodes.iter_mut().take(2).enumerate() {
             assert_ne!(
-                nodes[i].state(),
+                node.state(),
                 NodeState::Serving,
                 "node {} formed a view without the survivor: {:?}",
                 i + 1,
-                nodes[i].view()
+                node.view()
             );
-            let events = nodes[i].take_events();
+            let events = node.take_events();
             assert!(
                 !events
                     .iter()
