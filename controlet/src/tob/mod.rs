@@ -1285,13 +1285,13 @@ impl<Op: Clone + Weigh> Tob<Op> {
     /// once a majority accepted it.
     fn coordinate(&mut self) {
         let mut need = self.majority();
-        let restarted = self.coordination.as_ref().is_some_and(|c| {
-            self.view.epoch == 0 && c.promises.values().any(|(_, s)| s.delivered > 0)
-        });
-        if restarted && !self.forced && self.coordination.as_ref().is_some_and(|c| c.plan.is_none())
-        {
-            // Every node restarted with the state it saved: the latest acknowledged writes
-            // may be on any one of them, so the first view waits for all.
+        if self.view.epoch == 0 && !self.forced {
+            // A first view needs every configured node. Nodes at epoch 0 may have restarted
+            // with their memory gone (or with only what their disks saved) while another
+            // node, out of their sight for now, still serves the cluster's last view and holds
+            // writes they lack: a view of only some of them would start the cluster over
+            // beside it. The operator, who knows whether such a node exists, can let a
+            // majority go on (`force_next_view`).
             need = self.universe.len();
         }
         let Some(c) = self.coordination.as_ref() else {
@@ -1322,12 +1322,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             .universe
             .iter()
             .all(|&n| c.promises.contains_key(&n) || self.detector.is_suspected(n));
-        // A first view waits for every node that is heard from: a node that restarted empty
-        // hears from a survivor of the cluster it belonged to (which answers with its view,
-        // not a promise) and joins that, where forming a view of its own with the others that
-        // restarted would start the cluster over without the survivor's data.
-        let first_view = self.view.epoch == 0 && !self.forced;
-        if !all_in && (first_view || self.now < majority_at + self.timing.collect) {
+        if !all_in && self.now < majority_at + self.timing.collect {
             self.coordination.as_mut().expect("checked").majority_at = Some(majority_at);
             return;
         }
