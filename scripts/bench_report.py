@@ -177,6 +177,16 @@ class Results:
     def note_failures(self, table, system, runs):
         self.failures.extend(failures_of(table, system, runs))
 
+    def versus(self, table, n, note=True):
+        """The runs of the controlet (memory) and of memcached at 50 connections in `table`,
+        their failures noted unless `note` is false (another table shows them)."""
+        c = self.load(table, "ctl-memory", 50, n)
+        m = self.load(table, "memcached", 50, n)
+        if note:
+            self.note_failures(table, "ctl-memory", c)
+            self.note_failures(table, "memcached", m)
+        return c, m
+
     def latency_table(self, table, systems, conns, n, with_p999=True, base_system=None):
         head = "| system | ops/s (median) | ops/s per round |"
         if base_system:
@@ -390,11 +400,7 @@ def main(argv):
               "| controlet p99 µs | memcached p99 µs | p99 ratio | server check |"),
              "|---|---|---|---|---|---|---|---|"]
     for label, table in ((f"{E['BENCH_NPROC']} (table 1)", "t1"), ("1", "t1lg1"), ("3", "t1lg3")):
-        c = results.load(table, "ctl-memory", 50, rounds)
-        m = results.load(table, "memcached", 50, rounds)
-        if table != "t1":
-            results.note_failures(table, "ctl-memory", c)
-            results.note_failures(table, "memcached", m)
+        c, m = results.versus(table, rounds, note=table != "t1")
         lines.append(f"| {label} | {n0(med(c, 'ops'))} | {n0(med(m, 'ops'))} | "
                      f"{rx(ratio(med(c, 'ops'), med(m, 'ops')))} | {n0(med(c, 'p99'))} | "
                      f"{n0(med(m, 'p99'))} | {rx(ratio(med(c, 'p99'), med(m, 'p99')))} | "
@@ -447,11 +453,7 @@ def main(argv):
         for label, table in (("unpinned (table 1c)", "t1s"), ("servers CPU 0, loadgen CPU 1", "t1psplit"),
                              ("all on CPU 1", "t1pshared")):
             n = spread if table == "t1s" else rounds
-            c = results.load(table, "ctl-memory", 50, n)
-            m = results.load(table, "memcached", 50, n)
-            if table != "t1s":
-                results.note_failures(table, "ctl-memory", c)
-                results.note_failures(table, "memcached", m)
+            c, m = results.versus(table, n, note=table != "t1s")
             lines.append(f"| {label} | {n0(med(c, 'ops'))} | {n0(med(m, 'ops'))} | "
                          f"{rx(ratio(med(c, 'ops'), med(m, 'ops')))} | {n0(med(c, 'p99'))} | "
                          f"{n0(med(m, 'p99'))} | {checked(c + m)} |")
