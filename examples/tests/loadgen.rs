@@ -4,99 +4,33 @@
 //!
 //! The controlet is another package's binary, which cargo does not build for this one's tests:
 //! the first test to need it runs `cargo build -p tailorkv-controlet` into the same target
-//! directory (a no-op when it is up to date).
+//! directory (a no-op when it is up to date), through `tailorkv_tests::server::binary`.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tailorkv_tests::{free_port, RawClient, ServerProcess};
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 
-/// The `controlet` binary of this build profile, built on first use.
-fn controlet_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // This test runs from <target>/<profile>/deps/; the binary goes to <target>/<profile>/.
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("profile dir");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "tailorkv-controlet",
-                "--bin",
-                "controlet",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let out = build.output().expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build -p tailorkv-controlet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        profile_dir.join("controlet")
-    })
-}
-
 /// A controlet process on a free loopback port, killed when dropped.
 struct Controlet {
-    child: Child,
+    server: ServerProcess,
+    /// Its address, as loadgen's `--target` takes it.
     addr: String,
 }
 
 impl Controlet {
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(controlet_binary())
-            .args(["--listen", &addr, "--threads", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start controlet");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(&addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "controlet did not listen on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Controlet { child, addr }
+        let server = ServerProcess::controlet(&["--threads", "2"]);
+        let addr = server.addr.to_string();
+        Controlet { server, addr }
     }
 
     /// Sends `request` and reads until the reply ends with `end`.
     fn raw(&self, request: &[u8], end: &[u8]) -> Vec<u8> {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        stream.write_all(request).unwrap();
-        let mut reply = Vec::new();
-        let mut chunk = [0; 4096];
-        while !reply.ends_with(end) {
-            let n = stream.read(&mut chunk).expect("read reply");
-            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&reply));
-            reply.extend_from_slice(&chunk[..n]);
-        }
-        reply
+        RawClient::connect(self.server.addr).call(request, end)
     }
 
     /// The data of `key`, which must exist.
@@ -121,13 +55,6 @@ impl Controlet {
         request.extend_from_slice(data);
         request.extend_from_slice(b"\r\n");
         assert_eq!(self.raw(&request, b"\r\n"), b"STORED\r\n");
-    }
-}
-
-impl Drop for Controlet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -306,10 +233,7 @@ fn connections_spread_over_every_target() {
 #[test]
 fn an_unreachable_target_fails_fast() {
     // A port that was free a moment ago: nothing listens there.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let started = Instant::now();
     let out = loadgen_output(&["--target", &format!("127.0.0.1:{port}"), "--duration", "5"]);
     assert_eq!(out.status.code(), Some(1));

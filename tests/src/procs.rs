@@ -21,19 +21,22 @@
 //! figures the tests measure mean nothing on a machine busy with another cluster. One test
 //! (one thread) may hold any number of clusters and nets.
 //!
-//! The `controlet` binary is the one of this build profile, built on first use with
-//! `cargo build -p tailorkv-controlet --bin controlet` (cargo does not build another
-//! package's binaries for this package's tests); `TAILORKV_CONTROLET` names another one.
+//! The `controlet` binary is the one of this build profile, built on first use
+//! ([`binary`]); `TAILORKV_CONTROLET` names another one.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
+
+use crate::client::probe_version;
+use crate::ports::{free_port, free_port_on};
+use crate::server::binary;
 
 /// The peer IP address of node `i` (1-based): `127.0.0.(10+i)`.
 pub fn peer_ip(i: usize) -> Ipv4Addr {
@@ -42,57 +45,6 @@ pub fn peer_ip(i: usize) -> Ipv4Addr {
         "node {i}: nodes are numbered 1 to 240"
     );
     Ipv4Addr::new(127, 0, 0, 10 + i as u8)
-}
-
-/// The `controlet` binary of this build profile (`<target>/<profile>/controlet`), built on
-/// first use; or the one `TAILORKV_CONTROLET` names.
-pub fn controlet_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("TAILORKV_CONTROLET") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "TAILORKV_CONTROLET={} is not a file",
-                path.display()
-            );
-            return path;
-        }
-        // A test runs from <target>/<profile>/deps/; binaries go to <target>/<profile>/.
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable is in <target>/<profile>/deps");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "tailorkv-controlet",
-                "--bin",
-                "controlet",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let out = build.output().expect("run cargo build");
-        assert!(
-            out.status.success(),
-            "cargo build -p tailorkv-controlet --bin controlet failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let binary = profile_dir.join("controlet");
-        assert!(
-            binary.is_file(),
-            "{} missing after cargo build",
-            binary.display()
-        );
-        binary
-    })
 }
 
 /// One controlet process of a [`ProcCluster`].
@@ -135,12 +87,12 @@ impl ProcCluster {
     ) -> ProcCluster {
         assert!(n >= 1, "a cluster has at least one node");
         let exclusive = Exclusive::acquire();
-        let binary = controlet_binary();
+        let controlet = binary("controlet");
         let dir = fresh_dir();
         let nodes: Vec<Node> = (1..=n)
             .map(|i| Node {
-                client: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), pick_port(Ipv4Addr::LOCALHOST)),
-                peer: SocketAddr::new(peer_ip(i).into(), pick_port(peer_ip(i))),
+                client: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port()),
+                peer: SocketAddr::new(peer_ip(i).into(), free_port_on(peer_ip(i))),
                 log: dir.join(format!("node-{i}.log")),
                 child: None,
                 starts: 0,
@@ -168,7 +120,7 @@ impl ProcCluster {
         };
         eprintln!(
             "ProcCluster: {n} nodes ({consistency}) with {}; logs in {}",
-            binary.display(),
+            controlet.display(),
             cluster.dir.display()
         );
         for i in 1..=n {
@@ -379,18 +331,18 @@ impl ProcCluster {
             log,
             "===== tailorkv test harness: start #{} of node {i}: {} {}",
             node.starts + 1,
-            controlet_binary().display(),
+            binary("controlet").display(),
             args.join(" ")
         );
         let stderr = log.try_clone().expect("clone log file");
-        let child = Command::new(controlet_binary())
+        let child = Command::new(binary("controlet"))
             .args(&args)
             .env("NO_COLOR", "1") // plain logs: they go to a file
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", controlet_binary().display()));
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary("controlet").display()));
         let node = &mut self.nodes[i - 1];
         node.child = Some(child);
         node.starts += 1;
@@ -415,7 +367,7 @@ impl ProcCluster {
                 self.spawn(i);
                 continue;
             }
-            if answers_version(addr, Duration::from_millis(500)) {
+            if probe_version(addr, Duration::from_millis(500)).is_some() {
                 return;
             }
             assert!(
@@ -458,26 +410,6 @@ impl Drop for ProcCluster {
     }
 }
 
-/// Whether something on `addr` answers `version` like a memcached, within `within`.
-pub fn answers_version(addr: SocketAddr, within: Duration) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, within) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(within));
-    if stream.write_all(b"version\r\n").is_err() {
-        return false;
-    }
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while !got.ends_with(b"\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-    got.starts_with(b"VERSION ")
-}
-
 /// The last `lines` lines of the file at `path`.
 pub fn tail(path: &Path, lines: usize) -> String {
     let text = match std::fs::read(path) {
@@ -508,27 +440,6 @@ fn fresh_dir() -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("create cluster dir");
     dir
-}
-
-/// A port that is free on `ip` now, below the ephemeral range (32768 and up on Linux) so no
-/// client socket takes it while its node is down between a kill and a restart, and different
-/// on every call in this process.
-pub fn pick_port(ip: Ipv4Addr) -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    let seed = std::process::id().wrapping_mul(7_919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + seed.wrapping_add(n.wrapping_mul(97)) % SPAN) as u16;
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port on {ip}");
 }
 
 /// Connects to `to` from source address `from` (any port), within `timeout`: how a test

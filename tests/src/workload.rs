@@ -1,4 +1,4 @@
-//! A recorded client workload for fault tests, and the blocking client it uses.
+//! A recorded client workload for fault tests, on the blocking [`McConn`] client.
 //!
 //! [`Workload::start`] runs `clients` threads, client `k` talking to node `k % n + 1` on a
 //! connection of its own, doing random `set`s (unique values), `get`s, `delete`s and `add`s
@@ -19,9 +19,7 @@
 //! effect is a subset-sum question the checker may not settle within budget. `cas` has no
 //! model in the checker.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,214 +28,7 @@ use std::time::{Duration, Instant};
 use tailorkv_common::Version;
 
 use crate::checker::{ClientId, History, OpKind, OpResult, Recorder, Value, Write};
-
-/// Why a request got no usable reply.
-#[derive(Debug)]
-pub enum Failure {
-    /// No (complete) reply within the timeout.
-    Timeout,
-    /// `SERVER_ERROR <message>`.
-    ServerError(String),
-    /// The connection broke.
-    Io(std::io::Error),
-    /// A reply that makes no sense for the request: a bug, and the connection is unusable.
-    Unexpected(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Timeout => write!(f, "timeout"),
-            Failure::ServerError(m) => write!(f, "SERVER_ERROR {m}"),
-            Failure::Io(e) => write!(f, "connection error: {e}"),
-            Failure::Unexpected(m) => write!(f, "unexpected reply: {m}"),
-        }
-    }
-}
-
-/// A blocking memcached text-protocol client with a deadline on every request. After any
-/// [`Failure`] the connection's state is unknown: drop it and connect again.
-pub struct McConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    timeout: Duration,
-}
-
-impl McConn {
-    /// Connects within 1 s; every request then has `timeout` to be answered.
-    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<McConn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-        stream.set_nodelay(true)?;
-        Ok(McConn {
-            stream,
-            buf: Vec::new(),
-            timeout,
-        })
-    }
-
-    /// `set`: [`OpResult::Stored`].
-    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
-        self.store("set", key, value)
-    }
-
-    /// `add`: [`OpResult::Stored`] or [`OpResult::NotStored`].
-    pub fn add(&mut self, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
-        self.store("add", key, value)
-    }
-
-    fn store(&mut self, verb: &str, key: &str, value: &[u8]) -> Result<OpResult, Failure> {
-        let mut req = format!("{verb} {key} 0 0 {}\r\n", value.len()).into_bytes();
-        req.extend_from_slice(value);
-        req.extend_from_slice(b"\r\n");
-        let deadline = self.send(&req)?;
-        match &self.read_line(deadline)?[..] {
-            b"STORED" => Ok(OpResult::Stored),
-            b"NOT_STORED" if verb == "add" => Ok(OpResult::NotStored),
-            other => Err(other_reply(verb, key, other)),
-        }
-    }
-
-    /// `delete`: [`OpResult::Deleted`] or [`OpResult::NotFound`].
-    pub fn delete(&mut self, key: &str) -> Result<OpResult, Failure> {
-        let deadline = self.send(format!("delete {key}\r\n").as_bytes())?;
-        match &self.read_line(deadline)?[..] {
-            b"DELETED" => Ok(OpResult::Deleted),
-            b"NOT_FOUND" => Ok(OpResult::NotFound),
-            other => Err(other_reply("delete", key, other)),
-        }
-    }
-
-    /// `get`: [`OpResult::Hit`] or [`OpResult::Miss`].
-    pub fn get(&mut self, key: &str) -> Result<OpResult, Failure> {
-        Ok(match self.gets(key)? {
-            Some((value, _)) => OpResult::Hit(Value(value)),
-            None => OpResult::Miss,
-        })
-    }
-
-    /// `gets`: the value and CAS unique, or `None`.
-    pub fn gets(&mut self, key: &str) -> Result<Option<(Vec<u8>, u64)>, Failure> {
-        let mut items = self.retrieve("gets", &[key])?;
-        Ok(items.remove(key))
-    }
-
-    /// `gets` of many keys in one request: the keys present, with value and CAS unique.
-    pub fn gets_many(
-        &mut self,
-        keys: &[&str],
-    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Failure> {
-        self.retrieve("gets", keys)
-    }
-
-    fn retrieve(
-        &mut self,
-        verb: &str,
-        keys: &[&str],
-    ) -> Result<BTreeMap<String, (Vec<u8>, u64)>, Failure> {
-        let deadline = self.send(format!("{verb} {}\r\n", keys.join(" ")).as_bytes())?;
-        let mut items = BTreeMap::new();
-        loop {
-            let line = self.read_line(deadline)?;
-            if line == b"END" {
-                return Ok(items);
-            }
-            let text = String::from_utf8_lossy(&line).into_owned();
-            let words: Vec<&str> = text.split(' ').collect();
-            let bad = || Failure::Unexpected(format!("{verb} {}: {text:?}", keys.join(" ")));
-            if words.first() == Some(&"SERVER_ERROR") {
-                return Err(server_error(&line));
-            }
-            if words.len() < 4 || words[0] != "VALUE" {
-                return Err(bad());
-            }
-            let len: usize = words[3].parse().map_err(|_| bad())?;
-            let cas: u64 = match words.get(4) {
-                Some(c) => c.parse().map_err(|_| bad())?,
-                None => 0,
-            };
-            let mut data = self.read_exact(len + 2, deadline)?;
-            if !data.ends_with(b"\r\n") {
-                return Err(bad());
-            }
-            data.truncate(len);
-            items.insert(words[1].to_string(), (data, cas));
-        }
-    }
-
-    /// Sends raw bytes (with the request timeout as write timeout); returns the reply
-    /// deadline.
-    pub fn send(&mut self, bytes: &[u8]) -> Result<Instant, Failure> {
-        let deadline = Instant::now() + self.timeout;
-        self.stream
-            .set_write_timeout(Some(self.timeout))
-            .map_err(Failure::Io)?;
-        self.stream.write_all(bytes).map_err(|e| match e.kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Failure::Timeout,
-            _ => Failure::Io(e),
-        })?;
-        Ok(deadline)
-    }
-
-    /// The next reply line, without its `\r\n`.
-    pub fn read_line(&mut self, deadline: Instant) -> Result<Vec<u8>, Failure> {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.buf[..end].to_vec();
-                self.buf.drain(..end + 2);
-                return Ok(line);
-            }
-            self.fill(deadline)?;
-        }
-    }
-
-    /// The next `n` bytes of the reply.
-    pub fn read_exact(&mut self, n: usize, deadline: Instant) -> Result<Vec<u8>, Failure> {
-        while self.buf.len() < n {
-            self.fill(deadline)?;
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(Failure::Timeout);
-        }
-        self.stream
-            .set_read_timeout(Some(left))
-            .map_err(Failure::Io)?;
-        let mut chunk = [0u8; 64 * 1024];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Err(Failure::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(Failure::Timeout)
-            }
-            Err(e) => Err(Failure::Io(e)),
-        }
-    }
-}
-
-fn server_error(line: &[u8]) -> Failure {
-    let text = String::from_utf8_lossy(line);
-    Failure::ServerError(text.trim_start_matches("SERVER_ERROR").trim().to_string())
-}
-
-fn other_reply(verb: &str, key: &str, line: &[u8]) -> Failure {
-    if line.starts_with(b"SERVER_ERROR") {
-        server_error(line)
-    } else {
-        Failure::Unexpected(format!("{verb} {key}: {:?}", String::from_utf8_lossy(line)))
-    }
-}
+use crate::client::{Failure, McConn};
 
 /// Does `kind` on `key` through `conn`, recorded as an op of `client`: completed with the
 /// reply, or failed (indeterminate) on any [`Failure`].
@@ -623,9 +414,9 @@ fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, 
                     }),
                     OpKind::Set(_) | OpKind::Add(_) if stored => {
                         let version = if config.learn_versions {
-                            match learn_version(shared, client, c, &key, &value) {
+                            match learn_version(&shared.recorder, client, c, &key, &value) {
                                 Ok(version) => version,
-                                Err(()) => {
+                                Err(_) => {
                                     conn_broken = true;
                                     None
                                 }
@@ -678,29 +469,31 @@ fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, 
     }
 }
 
-/// Reads `key` back on `conn` (recorded) right after writing `value`: its version, if the
-/// write is still there; `Err` if the read failed and the connection must go.
-fn learn_version(
-    shared: &Shared,
+/// Reads `key` back on `conn`, recorded as a read of `client`, right after writing `value`
+/// there: the version `value` was stored at, if it is still there (reads in the eventual
+/// mode are local, so the node that took the write holds it unless a newer write replaced
+/// it); a [`Failure`] if the read got no reply and the connection must go.
+pub fn learn_version(
+    recorder: &Recorder,
     client: ClientId,
     conn: &mut McConn,
     key: &str,
     value: &Value,
-) -> Result<Option<Version>, ()> {
-    let id = shared.recorder.invoke(client, key, OpKind::Get);
+) -> Result<Option<Version>, Failure> {
+    let id = recorder.invoke(client, key, OpKind::Get);
     match conn.gets(key) {
         Ok(Some((v, cas))) => {
             let hit = v == value.0;
-            shared.recorder.complete(id, OpResult::Hit(Value(v)));
+            recorder.complete(id, OpResult::Hit(Value(v)));
             Ok(hit.then(|| Version::from_cas(cas)))
         }
         Ok(None) => {
-            shared.recorder.complete(id, OpResult::Miss);
+            recorder.complete(id, OpResult::Miss);
             Ok(None)
         }
-        Err(_) => {
-            shared.recorder.fail(id);
-            Err(())
+        Err(failure) => {
+            recorder.fail(id);
+            Err(failure)
         }
     }
 }

@@ -13,82 +13,19 @@ use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 use tailorkv_controlet::config::Consistency;
 use tailorkv_tests::checker::{
-    check_converged, check_linearizable, check_write_order, Budget, OpKind, OpResult, Recorder,
-    ReplicaState, Value, Write,
+    check_converged, check_linearizable, check_write_order, Budget, OpKind, Recorder, ReplicaState,
+    Value, Write,
 };
+use tailorkv_tests::client::McConn;
 use tailorkv_tests::procs::ProcCluster;
+use tailorkv_tests::workload::recorded;
 use tailorkv_tests::{Cluster, RawClient};
 
 const CLIENTS_PER_NODE: usize = 2;
 
-/// A blocking memcached client that speaks just what the workloads need.
-struct Client {
-    raw: RawClient,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        Client {
-            raw: RawClient::connect(addr),
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8]) -> OpResult {
-        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
-        req.extend_from_slice(value);
-        req.extend_from_slice(b"\r\n");
-        match &self.raw.call(&req, b"\r\n")[..] {
-            b"STORED\r\n" => OpResult::Stored,
-            other => panic!("set {key}: {}", String::from_utf8_lossy(other)),
-        }
-    }
-
-    fn add(&mut self, key: &str, value: &[u8]) -> OpResult {
-        let mut req = format!("add {key} 0 0 {}\r\n", value.len()).into_bytes();
-        req.extend_from_slice(value);
-        req.extend_from_slice(b"\r\n");
-        match &self.raw.call(&req, b"\r\n")[..] {
-            b"STORED\r\n" => OpResult::Stored,
-            b"NOT_STORED\r\n" => OpResult::NotStored,
-            other => panic!("add {key}: {}", String::from_utf8_lossy(other)),
-        }
-    }
-
-    fn delete(&mut self, key: &str) -> OpResult {
-        match &self
-            .raw
-            .call(format!("delete {key}\r\n").as_bytes(), b"\r\n")[..]
-        {
-            b"DELETED\r\n" => OpResult::Deleted,
-            b"NOT_FOUND\r\n" => OpResult::NotFound,
-            other => panic!("delete {key}: {}", String::from_utf8_lossy(other)),
-        }
-    }
-
-    /// `(value, cas)` of a key, or `None`.
-    fn gets(&mut self, key: &str) -> Option<(Vec<u8>, u64)> {
-        let reply = self
-            .raw
-            .call(format!("gets {key}\r\n").as_bytes(), b"END\r\n");
-        if reply == b"END\r\n" {
-            return None;
-        }
-        let text = String::from_utf8(reply).expect("test values are text");
-        let mut lines = text.split("\r\n");
-        let header: Vec<&str> = lines.next().unwrap().split(' ').collect();
-        assert_eq!(header[0], "VALUE", "{text}");
-        Some((
-            lines.next().unwrap().as_bytes().to_vec(),
-            header[4].parse().unwrap(),
-        ))
-    }
-
-    fn get(&mut self, key: &str) -> OpResult {
-        match self.gets(key) {
-            Some((value, _)) => OpResult::Hit(Value(value)),
-            None => OpResult::Miss,
-        }
-    }
+/// A client of `addr` that waits up to 10 s for each reply.
+fn connect(addr: SocketAddr) -> McConn {
+    McConn::connect(addr, Duration::from_secs(10)).expect("connect")
 }
 
 /// Random sets (unique values), gets, deletes and adds on a few keys.
@@ -100,7 +37,7 @@ fn random_workload(
     seed: u64,
     rec: &Recorder,
 ) {
-    let mut c = Client::connect(addr);
+    let mut c = connect(addr);
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
     for i in 0..ops {
         let key = format!("k{}", rng.random_range(0..keys));
@@ -111,15 +48,7 @@ fn random_workload(
             8 => OpKind::Delete,
             _ => OpKind::Add(Value(value)),
         };
-        let id = rec.invoke(client, key.as_str(), kind.clone());
-        let result = match &kind {
-            OpKind::Set(v) => c.set(&key, &v.0),
-            OpKind::Get => c.get(&key),
-            OpKind::Delete => c.delete(&key),
-            OpKind::Add(v) => c.add(&key, &v.0),
-            OpKind::Incr(_) => unreachable!("not in this workload"),
-        };
-        rec.complete(id, result);
+        recorded(rec, client, &mut c, &key, kind).unwrap();
     }
 }
 
@@ -158,28 +87,27 @@ fn stale_read_race(cluster: &Cluster, rounds: usize) -> Recorder {
         let writer_addr = addrs[0];
         let reader_addrs = addrs[1..].to_vec();
         s.spawn(move || {
-            let mut w = Client::connect(writer_addr);
+            let mut w = connect(writer_addr);
             // The writer reads on the other nodes right after each of its writes.
-            let mut readers: Vec<Client> =
-                reader_addrs.iter().map(|&a| Client::connect(a)).collect();
+            let mut readers: Vec<McConn> = reader_addrs.iter().map(|&a| connect(a)).collect();
             for i in 0..rounds {
                 let value = format!("v{i}").into_bytes();
                 let id = rec.invoke(0, "x", OpKind::Set(Value(value.clone())));
-                let r = w.set("x", &value);
+                let r = w.set("x", &value).unwrap();
                 rec.complete(id, r);
                 for r in readers.iter_mut() {
                     let id = rec.invoke(0, "x", OpKind::Get);
-                    let got = r.get("x");
+                    let got = r.get("x").unwrap();
                     rec.complete(id, got);
                 }
             }
         });
         for (n, &addr) in addrs[1..].iter().enumerate() {
             s.spawn(move || {
-                let mut c = Client::connect(addr);
+                let mut c = connect(addr);
                 for _ in 0..rounds {
                     let id = rec.invoke(n as u32 + 1, "x", OpKind::Get);
-                    let got = c.get("x");
+                    let got = c.get("x").unwrap();
                     rec.complete(id, got);
                 }
             });
@@ -220,11 +148,11 @@ fn replica_states(cluster: &Cluster, keys: usize) -> Vec<ReplicaState> {
             .addrs()
             .into_iter()
             .map(|addr| {
-                let mut c = Client::connect(addr);
+                let mut c = connect(addr);
                 (0..keys)
                     .filter_map(|k| {
                         let key = format!("k{k}");
-                        let (value, cas) = c.gets(&key)?;
+                        let (value, cas) = c.gets(&key).unwrap()?;
                         Some((key, (Value(value), Version::from_cas(cas))))
                     })
                     .collect::<BTreeMap<_, _>>()
@@ -265,11 +193,11 @@ fn eventual_mode_converges_to_the_highest_version_on_every_node() {
                     s.spawn(move || {
                         let client = n * CLIENTS_PER_NODE + k;
                         let mut rng = StdRng::seed_from_u64(seed * 1000 + client as u64);
-                        let mut c = Client::connect(addr);
+                        let mut c = connect(addr);
                         for i in 0..150 {
                             let key = format!("k{}", rng.random_range(0..keys));
                             if rng.random_range(0..10) == 0 {
-                                c.delete(&key);
+                                c.delete(&key).unwrap();
                                 writes.lock().unwrap().push(Write {
                                     key,
                                     value: None,
@@ -278,10 +206,10 @@ fn eventual_mode_converges_to_the_highest_version_on_every_node() {
                                 continue;
                             }
                             let value = format!("c{client}-{i}").into_bytes();
-                            c.set(&key, &value);
+                            c.set(&key, &value).unwrap();
                             // Reads are local: right after the write, this node holds it,
                             // unless a newer write already replaced it.
-                            let version = match c.gets(&key) {
+                            let version = match c.gets(&key).unwrap() {
                                 Some((v, cas)) if v == value => Some(Version::from_cas(cas)),
                                 _ => None,
                             };
@@ -370,18 +298,18 @@ fn in_the_strong_modes_cas_uniques_and_counters_agree_across_nodes() {
     for mode in [Consistency::Linearizable, Consistency::Sequential] {
         let cluster = Cluster::start(3, mode, |_| {});
         let addrs = cluster.addrs();
-        let mut n1 = Client::connect(addrs[0]);
-        let mut n2 = Client::connect(addrs[1]);
-        let mut n3 = Client::connect(addrs[2]);
-        n1.set("k", b"v1");
-        let (_, unique) = n1.gets("k").unwrap();
+        let mut n1 = connect(addrs[0]);
+        let mut n2 = connect(addrs[1]);
+        let mut n3 = connect(addrs[2]);
+        n1.set("k", b"v1").unwrap();
+        let (_, unique) = n1.gets("k").unwrap().unwrap();
         // A unique from one node is good on another: the versions come from the total order.
         let mut raw = RawClient::connect(addrs[1]);
         let cas = format!("cas k 0 0 2 {unique}\r\nv2\r\n");
         assert_eq!(raw.call(cas.as_bytes(), b"\r\n"), b"STORED\r\n", "{mode:?}");
         assert_eq!(raw.call(cas.as_bytes(), b"\r\n"), b"EXISTS\r\n", "{mode:?}");
         // incr through every node: one sequence of results, and one final value everywhere.
-        n3.set("n", b"0");
+        n3.set("n", b"0").unwrap();
         let mut results = Vec::new();
         let mut raws: Vec<RawClient> = addrs.iter().map(|&a| RawClient::connect(a)).collect();
         for _ in 0..10 {
@@ -397,7 +325,7 @@ fn in_the_strong_modes_cas_uniques_and_counters_agree_across_nodes() {
         loop {
             let states: Vec<_> = [&mut n1, &mut n2, &mut n3]
                 .into_iter()
-                .map(|c| c.gets("n"))
+                .map(|c| c.gets("n").unwrap())
                 .collect();
             if states.iter().all(|s| s == &states[0]) {
                 assert_eq!(states[0].as_ref().unwrap().0, b"30", "{mode:?}");
@@ -412,7 +340,11 @@ fn in_the_strong_modes_cas_uniques_and_counters_agree_across_nodes() {
         let mut raw = RawClient::connect(addrs[2]);
         assert_eq!(raw.call(b"flush_all\r\n", b"\r\n"), b"OK\r\n");
         if mode == Consistency::Linearizable {
-            assert_eq!(n1.gets("k"), None, "a read after the flush sees it");
+            assert_eq!(
+                n1.gets("k").unwrap(),
+                None,
+                "a read after the flush sees it"
+            );
         }
     }
 }
@@ -433,12 +365,13 @@ fn eventual_mode_settles_concurrent_writes_by_version() {
         for client in 0..clients {
             let (barrier, addr) = (&barrier, addrs[client % addrs.len()]);
             s.spawn(move || {
-                let mut c = Client::connect(addr);
+                let mut c = connect(addr);
                 for round in 0..ROUNDS {
                     barrier.wait();
                     for k in 0..KEYS {
                         let key = format!("hot{}", (k + client * 7) % KEYS);
-                        c.set(&key, format!("r{round}-c{client}").as_bytes());
+                        c.set(&key, format!("r{round}-c{client}").as_bytes())
+                            .unwrap();
                     }
                 }
             });
@@ -450,7 +383,7 @@ fn eventual_mode_settles_concurrent_writes_by_version() {
         let states = loop {
             let states: Vec<Option<(Vec<u8>, u64)>> = addrs
                 .iter()
-                .map(|&a| Client::connect(a).gets(&key))
+                .map(|&a| connect(a).gets(&key).unwrap())
                 .collect();
             if states.iter().all(|s| s == &states[0]) || Instant::now() > deadline {
                 break states;

@@ -14,11 +14,10 @@
 //! `batching_quirks_of_memcached_are_not_copied`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tailorkv_tests::{Controlet, Memcached, RawClient};
+use tailorkv_tests::{Controlet, RawClient, ServerProcess};
 
 /// The longest a server may take to answer and close.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,14 +34,14 @@ const OUR_VERSION: &str = concat!("1.6.18-tailorkv-", env!("CARGO_PKG_VERSION"))
 
 /// One real memcached and one controlet, both with default settings.
 struct Pair {
-    mc: Memcached,
+    mc: ServerProcess,
     us: Controlet,
 }
 
 impl Pair {
     fn start() -> Self {
         Pair {
-            mc: Memcached::start(),
+            mc: ServerProcess::memcached(&[]),
             us: Controlet::start(),
         }
     }
@@ -85,32 +84,12 @@ fn esc(bytes: &[u8]) -> String {
     }
 }
 
-/// Reads until the server closes the connection (EOF or reset); panics after `IO_TIMEOUT`.
-fn read_to_close(mut stream: TcpStream, addr: SocketAddr) -> Vec<u8> {
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!(
-                "{addr} did not close the connection ({e}); got {}",
-                esc(&got)
-            ),
-        }
-    }
-}
-
 /// Sends `chunks` with a pause between them on a fresh connection, closes the sending side,
 /// and returns everything the server sent until it closed. A writer thread sends while this
 /// thread reads, so large replies never deadlock against a large request.
 fn exchange_chunks(addr: SocketAddr, chunks: &[&[u8]], pause: Duration) -> Vec<u8> {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).unwrap();
-    let mut writer = stream.try_clone().unwrap();
+    let mut client = RawClient::connect(addr);
+    let mut writer = client.try_clone().unwrap();
     let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
     let sender = std::thread::spawn(move || {
         for (i, chunk) in chunks.iter().enumerate() {
@@ -118,13 +97,13 @@ fn exchange_chunks(addr: SocketAddr, chunks: &[&[u8]], pause: Duration) -> Vec<u
                 std::thread::sleep(pause);
             }
             // The server may close first (quit, HTTP): the rest is then unsendable.
-            if writer.write_all(chunk).is_err() {
+            if writer.try_send(chunk).is_err() {
                 return;
             }
         }
-        let _ = writer.shutdown(Shutdown::Write);
+        let _ = writer.close_write();
     });
-    let got = read_to_close(stream, addr);
+    let got = client.read_to_close();
     sender.join().unwrap();
     got
 }
@@ -136,30 +115,10 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 /// Sends `request` without closing the sending side; returns what came back and whether the
 /// server closed the connection within `wait`.
 fn send_and_watch(addr: SocketAddr, request: &[u8], wait: Duration) -> (Vec<u8>, bool) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_nodelay(true).unwrap();
+    let mut client = RawClient::connect(addr);
     // The server may close before reading it all.
-    let _ = stream.write_all(request);
-    let deadline = Instant::now() + wait;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return (got, false);
-        }
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut buf) {
-            Ok(0) => return (got, true),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return (got, false)
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => panic!("reading from {addr}: {e}"),
-        }
-    }
+    let _ = client.try_send(request);
+    client.read_for(wait)
 }
 
 /// Renames CAS uniques in VALUE lines to `c1`, `c2`, ... in order of first appearance (one
@@ -1434,7 +1393,7 @@ fn stats_counters_match_memcached() {
 /// values are sane.
 #[test]
 fn controlet_reports_server_stats() {
-    let mc = Memcached::start();
+    let mc = ServerProcess::memcached(&[]);
     let us = Controlet::start_with(|cfg| cfg.threads = 3);
     let script = "set a 0 0 5\r\nhello\r\nset b 0 0 1\r\nx\r\n";
     assert_eq!(
@@ -1882,7 +1841,7 @@ fn deliberate_lru_crawler_cannot_be_disabled() {
         esc(b"CLIENT_ERROR lru crawler disabled\r\n")
     );
 
-    let broken = Memcached::start();
+    let broken = ServerProcess::memcached(&[]);
     for addr in [pair.us.addr, broken.addr] {
         assert_eq!(
             esc(&metadump(addr, ",")),

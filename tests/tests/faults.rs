@@ -33,11 +33,12 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 use tailorkv_tests::checker::{
-    check_converged, check_linearizable, check_sequential, check_write_order, Budget, ClientId,
-    History, Op, OpKind, OpResult, Recorder, ReplicaState, SequentialVerdict, Value, Write,
+    check_converged, check_linearizable, check_sequential, check_write_order, Budget, History, Op,
+    OpKind, OpResult, Recorder, ReplicaState, SequentialVerdict, Value, Write,
 };
+use tailorkv_tests::client::{Failure, McConn};
 use tailorkv_tests::procs::{Net, ProcCluster};
-use tailorkv_tests::workload::{Failure, McConn, Workload, WorkloadConfig};
+use tailorkv_tests::workload::{learn_version, recorded, Workload, WorkloadConfig};
 
 const LIN: &str = "linearizable";
 const SEQ: &str = "sequential";
@@ -202,7 +203,8 @@ impl Run {
             if let Ok(mut conn) = McConn::connect(self.cluster.addr(node), Duration::from_secs(2)) {
                 match recorded(rec, client, &mut conn, &key, OpKind::Set(value.clone())) {
                     Ok(_) => {
-                        let version = learn_version(rec, client, &mut conn, &key, &value);
+                        let version =
+                            learn_version(rec, client, &mut conn, &key, &value).unwrap_or(None);
                         self.workload.add_write(Write {
                             key: key.clone(),
                             value: Some(value.clone()),
@@ -437,42 +439,6 @@ fn show_state(state: &Result<BTreeMap<String, (Vec<u8>, u64)>, String>) -> Strin
             .collect::<Vec<_>>()
             .join(" "),
         Err(e) => format!("unreadable: {e}"),
-    }
-}
-
-/// Does `kind` through `conn`, recorded under `client`.
-fn recorded(
-    rec: &Recorder,
-    client: ClientId,
-    conn: &mut McConn,
-    key: &str,
-    kind: OpKind,
-) -> Result<OpResult, Failure> {
-    tailorkv_tests::workload::recorded(rec, client, conn, key, kind)
-}
-
-/// Reads `key` back (recorded) to learn the version `value` was stored at.
-fn learn_version(
-    rec: &Recorder,
-    client: ClientId,
-    conn: &mut McConn,
-    key: &str,
-    value: &Value,
-) -> Option<Version> {
-    let id = rec.invoke(client, key, OpKind::Get);
-    match conn.gets(key) {
-        Ok(Some((v, cas))) => {
-            rec.complete(id, OpResult::Hit(Value(v.clone())));
-            (v == value.0).then(|| Version::from_cas(cas))
-        }
-        Ok(None) => {
-            rec.complete(id, OpResult::Miss);
-            None
-        }
-        Err(_) => {
-            rec.fail(id);
-            None
-        }
     }
 }
 
@@ -765,7 +731,8 @@ fn partition_eventual_available() {
     for (node, value) in [(1, &value_1), (2, &value_2)] {
         let client = run.workload.new_client();
         let mut conn = McConn::connect(run.cluster.addr(node), Duration::from_secs(2)).unwrap();
-        let version = learn_version(run.workload.recorder(), client, &mut conn, &key, value);
+        let version =
+            learn_version(run.workload.recorder(), client, &mut conn, &key, value).unwrap_or(None);
         assert!(
             version.is_some(),
             "node {node} does not read its own write of {key} during the partition\n{}",

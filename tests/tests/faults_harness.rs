@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use tailorkv_tests::checker::{OpResult, Value};
-use tailorkv_tests::procs::{answers_version, connect_from, peer_ip, Net, ProcCluster};
-use tailorkv_tests::workload::McConn;
+use tailorkv_tests::client::{probe_version, McConn};
+use tailorkv_tests::procs::{connect_from, peer_ip, Net, ProcCluster};
 
 fn ip(i: usize) -> IpAddr {
     peer_ip(i).into()
@@ -238,26 +238,23 @@ fn proc_cluster_starts_kills_restarts_pauses_and_terminates_nodes() {
     assert!(cluster.is_running(2));
     assert_eq!(cluster.addr(2), addr2, "same port after restart");
     assert_ne!(cluster.pid(2), Some(pid2));
-    assert!(answers_version(addr2, Duration::from_secs(2)));
+    assert!(probe_version(addr2, Duration::from_secs(2)).is_some());
     let log = std::fs::read_to_string(cluster.log_path(2)).unwrap();
     assert!(log.contains("start #2 of node 2"), "{log}");
     assert!(log.contains("--peer-listen 127.0.0.12:"), "{log}");
 
     // A paused node accepts connections (the kernel does) but answers nothing.
     cluster.stop(1);
-    assert!(!answers_version(
-        cluster.addr(1),
-        Duration::from_millis(500)
-    ));
+    assert!(probe_version(cluster.addr(1), Duration::from_millis(500)).is_none());
     assert!(cluster.is_running(1), "a stopped node is alive");
     cluster.cont(1);
-    assert!(answers_version(cluster.addr(1), Duration::from_secs(2)));
+    assert!(probe_version(cluster.addr(1), Duration::from_secs(2)).is_some());
 
     let status = cluster.terminate(3);
     assert!(status.success(), "SIGTERM exit: {status}");
     assert!(!cluster.is_running(3));
     cluster.restart(3);
-    assert!(answers_version(cluster.addr(3), Duration::from_secs(2)));
+    assert!(probe_version(cluster.addr(3), Duration::from_secs(2)).is_some());
 }
 
 #[test]

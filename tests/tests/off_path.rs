@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tailorkv_tests::checker::OpResult;
+use tailorkv_tests::client::{Failure, McConn};
 use tailorkv_tests::procs::ProcCluster;
-use tailorkv_tests::workload::{Failure, McConn};
 
 const LIN: &str = "linearizable";
 const SEQ: &str = "sequential";
@@ -706,7 +706,7 @@ fn whole_cluster_kill_with_disk_loses_no_acknowledged_write() {
 #[test]
 fn a_remote_store_that_restarts_behind_a_replica_is_refilled_not_served() {
     let test = "remote_store_restart";
-    let mut memcached = tailorkv_tests::Memcached::start();
+    let mut memcached = tailorkv_tests::ServerProcess::memcached(&[]);
     let remote = format!("memcached://{}", memcached.addr);
     let cluster = ProcCluster::start_with(3, LIN, &[], |node| {
         if node == 3 {
@@ -722,7 +722,7 @@ fn a_remote_store_that_restarts_behind_a_replica_is_refilled_not_served() {
             OpResult::Stored
         );
     }
-    memcached.restart_empty();
+    memcached.restart();
     // Reads through node 3 answer from its store: never a miss for an acknowledged write.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut refused = 0;

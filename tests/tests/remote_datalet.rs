@@ -8,13 +8,12 @@ mod remote_support;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use remote_support::{Proxy, Raw, Server};
+use remote_support::{controlet_with, datalet_with, memcached_with, Proxy};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, Version};
 use tailorkv_datalet::remote::header::Header;
@@ -22,30 +21,31 @@ use tailorkv_datalet::remote::pool::worker_for;
 use tailorkv_datalet::{
     Datalet, DataletError, Guarded, Limits, Mutation, Outcome, RemoteDatalet, RemoteOptions,
 };
+use tailorkv_tests::{free_port, RawClient, ServerProcess};
 
 const NOW: u64 = 1_700_000_000;
 /// The version a test's `flush_all` is applied at.
 const FLUSH_VERSION: Version = Version::new(1, NodeId(0));
 
 /// A remote datalet on `server`, which lives as long as it.
-fn on(server: Server, limits: Limits) -> Guarded<RemoteDatalet> {
+fn on(server: ServerProcess, limits: Limits) -> Guarded<RemoteDatalet> {
     let datalet = RemoteDatalet::new(server.addr.to_string(), limits, RemoteOptions::default());
     Guarded::new(datalet, server)
 }
 
 mod conformance_on_memcached {
     use super::*;
-    tailorkv_datalet::conformance_tests!(|limits| on(Server::memcached(limits), limits));
+    tailorkv_datalet::conformance_tests!(|limits| on(memcached_with(limits), limits));
 }
 
 mod conformance_on_controlet {
     use super::*;
-    tailorkv_datalet::conformance_tests!(|limits| on(Server::controlet(limits), limits));
+    tailorkv_datalet::conformance_tests!(|limits| on(controlet_with(limits), limits));
 }
 
 mod conformance_on_datalet_binary {
     use super::*;
-    tailorkv_datalet::conformance_tests!(|limits| on(Server::datalet(limits), limits));
+    tailorkv_datalet::conformance_tests!(|limits| on(datalet_with(limits), limits));
 }
 
 fn v(ts: u64) -> Version {
@@ -92,12 +92,12 @@ fn key_per_connection() -> Vec<Bytes> {
 
 #[tokio::test]
 async fn values_carry_a_header_that_another_datalet_reads_back() {
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let d = remote(server.addr);
     let m = store(StoreMode::Set, "hello", 42, Expiry::At(NOW + 100));
     assert_eq!(d.apply(&key("k"), m, v(5), NOW).await, Ok(Outcome::Stored));
 
-    let reply = Raw::connect(server.addr).call(b"gets k\r\n", b"END\r\n");
+    let reply = RawClient::connect(server.addr).call(b"gets k\r\n", b"END\r\n");
     let head = format!("VALUE k 42 {} ", 31 + 5);
     assert!(reply.starts_with(head.as_bytes()), "{reply:?}");
     let start = reply.iter().position(|&b| b == b'\n').unwrap() + 1;
@@ -120,8 +120,8 @@ async fn values_carry_a_header_that_another_datalet_reads_back() {
 
 #[tokio::test]
 async fn a_value_without_a_header_reads_as_absent_and_a_store_replaces_it() {
-    let server = Server::memcached(Limits::default());
-    let mut raw = Raw::connect(server.addr);
+    let server = memcached_with(Limits::default());
+    let mut raw = RawClient::connect(server.addr);
     assert_eq!(
         raw.call(b"set k 3 0 5\r\nhello\r\n", b"\r\n"),
         b"STORED\r\n"
@@ -151,7 +151,7 @@ async fn the_header_counts_against_the_item_size_limit() {
         item_size_max: 1024,
         ..Limits::default()
     };
-    let d = on(Server::memcached(limits), limits);
+    let d = on(memcached_with(limits), limits);
     // memcached counts 60 bytes besides a 1-byte key and the value: 964 bytes fill 1024.
     let at_limit = "x".repeat(964 - 31);
     let over = "x".repeat(964 - 30);
@@ -172,9 +172,9 @@ async fn the_header_counts_against_the_item_size_limit() {
 
 #[tokio::test]
 async fn an_item_changed_to_already_expired_leaves_the_server_only_if_unchanged() {
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let d = remote(server.addr);
-    let mut raw = Raw::connect(server.addr);
+    let mut raw = RawClient::connect(server.addr);
     let k = key("k");
     d.apply(&k, set("a"), v(1), NOW).await.unwrap();
     let touch = Mutation::Touch {
@@ -199,7 +199,7 @@ async fn an_item_changed_to_already_expired_leaves_the_server_only_if_unchanged(
 
 #[tokio::test]
 async fn the_clock_lives_in_a_reserved_key_and_only_goes_up() {
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let d = remote(server.addr);
     assert_eq!(d.load_clock().await, Ok(0));
     d.save_clock(5_000).await.unwrap();
@@ -228,7 +228,7 @@ async fn the_clock_lives_in_a_reserved_key_and_only_goes_up() {
 async fn operations_on_one_key_keep_their_order_under_concurrency() {
     const TASKS: u64 = 16;
     const OPS: u64 = 40;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let d = Arc::new(remote(server.addr));
     for k in ["c0", "c1", "c2", "c3", "log0", "log1", "log2", "log3"] {
         let initial = if k.starts_with('c') { "0" } else { "" };
@@ -313,7 +313,7 @@ async fn queued_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operations_queued_on_one_key_take_effect_in_queue_order() {
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let d = remote(server.addr);
     let keys = key_per_connection();
     let mut ops = Vec::new();
@@ -342,7 +342,7 @@ async fn operations_queued_on_one_key_take_effect_in_queue_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_datalets_on_one_server_never_lose_each_others_updates() {
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let datalets = [Arc::new(remote(server.addr)), Arc::new(remote(server.addr))];
     let n = key("n");
     datalets[0].apply(&n, set("0"), v(1), NOW).await.unwrap();
@@ -378,7 +378,7 @@ fn one_connection(addr: SocketAddr, request_timeout: Duration) -> RemoteDatalet 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_and_sets_on_one_connection_are_pipelined() {
     const JOBS: u64 = 200;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let proxy = Proxy::start(server.addr).await;
     let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
     for i in 0..JOBS {
@@ -421,7 +421,7 @@ async fn reads_and_sets_on_one_connection_are_pipelined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn read_modify_writes_queued_together_share_their_round_trips() {
     const KEYS: u64 = 100;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let proxy = Proxy::start(server.addr).await;
     let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
     for i in 0..KEYS {
@@ -470,7 +470,7 @@ async fn read_modify_writes_queued_together_share_their_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gets_queued_together_share_one_request_and_each_gets_its_own_answer() {
     const KEYS: usize = 100;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let proxy = Proxy::start(server.addr).await;
     let d = Arc::new(one_connection(proxy.addr, Duration::from_secs(5)));
     for i in 0..KEYS {
@@ -557,7 +557,7 @@ fn step<'a>(d: &'a RemoteDatalet, k: &Bytes, m: Option<Mutation>, ts: u64) -> St
 async fn pipelined_and_read_modify_write_operations_on_one_key_keep_their_order() {
     const TASKS: u64 = 8;
     const ROUNDS: u64 = 25;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let options = RemoteOptions {
         connections: 2,
         ..RemoteOptions::default()
@@ -635,7 +635,7 @@ async fn pipelined_and_read_modify_write_operations_on_one_key_keep_their_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_in_flight_fail_together_when_the_connection_stalls_or_drops_and_then_recover() {
     const JOBS: usize = 40;
-    let server = Server::memcached(Limits::default());
+    let server = memcached_with(Limits::default());
     let proxy = Proxy::start(server.addr).await;
     let d = Arc::new(one_connection(proxy.addr, Duration::from_millis(500)));
     d.save_clock(99).await.unwrap();
@@ -691,7 +691,7 @@ async fn jobs_in_flight_fail_together_when_the_connection_stalls_or_drops_and_th
 
     // Then the connection comes back, and the clock is put back with it.
     proxy.delay_replies(Duration::ZERO);
-    let raw = Raw::connect(server.addr).call(b"delete __tailorkv_clock\r\n", b"\r\n");
+    let raw = RawClient::connect(server.addr).call(b"delete __tailorkv_clock\r\n", b"\r\n");
     assert_eq!(raw, b"DELETED\r\n");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -712,7 +712,7 @@ fn is_unavailable<T: std::fmt::Debug>(result: &Result<T, DataletError>) -> bool 
 
 #[tokio::test]
 async fn a_restarted_server_is_reconnected_and_the_outage_fails_promptly() {
-    let mut server = Server::memcached(Limits::default());
+    let mut server = memcached_with(Limits::default());
     let d = remote(server.addr);
     d.save_clock(77).await.unwrap();
     let keys = key_per_connection();
@@ -754,10 +754,7 @@ async fn a_restarted_server_is_reconnected_and_the_outage_fails_promptly() {
 
 #[tokio::test]
 async fn nothing_listening_is_unavailable_at_once() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let d = remote(addr);
     let started = Instant::now();
     assert!(is_unavailable(&d.get(b"k", NOW).await));
@@ -789,45 +786,12 @@ async fn a_server_that_never_answers_times_out_and_then_fails_fast() {
     assert!(started.elapsed() < Duration::from_millis(200));
 }
 
-/// A controlet process; dropping it kills it.
-struct Controlet(Child);
-
-impl Drop for Controlet {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A controlet binary storing into `memcached`, on a free port.
-fn controlet_on(memcached: SocketAddr) -> (Controlet, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let child = Command::new(env!("CARGO_BIN_EXE_controlet"))
-        .args(["--listen", &addr.to_string(), "--threads", "2"])
-        .args(["--datalet", &format!("memcached://{memcached}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start controlet");
-    let child = Controlet(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "controlet not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, addr)
-}
-
 #[test]
 fn a_controlet_on_memcached_serves_clients_and_rides_out_a_memcached_restart() {
-    let mut memcached = Server::memcached(Limits::default());
-    let (_controlet, addr) = controlet_on(memcached.addr);
-    let mut c = Raw::connect(addr);
+    let mut memcached = memcached_with(Limits::default());
+    let datalet = format!("memcached://{}", memcached.addr);
+    let controlet = ServerProcess::controlet(&["--threads", "2", "--datalet", &datalet]);
+    let mut c = RawClient::connect(controlet.addr);
     assert_eq!(c.call(b"set k 5 0 5\r\nhello\r\n", b"\r\n"), b"STORED\r\n");
     let gets = c.call(b"gets k\r\n", b"END\r\n");
     let line = String::from_utf8(gets.clone()).unwrap();
@@ -850,7 +814,7 @@ fn a_controlet_on_memcached_serves_clients_and_rides_out_a_memcached_restart() {
     let non_numeric = c.call(b"incr k 1\r\n", b"\r\n");
     assert!(non_numeric.starts_with(b"CLIENT_ERROR"), "{non_numeric:?}");
     // memcached holds the value behind the header, the flags in its own field.
-    let raw = Raw::connect(memcached.addr).call(b"get k\r\n", b"END\r\n");
+    let raw = RawClient::connect(memcached.addr).call(b"get k\r\n", b"END\r\n");
     assert!(raw.starts_with(b"VALUE k 6 35\r\nTKV\x01"), "{raw:?}");
 
     memcached.kill();
@@ -870,6 +834,6 @@ fn a_controlet_on_memcached_serves_clients_and_rides_out_a_memcached_restart() {
         b"VALUE k 0 5\r\nagain\r\nEND\r\n"
     );
     // The clock reservation was put back into the memcached that restarted empty.
-    let clock = Raw::connect(memcached.addr).call(b"get __tailorkv_clock\r\n", b"END\r\n");
+    let clock = RawClient::connect(memcached.addr).call(b"get __tailorkv_clock\r\n", b"END\r\n");
     assert!(clock.starts_with(b"VALUE __tailorkv_clock 0 "), "{clock:?}");
 }
