@@ -846,7 +846,7 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
     let large = (value_size > 0).then(|| LargeWrites::start(&run.cluster.addrs()));
     let mut rng = StdRng::seed_from_u64(run.seed);
     let end = Instant::now() + nemesis_duration();
-    let mut markers = Vec::new();
+    let mut markers: Vec<(String, Value)> = Vec::new();
     let mut round = 0;
     while Instant::now() < end {
         round += 1;
@@ -911,13 +911,25 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
             Some(slowest),
             &format!("fault={fault:?} {}", run.tags()),
         );
-        markers.push(key);
+        if mode == EVENTUAL && matches!(fault, Fault::Kill(_) | Fault::MajorityKill(..)) {
+            // A node restarted empty serves at once and is refilled by anti-entropy. Until it
+            // is, the data it lost lives on the others only, and the next fault could take
+            // every copy: so the next fault waits for the refill, which must come within
+            // CATCH_UP_WITHIN.
+            for (earlier, value) in &markers {
+                for i in 1..=3 {
+                    run.await_serves(i, earlier, value, undone);
+                }
+            }
+        }
+        markers.push((key, value));
     }
     eprintln!("{test}: {round} faults");
     run.run_for(Duration::from_secs(1));
     if let Some(large) = large {
         large.finish(&run);
     }
+    let markers: Vec<String> = markers.into_iter().map(|(key, _)| key).collect();
     run.finish(&markers);
 }
 
