@@ -2074,13 +2074,14 @@ fn planted_early_write_acks_are_caught() {
 /// publishes `CatchingUp` and counts the reset before emptying the store, and
 /// `Replicator::read_locally` reads again when a reset began under it.
 ///
-/// The seeds reach that state of the core by chance (about 1 run in 1000); if a change of the
-/// core makes both miss it, this test fails and asks for new seeds (find them with
-/// `reset_while_serving > 0` in a soak).
+/// The seeds reach that state of the core by chance (about 1 run in 1000, and a read lands in
+/// the window in about 1 of 15 of those); if a change of the core makes both miss it, this
+/// test fails and asks for new seeds (find them with `reset_while_serving > 0` and
+/// `local_reads > 0` in a sweep of seeds, then keep those the planted race fails).
 #[test]
 fn a_local_read_during_a_reset_breaks_sequential_consistency() {
     let mut reproduced = 0;
-    for seed in [4559, 27231] {
+    for seed in [10663, 46967] {
         let stats = run_seed(seed, Planted::None, 0).unwrap_or_else(|f| panic!("{f}"));
         if stats.reset_while_serving == 0 {
             println!("seed {seed} no longer resets a node that published Serving");
