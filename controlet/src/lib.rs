@@ -12,6 +12,8 @@
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
 //! - [`replication`]: the driver that orders operations through the TOB and applies them.
+//! - `sim` (with the `sim` feature, and in tests): a seeded simulation of a cluster on the
+//!   total order, generic over what runs on each node.
 //! - [`process`]: logging and signal handling shared by the `controlet` and `datalet`
 //!   binaries (`src/bin/datalet.rs` serves one store over the memcached protocol).
 //!
@@ -26,6 +28,8 @@ pub mod peer;
 pub mod process;
 pub mod replication;
 pub mod server;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod stats;
 pub mod tob;
 pub mod weigh;

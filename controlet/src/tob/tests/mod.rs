@@ -1,0 +1,591 @@
+//! Tests of the total-order broadcast.
+//!
+//! Here, focused tests of the core's rules, driven by hand. In `simulation`, the core in the seeded
+//! cluster simulation ([`crate::sim`]) with unique numbers as operations, under every kind of
+//! fault. In `regressions`, the defects the simulation found, each reduced to a few
+//! hand-driven steps, with the shortest seeds that showed them.
+
+mod regressions;
+mod simulation;
+
+use super::*;
+
+pub(super) type Op = u64;
+
+pub(super) fn ids(n: u16) -> Vec<NodeId> {
+    (1..=n).map(NodeId).collect()
+}
+
+/// Hands every queued message to its destination at once, and pays owed acks, until quiet.
+pub(super) fn route(nodes: &mut [Tob<Op>]) {
+    loop {
+        let mut any = false;
+        for i in 0..nodes.len() {
+            for env in nodes[i].take_messages() {
+                any = true;
+                let to = env.to.0 as usize - 1;
+                nodes[to].step(env.from, env.incarnation, env.message);
+            }
+        }
+        for node in nodes.iter_mut() {
+            node.ack();
+        }
+        if !any {
+            return;
+        }
+    }
+}
+
+/// `n` nodes (incarnation 1) that formed their first view over an instant network, with
+/// nothing left to send or carry out.
+pub(super) fn formed(n: u16) -> Vec<Tob<Op>> {
+    let universe = ids(n);
+    let mut nodes: Vec<Tob<Op>> = universe
+        .iter()
+        .map(|&id| Tob::new(id, 1, &universe, 0, Timing::default()))
+        .collect();
+    for _ in 0..10_000 {
+        if nodes.iter().all(|t| t.state() == NodeState::Serving) {
+            break;
+        }
+        for node in nodes.iter_mut() {
+            node.tick();
+        }
+        route(&mut nodes);
+    }
+    route(&mut nodes);
+    for node in nodes.iter_mut() {
+        assert_eq!(node.state(), NodeState::Serving);
+        assert_eq!(node.view().epoch, 1);
+        assert_eq!(node.view().members.len(), n as usize);
+        let events = node.take_events();
+        assert_eq!(events, vec![Event::Serving { epoch: 1 }]);
+    }
+    nodes
+}
+
+/// Ticks every node and routes at once, until `done` (at most 5,000 times).
+fn tick_until(nodes: &mut [Tob<Op>], mut done: impl FnMut(&mut [Tob<Op>]) -> bool) {
+    for _ in 0..5_000 {
+        for node in nodes.iter_mut() {
+            node.tick();
+        }
+        route(nodes);
+        if done(nodes) {
+            return;
+        }
+    }
+}
+
+/// The last snapshot `node` was told to await, among its events (which it takes).
+fn awaited_state(node: &mut Tob<Op>) -> Option<(u64, u64)> {
+    node.take_events().into_iter().rev().find_map(|e| match e {
+        Event::AwaitState { epoch, seq, .. } => Some((epoch, seq)),
+        _ => None,
+    })
+}
+
+pub(super) fn delivered_ops(events: &[Event<Op>]) -> Vec<(u64, Op)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Deliver(d) => Some((d.seq, d.op)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_node_forms_its_view_and_delivers_at_once() {
+    let mut tob = Tob::<Op>::new(NodeId(1), 1, &[NodeId(1)], 0, Timing::default());
+    assert_eq!(tob.state(), NodeState::Booting);
+    tob.tick();
+    assert_eq!(tob.state(), NodeState::Serving);
+    assert_eq!(tob.take_events(), vec![Event::Serving { epoch: 1 }]);
+    tob.propose(7);
+    tob.propose(8);
+    tob.flush();
+    assert_eq!(delivered_ops(&tob.take_events()), vec![(1, 7), (2, 8)]);
+    assert!(tob.take_messages().is_empty(), "nobody to tell");
+    assert_eq!(tob.delivered(), 2);
+}
+
+#[test]
+fn a_single_node_continues_from_what_it_delivered_before() {
+    let mut tob = Tob::<Op>::new(NodeId(1), 2, &[NodeId(1)], 5, Timing::default());
+    tob.tick();
+    tob.propose(9);
+    tob.flush();
+    let events = tob.take_events();
+    assert_eq!(delivered_ops(&events), vec![(6, 9)]);
+}
+
+#[test]
+fn batches_carry_many_operations_in_one_message_per_peer() {
+    let mut nodes = formed(3);
+    for op in 0..100 {
+        nodes[0].propose(op);
+    }
+    assert!(
+        nodes[0].take_messages().is_empty(),
+        "nothing sent before flush"
+    );
+    nodes[0].flush();
+    let sent = nodes[0].take_messages();
+    assert_eq!(sent.len(), 2, "one broadcast per peer for 100 operations");
+    let mut to: Vec<NodeId> = sent.iter().map(|e| e.to).collect();
+    to.sort();
+    assert_eq!(to, vec![NodeId(2), NodeId(3)]);
+    for env in &sent {
+        assert!(
+            matches!(&env.message, Message::Broadcast { ops, epoch: 1, .. } if *ops == (0..100).collect::<Vec<_>>())
+        );
+    }
+}
+
+#[test]
+fn ack_pays_what_is_owed_once_per_burst() {
+    let mut nodes = formed(2);
+    nodes[1].ack();
+    assert!(
+        nodes[1].take_messages().is_empty(),
+        "nothing owed, nothing sent"
+    );
+    let mut broadcasts = Vec::new();
+    for op in [1, 2] {
+        nodes[0].propose(op);
+        nodes[0].flush();
+        broadcasts.extend(nodes[0].take_messages());
+    }
+    assert_eq!(broadcasts.len(), 2);
+    let last_ts = match broadcasts[1].message {
+        Message::Broadcast { ts, .. } => ts,
+        _ => panic!("not a broadcast: {:?}", broadcasts[1]),
+    };
+    for env in broadcasts {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    nodes[1].ack();
+    let sent = nodes[1].take_messages();
+    assert_eq!(sent.len(), 1, "one ack for the burst: {sent:?}");
+    match &sent[0].message {
+        Message::Ack { ts, received, .. } => {
+            assert!(
+                *ts > last_ts,
+                "the ack's timestamp passes what it acknowledges"
+            );
+            assert!(received.contains(&(NodeId(1), last_ts)));
+        }
+        other => panic!("not an ack: {other:?}"),
+    }
+    nodes[1].ack();
+    assert!(nodes[1].take_messages().is_empty(), "paid once");
+    // A broadcast owed an ack is also paid by the next tick.
+    nodes[0].propose(3);
+    nodes[0].flush();
+    for env in nodes[0].take_messages() {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    nodes[1].tick();
+    let sent = nodes[1].take_messages();
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(sent[0].message, Message::Ack { .. }));
+}
+
+#[test]
+fn a_quiet_member_sends_heartbeats_after_the_heartbeat_interval() {
+    let mut nodes = formed(2);
+    let heartbeat = Timing::default().heartbeat;
+    // Tick until something is sent: from then on the member is quiet.
+    let mut ticks = 0;
+    loop {
+        nodes[1].tick();
+        ticks += 1;
+        if !nodes[1].take_messages().is_empty() {
+            break;
+        }
+        assert!(ticks <= heartbeat, "no heartbeat within {heartbeat} ticks");
+    }
+    for _ in 0..heartbeat - 1 {
+        nodes[1].tick();
+        assert!(
+            nodes[1].take_messages().is_empty(),
+            "acks only when owed or after a quiet spell"
+        );
+    }
+    nodes[1].tick();
+    let sent = nodes[1].take_messages();
+    assert_eq!(sent.len(), 1, "heartbeat");
+    assert!(matches!(sent[0].message, Message::Ack { epoch: 1, .. }));
+    assert_eq!(sent[0].to, NodeId(1));
+}
+
+#[test]
+fn nothing_is_delivered_until_every_member_reported_receipt() {
+    let mut nodes = formed(3);
+    nodes[0].propose(1);
+    nodes[0].flush();
+    assert!(
+        delivered_ops(&nodes[0].take_events()).is_empty(),
+        "delivered without hearing from 2 and 3"
+    );
+    let broadcasts = nodes[0].take_messages();
+    let to = |n: NodeId, envs: &[Envelope<Op>]| -> Vec<Envelope<Op>> {
+        envs.iter().filter(|e| e.to == n).cloned().collect()
+    };
+    for env in to(NodeId(2), &broadcasts) {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    nodes[1].ack();
+    let from_2 = nodes[1].take_messages();
+    for env in to(NodeId(1), &from_2) {
+        nodes[0].step(env.from, env.incarnation, env.message);
+    }
+    assert!(
+        delivered_ops(&nodes[0].take_events()).is_empty(),
+        "delivered without hearing from 3"
+    );
+    assert!(
+        delivered_ops(&nodes[1].take_events()).is_empty(),
+        "2 delivered without hearing from 3"
+    );
+    for env in to(NodeId(3), &broadcasts) {
+        nodes[2].step(env.from, env.incarnation, env.message);
+    }
+    nodes[2].ack();
+    let from_3 = nodes[2].take_messages();
+    for env in to(NodeId(1), &from_3) {
+        nodes[0].step(env.from, env.incarnation, env.message);
+    }
+    assert_eq!(delivered_ops(&nodes[0].take_events()), vec![(1, 1)]);
+    for env in to(NodeId(2), &from_3) {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    assert_eq!(delivered_ops(&nodes[1].take_events()), vec![(1, 1)]);
+}
+
+#[test]
+fn a_flush_splits_proposals_into_broadcasts_bounded_in_bytes() {
+    let mut nodes = formed(3);
+    // Each u64 weighs 8 bytes: batches of 24 bytes hold three.
+    nodes[0].set_batch_bytes(24);
+    for op in 0..10 {
+        nodes[0].propose(op);
+    }
+    assert_eq!(nodes[0].own_bytes(), 80);
+    nodes[0].flush();
+    let messages = nodes[0].take_messages();
+    let broadcasts: Vec<usize> = messages
+        .iter()
+        .filter(|env| env.to == NodeId(2))
+        .filter_map(|env| match &env.message {
+            Message::Broadcast { ops, .. } => Some(ops.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(broadcasts, vec![3, 3, 3, 1]);
+    assert_eq!(nodes[0].own_bytes(), 80, "broadcast, not delivered yet");
+    for env in messages {
+        let to = env.to.0 as usize - 1;
+        nodes[to].step(env.from, env.incarnation, env.message);
+    }
+    for node in nodes.iter_mut() {
+        node.ack();
+    }
+    route(&mut nodes);
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let ops: Vec<(u64, Op)> = delivered_ops(&node.take_events());
+        let want: Vec<(u64, Op)> = (0..10).map(|op| (op + 1, op)).collect();
+        assert_eq!(ops, want, "node {}", i + 1);
+    }
+    assert_eq!(nodes[0].own_bytes(), 0);
+}
+
+#[test]
+fn own_bytes_fall_as_proposals_are_delivered() {
+    let mut nodes = formed(3);
+    for op in 0..5 {
+        nodes[1].propose(op);
+    }
+    assert_eq!(nodes[1].own_bytes(), 40);
+    nodes[1].flush();
+    route(&mut nodes);
+    assert_eq!(delivered_ops(&nodes[1].take_events()).len(), 5);
+    assert_eq!(nodes[1].own_bytes(), 0);
+}
+
+#[test]
+fn a_member_that_asks_to_resync_is_given_a_snapshot_while_the_others_go_on() {
+    let mut nodes = formed(3);
+    nodes[1].resync();
+    assert_eq!(nodes[1].state(), NodeState::CatchingUp);
+    // The others still deliver: the resyncing member keeps acknowledging broadcasts.
+    nodes[0].propose(7);
+    nodes[0].flush();
+    route(&mut nodes);
+    assert_eq!(delivered_ops(&nodes[0].take_events()), vec![(1, 7)]);
+    assert!(delivered_ops(&nodes[1].take_events()).is_empty());
+    // It asks for a view change in which it is a member to be given the state.
+    let mut awaited = None;
+    let mut sent = None;
+    tick_until(&mut nodes, |nodes| {
+        awaited = awaited_state(&mut nodes[1]).or(awaited);
+        for i in [0, 2] {
+            for event in nodes[i].take_events() {
+                if let Event::SendState { epoch, seq, to } = event {
+                    assert_eq!(to, vec![NodeId(2)]);
+                    sent = Some((epoch, seq));
+                }
+            }
+        }
+        awaited.is_some() && sent.is_some()
+    });
+    assert_eq!(awaited, Some((2, 1)), "a view that gives it state at seq 1");
+    assert_eq!(sent, awaited);
+    nodes[1].state_installed(2, 1);
+    assert_eq!(nodes[1].state(), NodeState::Serving);
+}
+
+#[test]
+fn proposals_not_yet_broadcast_can_be_withdrawn() {
+    let mut nodes = formed(3);
+    nodes[0].resync(); // not serving: proposals wait in the buffer
+    for op in 0..4 {
+        nodes[0].propose(op);
+    }
+    nodes[0].flush();
+    assert_eq!(nodes[0].proposed_len(), 4);
+    assert_eq!(nodes[0].own_bytes(), 32);
+    nodes[0].withdraw(|&op| op % 2 == 0);
+    assert_eq!(nodes[0].proposed_len(), 2);
+    assert_eq!(nodes[0].own_bytes(), 16);
+}
+
+#[test]
+fn a_member_that_is_not_synced_promises_with_no_pending_batches() {
+    let mut nodes = formed(3);
+    // Node 2 holds a broadcast of node 1 undelivered (node 3 has not seen it).
+    nodes[0].propose(9);
+    nodes[0].flush();
+    for env in nodes[0].take_messages() {
+        if env.to == NodeId(2) {
+            nodes[1].step(env.from, env.incarnation, env.message);
+        }
+    }
+    let _ = nodes[1].take_messages();
+    // While synced, node 2 would report it; once resyncing, it reports nothing.
+    nodes[1].resync();
+    nodes[0].force_next_view();
+    nodes[0].tick();
+    let prepare: Vec<_> = nodes[0]
+        .take_messages()
+        .into_iter()
+        .filter(|env| env.to == NodeId(2) && matches!(env.message, Message::Prepare { .. }))
+        .collect();
+    assert_eq!(prepare.len(), 1, "node 1 leads a view change");
+    for env in prepare {
+        nodes[1].step(env.from, env.incarnation, env.message);
+    }
+    let promises: Vec<Standing<Op>> = nodes[1]
+        .take_messages()
+        .into_iter()
+        .filter_map(|env| match env.message {
+            Message::Promise { standing, .. } => Some(standing),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(promises.len(), 1);
+    assert!(!promises[0].synced);
+    assert!(
+        promises[0].pending.is_empty(),
+        "a member catching up sent its backlog: {:?}",
+        promises[0].pending
+    );
+}
+
+/// Messages of a later epoch are kept up to [`EARLY_BYTES`], however few: past that, the
+/// sender's link counts as broken for that epoch (so a view holding it changes) rather than
+/// the node keeping whatever arrives.
+#[test]
+fn early_messages_are_bounded_in_bytes() {
+    let mut nodes = formed(3);
+    let incarnation = nodes[1].incarnation;
+    // Broadcasts of just over 8 MiB each: seven fit in 64 MiB, the eighth does not.
+    let ops: Vec<Op> = vec![7; (8 << 20) / 8];
+    for i in 0..10u64 {
+        let message = Message::Broadcast {
+            epoch: 2,
+            ts: 1_000 + i,
+            received: Vec::new(),
+            ops: ops.clone(),
+        };
+        nodes[2].step(NodeId(2), incarnation, message);
+    }
+    assert!(nodes[2].early_bytes <= EARLY_BYTES);
+    assert_eq!(
+        nodes[2].early.len(),
+        7,
+        "64 MiB holds seven broadcasts of 8 MiB"
+    );
+    assert_eq!(nodes[2].early_lost.get(&NodeId(2)), Some(&2));
+}
+
+/// A node catching up holds everything broadcast while it waits for its snapshot. Past
+/// [`Tob::set_catch_up_bytes`] it stops reporting receipts, so the others deliver no further
+/// (their proposers then stop at the driver's in-flight bound) and what it holds stays
+/// bounded; once its snapshot is installed it delivers the backlog and reports again.
+#[test]
+fn a_node_catching_up_holds_a_bounded_backlog() {
+    let mut nodes = formed(3);
+    // A broadcast of one operation weighs 16 bytes: the third passes 40.
+    nodes[1].set_catch_up_bytes(40);
+    nodes[1].resync();
+    let broadcast = |nodes: &mut Vec<Tob<Op>>, ops: std::ops::Range<Op>| {
+        for op in ops {
+            nodes[0].propose(op);
+            nodes[0].flush();
+            route(nodes);
+        }
+    };
+    broadcast(&mut nodes, 0..10);
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        vec![(1, 0), (2, 1)],
+        "delivery stops at the receipts node 2 reported before its backlog passed the bound"
+    );
+    // The view change that gives node 2 its snapshot delivers the rest from the tail.
+    let mut awaited = None;
+    tick_until(&mut nodes, |nodes| {
+        awaited = awaited_state(&mut nodes[1]).or(awaited);
+        awaited.is_some()
+    });
+    let (epoch, seq) = awaited.expect("a view that gives node 2 its state");
+    assert_eq!(seq, 10);
+    let tail = delivered_ops(&nodes[0].take_events());
+    assert_eq!(tail.len(), 8, "{tail:?}");
+    // Waiting for its snapshot in the new view, it holds back again.
+    broadcast(&mut nodes, 100..110);
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        vec![(11, 100), (12, 101)]
+    );
+    nodes[1].state_installed(epoch, seq);
+    nodes[1].ack();
+    route(&mut nodes);
+    let expected: Vec<(u64, Op)> = (100..110).map(|op| (op - 89, op)).collect();
+    assert_eq!(
+        delivered_ops(&nodes[1].take_events()),
+        expected,
+        "node 2 delivers its backlog"
+    );
+    assert_eq!(
+        delivered_ops(&nodes[0].take_events()),
+        expected[2..],
+        "and reports it, so the others deliver the rest"
+    );
+}
+
+/// Safety. Two of three nodes restart empty while the third, still in the view, holds every
+/// delivered batch; its messages are slow. Before: the restarted pair, both at epoch 0,
+/// formed a first view of their own as soon as they had each other's promises, and started
+/// the cluster over empty beside the survivor (split brain, every write lost). Now a first
+/// view waits for every node it hears from: they learn the survivor's view instead, and
+/// the cluster waits for the operator ([`Tob::force_next_view`] on the survivor), which then
+/// brings them in with the survivor's state.
+#[test]
+fn nodes_that_restart_empty_beside_a_survivor_do_not_start_over() {
+    let mut nodes = formed(3);
+    nodes[2].propose(5);
+    nodes[2].flush();
+    route(&mut nodes);
+    let universe = ids(3);
+    nodes[0] = Tob::new(NodeId(1), 2, &universe, 0, Timing::default());
+    nodes[1] = Tob::new(NodeId(2), 2, &universe, 0, Timing::default());
+    let _ = nodes[2].take_events();
+    // The survivor's messages take 50 ticks (longer than a coordinator waits for the rest
+    // once it has a majority); the others' are instant.
+    let mut slow: Vec<(u64, Envelope<Op>)> = Vec::new();
+    let mut now = 0;
+    let mut run = |nodes: &mut Vec<Tob<Op>>, ticks: u64| {
+        for _ in 0..ticks {
+            now += 1;
+            let t = now;
+            for node in nodes.iter_mut() {
+                node.tick();
+            }
+            for _ in 0..3 {
+                for i in 0..3 {
+                    for env in nodes[i].take_messages() {
+                        if env.from == NodeId(3) {
+                            slow.push((t + 50, env));
+                        } else {
+                            let to = env.to.0 as usize - 1;
+                            nodes[to].step(env.from, env.incarnation, env.message);
+                        }
+                    }
+                }
+                let (due, later): (Vec<_>, Vec<_>) = slow.drain(..).partition(|(at, _)| *at <= t);
+                slow = later;
+                for (_, env) in due {
+                    let to = env.to.0 as usize - 1;
+                    nodes[to].step(env.from, env.incarnation, env.message);
+                }
+                for node in nodes.iter_mut() {
+                    node.ack();
+                }
+            }
+        }
+    };
+    for _ in 0..300 {
+        run(&mut nodes, 10);
+        for (i, node) in nodes.iter_mut().take(2).enumerate() {
+            assert_ne!(
+                node.state(),
+                NodeState::Serving,
+                "node {} formed a view without the survivor: {:?}",
+                i + 1,
+                node.view()
+            );
+            let events = node.take_events();
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, Event::Serving { .. } | Event::Deliver(_))),
+                "{events:?}"
+            );
+        }
+    }
+    assert_eq!(
+        nodes[2].view().epoch,
+        1,
+        "the survivor alone changes nothing"
+    );
+    // The operator tells the survivor to go on: all three serve, from its state.
+    nodes[2].force_next_view();
+    let mut first_state = None;
+    for _ in 0..50 {
+        run(&mut nodes, 100);
+        for i in 0..3 {
+            for event in nodes[i].take_events() {
+                if let Event::SendState { epoch, seq, to } = event {
+                    first_state.get_or_insert((i, seq));
+                    for j in to {
+                        nodes[j.0 as usize - 1].state_installed(epoch, seq);
+                    }
+                }
+            }
+        }
+        let epochs: Vec<u64> = nodes.iter().map(|n| n.view().epoch).collect();
+        let all_serving = nodes.iter().all(|n| n.state() == NodeState::Serving);
+        if all_serving && epochs.iter().all(|&e| e == epochs[0]) {
+            assert_eq!(nodes[0].view().members.len(), 3);
+            assert_eq!(
+                first_state,
+                Some((2, 1)),
+                "the survivor sends its state, which holds the delivered operation"
+            );
+            return;
+        }
+    }
+    panic!("the three nodes never served together after the survivor was told to go on");
+}
