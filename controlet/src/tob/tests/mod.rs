@@ -1,11 +1,13 @@
 //! Tests of the total-order broadcast.
 //!
-//! Here, focused tests of the core's rules, driven by hand. In `simulation`, the core in the seeded
-//! cluster simulation ([`crate::sim`]) with unique numbers as operations, under every kind of
-//! fault. In `regressions`, the defects the simulation found, each reduced to a few
+//! Here, focused tests of the core's rules, driven by hand; in `script`, more of them as text
+//! scripts (`scripts/*.txt`) of commands and what they print. In `simulation`, the core in the
+//! seeded cluster simulation ([`crate::sim`]) with unique numbers as operations, under every
+//! kind of fault. In `regressions`, the defects the simulation found, each reduced to a few
 //! hand-driven steps, with the shortest seeds that showed them.
 
 mod regressions;
+mod script;
 mod simulation;
 
 use super::*;
@@ -144,55 +146,6 @@ fn batches_carry_many_operations_in_one_message_per_peer() {
 }
 
 #[test]
-fn ack_pays_what_is_owed_once_per_burst() {
-    let mut nodes = formed(2);
-    nodes[1].ack();
-    assert!(
-        nodes[1].take_messages().is_empty(),
-        "nothing owed, nothing sent"
-    );
-    let mut broadcasts = Vec::new();
-    for op in [1, 2] {
-        nodes[0].propose(op);
-        nodes[0].flush();
-        broadcasts.extend(nodes[0].take_messages());
-    }
-    assert_eq!(broadcasts.len(), 2);
-    let last_ts = match broadcasts[1].message {
-        Message::Broadcast { ts, .. } => ts,
-        _ => panic!("not a broadcast: {:?}", broadcasts[1]),
-    };
-    for env in broadcasts {
-        nodes[1].step(env.from, env.incarnation, env.message);
-    }
-    nodes[1].ack();
-    let sent = nodes[1].take_messages();
-    assert_eq!(sent.len(), 1, "one ack for the burst: {sent:?}");
-    match &sent[0].message {
-        Message::Ack { ts, received, .. } => {
-            assert!(
-                *ts > last_ts,
-                "the ack's timestamp passes what it acknowledges"
-            );
-            assert!(received.contains(&(NodeId(1), last_ts)));
-        }
-        other => panic!("not an ack: {other:?}"),
-    }
-    nodes[1].ack();
-    assert!(nodes[1].take_messages().is_empty(), "paid once");
-    // A broadcast owed an ack is also paid by the next tick.
-    nodes[0].propose(3);
-    nodes[0].flush();
-    for env in nodes[0].take_messages() {
-        nodes[1].step(env.from, env.incarnation, env.message);
-    }
-    nodes[1].tick();
-    let sent = nodes[1].take_messages();
-    assert_eq!(sent.len(), 1);
-    assert!(matches!(sent[0].message, Message::Ack { .. }));
-}
-
-#[test]
 fn a_quiet_member_sends_heartbeats_after_the_heartbeat_interval() {
     let mut nodes = formed(2);
     let heartbeat = Timing::default().heartbeat;
@@ -218,87 +171,6 @@ fn a_quiet_member_sends_heartbeats_after_the_heartbeat_interval() {
     assert_eq!(sent.len(), 1, "heartbeat");
     assert!(matches!(sent[0].message, Message::Ack { epoch: 1, .. }));
     assert_eq!(sent[0].to, NodeId(1));
-}
-
-#[test]
-fn nothing_is_delivered_until_every_member_reported_receipt() {
-    let mut nodes = formed(3);
-    nodes[0].propose(1);
-    nodes[0].flush();
-    assert!(
-        delivered_ops(&nodes[0].take_events()).is_empty(),
-        "delivered without hearing from 2 and 3"
-    );
-    let broadcasts = nodes[0].take_messages();
-    let to = |n: NodeId, envs: &[Envelope<Op>]| -> Vec<Envelope<Op>> {
-        envs.iter().filter(|e| e.to == n).cloned().collect()
-    };
-    for env in to(NodeId(2), &broadcasts) {
-        nodes[1].step(env.from, env.incarnation, env.message);
-    }
-    nodes[1].ack();
-    let from_2 = nodes[1].take_messages();
-    for env in to(NodeId(1), &from_2) {
-        nodes[0].step(env.from, env.incarnation, env.message);
-    }
-    assert!(
-        delivered_ops(&nodes[0].take_events()).is_empty(),
-        "delivered without hearing from 3"
-    );
-    assert!(
-        delivered_ops(&nodes[1].take_events()).is_empty(),
-        "2 delivered without hearing from 3"
-    );
-    for env in to(NodeId(3), &broadcasts) {
-        nodes[2].step(env.from, env.incarnation, env.message);
-    }
-    nodes[2].ack();
-    let from_3 = nodes[2].take_messages();
-    for env in to(NodeId(1), &from_3) {
-        nodes[0].step(env.from, env.incarnation, env.message);
-    }
-    assert_eq!(delivered_ops(&nodes[0].take_events()), vec![(1, 1)]);
-    for env in to(NodeId(2), &from_3) {
-        nodes[1].step(env.from, env.incarnation, env.message);
-    }
-    assert_eq!(delivered_ops(&nodes[1].take_events()), vec![(1, 1)]);
-}
-
-#[test]
-fn a_flush_splits_proposals_into_broadcasts_bounded_in_bytes() {
-    let mut nodes = formed(3);
-    // Each u64 weighs 8 bytes: batches of 24 bytes hold three.
-    nodes[0].set_batch_bytes(24);
-    for op in 0..10 {
-        nodes[0].propose(op);
-    }
-    assert_eq!(nodes[0].own_bytes(), 80);
-    nodes[0].flush();
-    let messages = nodes[0].take_messages();
-    let broadcasts: Vec<usize> = messages
-        .iter()
-        .filter(|env| env.to == NodeId(2))
-        .filter_map(|env| match &env.message {
-            Message::Broadcast { ops, .. } => Some(ops.len()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(broadcasts, vec![3, 3, 3, 1]);
-    assert_eq!(nodes[0].own_bytes(), 80, "broadcast, not delivered yet");
-    for env in messages {
-        let to = env.to.0 as usize - 1;
-        nodes[to].step(env.from, env.incarnation, env.message);
-    }
-    for node in nodes.iter_mut() {
-        node.ack();
-    }
-    route(&mut nodes);
-    for (i, node) in nodes.iter_mut().enumerate() {
-        let ops: Vec<(u64, Op)> = delivered_ops(&node.take_events());
-        let want: Vec<(u64, Op)> = (0..10).map(|op| (op + 1, op)).collect();
-        assert_eq!(ops, want, "node {}", i + 1);
-    }
-    assert_eq!(nodes[0].own_bytes(), 0);
 }
 
 #[test]
