@@ -37,6 +37,7 @@ mod driver;
 pub mod eventual;
 #[cfg(test)]
 mod eventual_tests;
+mod health;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +54,7 @@ pub use driver::{
     REQUEST_TIMEOUT, STATE_CHUNK_BYTES,
 };
 pub use eventual::Eventual;
+pub use health::Health;
 
 /// An operation in the total order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,91 +111,6 @@ pub struct Replicator {
     health: std::sync::Arc<Health>,
 }
 
-/// Where this node stands in the cluster, as the driver last saw it.
-#[derive(Debug, Default)]
-pub struct Health {
-    state: std::sync::atomic::AtomicU8,
-    epoch: std::sync::atomic::AtomicU64,
-    members: std::sync::atomic::AtomicU64,
-    /// Woken when this node starts serving.
-    serving: tokio::sync::Notify,
-    /// Counts the times the datalet was emptied for a state transfer, so a local read can
-    /// tell whether one began while it read (see [`Replicator::read_locally`]).
-    resets: std::sync::atomic::AtomicU64,
-    /// The order's clock as the driver last applied it (see `driver::Driver::order_now`).
-    order_now: std::sync::atomic::AtomicU64,
-    /// The operator asked to form the next view from any majority (SIGUSR1).
-    force_requested: std::sync::atomic::AtomicBool,
-}
-
-impl Health {
-    pub fn set(&self, state: NodeState, epoch: u64, members: usize) {
-        let code = match state {
-            NodeState::Booting => 0,
-            NodeState::Serving => 1,
-            NodeState::Changing => 2,
-            NodeState::CatchingUp => 3,
-            NodeState::Outside => 4,
-        };
-        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-        if self.state.swap(code, SeqCst) != code && state == NodeState::Serving {
-            self.serving.notify_waiters();
-        }
-        self.epoch.store(epoch, Relaxed);
-        self.members.store(members as u64, Relaxed);
-    }
-
-    /// Marks the node as catching up and counts a reset of its datalet; called before the
-    /// datalet is emptied.
-    pub fn begin_reset(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.state.store(3, SeqCst);
-        self.resets.fetch_add(1, SeqCst);
-    }
-
-    pub fn state(&self) -> NodeState {
-        match self.state.load(std::sync::atomic::Ordering::SeqCst) {
-            1 => NodeState::Serving,
-            2 => NodeState::Changing,
-            3 => NodeState::CatchingUp,
-            4 => NodeState::Outside,
-            _ => NodeState::Booting,
-        }
-    }
-
-    /// Asks the driver to let the next view form from any majority of the nodes
-    /// ([`crate::tob::Tob::force_next_view`]).
-    pub fn request_force(&self) {
-        self.force_requested
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub(crate) fn take_force(&self) -> bool {
-        self.force_requested
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The order's clock: no operation still to be applied here reads an earlier one.
-    pub fn order_now(&self) -> UnixSecs {
-        self.order_now.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub fn set_order_now(&self, now: UnixSecs) {
-        self.order_now
-            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// The current view's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// How many members the current view has.
-    pub fn members(&self) -> u64 {
-        self.members.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
 /// How much the total order costs: peer messages sent per operation proposed here.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -234,15 +151,14 @@ impl Replicator {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, DataletError>>,
     {
-        use std::sync::atomic::Ordering::SeqCst;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let serving = self.health.serving.notified();
-            let resets = self.health.resets.load(SeqCst);
+            let serving = self.health.serving();
+            let resets = self.health.resets();
             match self.health.state() {
                 NodeState::Serving => {
                     let value = read().await?;
-                    if self.health.resets.load(SeqCst) == resets {
+                    if self.health.resets() == resets {
                         return Ok(value);
                     }
                     continue; // the store was emptied under the read: wait and read again
