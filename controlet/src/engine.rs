@@ -5,7 +5,9 @@
 //! `flush_all`) is ordered through the total-order broadcast by a
 //! [`Replicator`](crate::replication::Replicator) and applied in that order on every member;
 //! reads go through the order too in the linearizable mode and are served from the local
-//! replica in the sequential mode. Commands talk only to this interface.
+//! replica in the sequential mode. In the eventual mode, writes are applied locally and
+//! propagated by [`Eventual`], and reads are served from the local replica. Commands talk
+//! only to this interface.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -48,11 +50,19 @@ struct Ordered {
     memory_limit: AtomicUsize,
 }
 
-pub struct Engine<D> {
-    datalet: Arc<D>,
-    ordered: Option<Ordered>,
-    eventual: Option<Arc<Eventual<D>>>,
-    clock: Arc<dyn Clock>,
+/// Where a node's reads and writes go: which mode it runs in, and what that mode needs.
+enum Mode<D> {
+    /// A single node: each mutation gets the next version of a local clock.
+    Single(LocalClock),
+    /// A cluster in a strong mode: operations are ordered through the total order.
+    Ordered(Ordered),
+    /// A cluster in the eventual mode: writes are applied locally and propagated.
+    Eventual(Arc<Eventual<D>>),
+}
+
+/// A single node's versions: a counter whose timestamps are reserved in the datalet ahead of
+/// use, so that a restart never issues one twice.
+struct LocalClock {
     node: NodeId,
     /// The last timestamp issued.
     last_ts: AtomicU64,
@@ -62,20 +72,48 @@ pub struct Engine<D> {
     reserving: Mutex<()>,
 }
 
-impl<D: Datalet> Engine<D> {
-    /// An engine over `datalet`, resuming its clock past every timestamp a previous run may
-    /// have issued.
-    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
-        let resume = datalet.load_clock().await?;
-        Ok(Engine {
-            datalet,
-            ordered: None,
-            eventual: None,
-            clock,
+impl LocalClock {
+    /// A clock resuming past `resume`, the reservation a previous run saved.
+    fn resume(resume: Ts) -> Self {
+        LocalClock {
             node: NodeId(0),
             last_ts: AtomicU64::new(resume),
             reserved: AtomicU64::new(resume),
             reserving: Mutex::new(()),
+        }
+    }
+
+    /// The next version, reserving more timestamps in `datalet` first when they run out.
+    async fn next_version<D: Datalet>(&self, datalet: &D) -> Result<Version, DataletError> {
+        let ts = self.last_ts.fetch_add(1, Ordering::Relaxed) + 1;
+        if ts > self.reserved.load(Ordering::Acquire) {
+            let _guard = self.reserving.lock().await;
+            if ts > self.reserved.load(Ordering::Acquire) {
+                let upto = ts + CLOCK_RESERVATION;
+                datalet.save_clock(upto).await?;
+                self.reserved.store(upto, Ordering::Release);
+            }
+        }
+        Ok(Version::new(ts, self.node))
+    }
+}
+
+/// Carries out commands' effects on data, in the node's mode.
+pub struct Engine<D> {
+    datalet: Arc<D>,
+    mode: Mode<D>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<D: Datalet> Engine<D> {
+    /// An engine over `datalet` on a single node, resuming its clock past every timestamp a
+    /// previous run may have issued.
+    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
+        let resume = datalet.load_clock().await?;
+        Ok(Engine {
+            datalet,
+            mode: Mode::Single(LocalClock::resume(resume)),
+            clock,
         })
     }
 
@@ -89,7 +127,7 @@ impl<D: Datalet> Engine<D> {
         local_reads: bool,
         memory_limit: usize,
     ) -> Self {
-        self.ordered = Some(Ordered {
+        self.mode = Mode::Ordered(Ordered {
             replicator,
             local_reads,
             memory_limit: AtomicUsize::new(memory_limit),
@@ -99,7 +137,7 @@ impl<D: Datalet> Engine<D> {
 
     /// Applies writes locally and propagates them through `eventual` (the eventual mode).
     pub fn eventual(mut self, eventual: Arc<Eventual<D>>) -> Self {
-        self.eventual = Some(eventual);
+        self.mode = Mode::Eventual(eventual);
         self
     }
 
@@ -107,40 +145,29 @@ impl<D: Datalet> Engine<D> {
         self.clock.now()
     }
 
-    async fn next_version(&self) -> Result<Version, DataletError> {
-        let ts = self.last_ts.fetch_add(1, Ordering::Relaxed) + 1;
-        if ts > self.reserved.load(Ordering::Acquire) {
-            let _guard = self.reserving.lock().await;
-            if ts > self.reserved.load(Ordering::Acquire) {
-                let upto = ts + CLOCK_RESERVATION;
-                self.datalet.save_clock(upto).await?;
-                self.reserved.store(upto, Ordering::Release);
-            }
-        }
-        Ok(Version::new(ts, self.node))
-    }
-
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
-        match &self.ordered {
-            Some(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
-            Some(o) => {
+        match &self.mode {
+            Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
+            Mode::Ordered(o) => {
                 let read = || self.datalet.get(key, self.now());
                 o.replicator.read_locally(read).await
             }
-            None => self.datalet.get(key, self.now()).await,
+            Mode::Single(_) | Mode::Eventual(_) => self.datalet.get(key, self.now()).await,
         }
     }
 
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
-        if let Some(o) = &self.ordered {
-            self.admit(o, key, &mutation).await?;
-            return o.replicator.mutate(key, mutation, self.now()).await;
+        match &self.mode {
+            Mode::Ordered(o) => {
+                self.admit(o, key, &mutation).await?;
+                o.replicator.mutate(key, mutation, self.now()).await
+            }
+            Mode::Eventual(e) => e.apply(key, mutation, self.now()).await,
+            Mode::Single(local) => {
+                let version = local.next_version(&*self.datalet).await?;
+                self.datalet.apply(key, mutation, version, self.now()).await
+            }
         }
-        if let Some(e) = &self.eventual {
-            return e.apply(key, mutation, self.now()).await;
-        }
-        let version = self.next_version().await?;
-        self.datalet.apply(key, mutation, version, self.now()).await
     }
 
     /// Refuses a write that could take this replica past its memory limit, after freeing
@@ -188,11 +215,11 @@ impl<D: Datalet> Engine<D> {
             _ => now,
         };
         let at = at.saturating_sub(1);
-        match (&self.ordered, &self.eventual) {
-            (Some(o), _) => o.replicator.flush(at, now).await,
-            (None, Some(e)) => e.flush(at, now).await,
-            (None, None) => {
-                let version = self.next_version().await?;
+        match &self.mode {
+            Mode::Ordered(o) => o.replicator.flush(at, now).await,
+            Mode::Eventual(e) => e.flush(at, now).await,
+            Mode::Single(local) => {
+                let version = local.next_version(&*self.datalet).await?;
                 self.datalet.flush_all(at, now, version).await
             }
         }
@@ -200,23 +227,26 @@ impl<D: Datalet> Engine<D> {
 
     /// The total order's counters, in a strong-mode cluster.
     pub fn replication_counters(&self) -> Option<&crate::replication::Counters> {
-        self.ordered.as_ref().map(|o| o.replicator.counters())
+        self.ordered().map(|o| o.replicator.counters())
     }
 
     /// The eventual-consistency side of this node, in the eventual mode.
     pub fn eventual_node(&self) -> Option<&Eventual<D>> {
-        self.eventual.as_deref()
+        match &self.mode {
+            Mode::Eventual(e) => Some(e),
+            Mode::Single(_) | Mode::Ordered(_) => None,
+        }
     }
 
     /// Where this node stands in its cluster, in a strong mode.
     pub fn cluster_health(&self) -> Option<&crate::replication::Health> {
-        self.ordered.as_ref().map(|o| o.replicator.health())
+        self.ordered().map(|o| o.replicator.health())
     }
 
     /// `cache_memlimit`. In a strong-mode cluster it changes this node's limit on what it
     /// proposes, never what the replicas apply, so nodes with different limits stay identical.
     pub fn set_memory_limit(&self, bytes: usize) {
-        match &self.ordered {
+        match self.ordered() {
             Some(o) => o.memory_limit.store(bytes, Ordering::Relaxed),
             None => self.datalet.set_memory_limit(bytes),
         }
@@ -224,10 +254,18 @@ impl<D: Datalet> Engine<D> {
 
     pub fn datalet_stats(&self) -> DataletStats {
         let mut stats = self.datalet.stats();
-        if let Some(o) = &self.ordered {
+        if let Some(o) = self.ordered() {
             stats.limit_maxbytes = o.memory_limit.load(Ordering::Relaxed) as u64;
         }
         stats
+    }
+
+    /// How operations are ordered, in a strong-mode cluster.
+    fn ordered(&self) -> Option<&Ordered> {
+        match &self.mode {
+            Mode::Ordered(o) => Some(o),
+            Mode::Single(_) | Mode::Eventual(_) => None,
+        }
     }
 
     /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is
