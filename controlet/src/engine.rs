@@ -18,6 +18,7 @@ use tailorkv_datalet::mutate::ITEM_OVERHEAD_BYTES;
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
+use crate::error::Error;
 use crate::replication::{Eventual, Replicator};
 
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
@@ -141,31 +142,39 @@ impl<D: Datalet> Engine<D> {
         self
     }
 
+    /// The time now, by the engine's clock.
     pub fn now(&self) -> UnixSecs {
         self.clock.now()
     }
 
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
+    /// The live item under `key`: through the order in the linearizable mode, else from the
+    /// local datalet (in the sequential mode once that is sound, see
+    /// [`Replicator::read_locally`]).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
         match &self.mode {
             Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
             Mode::Ordered(o) => {
                 let read = || self.datalet.get(key, self.now());
                 o.replicator.read_locally(read).await
             }
-            Mode::Single(_) | Mode::Eventual(_) => self.datalet.get(key, self.now()).await,
+            Mode::Single(_) | Mode::Eventual(_) => Ok(self.datalet.get(key, self.now()).await?),
         }
     }
 
-    pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
+    /// Carries out a client's `mutation` of `key` as the node's mode says.
+    pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
         match &self.mode {
             Mode::Ordered(o) => {
                 self.admit(o, key, &mutation).await?;
                 o.replicator.mutate(key, mutation, self.now()).await
             }
-            Mode::Eventual(e) => e.apply(key, mutation, self.now()).await,
+            Mode::Eventual(e) => Ok(e.apply(key, mutation, self.now()).await?),
             Mode::Single(local) => {
                 let version = local.next_version(&*self.datalet).await?;
-                self.datalet.apply(key, mutation, version, self.now()).await
+                Ok(self
+                    .datalet
+                    .apply(key, mutation, version, self.now())
+                    .await?)
             }
         }
     }
@@ -173,12 +182,7 @@ impl<D: Datalet> Engine<D> {
     /// Refuses a write that could take this replica past its memory limit, after freeing
     /// what items dead at the order's clock hold. Deletes and touches never grow an item;
     /// `incr` may by up to 20 digits.
-    async fn admit(
-        &self,
-        o: &Ordered,
-        key: &Bytes,
-        mutation: &Mutation,
-    ) -> Result<(), DataletError> {
+    async fn admit(&self, o: &Ordered, key: &Bytes, mutation: &Mutation) -> Result<(), Error> {
         let grows = match mutation {
             Mutation::Store { value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
             Mutation::Incr(_) | Mutation::Decr(_) => 20,
@@ -199,7 +203,7 @@ impl<D: Datalet> Engine<D> {
         if fits() {
             Ok(())
         } else {
-            Err(DataletError::OutOfMemory)
+            Err(Error::Datalet(DataletError::OutOfMemory))
         }
     }
 
@@ -208,7 +212,7 @@ impl<D: Datalet> Engine<D> {
     /// `flush_all 10` takes effect after 9 seconds, and `flush_all 1` flushes at once and also
     /// hides items stored during the rest of this second. Without a delay the flush point is
     /// the second before now: everything stored so far goes, later writes stay.
-    pub async fn flush_all(&self, delay: i32) -> Result<(), DataletError> {
+    pub async fn flush_all(&self, delay: i32) -> Result<(), Error> {
         let now = self.now();
         let at = match Expiry::from_exptime(delay, now) {
             Expiry::At(at) if delay > 0 => at,
@@ -217,10 +221,10 @@ impl<D: Datalet> Engine<D> {
         let at = at.saturating_sub(1);
         match &self.mode {
             Mode::Ordered(o) => o.replicator.flush(at, now).await,
-            Mode::Eventual(e) => e.flush(at, now).await,
+            Mode::Eventual(e) => Ok(e.flush(at, now).await?),
             Mode::Single(local) => {
                 let version = local.next_version(&*self.datalet).await?;
-                self.datalet.flush_all(at, now, version).await
+                Ok(self.datalet.flush_all(at, now, version).await?)
             }
         }
     }
@@ -252,6 +256,7 @@ impl<D: Datalet> Engine<D> {
         }
     }
 
+    /// The datalet's counters for `stats`, with this node's memory limit in a strong mode.
     pub fn datalet_stats(&self) -> DataletStats {
         let mut stats = self.datalet.stats();
         if let Some(o) = self.ordered() {
@@ -270,8 +275,8 @@ impl<D: Datalet> Engine<D> {
 
     /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is
     /// the local replica as it stands, not read through the order.
-    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, DataletError> {
-        self.datalet.scan(self.now()).await
+    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
+        Ok(self.datalet.scan(self.now()).await?)
     }
 }
 

@@ -10,6 +10,8 @@
 //!   mutation gets the next local version and is applied to the datalet; in a cluster the
 //!   engine hands it to the replication of the cluster's mode, which orders it (the strong
 //!   modes) or applies and propagates it (the eventual mode).
+//! - [`error`]: why a request was not carried out: the datalet failed, or the cluster
+//!   refused.
 //! - [`stats`]: the counters behind `stats`.
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
@@ -23,6 +25,7 @@ pub mod cmd;
 pub mod config;
 pub mod connection;
 pub mod engine;
+pub mod error;
 pub mod out;
 pub mod peer;
 pub mod process;

@@ -7,6 +7,7 @@ use tailorkv_common::codec::Response;
 use tailorkv_datalet::{Datalet, DataletError, Mutation, Outcome};
 
 use super::Context;
+use crate::error::Error;
 use crate::stats::Counts;
 
 /// Which way a command moves the number.
@@ -50,7 +51,7 @@ pub async fn arith<D: Datalet>(
             *misses += 1;
             Response::NotFound
         }
-        Err(DataletError::OutOfMemory) => Response::ServerError("out of memory"),
-        Err(e) => super::admin::datalet_error(e),
+        Err(Error::Datalet(DataletError::OutOfMemory)) => Response::ServerError("out of memory"),
+        Err(e) => super::admin::error_reply(e),
     }
 }

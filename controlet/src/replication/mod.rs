@@ -47,6 +47,7 @@ use tailorkv_common::UnixSecs;
 use tailorkv_datalet::{DataletError, Item, Mutation, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::Error;
 use crate::tob::NodeState;
 
 pub use driver::{
@@ -92,8 +93,8 @@ pub enum Reply {
     Mutated(Result<Outcome, DataletError>),
     Read(Result<Option<Item>, DataletError>),
     Flushed(Result<(), DataletError>),
-    /// Not ordered: refused, or timed out (outcome unknown).
-    Refused(DataletError),
+    /// Not ordered: refused, or timed out (outcome unknown); the reason a client is given.
+    Refused(&'static str),
 }
 
 /// A client operation on its way to the driver.
@@ -128,8 +129,8 @@ pub struct Counters {
 /// Client requests waiting for the driver, at most.
 pub const REQUEST_QUEUE: usize = 16 * 1024;
 
-fn stopped() -> DataletError {
-    DataletError::Unavailable("replication stopped".into())
+fn stopped() -> Error {
+    Error::Datalet(DataletError::Unavailable("replication stopped".into()))
 }
 
 impl Replicator {
@@ -146,7 +147,7 @@ impl Replicator {
     /// [`REQUEST_TIMEOUT`], refuses at once when the node is cut off, and reads again if a
     /// state transfer began emptying the datalet while it read (checked with a counter of
     /// resets taken before and after, as in a seqlock).
-    pub async fn read_locally<F, Fut, T>(&self, read: F) -> Result<T, DataletError>
+    pub async fn read_locally<F, Fut, T>(&self, read: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, DataletError>>,
@@ -163,13 +164,13 @@ impl Replicator {
                     }
                     continue; // the store was emptied under the read: wait and read again
                 }
-                NodeState::Outside => return Err(DataletError::Refused(driver::CUT_OFF)),
+                NodeState::Outside => return Err(Error::Refused(driver::CUT_OFF)),
                 // While the view changes this node may be on the losing side of a split:
                 // wait for the outcome rather than serve what may be left behind.
                 NodeState::Changing | NodeState::CatchingUp | NodeState::Booting => {}
             }
             if tokio::time::timeout_at(deadline, serving).await.is_err() {
-                return Err(DataletError::Refused(match self.health.state() {
+                return Err(Error::Refused(match self.health.state() {
                     NodeState::CatchingUp => driver::READ_CATCHING_UP,
                     _ => driver::READ_TIMED_OUT,
                 }));
@@ -177,7 +178,7 @@ impl Replicator {
         }
     }
 
-    async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, DataletError> {
+    async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, Error> {
         let (reply, answer) = oneshot::channel();
         let request = Request { op, now, reply };
         self.requests.send(request).await.map_err(|_| stopped())?;
@@ -189,42 +190,42 @@ impl Replicator {
         key: &Bytes,
         mutation: Mutation,
         now: UnixSecs,
-    ) -> Result<Outcome, DataletError> {
+    ) -> Result<Outcome, Error> {
         let op = Op::Mutate {
             key: key.clone(),
             mutation,
         };
         match self.order(op, now).await? {
-            Reply::Mutated(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Mutated(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a mutation answered with {other:?}"),
         }
     }
 
-    pub async fn read(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+    pub async fn read(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, Error> {
         let op = Op::Get {
             key: Bytes::copy_from_slice(key),
         };
         match self.order(op, now).await? {
-            Reply::Read(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Read(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a read answered with {other:?}"),
         }
     }
 
     /// Orders an [`Op::Clock`] at `now`; returns once it is applied here.
-    pub async fn advance_clock(&self, now: UnixSecs) -> Result<(), DataletError> {
+    pub async fn advance_clock(&self, now: UnixSecs) -> Result<(), Error> {
         match self.order(Op::Clock, now).await? {
-            Reply::Flushed(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Flushed(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a clock answered with {other:?}"),
         }
     }
 
-    pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+    pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), Error> {
         match self.order(Op::Flush { at }, now).await? {
-            Reply::Flushed(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Flushed(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a flush answered with {other:?}"),
         }
     }
