@@ -35,8 +35,6 @@
 pub mod antientropy;
 mod driver;
 pub mod eventual;
-#[cfg(test)]
-mod eventual_tests;
 mod health;
 #[cfg(test)]
 mod tests;
