@@ -12,7 +12,8 @@
 //! - [`ops`]: each datalet operation as requests: `set` directly, every other mutation as a
 //!   `gets`, [`crate::mutate::decide`], and a conditional write back.
 //! - [`clock`]: the clock reservation, in a reserved key.
-//! - [`pool`]: the connection tasks, pipelining, per-key ordering, reconnection with backoff.
+//! - [`plan`]: which queued jobs go out together, and as which requests (pure).
+//! - [`pool`]: the connection tasks: pipelining, reconnection with backoff.
 //! - [`scan`]: listing the remote server's keys with `lru_crawler metadump`, for
 //!   [`Datalet::scan`].
 //! - [`state`]: what the tasks share: limits, flush point, saved clock, counters.
@@ -24,9 +25,9 @@
 //! its reply. A task sends what is queued for it in batches, each in one write: gets that
 //! follow each other as one `gets k1 k2 ...`, each `set` as one request, and the `gets` of
 //! each read-modify-write, whose conditional writes then go out together once the batch's
-//! replies are in (a write that lost a race to another client runs again alone). See [`pool`]
-//! for why that keeps per-key order and how failures are handled, and [`ops`] for why
-//! concurrent writers to one remote server never lose each other's updates.
+//! replies are in (a write that lost a race to another client runs again alone). See [`plan`]
+//! for why that keeps per-key order, [`pool`] for how failures are handled, and [`ops`] for
+//! why concurrent writers to one remote server never lose each other's updates.
 //!
 //! Visibility is decided here, by the header and the caller's clock, exactly as the memory
 //! datalet decides it ([`crate::mutate::dead`]); the remote server's own expiry and flushes
@@ -46,6 +47,7 @@ pub mod conn;
 pub mod exptime;
 pub mod header;
 pub mod ops;
+pub mod plan;
 pub mod pool;
 pub mod scan;
 pub mod state;
