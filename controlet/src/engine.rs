@@ -2,12 +2,11 @@
 //!
 //! On a single node it stamps each mutation with the next version from a local counter and
 //! applies it to the datalet at once. In a cluster in a strong mode, every mutation (and
-//! `flush_all`) is ordered through the total-order broadcast by a
-//! [`Replicator`](crate::replication::Replicator) and applied in that order on every member;
-//! reads go through the order too in the linearizable mode and are served from the local
-//! replica in the sequential mode. In the eventual mode, writes are applied locally and
-//! propagated by [`Eventual`], and reads are served from the local replica. Commands talk
-//! only to this interface.
+//! `flush_all`) is ordered through the total-order broadcast by a [`Replicator`] and applied
+//! in that order on every member; reads go through the order too in the linearizable mode
+//! and are served from the local replica in the sequential mode. In the eventual mode,
+//! writes are applied locally and propagated by [`Eventual`], and reads are served from the
+//! local replica. Commands talk only to this interface.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,11 +1,12 @@
-//! Replication through the total-order broadcast: the driver that owns a [`Tob`] and applies
-//! what it delivers, and the handle commands use to reach it.
+//! Replication: for the strong modes, the driver that owns a [`Tob`](crate::tob::Tob) and
+//! applies what it delivers, and the handle commands use to reach it; the eventual mode
+//! ([`eventual`]), which needs no order; and the node's [`Health`] in its cluster.
 //!
 //! # How it works
 //!
 //! A command that must be ordered (every write; in the linearizable mode every read too) is
 //! sent to the driver task as a [`Request`] with a oneshot for its reply. The driver proposes
-//! it to the [`Tob`] (all requests waiting at that moment go out in one broadcast), sends the
+//! it to the `Tob` (all requests waiting at that moment go out in one broadcast), sends the
 //! TOB's messages through the [`peer`](crate::peer) transport, feeds it the messages peers
 //! send, and ticks it every millisecond. Every delivered operation is applied to the datalet
 //! in delivery order, on every member, at version `(sequence number, node 0)`: the same

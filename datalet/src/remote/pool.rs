@@ -1,8 +1,8 @@
 //! The connection pool: a fixed number of tasks, each owning one connection and a queue of
-//! jobs. A task takes the jobs queued for it in batches, as [`plan`](super::plan) decides,
-//! writes each batch's requests in one write, and hands each reply to its job as it arrives,
-//! in order: memcached answers the requests of one connection in the order they came. A key
-//! always goes to the same task ([`worker_for`]), so its operations keep their order.
+//! jobs. A task takes the jobs queued for it in batches, as [`plan`] decides, writes each
+//! batch's requests in one write, and hands each reply to its job as it arrives, in order:
+//! memcached answers the requests of one connection in the order they came. A key always
+//! goes to the same task ([`worker_for`]), so its operations keep their order.
 //!
 //! # Failure and reconnection
 //!

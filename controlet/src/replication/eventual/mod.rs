@@ -23,7 +23,7 @@
 //!
 //! # One change to a key at a time
 //!
-//! Every change to a key's item or tombstone holds the key's lock ([`KEY_LOCKS`] stripes,
+//! Every change to a key's item or tombstone holds the key's lock (`KEY_LOCKS` stripes,
 //! never held while waiting on a peer): so a delete and its tombstone are one step to a
 //! peer's update of the key, which cannot find the key empty and untombstoned and bring an
 //! older write back; and a client's write takes its version under the lock, so each replica
@@ -69,10 +69,11 @@ pub use message::{Message, Update};
 const TS_PER_MS: Ts = 64;
 
 /// The wall clock as a timestamp floor: milliseconds since the epoch times [`TS_PER_MS`]
-/// (below [`tailorkv_common::MAX_TS`] until the year 2109). A node's clock runs ahead of the
-/// floor only while it issues more than 64 versions per millisecond on average (or hears of
-/// a peer that did); a restart within such a lead could reissue a version, so the floor makes
-/// that need a sustained 64,000 writes a second and a crash in the same moment.
+/// (below [`tailorkv_common::version::MAX_TS`] until the year 2109). A node's clock runs
+/// ahead of the floor only while it issues more than 64 versions per millisecond on average
+/// (or hears of a peer that did); a restart within such a lead could reissue a version, so
+/// the floor makes that need a sustained 64,000 writes a second and a crash in the same
+/// moment.
 fn wall_floor() -> Ts {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -115,7 +116,7 @@ pub struct EventualOptions {
 }
 
 /// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
-/// of updates or a repair is cut at [`MESSAGE_BYTES`] plus the one entry that passed it.
+/// of updates or a repair is cut at `MESSAGE_BYTES` (4 MiB) plus the one entry that passed it.
 pub fn max_frame_bytes(item_size_max: usize) -> usize {
     (MESSAGE_BYTES + item_size_max + (1 << 20)).max(crate::peer::MAX_FRAME_BYTES)
 }
