@@ -2,10 +2,11 @@
 //!
 //! On a single node it stamps each mutation with the next version from a local counter and
 //! applies it to the datalet at once. In a cluster in a strong mode, every mutation (and
-//! `flush_all`) is ordered through the total-order broadcast by a
-//! [`Replicator`](crate::replication::Replicator) and applied in that order on every member;
-//! reads go through the order too in the linearizable mode and are served from the local
-//! replica in the sequential mode. Commands talk only to this interface.
+//! `flush_all`) is ordered through the total-order broadcast by a [`Replicator`] and applied
+//! in that order on every member; reads go through the order too in the linearizable mode
+//! and are served from the local replica in the sequential mode. In the eventual mode,
+//! writes are applied locally and propagated by [`Eventual`], and reads are served from the
+//! local replica. Commands talk only to this interface.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tailorkv_datalet::mutate::ITEM_OVERHEAD_BYTES;
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
+use crate::error::Error;
 use crate::replication::{Eventual, Replicator};
 
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
@@ -48,11 +50,19 @@ struct Ordered {
     memory_limit: AtomicUsize,
 }
 
-pub struct Engine<D> {
-    datalet: Arc<D>,
-    ordered: Option<Ordered>,
-    eventual: Option<Arc<Eventual<D>>>,
-    clock: Arc<dyn Clock>,
+/// Where a node's reads and writes go: which mode it runs in, and what that mode needs.
+enum Mode<D> {
+    /// A single node: each mutation gets the next version of a local clock.
+    Single(LocalClock),
+    /// A cluster in a strong mode: operations are ordered through the total order.
+    Ordered(Ordered),
+    /// A cluster in the eventual mode: writes are applied locally and propagated.
+    Eventual(Arc<Eventual<D>>),
+}
+
+/// A single node's versions: a counter whose timestamps are reserved in the datalet ahead of
+/// use, so that a restart never issues one twice.
+struct LocalClock {
     node: NodeId,
     /// The last timestamp issued.
     last_ts: AtomicU64,
@@ -62,20 +72,48 @@ pub struct Engine<D> {
     reserving: Mutex<()>,
 }
 
-impl<D: Datalet> Engine<D> {
-    /// An engine over `datalet`, resuming its clock past every timestamp a previous run may
-    /// have issued.
-    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
-        let resume = datalet.load_clock().await?;
-        Ok(Engine {
-            datalet,
-            ordered: None,
-            eventual: None,
-            clock,
+impl LocalClock {
+    /// A clock resuming past `resume`, the reservation a previous run saved.
+    fn resume(resume: Ts) -> Self {
+        LocalClock {
             node: NodeId(0),
             last_ts: AtomicU64::new(resume),
             reserved: AtomicU64::new(resume),
             reserving: Mutex::new(()),
+        }
+    }
+
+    /// The next version, reserving more timestamps in `datalet` first when they run out.
+    async fn next_version<D: Datalet>(&self, datalet: &D) -> Result<Version, DataletError> {
+        let ts = self.last_ts.fetch_add(1, Ordering::Relaxed) + 1;
+        if ts > self.reserved.load(Ordering::Acquire) {
+            let _guard = self.reserving.lock().await;
+            if ts > self.reserved.load(Ordering::Acquire) {
+                let upto = ts + CLOCK_RESERVATION;
+                datalet.save_clock(upto).await?;
+                self.reserved.store(upto, Ordering::Release);
+            }
+        }
+        Ok(Version::new(ts, self.node))
+    }
+}
+
+/// Carries out commands' effects on data, in the node's mode.
+pub struct Engine<D> {
+    datalet: Arc<D>,
+    mode: Mode<D>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<D: Datalet> Engine<D> {
+    /// An engine over `datalet` on a single node, resuming its clock past every timestamp a
+    /// previous run may have issued.
+    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
+        let resume = datalet.load_clock().await?;
+        Ok(Engine {
+            datalet,
+            mode: Mode::Single(LocalClock::resume(resume)),
+            clock,
         })
     }
 
@@ -89,7 +127,7 @@ impl<D: Datalet> Engine<D> {
         local_reads: bool,
         memory_limit: usize,
     ) -> Self {
-        self.ordered = Some(Ordered {
+        self.mode = Mode::Ordered(Ordered {
             replicator,
             local_reads,
             memory_limit: AtomicUsize::new(memory_limit),
@@ -99,59 +137,51 @@ impl<D: Datalet> Engine<D> {
 
     /// Applies writes locally and propagates them through `eventual` (the eventual mode).
     pub fn eventual(mut self, eventual: Arc<Eventual<D>>) -> Self {
-        self.eventual = Some(eventual);
+        self.mode = Mode::Eventual(eventual);
         self
     }
 
+    /// The time now, by the engine's clock.
     pub fn now(&self) -> UnixSecs {
         self.clock.now()
     }
 
-    async fn next_version(&self) -> Result<Version, DataletError> {
-        let ts = self.last_ts.fetch_add(1, Ordering::Relaxed) + 1;
-        if ts > self.reserved.load(Ordering::Acquire) {
-            let _guard = self.reserving.lock().await;
-            if ts > self.reserved.load(Ordering::Acquire) {
-                let upto = ts + CLOCK_RESERVATION;
-                self.datalet.save_clock(upto).await?;
-                self.reserved.store(upto, Ordering::Release);
-            }
-        }
-        Ok(Version::new(ts, self.node))
-    }
-
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, DataletError> {
-        match &self.ordered {
-            Some(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
-            Some(o) => {
+    /// The live item under `key`: through the order in the linearizable mode, else from the
+    /// local datalet (in the sequential mode once that is sound, see
+    /// [`Replicator::read_locally`]).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
+        match &self.mode {
+            Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
+            Mode::Ordered(o) => {
                 let read = || self.datalet.get(key, self.now());
                 o.replicator.read_locally(read).await
             }
-            None => self.datalet.get(key, self.now()).await,
+            Mode::Single(_) | Mode::Eventual(_) => Ok(self.datalet.get(key, self.now()).await?),
         }
     }
 
-    pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, DataletError> {
-        if let Some(o) = &self.ordered {
-            self.admit(o, key, &mutation).await?;
-            return o.replicator.mutate(key, mutation, self.now()).await;
+    /// Carries out a client's `mutation` of `key` as the node's mode says.
+    pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
+        match &self.mode {
+            Mode::Ordered(o) => {
+                self.admit(o, key, &mutation).await?;
+                o.replicator.mutate(key, mutation, self.now()).await
+            }
+            Mode::Eventual(e) => Ok(e.apply(key, mutation, self.now()).await?),
+            Mode::Single(local) => {
+                let version = local.next_version(&*self.datalet).await?;
+                Ok(self
+                    .datalet
+                    .apply(key, mutation, version, self.now())
+                    .await?)
+            }
         }
-        if let Some(e) = &self.eventual {
-            return e.apply(key, mutation, self.now()).await;
-        }
-        let version = self.next_version().await?;
-        self.datalet.apply(key, mutation, version, self.now()).await
     }
 
     /// Refuses a write that could take this replica past its memory limit, after freeing
     /// what items dead at the order's clock hold. Deletes and touches never grow an item;
     /// `incr` may by up to 20 digits.
-    async fn admit(
-        &self,
-        o: &Ordered,
-        key: &Bytes,
-        mutation: &Mutation,
-    ) -> Result<(), DataletError> {
+    async fn admit(&self, o: &Ordered, key: &Bytes, mutation: &Mutation) -> Result<(), Error> {
         let grows = match mutation {
             Mutation::Store { value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
             Mutation::Incr(_) | Mutation::Decr(_) => 20,
@@ -172,7 +202,7 @@ impl<D: Datalet> Engine<D> {
         if fits() {
             Ok(())
         } else {
-            Err(DataletError::OutOfMemory)
+            Err(Error::Datalet(DataletError::OutOfMemory))
         }
     }
 
@@ -181,59 +211,71 @@ impl<D: Datalet> Engine<D> {
     /// `flush_all 10` takes effect after 9 seconds, and `flush_all 1` flushes at once and also
     /// hides items stored during the rest of this second. Without a delay the flush point is
     /// the second before now: everything stored so far goes, later writes stay.
-    pub async fn flush_all(&self, delay: i32) -> Result<(), DataletError> {
+    pub async fn flush_all(&self, delay: i32) -> Result<(), Error> {
         let now = self.now();
         let at = match Expiry::from_exptime(delay, now) {
             Expiry::At(at) if delay > 0 => at,
             _ => now,
         };
         let at = at.saturating_sub(1);
-        match (&self.ordered, &self.eventual) {
-            (Some(o), _) => o.replicator.flush(at, now).await,
-            (None, Some(e)) => e.flush(at, now).await,
-            (None, None) => {
-                let version = self.next_version().await?;
-                self.datalet.flush_all(at, now, version).await
+        match &self.mode {
+            Mode::Ordered(o) => o.replicator.flush(at, now).await,
+            Mode::Eventual(e) => Ok(e.flush(at, now).await?),
+            Mode::Single(local) => {
+                let version = local.next_version(&*self.datalet).await?;
+                Ok(self.datalet.flush_all(at, now, version).await?)
             }
         }
     }
 
     /// The total order's counters, in a strong-mode cluster.
     pub fn replication_counters(&self) -> Option<&crate::replication::Counters> {
-        self.ordered.as_ref().map(|o| o.replicator.counters())
+        self.ordered().map(|o| o.replicator.counters())
     }
 
     /// The eventual-consistency side of this node, in the eventual mode.
     pub fn eventual_node(&self) -> Option<&Eventual<D>> {
-        self.eventual.as_deref()
+        match &self.mode {
+            Mode::Eventual(e) => Some(e),
+            Mode::Single(_) | Mode::Ordered(_) => None,
+        }
     }
 
     /// Where this node stands in its cluster, in a strong mode.
     pub fn cluster_health(&self) -> Option<&crate::replication::Health> {
-        self.ordered.as_ref().map(|o| o.replicator.health())
+        self.ordered().map(|o| o.replicator.health())
     }
 
     /// `cache_memlimit`. In a strong-mode cluster it changes this node's limit on what it
     /// proposes, never what the replicas apply, so nodes with different limits stay identical.
     pub fn set_memory_limit(&self, bytes: usize) {
-        match &self.ordered {
+        match self.ordered() {
             Some(o) => o.memory_limit.store(bytes, Ordering::Relaxed),
             None => self.datalet.set_memory_limit(bytes),
         }
     }
 
+    /// The datalet's counters for `stats`, with this node's memory limit in a strong mode.
     pub fn datalet_stats(&self) -> DataletStats {
         let mut stats = self.datalet.stats();
-        if let Some(o) = &self.ordered {
+        if let Some(o) = self.ordered() {
             stats.limit_maxbytes = o.memory_limit.load(Ordering::Relaxed) as u64;
         }
         stats
     }
 
+    /// How operations are ordered, in a strong-mode cluster.
+    fn ordered(&self) -> Option<&Ordered> {
+        match &self.mode {
+            Mode::Ordered(o) => Some(o),
+            Mode::Single(_) | Mode::Eventual(_) => None,
+        }
+    }
+
     /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is
     /// the local replica as it stands, not read through the order.
-    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, DataletError> {
-        self.datalet.scan(self.now()).await
+    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
+        Ok(self.datalet.scan(self.now()).await?)
     }
 }
 

@@ -6,8 +6,12 @@
 //! - [`server`]: the accept loop, connection limits, shutdown.
 //! - [`connection`]: one client: read, decode, execute, write replies once per batch.
 //! - [`cmd`]: one file per command; each appends its reply to an [`out::Out`] buffer.
-//! - [`engine`]: where commands' effects on data are carried out: versions are assigned and
-//!   mutations applied to the datalet. The replicated modes will order mutations here.
+//! - [`engine`]: where commands' effects on data are carried out: on a single node each
+//!   mutation gets the next local version and is applied to the datalet; in a cluster the
+//!   engine hands it to the replication of the cluster's mode, which orders it (the strong
+//!   modes) or applies and propagates it (the eventual mode).
+//! - [`error`]: why a request was not carried out: the datalet failed, or the cluster
+//!   refused.
 //! - [`stats`]: the counters behind `stats`.
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
@@ -23,6 +27,7 @@ pub mod cmd;
 pub mod config;
 pub mod connection;
 pub mod engine;
+pub mod error;
 pub mod out;
 pub mod peer;
 pub mod process;

@@ -92,11 +92,6 @@ pub enum DataletError {
     /// request took effect is unknown.
     #[error("datalet unavailable: {0}")]
     Unavailable(String),
-    /// The cluster refused the operation: this node is not serving in a view with a majority
-    /// (cut off, catching up, or the operation timed out waiting for one). The text is the
-    /// reason a client is given; whether a write took effect is unknown.
-    #[error("{0}")]
-    Refused(&'static str),
 }
 
 /// Limits a datalet enforces.

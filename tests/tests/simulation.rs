@@ -20,7 +20,7 @@
 //!   does), and a read returns the value in the node's map at its place in the order.
 //! - **sequential**: writes as above; reads are answered at once from the node's map while
 //!   the node is serving, and otherwise wait for it to serve again (the real
-//!   `may_read_locally`), failing after the request timeout.
+//!   `Replicator::read_locally`), failing after the request timeout.
 //!
 //! A request is failed, and recorded as indeterminate, when its node is outside the view when
 //! it arrives, when its node is told `AwaitState` or `Excluded`, when it is not answered
@@ -158,7 +158,7 @@ enum Planted {
     EarlyWriteAcks,
     /// Not a bug of the simulation but a race of the real driver, made to happen: when a
     /// node that published `Serving` is told `AwaitState`, the driver resets the datalet
-    /// before it publishes `CatchingUp`, so a local read that passed `may_read_locally` may
+    /// before it publishes `CatchingUp`, so a local read that passed `Replicator::read_locally` may
     /// read the datalet while it is being reset. Here every idle client of the node reads
     /// then.
     ReadDuringReset,
@@ -474,7 +474,7 @@ impl App for KvApp {
     }
 
     /// Fails what waited too long at node `i` (the driver's `expire`, and the deadline of
-    /// `may_read_locally`).
+    /// `Replicator::read_locally`).
     fn ticked(&mut self, sim: &mut Sim<Self>, i: usize) {
         let store = &mut sim.nodes[i].replica;
         let due = store
@@ -729,7 +729,7 @@ impl KvApp {
 
     /// Every idle client of node `i` reads the key of its latest op, now, while the driver
     /// resets the datalet for a snapshot and the state it published is still `Serving`: the
-    /// read passed `may_read_locally` and reads the datalet concurrently with the reset.
+    /// read passed `read_locally`'s check and reads the datalet concurrently with the reset.
     fn read_during_reset(&mut self, sim: &mut Sim<KvApp>, i: usize) {
         for c in 0..self.clients.len() {
             let client = &self.clients[c];

@@ -1,9 +1,10 @@
-//! `version`, `verbosity`, `cache_memlimit`, and the reply to a datalet failure.
+//! `version`, `verbosity`, `cache_memlimit`, and the reply to a request that failed.
 
 use tailorkv_common::codec::{Response, SERVER_ERROR_OUT_OF_MEMORY};
 use tailorkv_datalet::{Datalet, DataletError};
 
 use super::Context;
+use crate::error::Error;
 
 /// The version reported to clients: the memcached protocol version spoken, then ours. Client
 /// libraries parse the leading `major.minor.patch`.
@@ -26,13 +27,47 @@ pub fn cache_memlimit<D: Datalet>(ctx: &Context<D>, megabytes: u32) -> Response 
     Response::Ok
 }
 
-pub fn datalet_error(e: DataletError) -> Response {
+/// The `SERVER_ERROR` a client is given for a request that failed: memcached's text for a
+/// full store, `datalet unavailable` (the cause is logged, not sent), or the cluster's
+/// reason for refusing.
+pub fn error_reply(e: Error) -> Response {
     match e {
-        DataletError::OutOfMemory => Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY),
-        DataletError::Unavailable(why) => {
+        Error::Datalet(DataletError::OutOfMemory) => {
+            Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY)
+        }
+        Error::Datalet(DataletError::Unavailable(why)) => {
             tracing::warn!(%why, "datalet unavailable");
             Response::ServerError("datalet unavailable")
         }
-        DataletError::Refused(why) => Response::ServerError(why),
+        Error::Refused(why) => Response::ServerError(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+
+    fn encoded(e: Error) -> String {
+        let mut out = BytesMut::new();
+        error_reply(e).encode(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn each_error_is_its_server_error_line() {
+        assert_eq!(
+            encoded(DataletError::OutOfMemory.into()),
+            "SERVER_ERROR out of memory storing object\r\n"
+        );
+        assert_eq!(
+            encoded(DataletError::Unavailable("connection reset".into()).into()),
+            "SERVER_ERROR datalet unavailable\r\n"
+        );
+        assert_eq!(
+            encoded(Error::Refused("no quorum: this node is catching up")),
+            "SERVER_ERROR no quorum: this node is catching up\r\n"
+        );
     }
 }

@@ -17,6 +17,6 @@ pub async fn delete<D: Datalet>(ctx: &Context<D>, key: Bytes, counts: &mut Count
             counts.delete_misses += 1;
             Response::NotFound
         }
-        Err(e) => super::admin::datalet_error(e),
+        Err(e) => super::admin::error_reply(e),
     }
 }

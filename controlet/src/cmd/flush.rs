@@ -11,6 +11,6 @@ pub async fn flush_all<D: Datalet>(ctx: &Context<D>, delay: i32, counts: &mut Co
     counts.cmd_flush += 1;
     match ctx.engine.flush_all(delay).await {
         Ok(()) => Response::Ok,
-        Err(e) => super::admin::datalet_error(e),
+        Err(e) => super::admin::error_reply(e),
     }
 }

@@ -65,8 +65,8 @@ pub async fn gat<D: Datalet, W: AsyncWrite + Unpin>(
 }
 
 /// Ends a reply the datalet could not complete with its error instead of `END`.
-fn fail<W>(out: &mut Out<W>, e: tailorkv_datalet::DataletError) -> std::io::Result<()> {
+fn fail<W>(out: &mut Out<W>, e: crate::error::Error) -> std::io::Result<()> {
     tracing::warn!(error = %e, "datalet failed during a read");
-    super::admin::datalet_error(e).encode(&mut out.buf);
+    super::admin::error_reply(e).encode(&mut out.buf);
     Ok(())
 }

@@ -51,7 +51,7 @@ pub async fn metadump<D: Datalet, W: AsyncWrite + Unpin>(
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "datalet failed to list its items");
-                super::admin::datalet_error(e).encode(&mut out.buf);
+                super::admin::error_reply(e).encode(&mut out.buf);
                 return Ok(());
             }
         };

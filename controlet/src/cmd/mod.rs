@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::out::Out;
 use crate::stats::{Counts, SharedCounts};
+use arith::Arith;
 
 /// What the server shares with every connection.
 pub struct Context<D> {
@@ -69,10 +70,10 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
             reply.encode(&mut out.buf);
         }
         Command::Delete { key } => delete::delete(ctx, key, counts).await.encode(&mut out.buf),
-        Command::Incr { key, delta } => arith::arith(ctx, key, delta, true, counts)
+        Command::Incr { key, delta } => arith::arith(ctx, Arith::Incr, key, delta, counts)
             .await
             .encode(&mut out.buf),
-        Command::Decr { key, delta } => arith::arith(ctx, key, delta, false, counts)
+        Command::Decr { key, delta } => arith::arith(ctx, Arith::Decr, key, delta, counts)
             .await
             .encode(&mut out.buf),
         Command::Touch { key, exptime } => touch::touch(ctx, key, exptime, counts)

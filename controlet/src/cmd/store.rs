@@ -11,6 +11,7 @@ use tailorkv_common::Expiry;
 use tailorkv_datalet::{Datalet, DataletError, Mutation, Outcome};
 
 use super::Context;
+use crate::error::Error;
 use crate::stats::Counts;
 
 pub async fn store<D: Datalet>(
@@ -32,11 +33,11 @@ pub async fn store<D: Datalet>(
     };
     let outcome = match ctx.engine.apply(&key, mutation).await {
         Ok(outcome) => outcome,
-        Err(DataletError::OutOfMemory) => {
+        Err(Error::Datalet(DataletError::OutOfMemory)) => {
             counts.store_no_memory += 1;
             return Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY);
         }
-        Err(e) => return super::admin::datalet_error(e),
+        Err(e) => return super::admin::error_reply(e),
     };
     let is_cas = matches!(mode, StoreMode::Cas(_));
     match outcome {

@@ -25,6 +25,6 @@ pub async fn touch<D: Datalet>(
             counts.touch_misses += 1;
             Response::NotFound
         }
-        Err(e) => super::admin::datalet_error(e),
+        Err(e) => super::admin::error_reply(e),
     }
 }

@@ -315,9 +315,7 @@ impl<D: Datalet> Driver<D> {
     /// Takes a client request: refused at once when this node is cut off, else proposed.
     fn take(&mut self, request: Request) {
         if self.tob.state() == NodeState::Outside {
-            let _ = request
-                .reply
-                .send(Reply::Refused(DataletError::Refused(CUT_OFF)));
+            let _ = request.reply.send(Reply::Refused(CUT_OFF));
             return;
         }
         self.counters.ops_proposed.fetch_add(1, Relaxed);
@@ -345,7 +343,7 @@ impl<D: Datalet> Driver<D> {
             }
             self.deadlines.pop_front();
             if let Some(waiter) = self.waiting.remove(&id) {
-                let _ = waiter.send(Reply::Refused(DataletError::Refused(TIMED_OUT)));
+                let _ = waiter.send(Reply::Refused(TIMED_OUT));
                 expired.insert(id);
             }
         }
@@ -356,7 +354,7 @@ impl<D: Datalet> Driver<D> {
 
     fn fail_all_waiting(&mut self, why: &'static str) {
         for (_, waiter) in self.waiting.drain() {
-            let _ = waiter.send(Reply::Refused(DataletError::Refused(why)));
+            let _ = waiter.send(Reply::Refused(why));
         }
         self.deadlines.clear();
     }
@@ -672,7 +670,7 @@ impl<D: Datalet> Driver<D> {
         let mine = delivery.origin == self.me;
         if self.diverged {
             if mine {
-                self.answer(request, Reply::Refused(DataletError::Refused(NOT_APPLIED)));
+                self.answer(request, Reply::Refused(NOT_APPLIED));
             }
             return;
         }
@@ -703,7 +701,7 @@ impl<D: Datalet> Driver<D> {
         };
         if mine {
             let reply = if self.diverged {
-                Reply::Refused(DataletError::Refused(NOT_APPLIED))
+                Reply::Refused(NOT_APPLIED)
             } else {
                 reply
             };

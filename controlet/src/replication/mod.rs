@@ -1,11 +1,12 @@
-//! Replication through the total-order broadcast: the driver that owns a [`Tob`] and applies
-//! what it delivers, and the handle commands use to reach it.
+//! Replication: for the strong modes, the driver that owns a [`Tob`](crate::tob::Tob) and
+//! applies what it delivers, and the handle commands use to reach it; the eventual mode
+//! ([`eventual`]), which needs no order; and the node's [`Health`] in its cluster.
 //!
 //! # How it works
 //!
 //! A command that must be ordered (every write; in the linearizable mode every read too) is
 //! sent to the driver task as a [`Request`] with a oneshot for its reply. The driver proposes
-//! it to the [`Tob`] (all requests waiting at that moment go out in one broadcast), sends the
+//! it to the `Tob` (all requests waiting at that moment go out in one broadcast), sends the
 //! TOB's messages through the [`peer`](crate::peer) transport, feeds it the messages peers
 //! send, and ticks it every millisecond. Every delivered operation is applied to the datalet
 //! in delivery order, on every member, at version `(sequence number, node 0)`: the same
@@ -35,8 +36,7 @@
 pub mod antientropy;
 mod driver;
 pub mod eventual;
-#[cfg(test)]
-mod eventual_tests;
+mod health;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +46,7 @@ use tailorkv_common::UnixSecs;
 use tailorkv_datalet::{DataletError, Item, Mutation, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::error::Error;
 use crate::tob::NodeState;
 
 pub use driver::{
@@ -53,6 +54,7 @@ pub use driver::{
     REQUEST_TIMEOUT, STATE_CHUNK_BYTES,
 };
 pub use eventual::Eventual;
+pub use health::Health;
 
 /// An operation in the total order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +92,8 @@ pub enum Reply {
     Mutated(Result<Outcome, DataletError>),
     Read(Result<Option<Item>, DataletError>),
     Flushed(Result<(), DataletError>),
-    /// Not ordered: refused, or timed out (outcome unknown).
-    Refused(DataletError),
+    /// Not ordered: refused, or timed out (outcome unknown); the reason a client is given.
+    Refused(&'static str),
 }
 
 /// A client operation on its way to the driver.
@@ -107,91 +109,6 @@ pub struct Replicator {
     requests: mpsc::Sender<Request>,
     counters: std::sync::Arc<Counters>,
     health: std::sync::Arc<Health>,
-}
-
-/// Where this node stands in the cluster, as the driver last saw it.
-#[derive(Debug, Default)]
-pub struct Health {
-    state: std::sync::atomic::AtomicU8,
-    epoch: std::sync::atomic::AtomicU64,
-    members: std::sync::atomic::AtomicU64,
-    /// Woken when this node starts serving.
-    serving: tokio::sync::Notify,
-    /// Counts the times the datalet was emptied for a state transfer, so a local read can
-    /// tell whether one began while it read (see [`Replicator::read_locally`]).
-    resets: std::sync::atomic::AtomicU64,
-    /// The order's clock as the driver last applied it (see `driver::Driver::order_now`).
-    order_now: std::sync::atomic::AtomicU64,
-    /// The operator asked to form the next view from any majority (SIGUSR1).
-    force_requested: std::sync::atomic::AtomicBool,
-}
-
-impl Health {
-    pub fn set(&self, state: NodeState, epoch: u64, members: usize) {
-        let code = match state {
-            NodeState::Booting => 0,
-            NodeState::Serving => 1,
-            NodeState::Changing => 2,
-            NodeState::CatchingUp => 3,
-            NodeState::Outside => 4,
-        };
-        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-        if self.state.swap(code, SeqCst) != code && state == NodeState::Serving {
-            self.serving.notify_waiters();
-        }
-        self.epoch.store(epoch, Relaxed);
-        self.members.store(members as u64, Relaxed);
-    }
-
-    /// Marks the node as catching up and counts a reset of its datalet; called before the
-    /// datalet is emptied.
-    pub fn begin_reset(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.state.store(3, SeqCst);
-        self.resets.fetch_add(1, SeqCst);
-    }
-
-    pub fn state(&self) -> NodeState {
-        match self.state.load(std::sync::atomic::Ordering::SeqCst) {
-            1 => NodeState::Serving,
-            2 => NodeState::Changing,
-            3 => NodeState::CatchingUp,
-            4 => NodeState::Outside,
-            _ => NodeState::Booting,
-        }
-    }
-
-    /// Asks the driver to let the next view form from any majority of the nodes
-    /// ([`crate::tob::Tob::force_next_view`]).
-    pub fn request_force(&self) {
-        self.force_requested
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub(crate) fn take_force(&self) -> bool {
-        self.force_requested
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The order's clock: no operation still to be applied here reads an earlier one.
-    pub fn order_now(&self) -> UnixSecs {
-        self.order_now.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub fn set_order_now(&self, now: UnixSecs) {
-        self.order_now
-            .fetch_max(now, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    /// The current view's epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// How many members the current view has.
-    pub fn members(&self) -> u64 {
-        self.members.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 /// How much the total order costs: peer messages sent per operation proposed here.
@@ -211,8 +128,8 @@ pub struct Counters {
 /// Client requests waiting for the driver, at most.
 pub const REQUEST_QUEUE: usize = 16 * 1024;
 
-fn stopped() -> DataletError {
-    DataletError::Unavailable("replication stopped".into())
+fn stopped() -> Error {
+    Error::Datalet(DataletError::Unavailable("replication stopped".into()))
 }
 
 impl Replicator {
@@ -229,31 +146,30 @@ impl Replicator {
     /// [`REQUEST_TIMEOUT`], refuses at once when the node is cut off, and reads again if a
     /// state transfer began emptying the datalet while it read (checked with a counter of
     /// resets taken before and after, as in a seqlock).
-    pub async fn read_locally<F, Fut, T>(&self, read: F) -> Result<T, DataletError>
+    pub async fn read_locally<F, Fut, T>(&self, read: F) -> Result<T, Error>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, DataletError>>,
     {
-        use std::sync::atomic::Ordering::SeqCst;
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let serving = self.health.serving.notified();
-            let resets = self.health.resets.load(SeqCst);
+            let serving = self.health.serving();
+            let resets = self.health.resets();
             match self.health.state() {
                 NodeState::Serving => {
                     let value = read().await?;
-                    if self.health.resets.load(SeqCst) == resets {
+                    if self.health.resets() == resets {
                         return Ok(value);
                     }
                     continue; // the store was emptied under the read: wait and read again
                 }
-                NodeState::Outside => return Err(DataletError::Refused(driver::CUT_OFF)),
+                NodeState::Outside => return Err(Error::Refused(driver::CUT_OFF)),
                 // While the view changes this node may be on the losing side of a split:
                 // wait for the outcome rather than serve what may be left behind.
                 NodeState::Changing | NodeState::CatchingUp | NodeState::Booting => {}
             }
             if tokio::time::timeout_at(deadline, serving).await.is_err() {
-                return Err(DataletError::Refused(match self.health.state() {
+                return Err(Error::Refused(match self.health.state() {
                     NodeState::CatchingUp => driver::READ_CATCHING_UP,
                     _ => driver::READ_TIMED_OUT,
                 }));
@@ -261,7 +177,7 @@ impl Replicator {
         }
     }
 
-    async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, DataletError> {
+    async fn order(&self, op: Op, now: UnixSecs) -> Result<Reply, Error> {
         let (reply, answer) = oneshot::channel();
         let request = Request { op, now, reply };
         self.requests.send(request).await.map_err(|_| stopped())?;
@@ -273,42 +189,42 @@ impl Replicator {
         key: &Bytes,
         mutation: Mutation,
         now: UnixSecs,
-    ) -> Result<Outcome, DataletError> {
+    ) -> Result<Outcome, Error> {
         let op = Op::Mutate {
             key: key.clone(),
             mutation,
         };
         match self.order(op, now).await? {
-            Reply::Mutated(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Mutated(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a mutation answered with {other:?}"),
         }
     }
 
-    pub async fn read(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+    pub async fn read(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, Error> {
         let op = Op::Get {
             key: Bytes::copy_from_slice(key),
         };
         match self.order(op, now).await? {
-            Reply::Read(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Read(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a read answered with {other:?}"),
         }
     }
 
     /// Orders an [`Op::Clock`] at `now`; returns once it is applied here.
-    pub async fn advance_clock(&self, now: UnixSecs) -> Result<(), DataletError> {
+    pub async fn advance_clock(&self, now: UnixSecs) -> Result<(), Error> {
         match self.order(Op::Clock, now).await? {
-            Reply::Flushed(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Flushed(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a clock answered with {other:?}"),
         }
     }
 
-    pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+    pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), Error> {
         match self.order(Op::Flush { at }, now).await? {
-            Reply::Flushed(result) => result,
-            Reply::Refused(e) => Err(e),
+            Reply::Flushed(result) => Ok(result?),
+            Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a flush answered with {other:?}"),
         }
     }

@@ -270,7 +270,7 @@ async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
     let poison = Bytes::from_static(b"poison");
     let answer = replicators[0].mutate(&poison, set_value(b"p"), NOW).await;
     match answer {
-        Err(DataletError::Refused(why)) => assert!(
+        Err(crate::error::Error::Refused(why)) => assert!(
             why.contains("outcome is unknown"),
             "the client must not be told the write failed: {why}"
         ),

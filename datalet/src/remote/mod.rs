@@ -12,7 +12,8 @@
 //! - [`ops`]: each datalet operation as requests: `set` directly, every other mutation as a
 //!   `gets`, [`crate::mutate::decide`], and a conditional write back.
 //! - [`clock`]: the clock reservation, in a reserved key.
-//! - [`pool`]: the connection tasks, pipelining, per-key ordering, reconnection with backoff.
+//! - [`plan`]: which queued jobs go out together, and as which requests (pure).
+//! - [`pool`]: the connection tasks: pipelining, reconnection with backoff.
 //! - [`scan`]: listing the remote server's keys with `lru_crawler metadump`, for
 //!   [`Datalet::scan`].
 //! - [`state`]: what the tasks share: limits, flush point, saved clock, counters.
@@ -21,10 +22,12 @@
 //!
 //! [`RemoteDatalet::new`] starts [`RemoteOptions::connections`] tasks, which connect when
 //! their first job comes. Each operation is sent to the task its key hashes to and waits for
-//! its reply; a task keeps many `get`s and `set`s in flight at once, and runs each
-//! read-modify-write alone. See [`pool`] for why that keeps per-key order and how failures
-//! are handled, and
-//! [`ops`] for why concurrent writers to one remote server never lose each other's updates.
+//! its reply. A task sends what is queued for it in batches, each in one write: gets that
+//! follow each other as one `gets k1 k2 ...`, each `set` as one request, and the `gets` of
+//! each read-modify-write, whose conditional writes then go out together once the batch's
+//! replies are in (a write that lost a race to another client runs again alone). See [`plan`]
+//! for why that keeps per-key order, [`pool`] for how failures are handled, and [`ops`] for
+//! why concurrent writers to one remote server never lose each other's updates.
 //!
 //! Visibility is decided here, by the header and the caller's clock, exactly as the memory
 //! datalet decides it ([`crate::mutate::dead`]); the remote server's own expiry and flushes
@@ -32,62 +35,19 @@
 //!
 //! # What differs from a local store
 //!
-//! - **Foreign values** (no valid header: written by another client) read as absent. A store
-//!   replaces one, conditionally on its CAS unique; `delete` reports `NOT_FOUND` and leaves it.
-//! - **Keys starting with `__tailorkv_`** are reserved: [`clock::CLOCK_KEY`] keeps the clock
-//!   reservation there. Such a key reads as absent and is never stored or changed: a store
-//!   is `NotStored` and any other mutation (a `cas` too) `NotFound`, as if the key held
-//!   nothing that could be replaced. So is a key a request line cannot carry (empty, longer
-//!   than 250 bytes, or with a space, a NUL or a `\n`: [`sendable_key`]). No client key is
-//!   one: the codec splits keys on spaces and ends lines at NUL and `\n`. Control characters
-//!   and other bytes go through as they are; memcached stores them too.
-//! - **Item size**: the header counts against the item size limit, so a value fits if it
-//!   fits with the header. A remote server given the same item size limit as this datalet
-//!   therefore takes every item this datalet accepts; a value within 31 bytes of the limit is
-//!   `NotStored` here though the memory datalet would take it.
-//! - **Memory** is the remote server's to enforce: its `SERVER_ERROR out of memory` is
-//!   [`DataletError::OutOfMemory`]. [`Datalet::set_memory_limit`] records the limit and
-//!   forwards it as `cache_memlimit` in whole MiB, rounded up, on every connection (so any
-//!   operation issued afterwards sees it); memcached refuses less than 8 MiB and keeps its
-//!   limit, which is logged. A `set` that a real memcached refuses for memory also deletes
-//!   the key's old value (memcached's own behaviour; every other mutation keeps it).
-//! - **`flush_all(at, now)`** sets the flush point here, which hides items by their header's
-//!   write time exactly as in the memory datalet, and forwards `flush_all` (when `at <= now`)
-//!   or `flush_all <at - now + 1>` (memcached's delay, which flushes what is stored up to `at`
-//!   on the remote server's clock) so the remote server frees the memory and its other
-//!   clients see the flush. The flush point itself is kept in this process only: a restarted
-//!   controlet still sees a past flush through the remote server, but no longer hides items
-//!   stored during the flush point's own second after it.
-//! - **The clock** ([`Datalet::load_clock`], [`Datalet::save_clock`]) is kept in the reserved
-//!   key, header-encoded, and only ever raised. A flush erases it on a memcached, so it is put
-//!   back right after an immediate flush, a moment after a delayed one comes due, and after
-//!   every reconnect (the remote server may have restarted empty). A controlet that stops
-//!   in such a window loses the reservation: a memcached keeps nothing durable.
-//! - **Lost items are noticed.** A reconnect that finds the clock reservation gone (or
-//!   lower), or a `stats` refresh whose `evictions` rose, means the remote server lost items
-//!   ([`Datalet::lost_items`]). A lone controlet logs it and serves on, as from any cache; a
-//!   replica's store ([`RemoteOptions::replica`]) then fails every read and write until it is
-//!   reset, and the replication refills it, rather than serve a copy with holes. An
-//!   immediate flush by another client of the server counts as a loss too.
-//! - **[`Datalet::scan`]** lists the keys with `lru_crawler metadump` (see [`scan`]) and then
-//!   reads them. A remote server without that command (another tailorkv node answers `ERROR`)
-//!   or with it disabled cannot be scanned: the scan fails with
-//!   [`DataletError::Unavailable`]. It is not a snapshot: a write made meanwhile may or may
-//!   not be seen.
-//! - **[`Datalet::reset`]** is an immediate `flush_all`: it empties the whole remote server,
-//!   other clients' items too. The flush point here is forgotten, and the clock reservation
-//!   is put back right after, as after any immediate flush.
-//! - **[`Datalet::stats`]** reports the limit recorded here; `total_items`, `get_expired` and
-//!   `get_flushed` as counted by this datalet; and `curr_items`, `bytes` and `reclaimed` as
-//!   the remote server last reported them, for all its clients and its reserved keys. Those
-//!   are refreshed every [`RemoteOptions::stats_refresh`] and whenever `stats` is called, so
-//!   they trail the remote server by a moment.
+//! In full in `docs/architecture.md`; in short: a value without a valid header (another
+//! client's) reads as absent; keys starting with [`RESERVED_PREFIX`] are the datalet's own
+//! (the clock reservation lives there); the header counts against the item size; memory is
+//! the remote server's to enforce; the flush point is kept in this process only; a replica's
+//! store refuses everything once the remote server lost items, until it is reset; a scan is
+//! not a snapshot; `reset` empties the whole remote server, other clients' items too.
 
 pub mod clock;
 pub mod conn;
 pub mod exptime;
 pub mod header;
 pub mod ops;
+pub mod plan;
 pub mod pool;
 pub mod scan;
 pub mod state;

@@ -1,35 +1,8 @@
 //! The connection pool: a fixed number of tasks, each owning one connection and a queue of
-//! jobs.
-//!
-//! # Batches
-//!
-//! A task takes the job at the head of its queue together with the gets and mutations queued
-//! behind it, up to [`MAX_IN_FLIGHT`] of them (and about [`MAX_BATCH_BYTES`] of values),
-//! writes all their requests in one write, and hands each reply to its job as it arrives, in
-//! order: memcached answers the requests of one connection in the order they came.
-//!
-//! - A plain `set` is one request.
-//! - Gets that follow each other share one request, `gets <key> <key> ...` (each key once, up
-//!   to [`client::MAX_GETS_LINE_BYTES`] of line): memcached then answers them all with one
-//!   write instead of one each, which is most of what a get costs it.
-//! - A read-modify-write (every other mutation: see [`ops`]) sends its `gets` with the batch.
-//!   Once the batch's replies are in, each is decided on what it read and the conditional
-//!   writes of all of them go out together ([`Worker::write_back`]). One that lost a race to
-//!   another writer then runs again alone, reading afresh, before the next batch. So many
-//!   read-modify-writes share two round trips instead of taking two each.
-//!
-//! Every other job (the clock, a flush, a reset, `cache_memlimit`, `stats`) ends the batch and
-//! runs alone after it, to its end.
-//!
-//! # Ordering
-//!
-//! A key always goes to the same task ([`worker_for`]), and a task's requests reach the remote
-//! server in the order their jobs were queued. A batch holds at most one read-modify-write of
-//! a key and nothing on that key after it: a later job on the key waits for the next batch,
-//! which starts only once the write is done. So two operations on one key are never reordered,
-//! and nothing lands between a read-modify-write's read and its conditional write but other
-//! clients' writes, which make the write fail and the read-modify-write start again.
-//! Operations on different keys run in parallel on different connections.
+//! jobs. A task takes the jobs queued for it in batches, as [`plan`] decides, writes each
+//! batch's requests in one write, and hands each reply to its job as it arrives, in order:
+//! memcached answers the requests of one connection in the order they came. A key always
+//! goes to the same task ([`worker_for`]), so its operations keep their order.
 //!
 //! # Failure and reconnection
 //!
@@ -58,17 +31,12 @@ use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use super::clock;
 use super::conn::{Conn, ConnError};
 use super::ops::{self, OpError};
+use super::plan::{self, Batch, Request, Step, StepKind};
 use super::state::{self, Shared};
 use crate::{DataletError, Item, Mutation, Outcome};
 
 /// The wait before reconnecting after a first failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-
-/// The most requests a connection has in flight at once.
-pub const MAX_IN_FLIGHT: usize = 128;
-
-/// A batch takes no more jobs once its values add up to this many bytes.
-pub const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Reply<T> = oneshot::Sender<Result<T, DataletError>>;
 
@@ -111,27 +79,18 @@ pub enum Job {
     RefreshStats,
 }
 
-/// A job that goes in a batch, as the batch sees it.
-struct Batched<'a> {
-    key: &'a Bytes,
-    /// A read-modify-write: its write goes out after the batch.
-    rmw: bool,
-    /// The bytes of value it sends.
-    bytes: usize,
-}
-
 impl Job {
-    /// The job as part of a batch, if it goes in one: a get, or any mutation.
-    fn batched(&self) -> Option<Batched<'_>> {
+    /// The job as a step of a batch, if it goes in one: a get, or any mutation.
+    fn step(&self) -> Option<Step<'_>> {
         match self {
-            Job::Get { key, .. } => Some(Batched {
+            Job::Get { key, .. } => Some(Step::get(key)),
+            Job::Apply { key, mutation, .. } => Some(Step {
                 key,
-                rmw: false,
-                bytes: 0,
-            }),
-            Job::Apply { key, mutation, .. } => Some(Batched {
-                key,
-                rmw: !ops::single_request(mutation),
+                kind: if ops::single_request(mutation) {
+                    StepKind::Write
+                } else {
+                    StepKind::Rmw
+                },
                 bytes: match mutation {
                     Mutation::Store { value, .. } => value.len(),
                     _ => 0,
@@ -155,7 +114,7 @@ struct Rmw {
 /// A pipelined request in flight: one `gets` for a run of gets, a `set`, or the `gets` of a
 /// read-modify-write.
 enum InFlight {
-    Gets(GetsRun),
+    Gets(GetsInFlight),
     Set {
         pending: ops::PendingSet,
         reply: Reply<Outcome>,
@@ -163,7 +122,7 @@ enum InFlight {
     Read(Rmw),
 }
 
-/// A get in a run of gets.
+/// A get in a `gets`.
 struct Waiting {
     /// Its key's place among the run's keys.
     slot: usize,
@@ -197,11 +156,72 @@ impl InFlight {
     }
 }
 
+impl Waiting {
+    /// The get `job`, whose key is at `slot` in its `gets`.
+    fn of(job: Option<Job>, slot: usize) -> Waiting {
+        match job {
+            Some(Job::Get {
+                now,
+                counted,
+                reply,
+                ..
+            }) => Waiting {
+                slot,
+                now,
+                counted,
+                reply,
+            },
+            _ => unreachable!("a run of gets holds gets, each once"),
+        }
+    }
+}
+
+/// Encodes the request of the mutation `job` into `out`: a `set`, or the `gets` of a
+/// read-modify-write; `None` when the job was answered without one.
+fn send_mutation(
+    s: &Shared,
+    out: &mut bytes::BytesMut,
+    job: Option<Job>,
+) -> Option<(client::Expect, InFlight)> {
+    let Some(Job::Apply {
+        key,
+        mutation,
+        version,
+        now,
+        reply,
+    }) = job
+    else {
+        unreachable!("a mutation's place in the batch holds it, once");
+    };
+    if let Some(outcome) = ops::refused_early(s, &key, &mutation) {
+        let _ = reply.send(Ok(outcome));
+        return None;
+    }
+    if !ops::single_request(&mutation) {
+        let expect = ops::plan_read(out, &key);
+        let rmw = Rmw {
+            key,
+            mutation,
+            version,
+            now,
+            reply,
+        };
+        return Some((expect, InFlight::Read(rmw)));
+    }
+    match ops::plan_set(s, out, &key, mutation, version, now) {
+        ops::SetPlan::Done(outcome) => {
+            let _ = reply.send(Ok(outcome));
+            None
+        }
+        ops::SetPlan::Sent { expect, pending } => Some((expect, InFlight::Set { pending, reply })),
+    }
+}
+
 /// Answers the gets of one `gets` by its reply. The hits come in the order their keys were
 /// asked, each key at most once (the keys are distinct), and a key with no hit was not found;
 /// a hit out of that order leaves the connection untrustworthy. Any other reply (an error)
 /// answers every get alike.
-fn finish_gets(s: &Shared, run: GetsRun, reply: client::Reply) -> Result<(), ConnError> {
+fn finish_gets(s: &Shared, run: GetsInFlight, reply: client::Reply) -> Result<(), ConnError> {
     let hits = match reply {
         client::Reply::Values(hits) => hits,
         other => {
@@ -237,59 +257,12 @@ fn finish_gets(s: &Shared, run: GetsRun, reply: client::Reply) -> Result<(), Con
     condemned
 }
 
-/// Gets that follow each other in a batch, gathered into one `gets` request. Gets of the same
-/// key share it: a key is asked once and its answer goes to each of them.
-#[derive(Default)]
-struct GetsRun {
-    /// The distinct keys, in the order first asked.
+/// A `gets` in flight for a run of gets ([`plan::GetsRun`]).
+struct GetsInFlight {
+    /// The distinct keys asked, in order.
     keys: Vec<Bytes>,
+    /// The gets waiting for its reply.
     waiting: Vec<Waiting>,
-    /// The length of the request line so far.
-    line: usize,
-}
-
-impl GetsRun {
-    /// Whether a get of `key` can join the run: the line may be no longer than
-    /// [`client::MAX_GETS_LINE_BYTES`].
-    fn fits(&self, key: &[u8]) -> bool {
-        self.keys.iter().any(|k| k == key) || self.longer_by(key) <= client::MAX_GETS_LINE_BYTES
-    }
-
-    /// The line's length with `key` added.
-    fn longer_by(&self, key: &[u8]) -> usize {
-        self.line.max(b"gets\r\n".len()) + 1 + key.len()
-    }
-
-    fn push(&mut self, key: Bytes, now: UnixSecs, counted: bool, reply: Reply<Option<Item>>) {
-        let slot = match self.keys.iter().position(|k| *k == key) {
-            Some(slot) => slot,
-            None => {
-                self.line = self.longer_by(&key);
-                self.keys.push(key);
-                self.keys.len() - 1
-            }
-        };
-        self.waiting.push(Waiting {
-            slot,
-            now,
-            counted,
-            reply,
-        });
-    }
-
-    /// Encodes the run's `gets` into `out`, if the run has any get, and starts a new run.
-    fn send(
-        &mut self,
-        out: &mut bytes::BytesMut,
-        expects: &mut Vec<client::Expect>,
-        flying: &mut Vec<Option<InFlight>>,
-    ) {
-        if self.waiting.is_empty() {
-            return;
-        }
-        expects.push(ops::plan_gets(out, &self.keys));
-        flying.push(Some(InFlight::Gets(std::mem::take(self))));
-    }
 }
 
 /// Answers a job; a connection error also comes back, to fail the connection.
@@ -368,39 +341,29 @@ impl Worker {
                     _ = ticker.tick(), if refreshes => Job::RefreshStats,
                 },
             };
-            match job.batched().map(|b| b.bytes) {
-                Some(bytes) => {
-                    let batch = self.gather(job, bytes);
-                    self.pipeline(batch).await;
-                }
-                None => self.handle(job).await,
+            if job.step().is_some() {
+                let batch = self.gather(job);
+                self.pipeline(batch).await;
+            } else {
+                self.handle(job).await;
             }
         }
     }
 
-    /// `first` and the gets and mutations queued right behind it. Any other job, or a job on
-    /// the key of a read-modify-write already in the batch, ends the batch and is held for
+    /// `first` and the gets and mutations queued right behind it, as far as [`Batch`] takes
+    /// them. Any other job, or one the batch does not take, ends the batch and is held for
     /// after it.
-    fn gather(&mut self, first: Job, mut bytes: usize) -> Vec<Job> {
-        // The keys of the batch's read-modify-writes: a later job on one of them must wait
-        // for the next batch, since their writes go out after the whole batch.
-        let mut rmw_keys: Vec<Bytes> = Vec::new();
-        if let Some(Batched { key, rmw: true, .. }) = first.batched() {
-            rmw_keys.push(key.clone());
-        }
+    fn gather(&mut self, first: Job) -> Vec<Job> {
+        let mut plan = Batch::new(first.step().expect("a job that goes in a batch"));
         let mut batch = vec![first];
-        while batch.len() < MAX_IN_FLIGHT && bytes < MAX_BATCH_BYTES {
+        while plan.has_room() {
             let Ok(job) = self.jobs.try_recv() else {
                 break;
             };
-            let Some(b) = job.batched().filter(|b| !rmw_keys.contains(b.key)) else {
+            if !job.step().is_some_and(|step| plan.admit(step)) {
                 self.held = Some(job);
                 break;
-            };
-            if b.rmw {
-                rmw_keys.push(b.key.clone());
             }
-            bytes += b.bytes;
             batch.push(job);
         }
         batch
@@ -426,57 +389,36 @@ impl Worker {
             }
             return;
         }
+        let steps: Vec<Step<'_>> = batch
+            .iter()
+            .map(|job| job.step().expect("a batch holds gets and mutations"))
+            .collect();
+        let requests = plan::requests(&steps);
+        let mut jobs: Vec<Option<Job>> = batch.into_iter().map(Some).collect();
         let out = conn.batch();
-        let mut expects = Vec::with_capacity(batch.len());
-        let mut flying = Vec::with_capacity(batch.len());
-        let mut run = GetsRun::default();
-        for job in batch {
-            match job {
-                Job::Get {
-                    key,
-                    now,
-                    counted,
-                    reply,
-                } => {
-                    if !run.fits(&key) {
-                        run.send(out, &mut expects, &mut flying);
-                    }
-                    run.push(key, now, counted, reply);
+        let mut expects = Vec::with_capacity(jobs.len());
+        let mut flying = Vec::with_capacity(jobs.len());
+        for request in requests {
+            match request {
+                Request::Gets(run) => {
+                    let waiting = run
+                        .gets
+                        .iter()
+                        .map(|&(job, slot)| Waiting::of(jobs[job].take(), slot))
+                        .collect();
+                    expects.push(ops::plan_gets(out, &run.keys));
+                    let keys = run.keys;
+                    flying.push(Some(InFlight::Gets(GetsInFlight { keys, waiting })));
                 }
-                Job::Apply {
-                    key,
-                    mutation,
-                    version,
-                    now,
-                    reply,
-                } => {
-                    // The gets queued before the mutation go out before it.
-                    run.send(out, &mut expects, &mut flying);
-                    if let Some(outcome) = ops::refused_early(&s, &key, &mutation) {
-                        let _ = reply.send(Ok(outcome));
-                    } else if ops::single_request(&mutation) {
-                        match ops::plan_set(&s, out, &key, mutation, version, now) {
-                            ops::SetPlan::Done(outcome) => drop(reply.send(Ok(outcome))),
-                            ops::SetPlan::Sent { expect, pending } => {
-                                expects.push(expect);
-                                flying.push(Some(InFlight::Set { pending, reply }));
-                            }
-                        }
-                    } else {
-                        expects.push(ops::plan_read(out, &key));
-                        flying.push(Some(InFlight::Read(Rmw {
-                            key,
-                            mutation,
-                            version,
-                            now,
-                            reply,
-                        })));
+                Request::Mutation(job) => {
+                    let sent = send_mutation(&s, out, jobs[job].take());
+                    if let Some((expect, in_flight)) = sent {
+                        expects.push(expect);
+                        flying.push(Some(in_flight));
                     }
                 }
-                _ => unreachable!("not a pipelined job"),
             }
         }
-        run.send(out, &mut expects, &mut flying);
         if expects.is_empty() {
             return;
         }
@@ -750,18 +692,33 @@ mod tests {
 
     type Answer = oneshot::Receiver<Result<Option<Item>, DataletError>>;
 
-    /// A run of gets of `keys` (a key may come more than once), and what each is answered.
-    fn run_of(keys: &[&str]) -> (GetsRun, Vec<Answer>) {
-        let mut run = GetsRun::default();
-        let answers = keys
+    /// The `gets` of a run of gets of `keys` (a key may come more than once), as planned,
+    /// and what each get is answered.
+    fn run_of(keys: &[&str]) -> (GetsInFlight, Vec<Answer>) {
+        let keys: Vec<Bytes> = keys
             .iter()
-            .map(|k| {
-                let (reply, answer) = oneshot::channel();
-                run.push(Bytes::copy_from_slice(k.as_bytes()), 100, true, reply);
-                answer
-            })
+            .map(|k| Bytes::copy_from_slice(k.as_bytes()))
             .collect();
-        (run, answers)
+        let steps: Vec<Step<'_>> = keys.iter().map(Step::get).collect();
+        let [Request::Gets(run)] = &plan::requests(&steps)[..] else {
+            panic!("one run of gets");
+        };
+        let (waiting, answers) = run
+            .gets
+            .iter()
+            .map(|&(_, slot)| {
+                let (reply, answer) = oneshot::channel();
+                let waiting = Waiting {
+                    slot,
+                    now: 100,
+                    counted: true,
+                    reply,
+                };
+                (waiting, answer)
+            })
+            .unzip();
+        let keys = run.keys.clone();
+        (GetsInFlight { keys, waiting }, answers)
     }
 
     /// A hit on `key` holding `data` under a valid header.
@@ -829,38 +786,6 @@ mod tests {
         let (w, answers) = run_of(&["a", "b"]);
         assert!(finish_gets(&shared(), w, client::Reply::Error).is_err());
         assert_eq!(answered(answers).len(), 2);
-    }
-
-    #[test]
-    fn a_run_of_gets_asks_each_key_once_and_keeps_its_line_short() {
-        let (mut run, _answers) = run_of(&["a", "b", "a"]);
-        assert_eq!(run.keys, ["a", "b"]);
-        assert_eq!(run.waiting.len(), 3);
-        // Distinct keys of 250 bytes until the line is full; a key already asked still fits.
-        let long = |i: usize| Bytes::from(format!("{i:0>250}"));
-        let mut i = 0;
-        while run.fits(&long(i)) {
-            let (reply, _) = oneshot::channel();
-            run.push(long(i), 0, false, reply);
-            i += 1;
-        }
-        assert_eq!(i, 8, "250-byte keys after `a b` in a 2048-byte line");
-        assert!(run.fits(b"a") && run.fits(&long(0)) && run.fits(&[b'c'; 29]));
-        assert!(!run.fits(&[b'c'; 30]), "a line of 2049 bytes");
-        let mut out = bytes::BytesMut::new();
-        let (mut expects, mut flying) = (Vec::new(), Vec::new());
-        run.send(&mut out, &mut expects, &mut flying);
-        assert!(out.starts_with(b"gets a b 000"));
-        assert!(out.len() <= client::MAX_GETS_LINE_BYTES, "{}", out.len());
-        assert!(
-            out.len() > client::MAX_GETS_LINE_BYTES - 251,
-            "{}",
-            out.len()
-        );
-        assert_eq!((expects.len(), flying.len()), (1, 1));
-        assert!(run.waiting.is_empty() && run.keys.is_empty() && run.line == 0);
-        run.send(&mut out, &mut expects, &mut flying);
-        assert_eq!(expects.len(), 1, "an empty run sends nothing");
     }
 
     #[test]

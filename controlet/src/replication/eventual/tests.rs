@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::eventual::{EventualOptions, Update};
 use super::*;
 
 /// Where a [`Gated`] datalet stops an `apply`: before it acts, or after.

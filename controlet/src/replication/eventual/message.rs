@@ -1,0 +1,105 @@
+//! What eventual-mode peers send each other: updates, and the steps of anti-entropy.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
+
+use crate::replication::antientropy::Entry;
+
+/// One replicated change: the item a write left, a delete's tombstone, or a flush.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Update {
+    /// The item a write (or a `touch`) left under `key`, whole, at its version.
+    Item {
+        key: Bytes,
+        value: Bytes,
+        flags: u32,
+        expiry: Expiry,
+        version: Version,
+    },
+    /// A delete's tombstone: `key` holds nothing at `version`.
+    Deleted {
+        key: Bytes,
+        version: Version,
+        /// When the delete was made, by its node's clock: tombstones are collected by it.
+        deleted_at: UnixSecs,
+    },
+    /// `flush_all`: items stored at or before second `at` go once the clock reaches it, as
+    /// [`Datalet::flush_all`](tailorkv_datalet::Datalet::flush_all) says; `now` is the
+    /// flushing node's clock then.
+    Flush {
+        at: UnixSecs,
+        now: UnixSecs,
+        version: Version,
+    },
+}
+
+impl Update {
+    /// The version it carries: replicas keep the highest.
+    pub(super) fn version(&self) -> Version {
+        match self {
+            Update::Item { version, .. }
+            | Update::Deleted { version, .. }
+            | Update::Flush { version, .. } => *version,
+        }
+    }
+
+    /// Roughly how many bytes it takes on the wire.
+    pub(super) fn size(&self) -> usize {
+        match self {
+            Update::Item { key, value, .. } => key.len() + value.len() + 32,
+            Update::Deleted { key, .. } => key.len() + 24,
+            Update::Flush { .. } => 32,
+        }
+    }
+}
+
+/// What eventual-mode peers send each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Local writes, or hints, on their way to every replica.
+    Updates(Vec<Update>),
+    /// Anti-entropy, step 1: the sender's range hashes, clock and last flush.
+    Summary {
+        round: u64,
+        clock: Ts,
+        flush: Option<Update>,
+        ranges: Vec<u64>,
+    },
+    /// Step 2: the answer to summary `round`: the bucket hashes of each range that differs;
+    /// none when the two agree.
+    Buckets {
+        round: u64,
+        ranges: Vec<(u16, Vec<u64>)>,
+    },
+    /// Step 3: the sender's keys and versions in buckets that differ.
+    Entries { buckets: Vec<(u16, Vec<Entry>)> },
+    /// Step 4: items and tombstones the receiver lacks or holds older, and keys the sender
+    /// wants in return.
+    Repair {
+        updates: Vec<Update>,
+        want: Vec<Bytes>,
+    },
+}
+
+impl crate::weigh::Weigh for Message {
+    fn weight(&self) -> usize {
+        let updates = |u: &[Update]| u.iter().map(Update::size).sum::<usize>();
+        let data = match self {
+            Message::Updates(u) => updates(u),
+            Message::Summary { ranges, .. } => 8 * ranges.len() + 40,
+            Message::Buckets { ranges, .. } => {
+                ranges.iter().map(|(_, b)| 8 * b.len() + 10).sum::<usize>()
+            }
+            Message::Entries { buckets } => buckets
+                .iter()
+                .flat_map(|(_, entries)| entries)
+                .map(|e| e.key.len() + 24)
+                .sum(),
+            Message::Repair { updates: u, want } => {
+                updates(u) + want.iter().map(|k| k.len() + 8).sum::<usize>()
+            }
+        };
+        data + 16
+    }
+}

@@ -1,0 +1,475 @@
+//! The eventual mode: writes applied locally and acknowledged at once, propagated in the
+//! background, resolved by version on every replica, and repaired by hinted handoff and
+//! anti-entropy.
+//!
+//! A client never waits on a peer, and replicas converge whatever order updates arrive in:
+//! every write carries a hybrid-logical-clock version `(ts, node)`, and each replica keeps,
+//! per key, the highest version it has seen, of an item or of a tombstone (deletes leave
+//! tombstones, so a late older write cannot bring a key back; a flush travels with its
+//! version and acts as a tombstone for every key). What propagation loses (a peer down or
+//! slow, a broken link, a replica restarted empty) anti-entropy finds and repairs, with
+//! traffic in proportion to the difference.
+//!
+//! # Layout
+//!
+//! - this file: the node, [`Eventual`]: its clock, per-key locks, tombstones and last flush,
+//!   and a client's writes.
+//! - `message.rs`: [`Update`] and [`Message`], what peers send each other.
+//! - `receive.rs`: what peers send: an update is stored only if it is newer than what the
+//!   key holds; anti-entropy messages go on to the repairer.
+//! - `propagate.rs`: the task that sends updates to every peer without ever waiting on one,
+//!   keeping *hints* for a peer whose queue is full.
+//! - `repair.rs`: the anti-entropy task, and the entries this replica compares.
+//!
+//! # One change to a key at a time
+//!
+//! Every change to a key's item or tombstone holds the key's lock (`KEY_LOCKS` stripes,
+//! never held while waiting on a peer): so a delete and its tombstone are one step to a
+//! peer's update of the key, which cannot find the key empty and untombstoned and bring an
+//! older write back; and a client's write takes its version under the lock, so each replica
+//! applies its own writes of a key in version order.
+//!
+//! # Caveats
+//!
+//! A replica cut off for longer than [`EventualOptions::tombstone_grace`] can resurrect
+//! deleted keys. Tombstones, hints and the last flush live in memory. Until a peer's update
+//! or summary arrives, a write on a freshly restarted node can lose to an older write from a
+//! node whose clock ran ahead. The whole story, with the anti-entropy steps, is in
+//! `docs/architecture.md`.
+
+mod message;
+mod propagate;
+mod receive;
+mod repair;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tailorkv_common::codec::StoreMode;
+use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
+use tailorkv_datalet::{Datalet, DataletError, Item, Mutation, Outcome};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::antientropy::bucket_of;
+use crate::peer::{new_session, LinkConfig, Transport};
+use propagate::{Hints, Propagator};
+use repair::Repairer;
+
+pub use message::{Message, Update};
+
+/// Timestamps per millisecond of wall-clock time in [`wall_floor`].
+const TS_PER_MS: Ts = 64;
+
+/// The wall clock as a timestamp floor: milliseconds since the epoch times [`TS_PER_MS`]
+/// (below [`tailorkv_common::version::MAX_TS`] until the year 2109). A node's clock runs
+/// ahead of the floor only while it issues more than 64 versions per millisecond on average
+/// (or hears of a peer that did); a restart within such a lead could reissue a version, so
+/// the floor makes that need a sustained 64,000 writes a second and a crash in the same
+/// moment.
+fn wall_floor() -> Ts {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Ts);
+    ms * TS_PER_MS
+}
+
+/// Updates queued for the propagation task, at most, before writers wait for it (it never
+/// waits on a peer, so they wait only for this node's own work).
+const OUTGOING_QUEUE: usize = 64 * 1024;
+/// Updates sent in one peer message, at most.
+const BATCH: usize = 512;
+/// Keys and versions sent in one anti-entropy message, at most.
+const ENTRIES_BATCH: usize = 8192;
+/// Bytes of updates in one peer message, at most (far below the transport's frame limit).
+const MESSAGE_BYTES: usize = 4 << 20;
+/// How often hints are retried while a peer's queue is full.
+pub const HINT_RETRY: Duration = Duration::from_millis(20);
+/// Entries one anti-entropy round repairs in each direction, about, at most: a larger
+/// difference takes several rounds, so that a round's memory and burst of messages stay
+/// bounded.
+pub const ROUND_ENTRIES: usize = 16 * 1024;
+/// Anti-entropy messages received and waiting to be handled, at most; more are dropped.
+const REPAIR_QUEUE: usize = 1024;
+/// Stripes of per-key locks: changes to keys of one stripe wait for each other.
+const KEY_LOCKS: usize = 1024;
+
+/// How the eventual mode repairs replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventualOptions {
+    /// How often an anti-entropy round starts, with the next peer in turn.
+    pub antientropy_interval: Duration,
+    /// How long a tombstone is kept after its delete. A replica cut off for longer can
+    /// resurrect deleted keys.
+    pub tombstone_grace: Duration,
+    /// Bytes of updates kept per peer while its queue is full, at most.
+    pub hint_bytes: usize,
+    /// The cluster's name and frame limit on peer links.
+    pub link: LinkConfig,
+}
+
+/// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
+/// of updates or a repair is cut at `MESSAGE_BYTES` (4 MiB) plus the one entry that passed it.
+pub fn max_frame_bytes(item_size_max: usize) -> usize {
+    (MESSAGE_BYTES + item_size_max + (1 << 20)).max(crate::peer::MAX_FRAME_BYTES)
+}
+
+impl Default for EventualOptions {
+    fn default() -> Self {
+        EventualOptions {
+            antientropy_interval: Duration::from_secs(2),
+            tombstone_grace: Duration::from_secs(3600),
+            hint_bytes: 64 << 20,
+            link: LinkConfig::default(),
+        }
+    }
+}
+
+/// What repair costs, for `stats`.
+#[derive(Debug, Default)]
+struct Counters {
+    antientropy_rounds: AtomicU64,
+    antientropy_messages_sent: AtomicU64,
+    antientropy_entries_sent: AtomicU64,
+    hints_queued: AtomicU64,
+    hints_dropped: AtomicU64,
+    hints_pending: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Tombstone {
+    version: Version,
+    deleted_at: UnixSecs,
+}
+
+/// Per-key exclusion: one lock per stripe of keys ([`KEY_LOCKS`] stripes, by [`bucket_of`]).
+struct KeyLocks(Vec<tokio::sync::Mutex<()>>);
+
+impl KeyLocks {
+    fn new() -> Self {
+        KeyLocks((0..KEY_LOCKS).map(|_| Default::default()).collect())
+    }
+
+    /// Waits for `key`'s lock, which the other keys of its stripe share.
+    async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0[bucket_of(key) % KEY_LOCKS].lock().await
+    }
+}
+
+/// The eventual-consistency side of a node: applies local writes, propagates them, applies
+/// its peers' updates, and repairs replicas.
+pub struct Eventual<D> {
+    datalet: Arc<D>,
+    clock_source: Arc<dyn Clock>,
+    me: NodeId,
+    /// The Lamport clock: the last timestamp issued or seen.
+    clock: AtomicU64,
+    tombstones: Mutex<HashMap<Bytes, Tombstone>>,
+    /// Held by every change to a key's item or tombstone (see the module documentation).
+    locks: KeyLocks,
+    /// The highest-version flush made or received (an [`Update::Flush`]).
+    flushed: Mutex<Option<Update>>,
+    outgoing: mpsc::Sender<Update>,
+    options: EventualOptions,
+    counters: Arc<Counters>,
+}
+
+impl<D: Datalet> Eventual<D> {
+    /// Starts propagating to `peers` and receiving on `listener`, with the default
+    /// [`EventualOptions`].
+    pub fn start(
+        me: NodeId,
+        datalet: Arc<D>,
+        clock_source: Arc<dyn Clock>,
+        listener: TcpListener,
+        peers: &[(NodeId, SocketAddr)],
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let options = EventualOptions::default();
+        Self::start_with(
+            me,
+            datalet,
+            clock_source,
+            listener,
+            peers,
+            shutdown,
+            options,
+        )
+    }
+
+    /// [`Eventual::start`] with `options`.
+    pub fn start_with(
+        me: NodeId,
+        datalet: Arc<D>,
+        clock_source: Arc<dyn Clock>,
+        listener: TcpListener,
+        peers: &[(NodeId, SocketAddr)],
+        shutdown: CancellationToken,
+        options: EventualOptions,
+    ) -> Arc<Self> {
+        let (transport, inbox) = Transport::<Message>::start(
+            me,
+            new_session(),
+            listener,
+            peers,
+            options.link,
+            shutdown.clone(),
+        );
+        let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let counters = Arc::new(Counters::default());
+        let node = Arc::new(Eventual {
+            datalet,
+            clock_source,
+            me,
+            clock: Default::default(),
+            tombstones: Mutex::new(HashMap::new()),
+            locks: KeyLocks::new(),
+            flushed: Mutex::new(None),
+            outgoing,
+            options,
+            counters: counters.clone(),
+        });
+        let targets: Vec<NodeId> = peers.iter().map(|&(id, _)| id).collect();
+        let propagator = Propagator {
+            transport: transport.clone(),
+            peers: targets.iter().map(|&p| (p, Hints::default())).collect(),
+            limit: options.hint_bytes,
+            counters,
+        };
+        tokio::spawn(propagator.run(queue, shutdown.clone()));
+        let (repairs, repair_queue) = mpsc::channel(REPAIR_QUEUE);
+        let repairer = Repairer::new(Arc::clone(&node), transport, targets);
+        tokio::spawn(repairer.run(repair_queue, shutdown.clone()));
+        tokio::spawn(Arc::clone(&node).take_inbox(inbox, repairs, shutdown));
+        node
+    }
+
+    /// Anti-entropy rounds this node started.
+    pub fn antientropy_rounds(&self) -> u64 {
+        self.counters.antientropy_rounds.load(Ordering::Relaxed)
+    }
+
+    /// Anti-entropy messages this node sent (every step, both as initiator and as answerer).
+    pub fn antientropy_messages_sent(&self) -> u64 {
+        self.counters
+            .antientropy_messages_sent
+            .load(Ordering::Relaxed)
+    }
+
+    /// Items and tombstones this node sent to repair a peer.
+    pub fn antientropy_entries_sent(&self) -> u64 {
+        self.counters
+            .antientropy_entries_sent
+            .load(Ordering::Relaxed)
+    }
+
+    /// Updates kept as hints because a peer's queue was full (counted per peer).
+    pub fn hints_queued(&self) -> u64 {
+        self.counters.hints_queued.load(Ordering::Relaxed)
+    }
+
+    /// Hinted updates dropped over the bound, left for anti-entropy (counted per peer).
+    pub fn hints_dropped(&self) -> u64 {
+        self.counters.hints_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Hints waiting for their peers now, over all peers.
+    pub fn hints_pending(&self) -> u64 {
+        self.counters.hints_pending.load(Ordering::Relaxed)
+    }
+
+    /// Tombstones held now.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.lock().unwrap().len()
+    }
+
+    /// The next version: past every timestamp issued or seen here, and past
+    /// [`wall_floor`], so that a node restarted with an empty memory does not issue a
+    /// timestamp it issued before its restart (a hybrid logical clock).
+    fn next_version(&self) -> Version {
+        let floor = wall_floor();
+        let mut current = self.clock.load(Ordering::Acquire);
+        loop {
+            let ts = (current + 1).max(floor);
+            match self
+                .clock
+                .compare_exchange_weak(current, ts, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Version::new(ts, self.me),
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    fn observe(&self, ts: Ts) {
+        self.clock.fetch_max(ts, Ordering::AcqRel);
+    }
+
+    fn grace_secs(&self) -> u64 {
+        self.options.tombstone_grace.as_secs()
+    }
+
+    /// Whether a tombstone of a delete made at `deleted_at` is past its grace period.
+    fn collectable(&self, deleted_at: UnixSecs, now: UnixSecs) -> bool {
+        deleted_at.saturating_add(self.grace_secs()) <= now
+    }
+
+    /// Applies a client's mutation locally, then queues what it left for the peers.
+    pub async fn apply(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        now: UnixSecs,
+    ) -> Result<Outcome, DataletError> {
+        let (outcome, update) = {
+            let _key = self.locks.lock(key).await;
+            match mutation {
+                Mutation::Touch { expiry } => self.touch(key, expiry, now).await?,
+                Mutation::Delete => self.delete(key, now).await?,
+                other => self.store(key, other, now).await?,
+            }
+        };
+        if let Some(update) = update {
+            self.send(update).await;
+        }
+        Ok(outcome)
+    }
+
+    /// A client's write other than `touch` and `delete`, with the key locked; the item it
+    /// left, to send.
+    async fn store(
+        &self,
+        key: &Bytes,
+        mutation: Mutation,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        let version = self.next_version();
+        let outcome = self.datalet.apply(key, mutation, version, now).await?;
+        let item = self.datalet.get(key, now).await?;
+        Ok((outcome, item.map(|item| item_update(key, item))))
+    }
+
+    /// A client's `delete`, with the key locked: the item goes and its tombstone is recorded
+    /// in one step as far as a peer's update of the key can tell, since that takes the lock
+    /// too. The version is issued under the lock, so it is above every version stored here.
+    async fn delete(
+        &self,
+        key: &Bytes,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        let version = self.next_version();
+        let outcome = self
+            .datalet
+            .apply(key, Mutation::Delete, version, now)
+            .await?;
+        if outcome != Outcome::Deleted {
+            return Ok((outcome, None));
+        }
+        self.remember_tombstone(key, version, now, now);
+        let update = Update::Deleted {
+            key: key.clone(),
+            version,
+            deleted_at: now,
+        };
+        Ok((outcome, Some(update)))
+    }
+
+    /// `touch` as a new version of the item, so that the new expiry propagates; with the key
+    /// locked.
+    async fn touch(
+        &self,
+        key: &Bytes,
+        expiry: Expiry,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        loop {
+            let Some(item) = self.datalet.get(key, now).await? else {
+                return Ok((Outcome::NotFound, None));
+            };
+            let mutation = Mutation::Store {
+                mode: StoreMode::Cas(item.version.cas()),
+                flags: item.flags,
+                expiry,
+                value: item.value.clone(),
+            };
+            let version = self.next_version();
+            if self.datalet.apply(key, mutation, version, now).await? == Outcome::Stored {
+                let touched = Item {
+                    expiry,
+                    version,
+                    ..item
+                };
+                let update = item_update(key, touched.clone());
+                return Ok((Outcome::Touched(touched), Some(update)));
+            }
+        }
+    }
+
+    pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
+        let version = self.next_version();
+        self.datalet.flush_all(at, now, version).await?;
+        let flush = Update::Flush { at, now, version };
+        {
+            let mut flushed = self.flushed.lock().unwrap();
+            if flushed.as_ref().is_none_or(|f| f.version() < version) {
+                *flushed = Some(flush.clone());
+            }
+        }
+        self.send(flush).await;
+        Ok(())
+    }
+
+    async fn send(&self, update: Update) {
+        // Fails only at shutdown.
+        let _ = self.outgoing.send(update).await;
+    }
+
+    fn remember_tombstone(&self, key: &Bytes, version: Version, deleted_at: UnixSecs, now: u64) {
+        if self.collectable(deleted_at, now) {
+            return;
+        }
+        let stone = Tombstone {
+            version,
+            deleted_at,
+        };
+        self.tombstones
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .and_modify(|t| {
+                if t.version < version {
+                    *t = stone;
+                }
+            })
+            .or_insert(stone);
+    }
+}
+
+fn item_update(key: &Bytes, item: Item) -> Update {
+    Update::Item {
+        key: key.clone(),
+        value: item.value,
+        flags: item.flags,
+        expiry: item.expiry,
+        version: item.version,
+    }
+}
+
+fn deleted(key: &Bytes, t: Tombstone) -> Update {
+    Update::Deleted {
+        key: key.clone(),
+        version: t.version,
+        deleted_at: t.deleted_at,
+    }
+}
