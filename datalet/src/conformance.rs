@@ -68,11 +68,13 @@ fn v(ts: u64) -> Version {
     Version::new(ts, NodeId(1))
 }
 
-fn key(k: &str) -> Bytes {
+/// `k` as a key.
+pub fn key(k: &str) -> Bytes {
     Bytes::copy_from_slice(k.as_bytes())
 }
 
-fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
+/// A store of `value` (`set`, `add`, ... by `mode`).
+pub fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
     Mutation::Store {
         mode,
         flags,
@@ -81,7 +83,8 @@ fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
     }
 }
 
-fn set(value: &str) -> Mutation {
+/// A plain `set` of `value`.
+pub fn set(value: &str) -> Mutation {
     store(StoreMode::Set, value, 0, Expiry::Never)
 }
 

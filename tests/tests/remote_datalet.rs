@@ -52,22 +52,7 @@ fn v(ts: u64) -> Version {
     Version::new(ts, NodeId(3))
 }
 
-fn key(k: &str) -> Bytes {
-    Bytes::copy_from_slice(k.as_bytes())
-}
-
-fn store(mode: StoreMode, value: &str, flags: u32, expiry: Expiry) -> Mutation {
-    Mutation::Store {
-        mode,
-        flags,
-        expiry,
-        value: Bytes::copy_from_slice(value.as_bytes()),
-    }
-}
-
-fn set(value: &str) -> Mutation {
-    store(StoreMode::Set, value, 0, Expiry::Never)
-}
+use tailorkv_datalet::conformance::{key, set, store};
 
 fn remote(addr: SocketAddr) -> RemoteDatalet {
     RemoteDatalet::new(

@@ -206,24 +206,8 @@ fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts, u64), DataletError> 
 
 /// The live items at `now` in one read transaction.
 fn scan_snapshot(db: &Database, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
-    let txn = db.begin_read().map_err(unavailable)?;
-    let meta = txn.open_table(META).map_err(unavailable)?;
-    let flush_at = meta
-        .get(META_FLUSH_AT)
-        .map_err(unavailable)?
-        .map_or(0, |v| v.value());
-    let items = txn.open_table(ITEMS).map_err(unavailable)?;
-    let mut live = Vec::new();
-    for entry in items.iter().map_err(unavailable)? {
-        let (key, bytes) = entry.map_err(unavailable)?;
-        let Some(slot) = Slot::decode(bytes.value()) else {
-            continue;
-        };
-        if dead(&slot.item, slot.stored_at, flush_at, now).is_none() {
-            live.push((Bytes::copy_from_slice(key.value()), slot.item));
-        }
-    }
-    Ok(live)
+    use crate::Snapshot as _;
+    DiskSnapshot::open(db, now)?.next_part(usize::MAX)
 }
 
 /// A snapshot read from one read transaction, a part at a time.
