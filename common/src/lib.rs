@@ -8,11 +8,13 @@
 //!   exptime rules.
 //! - [`codec`]: the memcached text protocol, server side: bytes in, [`codec::Request`] out;
 //!   [`codec::Response`] and VALUE blocks back to bytes. Pure: no I/O, no clock.
+//! - [`hash`]: the stable hash of keys that partitions and anti-entropy buckets derive from.
 //! - [`client`]: the same protocol, client side: [`client::Request`] to bytes, bytes to
 //!   [`client::Reply`]. Pure too; for talking to any memcached-compatible server.
 
 pub mod client;
 pub mod codec;
+pub mod hash;
 pub mod time;
 pub mod version;
 

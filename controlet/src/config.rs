@@ -80,6 +80,13 @@ pub struct Config {
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<Member>,
 
+    /// Copies of each key (with `--peers`): the key space is split into 1024 partitions, each
+    /// held by a replica group of this many nodes, and any node serves any key, forwarding to
+    /// an owner. Default: 3, or every node when there are fewer. Every member must be given
+    /// the same number.
+    #[arg(long)]
+    pub replicas: Option<usize>,
+
     /// Where this node listens for its peers. Default: its own entry in `--peers`.
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,

@@ -8,6 +8,7 @@
 //! writes are applied locally and propagated by [`Eventual`], and reads are served from the
 //! local replica. Commands talk only to this interface.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,7 +19,9 @@ use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outc
 use tokio::sync::Mutex;
 
 use crate::error::Error;
+use crate::placement::{GroupId, Placement};
 use crate::replication::{Eventual, Replicator};
+use crate::shard::forward::{Forwarded, Forwarder, RemoteAnswer, RemoteOp};
 
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
 /// writes, and a restart resumes past every timestamp that may have been issued.
@@ -98,19 +101,20 @@ impl LocalClock {
     }
 }
 
-/// Carries out commands' effects on data, in the node's mode.
-pub struct Engine<D> {
+/// Carries out commands' effects on the data of one replica group this node holds (on a
+/// single node, of everything), in the node's mode.
+pub struct Local<D> {
     datalet: Arc<D>,
     mode: Mode<D>,
     clock: Arc<dyn Clock>,
 }
 
-impl<D: Datalet> Engine<D> {
+impl<D: Datalet> Local<D> {
     /// An engine over `datalet` on a single node, resuming its clock past every timestamp a
     /// previous run may have issued.
     pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
         let resume = datalet.load_clock().await?;
-        Ok(Engine {
+        Ok(Local {
             datalet,
             mode: Mode::Single(LocalClock::resume(resume)),
             clock,
@@ -206,18 +210,9 @@ impl<D: Datalet> Engine<D> {
         }
     }
 
-    /// `flush_all [delay]`, with memcached's timing: the flush point is one second before the
-    /// delay's exptime (memcached sets `oldest_live = realtime(exptime) - 1`), so
-    /// `flush_all 10` takes effect after 9 seconds, and `flush_all 1` flushes at once and also
-    /// hides items stored during the rest of this second. Without a delay the flush point is
-    /// the second before now: everything stored so far goes, later writes stay.
-    pub async fn flush_all(&self, delay: i32) -> Result<(), Error> {
+    /// `flush_all` with the flush point `at` (see [`Engine::flush_all`]).
+    pub async fn flush_at(&self, at: UnixSecs) -> Result<(), Error> {
         let now = self.now();
-        let at = match Expiry::from_exptime(delay, now) {
-            Expiry::At(at) if delay > 0 => at,
-            _ => now,
-        };
-        let at = at.saturating_sub(1);
         match &self.mode {
             Mode::Ordered(o) => o.replicator.flush(at, now).await,
             Mode::Eventual(e) => Ok(e.flush(at, now).await?),
@@ -226,6 +221,11 @@ impl<D: Datalet> Engine<D> {
                 Ok(self.datalet.flush_all(at, now, version).await?)
             }
         }
+    }
+
+    /// The datalet this engine stores into.
+    pub fn datalet(&self) -> &Arc<D> {
+        &self.datalet
     }
 
     /// The total order's counters, in a strong-mode cluster.
@@ -276,6 +276,429 @@ impl<D: Datalet> Engine<D> {
     /// the local replica as it stands, not read through the order.
     pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
         Ok(self.datalet.scan(self.now()).await?)
+    }
+}
+
+/// The replica groups this node holds, by id, each with its engine.
+pub type Locals<D> = BTreeMap<GroupId, Local<D>>;
+
+/// What a node of a sharded cluster knows beyond its own groups: where every key lives, and
+/// how to reach the owners of the keys it does not hold.
+pub struct Cluster {
+    pub placement: Arc<Placement>,
+    pub forwarder: Arc<Forwarder>,
+}
+
+/// Where a key's requests are carried out.
+enum Route<'a, D> {
+    Here(&'a Local<D>),
+    There {
+        group: GroupId,
+        owners: &'a [tailorkv_common::NodeId],
+        partition: usize,
+    },
+}
+
+/// Carries out commands' effects on data: in the replica group that holds the key, on this
+/// node when it is a member, else at an owner ([`crate::shard::forward`]). On a single node,
+/// and in a cluster where every node holds every key, that is always here.
+pub struct Engine<D> {
+    locals: Arc<Locals<D>>,
+    cluster: Option<Cluster>,
+    clock: Arc<dyn Clock>,
+}
+
+/// The replication counters of every group this node holds, added up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplicationCounts {
+    pub peer_messages_sent: u64,
+    pub ops_proposed: u64,
+    pub ops_applied: u64,
+    pub apply_failures: u64,
+}
+
+/// Eventual mode's repair counters of every group this node holds, added up.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepairCounts {
+    pub antientropy_rounds: u64,
+    pub antientropy_entries_sent: u64,
+    pub hints_queued: u64,
+    pub hints_dropped: u64,
+    pub hints_pending: u64,
+    pub tombstones: u64,
+}
+
+impl<D: Datalet> Engine<D> {
+    /// A single node's engine over `datalet` (see [`Local::start`]).
+    pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
+        let local = Local::start(datalet, Arc::clone(&clock)).await?;
+        Ok(Engine::new(
+            BTreeMap::from([(GroupId(0), local)]),
+            None,
+            clock,
+        ))
+    }
+
+    /// The engine of a node holding `locals`; `cluster` when other nodes hold other keys.
+    pub fn new(locals: Locals<D>, cluster: Option<Cluster>, clock: Arc<dyn Clock>) -> Self {
+        assert!(!locals.is_empty(), "a node holds at least one group");
+        Engine {
+            locals: Arc::new(locals),
+            cluster,
+            clock,
+        }
+    }
+
+    /// The groups this node holds.
+    pub fn locals(&self) -> &Arc<Locals<D>> {
+        &self.locals
+    }
+
+    /// Where keys live and how owners are reached, in a sharded cluster.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// The time now, by the engine's clock.
+    pub fn now(&self) -> UnixSecs {
+        self.clock.now()
+    }
+
+    fn route(&self, key: &[u8]) -> Route<'_, D> {
+        let Some(cluster) = &self.cluster else {
+            return Route::Here(self.locals.values().next().expect("one group"));
+        };
+        let partition = crate::placement::partition_of(key);
+        let group = cluster.placement.group_of_partition(partition);
+        match self.locals.get(&group) {
+            Some(local) => Route::Here(local),
+            None => Route::There {
+                group,
+                owners: cluster.placement.members(group),
+                partition,
+            },
+        }
+    }
+
+    fn forwarder(&self) -> &Forwarder {
+        &self
+            .cluster
+            .as_ref()
+            .expect("forwarding is sharded")
+            .forwarder
+    }
+
+    /// The live item under `key` (see [`Local::get`]).
+    pub async fn get(&self, key: &Bytes) -> Result<Option<Item>, Error> {
+        match self.route(key) {
+            Route::Here(local) => local.get(key).await,
+            Route::There { .. } => {
+                let mut items = self.get_many(std::slice::from_ref(key)).await;
+                items.pop().expect("one answer per key")
+            }
+        }
+    }
+
+    /// The live items under `keys`, in their order: the keys of each group read together,
+    /// every group at once.
+    pub async fn get_many(&self, keys: &[Bytes]) -> Vec<Result<Option<Item>, Error>> {
+        if let [key] = keys {
+            if let Route::Here(local) = self.route(key) {
+                return vec![local.get(key).await];
+            }
+        }
+        let mut here: Vec<(usize, &Local<D>)> = Vec::new();
+        let mut there: BTreeMap<GroupId, (Vec<usize>, &[tailorkv_common::NodeId], usize)> =
+            BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.route(key) {
+                Route::Here(local) => here.push((i, local)),
+                Route::There {
+                    group,
+                    owners,
+                    partition,
+                } => there
+                    .entry(group)
+                    .or_insert_with(|| (Vec::new(), owners, partition))
+                    .0
+                    .push(i),
+            }
+        }
+        let mut results: Vec<Option<Result<Option<Item>, Error>>> = vec![None; keys.len()];
+        let local = futures_util::future::join_all(
+            here.iter()
+                .map(|&(i, local)| async move { (i, local.get(&keys[i]).await) }),
+        );
+        let remote = futures_util::future::join_all(there.into_iter().map(
+            |(group, (indices, owners, partition))| async move {
+                let op = RemoteOp::Get {
+                    keys: indices.iter().map(|&i| keys[i].clone()).collect(),
+                };
+                let answer = self
+                    .forwarder()
+                    .call(group, owners, partition, op, true)
+                    .await;
+                (indices, answer)
+            },
+        ));
+        let (local, remote) = tokio::join!(local, remote);
+        for (i, result) in local {
+            results[i] = Some(result);
+        }
+        for (indices, answer) in remote {
+            match answer {
+                Ok(RemoteAnswer::Items(items)) if items.len() == indices.len() => {
+                    for (i, item) in indices.into_iter().zip(items) {
+                        results[i] = Some(item.map_err(Error::from));
+                    }
+                }
+                Ok(other) => {
+                    for i in indices {
+                        results[i] = Some(Err(unexpected(&other)));
+                    }
+                }
+                Err(e) => {
+                    for i in indices {
+                        results[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every key answered"))
+            .collect()
+    }
+
+    /// Carries out a client's `mutation` of `key` in the key's group.
+    pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
+        match self.route(key) {
+            Route::Here(local) => local.apply(key, mutation).await,
+            Route::There {
+                group,
+                owners,
+                partition,
+            } => {
+                let op = RemoteOp::Apply {
+                    key: key.clone(),
+                    mutation,
+                };
+                match self
+                    .forwarder()
+                    .call(group, owners, partition, op, false)
+                    .await?
+                {
+                    RemoteAnswer::Applied(result) => Ok(result?),
+                    other => Err(unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    /// `flush_all [delay]`, with memcached's timing: the flush point is one second before the
+    /// delay's exptime (memcached sets `oldest_live = realtime(exptime) - 1`), so
+    /// `flush_all 10` takes effect after 9 seconds, and `flush_all 1` flushes at once and also
+    /// hides items stored during the rest of this second. Without a delay the flush point is
+    /// the second before now: everything stored so far goes, later writes stay. In a sharded
+    /// cluster every group flushes at the same point; the first failure is the reply.
+    pub async fn flush_all(&self, delay: i32) -> Result<(), Error> {
+        let now = self.now();
+        let at = match Expiry::from_exptime(delay, now) {
+            Expiry::At(at) if delay > 0 => at,
+            _ => now,
+        };
+        let at = at.saturating_sub(1);
+        let Some(cluster) = &self.cluster else {
+            let local = self.locals.values().next().expect("one group");
+            return local.flush_at(at).await;
+        };
+        let flushes = cluster.placement.groups().map(|group| async move {
+            if let Some(local) = self.locals.get(&group) {
+                return local.flush_at(at).await;
+            }
+            let owners = cluster.placement.members(group);
+            let op = RemoteOp::Flush { at };
+            match self
+                .forwarder()
+                .call(group, owners, usize::from(group.0), op, false)
+                .await?
+            {
+                RemoteAnswer::Flushed(result) => Ok(result?),
+                other => Err(unexpected(&other)),
+            }
+        });
+        futures_util::future::join_all(flushes)
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// The counters of every group's datalet on this node, added up, with this node's memory
+    /// limit.
+    pub fn datalet_stats(&self) -> DataletStats {
+        let mut sum = DataletStats::default();
+        for local in self.locals.values() {
+            add_stats(&mut sum, &local.datalet_stats());
+            sum.limit_maxbytes += local.datalet_stats().limit_maxbytes;
+        }
+        sum
+    }
+
+    /// The items and bytes of the whole cluster, each group counted once (from this node
+    /// where it holds the group, else from an owner), for `stats`; and how many groups could
+    /// not be asked. On a node that holds every key, its own.
+    pub async fn cluster_stats(&self) -> (DataletStats, usize) {
+        let Some(cluster) = &self.cluster else {
+            return (self.datalet_stats(), 0);
+        };
+        let counts = cluster.placement.groups().map(|group| async move {
+            if let Some(local) = self.locals.get(&group) {
+                return Some(local.datalet_stats());
+            }
+            let owners = cluster.placement.members(group);
+            let answer = self
+                .forwarder()
+                .call(group, owners, usize::from(group.0), RemoteOp::Stats, true)
+                .await;
+            match answer {
+                Ok(RemoteAnswer::Stats(stats)) => Some(stats),
+                _ => None,
+            }
+        });
+        let mut sum = DataletStats::default();
+        let mut missing = 0;
+        for stats in futures_util::future::join_all(counts).await {
+            match stats {
+                Some(stats) => add_stats(&mut sum, &stats),
+                None => missing += 1,
+            }
+        }
+        (sum, missing)
+    }
+
+    /// The total order's counters of every group held here, in a strong-mode cluster.
+    pub fn replication_counters(&self) -> Option<ReplicationCounts> {
+        let mut sum = None;
+        for local in self.locals.values() {
+            if let Some(c) = local.replication_counters() {
+                let s: &mut ReplicationCounts = sum.get_or_insert_with(Default::default);
+                s.peer_messages_sent += c.peer_messages_sent.load(Ordering::Relaxed);
+                s.ops_proposed += c.ops_proposed.load(Ordering::Relaxed);
+                s.ops_applied += c.ops_applied.load(Ordering::Relaxed);
+                s.apply_failures += c.apply_failures.load(Ordering::Relaxed);
+            }
+        }
+        sum
+    }
+
+    /// Eventual mode's repair counters of every group held here.
+    pub fn repair_counters(&self) -> Option<RepairCounts> {
+        let mut sum = None;
+        for local in self.locals.values() {
+            if let Some(e) = local.eventual_node() {
+                let s: &mut RepairCounts = sum.get_or_insert_with(Default::default);
+                s.antientropy_rounds += e.antientropy_rounds();
+                s.antientropy_entries_sent += e.antientropy_entries_sent();
+                s.hints_queued += e.hints_queued();
+                s.hints_dropped += e.hints_dropped();
+                s.hints_pending += e.hints_pending();
+                s.tombstones += e.tombstones() as u64;
+            }
+        }
+        sum
+    }
+
+    /// Where this node stands in each group it holds, in a strong mode.
+    pub fn cluster_health(&self) -> Vec<(GroupId, &crate::replication::Health)> {
+        self.locals
+            .iter()
+            .filter_map(|(&g, local)| Some((g, local.cluster_health()?)))
+            .collect()
+    }
+
+    /// `cache_memlimit`: this node's memory, shared equally by the groups it holds.
+    pub fn set_memory_limit(&self, bytes: usize) {
+        let share = bytes / self.locals.len();
+        for local in self.locals.values() {
+            local.set_memory_limit(share);
+        }
+    }
+
+    /// Every live item this node holds, for `lru_crawler metadump`: its own replicas as they
+    /// stand, not read through the order, and not the keys other nodes hold.
+    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
+        let mut items = Vec::new();
+        for local in self.locals.values() {
+            items.extend(local.scan().await?);
+        }
+        Ok(items)
+    }
+}
+
+fn add_stats(sum: &mut DataletStats, s: &DataletStats) {
+    sum.curr_items += s.curr_items;
+    sum.total_items += s.total_items;
+    sum.bytes += s.bytes;
+    sum.get_expired += s.get_expired;
+    sum.get_flushed += s.get_flushed;
+    sum.reclaimed += s.reclaimed;
+}
+
+fn unexpected(answer: &RemoteAnswer) -> Error {
+    tracing::error!(
+        ?answer,
+        "an owner answered a forwarded request with something else"
+    );
+    Error::Refused(crate::shard::forward::NO_OWNER)
+}
+
+/// Carries out requests other nodes forward to the groups this one holds, and hands their
+/// answers to requests this node forwarded to `forwarder`, until shutdown. Each request is
+/// its own task: a slow group never holds up another's.
+pub async fn serve_forwarded<D: Datalet>(
+    locals: Arc<Locals<D>>,
+    forwarder: Arc<Forwarder>,
+    mut incoming: tokio::sync::mpsc::UnboundedReceiver<(tailorkv_common::NodeId, Forwarded)>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let got = tokio::select! {
+            got = incoming.recv() => got,
+            () = shutdown.cancelled() => return,
+        };
+        let Some((from, forwarded)) = got else { return };
+        match forwarded {
+            Forwarded::Answer { id, answer } => forwarder.answered(id, answer),
+            Forwarded::Request { id, group, op } => {
+                let locals = Arc::clone(&locals);
+                let forwarder = Arc::clone(&forwarder);
+                tokio::spawn(async move {
+                    let answer = match locals.get(&group) {
+                        Some(local) => carry_out(local, op).await,
+                        None => RemoteAnswer::NotHeld,
+                    };
+                    forwarder.answer(from, id, answer).await;
+                });
+            }
+        }
+    }
+}
+
+/// Carries out a forwarded request in a group held here.
+async fn carry_out<D: Datalet>(local: &Local<D>, op: RemoteOp) -> RemoteAnswer {
+    match op {
+        RemoteOp::Get { keys } => {
+            let reads = keys.iter().map(|key| local.get(key));
+            let items = futures_util::future::join_all(reads).await;
+            RemoteAnswer::Items(items.into_iter().map(|r| r.map_err(Into::into)).collect())
+        }
+        RemoteOp::Apply { key, mutation } => {
+            RemoteAnswer::Applied(local.apply(&key, mutation).await.map_err(Into::into))
+        }
+        RemoteOp::Flush { at } => {
+            RemoteAnswer::Flushed(local.flush_at(at).await.map_err(Into::into))
+        }
+        RemoteOp::Stats => RemoteAnswer::Stats(local.datalet_stats()),
     }
 }
 

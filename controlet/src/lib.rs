@@ -30,9 +30,11 @@ pub mod engine;
 pub mod error;
 pub mod out;
 pub mod peer;
+pub mod placement;
 pub mod process;
 pub mod replication;
 pub mod server;
+pub mod shard;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stats;

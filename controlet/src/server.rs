@@ -6,6 +6,7 @@
 //! and closed, as memcached does. On shutdown the loop stops accepting, every connection
 //! finishes the requests it has read and writes their replies, and `run` returns.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,10 +25,13 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::Context;
 use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
-use crate::engine::Engine;
-use crate::peer::{cluster_digest, LinkConfig};
+use crate::engine::{serve_forwarded, Cluster, Engine, Local, Locals};
+use crate::peer::{cluster_digest, new_session, LinkConfig, Transport};
+use crate::placement::{GroupId, Placement};
 use crate::replication::eventual::{self, EventualOptions};
-use crate::replication::{max_frame_bytes, spawn_driver, Eventual, Members};
+use crate::replication::{max_frame_bytes, Eventual, GroupDriver, PeerMsg};
+use crate::shard::forward::Forwarder;
+use crate::shard::mux::{self, GroupLink, Groups, Wire};
 use crate::stats::Counts;
 use crate::tob::Timing;
 
@@ -57,8 +61,8 @@ fn is_strong_cluster(config: &Config) -> bool {
 /// room to spare.
 const FRAME_CAP_BYTES: usize = 2 << 30;
 
-/// What names a cluster on its peer links: the members, the mode and the item size limit,
-/// which every member must share.
+/// What names a cluster on its peer links: the members, the mode, the item size limit and the
+/// replicas, which every member must share.
 fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     let mut members: Vec<String> = config
         .peers
@@ -68,10 +72,12 @@ fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     members.sort();
     let mode = format!("{:?}", config.consistency);
     let item = config.item_size_max.to_string();
-    let parts = members
-        .iter()
-        .map(String::as_bytes)
-        .chain([mode.as_bytes(), item.as_bytes()]);
+    let replicas = placement(config).map_or(0, |p| p.replicas()).to_string();
+    let parts = members.iter().map(String::as_bytes).chain([
+        mode.as_bytes(),
+        item.as_bytes(),
+        replicas.as_bytes(),
+    ]);
     LinkConfig {
         cluster: cluster_digest(parts),
         max_frame_bytes,
@@ -79,55 +85,80 @@ fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     }
 }
 
-/// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled.
+/// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled. A
+/// node of a sharded cluster has one datalet per replica group it holds: `disk:DIR` keeps
+/// group `g`'s in `DIR/group-g` (in `DIR` itself while the cluster has one group).
 pub async fn run_configured(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let clock = Arc::new(SystemClock);
+    let sharded = placement(&config)?.groups().count() > 1;
     match config.datalet {
         DataletSpec::Memory => {
-            let datalet = if is_strong_cluster(&config) {
-                MemoryDatalet::replica(limits(&config))
-            } else {
-                MemoryDatalet::new(limits(&config))
+            let strong = is_strong_cluster(&config);
+            let open = |_: GroupId, held: usize| {
+                let limits = limits_shared(&config, held);
+                Ok(Arc::new(if strong {
+                    MemoryDatalet::replica(limits)
+                } else {
+                    MemoryDatalet::new(limits)
+                }))
             };
-            let datalet = Arc::new(datalet);
-            run(listener, config, datalet, Arc::new(SystemClock), shutdown).await
+            serve_with(listener, config.clone(), open, clock, shutdown).await
         }
         DataletSpec::Disk(ref dir) => {
             let options = DiskOptions {
                 max_batch: config.disk_max_batch,
                 ..DiskOptions::default()
             };
-            let datalet =
-                DiskDatalet::open(dir, limits(&config), options).map_err(std::io::Error::other)?;
-            run(
-                listener,
-                config,
-                Arc::new(datalet),
-                Arc::new(SystemClock),
-                shutdown,
-            )
-            .await
+            let open = |group: GroupId, held: usize| {
+                let dir = match sharded {
+                    true => dir.join(format!("group-{}", group.0)),
+                    false => dir.clone(),
+                };
+                let options = options.clone();
+                let datalet = DiskDatalet::open(&dir, limits_shared(&config, held), options)
+                    .map_err(std::io::Error::other)?;
+                Ok(Arc::new(datalet))
+            };
+            serve_with(listener, config.clone(), open, clock, shutdown).await
         }
         DataletSpec::Memcached(ref addr) => {
-            // Connects on first use; `run` loads the clock from it first, so a server that is
-            // down makes the start fail.
+            if sharded {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a memcached:// datalet holds one replica group: give --replicas the number \
+                     of nodes in --peers (every node holds every key)",
+                ));
+            }
+            // Connects on first use; the engine loads the clock from it first, so a server
+            // that is down makes the start fail.
             let options = RemoteOptions {
                 connections: config.datalet_connections.unwrap_or(config.threads.max(1)),
                 replica: is_strong_cluster(&config),
                 ..RemoteOptions::default()
             };
-            let datalet = RemoteDatalet::new(addr.clone(), limits(&config), options);
-            let clock = Arc::new(SystemClock);
-            run(listener, config, Arc::new(datalet), clock, shutdown).await
+            let datalet = Arc::new(RemoteDatalet::new(addr.clone(), limits(&config), options));
+            run(listener, config, datalet, clock, shutdown).await
         }
     }
 }
 
+/// [`limits`] for one of `held` replica groups on a node: the node's memory limit is shared
+/// equally by the groups it holds.
+fn limits_shared(config: &Config, held: usize) -> Limits {
+    let mut limits = limits(config);
+    if limits.memory_limit_bytes != usize::MAX {
+        limits.memory_limit_bytes /= held.max(1);
+    }
+    limits
+}
+
 /// Serves memcached clients on `listener`, storing into `datalet`, until `shutdown` is
-/// cancelled.
+/// cancelled. A node that holds more than one replica group needs a datalet for each: see
+/// [`run_configured`].
 pub async fn run<D: Datalet>(
     listener: TcpListener,
     config: Config,
@@ -135,14 +166,35 @@ pub async fn run<D: Datalet>(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let mut one = Some(datalet);
+    let open = move |_: GroupId, _: usize| {
+        one.take().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "this node holds more than one replica group and was given one datalet",
+            )
+        })
+    };
+    serve_with(listener, config, open, clock, shutdown).await
+}
+
+/// Serves on `listener`, opening the datalet of each replica group this node holds with
+/// `open(group, groups held)`.
+async fn serve_with<D: Datalet>(
+    listener: TcpListener,
+    config: Config,
+    mut open: impl FnMut(GroupId, usize) -> std::io::Result<Arc<D>>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let clock_for_cluster = Arc::clone(&clock);
-    let mut engine = Engine::start(datalet.clone(), clock)
-        .await
-        .map_err(std::io::Error::other)?;
-    if !config.peers.is_empty() {
-        engine = join_cluster(&config, engine, datalet, clock_for_cluster, &shutdown).await?;
-    }
+    let engine = if config.peers.is_empty() {
+        Engine::start(open(GroupId(0), 1)?, clock)
+            .await
+            .map_err(std::io::Error::other)?
+    } else {
+        join_cluster(&config, &mut open, clock, &shutdown).await?
+    };
     let ctx = Arc::new(Context {
         engine,
         counts: Default::default(),
@@ -200,12 +252,34 @@ pub async fn run<D: Datalet>(
     Ok(())
 }
 
-/// Joins the cluster `config.peers` names: binds the peer address and starts the
-/// replication its consistency mode needs.
+/// The cluster's placement: its nodes and `--replicas` (default 3, or every node when fewer).
+pub fn placement(config: &Config) -> std::io::Result<Placement> {
+    let ids: Vec<NodeId> = match config.peers.is_empty() {
+        true => vec![NodeId(config.id)],
+        false => config.peers.iter().map(|m| m.id).collect(),
+    };
+    let replicas = config.replicas.unwrap_or(DEFAULT_REPLICAS.min(ids.len()));
+    if replicas == 0 || replicas > ids.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--replicas {replicas} must be between 1 and the number of nodes ({})",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(Placement::new(&ids, replicas))
+}
+
+/// Copies of each key when `--replicas` is not given (or every node, when fewer).
+pub const DEFAULT_REPLICAS: usize = 3;
+
+/// Joins the cluster `config.peers` names: binds the peer address, starts the replication of
+/// every replica group this node holds in the cluster's mode, and the forwarding of requests
+/// for the keys it does not hold.
 async fn join_cluster<D: Datalet>(
     config: &Config,
-    engine: Engine<D>,
-    datalet: Arc<D>,
+    open: &mut impl FnMut(GroupId, usize) -> std::io::Result<Arc<D>>,
     clock: Arc<dyn Clock>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Engine<D>> {
@@ -223,69 +297,187 @@ async fn join_cluster<D: Datalet>(
             format!("cannot listen for peers on {listen}: {e}"),
         )
     })?;
-    let all: Vec<(NodeId, SocketAddr)> = config.peers.iter().map(|m| (m.id, m.addr)).collect();
+    let placement = Arc::new(placement(config)?);
+    let held = placement.groups_of(me);
+    let peers: Vec<(NodeId, SocketAddr)> = config
+        .peers
+        .iter()
+        .filter(|m| m.id != me)
+        .map(|m| (m.id, m.addr))
+        .collect();
     tracing::info!(
         id = config.id,
-        members = all.len(),
+        nodes = placement.nodes().len(),
+        replicas = placement.replicas(),
+        groups = ?held,
+        partitions = placement.share(me),
         consistency = ?config.consistency,
         "joining the cluster"
     );
+    let session = new_session();
+    let mut locals = BTreeMap::new();
+    let memory_share = config.memory_limit * 1024 * 1024 / held.len();
     let local_reads = match config.consistency {
         Consistency::Linearizable => config.unsafe_local_reads,
         Consistency::Sequential => true,
         Consistency::Eventual => {
-            let peers: Vec<_> = all.iter().copied().filter(|&(id, _)| id != me).collect();
             let options = EventualOptions {
                 link: link_config(config, eventual::max_frame_bytes(config.item_size_max)),
                 ..EventualOptions::default()
             };
-            let node = Eventual::start_with(
+            let (transport, inbox) = Transport::<Wire<eventual::Message>>::start(
                 me,
-                datalet,
-                clock,
+                session,
                 listener,
                 &peers,
+                options.link,
                 shutdown.clone(),
-                options,
             );
-            return Ok(engine.eventual(node));
+            let mut groups = Groups::default();
+            for &group in &held {
+                let members = placement.members(group).to_vec();
+                let group_inbox = groups.add(group, members.clone());
+                let others: Vec<NodeId> = members.into_iter().filter(|&m| m != me).collect();
+                let datalet = open(group, held.len())?;
+                let link = GroupLink::new(transport.clone(), group);
+                let node = Eventual::start_in(
+                    me,
+                    Arc::clone(&datalet),
+                    Arc::clone(&clock),
+                    (link, group_inbox),
+                    &others,
+                    shutdown.clone(),
+                    options,
+                );
+                let local = Local::start(datalet, Arc::clone(&clock))
+                    .await
+                    .map_err(std::io::Error::other)?;
+                locals.insert(group, local.eventual(node));
+            }
+            let node = Node {
+                transport,
+                inbox,
+                groups,
+                placement,
+            };
+            return Ok(node.serve(locals, clock, shutdown));
         }
     };
-    let frame = max_frame_bytes(all.len(), config.item_size_max);
+    let replicas = placement.replicas();
+    let frame = max_frame_bytes(replicas, config.item_size_max);
     if frame > FRAME_CAP_BYTES {
         return Err(invalid(format!(
-            "--item-size-max {} is too large for a {}-node cluster in this mode: a view change \
+            "--item-size-max {} is too large for {replicas} replicas in this mode: a view change \
              may carry {} MiB in one message, over the {} MiB a peer frame may hold",
             config.item_size_max,
-            all.len(),
             frame >> 20,
             FRAME_CAP_BYTES >> 20
         )));
     }
-    let link = link_config(config, frame);
-    let members = Members { me, all, link };
-    let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
-    let replicator = spawn_driver(
-        members,
+    let (transport, inbox) = Transport::<Wire<PeerMsg>>::start(
+        me,
+        session,
         listener,
-        datalet,
-        Timing {
-            suspect_after: config.failure_timeout_ms,
-            suspect_increment: config.failure_timeout_ms / 2,
-            view_change: (config.failure_timeout_ms * 5 / 8).max(10),
-            ..Timing::default()
-        },
-        delivered,
+        &peers,
+        link_config(config, frame),
         shutdown.clone(),
     );
-    tokio::spawn(force_on_signal(replicator.clone(), shutdown.clone()));
-    let memory_limit = config.memory_limit * 1024 * 1024;
-    Ok(engine.replicated(replicator, local_reads, memory_limit))
+    let timing = Timing {
+        suspect_after: config.failure_timeout_ms,
+        suspect_increment: config.failure_timeout_ms / 2,
+        view_change: (config.failure_timeout_ms * 5 / 8).max(10),
+        ..Timing::default()
+    };
+    let mut groups = Groups::default();
+    let mut replicators = Vec::new();
+    for &group in &held {
+        let members = placement.members(group).to_vec();
+        let group_inbox = groups.add(group, members.clone());
+        let datalet = open(group, held.len())?;
+        let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
+        let driver = GroupDriver {
+            me,
+            incarnation: session,
+            group,
+            members,
+        };
+        let link = GroupLink::new(transport.clone(), group);
+        let replicator = driver.spawn(
+            link,
+            group_inbox,
+            Arc::clone(&datalet),
+            timing,
+            delivered,
+            shutdown.clone(),
+        );
+        replicators.push(replicator.clone());
+        let local = Local::start(datalet, Arc::clone(&clock))
+            .await
+            .map_err(std::io::Error::other)?;
+        locals.insert(
+            group,
+            local.replicated(replicator, local_reads, memory_share),
+        );
+    }
+    tokio::spawn(force_on_signal(replicators, shutdown.clone()));
+    let node = Node {
+        transport,
+        inbox,
+        groups,
+        placement,
+    };
+    Ok(node.serve(locals, clock, shutdown))
+}
+
+/// A node's peer links and the groups it holds, before it serves.
+struct Node<M> {
+    transport: Transport<Wire<M>>,
+    inbox: crate::peer::Inbox<Wire<M>>,
+    groups: Groups<M>,
+    placement: Arc<Placement>,
+}
+
+impl<M> Node<M>
+where
+    M: serde::Serialize + serde::de::DeserializeOwned + crate::peer::Weigh + Send + Sync + 'static,
+{
+    /// Starts handing peer messages to the groups and serving forwarded requests; the engine
+    /// over the groups `locals`.
+    fn serve<D: Datalet>(
+        self,
+        locals: Locals<D>,
+        clock: Arc<dyn Clock>,
+        shutdown: &CancellationToken,
+    ) -> Engine<D> {
+        let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(mux::run(
+            self.inbox,
+            self.groups,
+            forwarded,
+            shutdown.clone(),
+        ));
+        let forwarder = Arc::new(Forwarder::new(Arc::new(self.transport)));
+        let cluster = Cluster {
+            placement: self.placement,
+            forwarder: Arc::clone(&forwarder),
+        };
+        let engine = Engine::new(locals, Some(cluster), clock);
+        tokio::spawn(serve_forwarded(
+            Arc::clone(engine.locals()),
+            forwarder,
+            incoming,
+            shutdown.clone(),
+        ));
+        engine
+    }
 }
 
 /// SIGUSR1 tells a strong-mode node to form the next view from any majority of the nodes:
 /// the way back from a lost majority (see [`crate::tob::Tob::force_next_view`]).
-async fn force_on_signal(replicator: crate::replication::Replicator, shutdown: CancellationToken) {
+async fn force_on_signal(
+    replicators: Vec<crate::replication::Replicator>,
+    shutdown: CancellationToken,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
         tracing::warn!("cannot listen for SIGUSR1");
@@ -294,7 +486,11 @@ async fn force_on_signal(replicator: crate::replication::Replicator, shutdown: C
     loop {
         tokio::select! {
             got = usr1.recv() => match got {
-                Some(()) => replicator.health().request_force(),
+                Some(()) => {
+                    for replicator in &replicators {
+                        replicator.health().request_force();
+                    }
+                }
                 None => return,
             },
             () = shutdown.cancelled() => return,

@@ -33,7 +33,7 @@ pub use memory::MemoryDatalet;
 pub use remote::{RemoteDatalet, RemoteOptions};
 
 /// A stored value with its metadata.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Item {
     pub value: Bytes,
     pub flags: u32,
@@ -64,7 +64,7 @@ pub enum Mutation {
 }
 
 /// What a mutation did.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     Stored,
     /// `add` on a present key, `replace`/`append`/`prepend` on an absent one, or an append
@@ -83,7 +83,7 @@ pub enum Outcome {
 }
 
 /// Why a datalet could not carry out a request.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum DataletError {
     /// Storing would exceed the memory limit. Nothing is evicted to make room.
     #[error("out of memory storing object")]
@@ -114,7 +114,7 @@ impl Default for Limits {
 }
 
 /// Counters a datalet reports for `stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DataletStats {
     pub curr_items: u64,
     pub total_items: u64,

@@ -361,6 +361,7 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
     let group = match t.toks[1] {
         b"reset" => StatsGroup::Reset,
         b"settings" => StatsGroup::Settings,
+        b"placement" => StatsGroup::Placement,
         b"items" | b"slabs" | b"sizes" | b"conns" => StatsGroup::Empty,
         b"cachedump" => return cachedump(t),
         b"detail" => {

@@ -88,6 +88,8 @@ pub enum StatsGroup {
     Settings,
     /// `stats reset`: zero the counters.
     Reset,
+    /// `stats placement`: which nodes hold which keys (a sharded cluster's placement).
+    Placement,
     /// `stats items|slabs|sizes|conns|cachedump|detail dump`: memcached internals that have no
     /// counterpart here; answered with an empty list.
     Empty,

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p tailorkv-controlet --bin cluster -- --nodes 3 --consistency linearizable
+//! cargo run --release -p tailorkv-controlet --bin cluster -- --nodes 6 --replicas 3
 //! ```
 //!
 //! Each node is a `controlet` process (the binary next to this one) with the same `--peers`
@@ -27,6 +28,11 @@ struct Args {
     /// How many nodes.
     #[arg(long, default_value_t = 3)]
     nodes: u16,
+
+    /// Copies of each key: each key is held by a replica group of this many nodes, and any
+    /// node serves any key. Default: 3, or every node when there are fewer.
+    #[arg(long)]
+    replicas: Option<u16>,
 
     /// linearizable, sequential or eventual.
     #[arg(long, default_value = "linearizable")]
@@ -66,6 +72,10 @@ fn main() -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let replicas = args.replicas.unwrap_or(args.nodes.min(3));
+    if replicas == 0 || replicas > args.nodes {
+        bail!("--replicas must be between 1 and --nodes");
+    }
     let bin = controlet_binary()?;
     let peers: Vec<String> = (1..=args.nodes)
         .map(|i| format!("{i}@127.0.0.1:{}", args.peer_port + i - 1))
@@ -85,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             ])
             .args(["--peers", &peers])
             .args(["--consistency", &args.consistency])
+            .args(["--replicas", &replicas.to_string()])
             .args(["--datalet", &datalet])
             .args(&args.extra)
             .spawn()
@@ -94,7 +105,7 @@ fn main() -> anyhow::Result<()> {
     let result = wait_ready(&args, &mut children);
     if result.is_ok() {
         println!(
-            "tailorkv cluster: {} nodes, {} consistency",
+            "tailorkv cluster: {} nodes, {replicas} copies of each key, {} consistency",
             args.nodes, args.consistency
         );
         for i in 1..=args.nodes {

@@ -82,7 +82,7 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         Command::FlushAll { delay } => flush::flush_all(ctx, delay, counts)
             .await
             .encode(&mut out.buf),
-        Command::Stats(group) => stats::stats(ctx, group, counts, &mut out.buf),
+        Command::Stats(group) => stats::stats(ctx, group, counts, &mut out.buf).await,
         Command::Version => admin::version().encode(&mut out.buf),
         Command::Verbosity => admin::verbosity().encode(&mut out.buf),
         Command::CacheMemlimit { megabytes } => {

@@ -5,13 +5,14 @@
 
 use bytes::BytesMut;
 use tailorkv_common::codec::{encode_stat, Response, StatsGroup};
+use tailorkv_common::NodeId;
 use tailorkv_datalet::Datalet;
 
 use super::admin::VERSION;
 use super::Context;
 use crate::stats::Counts;
 
-pub fn stats<D: Datalet>(
+pub async fn stats<D: Datalet>(
     ctx: &Context<D>,
     group: StatsGroup,
     mine: &mut Counts,
@@ -21,9 +22,10 @@ pub fn stats<D: Datalet>(
         StatsGroup::General => {
             // This connection's own requests so far count too.
             ctx.counts.absorb(mine);
-            general(ctx, out);
+            general(ctx, out).await;
         }
         StatsGroup::Settings => settings(ctx, out),
+        StatsGroup::Placement => placement(ctx, out),
         StatsGroup::Reset => {
             *mine = Counts::default();
             ctx.counts.reset();
@@ -35,10 +37,13 @@ pub fn stats<D: Datalet>(
     Response::End.encode(out);
 }
 
-fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
+async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     use std::sync::atomic::Ordering::Relaxed;
     let c = ctx.counts.snapshot();
     let d = ctx.engine.datalet_stats();
+    // Items and bytes as memcached means them: what the cache holds, here the whole cluster,
+    // each group's keys counted once.
+    let (cluster, missing) = ctx.engine.cluster_stats().await;
     let (user, system) = rusage();
     let now = ctx.engine.now();
     let s = |out: &mut BytesMut, name: &str, value: u64| encode_stat(out, name, value);
@@ -87,41 +92,120 @@ fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         ("limit_maxbytes", d.limit_maxbytes),
         ("accepting_conns", 1),
         ("threads", ctx.config.threads as u64),
-        ("bytes", d.bytes),
-        ("curr_items", d.curr_items),
-        ("total_items", d.total_items),
+        ("bytes", cluster.bytes),
+        ("curr_items", cluster.curr_items),
+        ("total_items", cluster.total_items),
         ("evictions", 0),
         ("reclaimed", d.reclaimed),
     ] {
         s(out, name, value);
     }
     if let Some(r) = ctx.engine.replication_counters() {
+        s(out, "peer_messages_sent", r.peer_messages_sent);
+        s(out, "ops_proposed", r.ops_proposed);
+        s(out, "ops_applied", r.ops_applied);
+        s(out, "apply_failures", r.apply_failures);
+    }
+    if let Some(e) = ctx.engine.repair_counters() {
+        s(out, "antientropy_rounds", e.antientropy_rounds);
+        s(out, "antientropy_entries_sent", e.antientropy_entries_sent);
+        s(out, "hints_queued", e.hints_queued);
+        s(out, "hints_dropped", e.hints_dropped);
+        s(out, "hints_pending", e.hints_pending);
+        s(out, "tombstones", e.tombstones);
+    }
+    let groups = ctx.engine.cluster_health();
+    // The node as a whole: as ready as its least ready group.
+    if let Some(&(_, first)) = groups.iter().min_by_key(|(_, h)| readiness(h.state())) {
+        encode_stat(out, "cluster_state", first.state().name());
+        s(out, "cluster_epoch", first.epoch());
+        s(out, "cluster_members", first.members());
+    }
+    if let Some(cluster) = ctx.engine.cluster() {
+        s(out, "node_curr_items", d.curr_items);
+        s(out, "node_bytes", d.bytes);
+        s(out, "cluster_groups_unreachable", missing as u64);
+        s(out, "groups_held", ctx.engine.locals().len() as u64);
         s(
             out,
-            "peer_messages_sent",
-            r.peer_messages_sent.load(Relaxed),
+            "partitions_held",
+            cluster.placement.share(NodeId(ctx.config.id)) as u64,
         );
-        s(out, "ops_proposed", r.ops_proposed.load(Relaxed));
-        s(out, "ops_applied", r.ops_applied.load(Relaxed));
-        s(out, "apply_failures", r.apply_failures.load(Relaxed));
+        let f = &cluster.forwarder;
+        s(out, "forwarded", f.sent.load(Relaxed));
+        s(out, "forward_retries", f.retried.load(Relaxed));
+        if groups.len() > 1 {
+            for (group, h) in &groups {
+                let name = |what: &str| format!("group_{}_{what}", group.0);
+                encode_stat(out, &name("state"), h.state().name());
+                s(out, &name("epoch"), h.epoch());
+                s(out, &name("members"), h.members());
+            }
+        }
     }
-    if let Some(e) = ctx.engine.eventual_node() {
-        s(out, "antientropy_rounds", e.antientropy_rounds());
-        s(
+}
+
+/// Orders node states from the least ready (cut off) to serving.
+fn readiness(state: crate::tob::NodeState) -> u8 {
+    use crate::tob::NodeState::*;
+    match state {
+        Outside => 0,
+        Booting => 1,
+        CatchingUp => 2,
+        Changing => 3,
+        Serving => 4,
+    }
+}
+
+/// `stats placement`: the cluster's nodes, and for each replica group its members and the
+/// partitions it holds, as ranges. A key's partition is the high 32 bits of its 64-bit
+/// FNV-1a hash, passed through MurmurHash3's finalizer, modulo the partition count.
+fn placement<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
+    let Some(cluster) = ctx.engine.cluster() else {
+        encode_stat(out, "partitions", 1);
+        encode_stat(out, "replicas", 1);
+        encode_stat(out, "groups", 1);
+        return;
+    };
+    let p = &cluster.placement;
+    encode_stat(out, "partitions", crate::placement::PARTITIONS);
+    encode_stat(out, "replicas", p.replicas());
+    encode_stat(out, "groups", p.groups().count());
+    encode_stat(out, "hash", "fnv1a64-murmur3fmix-high32");
+    for member in &ctx.config.peers {
+        encode_stat(out, &format!("node_{}", member.id.0), member.addr);
+    }
+    for group in p.groups() {
+        let members: Vec<String> = p.members(group).iter().map(|n| n.0.to_string()).collect();
+        let ranges = ranges(p.partitions_of(group));
+        encode_stat(
             out,
-            "antientropy_entries_sent",
-            e.antientropy_entries_sent(),
+            &format!("group_{}", group.0),
+            format_args!("members={} partitions={}", members.join(","), ranges),
         );
-        s(out, "hints_queued", e.hints_queued());
-        s(out, "hints_dropped", e.hints_dropped());
-        s(out, "hints_pending", e.hints_pending());
-        s(out, "tombstones", e.tombstones() as u64);
     }
-    if let Some(h) = ctx.engine.cluster_health() {
-        encode_stat(out, "cluster_state", h.state().name());
-        s(out, "cluster_epoch", h.epoch());
-        s(out, "cluster_members", h.members());
+}
+
+/// `0-3,7,9-10` for 0, 1, 2, 3, 7, 9, 10.
+fn ranges(sorted: impl Iterator<Item = usize>) -> String {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for p in sorted {
+        match spans.last_mut() {
+            Some((_, end)) if *end + 1 == p => *end = p,
+            _ => spans.push((p, p)),
+        }
     }
+    let text: Vec<String> = spans
+        .into_iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    text.join(",")
 }
 
 fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {

@@ -169,6 +169,8 @@ struct Outbound<M> {
     queue: mpsc::UnboundedSender<Weighed<M>>,
     room: Arc<Semaphore>,
     drops: Arc<Drops>,
+    /// Whether the writer holds a connection to the peer now.
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<M> Clone for Outbound<M> {
@@ -177,6 +179,7 @@ impl<M> Clone for Outbound<M> {
             queue: self.queue.clone(),
             room: Arc::clone(&self.room),
             drops: Arc::clone(&self.drops),
+            up: Arc::clone(&self.up),
         }
     }
 }
@@ -275,6 +278,30 @@ impl<M> Inbox<M> {
         self.room.add_permits(weighed.permits as usize);
         (from, weighed.message)
     }
+
+    /// The next message, waiting for one, with the room it holds in the inbox: given back
+    /// only when the [`Held`] is dropped, so a message passed on to another queue still
+    /// counts against the inbox until it is taken from there.
+    pub async fn recv_held(&mut self) -> Option<(NodeId, Incoming<M>, Held)> {
+        let (from, weighed) = self.queue.recv().await?;
+        let held = Held {
+            room: Arc::clone(&self.room),
+            permits: weighed.permits,
+        };
+        Some((from, weighed.message, held))
+    }
+}
+
+/// A received message's room in the inbox ([`Inbox::recv_held`]), given back on drop.
+pub struct Held {
+    room: Arc<Semaphore>,
+    permits: u32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.room.add_permits(self.permits as usize);
+    }
 }
 
 /// The sending half of the inbox, shared by the readers.
@@ -358,7 +385,9 @@ where
             let (tx, rx) = mpsc::unbounded_channel();
             let room = Arc::new(Semaphore::new(config.queue_bytes));
             let drops = Arc::new(Drops::default());
+            let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let link = Link {
+                up: Arc::clone(&up),
                 id,
                 session,
                 peer,
@@ -378,6 +407,7 @@ where
                 queue: tx,
                 room,
                 drops,
+                up,
             };
             queues.insert(peer, out);
         }
@@ -408,6 +438,14 @@ where
         self.queues
             .get(&to)
             .map_or(self.budget, |out| out.room.available_permits())
+    }
+
+    /// Whether this node holds a connection to `to` now: false while it cannot connect (the
+    /// peer is down, or cut off long enough for the connection to time out).
+    pub fn is_up(&self, to: NodeId) -> bool {
+        self.queues
+            .get(&to)
+            .is_some_and(|out| out.up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Bytes each peer's queue holds at most ([`LinkConfig::queue_bytes`]).
@@ -473,6 +511,8 @@ fn set_user_timeout(_: &TcpStream, _: Duration) {}
 
 /// One outbound link.
 struct Link {
+    /// Set while a connection is up.
+    up: Arc<std::sync::atomic::AtomicBool>,
     id: NodeId,
     session: u64,
     peer: NodeId,
@@ -539,8 +579,11 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
             continue;
         }
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
+        link.up.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = link.config.max_frame_bytes;
-        match pump(&mut framed, &mut queue, &mut unsent, limit, &shutdown).await {
+        let pumped = pump(&mut framed, &mut queue, &mut unsent, limit, &shutdown).await;
+        link.up.store(false, std::sync::atomic::Ordering::Relaxed);
+        match pumped {
             Ok(()) => return,
             Err(e) => {
                 tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting")

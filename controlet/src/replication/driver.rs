@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counters, Health, Op, Proposal, Replicator, Reply, Request, REQUEST_QUEUE};
-use crate::peer::{new_session, Inbox, Incoming, LinkConfig, Transport};
+use crate::peer::{new_session, Incoming, LinkConfig, Transport};
+use crate::placement::GroupId;
+use crate::shard::mux::{self, GroupInbox, GroupLink, Groups, Wire};
 use crate::tob::{Event, Incarnation, Message, NodeState, Timing, Tob};
 
 /// How often the TOB is ticked: one tick of [`Timing`].
@@ -164,7 +166,7 @@ pub fn spawn_driver<D: Datalet>(
         .filter(|&(id, _)| id != members.me)
         .collect();
     let incarnation = new_session();
-    let (transport, inbox) = Transport::<PeerMsg>::start(
+    let (transport, inbox) = Transport::<Wire<PeerMsg>>::start(
         members.me,
         incarnation,
         listener,
@@ -172,32 +174,77 @@ pub fn spawn_driver<D: Datalet>(
         members.link,
         shutdown.clone(),
     );
-    let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
-    let counters = Arc::new(Counters::default());
-    let health = Arc::new(Health::default());
-    let driver = Driver {
-        counters: Arc::clone(&counters),
-        health: Arc::clone(&health),
+    let mut groups = Groups::default();
+    let group = GroupId(0);
+    let group_inbox = groups.add(group, ids.clone());
+    let (forwarded, _) = mpsc::unbounded_channel();
+    tokio::spawn(mux::run(inbox, groups, forwarded, shutdown.clone()));
+    let driver = GroupDriver {
         me: members.me,
-        tob: Tob::new(members.me, incarnation, &ids, delivered, timing),
-        saved: delivered,
-        transport,
-        datalet,
-        waiting: HashMap::new(),
-        deadlines: VecDeque::new(),
-        next_request: 0,
-        overflow: BTreeMap::new(),
-        receiving: None,
-        sending: None,
-        early_chunks: Vec::new(),
-        order_now: 0,
-        diverged: false,
+        incarnation,
+        group,
+        members: ids,
     };
-    tokio::spawn(driver.run(requests_rx, inbox, shutdown));
-    Replicator {
-        requests,
-        counters,
-        health,
+    driver.spawn(
+        GroupLink::new(transport, group),
+        group_inbox,
+        datalet,
+        timing,
+        delivered,
+        shutdown,
+    )
+}
+
+/// Who runs one group's order on this node.
+pub struct GroupDriver {
+    pub me: NodeId,
+    /// This run of the process (see [`new_session`]).
+    pub incarnation: Incarnation,
+    pub group: GroupId,
+    /// The group's members, this node included.
+    pub members: Vec<NodeId>,
+}
+
+impl GroupDriver {
+    /// Starts the group's driver on its side of the node's transport; returns the handle
+    /// commands use. See [`spawn_driver`] for `delivered`.
+    pub fn spawn<D: Datalet>(
+        self,
+        link: GroupLink<PeerMsg>,
+        inbox: GroupInbox<PeerMsg>,
+        datalet: Arc<D>,
+        timing: Timing,
+        delivered: u64,
+        shutdown: CancellationToken,
+    ) -> Replicator {
+        let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
+        let counters = Arc::new(Counters::default());
+        let health = Arc::new(Health::default());
+        let driver = Driver {
+            counters: Arc::clone(&counters),
+            health: Arc::clone(&health),
+            me: self.me,
+            group: self.group,
+            tob: Tob::new(self.me, self.incarnation, &self.members, delivered, timing),
+            saved: delivered,
+            transport: link,
+            datalet,
+            waiting: HashMap::new(),
+            deadlines: VecDeque::new(),
+            next_request: 0,
+            overflow: BTreeMap::new(),
+            receiving: None,
+            sending: None,
+            early_chunks: Vec::new(),
+            order_now: 0,
+            diverged: false,
+        };
+        tokio::spawn(driver.run(requests_rx, inbox, shutdown));
+        Replicator {
+            requests,
+            counters,
+            health,
+        }
     }
 }
 
@@ -230,8 +277,11 @@ struct Driver<D> {
     counters: Arc<Counters>,
     health: Arc<Health>,
     me: NodeId,
+    /// The replica group whose order this is: its id is the node part of every version the
+    /// group applies, so CAS uniques of different groups never collide.
+    group: GroupId,
     tob: Tob<Proposal>,
-    transport: Transport<PeerMsg>,
+    transport: GroupLink<PeerMsg>,
     datalet: Arc<D>,
     /// Replies owed to this member's clients, by request id.
     waiting: HashMap<u64, oneshot::Sender<Reply>>,
@@ -261,7 +311,7 @@ impl<D: Datalet> Driver<D> {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut inbox: Inbox<PeerMsg>,
+        mut inbox: GroupInbox<PeerMsg>,
         shutdown: CancellationToken,
     ) {
         let mut ticker = tokio::time::interval(TICK);
@@ -679,7 +729,7 @@ impl<D: Datalet> Driver<D> {
         // Before any reply: a client that waited for this operation sees the clock it set.
         self.health.set_order_now(self.order_now);
         let now = self.order_now;
-        let version = Version::new(delivery.seq, NodeId(0));
+        let version = Version::new(delivery.seq, NodeId(self.group.0));
         let reply = match op {
             Op::Mutate { key, mutation } => {
                 let result = self.datalet.apply(&key, mutation, version, now).await;

@@ -50,8 +50,8 @@ use crate::error::Error;
 use crate::tob::NodeState;
 
 pub use driver::{
-    max_frame_bytes, spawn_driver, Members, PeerMsg, StateChunk, StateItem, IN_FLIGHT_BYTES,
-    REQUEST_TIMEOUT, STATE_CHUNK_BYTES,
+    max_frame_bytes, spawn_driver, GroupDriver, Members, PeerMsg, StateChunk, StateItem,
+    IN_FLIGHT_BYTES, REQUEST_TIMEOUT, STATE_CHUNK_BYTES,
 };
 pub use eventual::Eventual;
 pub use health::Health;
@@ -123,6 +123,40 @@ pub struct Counters {
     /// Ordered operations this member's datalet failed to apply (each sent it to catch up
     /// by state transfer).
     pub apply_failures: std::sync::atomic::AtomicU64,
+}
+
+/// Every reason a request may be refused for, so one that crossed a peer link (from an owner
+/// a request was forwarded to) is given to the client as the same text.
+const REFUSALS: &[&str] = &[
+    driver::CUT_OFF,
+    driver::READ_CATCHING_UP,
+    driver::READ_TIMED_OUT,
+    driver::EXCLUDED,
+    driver::TIMED_OUT,
+    driver::CATCHING_UP,
+    driver::NOT_APPLIED,
+    crate::shard::forward::FORWARD_TIMED_OUT,
+    crate::shard::forward::NO_OWNER,
+];
+
+/// The refusal whose text is `why` (an unknown one says the outcome is unknown).
+pub fn refusal(why: &str) -> &'static str {
+    REFUSALS
+        .iter()
+        .find(|r| **r == why)
+        .copied()
+        .unwrap_or("no quorum: the key's owner refused the request; the outcome is unknown")
+}
+
+/// Whether a request refused for `why` was never ordered, so that asking another member is
+/// safe: this node was outside the view, or a local read found no settled view.
+pub fn nothing_happened(why: &str) -> bool {
+    [
+        driver::CUT_OFF,
+        driver::READ_CATCHING_UP,
+        driver::READ_TIMED_OUT,
+    ]
+    .contains(&why)
 }
 
 /// Client requests waiting for the driver, at most.

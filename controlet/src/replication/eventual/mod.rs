@@ -60,6 +60,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::antientropy::bucket_of;
 use crate::peer::{new_session, LinkConfig, Transport};
+use crate::placement::GroupId;
+use crate::shard::mux::{self, GroupInbox, GroupLink, Groups, Wire};
 use propagate::{Hints, Propagator};
 use repair::Repairer;
 
@@ -218,7 +220,7 @@ impl<D: Datalet> Eventual<D> {
         shutdown: CancellationToken,
         options: EventualOptions,
     ) -> Arc<Self> {
-        let (transport, inbox) = Transport::<Message>::start(
+        let (transport, inbox) = Transport::<Wire<Message>>::start(
             me,
             new_session(),
             listener,
@@ -226,6 +228,36 @@ impl<D: Datalet> Eventual<D> {
             options.link,
             shutdown.clone(),
         );
+        let mut groups = Groups::default();
+        let group = GroupId(0);
+        let members = peers.iter().map(|&(id, _)| id).chain([me]).collect();
+        let group_inbox = groups.add(group, members);
+        let (forwarded, _) = mpsc::unbounded_channel();
+        tokio::spawn(mux::run(inbox, groups, forwarded, shutdown.clone()));
+        let targets: Vec<NodeId> = peers.iter().map(|&(id, _)| id).collect();
+        let link = GroupLink::new(transport, group);
+        Self::start_in(
+            me,
+            datalet,
+            clock_source,
+            (link, group_inbox),
+            &targets,
+            shutdown,
+            options,
+        )
+    }
+
+    /// Starts a group's eventual replication on its side of the node's transport, with the
+    /// group's other members `peers`.
+    pub fn start_in(
+        me: NodeId,
+        datalet: Arc<D>,
+        clock_source: Arc<dyn Clock>,
+        (transport, inbox): (GroupLink<Message>, GroupInbox<Message>),
+        peers: &[NodeId],
+        shutdown: CancellationToken,
+        options: EventualOptions,
+    ) -> Arc<Self> {
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let counters = Arc::new(Counters::default());
         let node = Arc::new(Eventual {
@@ -240,7 +272,7 @@ impl<D: Datalet> Eventual<D> {
             options,
             counters: counters.clone(),
         });
-        let targets: Vec<NodeId> = peers.iter().map(|&(id, _)| id).collect();
+        let targets = peers.to_vec();
         let propagator = Propagator {
             transport: transport.clone(),
             peers: targets.iter().map(|&p| (p, Hints::default())).collect(),

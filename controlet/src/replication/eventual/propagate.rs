@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{bump, Counters, Message, Update, BATCH, HINT_RETRY, MESSAGE_BYTES};
-use crate::peer::Transport;
+use crate::shard::mux::GroupLink;
 
 /// Updates one peer's queue could not take, waiting for it.
 #[derive(Debug, Default)]
@@ -92,7 +92,7 @@ impl Hints {
 
 /// Sends local updates to every peer without ever waiting for one, keeping hints.
 pub(super) struct Propagator {
-    pub(super) transport: Transport<Message>,
+    pub(super) transport: GroupLink<Message>,
     /// Each peer, with the hints kept for it.
     pub(super) peers: Vec<(NodeId, Hints)>,
     /// Bytes of hints kept per peer, at most.

@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Eventual, Message, Update};
-use crate::peer::{Inbox, Incoming};
+use crate::peer::Incoming;
+use crate::shard::mux::GroupInbox;
 
 impl<D: Datalet> Eventual<D> {
     /// Takes what peers send until shutdown: applies their updates, and hands anti-entropy
@@ -20,7 +21,7 @@ impl<D: Datalet> Eventual<D> {
     /// lost: compare with it now). A message the full queue cannot take is dropped.
     pub(super) async fn take_inbox(
         self: Arc<Self>,
-        mut inbox: Inbox<Message>,
+        mut inbox: GroupInbox<Message>,
         repairs: mpsc::Sender<(NodeId, Option<Message>)>,
         shutdown: CancellationToken,
     ) {

@@ -21,8 +21,8 @@ use super::{
     bump, deleted, item_update, Eventual, Message, Update, BATCH, ENTRIES_BATCH, MESSAGE_BYTES,
     ROUND_ENTRIES,
 };
-use crate::peer::Transport;
 use crate::replication::antientropy::{Entry, Snapshot};
+use crate::shard::mux::GroupLink;
 
 impl<D: Datalet> Eventual<D> {
     /// Drops tombstones past their grace period.
@@ -139,7 +139,7 @@ fn chunks<T>(
 /// The anti-entropy task: starts rounds with each peer in turn and answers theirs.
 pub(super) struct Repairer<D> {
     node: Arc<Eventual<D>>,
-    transport: Transport<Message>,
+    transport: GroupLink<Message>,
     peers: Vec<NodeId>,
     /// The next peer to start a round with.
     next: usize,
@@ -153,7 +153,7 @@ pub(super) struct Repairer<D> {
 impl<D: Datalet> Repairer<D> {
     pub(super) fn new(
         node: Arc<Eventual<D>>,
-        transport: Transport<Message>,
+        transport: GroupLink<Message>,
         peers: Vec<NodeId>,
     ) -> Self {
         Repairer {

@@ -1,0 +1,177 @@
+//! Many replica groups over one peer link: a node's transport carries [`Wire`] messages, each
+//! group's tagged with its [`GroupId`]; the mux task hands each to its group's inbox, and
+//! forwarded requests and their answers to the forwarding layer.
+//!
+//! A group's driver (or eventual node) sends through a [`GroupLink`] and receives from a
+//! [`GroupInbox`], which offer what the node's [`Transport`] and [`Inbox`] do, for one group.
+//! A message passed to a group's inbox still holds its room in the node's inbox until the
+//! group takes it ([`Held`]), so what a slow group has not taken counts against every group:
+//! memory stays bounded by the node's inbox, as with one group.
+//!
+//! A gap on a link (messages from a peer were lost) cannot say whose messages were lost, so
+//! it is reported to every group the peer shares with this node.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tailorkv_common::NodeId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::forward::Forwarded;
+use crate::peer::{Held, Inbox, Incoming, Transport, Weigh};
+use crate::placement::GroupId;
+
+/// What travels on a node's peer links.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Wire<M> {
+    /// A message of one replica group's protocol.
+    Group { group: GroupId, message: M },
+    /// A client request forwarded to an owner of its key, or the owner's answer.
+    Forward(Forwarded),
+}
+
+impl<M: Weigh> Weigh for Wire<M> {
+    fn weight(&self) -> usize {
+        match self {
+            Wire::Group { message, .. } => message.weight() + 4,
+            Wire::Forward(forwarded) => forwarded.weight(),
+        }
+    }
+}
+
+/// One group's side of the node's transport.
+pub struct GroupLink<M> {
+    transport: Transport<Wire<M>>,
+    group: GroupId,
+}
+
+impl<M> Clone for GroupLink<M> {
+    fn clone(&self) -> Self {
+        GroupLink {
+            transport: self.transport.clone(),
+            group: self.group,
+        }
+    }
+}
+
+impl<M> GroupLink<M>
+where
+    M: Serialize + serde::de::DeserializeOwned + Weigh + Send + 'static,
+{
+    pub fn new(transport: Transport<Wire<M>>, group: GroupId) -> Self {
+        GroupLink { transport, group }
+    }
+
+    /// [`Transport::try_send`] for this group.
+    pub fn try_send(&self, to: NodeId, message: M) -> Result<(), M> {
+        let wire = Wire::Group {
+            group: self.group,
+            message,
+        };
+        self.transport
+            .try_send(to, wire)
+            .map_err(|wire| match wire {
+                Wire::Group { message, .. } => message,
+                Wire::Forward(_) => unreachable!("given back as it was given"),
+            })
+    }
+
+    /// [`Transport::room`].
+    pub fn room(&self, to: NodeId) -> usize {
+        self.transport.room(to)
+    }
+
+    /// [`Transport::queue_bytes`].
+    pub fn queue_bytes(&self) -> usize {
+        self.transport.queue_bytes()
+    }
+
+    /// [`Transport::dropped`]: `to` sees a gap, which it reports to every group it shares
+    /// with this node.
+    pub fn dropped(&self, to: NodeId) {
+        self.transport.dropped(to);
+    }
+}
+
+/// What a group's inbox holds: a message, its sender, and its room in the node's inbox.
+type Queued<M> = (NodeId, Incoming<M>, Option<Held>);
+
+/// One group's messages, as the mux task hands them on.
+pub struct GroupInbox<M> {
+    queue: mpsc::UnboundedReceiver<Queued<M>>,
+}
+
+impl<M> GroupInbox<M> {
+    /// The next message, waiting for one; `None` once the mux stopped.
+    pub async fn recv(&mut self) -> Option<(NodeId, Incoming<M>)> {
+        let (from, message, _held) = self.queue.recv().await?;
+        Some((from, message))
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<(NodeId, Incoming<M>)> {
+        let (from, message, _held) = self.queue.try_recv().ok()?;
+        Some((from, message))
+    }
+}
+
+/// Where the mux task hands each group's messages.
+pub struct Groups<M> {
+    groups: BTreeMap<GroupId, (Vec<NodeId>, mpsc::UnboundedSender<Queued<M>>)>,
+}
+
+impl<M> Default for Groups<M> {
+    fn default() -> Self {
+        Groups {
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl<M> Groups<M> {
+    /// Adds `group`, of `members`: the inbox its driver takes from.
+    pub fn add(&mut self, group: GroupId, members: Vec<NodeId>) -> GroupInbox<M> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.groups.insert(group, (members, tx));
+        GroupInbox { queue: rx }
+    }
+}
+
+/// Takes the node's inbox until shutdown: each group's messages to its inbox (a group this
+/// node does not hold drops them), forwarding traffic to `forwarded`.
+pub async fn run<M: Send + 'static>(
+    mut inbox: Inbox<Wire<M>>,
+    groups: Groups<M>,
+    forwarded: mpsc::UnboundedSender<(NodeId, Forwarded)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let got = tokio::select! {
+            got = inbox.recv_held() => got,
+            () = shutdown.cancelled() => return,
+        };
+        let Some((from, incoming, held)) = got else {
+            return;
+        };
+        match incoming {
+            Incoming::Message(Wire::Group { group, message }) => match groups.groups.get(&group) {
+                Some((_, tx)) => {
+                    let _ = tx.send((from, Incoming::Message(message), Some(held)));
+                }
+                None => tracing::debug!(?from, ?group, "a message for a group not held here"),
+            },
+            Incoming::Message(Wire::Forward(forward)) => {
+                drop(held);
+                let _ = forwarded.send((from, forward));
+            }
+            Incoming::Gap => {
+                for (members, tx) in groups.groups.values() {
+                    if members.contains(&from) {
+                        let _ = tx.send((from, Incoming::Gap, None));
+                    }
+                }
+            }
+        }
+    }
+}
