@@ -113,7 +113,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `n` nodes in `consistency`; `tweak` adjusts every node's configuration.
+    /// `n` nodes in `consistency`, each holding every key; `tweak` adjusts every node's
+    /// configuration (`replicas` for shards).
     pub fn start(
         n: u16,
         consistency: tailorkv_controlet::config::Consistency,
@@ -131,6 +132,7 @@ impl Cluster {
                     c.id = id;
                     c.peers = peers.clone();
                     c.consistency = consistency;
+                    c.replicas = Some(usize::from(n));
                     tweak(c);
                 })
             })

@@ -73,6 +73,7 @@ impl ProcCluster {
     /// with `extra_args` added to its command line, and waits until every one answers
     /// `version`. In `extra_args`, `{node}` stands for the node's id and `{dir}` for the
     /// cluster's directory: `--datalet disk:{dir}/node-{node}` gives each node its own store.
+    /// Every node holds every key (`--replicas n`) unless `extra_args` says `--replicas`.
     pub fn start(n: usize, consistency: &str, extra_args: &[&str]) -> ProcCluster {
         Self::start_with(n, consistency, extra_args, |_| Vec::new())
     }
@@ -112,6 +113,10 @@ impl ProcCluster {
             consistency.to_string(),
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
+        // Every node holds every key unless the test asks for shards.
+        if !extra_args.contains(&"--replicas") {
+            args.extend(["--replicas".to_string(), n.to_string()]);
+        }
         let mut cluster = ProcCluster {
             nodes,
             dir,

@@ -643,6 +643,11 @@ async fn pump<M: Serialize>(
                     Some(m) => m,
                     None => return Ok(()),
                 },
+                // Noticed while idle, not at the next write: `Transport::is_up` turns false
+                // as soon as the peer is gone.
+                () = closed(framed.get_ref()) => {
+                    return Err(io::Error::new(io::ErrorKind::ConnectionReset, "closed by the peer"));
+                }
                 () = shutdown.cancelled() => return Ok(()),
             },
         };
@@ -666,6 +671,23 @@ async fn pump<M: Serialize>(
             next = queue.try_recv();
         }
         SinkExt::<Bytes>::flush(framed).await?;
+    }
+}
+
+/// Returns once the peer closed `stream` (or it failed). The peer never writes on a link's
+/// connection, so anything readable is its end.
+async fn closed(stream: &TcpStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 

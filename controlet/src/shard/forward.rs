@@ -35,6 +35,10 @@ use crate::placement::GroupId;
 /// for its group ([`crate::replication::REQUEST_TIMEOUT`]), so an owner that answers at all
 /// is heard.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a request waiting for its owner checks that the link to it is still up.
+const LINK_CHECK: Duration = Duration::from_millis(50);
+/// Checks in a row that find the link down before a request stops waiting.
+const LINK_DOWN_CHECKS: u32 = 4;
 /// How long an owner that did not answer in time is passed over.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
@@ -248,8 +252,8 @@ impl Forwarder {
         }
     }
 
-    /// One owner's answer, or `None` when it did not come in time (the owner is then
-    /// passed over for a while).
+    /// One owner's answer, or `None` when it did not come in time or the link to the owner
+    /// went down meanwhile (the owner is then passed over for a while).
     async fn ask(&self, owner: NodeId, group: GroupId, op: RemoteOp) -> Option<RemoteAnswer> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -258,7 +262,21 @@ impl Forwarder {
         let request = Forwarded::Request { id, group, op };
         let answered = tokio::time::timeout(FORWARD_TIMEOUT, async {
             self.link.send(owner, request).await;
-            rx.await.ok()
+            let mut rx = std::pin::pin!(rx);
+            let mut down = 0;
+            loop {
+                tokio::select! {
+                    answer = &mut rx => return answer.ok(),
+                    () = tokio::time::sleep(LINK_CHECK) => {
+                        // Down for a while (not just reconnecting): the owner is gone or cut
+                        // off, and no answer is coming.
+                        down = if self.link.is_up(owner) { 0 } else { down + 1 };
+                        if down >= LINK_DOWN_CHECKS {
+                            return None;
+                        }
+                    }
+                }
+            }
         })
         .await;
         match answered {
