@@ -164,6 +164,26 @@ impl<D: Datalet> Local<D> {
         }
     }
 
+    /// [`Local::get`], in the sequential mode once the local replica has applied the order
+    /// up to `after` (a position an earlier answer to the asking node reported).
+    pub async fn get_after(&self, key: &[u8], after: u64) -> Result<Option<Item>, Error> {
+        match &self.mode {
+            Mode::Ordered(o) if o.local_reads => {
+                let read = || self.datalet.get(key, self.now());
+                o.replicator.read_locally_after(after, read).await
+            }
+            _ => self.get(key).await,
+        }
+    }
+
+    /// How far this replica has applied its group's order (0 outside the strong modes).
+    pub fn position(&self) -> u64 {
+        match &self.mode {
+            Mode::Ordered(o) => o.replicator.health().applied(),
+            Mode::Single(_) | Mode::Eventual(_) => 0,
+        }
+    }
+
     /// Carries out a client's `mutation` of `key` as the node's mode says.
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
         match &self.mode {
@@ -295,7 +315,6 @@ enum Route<'a, D> {
     There {
         group: GroupId,
         owners: &'a [tailorkv_common::NodeId],
-        partition: usize,
     },
 }
 
@@ -375,7 +394,6 @@ impl<D: Datalet> Engine<D> {
             None => Route::There {
                 group,
                 owners: cluster.placement.members(group),
-                partition,
             },
         }
     }
@@ -408,18 +426,14 @@ impl<D: Datalet> Engine<D> {
             }
         }
         let mut here: Vec<(usize, &Local<D>)> = Vec::new();
-        let mut there: BTreeMap<GroupId, (Vec<usize>, &[tailorkv_common::NodeId], usize)> =
+        let mut there: BTreeMap<GroupId, (Vec<usize>, &[tailorkv_common::NodeId])> =
             BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
             match self.route(key) {
                 Route::Here(local) => here.push((i, local)),
-                Route::There {
-                    group,
-                    owners,
-                    partition,
-                } => there
+                Route::There { group, owners } => there
                     .entry(group)
-                    .or_insert_with(|| (Vec::new(), owners, partition))
+                    .or_insert_with(|| (Vec::new(), owners))
                     .0
                     .push(i),
             }
@@ -430,14 +444,12 @@ impl<D: Datalet> Engine<D> {
                 .map(|&(i, local)| async move { (i, local.get(&keys[i]).await) }),
         );
         let remote = futures_util::future::join_all(there.into_iter().map(
-            |(group, (indices, owners, partition))| async move {
+            |(group, (indices, owners))| async move {
                 let op = RemoteOp::Get {
                     keys: indices.iter().map(|&i| keys[i].clone()).collect(),
+                    after: 0,
                 };
-                let answer = self
-                    .forwarder()
-                    .call(group, owners, partition, op, true)
-                    .await;
+                let answer = self.forwarder().call(group, owners, op, true).await;
                 (indices, answer)
             },
         ));
@@ -474,20 +486,12 @@ impl<D: Datalet> Engine<D> {
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
         match self.route(key) {
             Route::Here(local) => local.apply(key, mutation).await,
-            Route::There {
-                group,
-                owners,
-                partition,
-            } => {
+            Route::There { group, owners } => {
                 let op = RemoteOp::Apply {
                     key: key.clone(),
                     mutation,
                 };
-                match self
-                    .forwarder()
-                    .call(group, owners, partition, op, false)
-                    .await?
-                {
+                match self.forwarder().call(group, owners, op, false).await? {
                     RemoteAnswer::Applied(result) => Ok(result?),
                     other => Err(unexpected(&other)),
                 }
@@ -518,11 +522,7 @@ impl<D: Datalet> Engine<D> {
             }
             let owners = cluster.placement.members(group);
             let op = RemoteOp::Flush { at };
-            match self
-                .forwarder()
-                .call(group, owners, usize::from(group.0), op, false)
-                .await?
-            {
+            match self.forwarder().call(group, owners, op, false).await? {
                 RemoteAnswer::Flushed(result) => Ok(result?),
                 other => Err(unexpected(&other)),
             }
@@ -558,7 +558,7 @@ impl<D: Datalet> Engine<D> {
             let owners = cluster.placement.members(group);
             let answer = self
                 .forwarder()
-                .call(group, owners, usize::from(group.0), RemoteOp::Stats, true)
+                .call(group, owners, RemoteOp::Stats, true)
                 .await;
             match answer {
                 Ok(RemoteAnswer::Stats(stats)) => Some(stats),
@@ -668,16 +668,20 @@ pub async fn serve_forwarded<D: Datalet>(
         };
         let Some((from, forwarded)) = got else { return };
         match forwarded {
-            Forwarded::Answer { id, answer } => forwarder.answered(id, answer),
+            Forwarded::Answer {
+                id,
+                answer,
+                position,
+            } => forwarder.answered(id, answer, position),
             Forwarded::Request { id, group, op } => {
                 let locals = Arc::clone(&locals);
                 let forwarder = Arc::clone(&forwarder);
                 tokio::spawn(async move {
-                    let answer = match locals.get(&group) {
-                        Some(local) => carry_out(local, op).await,
-                        None => RemoteAnswer::NotHeld,
+                    let (answer, position) = match locals.get(&group) {
+                        Some(local) => (carry_out(local, op).await, local.position()),
+                        None => (RemoteAnswer::NotHeld, 0),
                     };
-                    forwarder.answer(from, id, answer).await;
+                    forwarder.answer(from, id, answer, position).await;
                 });
             }
         }
@@ -687,8 +691,8 @@ pub async fn serve_forwarded<D: Datalet>(
 /// Carries out a forwarded request in a group held here.
 async fn carry_out<D: Datalet>(local: &Local<D>, op: RemoteOp) -> RemoteAnswer {
     match op {
-        RemoteOp::Get { keys } => {
-            let reads = keys.iter().map(|key| local.get(key));
+        RemoteOp::Get { keys, after } => {
+            let reads = keys.iter().map(|key| local.get_after(key, after));
             let items = futures_util::future::join_all(reads).await;
             RemoteAnswer::Items(items.into_iter().map(|r| r.map_err(Into::into)).collect())
         }

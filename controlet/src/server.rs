@@ -355,6 +355,7 @@ async fn join_cluster<D: Datalet>(
                 locals.insert(group, local.eventual(node));
             }
             let node = Node {
+                me,
                 transport,
                 inbox,
                 groups,
@@ -421,6 +422,7 @@ async fn join_cluster<D: Datalet>(
     }
     tokio::spawn(force_on_signal(replicators, shutdown.clone()));
     let node = Node {
+        me,
         transport,
         inbox,
         groups,
@@ -431,6 +433,7 @@ async fn join_cluster<D: Datalet>(
 
 /// A node's peer links and the groups it holds, before it serves.
 struct Node<M> {
+    me: NodeId,
     transport: Transport<Wire<M>>,
     inbox: crate::peer::Inbox<Wire<M>>,
     groups: Groups<M>,
@@ -456,7 +459,7 @@ where
             forwarded,
             shutdown.clone(),
         ));
-        let forwarder = Arc::new(Forwarder::new(Arc::new(self.transport)));
+        let forwarder = Arc::new(Forwarder::new(self.me, Arc::new(self.transport)));
         let cluster = Cluster {
             placement: self.placement,
             forwarder: Arc::clone(&forwarder),

@@ -697,6 +697,7 @@ impl<D: Datalet> Driver<D> {
                 return;
             }
             self.saved = receiving.seq;
+            self.health.set_applied(receiving.seq);
             tracing::info!(
                 epoch = receiving.epoch,
                 seq = receiving.seq,
@@ -725,6 +726,7 @@ impl<D: Datalet> Driver<D> {
             return;
         }
         self.counters.ops_applied.fetch_add(1, Relaxed);
+        self.health.set_applied(delivery.seq);
         self.order_now = self.order_now.max(now);
         // Before any reply: a client that waited for this operation sees the clock it set.
         self.health.set_order_now(self.order_now);

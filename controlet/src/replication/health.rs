@@ -88,6 +88,8 @@ pub struct Health {
     resets: AtomicU64,
     /// The order's clock as the driver last applied it (see `driver::Driver::order_now`).
     order_now: AtomicU64,
+    /// The sequence number of the last operation applied here (or of the installed state).
+    applied: AtomicU64,
     /// The operator asked to form the next view from any majority (SIGUSR1).
     force_requested: AtomicBool,
 }
@@ -135,6 +137,16 @@ impl Health {
 
     pub(crate) fn take_force(&self) -> bool {
         self.force_requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// The sequence number the local replica has applied up to.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Records that the local replica has applied up to `seq`.
+    pub fn set_applied(&self, seq: u64) {
+        self.applied.store(seq, Ordering::Release);
     }
 
     /// The order's clock: no operation still to be applied here reads an earlier one.

@@ -185,11 +185,29 @@ impl Replicator {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, DataletError>>,
     {
+        self.read_locally_after(0, read).await
+    }
+
+    /// [`Replicator::read_locally`], once the local replica has also applied operation
+    /// `after` of the order: a client's read forwarded here after its write was applied by
+    /// another member of the group then sees that write.
+    pub async fn read_locally_after<F, Fut, T>(&self, after: u64, read: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DataletError>>,
+    {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let serving = self.health.serving();
             let resets = self.health.resets();
             match self.health.state() {
+                NodeState::Serving if self.health.applied() < after => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::Refused(driver::READ_TIMED_OUT));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    continue;
+                }
                 NodeState::Serving => {
                     let value = read().await?;
                     if self.health.resets() == resets {

@@ -56,9 +56,12 @@ pub enum Forwarded {
         group: GroupId,
         op: RemoteOp,
     },
+    /// With the owner's position in its group's order after carrying the request out (see
+    /// [`Forwarder`]).
     Answer {
         id: u64,
         answer: RemoteAnswer,
+        position: u64,
     },
 }
 
@@ -66,7 +69,7 @@ impl Weigh for Forwarded {
     fn weight(&self) -> usize {
         let data = match self {
             Forwarded::Request { op, .. } => match op {
-                RemoteOp::Get { keys } => keys.iter().map(|k| k.len() + 8).sum(),
+                RemoteOp::Get { keys, .. } => keys.iter().map(|k| k.len() + 8).sum(),
                 RemoteOp::Apply { key, mutation } => {
                     key.len()
                         + match mutation {
@@ -94,9 +97,11 @@ impl Weigh for Forwarded {
 /// What an owner is asked to do in one of its groups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoteOp {
-    /// Read these keys, each as a `get` would.
+    /// Read these keys, each as a `get` would; in the sequential mode once the owner has
+    /// applied its group's order up to `after`.
     Get {
         keys: Vec<Bytes>,
+        after: u64,
     },
     Apply {
         key: Bytes,
@@ -184,9 +189,14 @@ where
 
 /// The asking side: sends requests to owners and matches their answers.
 pub struct Forwarder {
+    me: NodeId,
     link: Arc<dyn ForwardLink>,
     next_id: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<RemoteAnswer>>>,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<(RemoteAnswer, u64)>>>,
+    /// Per group, the furthest position in its order an owner reported after carrying out a
+    /// request from here: a forwarded read asks its owner to have applied that much, so a
+    /// client reads its own writes (and flushes) whichever owner applied them.
+    positions: Mutex<HashMap<GroupId, u64>>,
     /// Owners that did not answer in time, until when they are passed over.
     suspects: Mutex<HashMap<NodeId, Instant>>,
     /// Requests forwarded, for `stats`.
@@ -196,26 +206,31 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(link: Arc<dyn ForwardLink>) -> Self {
+    pub fn new(me: NodeId, link: Arc<dyn ForwardLink>) -> Self {
         Forwarder {
+            me,
             link,
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
+            positions: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             sent: AtomicU64::new(0),
             retried: AtomicU64::new(0),
         }
     }
 
-    /// The order in which `owners` are tried for a key of `partition`: starting at the one
-    /// the partition picks, those whose link is up and that answered lately first.
-    fn candidates(&self, owners: &[NodeId], partition: usize) -> Vec<NodeId> {
+    /// The order in which `owners` of `group` are tried: starting at the one this node
+    /// uses for the group (every request of a client goes to one owner while it answers; the
+    /// nodes of the cluster spread over the owners), those whose link is up and that
+    /// answered lately first.
+    fn candidates(&self, group: GroupId, owners: &[NodeId]) -> Vec<NodeId> {
         let now = Instant::now();
         let suspects = self.suspects.lock().unwrap();
+        let first = usize::from(group.0) + usize::from(self.me.0);
         let mut order: Vec<NodeId> = (0..owners.len())
-            .map(|i| owners[(partition + i) % owners.len()])
+            .map(|i| owners[(first + i) % owners.len()])
             .collect();
-        // Stable: the partition's own order among equals.
+        // Stable: the preferred order among equals.
         order.sort_by_key(|o| {
             let suspect = suspects.get(o).is_some_and(|&until| until > now);
             (suspect, !self.link.is_up(*o))
@@ -229,22 +244,46 @@ impl Forwarder {
         &self,
         group: GroupId,
         owners: &[NodeId],
-        partition: usize,
-        op: RemoteOp,
+        mut op: RemoteOp,
         retry: bool,
     ) -> Result<RemoteAnswer, Error> {
-        let candidates = self.candidates(owners, partition);
+        if let RemoteOp::Get { after, .. } = &mut op {
+            *after = self
+                .positions
+                .lock()
+                .unwrap()
+                .get(&group)
+                .copied()
+                .unwrap_or(0);
+        }
+        let candidates = self.candidates(group, owners);
         let mut last = None;
         for (attempt, owner) in candidates.into_iter().enumerate() {
             if attempt > 0 {
                 self.retried.fetch_add(1, Ordering::Relaxed);
             }
-            match self.ask(owner, group, op.clone()).await {
-                Some(answer) if refused_before_ordering(&answer) => last = Some(answer),
-                Some(answer) => return Ok(answer),
-                None if retry => continue,
-                None => return Err(Error::Refused(FORWARD_TIMED_OUT)),
+            let Some((answer, position)) = self.ask(owner, group, op.clone()).await else {
+                if retry {
+                    continue;
+                }
+                return Err(Error::Refused(FORWARD_TIMED_OUT));
+            };
+            let refused = refused_before_ordering(&answer);
+            {
+                let mut positions = self.positions.lock().unwrap();
+                let known = positions.entry(group).or_default();
+                if refused && matches!(&op, RemoteOp::Get { after, .. } if *after > position) {
+                    // The owner never got as far as this node saw its group go: the group
+                    // started over (every member restarted empty). Start over with it.
+                    *known = position;
+                } else {
+                    *known = (*known).max(position);
+                }
             }
+            if !refused {
+                return Ok(answer);
+            }
+            last = Some(answer);
         }
         match last {
             Some(RemoteAnswer::NotHeld) | None => Err(Error::Refused(NO_OWNER)),
@@ -254,7 +293,12 @@ impl Forwarder {
 
     /// One owner's answer, or `None` when it did not come in time or the link to the owner
     /// went down meanwhile (the owner is then passed over for a while).
-    async fn ask(&self, owner: NodeId, group: GroupId, op: RemoteOp) -> Option<RemoteAnswer> {
+    async fn ask(
+        &self,
+        owner: NodeId,
+        group: GroupId,
+        op: RemoteOp,
+    ) -> Option<(RemoteAnswer, u64)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id, tx);
@@ -295,15 +339,20 @@ impl Forwarder {
         }
     }
 
-    /// An owner's answer to request `id` arrived.
-    pub fn answered(&self, id: u64, answer: RemoteAnswer) {
+    /// An owner's answer to request `id` arrived, with its position in its group's order.
+    pub fn answered(&self, id: u64, answer: RemoteAnswer, position: u64) {
         if let Some(waiter) = self.waiting.lock().unwrap().remove(&id) {
-            let _ = waiter.send(answer);
+            let _ = waiter.send((answer, position));
         }
     }
 
     /// Sends `answer` to request `id` back to `to`.
-    pub async fn answer(&self, to: NodeId, id: u64, answer: RemoteAnswer) {
-        self.link.send(to, Forwarded::Answer { id, answer }).await;
+    pub async fn answer(&self, to: NodeId, id: u64, answer: RemoteAnswer, position: u64) {
+        let answer = Forwarded::Answer {
+            id,
+            answer,
+            position,
+        };
+        self.link.send(to, answer).await;
     }
 }
