@@ -344,8 +344,9 @@ fn stats_placement_names_every_groups_members_and_partitions() {
         assert_eq!(members, expected);
         for span in partitions["partitions=".len()..].split(',') {
             let (a, b) = span.split_once('-').unwrap_or((span, span));
-            for q in a.parse::<usize>().unwrap()..=b.parse().unwrap() {
-                assert_eq!(owner_of[q].replace(group), None, "partition {q} twice");
+            let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+            for (q, owner) in owner_of.iter_mut().enumerate().take(b + 1).skip(a) {
+                assert_eq!(owner.replace(group), None, "partition {q} twice");
             }
         }
     }
