@@ -539,6 +539,172 @@ fn kill9_minority_eventual_5() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Shards: 6 nodes, 3 copies of each key
+
+/// A key of every replica group of a 6-node, 3-replica cluster: `prefix-g-i` for group g.
+fn key_per_group(prefix: &str) -> Vec<String> {
+    let ids: Vec<tailorkv_common::NodeId> = (1..=6).map(tailorkv_common::NodeId).collect();
+    let placement = tailorkv_controlet::placement::Placement::new(&ids, 3);
+    placement
+        .groups()
+        .map(|group| {
+            (0..)
+                .map(|i| format!("{prefix}-{}-{i}", group.0))
+                .find(|k| placement.group_of(k.as_bytes()) == group)
+                .expect("some key falls in every group")
+        })
+        .collect()
+}
+
+/// Checks that every group's keys are served through `via` within 5 s: a recorded write of
+/// a key of each group is acknowledged and read back.
+fn every_group_serves(run: &Run, name: &str, via: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for key in key_per_group(name) {
+        let value = Value(format!("{key}-{}", run.seed).into_bytes());
+        let mut seen = Vec::new();
+        loop {
+            let (set, _) = probe(run, via, &key, OpKind::Set(value.clone()));
+            if matches!(set, Ok(OpResult::Stored)) {
+                let (got, _) = probe(run, via, &key, OpKind::Get);
+                if matches!(&got, Ok(OpResult::Hit(v)) if *v == value) {
+                    break;
+                }
+                seen.push(format!("get: {got:?}"));
+            } else {
+                seen.push(format!("set: {set:?}"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {key} was not served through node {via} within 5 s: {seen:?}\n{}",
+                run.context()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// In a strong mode, waits (up to 10 s) until every node is serving in every group it holds
+/// with all three members back in the group's view: the next fault then hits whole groups.
+fn await_whole_groups(run: &Run, name: &str) {
+    if run.mode == EVENTUAL {
+        return;
+    }
+    let deadline = Instant::now() + CATCH_UP_WITHIN;
+    for node in 1..=run.n {
+        loop {
+            let mut raw = match tailorkv_tests::RawClient::try_connect(
+                run.cluster.addr(node),
+                Duration::from_secs(1),
+            ) {
+                Ok(raw) => raw,
+                Err(e) => panic!("{name}: node {node}: {e}\n{}", run.context()),
+            };
+            let stats = String::from_utf8(raw.call(b"stats\r\n", b"END\r\n")).unwrap();
+            let whole = stats.lines().any(|l| l == "STAT cluster_state serving")
+                && stats
+                    .lines()
+                    .filter(|l| l.starts_with("STAT group_") && l.contains("_members "))
+                    .all(|l| l.ends_with(" 3"));
+            if whole {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: node {node} is not back in all its groups:\n{stats}\n{}",
+                run.context()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Six nodes with three copies of each key, clients on every node (most requests forwarded
+/// to an owner): kill -9 of node 1 (a member of three groups), SIGSTOP of node 4 for 3 s, and
+/// node 6 cut off from every other node. After each, writes through the other nodes resume
+/// within 2 s and every group's keys are served through them (each group that lost a member
+/// goes on with its other two, and forwarders turn to those); the node back serves a key
+/// written meanwhile; the history passes the mode's checker.
+fn shards_faults(mode: &'static str) {
+    let test = format!("shards_faults_{mode}");
+    let mut run = Run::start_with(&test, 6, mode, true, &["--replicas", "3"], 0);
+    run.run_for(Duration::from_secs(1));
+    run.assert_healthy_start();
+    let mut markers = Vec::new();
+
+    let killed = Instant::now();
+    run.cluster.kill(1);
+    run.assert_writes_resume(
+        "shards_resume_after_kill",
+        killed,
+        &[2, 3, 4, 5, 6],
+        HORIZON,
+    );
+    every_group_serves(&run, "killed-1", 3);
+    let (key, value) = run.write_marker("after-kill", 2);
+    let restarted = Instant::now();
+    run.cluster.restart(1);
+    let took = run.await_serves(1, &key, &value, restarted);
+    figure("shards_rejoin_after_restart", Some(took), &run.tags());
+    markers.push(key);
+    await_whole_groups(&run, "after restart");
+
+    let stopped = Instant::now();
+    run.cluster.stop(4);
+    let paused = Duration::from_secs(3);
+    run.assert_writes_resume(
+        "shards_resume_after_sigstop",
+        stopped,
+        &[1, 2, 5, 6],
+        paused,
+    );
+    every_group_serves(&run, "stopped-4", 6);
+    std::thread::sleep((stopped + paused).saturating_duration_since(Instant::now()));
+    run.cluster.cont(4);
+    let continued = Instant::now();
+    let (key, value) = run.write_marker("after-sigcont", 5);
+    let took = run.await_serves(4, &key, &value, continued);
+    figure("shards_rejoin_after_sigcont", Some(took), &run.tags());
+    markers.push(key);
+    await_whole_groups(&run, "after SIGCONT");
+
+    let cut = Instant::now();
+    run.net().isolate(6);
+    eprintln!("{test}: node 6 cut off");
+    run.assert_writes_resume(
+        "shards_resume_after_isolation",
+        cut,
+        &[1, 2, 3, 4, 5],
+        HORIZON,
+    );
+    every_group_serves(&run, "isolated-6", 2);
+    run.net().heal();
+    let healed = Instant::now();
+    let (key, value) = run.write_marker("after-heal", 1);
+    let took = run.await_serves(6, &key, &value, healed);
+    figure("shards_rejoin_after_heal", Some(took), &run.tags());
+    markers.push(key);
+
+    run.run_for(Duration::from_secs(1));
+    run.finish(&markers);
+}
+
+#[test]
+fn shards_faults_linearizable() {
+    shards_faults(LIN);
+}
+
+#[test]
+fn shards_faults_sequential() {
+    shards_faults(SEQ);
+}
+
+#[test]
+fn shards_faults_eventual() {
+    shards_faults(EVENTUAL);
+}
+
+// ---------------------------------------------------------------------------------------
 // SIGSTOP
 
 /// Pauses node 1 for 3 s under load: the others keep serving (writes resume within 2 s),
