@@ -122,3 +122,50 @@ fn pymemcache_client_commands_pool_and_hashing() {
     );
     println!("{summary}");
 }
+
+/// pymemcache's `HashClient` over a 6-node cluster with 3 copies of each key: it picks a node
+/// per key by its own hashing, which knows nothing of the cluster's placement, and every key
+/// still lands in its group (most are forwarded); then a plain `Client` on each node reads
+/// every key, and sees the deletes made through the others.
+#[test]
+fn hash_client_on_a_sharded_cluster() {
+    require_pymemcache();
+    let cluster = tailorkv_tests::Cluster::start(
+        6,
+        tailorkv_controlet::config::Consistency::Linearizable,
+        |c| c.replicas = Some(3),
+    );
+    let code = r#"
+import sys
+from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
+servers = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[1:]]
+hashed = HashClient(servers, connect_timeout=5, timeout=10)
+keys = ["hk%d" % i for i in range(300)]
+for k in keys:
+    assert hashed.set(k, ("v-" + k).encode(), noreply=False), k
+got = hashed.get_many(keys)
+assert got == {k: ("v-" + k).encode() for k in keys}, "get_many through HashClient"
+for k in keys[::2]:
+    assert hashed.delete(k, noreply=False), k
+checked = 0
+for server in servers:
+    plain = Client(server, connect_timeout=5, timeout=10)
+    seen = plain.get_many(keys)
+    expected = {k: ("v-" + k).encode() for k in keys[1::2]}
+    assert seen == expected, (server, len(seen))
+    checked += len(keys)
+print("ok", checked)
+"#;
+    let addrs: Vec<String> = cluster.addrs().iter().map(|a| a.to_string()).collect();
+    let mut args = vec!["-c", code];
+    args.extend(addrs.iter().map(String::as_str));
+    let out = python(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "ok 1800",
+        "HashClient on a sharded cluster failed ({}).\n{stdout}\n{stderr}",
+        out.status
+    );
+}
