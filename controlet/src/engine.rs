@@ -307,7 +307,13 @@ pub type Locals<D> = BTreeMap<GroupId, Local<D>>;
 pub struct Cluster {
     pub placement: Arc<Placement>,
     pub forwarder: Arc<Forwarder>,
+    /// Keys asked of an owner in one forwarded read, at most: its answer, of items up to
+    /// `--item-size-max` each, must fit in a peer frame.
+    pub keys_per_forward: usize,
 }
+
+/// Bytes of items one forwarded read may bring back, at most (a peer frame holds 64 MiB).
+pub const FORWARD_READ_BYTES: usize = 16 << 20;
 
 /// Where a key's requests are carried out.
 enum Route<'a, D> {
@@ -443,16 +449,27 @@ impl<D: Datalet> Engine<D> {
             here.iter()
                 .map(|&(i, local)| async move { (i, local.get(&keys[i]).await) }),
         );
-        let remote = futures_util::future::join_all(there.into_iter().map(
-            |(group, (indices, owners))| async move {
+        // At most `keys_per_forward` keys a request, so an answer of the largest items fits
+        // in a peer frame.
+        let per = self
+            .cluster
+            .as_ref()
+            .map_or(1, |c| c.keys_per_forward.max(1));
+        let requests = there.into_iter().flat_map(|(group, (indices, owners))| {
+            let chunks: Vec<Vec<usize>> = indices.chunks(per).map(<[usize]>::to_vec).collect();
+            chunks
+                .into_iter()
+                .map(move |chunk| (group, (chunk, owners)))
+        });
+        let remote =
+            futures_util::future::join_all(requests.map(|(group, (indices, owners))| async move {
                 let op = RemoteOp::Get {
                     keys: indices.iter().map(|&i| keys[i].clone()).collect(),
                     after: 0,
                 };
                 let answer = self.forwarder().call(group, owners, op, true).await;
                 (indices, answer)
-            },
-        ));
+            }));
         let (local, remote) = tokio::join!(local, remote);
         for (i, result) in local {
             results[i] = Some(result);
@@ -538,8 +555,9 @@ impl<D: Datalet> Engine<D> {
     pub fn datalet_stats(&self) -> DataletStats {
         let mut sum = DataletStats::default();
         for local in self.locals.values() {
-            add_stats(&mut sum, &local.datalet_stats());
-            sum.limit_maxbytes += local.datalet_stats().limit_maxbytes;
+            let stats = local.datalet_stats();
+            add_stats(&mut sum, &stats);
+            sum.limit_maxbytes += stats.limit_maxbytes;
         }
         sum
     }

@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::Context;
 use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
-use crate::engine::{serve_forwarded, Cluster, Engine, Local, Locals};
+use crate::engine::{serve_forwarded, Cluster, Engine, Local, Locals, FORWARD_READ_BYTES};
 use crate::peer::{cluster_digest, new_session, LinkConfig, Transport};
 use crate::placement::{GroupId, Placement};
 use crate::replication::eventual::{self, EventualOptions};
@@ -334,6 +334,7 @@ async fn join_cluster<D: Datalet>(
                 shutdown.clone(),
             );
             let mut groups = Groups::default();
+            let lamport = Arc::default();
             for &group in &held {
                 let members = placement.members(group).to_vec();
                 let group_inbox = groups.add(group, members.clone());
@@ -343,7 +344,7 @@ async fn join_cluster<D: Datalet>(
                 let node = Eventual::start_in(
                     me,
                     Arc::clone(&datalet),
-                    Arc::clone(&clock),
+                    (Arc::clone(&clock), Arc::clone(&lamport)),
                     (link, group_inbox),
                     &others,
                     shutdown.clone(),
@@ -361,7 +362,7 @@ async fn join_cluster<D: Datalet>(
                 groups,
                 placement,
             };
-            return Ok(node.serve(locals, clock, shutdown));
+            return Ok(node.serve(config.item_size_max, locals, clock, shutdown));
         }
     };
     let replicas = placement.replicas();
@@ -428,7 +429,7 @@ async fn join_cluster<D: Datalet>(
         groups,
         placement,
     };
-    Ok(node.serve(locals, clock, shutdown))
+    Ok(node.serve(config.item_size_max, locals, clock, shutdown))
 }
 
 /// A node's peer links and the groups it holds, before it serves.
@@ -448,6 +449,7 @@ where
     /// over the groups `locals`.
     fn serve<D: Datalet>(
         self,
+        item_size_max: usize,
         locals: Locals<D>,
         clock: Arc<dyn Clock>,
         shutdown: &CancellationToken,
@@ -463,6 +465,7 @@ where
         let cluster = Cluster {
             placement: self.placement,
             forwarder: Arc::clone(&forwarder),
+            keys_per_forward: (FORWARD_READ_BYTES / item_size_max).max(1),
         };
         let engine = Engine::new(locals, Some(cluster), clock);
         tokio::spawn(serve_forwarded(

@@ -461,3 +461,48 @@ fn disk_shards_keep_every_write_through_whole_cluster_kills() {
         }
     }
 }
+
+/// A multi-get of many large values held by other nodes comes back whole and in order: the
+/// keys a node forwards to one group go in requests whose answers fit in a peer frame (16 MiB
+/// of the largest items each: with `--item-size-max 8m`, two keys a request).
+#[test]
+fn a_multi_get_of_large_values_through_a_non_owner_comes_back_whole() {
+    let cluster = Cluster::start(NODES, Consistency::Linearizable, |c| {
+        c.replicas = Some(REPLICAS);
+        c.item_size_max = 8 << 20;
+    });
+    let addrs = cluster.addrs();
+    // 90 keys of 900 KB, about half of them in groups node 1 does not hold.
+    let keys: Vec<String> = (0..90).map(|i| format!("big{i}")).collect();
+    let value = |k: &str| {
+        let mut v = vec![b'x'; 900 * 1024];
+        v[..k.len()].copy_from_slice(k.as_bytes());
+        v
+    };
+    let mut c = connect(addrs[1]);
+    for k in &keys {
+        assert!(c.set(k, &value(k)).is_ok(), "{k}");
+    }
+    let mut raw = RawClient::connect(addrs[0]);
+    let reply = raw.call(format!("get {}\r\n", keys.join(" ")).as_bytes(), b"END\r\n");
+    let mut expected = Vec::new();
+    for k in &keys {
+        let v = value(k);
+        expected.extend_from_slice(format!("VALUE {k} 0 {}\r\n", v.len()).as_bytes());
+        expected.extend_from_slice(&v);
+        expected.extend_from_slice(b"\r\n");
+    }
+    expected.extend_from_slice(b"END\r\n");
+    assert!(
+        reply == expected,
+        "the reply differs ({} bytes, expected {})",
+        reply.len(),
+        expected.len()
+    );
+    let far = keys.iter().filter(|k| !owners(k).contains(&0)).count();
+    let forwarded = stat(addrs[0], "forwarded");
+    assert!(
+        forwarded as usize >= far / 2,
+        "{far} keys held elsewhere went in {forwarded} requests, not two a request"
+    );
+}

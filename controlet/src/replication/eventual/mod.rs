@@ -176,7 +176,7 @@ pub struct Eventual<D> {
     clock_source: Arc<dyn Clock>,
     me: NodeId,
     /// The Lamport clock: the last timestamp issued or seen.
-    clock: AtomicU64,
+    clock: Arc<AtomicU64>,
     tombstones: Mutex<HashMap<Bytes, Tombstone>>,
     /// Held by every change to a key's item or tombstone (see the module documentation).
     locks: KeyLocks,
@@ -239,7 +239,7 @@ impl<D: Datalet> Eventual<D> {
         Self::start_in(
             me,
             datalet,
-            clock_source,
+            (clock_source, Arc::default()),
             (link, group_inbox),
             &targets,
             shutdown,
@@ -248,11 +248,13 @@ impl<D: Datalet> Eventual<D> {
     }
 
     /// Starts a group's eventual replication on its side of the node's transport, with the
-    /// group's other members `peers`.
+    /// group's other members `peers`. `lamport` is the node's Lamport clock, which every group
+    /// it holds shares, so no two of its writes, in any group, get one version (nor one CAS
+    /// unique).
     pub fn start_in(
         me: NodeId,
         datalet: Arc<D>,
-        clock_source: Arc<dyn Clock>,
+        (clock_source, lamport): (Arc<dyn Clock>, Arc<AtomicU64>),
         (transport, inbox): (GroupLink<Message>, GroupInbox<Message>),
         peers: &[NodeId],
         shutdown: CancellationToken,
@@ -264,7 +266,7 @@ impl<D: Datalet> Eventual<D> {
             datalet,
             clock_source,
             me,
-            clock: Default::default(),
+            clock: lamport,
             tombstones: Mutex::new(HashMap::new()),
             locks: KeyLocks::new(),
             flushed: Mutex::new(None),
