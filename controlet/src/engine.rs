@@ -331,6 +331,8 @@ pub struct Engine<D> {
     locals: Arc<Locals<D>>,
     cluster: Option<Cluster>,
     clock: Arc<dyn Clock>,
+    /// This node holds every key (a single node, or one group of every node).
+    holds_all: bool,
 }
 
 /// The replication counters of every group this node holds, added up.
@@ -367,10 +369,15 @@ impl<D: Datalet> Engine<D> {
     /// The engine of a node holding `locals`; `cluster` when other nodes hold other keys.
     pub fn new(locals: Locals<D>, cluster: Option<Cluster>, clock: Arc<dyn Clock>) -> Self {
         assert!(!locals.is_empty(), "a node holds at least one group");
+        let holds_all = cluster.as_ref().is_none_or(|c| {
+            let mut groups = c.placement.groups();
+            groups.all(|g| locals.contains_key(&g))
+        });
         Engine {
             locals: Arc::new(locals),
             cluster,
             clock,
+            holds_all,
         }
     }
 
@@ -389,9 +396,15 @@ impl<D: Datalet> Engine<D> {
         self.clock.now()
     }
 
+    /// Whether this node holds every key, so nothing is forwarded.
+    pub fn holds_all(&self) -> bool {
+        self.holds_all
+    }
+
     fn route(&self, key: &[u8]) -> Route<'_, D> {
-        let Some(cluster) = &self.cluster else {
-            return Route::Here(self.locals.values().next().expect("one group"));
+        let cluster = match &self.cluster {
+            Some(cluster) if !self.holds_all => cluster,
+            _ => return Route::Here(self.locals.values().next().expect("one group")),
         };
         let partition = crate::placement::partition_of(key);
         let group = cluster.placement.group_of_partition(partition);

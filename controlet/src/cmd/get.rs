@@ -21,24 +21,59 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
     out: &mut Out<W>,
     counts: &mut Counts,
 ) -> std::io::Result<()> {
-    // Every key's group at once (each group's keys in one request to an owner in a sharded
-    // cluster); the hits are written in the order asked, as memcached writes them.
-    let items = ctx.engine.get_many(&keys).await;
-    for (key, item) in keys.iter().zip(items) {
-        counts.cmd_get += 1;
-        match item {
-            Ok(Some(item)) => {
-                counts.get_hits += 1;
-                let cas = with_cas.then(|| item.version.cas());
-                encode_value(&mut out.buf, key, item.flags, &item.value, cas);
+    if ctx.engine.holds_all() {
+        // One key at a time, each reply written out as the buffer fills: what a connection
+        // holds stays bounded by the write high-water mark, whatever the values.
+        for key in &keys {
+            let item = ctx.engine.get(key).await;
+            if !answer(key, item, with_cas, out, counts)? {
+                return Ok(());
             }
-            Ok(None) => counts.get_misses += 1,
-            Err(e) => return fail(out, e),
+            out.flush_if_full().await?;
         }
-        out.flush_if_full().await?;
+    } else {
+        // A window of keys at a time, every group's keys of it at once (each group's in one
+        // request to an owner), hits written in the order asked, as memcached writes them.
+        for window in keys.chunks(GET_WINDOW) {
+            let items = ctx.engine.get_many(window).await;
+            for (key, item) in window.iter().zip(items) {
+                if !answer(key, item, with_cas, out, counts)? {
+                    return Ok(());
+                }
+            }
+            out.flush_if_full().await?;
+        }
     }
     Response::End.encode(&mut out.buf);
     Ok(())
+}
+
+/// Keys of a multi-get looked up together in a sharded cluster: what a connection holds at
+/// once is at most this many items.
+const GET_WINDOW: usize = 16;
+
+/// Writes one key's answer; `false` once a failure ended the reply.
+fn answer<W>(
+    key: &Bytes,
+    item: Result<Option<tailorkv_datalet::Item>, crate::error::Error>,
+    with_cas: bool,
+    out: &mut Out<W>,
+    counts: &mut Counts,
+) -> std::io::Result<bool> {
+    counts.cmd_get += 1;
+    match item {
+        Ok(Some(item)) => {
+            counts.get_hits += 1;
+            let cas = with_cas.then(|| item.version.cas());
+            encode_value(&mut out.buf, key, item.flags, &item.value, cas);
+        }
+        Ok(None) => counts.get_misses += 1,
+        Err(e) => {
+            fail(out, e)?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 pub async fn gat<D: Datalet, W: AsyncWrite + Unpin>(
