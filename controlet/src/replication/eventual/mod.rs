@@ -167,6 +167,16 @@ impl KeyLocks {
     async fn lock(&self, key: &[u8]) -> tokio::sync::MutexGuard<'_, ()> {
         self.0[bucket_of(key) % KEY_LOCKS].lock().await
     }
+
+    /// Waits for every key's lock (in stripe order, as no one else takes two): no change to
+    /// any key is under way while they are held.
+    async fn lock_all(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut guards = Vec::with_capacity(self.0.len());
+        for stripe in &self.0 {
+            guards.push(stripe.lock().await);
+        }
+        guards
+    }
 }
 
 /// The eventual-consistency side of a node: applies local writes, propagates them, applies
@@ -451,16 +461,56 @@ impl<D: Datalet> Eventual<D> {
     }
 
     pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        let version = self.next_version();
-        self.datalet.flush_all(at, now, version).await?;
-        let flush = Update::Flush { at, now, version };
-        {
-            let mut flushed = self.flushed.lock().unwrap();
-            if flushed.as_ref().is_none_or(|f| f.version() < version) {
-                *flushed = Some(flush.clone());
+        let flush = {
+            // Every write that took a version below the flush's is stored once the locks
+            // are held, and every later one takes a version above it.
+            let _all = self.locks.lock_all().await;
+            let version = self.next_version();
+            let flush = Update::Flush { at, now, version };
+            {
+                let mut flushed = self.flushed.lock().unwrap();
+                if flushed.as_ref().is_none_or(|f| f.version() < version) {
+                    *flushed = Some(flush.clone());
+                }
+            }
+            self.flush_locked(at, now, version).await?;
+            flush
+        };
+        self.send(flush).await;
+        Ok(())
+    }
+
+    /// Carries out a flush at `version`, made here or by a peer, with every key's lock held.
+    /// An immediate flush removes exactly the items older than it, so a write that follows it
+    /// in version order survives it on every replica: on the node that made it and on one
+    /// that hears of it after storing newer writes alike. (It reads the whole store, holding
+    /// every write back meanwhile: `flush_all` is rare.) A delayed flush sets the datalet's
+    /// flush point, which hides what is stored until its moment, on every replica by its own
+    /// clock.
+    pub(super) async fn flush_locked(
+        &self,
+        at: UnixSecs,
+        now: UnixSecs,
+        version: Version,
+    ) -> Result<(), DataletError> {
+        let local_now = self.clock_source.now();
+        if at > local_now {
+            return self.datalet.flush_all(at, now, version).await;
+        }
+        let items = match self.datalet.scan(local_now).await {
+            Ok(items) => items,
+            // A store that cannot list its items (a remote server without `lru_crawler
+            // metadump`) is flushed whole, newer writes too; anti-entropy brings those back.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the store's items; flushing it whole");
+                return self.datalet.flush_all(at, now, version).await;
+            }
+        };
+        for (key, item) in items {
+            if item.version < version {
+                self.remove_older(&key, version).await?;
             }
         }
-        self.send(flush).await;
         Ok(())
     }
 

@@ -65,7 +65,8 @@ impl<D: Datalet> Eventual<D> {
                     }
                     *flushed = Some(Update::Flush { at, now, version });
                 }
-                self.datalet.flush_all(at, now, version).await
+                let _all = self.locks.lock_all().await;
+                self.flush_locked(at, now, version).await
             }
             Update::Item {
                 key,

@@ -332,3 +332,73 @@ async fn a_snapshot_removes_an_item_its_tombstone_shadows() {
     }
     shutdown.cancel();
 }
+
+/// A peer's `flush_all` removes what this replica held before it (older versions), and only
+/// that: a write made here after it in version order (the node's clock had passed the flush's
+/// version) survives it, as it does on the node that made the flush.
+#[tokio::test(flavor = "current_thread")]
+async fn a_peer_flush_removes_older_items_and_keeps_newer_ones() {
+    let datalet = Arc::new(Gated::new());
+    let (node, shutdown) = alone(datalet.clone()).await;
+    let old = Bytes::from_static(b"old");
+    let new = Bytes::from_static(b"new");
+    node.apply(&old, set("before"), wall()).await.unwrap();
+    let before = datalet.get(&old, wall()).await.unwrap().unwrap().version;
+    // Node 2 flushed just above `before`; this node then wrote `new` above that.
+    let flush_version = Version::new(before.ts + 1, NodeId(2));
+    node.observe(flush_version.ts);
+    node.apply(&new, set("after"), wall()).await.unwrap();
+    let after = datalet.get(&new, wall()).await.unwrap().unwrap().version;
+    assert!(after > flush_version);
+    let now = wall();
+    let flush = Update::Flush {
+        at: now - 1,
+        now,
+        version: flush_version,
+    };
+    node.receive(flush).await.unwrap();
+    assert_eq!(
+        datalet.get(&old, wall()).await.unwrap(),
+        None,
+        "the flush missed an older item"
+    );
+    let kept = datalet.get(&new, wall()).await.unwrap();
+    assert_eq!(
+        kept.map(|i| i.version),
+        Some(after),
+        "the flush took a newer write"
+    );
+    // An older item arriving after the flush stays out.
+    let late = peer_item(
+        &Bytes::from_static(b"late"),
+        Version::new(before.ts, NodeId(3)),
+    );
+    node.receive(late).await.unwrap();
+    assert_eq!(datalet.get(b"late", wall()).await.unwrap(), None);
+    shutdown.cancel();
+}
+
+/// A client's `flush_all` here removes everything stored before it, and a write that took its
+/// version after the flush's survives; the peers are told the flush's version.
+#[tokio::test(flavor = "current_thread")]
+async fn a_local_flush_removes_every_older_item() {
+    let datalet = Arc::new(Gated::new());
+    let (node, shutdown) = alone(datalet.clone()).await;
+    for k in ["a", "b", "c"] {
+        node.apply(&Bytes::from(k), set("v"), wall()).await.unwrap();
+    }
+    let now = wall();
+    node.flush(now - 1, now).await.unwrap();
+    for k in ["a", "b", "c"] {
+        assert_eq!(
+            datalet.get(k.as_bytes(), wall()).await.unwrap(),
+            None,
+            "{k}"
+        );
+    }
+    node.apply(&Bytes::from_static(b"d"), set("v"), wall())
+        .await
+        .unwrap();
+    assert!(datalet.get(b"d", wall()).await.unwrap().is_some());
+    shutdown.cancel();
+}
