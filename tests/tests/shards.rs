@@ -277,14 +277,23 @@ fn multi_get_order_cas_uniques_stats_and_flush_span_every_group() {
         }
         let mut raw = RawClient::connect(addrs[2]);
         let request = format!("gets {}\r\n", asked.join(" "));
-        let reply = String::from_utf8(raw.call(request.as_bytes(), b"END\r\n")).unwrap();
-        let mut got = Vec::new();
-        let mut uniques = std::collections::BTreeSet::new();
-        for line in reply.lines().filter(|l| l.starts_with("VALUE ")) {
-            let parts: Vec<&str> = line.split(' ').collect();
-            got.push(parts[1].to_string());
-            uniques.insert(parts[4].to_string());
-        }
+        // Eventual: node 3 may ask another owner than the writer did, which the write reaches
+        // a moment later.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (got, uniques) = loop {
+            let reply = String::from_utf8(raw.call(request.as_bytes(), b"END\r\n")).unwrap();
+            let mut got = Vec::new();
+            let mut uniques = std::collections::BTreeSet::new();
+            for line in reply.lines().filter(|l| l.starts_with("VALUE ")) {
+                let parts: Vec<&str> = line.split(' ').collect();
+                got.push(parts[1].to_string());
+                uniques.insert(parts[4].to_string());
+            }
+            if got == stored || mode != Consistency::Eventual || Instant::now() > deadline {
+                break (got, uniques);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert_eq!(
             got, stored,
             "{mode:?}: hits in the order asked, misses left out"
