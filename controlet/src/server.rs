@@ -254,10 +254,11 @@ async fn serve_with<D: Datalet>(
 
 /// The cluster's placement: its nodes and `--replicas` (default 3, or every node when fewer).
 pub fn placement(config: &Config) -> std::io::Result<Placement> {
-    let ids: Vec<NodeId> = match config.peers.is_empty() {
-        true => vec![NodeId(config.id)],
-        false => config.peers.iter().map(|m| m.id).collect(),
-    };
+    if config.peers.is_empty() {
+        // A single node holds everything, whatever --replicas says.
+        return Ok(Placement::new(&[NodeId(config.id)], 1));
+    }
+    let ids: Vec<NodeId> = config.peers.iter().map(|m| m.id).collect();
     let replicas = config.replicas.unwrap_or(DEFAULT_REPLICAS.min(ids.len()));
     if replicas == 0 || replicas > ids.len() {
         return Err(std::io::Error::new(
