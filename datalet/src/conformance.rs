@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Clock, Expiry, NodeId, SystemClock, UnixSecs, Version};
 
-use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+use crate::{BatchOp, Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
 
 /// Every case, by name; [`conformance_tests!`](crate::conformance_tests) makes a test of each.
 #[macro_export]
@@ -48,6 +48,7 @@ macro_rules! conformance_tests {
             keys_of_any_bytes_a_client_can_send_are_kept,
             reset_empties_the_store_and_keeps_the_clock,
             items_written_after_a_reset_are_served,
+            a_batch_applies_in_order_with_each_outcome,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -754,4 +755,66 @@ pub async fn items_written_after_a_reset_are_served<D: Datalet>(make: impl Fn(Li
     assert_eq!(scanned(&d, NOW + 11).await, expected);
     let stats = stats_once(&d, |s| s.curr_items == 3).await;
     assert_eq!(stats.curr_items, 3);
+}
+
+/// `apply_batch` gives each operation the outcome `apply` one after another would, in order,
+/// and leaves the same items: a few operations on two keys whose results depend on their
+/// order, then 2,000 on 50 keys (more than one disk commit takes).
+pub async fn a_batch_applies_in_order_with_each_outcome<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let small = vec![
+        ("a", set("1")),
+        ("a", store(StoreMode::Append, "2", 0, Expiry::Never)),
+        ("a", store(StoreMode::Add, "x", 0, Expiry::Never)),
+        ("n", Mutation::Incr(1)),
+        ("n", set("5")),
+        ("n", Mutation::Incr(3)),
+        ("b", Mutation::Delete),
+        ("a", store(StoreMode::Prepend, "0", 0, Expiry::Never)),
+    ];
+    let large: Vec<(String, Mutation)> = (0..2000)
+        .map(|i| {
+            let k = format!("k{}", i % 50);
+            let m = match i % 4 {
+                0 => set(&format!("{i}")),
+                1 => store(StoreMode::Append, "+", 0, Expiry::Never),
+                2 => Mutation::Incr(1),
+                _ => store(StoreMode::Add, "never", 0, Expiry::Never),
+            };
+            (k, m)
+        })
+        .collect();
+    let small: Vec<(String, Mutation)> =
+        small.into_iter().map(|(k, m)| (k.to_string(), m)).collect();
+    for ops in [small, large] {
+        let one_by_one = make(Limits::default());
+        let mut expected = Vec::new();
+        for (i, (k, m)) in ops.iter().enumerate() {
+            expected.push(
+                one_by_one
+                    .apply(&key(k), m.clone(), v(i as u64 + 1), NOW)
+                    .await,
+            );
+        }
+        let batched = make(Limits::default());
+        let batch = ops
+            .iter()
+            .enumerate()
+            .map(|(i, (k, m))| BatchOp {
+                key: key(k),
+                mutation: m.clone(),
+                version: v(i as u64 + 1),
+                now: NOW,
+            })
+            .collect();
+        let outcomes = batched.apply_batch(batch).await;
+        assert_eq!(
+            outcomes, expected,
+            "the outcomes differ from one-by-one application"
+        );
+        let keys: std::collections::BTreeSet<&String> = ops.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let want = one_by_one.get(k.as_bytes(), NOW).await.unwrap();
+            assert_eq!(batched.get(k.as_bytes(), NOW).await.unwrap(), want, "{k}");
+        }
+    }
 }

@@ -82,6 +82,15 @@ pub enum Outcome {
     NonNumeric,
 }
 
+/// One operation of [`Datalet::apply_batch`]: what [`Datalet::apply`] takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchOp {
+    pub key: Bytes,
+    pub mutation: Mutation,
+    pub version: Version,
+    pub now: UnixSecs,
+}
+
 /// Why a datalet could not carry out a request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum DataletError {
@@ -234,6 +243,23 @@ pub trait Datalet: Send + Sync + 'static {
         version: Version,
         now: UnixSecs,
     ) -> impl Future<Output = Result<Outcome, DataletError>> + Send;
+
+    /// Applies `ops` in their order, each as [`Datalet::apply`] would, and returns each one's
+    /// outcome in that order. A store that can carry many out together does: the disk store
+    /// in as few transactions (and fsyncs) as its writer's batch allows, instead of one each.
+    /// Each key's operations keep their order. The default applies them one after another.
+    fn apply_batch(
+        &self,
+        ops: Vec<BatchOp>,
+    ) -> impl Future<Output = Vec<Result<Outcome, DataletError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for op in ops {
+                outcomes.push(self.apply(&op.key, op.mutation, op.version, op.now).await);
+            }
+            outcomes
+        }
+    }
 
     /// Invalidates every item stored at or before second `at`, once the clock reaches `at`:
     /// an `at` earlier than `now` empties the store at once, and an `at` equal to `now` also

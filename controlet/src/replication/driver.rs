@@ -469,9 +469,21 @@ impl<D: Datalet> Driver<D> {
             if events.is_empty() {
                 break;
             }
+            // Runs of delivered mutations are applied together (one transaction and one
+            // fsync on the disk datalet); anything else waits for the run before it.
+            let mut run = Vec::new();
             for event in events {
-                self.carry_out_one(event).await;
+                match event {
+                    Event::Deliver(delivery) if matches!(delivery.op.op, Op::Mutate { .. }) => {
+                        run.push(delivery);
+                    }
+                    other => {
+                        self.apply_run(std::mem::take(&mut run)).await;
+                        self.carry_out_one(other).await;
+                    }
+                }
             }
+            self.apply_run(run).await;
         }
         // A store that lost items behind our back (a remote server restarted or evicted)
         // no longer holds the order's state.
@@ -664,21 +676,31 @@ impl<D: Datalet> Driver<D> {
         self.order_now = chunk.now;
         let now = chunk.now;
         let count = chunk.items.len() as u64;
-        for item in chunk.items {
-            let mutation = Mutation::Store {
-                mode: StoreMode::Set,
-                flags: item.flags,
-                expiry: item.expiry,
-                value: item.value,
-            };
-            if let Err(e) = self
-                .datalet
-                .apply(&item.key, mutation, item.version, now)
-                .await
-            {
-                tracing::error!(error = %e, "could not store a transferred item");
-                self.receiving.as_mut().expect("checked").failed = true;
-            }
+        let ops = chunk
+            .items
+            .into_iter()
+            .map(|item| tailorkv_datalet::BatchOp {
+                key: item.key,
+                mutation: Mutation::Store {
+                    mode: StoreMode::Set,
+                    flags: item.flags,
+                    expiry: item.expiry,
+                    value: item.value,
+                },
+                version: item.version,
+                now,
+            })
+            .collect();
+        // A chunk at a time: one transaction and one fsync on the disk datalet.
+        if let Some(e) = self
+            .datalet
+            .apply_batch(ops)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+        {
+            tracing::error!(error = %e, "could not store a transferred item");
+            self.receiving.as_mut().expect("checked").failed = true;
         }
         let receiving = self.receiving.as_mut().expect("checked");
         receiving.items += count;
@@ -726,7 +748,6 @@ impl<D: Datalet> Driver<D> {
             return;
         }
         self.counters.ops_applied.fetch_add(1, Relaxed);
-        self.health.set_applied(delivery.seq);
         self.order_now = self.order_now.max(now);
         // Before any reply: a client that waited for this operation sees the clock it set.
         self.health.set_order_now(self.order_now);
@@ -751,6 +772,9 @@ impl<D: Datalet> Driver<D> {
                 Reply::Flushed(result)
             }
         };
+        if !self.diverged {
+            self.health.set_applied(delivery.seq);
+        }
         if mine {
             let reply = if self.diverged {
                 Reply::Refused(NOT_APPLIED)
@@ -758,6 +782,61 @@ impl<D: Datalet> Driver<D> {
                 reply
             };
             self.answer(request, reply);
+        }
+    }
+
+    /// Applies a run of delivered mutations as one [`Datalet::apply_batch`], each at its own
+    /// version and at the order's clock as it stands at its place, and answers the clients
+    /// of those proposed here. The first that fails makes this replica diverge ([`Driver::diverge`]);
+    /// those after it are answered as not applied.
+    async fn apply_run(&mut self, run: Vec<crate::tob::Delivery<Proposal>>) {
+        if run.is_empty() {
+            return;
+        }
+        let mut ops = Vec::with_capacity(run.len());
+        let mut waiting = Vec::with_capacity(run.len());
+        for delivery in run {
+            let Proposal { request, now, op } = delivery.op;
+            let mine = delivery.origin == self.me;
+            if self.diverged {
+                if mine {
+                    self.answer(request, Reply::Refused(NOT_APPLIED));
+                }
+                continue;
+            }
+            let Op::Mutate { key, mutation } = op else {
+                unreachable!("a run holds mutations only")
+            };
+            self.counters.ops_applied.fetch_add(1, Relaxed);
+            self.order_now = self.order_now.max(now);
+            ops.push(tailorkv_datalet::BatchOp {
+                key,
+                mutation,
+                version: Version::new(delivery.seq, NodeId(self.group.0)),
+                now: self.order_now,
+            });
+            waiting.push((delivery.seq, mine.then_some(request)));
+        }
+        if ops.is_empty() {
+            return;
+        }
+        // Before any reply: a client that waited for these operations sees the clock they set.
+        self.health.set_order_now(self.order_now);
+        let outcomes = self.datalet.apply_batch(ops).await;
+        for ((seq, request), outcome) in waiting.into_iter().zip(outcomes) {
+            if !self.diverged {
+                match &outcome {
+                    Ok(_) => self.health.set_applied(seq),
+                    Err(e) => self.diverge(seq, e),
+                }
+            }
+            if let Some(request) = request {
+                let reply = match self.diverged {
+                    true => Reply::Refused(NOT_APPLIED),
+                    false => Reply::Mutated(outcome),
+                };
+                self.answer(request, reply);
+            }
         }
     }
 

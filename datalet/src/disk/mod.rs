@@ -320,6 +320,33 @@ impl Datalet for DiskDatalet {
         answer.await.map_err(|_| unavailable("writer stopped"))?
     }
 
+    /// Queues every operation for the writer before waiting for any: the writer takes them
+    /// all (up to its batch size) into one transaction, with one fsync, in their order.
+    async fn apply_batch(&self, ops: Vec<crate::BatchOp>) -> Vec<Result<Outcome, DataletError>> {
+        let mut answers = Vec::with_capacity(ops.len());
+        for op in ops {
+            let (reply, answer) = oneshot::channel();
+            let queued = self.send(Op::Apply {
+                key: op.key,
+                mutation: op.mutation,
+                version: op.version,
+                now: op.now,
+                reply,
+            });
+            answers.push(queued.map(|()| answer));
+        }
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(match answer {
+                Ok(answer) => answer
+                    .await
+                    .unwrap_or_else(|_| Err(unavailable("writer stopped"))),
+                Err(e) => Err(e),
+            });
+        }
+        outcomes
+    }
+
     async fn flush_all(
         &self,
         at: UnixSecs,
