@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ struct Ledger {
     writes: usize,
 }
 
-fn writer(addr: SocketAddr, w: usize, stop: Arc<AtomicBool>) -> Ledger {
+fn writer(addr: SocketAddr, w: usize, stop: Arc<AtomicBool>, acks: Arc<AtomicUsize>) -> Ledger {
     let mut conn = open(addr);
     let mut ledger = Ledger::default();
     for i in 0.. {
@@ -64,6 +64,7 @@ fn writer(addr: SocketAddr, w: usize, stop: Arc<AtomicBool>) -> Ledger {
             Ok(OpResult::Stored) => {
                 ledger.in_flight = None;
                 ledger.writes += 1;
+                acks.fetch_add(1, Ordering::Relaxed);
                 if exptime > 0 {
                     ledger.short_lived.push(key);
                 } else {
@@ -85,13 +86,21 @@ fn every_acknowledged_write_survives_sigkill() {
     let (mut server, _) = start(dir.path());
     let addr = server.addr;
     let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || writer(addr, w, stop))
+            let (stop, acks) = (Arc::clone(&stop), Arc::clone(&acks));
+            std::thread::spawn(move || writer(addr, w, stop, acks))
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(1500));
+    // At least 1.5 s and 500 acknowledged writes (a busy machine's fsyncs are slow), at most
+    // 30 s.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500)
+        || (acks.load(Ordering::Relaxed) < 500 && started.elapsed() < Duration::from_secs(30))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server.kill();
     let killed_at = Instant::now();
     stop.store(true, Ordering::Relaxed);
