@@ -87,7 +87,7 @@ impl crate::tob::Weigh for Proposal {
         let data = match &self.op {
             Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
             Op::Get { key } => key.len(),
-            Op::Flush { .. } | Op::Clock => 0,
+            Op::Flush { .. } | Op::Clock | Op::Fence => 0,
         };
         data + PROPOSAL_OVERHEAD
     }
@@ -230,6 +230,8 @@ impl GroupDriver {
             transport: link,
             datalet,
             waiting: HashMap::new(),
+            unfenced: Vec::new(),
+            unfenced_now: 0,
             deadlines: VecDeque::new(),
             next_request: 0,
             overflow: BTreeMap::new(),
@@ -244,6 +246,29 @@ impl GroupDriver {
             requests,
             counters,
             health,
+        }
+    }
+}
+
+/// Who waits for a proposal of this node.
+enum Waiter {
+    /// The client whose operation it is.
+    One(oneshot::Sender<Reply>),
+    /// The linearizable reads an [`Op::Fence`] orders, each with its key.
+    Reads(Vec<(Bytes, oneshot::Sender<Reply>)>),
+}
+
+impl Waiter {
+    fn refuse(self, why: &'static str) {
+        match self {
+            Waiter::One(reply) => {
+                let _ = reply.send(Reply::Refused(why));
+            }
+            Waiter::Reads(reads) => {
+                for (_, reply) in reads {
+                    let _ = reply.send(Reply::Refused(why));
+                }
+            }
         }
     }
 }
@@ -284,7 +309,12 @@ struct Driver<D> {
     transport: GroupLink<PeerMsg>,
     datalet: Arc<D>,
     /// Replies owed to this member's clients, by request id.
-    waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    waiting: HashMap<u64, Waiter>,
+    /// Linearizable reads taken since the last fence was proposed: the next fence covers
+    /// them.
+    unfenced: Vec<(Bytes, oneshot::Sender<Reply>)>,
+    /// The latest clock reading among `unfenced`.
+    unfenced_now: UnixSecs,
     /// Request ids by arrival, with the moment each is refused if still waiting.
     deadlines: VecDeque<(Instant, u64)>,
     next_request: u64,
@@ -325,6 +355,7 @@ impl<D: Datalet> Driver<D> {
                         let Ok(request) = requests.try_recv() else { break };
                         self.take(request);
                     }
+                    self.fence();
                     self.tob.flush();
                 }
                 Some((from, event)) = inbox.recv() => {
@@ -368,17 +399,42 @@ impl<D: Datalet> Driver<D> {
             let _ = request.reply.send(Reply::Refused(CUT_OFF));
             return;
         }
+        if let Op::Get { key } = request.op {
+            // Not ordered itself: the next fence is (see [`Driver::fence`]).
+            self.unfenced.push((key, request.reply));
+            self.unfenced_now = self.unfenced_now.max(request.now);
+            return;
+        }
+        self.propose(request.op, request.now, Waiter::One(request.reply));
+    }
+
+    fn propose(&mut self, op: Op, now: UnixSecs, waiter: Waiter) {
         self.counters.ops_proposed.fetch_add(1, Relaxed);
         self.next_request += 1;
         let id = self.next_request;
-        self.waiting.insert(id, request.reply);
+        self.waiting.insert(id, waiter);
         self.deadlines
             .push_back((Instant::now() + REQUEST_TIMEOUT, id));
         self.tob.propose(Proposal {
             request: id,
-            now: request.now,
-            op: request.op,
+            now,
+            op,
         });
+    }
+
+    /// Proposes one [`Op::Fence`] for every linearizable read taken since the last one. Each
+    /// of them was invoked before the fence was proposed and is answered once the fence is
+    /// delivered here, from the replica as it stands at the fence's place in the order: a
+    /// place within every read's lifetime, after every write acknowledged before the read
+    /// began. One small operation orders a whole burst of reads, instead of each read
+    /// travelling to every member with its key.
+    fn fence(&mut self) {
+        if self.unfenced.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.unfenced);
+        let now = std::mem::take(&mut self.unfenced_now);
+        self.propose(Op::Fence, now, Waiter::Reads(reads));
     }
 
     /// Refuses requests that waited too long, and takes back those of them never broadcast
@@ -393,7 +449,7 @@ impl<D: Datalet> Driver<D> {
             }
             self.deadlines.pop_front();
             if let Some(waiter) = self.waiting.remove(&id) {
-                let _ = waiter.send(Reply::Refused(TIMED_OUT));
+                waiter.refuse(TIMED_OUT);
                 expired.insert(id);
             }
         }
@@ -404,7 +460,10 @@ impl<D: Datalet> Driver<D> {
 
     fn fail_all_waiting(&mut self, why: &'static str) {
         for (_, waiter) in self.waiting.drain() {
-            let _ = waiter.send(Reply::Refused(why));
+            waiter.refuse(why);
+        }
+        for (_, reply) in self.unfenced.drain(..) {
+            let _ = reply.send(Reply::Refused(why));
         }
         self.deadlines.clear();
     }
@@ -763,6 +822,19 @@ impl<D: Datalet> Driver<D> {
             }
             Op::Get { key } if mine => Reply::Read(self.datalet.get(&key, now).await),
             Op::Get { .. } => return,
+            Op::Fence if mine => {
+                if let Some(Waiter::Reads(reads)) = self.waiting.remove(&request) {
+                    for (key, reply) in reads {
+                        let read = match self.diverged {
+                            true => Reply::Refused(NOT_APPLIED),
+                            false => Reply::Read(self.datalet.get(&key, now).await),
+                        };
+                        let _ = reply.send(read);
+                    }
+                }
+                return;
+            }
+            Op::Fence => return,
             Op::Clock => Reply::Flushed(Ok(())),
             Op::Flush { at } => {
                 let result = self.datalet.flush_all(at, now, version).await;
@@ -841,7 +913,7 @@ impl<D: Datalet> Driver<D> {
     }
 
     fn answer(&mut self, request: u64, reply: Reply) {
-        if let Some(waiter) = self.waiting.remove(&request) {
+        if let Some(Waiter::One(waiter)) = self.waiting.remove(&request) {
             let _ = waiter.send(reply);
         }
     }

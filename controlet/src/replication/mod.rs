@@ -63,10 +63,14 @@ pub enum Op {
         key: Bytes,
         mutation: Mutation,
     },
-    /// A linearizable read: answered at its place in the order, by its proposer only.
+    /// A linearizable read, as a client request: the driver does not order it itself but
+    /// answers it at the place of the next [`Op::Fence`] it proposes.
     Get {
         key: Bytes,
     },
+    /// Orders the linearizable reads its proposer took since its last fence: they are
+    /// answered when it is delivered there, from that replica. Changes no data.
+    Fence,
     /// `flush_all`, with its flush point.
     Flush {
         at: UnixSecs,
