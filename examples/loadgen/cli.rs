@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 
-use crate::keys::KeyDist;
+use crate::keys::{KeyDist, Owners};
 use crate::value::HEADER_LEN;
 
 /// Load generator for memcached-compatible servers (classic text protocol, get and set).
@@ -16,6 +16,7 @@ use crate::value::HEADER_LEN;
 /// if the run could not start.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version)]
+#[command(group(ArgGroup::new("owner_filter").args(["keys_held_by", "keys_not_held_by"])))]
 pub struct Args {
     /// Server to load, HOST:PORT; repeat the flag or separate with commas for a cluster.
     /// Connection i goes to target i mod (number of targets).
@@ -51,6 +52,20 @@ pub struct Args {
     /// loadgen runs that share a server at the same time.
     #[arg(long, default_value = "loadgen:", value_parser = parse_prefix)]
     pub key_prefix: String,
+
+    /// Use only the keys (of --keys, named with --key-prefix) that this node of a sharded
+    /// tailorkv cluster holds a copy of, per --placement: preload and load alike.
+    #[arg(long, value_name = "NODE", requires = "placement")]
+    pub keys_held_by: Option<u16>,
+
+    /// Use only the keys this node does not hold a copy of, per --placement.
+    #[arg(long, value_name = "NODE", requires = "placement")]
+    pub keys_not_held_by: Option<u16>,
+
+    /// The cluster --keys-held-by and --keys-not-held-by refer to: nodes with ids 1..=NODES
+    /// and REPLICAS copies of each key (the controlets' --replicas).
+    #[arg(long, value_name = "NODES:REPLICAS", value_parser = parse_placement, requires = "owner_filter")]
+    pub placement: Option<(u16, usize)>,
 
     /// Bytes per value; at least 40 (the header that names the write).
     #[arg(long, default_value_t = 100, value_parser = parse_value_size)]
@@ -114,6 +129,18 @@ impl Args {
             (duration, _) => duration,
         }
     }
+
+    /// The keys --keys-held-by or --keys-not-held-by keep, if either is given.
+    pub fn owners(&self) -> Result<Option<Owners>, String> {
+        let (node, held) = match (self.keys_held_by, self.keys_not_held_by) {
+            (Some(node), _) => (node, true),
+            (None, Some(node)) => (node, false),
+            (None, None) => return Ok(None),
+        };
+        // clap requires --placement with either flag.
+        let (nodes, replicas) = self.placement.ok_or("--placement is missing")?;
+        Owners::new(nodes, replicas, node, held).map(Some)
+    }
 }
 
 /// The longest key memcached accepts.
@@ -164,6 +191,18 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+fn parse_placement(s: &str) -> Result<(u16, usize), String> {
+    let parsed = s
+        .split_once(':')
+        .and_then(|(nodes, replicas)| Some((nodes.parse().ok()?, replicas.parse().ok()?)));
+    match parsed {
+        Some((nodes, replicas)) if nodes >= 1 && replicas >= 1 => Ok((nodes, replicas)),
+        _ => Err(format!(
+            "{s:?} is not NODES:REPLICAS (two positive numbers)"
+        )),
+    }
+}
+
 fn parse_value_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if (HEADER_LEN..=MAX_VALUE_SIZE).contains(&n) => Ok(n),
@@ -212,6 +251,17 @@ mod tests {
     }
 
     #[test]
+    fn an_owner_filter_needs_a_placement_and_a_node_in_it() {
+        let none = parse(&[]).unwrap();
+        assert!(none.owners().unwrap().is_none());
+        let held = parse(&["--keys-held-by", "2", "--placement", "6:3"]).unwrap();
+        assert_eq!((held.keys_held_by, held.placement), (Some(2), Some((6, 3))));
+        assert!(held.owners().unwrap().is_some());
+        let outside = parse(&["--keys-not-held-by", "7", "--placement", "6:3"]).unwrap();
+        assert!(outside.owners().is_err());
+    }
+
+    #[test]
     fn nonsense_is_refused() {
         for bad in [
             &["--get-ratio", "1.5"][..],
@@ -222,6 +272,18 @@ mod tests {
             &["--key-prefix", "a b"],
             &["--zipf-theta", "-0.5"],
             &["--key-dist", "gaussian"],
+            &["--keys-held-by", "1"],
+            &["--placement", "6:3"],
+            &[
+                "--keys-held-by",
+                "1",
+                "--keys-not-held-by",
+                "2",
+                "--placement",
+                "6:3",
+            ],
+            &["--keys-held-by", "1", "--placement", "6"],
+            &["--keys-held-by", "1", "--placement", "0:3"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }

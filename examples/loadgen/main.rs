@@ -12,7 +12,8 @@
 //!
 //! - `cli`: the command line.
 //! - `reply`: the two requests loadgen sends, and what their replies mean to it.
-//! - `keys`: the key space and its uniform or zipfian distribution.
+//! - `keys`: the key space and its uniform or zipfian distribution, and the filter that keeps
+//!   the keys a node of a sharded cluster holds (or does not).
 //! - `value`: self-describing values: each names the write that made it.
 //! - `verify`: the run's [`verify::Ledger`], which judges whether a value read back could have
 //!   been written by this run.
@@ -102,8 +103,17 @@ fn fail(error: anyhow::Error) -> ExitCode {
 
 /// Runs the whole load and reports it.
 async fn run(args: Args) -> anyhow::Result<Report> {
-    let keys = KeySpace::new(&args.key_prefix, args.keys, args.key_dist, args.zipf_theta)
-        .map_err(|e| anyhow!(e))?;
+    let keys = match args.owners().map_err(|e| anyhow!(e))? {
+        None => KeySpace::new(&args.key_prefix, args.keys, args.key_dist, args.zipf_theta),
+        Some(owners) => KeySpace::filtered(
+            &args.key_prefix,
+            args.keys,
+            args.key_dist,
+            args.zipf_theta,
+            |key| owners.keeps(key),
+        ),
+    }
+    .map_err(|e| anyhow!(e))?;
     cpu::check(&args.cpu_of).map_err(|e| anyhow!(e).context("--cpu-of"))?;
     let addrs = resolve(&args.targets).await?;
     let conns = connect_all(&addrs, args.connections).await?;
@@ -141,6 +151,9 @@ async fn run(args: Args) -> anyhow::Result<Report> {
         preload_secs,
         measured_secs,
     );
+    if run.keys.count() != run.args.keys {
+        report.config.keys_kept = Some(run.keys.count());
+    }
     if !run.args.cpu_of.is_empty() {
         let start = run
             .cpu_start
@@ -156,7 +169,7 @@ async fn run(args: Args) -> anyhow::Result<Report> {
 async fn connection(mut conn: Conn, run: Arc<Run>, barrier: Arc<Barrier>) -> (usize, Stats) {
     let mut stats = Stats::default();
     if run.args.preload {
-        let mut share = Preload::new(conn.id, run.args.connections, run.args.keys);
+        let mut share = Preload::new(conn.id, run.args.connections, run.keys.count());
         conn.drive(&mut share, &run, &mut stats).await;
     }
     let leader = barrier.wait().await.is_leader();

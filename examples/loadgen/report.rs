@@ -54,6 +54,9 @@ pub struct Config {
     pub connections: u32,
     pub pipeline: u32,
     pub keys: u64,
+    /// With --keys-held-by or --keys-not-held-by: how many of the keys the run used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys_kept: Option<u64>,
     pub key_dist: KeyDist,
     pub zipf_theta: f64,
     pub key_prefix: String,
@@ -183,10 +186,14 @@ impl Report {
             c.targets.join(","),
             c.pipeline
         );
+        let keys = match c.keys_kept {
+            None => c.keys.to_string(),
+            Some(kept) => format!("{kept} of {}", c.keys),
+        };
         let _ = writeln!(
             out,
             "  {} keys ({}), {}-byte values, {:.0}% gets, verify {}%",
-            c.keys,
+            keys,
             c.key_dist.name(),
             c.value_size,
             c.get_ratio * 100.0,
@@ -275,6 +282,7 @@ impl Config {
             connections: args.connections,
             pipeline: args.pipeline,
             keys: args.keys,
+            keys_kept: None,
             key_dist: args.key_dist,
             zipf_theta: args.zipf_theta,
             key_prefix: args.key_prefix.clone(),
