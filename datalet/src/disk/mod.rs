@@ -99,7 +99,12 @@ pub struct DiskDatalet {
     get_expired: std::sync::atomic::AtomicU64,
     get_flushed: std::sync::atomic::AtomicU64,
     path: PathBuf,
+    /// The items table of the last read transaction, with the count of commits it was
+    /// opened after: reads share it until the writer commits again (see `read_slot`).
+    reading: std::sync::RwLock<Option<(u64, Arc<ItemsTable>)>>,
 }
+
+type ItemsTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 impl std::fmt::Debug for DiskDatalet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -152,6 +157,7 @@ impl DiskDatalet {
             get_expired: Default::default(),
             get_flushed: Default::default(),
             path,
+            reading: std::sync::RwLock::new(None),
         })
     }
 
@@ -173,9 +179,32 @@ impl DiskDatalet {
         }
     }
 
+    /// Reads `key` from a read transaction opened after every commit made so far: the one
+    /// the last read opened, while the writer has not committed since, else a new one. A
+    /// write is answered only after its commit is counted, so a read that starts after the
+    /// answer sees it; between commits, reads share one transaction instead of opening one
+    /// each.
     fn read_slot(&self, key: &[u8]) -> Result<Option<Slot>, DataletError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(ITEMS).map_err(unavailable)?;
+        let commits = self.shared.batches.load(Ordering::Acquire);
+        let cached = self
+            .reading
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(seen, _)| *seen == commits)
+            .map(|(_, table)| Arc::clone(table));
+        let table = match cached {
+            Some(table) => table,
+            None => {
+                let txn = self.db.begin_read().map_err(unavailable)?;
+                let table = Arc::new(txn.open_table(ITEMS).map_err(unavailable)?);
+                let mut reading = self.reading.write().unwrap_or_else(|e| e.into_inner());
+                if reading.as_ref().is_none_or(|(seen, _)| *seen < commits) {
+                    *reading = Some((commits, Arc::clone(&table)));
+                }
+                table
+            }
+        };
         let slot = table.get(key).map_err(unavailable)?;
         Ok(slot.and_then(|bytes| Slot::decode(bytes.value())))
     }

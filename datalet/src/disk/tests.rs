@@ -303,3 +303,45 @@ async fn reclaim_removes_what_is_dead() {
     assert_eq!(d.reclaim(NOW + 10).await, 10);
     assert_eq!(d.stats().bytes, 0);
 }
+
+/// Reads share one read transaction between commits, and never one from before a write they
+/// follow: while other tasks keep reading (keeping a transaction cached), each write is read
+/// back at once, 2,000 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_a_write_sees_it_while_others_share_a_read_transaction() {
+    let d = Arc::new(open_temp(Limits::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let (d, stop) = (Arc::clone(&d), Arc::clone(&stop));
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = d.get(format!("other{r}").as_bytes(), 1).await.unwrap();
+                reads += 1;
+                tokio::task::yield_now().await;
+            }
+            reads
+        }));
+    }
+    let key = Bytes::from_static(b"k");
+    for i in 1..=2000u64 {
+        let value = i.to_string();
+        let version = Version::new(i, NodeId(1));
+        d.apply(&key, set(value.as_bytes(), 0, Expiry::Never), version, 1)
+            .await
+            .unwrap();
+        let got = d.get(&key, 1).await.unwrap().map(|item| item.value);
+        assert_eq!(
+            got.as_deref(),
+            Some(value.as_bytes()),
+            "write {i} not read back"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.unwrap();
+    }
+    assert!(reads > 0, "the other readers never read");
+}

@@ -110,7 +110,9 @@ impl Writer {
                 s.used_bytes.store(self.used_bytes, Ordering::Release);
                 s.flush_at.store(self.flush_at, Ordering::Release);
                 s.total_items.fetch_add(new_items, Ordering::Relaxed);
-                s.batches.fetch_add(1, Ordering::Relaxed);
+                // Counted before any answer: a read that starts after one opens a read
+                // transaction after this commit (see `DiskDatalet::read_slot`).
+                s.batches.fetch_add(1, Ordering::Release);
                 for (op, answer) in batch.into_iter().zip(answers) {
                     reply(op, answer);
                 }
