@@ -497,3 +497,44 @@ pub fn learn_version(
         }
     }
 }
+
+/// One eventual-mode client for a convergence check: `ops` random sets (unique values) and
+/// deletes (one in ten) of `keys` through `addr`, each recorded in `writes`. After each set
+/// it reads the key back through the same node, which answers from the replica that took the
+/// write (its own, or the one owner it forwards the key's group to), and records the version
+/// when the value is still its own.
+pub fn eventual_writes(
+    addr: SocketAddr,
+    client: usize,
+    keys: &[String],
+    ops: usize,
+    seed: u64,
+    writes: &Mutex<Vec<Write>>,
+) {
+    let mut rng = SplitMix::new(seed * 1000 + client as u64);
+    let mut c = McConn::connect(addr, Duration::from_secs(10)).expect("connect");
+    for i in 0..ops {
+        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        if rng.below(10) == 0 {
+            c.delete(&key).unwrap();
+            let (value, version) = (None, None);
+            lock(writes).push(Write {
+                key,
+                value,
+                version,
+            });
+            continue;
+        }
+        let value = format!("c{client}-{i}").into_bytes();
+        c.set(&key, &value).unwrap();
+        let version = match c.gets(&key).unwrap() {
+            Some((v, cas)) if v == value => Some(Version::from_cas(cas)),
+            _ => None,
+        };
+        lock(writes).push(Write {
+            key,
+            value: Some(Value(value)),
+            version,
+        });
+    }
+}

@@ -14,11 +14,11 @@ use tailorkv_common::Version;
 use tailorkv_controlet::config::Consistency;
 use tailorkv_tests::checker::{
     check_converged, check_linearizable, check_write_order, Budget, OpKind, Recorder, ReplicaState,
-    Value, Write,
+    Value,
 };
 use tailorkv_tests::client::McConn;
 use tailorkv_tests::procs::ProcCluster;
-use tailorkv_tests::workload::recorded;
+use tailorkv_tests::workload::{eventual_writes, recorded};
 use tailorkv_tests::{Cluster, RawClient};
 
 const CLIENTS_PER_NODE: usize = 2;
@@ -185,41 +185,14 @@ fn eventual_mode_converges_to_the_highest_version_on_every_node() {
     for seed in 1..=3 {
         let cluster = Cluster::start(3, Consistency::Eventual, |_| {});
         let keys = 5;
+        let names: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
         let writes = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for (n, addr) in cluster.addrs().into_iter().enumerate() {
                 for k in 0..CLIENTS_PER_NODE {
-                    let writes = &writes;
-                    s.spawn(move || {
-                        let client = n * CLIENTS_PER_NODE + k;
-                        let mut rng = StdRng::seed_from_u64(seed * 1000 + client as u64);
-                        let mut c = connect(addr);
-                        for i in 0..150 {
-                            let key = format!("k{}", rng.random_range(0..keys));
-                            if rng.random_range(0..10) == 0 {
-                                c.delete(&key).unwrap();
-                                writes.lock().unwrap().push(Write {
-                                    key,
-                                    value: None,
-                                    version: None,
-                                });
-                                continue;
-                            }
-                            let value = format!("c{client}-{i}").into_bytes();
-                            c.set(&key, &value).unwrap();
-                            // Reads are local: right after the write, this node holds it,
-                            // unless a newer write already replaced it.
-                            let version = match c.gets(&key).unwrap() {
-                                Some((v, cas)) if v == value => Some(Version::from_cas(cas)),
-                                _ => None,
-                            };
-                            writes.lock().unwrap().push(Write {
-                                key,
-                                value: Some(Value(value)),
-                                version,
-                            });
-                        }
-                    });
+                    let (writes, names) = (&writes, &names);
+                    let client = n * CLIENTS_PER_NODE + k;
+                    s.spawn(move || eventual_writes(addr, client, names, 150, seed, writes));
                 }
             }
         });

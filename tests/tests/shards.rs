@@ -14,10 +14,10 @@ use tailorkv_controlet::config::Consistency;
 use tailorkv_controlet::placement::{partition_of, Placement};
 use tailorkv_tests::checker::{
     check_converged, check_linearizable, check_write_order, Budget, OpKind, Recorder, ReplicaState,
-    Value, Write,
+    Value,
 };
 use tailorkv_tests::client::McConn;
-use tailorkv_tests::workload::recorded;
+use tailorkv_tests::workload::{eventual_writes, recorded};
 use tailorkv_tests::{Cluster, RawClient};
 
 const NODES: u16 = 6;
@@ -164,37 +164,8 @@ fn eventual_mode_converges_on_every_owner() {
             for (n, addr) in cluster.addrs().into_iter().enumerate() {
                 for k in 0..CLIENTS_PER_NODE {
                     let (writes, keys) = (&writes, &keys);
-                    s.spawn(move || {
-                        let client = n * CLIENTS_PER_NODE + k;
-                        let mut rng = StdRng::seed_from_u64(seed * 1000 + client as u64);
-                        let mut c = connect(addr);
-                        for i in 0..120 {
-                            let key = keys[rng.random_range(0..keys.len())].clone();
-                            if rng.random_range(0..10) == 0 {
-                                c.delete(&key).unwrap();
-                                let value = None;
-                                let version = None;
-                                writes.lock().unwrap().push(Write {
-                                    key,
-                                    value,
-                                    version,
-                                });
-                                continue;
-                            }
-                            let value = format!("c{client}-{i}").into_bytes();
-                            c.set(&key, &value).unwrap();
-                            // The same owner serves this node's requests for the key.
-                            let version = match c.gets(&key).unwrap() {
-                                Some((v, cas)) if v == value => Some(Version::from_cas(cas)),
-                                _ => None,
-                            };
-                            writes.lock().unwrap().push(Write {
-                                key,
-                                value: Some(Value(value)),
-                                version,
-                            });
-                        }
-                    });
+                    let client = n * CLIENTS_PER_NODE + k;
+                    s.spawn(move || eventual_writes(addr, client, keys, 120, seed, writes));
                 }
             }
         });
