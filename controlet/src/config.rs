@@ -13,7 +13,24 @@ pub use crate::engine::Consistency;
 /// A memcached-compatible server that stores into a datalet.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "controlet", version, about, long_about = None)]
+// A flag given twice keeps its last value: the command line overrides a `--config` file.
+#[command(args_override_self = true)]
 pub struct Config {
+    /// A TOML file of settings: each key a flag's long name (`memory-limit = 1024`,
+    /// `peers = ["1@127.0.0.1:7101", "2@127.0.0.1:7102"]`). Flags on the command line override
+    /// it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where to serve HTTP: Prometheus metrics at `/metrics`. Off unless given; loopback
+    /// addresses keep it to this host.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// How log lines are written to stderr: `text`, or `json` (one object per line).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
     /// Address to serve memcached clients on. Loopback by default, like a fresh memcached
     /// should be: pass 0.0.0.0:11211 to serve other hosts.
     #[arg(long, default_value = "127.0.0.1:11211")]
@@ -107,13 +124,84 @@ pub struct Config {
     pub unsafe_local_reads: bool,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 impl Config {
+    /// Parses `args` (the program name first), with the settings of the `--config` file it
+    /// names, if any, in front of them: a flag on the command line overrides the file.
+    pub fn from_args(args: Vec<std::ffi::OsString>) -> anyhow::Result<Config> {
+        let mut rest = args.iter().skip(1);
+        let mut file = None;
+        while let Some(arg) = rest.next() {
+            let arg = arg.to_string_lossy();
+            if arg == "--config" {
+                file = rest.next().map(PathBuf::from);
+            } else if let Some(path) = arg.strip_prefix("--config=") {
+                file = Some(PathBuf::from(path));
+            }
+        }
+        let mut all = args[..1.min(args.len())].to_vec();
+        if let Some(file) = file {
+            all.extend(config_file_args(&file)?);
+        }
+        all.extend(args.into_iter().skip(1));
+        Ok(Config::try_parse_from(all)?)
+    }
+
     /// The defaults, listening on `listen`: what tests start.
     pub fn local(listen: SocketAddr) -> Self {
         let mut config = Config::parse_from(["controlet"]);
         config.listen = listen;
         config
     }
+}
+
+/// The flags a TOML config file stands for: `key = value` becomes `--key value` (an array
+/// its items joined by commas, `true` the bare flag, `false` nothing).
+pub fn config_file_args(file: &std::path::Path) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the config file {}", file.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not a TOML file", file.display()))?;
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let flag = format!("--{key}");
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Float(x) => x.to_string(),
+            toml::Value::Boolean(true) => {
+                args.push(flag.into());
+                continue;
+            }
+            toml::Value::Boolean(false) => continue,
+            toml::Value::Array(items) => {
+                let items: Vec<String> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect();
+                items.join(",")
+            }
+            other => anyhow::bail!(
+                "{}: `{key}` is a {}; settings are strings, numbers, booleans or arrays",
+                file.display(),
+                other.type_str()
+            ),
+        };
+        args.push(flag.into());
+        args.push(text.into());
+    }
+    Ok(args)
 }
 
 fn default_threads() -> usize {
@@ -228,6 +316,54 @@ mod tests {
         assert!(!c.unsafe_local_reads);
         assert!(Config::try_parse_from(["controlet", "--peers", "x@y"]).is_err());
         assert!(Config::try_parse_from(["controlet", "--consistency", "causal"]).is_err());
+    }
+
+    #[test]
+    fn a_config_file_sets_flags_and_the_command_line_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "id = 2\nmemory-limit = 512\nconsistency = \"sequential\"\n\
+             peers = [\"1@127.0.0.1:7101\", \"2@127.0.0.1:7102\"]\n\
+             http-listen = \"127.0.0.1:9150\"\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut args: Vec<std::ffi::OsString> = vec!["controlet".into()];
+            args.push("--config".into());
+            args.push(file.clone().into());
+            args.extend(extra.iter().map(|a| a.into()));
+            args
+        };
+        let c = Config::from_args(args(&[])).unwrap();
+        assert_eq!((c.id, c.memory_limit, c.peers.len()), (2, 512, 2));
+        assert_eq!(c.consistency, Consistency::Sequential);
+        assert_eq!(c.http_listen, Some("127.0.0.1:9150".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Json);
+        let c = Config::from_args(args(&["--memory-limit", "64", "--id", "1"])).unwrap();
+        assert_eq!((c.id, c.memory_limit), (1, 64), "the command line wins");
+        std::fs::write(&file, "memory-limt = 1\n").unwrap();
+        let e = Config::from_args(args(&[])).unwrap_err().to_string();
+        assert!(e.contains("memory-limt"), "an unknown key is named: {e}");
+        std::fs::write(&file, "[section]\nx = 1\n").unwrap();
+        assert!(Config::from_args(args(&[])).is_err());
+    }
+
+    /// The README's config file example means what it says.
+    #[test]
+    fn the_readme_config_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Operating it").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node1.toml");
+        std::fs::write(&file, example).unwrap();
+        let args = vec!["controlet".into(), "--config".into(), file.into()];
+        let c = Config::from_args(args).unwrap();
+        assert_eq!((c.id, c.peers.len(), c.replicas), (1, 3, Some(3)));
+        assert_eq!(c.http_listen, Some("127.0.0.1:9150".parse().unwrap()));
     }
 
     #[test]

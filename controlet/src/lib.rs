@@ -12,7 +12,8 @@
 //!   modes) or applies and propagates it (the eventual mode).
 //! - [`error`]: why a request was not carried out: the datalet failed, or the cluster
 //!   refused.
-//! - [`stats`]: the counters behind `stats`.
+//! - [`stats`]: the counters behind `stats`; [`metrics`]: the same, and the replication's, as
+//!   Prometheus metrics over HTTP (`--http-listen`).
 //! - [`tob`]: total-order broadcast on Lamport clocks, sans-IO: the core of the strong modes.
 //! - [`peer`]: the transport between controlets: TCP, length-delimited postcard frames.
 //! - [`replication`]: the driver that orders operations through the TOB and applies them.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod out;
 pub mod peer;
 pub mod placement;

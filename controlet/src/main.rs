@@ -1,11 +1,17 @@
 //! `controlet`: a memcached-compatible server. `controlet --help` explains every flag.
 
-use clap::Parser;
 use tailorkv_controlet::process::{init_logging, serve_until_signal};
 use tailorkv_controlet::Config;
 
 fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    init_logging();
+    let config = match Config::from_args(std::env::args_os().collect()) {
+        Ok(config) => config,
+        // Help, version and usage errors print as clap prints them.
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(e) => e.exit(),
+            Err(e) => return Err(e),
+        },
+    };
+    init_logging(config.log_format);
     serve_until_signal(config, "controlet")
 }

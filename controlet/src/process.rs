@@ -8,12 +8,17 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{run_configured, Config};
 
-/// Logs to stderr through `tracing`; `RUST_LOG` sets the level (default `info`).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs to stderr through `tracing`, as text or one JSON object per line; `RUST_LOG` sets the
+/// level (default `info`).
+pub fn init_logging(format: crate::config::LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        crate::config::LogFormat::Text => logs.init(),
+        crate::config::LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// Serves `config` on a runtime of `config.threads` workers until SIGINT or SIGTERM.

@@ -195,6 +195,12 @@ async fn serve_with<D: Datalet>(
     } else {
         join_cluster(&config, &mut open, clock, &shutdown).await?
     };
+    let http = match config.http_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen for HTTP on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let ctx = Arc::new(Context {
         engine,
         counts: Default::default(),
@@ -202,6 +208,14 @@ async fn serve_with<D: Datalet>(
         started: Instant::now(),
         curr_connections: AtomicU64::new(0),
     });
+    if let Some(http) = http {
+        tracing::info!(http = %http.local_addr()?, "serving metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(
+            http,
+            Arc::clone(&ctx),
+            shutdown.clone(),
+        ));
+    }
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {

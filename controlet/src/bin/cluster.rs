@@ -46,6 +46,11 @@ struct Args {
     #[arg(long, default_value_t = 7101)]
     peer_port: u16,
 
+    /// HTTP port of node 1 (Prometheus metrics at /metrics); node i uses this + i - 1. Off
+    /// unless given.
+    #[arg(long)]
+    http_port: Option<u16>,
+
     /// `memory`, or `disk:DIR` (node i stores in DIR/node-i).
     #[arg(long, default_value = "memory")]
     datalet: String,
@@ -87,7 +92,11 @@ fn main() -> anyhow::Result<()> {
             Some(dir) => format!("disk:{dir}/node-{i}"),
             None => args.datalet.clone(),
         };
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        if let Some(port) = args.http_port {
+            command.args(["--http-listen", &format!("127.0.0.1:{}", port + i - 1)]);
+        }
+        let child = command
             .args(["--id", &i.to_string()])
             .args([
                 "--listen",
@@ -109,8 +118,11 @@ fn main() -> anyhow::Result<()> {
             args.nodes, args.consistency
         );
         for i in 1..=args.nodes {
+            let metrics = args.http_port.map_or(String::new(), |port| {
+                format!(", metrics at http://127.0.0.1:{}/metrics", port + i - 1)
+            });
             println!(
-                "  node {i}: clients at 127.0.0.1:{}",
+                "  node {i}: clients at 127.0.0.1:{}{metrics}",
                 args.client_port + i - 1
             );
         }

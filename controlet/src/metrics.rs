@@ -1,0 +1,361 @@
+//! The HTTP endpoint (`--http-listen`): Prometheus metrics at `/metrics`.
+//!
+//! Nothing is counted for it on the request path: each scrape reads the counters `stats`
+//! reads (the connections' commands, the datalets, the replication of every group this node
+//! holds) into a fresh registry of `prometheus-client` and encodes it in the OpenMetrics text
+//! format. Names follow memcached_exporter's where they mean the same (`memcached_*`); what
+//! only a tailorkv node has is `tailorkv_*`, per replica group where it is the group's.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tailorkv_datalet::Datalet;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd::Context;
+
+/// The content type of the OpenMetrics text format, which Prometheus reads.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves HTTP on `listener` until `shutdown`: one task per connection.
+pub async fn serve<D: Datalet>(
+    listener: TcpListener,
+    ctx: Arc<Context<D>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, Infallible>(respond(&ctx, request).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+async fn respond<D: Datalet>(
+    ctx: &Context<D>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, kind: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", kind)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, OPENMETRICS, metrics(ctx).await),
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "tailorkv: Prometheus metrics at /metrics\n".into(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics\n".into(),
+        ),
+    }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Counter::<u64>::default();
+    metric.inc_by(value);
+    registry.register(name, help, metric);
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = Gauge::<i64>::default();
+    metric.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, metric);
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric, as the node's counters stand now.
+pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
+    let mut r = Registry::default();
+    let c = ctx.counts.snapshot();
+    let commands = Family::<Labels, Counter<u64>>::default();
+    let command = |name: &'static str, status: &'static str, value: u64| {
+        let labels = vec![
+            ("command", name.to_string()),
+            ("status", status.to_string()),
+        ];
+        commands.get_or_create(&labels).inc_by(value);
+    };
+    command("get", "hit", c.get_hits);
+    command("get", "miss", c.get_misses);
+    command("set", "hit", c.cmd_set);
+    command("delete", "hit", c.delete_hits);
+    command("delete", "miss", c.delete_misses);
+    command("incr", "hit", c.incr_hits);
+    command("incr", "miss", c.incr_misses);
+    command("decr", "hit", c.decr_hits);
+    command("decr", "miss", c.decr_misses);
+    command("cas", "hit", c.cas_hits);
+    command("cas", "miss", c.cas_misses);
+    command("cas", "badval", c.cas_badval);
+    command("touch", "hit", c.touch_hits);
+    command("touch", "miss", c.touch_misses);
+    command("flush", "hit", c.cmd_flush);
+    r.register(
+        "memcached_commands",
+        "Commands served to this node's clients, by command and outcome",
+        commands,
+    );
+    counter(
+        &mut r,
+        "memcached_read_bytes",
+        "Bytes read from clients",
+        c.bytes_read,
+    );
+    counter(
+        &mut r,
+        "memcached_written_bytes",
+        "Bytes written to clients",
+        c.bytes_written,
+    );
+    counter(
+        &mut r,
+        "memcached_connections",
+        "Client connections accepted",
+        c.total_connections,
+    );
+    counter(
+        &mut r,
+        "memcached_connections_rejected",
+        "Client connections refused at the connection limit",
+        c.rejected_connections,
+    );
+    gauge(
+        &mut r,
+        "memcached_current_connections",
+        "Client connections open now",
+        ctx.curr_connections.load(Relaxed),
+    );
+    counter(
+        &mut r,
+        "memcached_store_too_large",
+        "Stores refused as too large",
+        c.store_too_large,
+    );
+    counter(
+        &mut r,
+        "memcached_store_no_memory",
+        "Stores refused for memory",
+        c.store_no_memory,
+    );
+    let node = ctx.engine.datalet_stats();
+    let (cluster, unreachable) = ctx.engine.cluster_stats().await;
+    gauge(
+        &mut r,
+        "memcached_current_items",
+        "Items the cache holds (the whole cluster's, each replica group counted once)",
+        cluster.curr_items,
+    );
+    counter(
+        &mut r,
+        "memcached_items",
+        "Items stored (the whole cluster's, each replica group counted once)",
+        cluster.total_items,
+    );
+    gauge(
+        &mut r,
+        "memcached_current_bytes",
+        "Bytes of items the cache holds (the whole cluster's, each group counted once)",
+        cluster.bytes,
+    );
+    gauge(
+        &mut r,
+        "memcached_limit_bytes",
+        "This node's memory limit for items",
+        node.limit_maxbytes,
+    );
+    counter(
+        &mut r,
+        "memcached_items_reclaimed",
+        "Expired items removed to reclaim memory on this node",
+        node.reclaimed,
+    );
+    counter(
+        &mut r,
+        "memcached_items_evicted",
+        "Items evicted (never: a full node refuses writes)",
+        0,
+    );
+    gauge(
+        &mut r,
+        "tailorkv_node_items",
+        "Items this node holds copies of",
+        node.curr_items,
+    );
+    gauge(
+        &mut r,
+        "tailorkv_node_bytes",
+        "Bytes of items this node holds copies of",
+        node.bytes,
+    );
+    gauge(
+        &mut r,
+        "tailorkv_groups_unreachable",
+        "Replica groups whose counts the last scrape could not get from any owner",
+        unreachable as u64,
+    );
+    if let Some(cluster) = ctx.engine.cluster() {
+        let f = &cluster.forwarder;
+        counter(
+            &mut r,
+            "tailorkv_forwarded",
+            "Requests forwarded to an owner of their key",
+            f.sent.load(Relaxed),
+        );
+        counter(
+            &mut r,
+            "tailorkv_forward_retries",
+            "Forwarded requests sent again to another owner",
+            f.retried.load(Relaxed),
+        );
+    }
+    if let Some(o) = ctx.engine.replication_counters() {
+        counter(
+            &mut r,
+            "tailorkv_peer_messages_sent",
+            "Messages of the total order sent to peers",
+            o.peer_messages_sent,
+        );
+        counter(
+            &mut r,
+            "tailorkv_ops_proposed",
+            "Operations this node proposed to its groups' orders",
+            o.ops_proposed,
+        );
+        counter(
+            &mut r,
+            "tailorkv_ops_applied",
+            "Ordered operations applied here",
+            o.ops_applied,
+        );
+        counter(
+            &mut r,
+            "tailorkv_apply_failures",
+            "Ordered operations this node's datalet failed to apply",
+            o.apply_failures,
+        );
+    }
+    let groups = ctx.engine.cluster_health();
+    if !groups.is_empty() {
+        let epoch = Family::<Labels, Gauge<i64>>::default();
+        let members = Family::<Labels, Gauge<i64>>::default();
+        let state = Family::<Labels, Gauge<i64>>::default();
+        for (group, health) in &groups {
+            let g = vec![("group", group.0.to_string())];
+            epoch.get_or_create(&g).set(health.epoch() as i64);
+            members.get_or_create(&g).set(health.members() as i64);
+            let now = health.state().name();
+            for name in [
+                "serving",
+                "changing-view",
+                "catching-up",
+                "outside",
+                "booting",
+            ] {
+                let labels = vec![("group", group.0.to_string()), ("state", name.to_string())];
+                state.get_or_create(&labels).set(i64::from(name == now));
+            }
+        }
+        r.register(
+            "tailorkv_group_epoch",
+            "The epoch of the group's view",
+            epoch,
+        );
+        r.register(
+            "tailorkv_group_members",
+            "Members of the group's current view",
+            members,
+        );
+        r.register(
+            "tailorkv_group_state",
+            "1 for this node's state in the group, 0 for the others",
+            state,
+        );
+    }
+    if let Some(e) = ctx.engine.repair_counters() {
+        counter(
+            &mut r,
+            "tailorkv_antientropy_rounds",
+            "Anti-entropy rounds started",
+            e.antientropy_rounds,
+        );
+        counter(
+            &mut r,
+            "tailorkv_antientropy_entries_sent",
+            "Entries sent by anti-entropy",
+            e.antientropy_entries_sent,
+        );
+        counter(
+            &mut r,
+            "tailorkv_hints_queued",
+            "Hints queued",
+            e.hints_queued,
+        );
+        counter(
+            &mut r,
+            "tailorkv_hints_dropped",
+            "Hints dropped",
+            e.hints_dropped,
+        );
+        gauge(
+            &mut r,
+            "tailorkv_hints_pending",
+            "Hints waiting",
+            e.hints_pending,
+        );
+        gauge(
+            &mut r,
+            "tailorkv_tombstones",
+            "Tombstones held",
+            e.tombstones,
+        );
+    }
+    gauge(
+        &mut r,
+        "memcached_uptime_seconds",
+        "Seconds since this node started",
+        ctx.started.elapsed().as_secs(),
+    );
+    let mut text = String::new();
+    encode(&mut text, &r).expect("writing to a String does not fail");
+    text
+}

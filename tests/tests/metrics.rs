@@ -1,0 +1,146 @@
+//! The HTTP endpoint's Prometheus metrics (`--http-listen`), scraped while clients run and
+//! read with the Prometheus project's own parser (the `prometheus_client` Python package's
+//! OpenMetrics parser, which `bash scripts/test` pip-installs): the text parses, and the
+//! counters move as the commands are served.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tailorkv_controlet::config::Consistency;
+use tailorkv_tests::client::McConn;
+use tailorkv_tests::ports::free_port;
+use tailorkv_tests::Cluster;
+
+/// `GET path` over HTTP/1.1; the status line and the body.
+fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    // The node binds its HTTP port as it starts: give it a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot connect to the HTTP endpoint {addr}: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a header and a body");
+    let status = head.lines().next().unwrap_or("").to_string();
+    (status, body.to_string())
+}
+
+/// Every sample of an OpenMetrics text, parsed by `prometheus_client`'s parser: `name{labels}`
+/// (labels sorted, comma-separated) to value. Panics if the text does not parse.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let code = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join("%s=%s" % kv for kv in sorted(s.labels.items()))
+        print("%s{%s} %r" % (s.name, labels, s.value))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the metrics do not parse (is prometheus-client installed? `bash scripts/test` \
+         installs it):\n{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_parse_and_count_what_is_served_under_load() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let cluster = Cluster::start(3, Consistency::Linearizable, |c| {
+        c.http_listen = Some(SocketAddr::from((
+            [127, 0, 0, 1],
+            ports[usize::from(c.id) - 1],
+        )));
+    });
+    let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let (status, body) = http_get(http, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let before = parse(&body);
+    let get_hits = "memcached_commands_total{command=get,status=hit}";
+    let sets = "memcached_commands_total{command=set,status=hit}";
+    assert_eq!(before[get_hits], 0.0);
+
+    // Clients on node 1 while the endpoint is scraped.
+    let stop = AtomicBool::new(false);
+    let scrapes = std::thread::scope(|s| {
+        let (addr, stop) = (cluster.addrs()[0], &stop);
+        let writer = s.spawn(move || {
+            let mut c = McConn::connect(addr, Duration::from_secs(10)).unwrap();
+            for i in 0..300 {
+                c.set(&format!("m{i}"), b"value").unwrap();
+                assert!(c.get(&format!("m{i}")).is_ok());
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let mut scrapes = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let (status, body) = http_get(http, "/metrics");
+            assert!(status.contains("200"), "{status}");
+            parse(&body);
+            scrapes += 1;
+        }
+        writer.join().unwrap();
+        scrapes
+    });
+    assert!(scrapes > 0);
+
+    let after = parse(&http_get(http, "/metrics").1);
+    assert_eq!(after[sets] - before[sets], 300.0, "sets counted");
+    assert_eq!(
+        after[get_hits] - before[get_hits],
+        300.0,
+        "get hits counted"
+    );
+    assert_eq!(after["memcached_current_items{}"], 300.0);
+    assert_eq!(after["tailorkv_group_state{group=0,state=serving}"], 1.0);
+    assert_eq!(after["tailorkv_group_members{group=0}"], 3.0);
+    assert!(after["tailorkv_ops_applied_total{}"] >= 300.0);
+    assert!(after["memcached_read_bytes_total{}"] > before["memcached_read_bytes_total{}"]);
+    // Node 2 applied the same writes for its peers, but served no client of its own.
+    let node2 = parse(&http_get(SocketAddr::from(([127, 0, 0, 1], ports[1])), "/metrics").1);
+    assert_eq!(node2[sets], 0.0);
+    assert_eq!(node2["tailorkv_node_items{}"], 300.0);
+
+    let (status, _) = http_get(http, "/nothing-here");
+    assert!(status.contains("404"), "{status}");
+}
