@@ -687,7 +687,7 @@ fn unexpected(answer: &RemoteAnswer) -> Error {
 /// answers to requests this node forwarded to `forwarder`, until shutdown. Each request is
 /// its own task: a slow group never holds up another's.
 pub async fn serve_forwarded<D: Datalet>(
-    locals: Arc<Locals<D>>,
+    status: Arc<crate::status::Sources<D>>,
     forwarder: Arc<Forwarder>,
     mut incoming: tokio::sync::mpsc::UnboundedReceiver<(tailorkv_common::NodeId, Forwarded)>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -704,8 +704,17 @@ pub async fn serve_forwarded<D: Datalet>(
                 answer,
                 position,
             } => forwarder.answered(id, answer, position),
+            Forwarded::Request {
+                id,
+                op: RemoteOp::Status,
+                ..
+            } => {
+                let answer = RemoteAnswer::Status(Box::new(status.read()));
+                let forwarder = Arc::clone(&forwarder);
+                tokio::spawn(async move { forwarder.answer(from, id, answer, 0).await });
+            }
             Forwarded::Request { id, group, op } => {
-                let locals = Arc::clone(&locals);
+                let locals = Arc::clone(&status.locals);
                 let forwarder = Arc::clone(&forwarder);
                 tokio::spawn(async move {
                     let (answer, position) = match locals.get(&group) {
@@ -734,6 +743,7 @@ async fn carry_out<D: Datalet>(local: &Local<D>, op: RemoteOp) -> RemoteAnswer {
             RemoteAnswer::Flushed(local.flush_at(at).await.map_err(Into::into))
         }
         RemoteOp::Stats => RemoteAnswer::Stats(local.datalet_stats()),
+        RemoteOp::Status => unreachable!("answered by the node, not a group"),
     }
 }
 

@@ -40,6 +40,7 @@ pub mod shard;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod stats;
+pub mod status;
 pub mod tob;
 pub mod weigh;
 

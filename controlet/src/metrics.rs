@@ -1,4 +1,5 @@
-//! The HTTP endpoint (`--http-listen`): Prometheus metrics at `/metrics`.
+//! The HTTP endpoint (`--http-listen`): Prometheus metrics at `/metrics`, the status page at
+//! `/`, this node's status as JSON at `/status` and the whole cluster's at `/cluster`.
 //!
 //! Nothing is counted for it on the request path: each scrape reads the counters `stats`
 //! reads (the connections' commands, the datalets, the replication of every group this node
@@ -25,6 +26,45 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::Context;
+
+/// The status page: one file, built into the binary; it polls `/cluster`.
+const PAGE: &str = include_str!("status.html");
+const JSON: &str = "application/json";
+/// How long `/cluster` waits for a peer's status.
+const PEER_STATUS_WAIT: Duration = Duration::from_millis(700);
+
+/// Every node's status, asked of the peers at once over the peer link; a node that does not
+/// answer in time is listed as down.
+pub async fn cluster<D: Datalet>(ctx: &Context<D>) -> crate::status::ClusterStatus {
+    let me = ctx.status.read();
+    let Some(cluster) = ctx.engine.cluster() else {
+        return crate::status::ClusterStatus {
+            from: me.id,
+            replicas: 1,
+            partitions: crate::placement::PARTITIONS,
+            nodes: vec![me],
+        };
+    };
+    let p = &cluster.placement;
+    let me = &me;
+    let asks = p.nodes().iter().map(|&node| async move {
+        if node.0 == me.id {
+            return me.clone();
+        }
+        let answer = cluster.forwarder.status_of(node, PEER_STATUS_WAIT).await;
+        answer.unwrap_or(crate::status::NodeStatus {
+            id: node.0,
+            ..Default::default()
+        })
+    });
+    let nodes = futures_util::future::join_all(asks).await;
+    crate::status::ClusterStatus {
+        from: ctx.status.me.0,
+        replicas: p.replicas(),
+        partitions: crate::placement::PARTITIONS,
+        nodes,
+    }
+}
 
 /// The content type of the OpenMetrics text format, which Prometheus reads.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -76,15 +116,20 @@ async fn respond<D: Datalet>(
     };
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => reply(StatusCode::OK, OPENMETRICS, metrics(ctx).await),
-        (&Method::GET, "/") => reply(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "tailorkv: Prometheus metrics at /metrics\n".into(),
-        ),
+        (&Method::GET, "/status") => {
+            let status = ctx.status.read();
+            let json = serde_json::to_string(&status).expect("a status encodes");
+            reply(StatusCode::OK, JSON, json)
+        }
+        (&Method::GET, "/cluster") => {
+            let json = serde_json::to_string(&cluster(ctx).await).expect("a status encodes");
+            reply(StatusCode::OK, JSON, json)
+        }
+        (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /metrics\n".into(),
+            "not found: try /, /metrics, /status or /cluster\n".into(),
         ),
     }
 }

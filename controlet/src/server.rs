@@ -30,9 +30,11 @@ use crate::peer::{cluster_digest, new_session, LinkConfig, Transport};
 use crate::placement::{GroupId, Placement};
 use crate::replication::eventual::{self, EventualOptions};
 use crate::replication::{max_frame_bytes, Eventual, GroupDriver, PeerMsg};
-use crate::shard::forward::Forwarder;
+use crate::shard::forward::{ForwardLink, Forwarder};
 use crate::shard::mux::{self, GroupLink, Groups, Wire};
 use crate::stats::Counts;
+use crate::stats::SharedCounts;
+use crate::status::Sources;
 use crate::tob::Timing;
 
 /// How long shutdown waits for open connections to finish.
@@ -188,12 +190,23 @@ async fn serve_with<D: Datalet>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
-    let engine = if config.peers.is_empty() {
-        Engine::start(open(GroupId(0), 1)?, clock)
+    let shared = NodeShared {
+        counts: Arc::default(),
+        connections: Arc::default(),
+        started: Instant::now(),
+        consistency: match config.peers.is_empty() {
+            true => "single".into(),
+            false => format!("{:?}", config.consistency).to_lowercase(),
+        },
+    };
+    let (engine, status) = if config.peers.is_empty() {
+        let engine = Engine::start(open(GroupId(0), 1)?, clock)
             .await
-            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+        let status = shared.sources(NodeId(config.id), &engine, None, None);
+        (engine, status)
     } else {
-        join_cluster(&config, &mut open, clock, &shutdown).await?
+        join_cluster(&config, &mut open, clock, &shared, &shutdown).await?
     };
     let http = match config.http_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -203,10 +216,11 @@ async fn serve_with<D: Datalet>(
     };
     let ctx = Arc::new(Context {
         engine,
-        counts: Default::default(),
+        counts: shared.counts,
         config,
-        started: Instant::now(),
-        curr_connections: AtomicU64::new(0),
+        started: shared.started,
+        curr_connections: shared.connections,
+        status,
     });
     if let Some(http) = http {
         tracing::info!(http = %http.local_addr()?, "serving metrics at /metrics");
@@ -296,8 +310,9 @@ async fn join_cluster<D: Datalet>(
     config: &Config,
     open: &mut impl FnMut(GroupId, usize) -> std::io::Result<Arc<D>>,
     clock: Arc<dyn Clock>,
+    shared: &NodeShared,
     shutdown: &CancellationToken,
-) -> std::io::Result<Engine<D>> {
+) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
     let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
     let me = NodeId(config.id);
     let own = config
@@ -377,7 +392,7 @@ async fn join_cluster<D: Datalet>(
                 groups,
                 placement,
             };
-            return Ok(node.serve(config.item_size_max, locals, clock, shutdown));
+            return Ok(node.serve(config.item_size_max, locals, clock, shared, shutdown));
         }
     };
     let replicas = placement.replicas();
@@ -444,7 +459,7 @@ async fn join_cluster<D: Datalet>(
         groups,
         placement,
     };
-    Ok(node.serve(config.item_size_max, locals, clock, shutdown))
+    Ok(node.serve(config.item_size_max, locals, clock, shared, shutdown))
 }
 
 /// A node's peer links and the groups it holds, before it serves.
@@ -467,8 +482,9 @@ where
         item_size_max: usize,
         locals: Locals<D>,
         clock: Arc<dyn Clock>,
+        shared: &NodeShared,
         shutdown: &CancellationToken,
-    ) -> Engine<D> {
+    ) -> (Engine<D>, Arc<Sources<D>>) {
         let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(mux::run(
             self.inbox,
@@ -476,20 +492,52 @@ where
             forwarded,
             shutdown.clone(),
         ));
-        let forwarder = Arc::new(Forwarder::new(self.me, Arc::new(self.transport)));
+        let link: Arc<dyn ForwardLink> = Arc::new(self.transport);
+        let forwarder = Arc::new(Forwarder::new(self.me, Arc::clone(&link)));
         let cluster = Cluster {
-            placement: self.placement,
+            placement: Arc::clone(&self.placement),
             forwarder: Arc::clone(&forwarder),
             keys_per_forward: (FORWARD_READ_BYTES / item_size_max).max(1),
         };
         let engine = Engine::new(locals, Some(cluster), clock);
+        let status = shared.sources(self.me, &engine, Some(self.placement), Some(link));
         tokio::spawn(serve_forwarded(
-            Arc::clone(engine.locals()),
+            Arc::clone(&status),
             forwarder,
             incoming,
             shutdown.clone(),
         ));
-        engine
+        (engine, status)
+    }
+}
+
+/// What every part of a node that reports on it shares: its client counters, open
+/// connections, start time and mode.
+struct NodeShared {
+    counts: Arc<SharedCounts>,
+    connections: Arc<AtomicU64>,
+    started: Instant,
+    consistency: String,
+}
+
+impl NodeShared {
+    fn sources<D: Datalet>(
+        &self,
+        me: NodeId,
+        engine: &Engine<D>,
+        placement: Option<Arc<Placement>>,
+        link: Option<Arc<dyn ForwardLink>>,
+    ) -> Arc<Sources<D>> {
+        Arc::new(Sources {
+            me,
+            consistency: self.consistency.clone(),
+            started: self.started,
+            counts: Arc::clone(&self.counts),
+            connections: Arc::clone(&self.connections),
+            locals: Arc::clone(engine.locals()),
+            placement,
+            link,
+        })
     }
 }
 

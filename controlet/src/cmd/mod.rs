@@ -16,6 +16,7 @@ mod store;
 mod touch;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tailorkv_common::codec::Command;
@@ -31,10 +32,12 @@ use arith::Arith;
 /// What the server shares with every connection.
 pub struct Context<D> {
     pub engine: Engine<D>,
-    pub counts: SharedCounts,
+    pub counts: Arc<SharedCounts>,
     pub config: Config,
     pub started: Instant,
-    pub curr_connections: AtomicU64,
+    pub curr_connections: Arc<AtomicU64>,
+    /// Where this node's status is read from (`/status`, and its peers' requests for it).
+    pub status: Arc<crate::status::Sources<D>>,
 }
 
 /// Whether the connection goes on after a command.

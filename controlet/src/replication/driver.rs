@@ -574,6 +574,9 @@ impl<D: Datalet> Driver<D> {
             Event::Deliver(delivery) => self.apply(delivery).await,
             Event::Serving { epoch } => {
                 tracing::info!(epoch, members = ?self.tob.view().members, "serving in a new view");
+                let members: Vec<u16> = self.tob.view().ids().map(|id| id.0).collect();
+                self.health
+                    .note(format!("serving in view {epoch} of nodes {members:?}"));
             }
             // A source that failed to apply part of the tail holds no snapshot of `seq`: it
             // sends nothing, and the view change it asked for names another source.
@@ -587,6 +590,10 @@ impl<D: Datalet> Driver<D> {
             Event::SendState { epoch, seq, to } => self.send_state(epoch, seq, to).await,
             Event::AwaitState { epoch, source, seq } => {
                 tracing::info!(epoch, ?source, seq, "joining a view: waiting for its state");
+                self.health.note(format!(
+                    "joining view {epoch}: catching up from node {}",
+                    source.0
+                ));
                 self.fail_all_waiting(CATCHING_UP);
                 self.diverged = false;
                 // Local reads must see the node catching up before the store empties.
@@ -613,6 +620,8 @@ impl<D: Datalet> Driver<D> {
             }
             Event::Excluded { epoch } => {
                 tracing::warn!(epoch, "not in the cluster's current view; asking to join");
+                self.health
+                    .note(format!("left out of view {epoch}; asking to join"));
                 self.receiving = None;
                 self.fail_all_waiting(EXCLUDED);
             }
@@ -632,6 +641,9 @@ impl<D: Datalet> Driver<D> {
             }
         };
         tracing::info!(epoch, seq, ?to, "sending state");
+        let to_ids: Vec<u16> = to.iter().map(|n| n.0).collect();
+        self.health
+            .note(format!("sending a snapshot to nodes {to_ids:?}"));
         self.sending = Some(Sending {
             epoch,
             seq,
@@ -779,6 +791,11 @@ impl<D: Datalet> Driver<D> {
             }
             self.saved = receiving.seq;
             self.health.set_applied(receiving.seq);
+            self.health.note(format!(
+                "snapshot installed: {} items in {} ms",
+                receiving.items,
+                receiving.started.elapsed().as_millis()
+            ));
             tracing::info!(
                 epoch = receiving.epoch,
                 seq = receiving.seq,
@@ -927,6 +944,9 @@ impl<D: Datalet> Driver<D> {
             "could not apply an ordered operation; catching up by state transfer"
         );
         self.counters.apply_failures.fetch_add(1, Relaxed);
+        self.health.note(format!(
+            "could not apply operation {seq} ({error}); catching up"
+        ));
         self.diverged = true;
         self.tob.resync();
     }

@@ -92,6 +92,19 @@ pub struct Health {
     applied: AtomicU64,
     /// The operator asked to form the next view from any majority (SIGUSR1).
     force_requested: AtomicBool,
+    /// The latest events of this node's part in the order (views, catch-ups, failures), for
+    /// the status page: at most [`EVENTS_KEPT`], oldest first.
+    events: std::sync::Mutex<std::collections::VecDeque<Noted>>,
+}
+
+/// Events a node keeps per group for its status page.
+pub const EVENTS_KEPT: usize = 16;
+
+/// An event: when (Unix milliseconds) and what.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Noted {
+    pub at_ms: u64,
+    pub what: String,
 }
 
 impl Health {
@@ -137,6 +150,24 @@ impl Health {
 
     pub(crate) fn take_force(&self) -> bool {
         self.force_requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// Records an event for the status page, dropping the oldest past [`EVENTS_KEPT`].
+    pub fn note(&self, what: String) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Noted { at_ms, what });
+    }
+
+    /// The events recorded, oldest first.
+    pub fn events(&self) -> Vec<Noted> {
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().cloned().collect()
     }
 
     /// The sequence number the local replica has applied up to.

@@ -77,7 +77,7 @@ impl Weigh for Forwarded {
                             _ => 0,
                         }
                 }
-                RemoteOp::Flush { .. } | RemoteOp::Stats => 0,
+                RemoteOp::Flush { .. } | RemoteOp::Stats | RemoteOp::Status => 0,
             },
             Forwarded::Answer { answer, .. } => match answer {
                 RemoteAnswer::Items(items) => items
@@ -113,6 +113,8 @@ pub enum RemoteOp {
     },
     /// The group's counters, for a cluster's `stats`.
     Stats,
+    /// The node's status, for the status page (any group; the node answers for itself).
+    Status,
 }
 
 /// An owner's answer.
@@ -122,6 +124,7 @@ pub enum RemoteAnswer {
     Applied(Result<Outcome, RemoteError>),
     Flushed(Result<(), RemoteError>),
     Stats(DataletStats),
+    Status(Box<crate::status::NodeStatus>),
     /// The node asked does not hold the group.
     NotHeld,
 }
@@ -288,6 +291,19 @@ impl Forwarder {
         match last {
             Some(RemoteAnswer::NotHeld) | None => Err(Error::Refused(NO_OWNER)),
             Some(answer) => Ok(answer),
+        }
+    }
+
+    /// `node`'s status, if it answers within `within`.
+    pub async fn status_of(
+        &self,
+        node: NodeId,
+        within: Duration,
+    ) -> Option<crate::status::NodeStatus> {
+        let ask = self.ask(node, GroupId(0), RemoteOp::Status);
+        match tokio::time::timeout(within, ask).await {
+            Ok(Some((RemoteAnswer::Status(status), _))) => Some(*status),
+            _ => None,
         }
     }
 

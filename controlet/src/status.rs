@@ -1,0 +1,160 @@
+//! Where a node stands, for the status page, `/status` and `tailorkv-admin`: its groups and
+//! their views, its links, its counters and its latest events. Any node gathers the whole
+//! cluster's by asking every peer over the peer link ([`crate::shard::forward`]).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tailorkv_common::NodeId;
+use tailorkv_datalet::Datalet;
+
+use crate::engine::Locals;
+use crate::placement::Placement;
+use crate::shard::forward::ForwardLink;
+use crate::stats::SharedCounts;
+
+/// One node's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: u16,
+    /// Whether it answered (the gathering node fills in the ones that did not).
+    pub up: bool,
+    pub consistency: String,
+    pub uptime_s: u64,
+    /// Items and bytes of the copies it holds, and its memory limit.
+    pub items: u64,
+    pub bytes: u64,
+    pub limit_bytes: u64,
+    pub connections: u64,
+    /// Client commands served: gets (keys asked) and every other command.
+    pub gets: u64,
+    pub writes: u64,
+    /// Requests it forwarded to owners.
+    pub forwarded: u64,
+    pub groups: Vec<GroupStatus>,
+    /// Its peer links: which are connected.
+    pub peers: Vec<(u16, bool)>,
+    pub events: Vec<EventStatus>,
+}
+
+/// A replica group as one of its members sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub id: u16,
+    /// The group's configured members.
+    pub members: Vec<u16>,
+    /// Partitions it holds.
+    pub partitions: u64,
+    /// This member's state in the group (`serving`, `changing-view`, ...), or `eventual`.
+    pub state: String,
+    pub epoch: u64,
+    /// Members of the current view.
+    pub view_members: u64,
+    /// Operations applied (the order's sequence number).
+    pub applied: u64,
+}
+
+/// An event of one of the node's groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventStatus {
+    pub at_ms: u64,
+    pub group: u16,
+    pub what: String,
+}
+
+/// What a node's status is read from.
+pub struct Sources<D> {
+    pub me: NodeId,
+    pub consistency: String,
+    pub started: Instant,
+    pub counts: Arc<SharedCounts>,
+    pub connections: Arc<AtomicU64>,
+    pub locals: Arc<Locals<D>>,
+    /// In a cluster: where keys live, and the peer links.
+    pub placement: Option<Arc<Placement>>,
+    pub link: Option<Arc<dyn ForwardLink>>,
+}
+
+impl<D: Datalet> Sources<D> {
+    /// This node's status now.
+    pub fn read(&self) -> NodeStatus {
+        let c = self.counts.snapshot();
+        let mut status = NodeStatus {
+            id: self.me.0,
+            up: true,
+            consistency: self.consistency.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            connections: self.connections.load(Relaxed),
+            gets: c.cmd_get,
+            writes: c.cmd_set
+                + c.cmd_touch
+                + c.cmd_flush
+                + c.delete_hits
+                + c.delete_misses
+                + c.incr_hits
+                + c.incr_misses
+                + c.decr_hits
+                + c.decr_misses,
+            ..NodeStatus::default()
+        };
+        for (&group, local) in self.locals.iter() {
+            let stats = local.datalet_stats();
+            status.items += stats.curr_items;
+            status.bytes += stats.bytes;
+            status.limit_bytes += stats.limit_maxbytes;
+            let (members, partitions) = match &self.placement {
+                Some(p) => (
+                    p.members(group).iter().map(|n| n.0).collect(),
+                    p.partitions_of(group).count() as u64,
+                ),
+                None => (vec![self.me.0], crate::placement::PARTITIONS as u64),
+            };
+            let mut g = GroupStatus {
+                id: group.0,
+                members,
+                partitions,
+                state: "eventual".into(),
+                ..GroupStatus::default()
+            };
+            if let Some(health) = local.cluster_health() {
+                g.state = health.state().name().into();
+                g.epoch = health.epoch();
+                g.view_members = health.members();
+                g.applied = health.applied();
+                status
+                    .events
+                    .extend(health.events().into_iter().map(|e| EventStatus {
+                        at_ms: e.at_ms,
+                        group: group.0,
+                        what: e.what,
+                    }));
+            } else if local.eventual_node().is_none() {
+                g.state = "single".into();
+            }
+            status.groups.push(g);
+        }
+        status.events.sort_by_key(|e| e.at_ms);
+        if let (Some(p), Some(link)) = (&self.placement, &self.link) {
+            status.peers = p
+                .nodes()
+                .iter()
+                .filter(|&&n| n != self.me)
+                .map(|&n| (n.0, link.is_up(n)))
+                .collect();
+        }
+        status
+    }
+}
+
+/// The whole cluster as one node sees it: every node's status, node 1 first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that gathered it.
+    pub from: u16,
+    pub replicas: usize,
+    pub partitions: usize,
+    pub nodes: Vec<NodeStatus>,
+}
