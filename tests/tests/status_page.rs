@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium (Debian's `chromium`, which
 //! `bash scripts/test` installs) loads node 1's page of a 3-node cluster, node 3 is killed,
 //! and the page shows it down within 5 s. The DOM is checked; a screenshot is saved as a test
-//! artifact. Without Chromium this test fails, it does not skip.
+//! artifact. `tailorkv-admin status` shows the same. Without Chromium this test fails, it does
+//! not skip.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -111,6 +112,29 @@ fn the_status_page_shows_a_killed_node_down_within_5_s() {
         states.contains(&(1, "serving".into())) && states.contains(&(2, "serving".into())),
         "the others are serving: {states:?}"
     );
+
+    // The admin tool prints the same from the same endpoint.
+    let admin = Command::new(tailorkv_tests::server::binary("tailorkv-admin"))
+        .args(["--node", &format!("127.0.0.1:{}", ports[0]), "status"])
+        .output()
+        .expect("run tailorkv-admin");
+    let table = String::from_utf8_lossy(&admin.stdout);
+    assert!(
+        admin.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&admin.stderr)
+    );
+    // A node's row, after the summary line (which starts with the node count).
+    let row = |id: &str| {
+        let mut rows = table.lines().skip(1);
+        rows.find(|l| l.split_whitespace().next() == Some(id))
+    };
+    assert!(
+        table.starts_with("3 nodes, 3 copies of each key"),
+        "{table}"
+    );
+    assert!(row("1").is_some_and(|l| l.contains("serving")), "{table}");
+    assert!(row("3").is_some_and(|l| l.contains("down")), "{table}");
 
     let shot = artifact("status-page.png");
     chromium(

@@ -1,0 +1,167 @@
+//! `tailorkv-admin`: a running cluster's state, as a table, from any node's HTTP endpoint
+//! (`controlet --http-listen`).
+//!
+//! ```text
+//! tailorkv-admin --node 127.0.0.1:9150 status
+//! tailorkv-admin --node 127.0.0.1:9150 status --json
+//! ```
+
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tailorkv_controlet::status::{ClusterStatus, NodeStatus};
+
+/// Shows a tailorkv cluster's state.
+#[derive(Debug, Parser)]
+#[command(name = "tailorkv-admin", version, about)]
+struct Args {
+    /// A node's HTTP address (its `--http-listen`).
+    #[arg(long, default_value = "127.0.0.1:9150")]
+    node: SocketAddr,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every node: its state, groups, items, memory, connections, links; then every group's
+    /// view as its members see it.
+    Status {
+        /// The raw JSON (`/cluster`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let Cmd::Status { json } = args.command;
+    let body = runtime.block_on(get(args.node, "/cluster"))?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let cluster: ClusterStatus =
+        serde_json::from_str(&body).context("the node's /cluster is not a cluster status")?;
+    print!("{}", table(&cluster));
+    Ok(())
+}
+
+/// `GET path` from `addr`; the body.
+async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await
+    .with_context(|| format!("{addr} did not answer"))?
+    .with_context(|| format!("cannot connect to {addr} (is it a node's --http-listen?)"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("HTTP handshake")?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await.context("HTTP request")?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        bail!("{addr}{path}: {status}: {body}");
+    }
+    Ok(body)
+}
+
+fn state(n: &NodeStatus) -> &str {
+    if !n.up {
+        return "down";
+    }
+    let order = ["outside", "booting", "catching-up", "changing-view"];
+    order
+        .into_iter()
+        .find(|s| n.groups.iter().any(|g| g.state == *s))
+        .or_else(|| n.groups.first().map(|g| g.state.as_str()))
+        .unwrap_or("-")
+}
+
+/// The tables `status` prints.
+fn table(c: &ClusterStatus) -> String {
+    let mut out = format!(
+        "{} nodes, {} copies of each key, {} partitions (from node {})\n\n",
+        c.nodes.len(),
+        c.replicas,
+        c.partitions,
+        c.from
+    );
+    out += &format!(
+        "{:<6} {:<14} {:<10} {:>10} {:>12} {:>6} {:>12} {:>10}  {}\n",
+        "node", "state", "groups", "items", "bytes", "conns", "commands", "forwarded", "links down"
+    );
+    for n in &c.nodes {
+        let groups: Vec<String> = n.groups.iter().map(|g| g.id.to_string()).collect();
+        let down: Vec<String> = n
+            .peers
+            .iter()
+            .filter(|(_, up)| !up)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if !n.up {
+            out += &format!("{:<6} {:<14}\n", n.id, "down");
+            continue;
+        }
+        out += &format!(
+            "{:<6} {:<14} {:<10} {:>10} {:>12} {:>6} {:>12} {:>10}  {}\n",
+            n.id,
+            state(n),
+            groups.join(","),
+            n.items,
+            n.bytes,
+            n.connections,
+            n.gets + n.writes,
+            n.forwarded,
+            if down.is_empty() {
+                "-".into()
+            } else {
+                down.join(",")
+            }
+        );
+    }
+    out += &format!(
+        "\n{:<6} {:<10} {:>10}  {}\n",
+        "group", "members", "partitions", "state per member"
+    );
+    let mut groups: Vec<(u16, Vec<u16>, u64, Vec<String>)> = Vec::new();
+    for n in c.nodes.iter().filter(|n| n.up) {
+        for g in &n.groups {
+            let seen = format!(
+                "{}: {} (view {}, {} members)",
+                n.id, g.state, g.epoch, g.view_members
+            );
+            match groups.iter_mut().find(|(id, ..)| *id == g.id) {
+                Some(entry) => entry.3.push(seen),
+                None => groups.push((g.id, g.members.clone(), g.partitions, vec![seen])),
+            }
+        }
+    }
+    groups.sort();
+    for (id, members, partitions, seen) in groups {
+        let members: Vec<String> = members.iter().map(u16::to_string).collect();
+        out += &format!(
+            "{:<6} {:<10} {:>10}  {}\n",
+            id,
+            members.join(","),
+            partitions,
+            seen.join("; ")
+        );
+    }
+    out
+}
