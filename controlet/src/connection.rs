@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cmd::{execute, Context, Flow};
 use crate::out::Out;
 use crate::stats::Counts;
+use crate::stats::Latencies;
 
 /// Bytes the read buffer grows by when it runs out of room.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
@@ -69,6 +70,7 @@ async fn serve_inner<D: Datalet>(
     let mut out = Out::new(writer);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut decoder = Decoder::new(ctx.config.item_size_max);
+    let mut latencies = Latencies::default();
     loop {
         let mut closing = false;
         loop {
@@ -82,7 +84,10 @@ async fn serve_inner<D: Datalet>(
                 }
             };
             let mark = out.buf.len();
+            let kind = latency_kind(&request.command);
+            let started = std::time::Instant::now();
             let flow = execute(ctx, request.command, &mut out, counts).await?;
+            latencies.record(kind, started.elapsed().as_micros() as u64);
             if request.noreply {
                 out.buf.truncate(mark);
             }
@@ -93,6 +98,7 @@ async fn serve_inner<D: Datalet>(
             out.flush_if_full().await?;
         }
         ctx.counts.absorb(counts);
+        ctx.latencies.absorb(&mut latencies);
         out.flush().await?;
         counts.bytes_written += std::mem::take(&mut out.written);
         if closing {
@@ -115,5 +121,15 @@ async fn serve_inner<D: Datalet>(
             return Ok(());
         }
         counts.bytes_read += n as u64;
+    }
+}
+
+/// Which of [`crate::stats::LATENCY_KINDS`] a command's latency counts under.
+fn latency_kind(command: &tailorkv_common::codec::Command) -> usize {
+    use tailorkv_common::codec::Command;
+    match command {
+        Command::Get { .. } | Command::GetAndTouch { .. } => 0,
+        Command::Store { .. } => 1,
+        _ => 2,
     }
 }

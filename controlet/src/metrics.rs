@@ -148,6 +148,40 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Command latencies as a histogram per kind of command.
+#[derive(Debug)]
+struct Durations(crate::stats::Latencies);
+
+impl prometheus_client::encoding::EncodeMetric for Durations {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::stats::{LATENCY_BOUNDS_US, LATENCY_KINDS};
+        for (kind, name) in LATENCY_KINDS.iter().enumerate() {
+            let counts = &self.0.buckets[kind];
+            let bounds = LATENCY_BOUNDS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6)
+                .chain([f64::MAX]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+            let count = counts.iter().sum();
+            let sum = self.0.sum_us[kind] as f64 / 1e6;
+            let labels = [("command", *name)];
+            encoder
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum, count, &buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
 /// Every metric, as the node's counters stand now.
 pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
     let mut r = Registry::default();
@@ -394,6 +428,11 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             e.tombstones,
         );
     }
+    r.register(
+        "tailorkv_command_duration_seconds",
+        "Time from a command read to its reply made, by kind (get: retrievals; set: stores)",
+        Durations(ctx.latencies.snapshot()),
+    );
     gauge(
         &mut r,
         "memcached_uptime_seconds",

@@ -217,6 +217,7 @@ async fn serve_with<D: Datalet>(
     let ctx = Arc::new(Context {
         engine,
         counts: shared.counts,
+        latencies: Default::default(),
         config,
         started: shared.started,
         curr_connections: shared.connections,

@@ -69,9 +69,88 @@ counters!(
     timed_out_connections,
 );
 
+/// Upper bounds of the latency buckets, in µs: 50 µs to 5 s, then everything above.
+pub const LATENCY_BOUNDS_US: [u64; 14] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+    5_000_000,
+];
+const BUCKETS: usize = LATENCY_BOUNDS_US.len() + 1;
+
+/// The kinds of command whose latencies are kept apart: retrievals, stores, and the rest.
+pub const LATENCY_KINDS: [&str; 3] = ["get", "set", "other"];
+
+/// One connection's command latencies since it last added them to the shared ones: from a
+/// request decoded to its reply made, per kind, in buckets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latencies {
+    pub buckets: [[u64; BUCKETS]; 3],
+    pub sum_us: [u64; 3],
+}
+
+impl Latencies {
+    /// Counts a command of kind `kind` (an index of [`LATENCY_KINDS`]) that took `us`.
+    pub fn record(&mut self, kind: usize, us: u64) {
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[kind][bucket] += 1;
+        self.sum_us[kind] += us;
+    }
+}
+
+/// The server's latencies, added to once per batch like [`SharedCounts`].
+#[derive(Debug, Default)]
+pub struct SharedLatencies {
+    buckets: [[AtomicU64; BUCKETS]; 3],
+    sum_us: [AtomicU64; 3],
+}
+
+impl SharedLatencies {
+    /// Adds `latencies` and zeroes them.
+    pub fn absorb(&self, latencies: &mut Latencies) {
+        for kind in 0..3 {
+            for (shared, &n) in self.buckets[kind].iter().zip(&latencies.buckets[kind]) {
+                if n != 0 {
+                    shared.fetch_add(n, Relaxed);
+                }
+            }
+            if latencies.sum_us[kind] != 0 {
+                self.sum_us[kind].fetch_add(latencies.sum_us[kind], Relaxed);
+            }
+        }
+        *latencies = Latencies::default();
+    }
+
+    pub fn snapshot(&self) -> Latencies {
+        let mut l = Latencies::default();
+        for kind in 0..3 {
+            for (i, n) in self.buckets[kind].iter().enumerate() {
+                l.buckets[kind][i] = n.load(Relaxed);
+            }
+            l.sum_us[kind] = self.sum_us[kind].load(Relaxed);
+        }
+        l
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_fall_in_their_buckets_and_add_up() {
+        let mut mine = Latencies::default();
+        mine.record(0, 10);
+        mine.record(0, 50);
+        mine.record(0, 51);
+        mine.record(2, 10_000_000);
+        assert_eq!(mine.buckets[0][0], 2, "up to 50 µs");
+        assert_eq!(mine.buckets[0][1], 1, "51 µs is in the 100 µs bucket");
+        assert_eq!(mine.buckets[2][LATENCY_BOUNDS_US.len()], 1, "past 5 s");
+        let shared = SharedLatencies::default();
+        shared.absorb(&mut mine);
+        assert_eq!(mine, Latencies::default());
+        let l = shared.snapshot();
+        assert_eq!((l.sum_us[0], l.sum_us[2]), (111, 10_000_000));
+    }
 
     #[test]
     fn absorb_adds_and_zeroes() {

@@ -136,6 +136,19 @@ fn metrics_parse_and_count_what_is_served_under_load() {
     assert_eq!(after["tailorkv_group_members{group=0}"], 3.0);
     assert!(after["tailorkv_ops_applied_total{}"] >= 300.0);
     assert!(after["memcached_read_bytes_total{}"] > before["memcached_read_bytes_total{}"]);
+    // Latencies: every set and get of the load counted once, in some bucket.
+    let count = |kind: &str| {
+        let name = format!("tailorkv_command_duration_seconds_count{{command={kind}}}");
+        after[&name] - before.get(&name).copied().unwrap_or(0.0)
+    };
+    assert_eq!(count("set"), 300.0);
+    assert!(count("get") >= 300.0, "gets counted: {}", count("get"));
+    let inf = "tailorkv_command_duration_seconds_bucket{command=set,le=+Inf}";
+    assert_eq!(
+        after[inf],
+        after["tailorkv_command_duration_seconds_count{command=set}"]
+    );
+    assert!(after["tailorkv_command_duration_seconds_sum{command=set}"] > 0.0);
     // Node 2 applied the same writes for its peers, but served no client of its own.
     let node2 = parse(&http_get(SocketAddr::from(([127, 0, 0, 1], ports[1])), "/metrics").1);
     assert_eq!(node2[sets], 0.0);
