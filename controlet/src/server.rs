@@ -192,6 +192,7 @@ async fn serve_with<D: Datalet>(
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let shared = NodeShared {
         counts: Arc::default(),
+        latencies: Arc::default(),
         connections: Arc::default(),
         started: Instant::now(),
         consistency: match config.peers.is_empty() {
@@ -217,7 +218,7 @@ async fn serve_with<D: Datalet>(
     let ctx = Arc::new(Context {
         engine,
         counts: shared.counts,
-        latencies: Default::default(),
+        latencies: shared.latencies,
         config,
         started: shared.started,
         curr_connections: shared.connections,
@@ -516,6 +517,7 @@ where
 /// connections, start time and mode.
 struct NodeShared {
     counts: Arc<SharedCounts>,
+    latencies: Arc<crate::stats::SharedLatencies>,
     connections: Arc<AtomicU64>,
     started: Instant,
     consistency: String,
@@ -534,6 +536,7 @@ impl NodeShared {
             consistency: self.consistency.clone(),
             started: self.started,
             counts: Arc::clone(&self.counts),
+            latencies: Arc::clone(&self.latencies),
             connections: Arc::clone(&self.connections),
             locals: Arc::clone(engine.locals()),
             placement,

@@ -34,6 +34,10 @@ pub struct NodeStatus {
     pub writes: u64,
     /// Requests it forwarded to owners.
     pub forwarded: u64,
+    /// Commands timed, and their time in all (µs): the mean latency between two readings is
+    /// the difference of the second over the difference of the first.
+    pub timed: u64,
+    pub time_us: u64,
     pub groups: Vec<GroupStatus>,
     /// Its peer links: which are connected.
     pub peers: Vec<(u16, bool)>,
@@ -71,6 +75,7 @@ pub struct Sources<D> {
     pub consistency: String,
     pub started: Instant,
     pub counts: Arc<SharedCounts>,
+    pub latencies: Arc<crate::stats::SharedLatencies>,
     pub connections: Arc<AtomicU64>,
     pub locals: Arc<Locals<D>>,
     /// In a cluster: where keys live, and the peer links.
@@ -82,7 +87,10 @@ impl<D: Datalet> Sources<D> {
     /// This node's status now.
     pub fn read(&self) -> NodeStatus {
         let c = self.counts.snapshot();
+        let l = self.latencies.snapshot();
         let mut status = NodeStatus {
+            timed: l.buckets.iter().flatten().sum(),
+            time_us: l.sum_us.iter().sum(),
             id: self.me.0,
             up: true,
             consistency: self.consistency.clone(),

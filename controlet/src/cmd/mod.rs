@@ -34,7 +34,7 @@ pub struct Context<D> {
     pub engine: Engine<D>,
     pub counts: Arc<SharedCounts>,
     /// Command latencies, for `/metrics`.
-    pub latencies: crate::stats::SharedLatencies,
+    pub latencies: Arc<crate::stats::SharedLatencies>,
     pub config: Config,
     pub started: Instant,
     pub curr_connections: Arc<AtomicU64>,
