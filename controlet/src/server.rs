@@ -204,7 +204,7 @@ async fn serve_with<D: Datalet>(
         let engine = Engine::start(open(GroupId(0), 1)?, clock)
             .await
             .map_err(std::io::Error::other)?;
-        let status = shared.sources(NodeId(config.id), &engine, None, None);
+        let status = shared.sources(NodeId(config.id), &engine, None);
         (engine, status)
     } else {
         join_cluster(&config, &mut open, clock, &shared, &shutdown).await?
@@ -502,7 +502,8 @@ where
             keys_per_forward: (FORWARD_READ_BYTES / item_size_max).max(1),
         };
         let engine = Engine::new(locals, Some(cluster), clock);
-        let status = shared.sources(self.me, &engine, Some(self.placement), Some(link));
+        let cluster_parts = (self.placement, link, Arc::clone(&forwarder));
+        let status = shared.sources(self.me, &engine, Some(cluster_parts));
         tokio::spawn(serve_forwarded(
             Arc::clone(&status),
             forwarder,
@@ -524,13 +525,18 @@ struct NodeShared {
 }
 
 impl NodeShared {
+    /// Where `me`'s status is read from; in a cluster, with its placement, peer links and
+    /// forwarder.
     fn sources<D: Datalet>(
         &self,
         me: NodeId,
         engine: &Engine<D>,
-        placement: Option<Arc<Placement>>,
-        link: Option<Arc<dyn ForwardLink>>,
+        cluster: Option<(Arc<Placement>, Arc<dyn ForwardLink>, Arc<Forwarder>)>,
     ) -> Arc<Sources<D>> {
+        let (placement, link, forwarder) = match cluster {
+            Some((p, l, f)) => (Some(p), Some(l), Some(f)),
+            None => (None, None, None),
+        };
         Arc::new(Sources {
             me,
             consistency: self.consistency.clone(),
@@ -541,6 +547,7 @@ impl NodeShared {
             locals: Arc::clone(engine.locals()),
             placement,
             link,
+            forwarder,
         })
     }
 }

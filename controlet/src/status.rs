@@ -81,6 +81,7 @@ pub struct Sources<D> {
     /// In a cluster: where keys live, and the peer links.
     pub placement: Option<Arc<Placement>>,
     pub link: Option<Arc<dyn ForwardLink>>,
+    pub forwarder: Option<Arc<crate::shard::forward::Forwarder>>,
 }
 
 impl<D: Datalet> Sources<D> {
@@ -145,6 +146,9 @@ impl<D: Datalet> Sources<D> {
             status.groups.push(g);
         }
         status.events.sort_by_key(|e| e.at_ms);
+        if let Some(forwarder) = &self.forwarder {
+            status.forwarded = forwarder.sent.load(Relaxed);
+        }
         if let (Some(p), Some(link)) = (&self.placement, &self.link) {
             status.peers = p
                 .nodes()

@@ -157,3 +157,54 @@ fn metrics_parse_and_count_what_is_served_under_load() {
     let (status, _) = http_get(http, "/nothing-here");
     assert!(status.contains("404"), "{status}");
 }
+
+/// `/status` and `/cluster` on a sharded cluster: a node's own groups, counters and links, and
+/// every node's status gathered from any node.
+#[test]
+fn status_and_cluster_json_describe_the_nodes() {
+    use tailorkv_controlet::status::{ClusterStatus, NodeStatus};
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let cluster = Cluster::start(6, Consistency::Linearizable, |c| {
+        c.replicas = Some(3);
+        c.http_listen = Some(SocketAddr::from((
+            [127, 0, 0, 1],
+            ports[usize::from(c.id) - 1],
+        )));
+    });
+    let mut c = McConn::connect(cluster.addrs()[0], Duration::from_secs(10)).unwrap();
+    for i in 0..60 {
+        c.set(&format!("s{i}"), b"v").unwrap();
+    }
+    let http = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let (status, body) = http_get(http, "/status");
+    assert!(status.contains("200"), "{status}");
+    let me: NodeStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (me.id, me.up, me.consistency.as_str()),
+        (1, true, "linearizable")
+    );
+    let groups: Vec<u16> = me.groups.iter().map(|g| g.id).collect();
+    assert_eq!(groups, vec![0, 4, 5], "node 1's groups");
+    assert!(me
+        .groups
+        .iter()
+        .all(|g| g.state == "serving" && g.view_members == 3));
+    assert_eq!(me.writes, 60);
+    assert!(
+        me.forwarded > 0 && me.forwarded < 60,
+        "about half forwarded: {}",
+        me.forwarded
+    );
+    assert!(me.timed >= 60 && me.time_us > 0);
+    assert_eq!(me.peers.len(), 5);
+    assert!(me
+        .events
+        .iter()
+        .any(|e| e.what.starts_with("serving in view 1")));
+
+    let all: ClusterStatus = serde_json::from_str(&http_get(http, "/cluster").1).unwrap();
+    assert_eq!((all.from, all.replicas, all.nodes.len()), (1, 3, 6));
+    assert!(all.nodes.iter().all(|n| n.up && n.groups.len() == 3));
+    let copies: u64 = all.nodes.iter().map(|n| n.items).sum();
+    assert_eq!(copies, 180, "3 copies of each of 60 items");
+}
