@@ -514,6 +514,9 @@ where
     }
 }
 
+/// A cluster node's placement, peer links and forwarder, for its status.
+type ClusterParts = (Arc<Placement>, Arc<dyn ForwardLink>, Arc<Forwarder>);
+
 /// What every part of a node that reports on it shares: its client counters, open
 /// connections, start time and mode.
 struct NodeShared {
@@ -531,7 +534,7 @@ impl NodeShared {
         &self,
         me: NodeId,
         engine: &Engine<D>,
-        cluster: Option<(Arc<Placement>, Arc<dyn ForwardLink>, Arc<Forwarder>)>,
+        cluster: Option<ClusterParts>,
     ) -> Arc<Sources<D>> {
         let (placement, link, forwarder) = match cluster {
             Some((p, l, f)) => (Some(p), Some(l), Some(f)),
