@@ -74,6 +74,15 @@ impl Placement {
         }
     }
 
+    /// The placement's version: a digest of what it is derived from (the nodes, the replicas
+    /// and the partition count), the same on every node that computes the same placement.
+    pub fn version(&self) -> u64 {
+        let nodes: Vec<u8> = self.nodes.iter().flat_map(|n| n.0.to_le_bytes()).collect();
+        let replicas = (self.replicas() as u64).to_le_bytes();
+        let partitions = (self.table.len() as u64).to_le_bytes();
+        tailorkv_common::hash::hash_parts([&nodes[..], &replicas[..], &partitions[..]])
+    }
+
     /// The nodes, sorted by id.
     pub fn nodes(&self) -> &[NodeId] {
         &self.nodes
@@ -246,6 +255,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_version_names_the_nodes_and_replicas() {
+        let a = Placement::new(&ids(6), 3);
+        assert_eq!(
+            a.version(),
+            Placement::new(
+                &[
+                    NodeId(6),
+                    NodeId(1),
+                    NodeId(2),
+                    NodeId(3),
+                    NodeId(4),
+                    NodeId(5)
+                ],
+                3
+            )
+            .version()
+        );
+        assert_ne!(a.version(), Placement::new(&ids(6), 2).version());
+        assert_ne!(a.version(), Placement::new(&ids(7), 3).version());
     }
 
     #[test]

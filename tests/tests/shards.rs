@@ -312,6 +312,7 @@ fn stats_placement_names_every_groups_members_and_partitions() {
     assert_eq!(stats["replicas"], "3");
     assert_eq!(stats["groups"], "6");
     let p = placement();
+    assert_eq!(stats["version"], format!("{:016x}", p.version()));
     let mut owner_of = vec![None; 1024];
     for group in p.groups() {
         let line = stats[format!("group_{}", group.0).as_str()];

@@ -172,6 +172,7 @@ fn placement<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "replicas", p.replicas());
     encode_stat(out, "groups", p.groups().count());
     encode_stat(out, "hash", "fnv1a64-murmur3fmix-high32");
+    encode_stat(out, "version", format_args!("{:016x}", p.version()));
     for member in &ctx.config.peers {
         encode_stat(out, &format!("node_{}", member.id.0), member.addr);
     }
