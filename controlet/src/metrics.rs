@@ -358,7 +358,13 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
         let epoch = Family::<Labels, Gauge<i64>>::default();
         let members = Family::<Labels, Gauge<i64>>::default();
         let state = Family::<Labels, Gauge<i64>>::default();
+        let caught = Family::<Labels, Gauge<i64>>::default();
+        let catching = Family::<Labels, Gauge<i64>>::default();
         for (group, health) in &groups {
+            let (items, total) = health.catch_up().unwrap_or((0, 0));
+            let g = vec![("group", group.0.to_string())];
+            caught.get_or_create(&g).set(items as i64);
+            catching.get_or_create(&g).set(total as i64);
             let g = vec![("group", group.0.to_string())];
             epoch.get_or_create(&g).set(health.epoch() as i64);
             members.get_or_create(&g).set(health.members() as i64);
@@ -388,6 +394,16 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "tailorkv_group_state",
             "1 for this node's state in the group, 0 for the others",
             state,
+        );
+        r.register(
+            "tailorkv_group_catch_up_items",
+            "Items of the snapshot being installed stored so far (0 when none is)",
+            caught,
+        );
+        r.register(
+            "tailorkv_group_catch_up_total_items",
+            "About how many items the snapshot being installed holds (0 when none is)",
+            catching,
         );
     }
     if let Some(e) = ctx.engine.repair_counters() {

@@ -59,6 +59,8 @@ pub struct GroupStatus {
     pub view_members: u64,
     /// Operations applied (the order's sequence number).
     pub applied: u64,
+    /// While this member installs a snapshot: items stored so far, and about how many.
+    pub catch_up: Option<(u64, u64)>,
 }
 
 /// An event of one of the node's groups.
@@ -133,6 +135,7 @@ impl<D: Datalet> Sources<D> {
                 g.epoch = health.epoch();
                 g.view_members = health.members();
                 g.applied = health.applied();
+                g.catch_up = health.catch_up();
                 status
                     .events
                     .extend(health.events().into_iter().map(|e| EventStatus {

@@ -134,6 +134,9 @@ fn metrics_parse_and_count_what_is_served_under_load() {
     assert_eq!(after["memcached_current_items{}"], 300.0);
     assert_eq!(after["tailorkv_group_state{group=0,state=serving}"], 1.0);
     assert_eq!(after["tailorkv_group_members{group=0}"], 3.0);
+    // No snapshot is being installed.
+    assert_eq!(after["tailorkv_group_catch_up_items{group=0}"], 0.0);
+    assert_eq!(after["tailorkv_group_catch_up_total_items{group=0}"], 0.0);
     assert!(after["tailorkv_ops_applied_total{}"] >= 300.0);
     assert!(after["memcached_read_bytes_total{}"] > before["memcached_read_bytes_total{}"]);
     // Latencies: every set and get of the load counted once, in some bucket.
@@ -188,7 +191,7 @@ fn status_and_cluster_json_describe_the_nodes() {
     assert!(me
         .groups
         .iter()
-        .all(|g| g.state == "serving" && g.view_members == 3));
+        .all(|g| g.state == "serving" && g.view_members == 3 && g.catch_up.is_none()));
     assert_eq!(me.writes, 60);
     assert!(
         me.forwarded > 0 && me.forwarded < 60,

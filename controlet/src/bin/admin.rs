@@ -142,8 +142,12 @@ fn table(c: &ClusterStatus) -> String {
     let mut groups: Vec<(u16, Vec<u16>, u64, Vec<String>)> = Vec::new();
     for n in c.nodes.iter().filter(|n| n.up) {
         for g in &n.groups {
+            let progress = match g.catch_up {
+                Some((items, total)) => format!(" {items} of about {total} items"),
+                None => String::new(),
+            };
             let seen = format!(
-                "{}: {} (view {}, {} members)",
+                "{}: {}{progress} (view {}, {} members)",
                 n.id, g.state, g.epoch, g.view_members
             );
             match groups.iter_mut().find(|(id, ..)| *id == g.id) {

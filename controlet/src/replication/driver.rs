@@ -26,6 +26,8 @@ use crate::tob::{Event, Incarnation, Message, NodeState, Timing, Tob};
 pub const TICK: Duration = Duration::from_millis(1);
 /// How long a client request waits for the cluster before it is refused.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a node catching up logs how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of items per state-transfer message (a larger item goes alone).
 pub const STATE_CHUNK_BYTES: usize = 1 << 20;
 /// State-transfer chunks read and queued at most per turn of the driver's loop (it turns at
@@ -132,6 +134,9 @@ pub struct StateChunk {
     pub items: Vec<StateItem>,
     /// The snapshot is complete with this chunk.
     pub last: bool,
+    /// About how many items the whole snapshot holds (the source's count when it began), for
+    /// the joiner's progress reports.
+    pub total: u64,
 }
 
 /// One item of a snapshot.
@@ -286,6 +291,8 @@ struct Sending {
     to: Vec<(NodeId, Option<StateChunk>)>,
     started: Instant,
     items: u64,
+    /// About how many items the snapshot holds.
+    total: u64,
 }
 
 /// A snapshot being received.
@@ -294,6 +301,8 @@ struct Receiving {
     seq: u64,
     started: Instant,
     items: u64,
+    /// When progress was last logged.
+    logged: Instant,
     /// An item could not be stored: the snapshot is not installed.
     failed: bool,
 }
@@ -602,10 +611,12 @@ impl<D: Datalet> Driver<D> {
                 if let Err(e) = &reset {
                     tracing::error!(error = %e, "could not reset the datalet for a state transfer");
                 }
+                self.health.set_catch_up(Some((0, 0)));
                 self.receiving = Some(Receiving {
                     epoch,
                     seq,
                     started: Instant::now(),
+                    logged: Instant::now(),
                     items: 0,
                     // Items left from before would survive the install.
                     failed: reset.is_err(),
@@ -620,6 +631,7 @@ impl<D: Datalet> Driver<D> {
             }
             Event::Excluded { epoch } => {
                 tracing::warn!(epoch, "not in the cluster's current view; asking to join");
+                self.health.set_catch_up(None);
                 self.health
                     .note(format!("left out of view {epoch}; asking to join"));
                 self.receiving = None;
@@ -652,6 +664,7 @@ impl<D: Datalet> Driver<D> {
             to: to.into_iter().map(|peer| (peer, None)).collect(),
             started: Instant::now(),
             items: 0,
+            total: self.datalet.stats().curr_items,
         });
         self.pump_state().await;
     }
@@ -706,7 +719,7 @@ impl<D: Datalet> Driver<D> {
                 (snapshot, chunk)
             })
             .await;
-            let chunk = match read {
+            let mut chunk = match read {
                 Ok((snapshot, Ok(chunk))) => {
                     if !chunk.last {
                         sending.snapshot = Some(snapshot);
@@ -726,6 +739,7 @@ impl<D: Datalet> Driver<D> {
                 }
             };
             sending.items += chunk.items.len() as u64;
+            chunk.total = sending.total;
             for (_, held) in sending.to.iter_mut() {
                 *held = Some(chunk.clone());
             }
@@ -747,6 +761,7 @@ impl<D: Datalet> Driver<D> {
         self.order_now = chunk.now;
         let now = chunk.now;
         let count = chunk.items.len() as u64;
+        let chunk_total = chunk.total;
         let ops = chunk
             .items
             .into_iter()
@@ -775,9 +790,22 @@ impl<D: Datalet> Driver<D> {
         }
         let receiving = self.receiving.as_mut().expect("checked");
         receiving.items += count;
+        self.health
+            .set_catch_up(Some((receiving.items, chunk_total.max(receiving.items))));
+        if receiving.logged.elapsed() >= PROGRESS_EVERY && !chunk.last {
+            receiving.logged = Instant::now();
+            tracing::info!(
+                epoch = receiving.epoch,
+                items = receiving.items,
+                of_about = chunk_total,
+                ms = receiving.started.elapsed().as_millis() as u64,
+                "catching up"
+            );
+        }
         if chunk.last && receiving.failed {
             // Serving this copy would lie: ask for another snapshot.
             self.receiving = None;
+            self.health.set_catch_up(None);
             tracing::error!("a transferred state could not be stored; asking for another");
             self.tob.resync();
         } else if chunk.last {
@@ -791,6 +819,7 @@ impl<D: Datalet> Driver<D> {
             }
             self.saved = receiving.seq;
             self.health.set_applied(receiving.seq);
+            self.health.set_catch_up(None);
             self.health.note(format!(
                 "snapshot installed: {} items in {} ms",
                 receiving.items,
@@ -978,5 +1007,6 @@ pub(super) fn next_chunk(
         now,
         items,
         last,
+        total: 0,
     })
 }

@@ -90,6 +90,8 @@ pub struct Health {
     order_now: AtomicU64,
     /// The sequence number of the last operation applied here (or of the installed state).
     applied: AtomicU64,
+    /// While a snapshot is being installed: items stored so far, and about how many it holds.
+    catch_up: std::sync::Mutex<Option<(u64, u64)>>,
     /// The operator asked to form the next view from any majority (SIGUSR1).
     force_requested: AtomicBool,
     /// The latest events of this node's part in the order (views, catch-ups, failures), for
@@ -168,6 +170,16 @@ impl Health {
     pub fn events(&self) -> Vec<Noted> {
         let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
         events.iter().cloned().collect()
+    }
+
+    /// Records how far the snapshot being installed is (`None` once it is not).
+    pub fn set_catch_up(&self, progress: Option<(u64, u64)>) {
+        *self.catch_up.lock().unwrap_or_else(|e| e.into_inner()) = progress;
+    }
+
+    /// Items stored so far of the snapshot being installed, and about how many it holds.
+    pub fn catch_up(&self) -> Option<(u64, u64)> {
+        *self.catch_up.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The sequence number the local replica has applied up to.
