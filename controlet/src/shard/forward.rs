@@ -200,6 +200,8 @@ pub struct Forwarder {
     /// request from here: a forwarded read asks its owner to have applied that much, so a
     /// client reads its own writes (and flushes) whichever owner applied them.
     positions: Mutex<HashMap<GroupId, u64>>,
+    /// Per group, the owner that answered the last request.
+    last_owner: Mutex<HashMap<GroupId, NodeId>>,
     /// Owners that did not answer in time, until when they are passed over.
     suspects: Mutex<HashMap<NodeId, Instant>>,
     /// Requests forwarded, for `stats`.
@@ -216,16 +218,18 @@ impl Forwarder {
             next_id: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
             positions: Mutex::new(HashMap::new()),
+            last_owner: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             sent: AtomicU64::new(0),
             retried: AtomicU64::new(0),
         }
     }
 
-    /// The order in which `owners` of `group` are tried: starting at the one this node
-    /// uses for the group (every request of a client goes to one owner while it answers; the
-    /// nodes of the cluster spread over the owners), those whose link is up and that
-    /// answered lately first.
+    /// The order in which `owners` of `group` are tried: the owner that answered this node's
+    /// last request for the group, while its link is up and it has not failed to answer
+    /// (every request of a client goes to one owner, so in eventual mode it reads its own
+    /// writes); else from the one this node prefers for the group (the nodes of the cluster
+    /// spread over the owners), those whose link is up and that answered lately first.
     fn candidates(&self, group: GroupId, owners: &[NodeId]) -> Vec<NodeId> {
         let now = Instant::now();
         let suspects = self.suspects.lock().unwrap();
@@ -233,10 +237,11 @@ impl Forwarder {
         let mut order: Vec<NodeId> = (0..owners.len())
             .map(|i| owners[(first + i) % owners.len()])
             .collect();
+        let last = self.last_owner.lock().unwrap().get(&group).copied();
         // Stable: the preferred order among equals.
         order.sort_by_key(|o| {
             let suspect = suspects.get(o).is_some_and(|&until| until > now);
-            (suspect, !self.link.is_up(*o))
+            (suspect, !self.link.is_up(*o), Some(*o) != last)
         });
         order
     }
@@ -284,6 +289,7 @@ impl Forwarder {
                 }
             }
             if !refused {
+                self.last_owner.lock().unwrap().insert(group, owner);
                 return Ok(answer);
             }
             last = Some(answer);
