@@ -104,6 +104,32 @@ pub struct Config {
     #[arg(long)]
     pub replicas: Option<usize>,
 
+    /// Replica groups (with `--peers`), fixed for the life of the cluster: every partition
+    /// belongs to one group for good, and nodes that join or leave move whole groups' copies.
+    /// A cluster meant to grow needs more groups than nodes (for example 12, or 4 per node of
+    /// the largest size planned). Default: one per node, or one group of every node when
+    /// `--replicas` covers them all.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub groups: Option<u16>,
+
+    /// Join a running cluster through this member's peer address (`HOST:PORT`), instead of
+    /// naming the members with `--peers`. Needs `--id` (unused in the cluster) and
+    /// `--peer-listen` (the address the others reach this node at).
+    #[arg(long, conflicts_with = "peers")]
+    pub join: Option<SocketAddr>,
+
+    /// Most bytes per second a node sends a group's snapshot at, to a member joining the
+    /// group (a node added or replacing another, or one restarted): bounds what moving data
+    /// takes from the foreground load. Default: unthrottled.
+    #[arg(long)]
+    pub rebalance_rate: Option<u64>,
+
+    /// Seconds after which a node that the others cannot reach is removed from the cluster,
+    /// its groups given a replacement member so every partition is back to `--replicas`
+    /// copies. Default: never (an operator removes a dead node with `tailorkv-admin remove`).
+    #[arg(long)]
+    pub dead_after: Option<u64>,
+
     /// Where this node listens for its peers. Default: its own entry in `--peers`.
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
@@ -132,6 +158,11 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// A node of a cluster: `--peers` names the members, or `--join` a member to join through.
+    pub fn is_cluster(&self) -> bool {
+        !self.peers.is_empty() || self.join.is_some()
+    }
+
     /// Parses `args` (the program name first), with the settings of the `--config` file it
     /// names, if any, in front of them: a flag on the command line overrides the file.
     pub fn from_args(args: Vec<std::ffi::OsString>) -> anyhow::Result<Config> {

@@ -266,6 +266,24 @@ impl<D: Datalet> Local<D> {
         self.ordered().map(|o| o.replicator.health())
     }
 
+    /// [`Local::cluster_health`], shared.
+    pub fn health_handle(&self) -> Option<Arc<crate::replication::Health>> {
+        self.ordered().map(|o| o.replicator.health_handle())
+    }
+
+    /// The replicator of this group, in a strong mode.
+    pub fn replicator(&self) -> Option<&Replicator> {
+        self.ordered().map(|o| &o.replicator)
+    }
+
+    /// In a strong mode, this member is not part of its group's serving replicas for now:
+    /// waiting for a snapshot, or outside the view (a node joining or leaving the group).
+    pub fn standing_by(&self) -> bool {
+        use crate::tob::NodeState;
+        self.cluster_health()
+            .is_some_and(|h| matches!(h.state(), NodeState::CatchingUp | NodeState::Outside))
+    }
+
     /// `cache_memlimit`. In a strong-mode cluster it changes this node's limit on what it
     /// proposes, never what the replicas apply, so nodes with different limits stay identical.
     pub fn set_memory_limit(&self, bytes: usize) {
@@ -300,12 +318,39 @@ impl<D: Datalet> Local<D> {
 }
 
 /// The replica groups this node holds, by id, each with its engine.
-pub type Locals<D> = BTreeMap<GroupId, Local<D>>;
+pub type Locals<D> = BTreeMap<GroupId, Arc<Local<D>>>;
+
+/// What a node holds and where everything else lives, as of the latest placement it knows:
+/// replaced as a whole when membership changes ([`Engine::reshape`]); each request works on
+/// the one it started with.
+pub struct Shape<D> {
+    pub locals: Locals<D>,
+    /// Where every key lives (in a cluster).
+    pub placement: Option<Arc<Placement>>,
+    /// This node holds every key (a single node, or one group of every node).
+    pub holds_all: bool,
+}
+
+impl<D: Datalet> Shape<D> {
+    /// The shape of a node holding `locals` in `placement`.
+    pub fn new(locals: Locals<D>, placement: Option<Arc<Placement>>) -> Self {
+        let holds_all = placement
+            .as_ref()
+            .is_none_or(|p| p.groups().all(|g| locals.contains_key(&g)));
+        Shape {
+            locals,
+            placement,
+            holds_all,
+        }
+    }
+}
+
+/// A node's current [`Shape`], shared by its engine and what reports on it.
+pub type ShapeCell<D> = Arc<std::sync::RwLock<Arc<Shape<D>>>>;
 
 /// What a node of a sharded cluster knows beyond its own groups: where every key lives, and
 /// how to reach the owners of the keys it does not hold.
 pub struct Cluster {
-    pub placement: Arc<Placement>,
     pub forwarder: Arc<Forwarder>,
     /// Keys asked of an owner in one forwarded read, at most: its answer, of items up to
     /// `--item-size-max` each, must fit in a peer frame.
@@ -320,7 +365,7 @@ enum Route<'a, D> {
     Here(&'a Local<D>),
     There {
         group: GroupId,
-        owners: &'a [tailorkv_common::NodeId],
+        owners: Vec<tailorkv_common::NodeId>,
     },
 }
 
@@ -328,11 +373,9 @@ enum Route<'a, D> {
 /// node when it is a member, else at an owner ([`crate::shard::forward`]). On a single node,
 /// and in a cluster where every node holds every key, that is always here.
 pub struct Engine<D> {
-    locals: Arc<Locals<D>>,
+    shape: ShapeCell<D>,
     cluster: Option<Cluster>,
     clock: Arc<dyn Clock>,
-    /// This node holds every key (a single node, or one group of every node).
-    holds_all: bool,
 }
 
 /// The replication counters of every group this node holds, added up.
@@ -360,30 +403,53 @@ impl<D: Datalet> Engine<D> {
     pub async fn start(datalet: Arc<D>, clock: Arc<dyn Clock>) -> Result<Self, DataletError> {
         let local = Local::start(datalet, Arc::clone(&clock)).await?;
         Ok(Engine::new(
-            BTreeMap::from([(GroupId(0), local)]),
+            BTreeMap::from([(GroupId(0), Arc::new(local))]),
+            None,
             None,
             clock,
         ))
     }
 
-    /// The engine of a node holding `locals`; `cluster` when other nodes hold other keys.
-    pub fn new(locals: Locals<D>, cluster: Option<Cluster>, clock: Arc<dyn Clock>) -> Self {
-        assert!(!locals.is_empty(), "a node holds at least one group");
-        let holds_all = cluster.as_ref().is_none_or(|c| {
-            let mut groups = c.placement.groups();
-            groups.all(|g| locals.contains_key(&g))
-        });
+    /// The engine of a node holding `locals` of `placement`; `cluster` when other nodes hold
+    /// other keys.
+    pub fn new(
+        locals: Locals<D>,
+        placement: Option<Arc<Placement>>,
+        cluster: Option<Cluster>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let shape = Shape::new(locals, placement);
         Engine {
-            locals: Arc::new(locals),
+            shape: Arc::new(std::sync::RwLock::new(Arc::new(shape))),
             cluster,
             clock,
-            holds_all,
         }
     }
 
+    /// What this node holds now.
+    pub fn shape(&self) -> Arc<Shape<D>> {
+        Arc::clone(&self.shape.read().unwrap())
+    }
+
+    /// Where every key lives, as this node knows it now (in a cluster).
+    pub fn placement(&self) -> Option<Arc<Placement>> {
+        self.shape().placement.clone()
+    }
+
+    /// The cell holding the node's shape, for what reports on it.
+    pub fn shape_cell(&self) -> ShapeCell<D> {
+        Arc::clone(&self.shape)
+    }
+
+    /// Starts serving from `shape`: the groups held and the placement after a membership
+    /// change. Requests already under way finish with the shape they started with.
+    pub fn reshape(&self, shape: Shape<D>) {
+        *self.shape.write().unwrap() = Arc::new(shape);
+    }
+
     /// The groups this node holds.
-    pub fn locals(&self) -> &Arc<Locals<D>> {
-        &self.locals
+    pub fn locals(&self) -> Locals<D> {
+        self.shape().locals.clone()
     }
 
     /// Where keys live and how owners are reached, in a sharded cluster.
@@ -398,21 +464,33 @@ impl<D: Datalet> Engine<D> {
 
     /// Whether this node holds every key, so nothing is forwarded.
     pub fn holds_all(&self) -> bool {
-        self.holds_all
+        self.shape().holds_all
     }
 
-    fn route(&self, key: &[u8]) -> Route<'_, D> {
-        let cluster = match &self.cluster {
-            Some(cluster) if !self.holds_all => cluster,
-            _ => return Route::Here(self.locals.values().next().expect("one group")),
+    /// Where `key`'s requests go, by `shape`: a group held here that is serving, else its
+    /// other owners (a group this node is joining, or leaving, is served by those that
+    /// stand in its view).
+    fn route<'a>(&self, shape: &'a Shape<D>, key: &[u8]) -> Route<'a, D> {
+        let placement = match (&self.cluster, &shape.placement) {
+            (Some(_), Some(p)) if !shape.holds_all || shape.locals.len() > 1 => p,
+            _ => {
+                let only = shape.locals.values().next().expect("one group");
+                return Route::Here(only);
+            }
         };
         let partition = crate::placement::partition_of(key);
-        let group = cluster.placement.group_of_partition(partition);
-        match self.locals.get(&group) {
-            Some(local) => Route::Here(local),
-            None => Route::There {
+        let group = placement.group_of_partition(partition);
+        let me = self.cluster.as_ref().map(|c| c.forwarder.me());
+        match shape.locals.get(&group) {
+            Some(local) if !local.standing_by() => Route::Here(local),
+            _ => Route::There {
                 group,
-                owners: cluster.placement.members(group),
+                owners: placement
+                    .members(group)
+                    .iter()
+                    .copied()
+                    .filter(|&o| Some(o) != me)
+                    .collect(),
             },
         }
     }
@@ -427,7 +505,8 @@ impl<D: Datalet> Engine<D> {
 
     /// The live item under `key` (see [`Local::get`]).
     pub async fn get(&self, key: &Bytes) -> Result<Option<Item>, Error> {
-        match self.route(key) {
+        let shape = self.shape();
+        match self.route(&shape, key) {
             Route::Here(local) => local.get(key).await,
             Route::There { .. } => {
                 let mut items = self.get_many(std::slice::from_ref(key)).await;
@@ -439,16 +518,17 @@ impl<D: Datalet> Engine<D> {
     /// The live items under `keys`, in their order: the keys of each group read together,
     /// every group at once.
     pub async fn get_many(&self, keys: &[Bytes]) -> Vec<Result<Option<Item>, Error>> {
+        let shape = self.shape();
         if let [key] = keys {
-            if let Route::Here(local) = self.route(key) {
+            if let Route::Here(local) = self.route(&shape, key) {
                 return vec![local.get(key).await];
             }
         }
         let mut here: Vec<(usize, &Local<D>)> = Vec::new();
-        let mut there: BTreeMap<GroupId, (Vec<usize>, &[tailorkv_common::NodeId])> =
+        let mut there: BTreeMap<GroupId, (Vec<usize>, Vec<tailorkv_common::NodeId>)> =
             BTreeMap::new();
         for (i, key) in keys.iter().enumerate() {
-            match self.route(key) {
+            match self.route(&shape, key) {
                 Route::Here(local) => here.push((i, local)),
                 Route::There { group, owners } => there
                     .entry(group)
@@ -472,7 +552,7 @@ impl<D: Datalet> Engine<D> {
             let chunks: Vec<Vec<usize>> = indices.chunks(per).map(<[usize]>::to_vec).collect();
             chunks
                 .into_iter()
-                .map(move |chunk| (group, (chunk, owners)))
+                .map(move |chunk| (group, (chunk, owners.clone())))
         });
         let remote =
             futures_util::future::join_all(requests.map(|(group, (indices, owners))| async move {
@@ -480,7 +560,7 @@ impl<D: Datalet> Engine<D> {
                     keys: indices.iter().map(|&i| keys[i].clone()).collect(),
                     after: 0,
                 };
-                let answer = self.forwarder().call(group, owners, op, true).await;
+                let answer = self.forwarder().call(group, &owners, op, true).await;
                 (indices, answer)
             }));
         let (local, remote) = tokio::join!(local, remote);
@@ -514,14 +594,15 @@ impl<D: Datalet> Engine<D> {
 
     /// Carries out a client's `mutation` of `key` in the key's group.
     pub async fn apply(&self, key: &Bytes, mutation: Mutation) -> Result<Outcome, Error> {
-        match self.route(key) {
+        let shape = self.shape();
+        match self.route(&shape, key) {
             Route::Here(local) => local.apply(key, mutation).await,
             Route::There { group, owners } => {
                 let op = RemoteOp::Apply {
                     key: key.clone(),
                     mutation,
                 };
-                match self.forwarder().call(group, owners, op, false).await? {
+                match self.forwarder().call(group, &owners, op, false).await? {
                     RemoteAnswer::Applied(result) => Ok(result?),
                     other => Err(unexpected(&other)),
                 }
@@ -542,15 +623,17 @@ impl<D: Datalet> Engine<D> {
             _ => now,
         };
         let at = at.saturating_sub(1);
-        let Some(cluster) = &self.cluster else {
-            let local = self.locals.values().next().expect("one group");
+        let shape = self.shape();
+        let (Some(_), Some(placement)) = (&self.cluster, &shape.placement) else {
+            let local = shape.locals.values().next().expect("one group");
             return local.flush_at(at).await;
         };
-        let flushes = cluster.placement.groups().map(|group| async move {
-            if let Some(local) = self.locals.get(&group) {
+        let shape = &shape;
+        let flushes = placement.groups().map(|group| async move {
+            if let Some(local) = shape.locals.get(&group).filter(|l| !l.standing_by()) {
                 return local.flush_at(at).await;
             }
-            let owners = cluster.placement.members(group);
+            let owners = placement.members(group);
             let op = RemoteOp::Flush { at };
             match self.forwarder().call(group, owners, op, false).await? {
                 RemoteAnswer::Flushed(result) => Ok(result?),
@@ -567,7 +650,7 @@ impl<D: Datalet> Engine<D> {
     /// limit.
     pub fn datalet_stats(&self) -> DataletStats {
         let mut sum = DataletStats::default();
-        for local in self.locals.values() {
+        for local in self.shape().locals.values() {
             let stats = local.datalet_stats();
             add_stats(&mut sum, &stats);
             sum.limit_maxbytes += stats.limit_maxbytes;
@@ -579,14 +662,16 @@ impl<D: Datalet> Engine<D> {
     /// where it holds the group, else from an owner), for `stats`; and how many groups could
     /// not be asked. On a node that holds every key, its own.
     pub async fn cluster_stats(&self) -> (DataletStats, usize) {
-        let Some(cluster) = &self.cluster else {
+        let shape = self.shape();
+        let (Some(_), Some(placement)) = (&self.cluster, &shape.placement) else {
             return (self.datalet_stats(), 0);
         };
-        let counts = cluster.placement.groups().map(|group| async move {
-            if let Some(local) = self.locals.get(&group) {
+        let shape = &shape;
+        let counts = placement.groups().map(|group| async move {
+            if let Some(local) = shape.locals.get(&group).filter(|l| !l.standing_by()) {
                 return Some(local.datalet_stats());
             }
-            let owners = cluster.placement.members(group);
+            let owners = placement.members(group);
             let answer = self
                 .forwarder()
                 .call(group, owners, RemoteOp::Stats, true)
@@ -610,7 +695,7 @@ impl<D: Datalet> Engine<D> {
     /// The total order's counters of every group held here, in a strong-mode cluster.
     pub fn replication_counters(&self) -> Option<ReplicationCounts> {
         let mut sum = None;
-        for local in self.locals.values() {
+        for local in self.shape().locals.values() {
             if let Some(c) = local.replication_counters() {
                 let s: &mut ReplicationCounts = sum.get_or_insert_with(Default::default);
                 s.peer_messages_sent += c.peer_messages_sent.load(Ordering::Relaxed);
@@ -625,7 +710,7 @@ impl<D: Datalet> Engine<D> {
     /// Eventual mode's repair counters of every group held here.
     pub fn repair_counters(&self) -> Option<RepairCounts> {
         let mut sum = None;
-        for local in self.locals.values() {
+        for local in self.shape().locals.values() {
             if let Some(e) = local.eventual_node() {
                 let s: &mut RepairCounts = sum.get_or_insert_with(Default::default);
                 s.antientropy_rounds += e.antientropy_rounds();
@@ -640,17 +725,19 @@ impl<D: Datalet> Engine<D> {
     }
 
     /// Where this node stands in each group it holds, in a strong mode.
-    pub fn cluster_health(&self) -> Vec<(GroupId, &crate::replication::Health)> {
-        self.locals
+    pub fn cluster_health(&self) -> Vec<(GroupId, Arc<crate::replication::Health>)> {
+        self.shape()
+            .locals
             .iter()
-            .filter_map(|(&g, local)| Some((g, local.cluster_health()?)))
+            .filter_map(|(&g, local)| Some((g, local.health_handle()?)))
             .collect()
     }
 
     /// `cache_memlimit`: this node's memory, shared equally by the groups it holds.
     pub fn set_memory_limit(&self, bytes: usize) {
-        let share = bytes / self.locals.len();
-        for local in self.locals.values() {
+        let shape = self.shape();
+        let share = bytes / shape.locals.len().max(1);
+        for local in shape.locals.values() {
             local.set_memory_limit(share);
         }
     }
@@ -659,7 +746,7 @@ impl<D: Datalet> Engine<D> {
     /// stand, not read through the order, and not the keys other nodes hold.
     pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
         let mut items = Vec::new();
-        for local in self.locals.values() {
+        for local in self.shape().locals.values() {
             items.extend(local.scan().await?);
         }
         Ok(items)
@@ -714,12 +801,15 @@ pub async fn serve_forwarded<D: Datalet>(
                 tokio::spawn(async move { forwarder.answer(from, id, answer, 0).await });
             }
             Forwarded::Request { id, group, op } => {
-                let locals = Arc::clone(&status.locals);
+                let shape = Arc::clone(&status.shape.read().unwrap());
                 let forwarder = Arc::clone(&forwarder);
                 tokio::spawn(async move {
-                    let (answer, position) = match locals.get(&group) {
-                        Some(local) => (carry_out(local, op).await, local.position()),
-                        None => (RemoteAnswer::NotHeld, 0),
+                    // A group this node is joining (or leaving) is not served here.
+                    let (answer, position) = match shape.locals.get(&group) {
+                        Some(local) if !local.standing_by() => {
+                            (carry_out(local, op).await, local.position())
+                        }
+                        _ => (RemoteAnswer::NotHeld, 0),
                     };
                     forwarder.answer(from, id, answer, position).await;
                 });

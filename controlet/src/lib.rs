@@ -29,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod error;
+pub mod membership;
 pub mod metrics;
 pub mod out;
 pub mod peer;

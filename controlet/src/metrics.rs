@@ -45,7 +45,14 @@ pub async fn cluster<D: Datalet>(ctx: &Context<D>) -> crate::status::ClusterStat
             nodes: vec![me],
         };
     };
-    let p = &cluster.placement;
+    let Some(p) = ctx.engine.placement() else {
+        return crate::status::ClusterStatus {
+            from: me.id,
+            replicas: 1,
+            partitions: crate::placement::PARTITIONS,
+            nodes: vec![me],
+        };
+    };
     let me = &me;
     let asks = p.nodes().iter().map(|&node| async move {
         if node.0 == me.id {
@@ -126,10 +133,70 @@ async fn respond<D: Datalet>(
             reply(StatusCode::OK, JSON, json)
         }
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
+        (method, path) if path == "/members" || path.starts_with("/members/") => {
+            let Some(admin) = ctx.status.membership.clone() else {
+                let why = "membership changes are for linearizable and sequential clusters\n";
+                return reply(
+                    StatusCode::CONFLICT,
+                    "text/plain; charset=utf-8",
+                    why.into(),
+                );
+            };
+            let me = ctx.status.me;
+            let target = match (method, path) {
+                (&Method::GET, "/members") => None,
+                (&Method::POST, "/members/leave") => Some(me),
+                (&Method::POST, path) => match path.strip_prefix("/members/remove/") {
+                    Some(id) => match id.parse::<u16>() {
+                        Ok(id) => Some(tailorkv_common::NodeId(id)),
+                        Err(_) => {
+                            let why = format!("not a node id: {id}\n");
+                            return reply(
+                                StatusCode::BAD_REQUEST,
+                                "text/plain; charset=utf-8",
+                                why,
+                            );
+                        }
+                    },
+                    None => {
+                        let why = "try POST /members/remove/ID or POST /members/leave\n";
+                        return reply(
+                            StatusCode::NOT_FOUND,
+                            "text/plain; charset=utf-8",
+                            why.into(),
+                        );
+                    }
+                },
+                _ => {
+                    let why = "try GET /members\n";
+                    return reply(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        why.into(),
+                    );
+                }
+            };
+            let members = match target {
+                None => admin.members(),
+                Some(node) => match admin.remove(node).await {
+                    Ok(members) => Arc::new(members),
+                    Err(why) => {
+                        return reply(
+                            StatusCode::CONFLICT,
+                            "text/plain; charset=utf-8",
+                            why + "\n",
+                        )
+                    }
+                },
+            };
+            let view = crate::status::MembersStatus::of(&members);
+            let json = serde_json::to_string(&view).expect("members encode");
+            reply(StatusCode::OK, JSON, json)
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",
-            "not found: try /, /metrics, /status or /cluster\n".into(),
+            "not found: try /, /metrics, /status, /cluster or /members\n".into(),
         ),
     }
 }

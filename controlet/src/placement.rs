@@ -38,12 +38,23 @@ pub fn partition_of(key: &[u8]) -> usize {
     ((tailorkv_common::hash::key_hash(key) >> 32) % PARTITIONS as u64) as usize
 }
 
-/// Where every key lives in one cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where every key lives in one cluster: the nodes, the replica groups they form, and the
+/// partitions each group holds. The placement a cluster starts with is derived from its
+/// member list ([`Placement::new`]); from then on it changes one node at a time
+/// ([`Placement::add_node`], [`Placement::remove_node`]), each change a new epoch agreed
+/// through the cluster's metadata ([`crate::membership`]). Groups never change their
+/// partitions: a membership change moves group members, and a group's new member is given
+/// the group's data by its total order (a snapshot, then the order's own catch-up).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
+    /// Changes since the cluster started: 1 for its first placement.
+    epoch: u64,
+    /// Copies of each partition wanted: a group has this many members once the cluster has
+    /// that many nodes.
+    replicas: usize,
     /// The nodes, sorted by id.
     nodes: Vec<NodeId>,
-    /// Each group's members, by group id.
+    /// Each group's members, by group id, each list sorted.
     groups: Vec<Vec<NodeId>>,
     /// Each partition's group.
     table: Vec<GroupId>,
@@ -51,36 +62,57 @@ pub struct Placement {
 
 impl Placement {
     /// The placement of `nodes` (any order, no repeats) with `replicas` copies of each
-    /// partition (clamped to 1..=nodes).
+    /// partition (while there are that many nodes): one group per node (windows on the
+    /// ring), or one group of every node when the replicas cover them all.
     pub fn new(nodes: &[NodeId], replicas: usize) -> Self {
+        let m = nodes.len().max(1);
+        let groups = if replicas >= m { 1 } else { m };
+        Self::with_groups(nodes, replicas, groups)
+    }
+
+    /// The placement of `nodes` with `replicas` copies and `groups` replica groups, fixed for
+    /// the life of the cluster: group `g` starts as the window of nodes on the ring beginning
+    /// at position `g mod M`. More groups than nodes is what lets a cluster grow: a node that
+    /// joins takes whole groups' copies from the others.
+    pub fn with_groups(nodes: &[NodeId], replicas: usize, groups: usize) -> Self {
         let mut nodes = nodes.to_vec();
         nodes.sort();
         nodes.dedup();
         assert!(!nodes.is_empty(), "a placement needs a node");
+        let replicas = replicas.max(1);
+        let groups = groups.clamp(1, PARTITIONS);
         let m = nodes.len();
-        let n = replicas.clamp(1, m);
-        let count = if n == m { 1 } else { m };
-        let groups = (0..count)
-            .map(|start| (0..n).map(|i| nodes[(start + i) % m]).collect())
+        let n = replicas.min(m);
+        let members = (0..groups)
+            .map(|start| {
+                let mut g: Vec<NodeId> = (0..n).map(|i| nodes[(start + i) % m]).collect();
+                g.sort();
+                g
+            })
             .collect();
-        let table = assign(PARTITIONS, count)
+        let table = assign(PARTITIONS, groups)
             .into_iter()
             .map(|g| GroupId(g as u16))
             .collect();
         Placement {
+            epoch: 1,
+            replicas,
             nodes,
-            groups,
+            groups: members,
             table,
         }
     }
 
-    /// The placement's version: a digest of what it is derived from (the nodes, the replicas
-    /// and the partition count), the same on every node that computes the same placement.
+    /// The placement's version: a digest of all of it (epoch, nodes, groups, partitions), the
+    /// same on every node that holds the same placement.
     pub fn version(&self) -> u64 {
-        let nodes: Vec<u8> = self.nodes.iter().flat_map(|n| n.0.to_le_bytes()).collect();
-        let replicas = (self.replicas() as u64).to_le_bytes();
-        let partitions = (self.table.len() as u64).to_le_bytes();
-        tailorkv_common::hash::hash_parts([&nodes[..], &replicas[..], &partitions[..]])
+        let bytes = postcard::to_allocvec(self).expect("a placement serializes");
+        tailorkv_common::hash::hash_parts([&bytes[..]])
+    }
+
+    /// Changes since the cluster started (1 for its first placement).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The nodes, sorted by id.
@@ -88,9 +120,15 @@ impl Placement {
         &self.nodes
     }
 
-    /// Copies of each partition.
+    /// Copies of each partition, as the groups stand (fewer than asked while the cluster has
+    /// fewer nodes).
     pub fn replicas(&self) -> usize {
-        self.groups[0].len()
+        self.groups.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Copies of each partition asked for (`--replicas`).
+    pub fn replicas_wanted(&self) -> usize {
+        self.replicas
     }
 
     /// Every group's id.
@@ -98,7 +136,12 @@ impl Placement {
         (0..self.groups.len()).map(|g| GroupId(g as u16))
     }
 
-    /// The members of `group`.
+    /// How many groups there are.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The members of `group`, sorted.
     pub fn members(&self, group: GroupId) -> &[NodeId] {
         &self.groups[usize::from(group.0)]
     }
@@ -136,6 +179,137 @@ impl Placement {
     /// The nodes holding partition `partition`.
     pub fn owners(&self, partition: usize) -> &[NodeId] {
         self.members(self.table[partition])
+    }
+
+    /// Groups each node is a member of.
+    fn loads(&self) -> std::collections::BTreeMap<NodeId, usize> {
+        let mut loads: std::collections::BTreeMap<NodeId, usize> =
+            self.nodes.iter().map(|&n| (n, 0)).collect();
+        for g in &self.groups {
+            for n in g {
+                *loads.entry(*n).or_default() += 1;
+            }
+        }
+        loads
+    }
+
+    /// The next placement, with `node` added: it first fills the groups short of members,
+    /// then takes the place of the busiest member of other groups, one at a time, until it
+    /// holds its share (`groups * copies / nodes`, rounded down). Only the groups it enters
+    /// change, each by one member, so the copies that move are the new node's share. An
+    /// error if `node` is already a member.
+    pub fn add_node(&self, node: NodeId) -> Result<Placement, String> {
+        if self.nodes.contains(&node) {
+            return Err(format!("node {} is already a member", node.0));
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.nodes.push(node);
+        next.nodes.sort();
+        let m = next.nodes.len();
+        let n = next.replicas.min(m);
+        for g in next.groups.iter_mut() {
+            if g.len() < n {
+                g.push(node);
+                g.sort();
+            }
+        }
+        let share = next.groups.len() * n / m;
+        loop {
+            let loads = next.loads();
+            if loads[&node] >= share {
+                break;
+            }
+            // The group whose busiest member is the busiest (the lowest group on a tie).
+            let best = next
+                .groups
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| !g.contains(&node))
+                .filter_map(|(i, g)| {
+                    let busiest = g.iter().max_by_key(|m| (loads[*m], **m))?;
+                    Some((loads[busiest], std::cmp::Reverse(i), *busiest))
+                })
+                .max();
+            match best {
+                Some((load, std::cmp::Reverse(i), busiest)) if load > loads[&node] + 1 => {
+                    let g = &mut next.groups[i];
+                    g.retain(|&x| x != busiest);
+                    g.push(node);
+                    g.sort();
+                }
+                _ => break,
+            }
+        }
+        Ok(next)
+    }
+
+    /// The next placement, without `node`: in each group it was in, the least busy node not
+    /// in that group takes its place (the lowest id on a tie), while there are enough nodes.
+    /// An error if `node` is not a member, or is the last one.
+    pub fn remove_node(&self, node: NodeId) -> Result<Placement, String> {
+        if !self.nodes.contains(&node) {
+            return Err(format!("node {} is not a member", node.0));
+        }
+        if self.nodes.len() == 1 {
+            return Err("the last node of a cluster cannot be removed".into());
+        }
+        let mut next = self.clone();
+        next.epoch += 1;
+        next.nodes.retain(|&x| x != node);
+        let n = next.replicas.min(next.nodes.len());
+        for i in 0..next.groups.len() {
+            if !next.groups[i].contains(&node) {
+                continue;
+            }
+            next.groups[i].retain(|&x| x != node);
+            if next.groups[i].len() < n {
+                let loads = next.loads();
+                let group = &next.groups[i];
+                let pick = next
+                    .nodes
+                    .iter()
+                    .filter(|c| !group.contains(c))
+                    .min_by_key(|c| (loads[*c], **c))
+                    .copied();
+                if let Some(pick) = pick {
+                    next.groups[i].push(pick);
+                    next.groups[i].sort();
+                }
+            }
+        }
+        next.even_out();
+        Ok(next)
+    }
+
+    /// Moves a copy from a busiest node to a least busy one while their loads differ by more
+    /// than 2 (a removal can leave the least busy nodes already in the groups that lost a
+    /// member): each step is one more group's copy to move, so only as many as it takes.
+    fn even_out(&mut self) {
+        loop {
+            let loads = self.loads();
+            let Some((&lo_node, &lo)) = loads.iter().min_by_key(|(n, l)| (**l, **n)) else {
+                return;
+            };
+            let hi = loads.values().copied().max().unwrap_or(0);
+            if hi <= lo + 2 {
+                return;
+            }
+            let found = self
+                .groups
+                .iter()
+                .position(|g| !g.contains(&lo_node) && g.iter().any(|m| loads[m] == hi));
+            let Some(i) = found else { return };
+            let busiest = *self.groups[i]
+                .iter()
+                .filter(|m| loads[*m] == hi)
+                .max()
+                .expect("a busiest member");
+            let g = &mut self.groups[i];
+            g.retain(|&x| x != busiest);
+            g.push(lo_node);
+            g.sort();
+        }
     }
 }
 
@@ -214,7 +388,7 @@ mod tests {
         );
         assert_eq!(
             placement.members(GroupId(3)),
-            &[NodeId(9), NodeId(1), NodeId(3)]
+            &[NodeId(1), NodeId(3), NodeId(9)]
         );
         for &node in placement.nodes() {
             assert_eq!(placement.groups_of(node).len(), 3);
@@ -255,6 +429,78 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The loads (groups per node) of a placement, checked: every group has
+    /// `min(replicas, nodes)` distinct members, all of them nodes of the placement.
+    fn checked_loads(p: &Placement) -> Vec<usize> {
+        let n = p.replicas_wanted().min(p.nodes().len());
+        for g in p.groups() {
+            let members = p.members(g);
+            assert_eq!(members.len(), n, "{g:?} of {p:?}");
+            assert!(members.windows(2).all(|w| w[0] < w[1]), "{g:?} of {p:?}");
+            assert!(members.iter().all(|m| p.nodes().contains(m)));
+        }
+        p.nodes().iter().map(|&m| p.groups_of(m).len()).collect()
+    }
+
+    /// Growing one node at a time from 1 to 8 and shrinking back to 2: every step is a new
+    /// epoch, the groups keep their partitions, a joining node enters only whole groups (each
+    /// of which changes by that one member), and the nodes' loads stay within 2 of each other.
+    #[test]
+    fn nodes_join_and_leave_one_at_a_time() {
+        for groups in [1, 6, 12, 16] {
+            for replicas in 1..=4 {
+                let mut p = Placement::with_groups(&ids(1), replicas, groups);
+                let table: Vec<GroupId> =
+                    (0..PARTITIONS).map(|i| p.group_of_partition(i)).collect();
+                for m in 2..=8u16 {
+                    let next = p.add_node(NodeId(m)).unwrap();
+                    assert_eq!(next.epoch(), p.epoch() + 1);
+                    for g in p.groups() {
+                        let (old, new) = (p.members(g), next.members(g));
+                        let gone: Vec<_> = old.iter().filter(|x| !new.contains(x)).collect();
+                        let came: Vec<_> = new.iter().filter(|x| !old.contains(x)).collect();
+                        assert!(came.is_empty() || came == [&NodeId(m)], "{came:?}");
+                        assert!(gone.len() <= 1);
+                    }
+                    let loads = checked_loads(&next);
+                    let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+                    assert!(
+                        hi - lo <= 2,
+                        "g={groups} n={replicas} m={m}: loads {loads:?}"
+                    );
+                    p = next;
+                }
+                assert!(p.add_node(NodeId(3)).is_err());
+                for m in (3..=8u16).rev() {
+                    let next = p.remove_node(NodeId(m)).unwrap();
+                    assert!(next.groups_of(NodeId(m)).is_empty());
+                    let loads = checked_loads(&next);
+                    let (lo, hi) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+                    assert!(
+                        hi - lo <= 2,
+                        "g={groups} n={replicas} down to {m}: {loads:?}"
+                    );
+                    p = next;
+                }
+                let later: Vec<GroupId> =
+                    (0..PARTITIONS).map(|i| p.group_of_partition(i)).collect();
+                assert_eq!(table, later, "groups never change their partitions");
+                assert!(p.remove_node(NodeId(9)).is_err());
+                let last = p.remove_node(NodeId(2)).unwrap();
+                assert!(last.remove_node(NodeId(1)).is_err(), "the last node stays");
+            }
+        }
+    }
+
+    /// A 3-node cluster of 12 groups and 3 replicas grown to 4: the new node takes 9 groups'
+    /// copies, exactly its share (each node then holds 9 of the 12).
+    #[test]
+    fn a_fourth_node_takes_exactly_its_share() {
+        let p = Placement::with_groups(&ids(3), 3, 12);
+        let next = p.add_node(NodeId(4)).unwrap();
+        assert_eq!(checked_loads(&next), vec![9, 9, 9, 9]);
     }
 
     #[test]

@@ -25,11 +25,13 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::Context;
 use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
-use crate::engine::{serve_forwarded, Cluster, Engine, Local, Locals, FORWARD_READ_BYTES};
+use crate::engine::{serve_forwarded, Cluster, Engine, Local, FORWARD_READ_BYTES};
+use crate::membership::node::{Follower, Groundwork, Stores};
+use crate::membership::{Members, Membership, META};
 use crate::peer::{cluster_digest, new_session, LinkConfig, Transport};
 use crate::placement::{GroupId, Placement};
 use crate::replication::eventual::{self, EventualOptions};
-use crate::replication::{max_frame_bytes, Eventual, GroupDriver, PeerMsg};
+use crate::replication::{max_frame_bytes, Eventual, PeerMsg};
 use crate::shard::forward::{ForwardLink, Forwarder};
 use crate::shard::mux::{self, GroupLink, Groups, Wire};
 use crate::stats::Counts;
@@ -56,30 +58,20 @@ pub fn limits(config: &Config) -> Limits {
 
 /// A cluster in the linearizable or sequential mode: its replicas apply one order.
 fn is_strong_cluster(config: &Config) -> bool {
-    !config.peers.is_empty() && config.consistency != Consistency::Eventual
+    config.is_cluster() && config.consistency != Consistency::Eventual
 }
 
 /// The largest peer frame a configuration may need: within what a 4-byte length holds, with
 /// room to spare.
 const FRAME_CAP_BYTES: usize = 2 << 30;
 
-/// What names a cluster on its peer links: the members, the mode, the item size limit and the
-/// replicas, which every member must share.
+/// What names a cluster on its peer links: the mode and the item size limit, which every
+/// member must share. (The members themselves are the metadata's to say: a node joining
+/// knows none of them yet.)
 fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
-    let mut members: Vec<String> = config
-        .peers
-        .iter()
-        .map(|m| format!("{}@{}", m.id.0, m.addr))
-        .collect();
-    members.sort();
     let mode = format!("{:?}", config.consistency);
     let item = config.item_size_max.to_string();
-    let replicas = placement(config).map_or(0, |p| p.replicas()).to_string();
-    let parts = members.iter().map(String::as_bytes).chain([
-        mode.as_bytes(),
-        item.as_bytes(),
-        replicas.as_bytes(),
-    ]);
+    let parts = [mode.as_bytes(), item.as_bytes()];
     LinkConfig {
         cluster: cluster_digest(parts),
         max_frame_bytes,
@@ -96,36 +88,40 @@ pub async fn run_configured(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let clock = Arc::new(SystemClock);
-    let sharded = placement(&config)?.groups().count() > 1;
+    // A node that joins learns the groups later: it keeps each in a directory of its own.
+    let sharded = config.join.is_some() || placement(&config)?.groups().count() > 1;
     match config.datalet {
         DataletSpec::Memory => {
-            let strong = is_strong_cluster(&config);
-            let open = |_: GroupId, held: usize| {
-                let limits = limits_shared(&config, held);
-                Ok(Arc::new(if strong {
-                    MemoryDatalet::replica(limits)
-                } else {
-                    MemoryDatalet::new(limits)
-                }))
+            let stores = MemoryStores {
+                strong: is_strong_cluster(&config),
+                limits: limits(&config),
             };
-            serve_with(listener, config.clone(), open, clock, shutdown).await
+            let meta = Some(Arc::new(MemoryDatalet::replica(limits(&config))));
+            serve_with(listener, config, Arc::new(stores), meta, clock, shutdown).await
         }
         DataletSpec::Disk(ref dir) => {
-            let options = DiskOptions {
-                max_batch: config.disk_max_batch,
-                ..DiskOptions::default()
+            let stores = DiskStores {
+                dir: dir.clone(),
+                sharded,
+                limits: limits(&config),
+                options: DiskOptions {
+                    max_batch: config.disk_max_batch,
+                    ..DiskOptions::default()
+                },
             };
-            let open = |group: GroupId, held: usize| {
-                let dir = match sharded {
-                    true => dir.join(format!("group-{}", group.0)),
-                    false => dir.clone(),
-                };
-                let options = options.clone();
-                let datalet = DiskDatalet::open(&dir, limits_shared(&config, held), options)
-                    .map_err(std::io::Error::other)?;
-                Ok(Arc::new(datalet))
+            let meta = match is_strong_cluster(&config) {
+                true => Some(stores.open(crate::membership::META)?),
+                false => None,
             };
-            serve_with(listener, config.clone(), open, clock, shutdown).await
+            serve_with(
+                listener,
+                config.clone(),
+                Arc::new(stores),
+                meta,
+                clock,
+                shutdown,
+            )
+            .await
         }
         DataletSpec::Memcached(ref addr) => {
             if sharded {
@@ -148,14 +144,76 @@ pub async fn run_configured(
     }
 }
 
-/// [`limits`] for one of `held` replica groups on a node: the node's memory limit is shared
-/// equally by the groups it holds.
-fn limits_shared(config: &Config, held: usize) -> Limits {
-    let mut limits = limits(config);
-    if limits.memory_limit_bytes != usize::MAX {
-        limits.memory_limit_bytes /= held.max(1);
+/// The memory datalets of a node's groups.
+struct MemoryStores {
+    strong: bool,
+    limits: Limits,
+}
+
+impl Stores<MemoryDatalet> for MemoryStores {
+    fn open(&self, _: GroupId) -> std::io::Result<Arc<MemoryDatalet>> {
+        Ok(Arc::new(match self.strong {
+            true => MemoryDatalet::replica(self.limits),
+            false => MemoryDatalet::new(self.limits),
+        }))
     }
-    limits
+
+    fn discard(&self, _: GroupId) {}
+}
+
+/// The disk datalets of a node's groups: group `g`'s in `DIR/group-g` (in `DIR` itself while
+/// the cluster has one group), the metadata group's in `DIR/meta`.
+struct DiskStores {
+    dir: std::path::PathBuf,
+    sharded: bool,
+    limits: Limits,
+    options: DiskOptions,
+}
+
+impl DiskStores {
+    fn dir_of(&self, group: GroupId) -> std::path::PathBuf {
+        if group == crate::membership::META {
+            self.dir.join("meta")
+        } else if self.sharded {
+            self.dir.join(format!("group-{}", group.0))
+        } else {
+            self.dir.clone()
+        }
+    }
+}
+
+impl Stores<DiskDatalet> for DiskStores {
+    fn open(&self, group: GroupId) -> std::io::Result<Arc<DiskDatalet>> {
+        let datalet = DiskDatalet::open(&self.dir_of(group), self.limits, self.options.clone())
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(datalet))
+    }
+
+    fn discard(&self, group: GroupId) {
+        let dir = self.dir_of(group);
+        if dir != self.dir {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a group's store");
+            }
+        }
+    }
+}
+
+/// A datalet given whole to [`run`]: the one group a node holds; another group cannot be
+/// opened.
+struct GivenStore<D>(std::sync::Mutex<Option<Arc<D>>>);
+
+impl<D: Datalet> Stores<D> for GivenStore<D> {
+    fn open(&self, _: GroupId) -> std::io::Result<Arc<D>> {
+        self.0.lock().unwrap().take().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "this node holds more than one replica group and was given one datalet",
+            )
+        })
+    }
+
+    fn discard(&self, _: GroupId) {}
 }
 
 /// Serves memcached clients on `listener`, storing into `datalet`, until `shutdown` is
@@ -168,24 +226,20 @@ pub async fn run<D: Datalet>(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let mut one = Some(datalet);
-    let open = move |_: GroupId, _: usize| {
-        one.take().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "this node holds more than one replica group and was given one datalet",
-            )
-        })
-    };
-    serve_with(listener, config, open, clock, shutdown).await
+    let stores = Arc::new(GivenStore(std::sync::Mutex::new(Some(datalet))));
+    // The metadata group of a node on a given datalet lives in memory.
+    let meta = Some(Arc::new(MemoryDatalet::replica(Limits::default())));
+    serve_with(listener, config, stores, meta, clock, shutdown).await
 }
 
-/// Serves on `listener`, opening the datalet of each replica group this node holds with
-/// `open(group, groups held)`.
-async fn serve_with<D: Datalet>(
+/// Serves on `listener`, opening the datalet of each replica group this node holds from
+/// `stores` (`meta`: the metadata group's, in a strong-mode cluster; a single node's own
+/// store otherwise, when it is the same kind).
+async fn serve_with<D: Datalet, M: Datalet>(
     listener: TcpListener,
     config: Config,
-    mut open: impl FnMut(GroupId, usize) -> std::io::Result<Arc<D>>,
+    stores: Arc<dyn Stores<D>>,
+    meta: Option<Arc<M>>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -195,19 +249,22 @@ async fn serve_with<D: Datalet>(
         latencies: Arc::default(),
         connections: Arc::default(),
         started: Instant::now(),
-        consistency: match config.peers.is_empty() {
-            true => "single".into(),
-            false => format!("{:?}", config.consistency).to_lowercase(),
+        consistency: match config.is_cluster() {
+            false => "single".into(),
+            true => format!("{:?}", config.consistency).to_lowercase(),
         },
     };
-    let (engine, status) = if config.peers.is_empty() {
-        let engine = Engine::start(open(GroupId(0), 1)?, clock)
+    let (engine, status) = if !config.is_cluster() {
+        let engine = Engine::start(stores.open(GroupId(0))?, clock)
             .await
             .map_err(std::io::Error::other)?;
-        let status = shared.sources(NodeId(config.id), &engine, None);
+        let status = shared.sources(NodeId(config.id), &engine, None, None);
         (engine, status)
+    } else if config.consistency == Consistency::Eventual {
+        join_eventual(&config, stores, clock, &shared, &shutdown).await?
     } else {
-        join_cluster(&config, &mut open, clock, &shared, &shutdown).await?
+        let meta = meta.expect("a strong-mode cluster node has a metadata store");
+        strong_node(&config, stores, meta, clock, &shared, &shutdown).await?
     };
     let http = match config.http_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -284,12 +341,22 @@ async fn serve_with<D: Datalet>(
 
 /// The cluster's placement: its nodes and `--replicas` (default 3, or every node when fewer).
 pub fn placement(config: &Config) -> std::io::Result<Placement> {
-    if config.peers.is_empty() {
+    if !config.is_cluster() {
         // A single node holds everything, whatever --replicas says.
         return Ok(Placement::new(&[NodeId(config.id)], 1));
     }
     let ids: Vec<NodeId> = config.peers.iter().map(|m| m.id).collect();
     let replicas = config.replicas.unwrap_or(DEFAULT_REPLICAS.min(ids.len()));
+    if let Some(groups) = config.groups {
+        // A cluster meant to grow may ask for more copies than it has nodes yet.
+        if replicas == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "--replicas must be at least 1",
+            ));
+        }
+        return Ok(Placement::with_groups(&ids, replicas, usize::from(groups)));
+    }
     if replicas == 0 || replicas > ids.len() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -305,38 +372,72 @@ pub fn placement(config: &Config) -> std::io::Result<Placement> {
 /// Copies of each key when `--replicas` is not given (or every node, when fewer).
 pub const DEFAULT_REPLICAS: usize = 3;
 
-/// Joins the cluster `config.peers` names: binds the peer address, starts the replication of
-/// every replica group this node holds in the cluster's mode, and the forwarding of requests
-/// for the keys it does not hold.
-async fn join_cluster<D: Datalet>(
-    config: &Config,
-    open: &mut impl FnMut(GroupId, usize) -> std::io::Result<Arc<D>>,
-    clock: Arc<dyn Clock>,
-    shared: &NodeShared,
-    shutdown: &CancellationToken,
-) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
+/// This node's peer address and where it listens for peers: its entry in `--peers`, or
+/// `--peer-listen` (what a node joining with `--join` is reached at).
+fn peer_addresses(config: &Config) -> std::io::Result<(SocketAddr, SocketAddr)> {
     let invalid = |msg: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, msg);
     let me = NodeId(config.id);
-    let own = config
-        .peers
-        .iter()
-        .find(|m| m.id == me)
-        .ok_or_else(|| invalid(format!("--id {} is not in --peers", config.id)))?;
-    let listen = config.peer_listen.unwrap_or(own.addr);
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
+    let own = match config.peers.iter().find(|m| m.id == me) {
+        Some(own) => own.addr,
+        None if config.join.is_some() => {
+            let addr = config.peer_listen.ok_or_else(|| {
+                invalid(
+                    "--join needs --peer-listen: the address the members reach this node at".into(),
+                )
+            })?;
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return Err(invalid(format!(
+                    "--peer-listen {addr} is not an address the members can reach: name the host and port"
+                )));
+            }
+            addr
+        }
+        None => return Err(invalid(format!("--id {} is not in --peers", config.id))),
+    };
+    Ok((own, config.peer_listen.unwrap_or(own)))
+}
+
+async fn bind_peers(listen: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(listen).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen for peers on {listen}: {e}"),
         )
-    })?;
-    let placement = Arc::new(placement(config)?);
-    let held = placement.groups_of(me);
-    let peers: Vec<(NodeId, SocketAddr)> = config
+    })
+}
+
+/// The other members `--peers` names, with their peer addresses.
+fn other_peers(config: &Config) -> Vec<(NodeId, SocketAddr)> {
+    config
         .peers
         .iter()
-        .filter(|m| m.id != me)
+        .filter(|m| m.id != NodeId(config.id))
         .map(|m| (m.id, m.addr))
-        .collect();
+        .collect()
+}
+
+/// Joins the eventual-mode cluster `config.peers` names: binds the peer address, starts an
+/// eventual node for every replica group this node holds, and the forwarding of requests for
+/// the keys it does not hold. Its members are fixed at launch.
+async fn join_eventual<D: Datalet>(
+    config: &Config,
+    stores: Arc<dyn Stores<D>>,
+    clock: Arc<dyn Clock>,
+    shared: &NodeShared,
+    shutdown: &CancellationToken,
+) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
+    if config.join.is_some() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--join is for the linearizable and sequential modes: an eventual-mode cluster's \
+             members are fixed by --peers",
+        ));
+    }
+    let me = NodeId(config.id);
+    let (_, listen) = peer_addresses(config)?;
+    let listener = bind_peers(listen).await?;
+    let placement = Arc::new(placement(config)?);
+    let held = placement.groups_of(me);
     tracing::info!(
         id = config.id,
         nodes = placement.nodes().len(),
@@ -346,176 +447,245 @@ async fn join_cluster<D: Datalet>(
         consistency = ?config.consistency,
         "joining the cluster"
     );
-    let session = new_session();
-    let mut locals = BTreeMap::new();
-    let memory_share = config.memory_limit * 1024 * 1024 / held.len();
-    let local_reads = match config.consistency {
-        Consistency::Linearizable => config.unsafe_local_reads,
-        Consistency::Sequential => true,
-        Consistency::Eventual => {
-            let options = EventualOptions {
-                link: link_config(config, eventual::max_frame_bytes(config.item_size_max)),
-                ..EventualOptions::default()
-            };
-            let (transport, inbox) = Transport::<Wire<eventual::Message>>::start(
-                me,
-                session,
-                listener,
-                &peers,
-                options.link,
-                shutdown.clone(),
-            );
-            let mut groups = Groups::default();
-            let lamport = Arc::default();
-            for &group in &held {
-                let members = placement.members(group).to_vec();
-                let group_inbox = groups.add(group, members.clone());
-                let others: Vec<NodeId> = members.into_iter().filter(|&m| m != me).collect();
-                let datalet = open(group, held.len())?;
-                let link = GroupLink::new(transport.clone(), group);
-                let node = Eventual::start_in(
-                    me,
-                    Arc::clone(&datalet),
-                    (Arc::clone(&clock), Arc::clone(&lamport)),
-                    (link, group_inbox),
-                    &others,
-                    shutdown.clone(),
-                    options,
-                );
-                let local = Local::start(datalet, Arc::clone(&clock))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                locals.insert(group, local.eventual(node));
-            }
-            let node = Node {
-                me,
-                transport,
-                inbox,
-                groups,
-                placement,
-            };
-            return Ok(node.serve(config.item_size_max, locals, clock, shared, shutdown));
-        }
+    let options = EventualOptions {
+        link: link_config(config, eventual::max_frame_bytes(config.item_size_max)),
+        ..EventualOptions::default()
     };
-    let replicas = placement.replicas();
+    let (transport, inbox) = Transport::<Wire<eventual::Message>>::start(
+        me,
+        new_session(),
+        listener,
+        &other_peers(config),
+        options.link,
+        shutdown.clone(),
+    );
+    let groups = Groups::default();
+    let lamport = Arc::default();
+    let mut locals = BTreeMap::new();
+    for &group in &held {
+        let members = placement.members(group).to_vec();
+        let group_inbox = groups.add(group, members.clone());
+        let others: Vec<NodeId> = members.into_iter().filter(|&m| m != me).collect();
+        let datalet = stores.open(group)?;
+        let link = GroupLink::new(transport.clone(), group);
+        let node = Eventual::start_in(
+            me,
+            Arc::clone(&datalet),
+            (Arc::clone(&clock), Arc::clone(&lamport)),
+            (link, group_inbox),
+            &others,
+            shutdown.clone(),
+            options,
+        );
+        let local = Local::start(datalet, Arc::clone(&clock))
+            .await
+            .map_err(std::io::Error::other)?;
+        local.set_memory_limit(config.memory_limit * 1024 * 1024 / held.len().max(1));
+        locals.insert(group, Arc::new(local.eventual(node)));
+    }
+    let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
+    let (joins, _) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
+    let link: Arc<dyn ForwardLink> = Arc::new(transport);
+    let forwarder = Arc::new(Forwarder::new(me, Arc::clone(&link)));
+    let cluster = Cluster {
+        forwarder: Arc::clone(&forwarder),
+        keys_per_forward: (FORWARD_READ_BYTES / config.item_size_max).max(1),
+    };
+    let engine = Engine::new(locals, Some(placement), Some(cluster), clock);
+    let status = shared.sources(me, &engine, Some((link, Arc::clone(&forwarder))), None);
+    tokio::spawn(serve_forwarded(
+        Arc::clone(&status),
+        forwarder,
+        incoming,
+        shutdown.clone(),
+    ));
+    Ok((engine, status))
+}
+
+/// A node of a linearizable or sequential cluster: binds the peer address, learns the
+/// members (saved on disk by an earlier run, asked of a member with `--join`, or from
+/// `--peers`), runs the metadata group and every replica group the placement gives it, and
+/// follows each membership change ([`crate::membership`]).
+async fn strong_node<D: Datalet, M: Datalet>(
+    config: &Config,
+    stores: Arc<dyn Stores<D>>,
+    meta_store: Arc<M>,
+    clock: Arc<dyn Clock>,
+    shared: &NodeShared,
+    shutdown: &CancellationToken,
+) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
+    let me = NodeId(config.id);
+    let (own, listen) = peer_addresses(config)?;
+    let listener = bind_peers(listen).await?;
+    let replicas = config
+        .replicas
+        .unwrap_or(DEFAULT_REPLICAS)
+        .max(DEFAULT_REPLICAS);
     let frame = max_frame_bytes(replicas, config.item_size_max);
     if frame > FRAME_CAP_BYTES {
-        return Err(invalid(format!(
-            "--item-size-max {} is too large for {replicas} replicas in this mode: a view change \
-             may carry {} MiB in one message, over the {} MiB a peer frame may hold",
-            config.item_size_max,
-            frame >> 20,
-            FRAME_CAP_BYTES >> 20
-        )));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "--item-size-max {} is too large for {replicas} replicas in this mode: a view \
+                 change may carry {} MiB in one message, over the {} MiB a peer frame may hold",
+                config.item_size_max,
+                frame >> 20,
+                FRAME_CAP_BYTES >> 20
+            ),
+        ));
     }
+    let session = new_session();
     let (transport, inbox) = Transport::<Wire<PeerMsg>>::start(
         me,
         session,
         listener,
-        &peers,
+        &other_peers(config),
         link_config(config, frame),
         shutdown.clone(),
     );
-    let timing = Timing {
-        suspect_after: config.failure_timeout_ms,
-        suspect_increment: config.failure_timeout_ms / 2,
-        view_change: (config.failure_timeout_ms * 5 / 8).max(10),
-        ..Timing::default()
+    let groups = Groups::default();
+    let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
+    let (joins, mut join_answers) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(mux::run(
+        inbox,
+        groups.clone(),
+        forwarded,
+        joins,
+        shutdown.clone(),
+    ));
+    let saved = crate::membership::saved(&*meta_store, clock.now()).await;
+    let (members, joined) = match (saved, config.join) {
+        (Some(saved), _) => {
+            tracing::info!(epoch = saved.epoch(), "members as saved by the last run");
+            (saved, false)
+        }
+        (None, Some(seed)) => {
+            let members = crate::membership::node::ask_to_join(
+                &transport,
+                &mut join_answers,
+                seed,
+                me,
+                own,
+                shutdown,
+            )
+            .await?;
+            (members, true)
+        }
+        (None, None) => {
+            let addrs = config.peers.iter().map(|m| (m.id, m.addr)).collect();
+            (Members::initial(placement(config)?, addrs), false)
+        }
     };
-    let mut groups = Groups::default();
-    let mut replicators = Vec::new();
+    for (&id, &addr) in &members.addrs {
+        transport.add_peer(id, addr);
+    }
+    let placement = Arc::new(members.placement.clone());
+    let held = placement.groups_of(me);
+    tracing::info!(
+        id = config.id,
+        epoch = members.epoch(),
+        nodes = placement.nodes().len(),
+        replicas = placement.replicas(),
+        groups = ?held,
+        partitions = placement.share(me),
+        consistency = ?config.consistency,
+        "joining the cluster"
+    );
+    let ground = Groundwork {
+        me,
+        session,
+        transport: transport.clone(),
+        groups,
+        stores,
+        clock: Arc::clone(&clock),
+        timing: Timing {
+            suspect_after: config.failure_timeout_ms,
+            suspect_increment: config.failure_timeout_ms / 2,
+            view_change: (config.failure_timeout_ms * 5 / 8).max(10),
+            ..Timing::default()
+        },
+        local_reads: match config.consistency {
+            Consistency::Linearizable => config.unsafe_local_reads,
+            Consistency::Sequential | Consistency::Eventual => true,
+        },
+        memory_limit: config.memory_limit * 1024 * 1024,
+        rebalance_rate: config.rebalance_rate,
+        shutdown: shutdown.clone(),
+    };
+    let nodes = placement.nodes().to_vec();
+    let (meta_local, _) = ground.start(META, nodes, usize::MAX, meta_store).await?;
+    let meta = meta_local
+        .replicator()
+        .expect("the metadata group is ordered")
+        .clone();
+    let membership = Membership::new(me, meta_local, members.clone());
+    if !joined {
+        let membership = Arc::clone(&membership);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Once the first view forms: the members as `--peers` names them, unless the
+            // metadata holds some already.
+            while !shutdown.is_cancelled() {
+                match membership.seed(&members).await {
+                    Ok(()) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+    tokio::spawn(Arc::clone(&membership).watch(shutdown.clone()));
+    tokio::spawn(crate::membership::node::answer_joins(
+        Arc::clone(&membership),
+        transport.clone(),
+        join_answers,
+        shutdown.clone(),
+    ));
+    if let Some(secs) = config.dead_after {
+        tokio::spawn(crate::membership::node::remove_the_dead(
+            Arc::clone(&membership),
+            meta.clone(),
+            Duration::from_secs(secs),
+            shutdown.clone(),
+        ));
+    }
+    let share = ground.memory_limit / held.len().max(1);
+    let mut locals = BTreeMap::new();
+    let mut stops = BTreeMap::new();
     for &group in &held {
         let members = placement.members(group).to_vec();
-        let group_inbox = groups.add(group, members.clone());
-        let datalet = open(group, held.len())?;
-        let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
-        let driver = GroupDriver {
-            me,
-            incarnation: session,
-            group,
-            members,
-        };
-        let link = GroupLink::new(transport.clone(), group);
-        let replicator = driver.spawn(
-            link,
-            group_inbox,
-            Arc::clone(&datalet),
-            timing,
-            delivered,
-            shutdown.clone(),
-        );
-        replicators.push(replicator.clone());
-        let local = Local::start(datalet, Arc::clone(&clock))
-            .await
-            .map_err(std::io::Error::other)?;
-        locals.insert(
-            group,
-            local.replicated(replicator, local_reads, memory_share),
-        );
+        let (local, stop) = ground.start_group(group, members, share).await?;
+        locals.insert(group, local);
+        stops.insert(group, stop);
     }
-    tokio::spawn(force_on_signal(replicators, shutdown.clone()));
-    let node = Node {
-        me,
-        transport,
-        inbox,
-        groups,
-        placement,
+    let link: Arc<dyn ForwardLink> = Arc::new(transport);
+    let forwarder = Arc::new(Forwarder::new(me, Arc::clone(&link)));
+    let cluster = Cluster {
+        forwarder: Arc::clone(&forwarder),
+        keys_per_forward: (FORWARD_READ_BYTES / config.item_size_max).max(1),
     };
-    Ok(node.serve(config.item_size_max, locals, clock, shared, shutdown))
+    let engine = Engine::new(locals.clone(), Some(placement), Some(cluster), clock);
+    let admin: Arc<dyn crate::membership::Admin> = membership.clone();
+    let parts = (link, Arc::clone(&forwarder));
+    let status = shared.sources(me, &engine, Some(parts), Some(admin));
+    tokio::spawn(serve_forwarded(
+        Arc::clone(&status),
+        forwarder,
+        incoming,
+        shutdown.clone(),
+    ));
+    tokio::spawn(force_on_signal(
+        engine.shape_cell(),
+        meta.clone(),
+        shutdown.clone(),
+    ));
+    let follower = Follower::new(ground, membership, meta, engine.shape_cell(), locals, stops);
+    tokio::spawn(follower.run());
+    Ok((engine, status))
 }
 
-/// A node's peer links and the groups it holds, before it serves.
-struct Node<M> {
-    me: NodeId,
-    transport: Transport<Wire<M>>,
-    inbox: crate::peer::Inbox<Wire<M>>,
-    groups: Groups<M>,
-    placement: Arc<Placement>,
-}
-
-impl<M> Node<M>
-where
-    M: serde::Serialize + serde::de::DeserializeOwned + crate::peer::Weigh + Send + Sync + 'static,
-{
-    /// Starts handing peer messages to the groups and serving forwarded requests; the engine
-    /// over the groups `locals`.
-    fn serve<D: Datalet>(
-        self,
-        item_size_max: usize,
-        locals: Locals<D>,
-        clock: Arc<dyn Clock>,
-        shared: &NodeShared,
-        shutdown: &CancellationToken,
-    ) -> (Engine<D>, Arc<Sources<D>>) {
-        let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(mux::run(
-            self.inbox,
-            self.groups,
-            forwarded,
-            shutdown.clone(),
-        ));
-        let link: Arc<dyn ForwardLink> = Arc::new(self.transport);
-        let forwarder = Arc::new(Forwarder::new(self.me, Arc::clone(&link)));
-        let cluster = Cluster {
-            placement: Arc::clone(&self.placement),
-            forwarder: Arc::clone(&forwarder),
-            keys_per_forward: (FORWARD_READ_BYTES / item_size_max).max(1),
-        };
-        let engine = Engine::new(locals, Some(cluster), clock);
-        let cluster_parts = (self.placement, link, Arc::clone(&forwarder));
-        let status = shared.sources(self.me, &engine, Some(cluster_parts));
-        tokio::spawn(serve_forwarded(
-            Arc::clone(&status),
-            forwarder,
-            incoming,
-            shutdown.clone(),
-        ));
-        (engine, status)
-    }
-}
-
-/// A cluster node's placement, peer links and forwarder, for its status.
-type ClusterParts = (Arc<Placement>, Arc<dyn ForwardLink>, Arc<Forwarder>);
+/// A cluster node's peer links and forwarder, for its status.
+type ClusterParts = (Arc<dyn ForwardLink>, Arc<Forwarder>);
 
 /// What every part of a node that reports on it shares: its client counters, open
 /// connections, start time and mode.
@@ -528,17 +698,18 @@ struct NodeShared {
 }
 
 impl NodeShared {
-    /// Where `me`'s status is read from; in a cluster, with its placement, peer links and
-    /// forwarder.
+    /// Where `me`'s status is read from; in a cluster, with its peer links, forwarder and
+    /// membership.
     fn sources<D: Datalet>(
         &self,
         me: NodeId,
         engine: &Engine<D>,
         cluster: Option<ClusterParts>,
+        membership: Option<Arc<dyn crate::membership::Admin>>,
     ) -> Arc<Sources<D>> {
-        let (placement, link, forwarder) = match cluster {
-            Some((p, l, f)) => (Some(p), Some(l), Some(f)),
-            None => (None, None, None),
+        let (link, forwarder) = match cluster {
+            Some((l, f)) => (Some(l), Some(f)),
+            None => (None, None),
         };
         Arc::new(Sources {
             me,
@@ -547,18 +718,19 @@ impl NodeShared {
             counts: Arc::clone(&self.counts),
             latencies: Arc::clone(&self.latencies),
             connections: Arc::clone(&self.connections),
-            locals: Arc::clone(engine.locals()),
-            placement,
+            shape: engine.shape_cell(),
             link,
             forwarder,
+            membership,
         })
     }
 }
 
 /// SIGUSR1 tells a strong-mode node to form the next view from any majority of the nodes:
 /// the way back from a lost majority (see [`crate::tob::Tob::force_next_view`]).
-async fn force_on_signal(
-    replicators: Vec<crate::replication::Replicator>,
+async fn force_on_signal<D: Datalet>(
+    shape: crate::engine::ShapeCell<D>,
+    meta: crate::replication::Replicator,
     shutdown: CancellationToken,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -570,8 +742,12 @@ async fn force_on_signal(
         tokio::select! {
             got = usr1.recv() => match got {
                 Some(()) => {
-                    for replicator in &replicators {
-                        replicator.health().request_force();
+                    meta.health().request_force();
+                    let shape = Arc::clone(&shape.read().unwrap());
+                    for local in shape.locals.values() {
+                        if let Some(health) = local.cluster_health() {
+                            health.request_force();
+                        }
                     }
                 }
                 None => return,

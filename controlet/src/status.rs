@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use tailorkv_common::NodeId;
 use tailorkv_datalet::Datalet;
 
-use crate::engine::Locals;
-use crate::placement::Placement;
+use crate::engine::ShapeCell;
 use crate::shard::forward::ForwardLink;
 use crate::stats::SharedCounts;
 
@@ -61,6 +60,47 @@ pub struct GroupStatus {
     pub applied: u64,
     /// While this member installs a snapshot: items stored so far, and about how many.
     pub catch_up: Option<(u64, u64)>,
+    /// The view's members, by id (the target is `members`).
+    #[serde(default)]
+    pub view: Vec<u16>,
+    /// The view is the target: no member joining or leaving the group.
+    #[serde(default)]
+    pub settled: bool,
+}
+
+/// The cluster's members, as `GET /members` and `tailorkv-admin members` show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersStatus {
+    /// The placement's epoch: changes since the cluster started, plus one.
+    pub epoch: u64,
+    /// Copies of each partition asked for.
+    pub replicas: usize,
+    /// Every node, with its peer address.
+    pub nodes: Vec<(u16, String)>,
+    /// Every group: its id, its members, and how many partitions it holds.
+    pub groups: Vec<(u16, Vec<u16>, usize)>,
+}
+
+impl MembersStatus {
+    pub fn of(members: &crate::membership::Members) -> Self {
+        let p = &members.placement;
+        MembersStatus {
+            epoch: p.epoch(),
+            replicas: p.replicas_wanted(),
+            nodes: members
+                .addrs
+                .iter()
+                .map(|(id, addr)| (id.0, addr.to_string()))
+                .collect(),
+            groups: p
+                .groups()
+                .map(|g| {
+                    let members = p.members(g).iter().map(|n| n.0).collect();
+                    (g.0, members, p.partitions_of(g).count())
+                })
+                .collect(),
+        }
+    }
 }
 
 /// An event of one of the node's groups.
@@ -79,11 +119,13 @@ pub struct Sources<D> {
     pub counts: Arc<SharedCounts>,
     pub latencies: Arc<crate::stats::SharedLatencies>,
     pub connections: Arc<AtomicU64>,
-    pub locals: Arc<Locals<D>>,
-    /// In a cluster: where keys live, and the peer links.
-    pub placement: Option<Arc<Placement>>,
+    /// What the node holds, and where keys live.
+    pub shape: ShapeCell<D>,
+    /// In a cluster: the peer links.
     pub link: Option<Arc<dyn ForwardLink>>,
     pub forwarder: Option<Arc<crate::shard::forward::Forwarder>>,
+    /// In a strong-mode cluster: the membership, for the operator's commands.
+    pub membership: Option<Arc<dyn crate::membership::Admin>>,
 }
 
 impl<D: Datalet> Sources<D> {
@@ -111,12 +153,13 @@ impl<D: Datalet> Sources<D> {
                 + c.decr_misses,
             ..NodeStatus::default()
         };
-        for (&group, local) in self.locals.iter() {
+        let shape = Arc::clone(&self.shape.read().unwrap());
+        for (&group, local) in shape.locals.iter() {
             let stats = local.datalet_stats();
             status.items += stats.curr_items;
             status.bytes += stats.bytes;
             status.limit_bytes += stats.limit_maxbytes;
-            let (members, partitions) = match &self.placement {
+            let (members, partitions) = match &shape.placement {
                 Some(p) => (
                     p.members(group).iter().map(|n| n.0).collect(),
                     p.partitions_of(group).count() as u64,
@@ -136,6 +179,8 @@ impl<D: Datalet> Sources<D> {
                 g.view_members = health.members();
                 g.applied = health.applied();
                 g.catch_up = health.catch_up();
+                g.view = health.view_ids().into_iter().map(|n| n.0).collect();
+                g.settled = health.settled();
                 status
                     .events
                     .extend(health.events().into_iter().map(|e| EventStatus {
@@ -152,7 +197,7 @@ impl<D: Datalet> Sources<D> {
         if let Some(forwarder) = &self.forwarder {
             status.forwarded = forwarder.sent.load(Relaxed);
         }
-        if let (Some(p), Some(link)) = (&self.placement, &self.link) {
+        if let (Some(p), Some(link)) = (&shape.placement, &self.link) {
             status.peers = p
                 .nodes()
                 .iter()

@@ -4,7 +4,13 @@
 //! ```text
 //! tailorkv-admin --node 127.0.0.1:9150 status
 //! tailorkv-admin --node 127.0.0.1:9150 status --json
+//! tailorkv-admin --node 127.0.0.1:9150 members
+//! tailorkv-admin --node 127.0.0.1:9150 remove 4
+//! tailorkv-admin --node 127.0.0.1:9154 leave
 //! ```
+//!
+//! A node joins with `controlet --join` (see the README); `remove` and `leave` go through
+//! any node of a linearizable or sequential cluster.
 
 use std::net::SocketAddr;
 
@@ -13,7 +19,7 @@ use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use tailorkv_controlet::status::{ClusterStatus, NodeStatus};
+use tailorkv_controlet::status::{ClusterStatus, MembersStatus, NodeStatus};
 
 /// Shows a tailorkv cluster's state.
 #[derive(Debug, Parser)]
@@ -36,6 +42,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster's members and replica groups, as its metadata says (the placement epoch,
+    /// every node's peer address, every group's members).
+    Members {
+        /// The raw JSON (`/members`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Removes a node (dead or alive) from the cluster: each of its groups gets another
+    /// member, which is given the group's data, and then the node is dropped from it.
+    Remove {
+        /// The node's id.
+        id: u16,
+    },
+    /// The node `--node` names leaves the cluster: it hands its groups to other members and
+    /// stops once they hold them.
+    Leave,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,20 +65,54 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let Cmd::Status { json } = args.command;
-    let body = runtime.block_on(get(args.node, "/cluster"))?;
+    let (method, path, json) = match args.command {
+        Cmd::Status { json } => {
+            let body = runtime.block_on(call(args.node, "GET", "/cluster"))?;
+            if json {
+                println!("{body}");
+                return Ok(());
+            }
+            let cluster: ClusterStatus = serde_json::from_str(&body)
+                .context("the node's /cluster is not a cluster status")?;
+            print!("{}", table(&cluster));
+            return Ok(());
+        }
+        Cmd::Members { json } => ("GET", "/members".to_string(), json),
+        Cmd::Remove { id } => ("POST", format!("/members/remove/{id}"), false),
+        Cmd::Leave => ("POST", "/members/leave".to_string(), false),
+    };
+    let body = runtime.block_on(call(args.node, method, &path))?;
     if json {
         println!("{body}");
         return Ok(());
     }
-    let cluster: ClusterStatus =
-        serde_json::from_str(&body).context("the node's /cluster is not a cluster status")?;
-    print!("{}", table(&cluster));
+    let members: MembersStatus =
+        serde_json::from_str(&body).context("the node's /members is not a member list")?;
+    print!("{}", members_table(&members));
     Ok(())
 }
 
-/// `GET path` from `addr`; the body.
-async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+/// The tables `members` (and `remove`, `leave`, with the members after the change) print.
+fn members_table(m: &MembersStatus) -> String {
+    let mut out = format!(
+        "placement epoch {}, {} nodes, {} copies of each key wanted\n\nnode  peer address\n",
+        m.epoch,
+        m.nodes.len(),
+        m.replicas
+    );
+    for (id, addr) in &m.nodes {
+        out += &format!("{id:<5} {addr}\n");
+    }
+    out += "\ngroup  partitions  members\n";
+    for (id, members, partitions) in &m.groups {
+        let members: Vec<String> = members.iter().map(u16::to_string).collect();
+        out += &format!("{id:<6} {partitions:<11} {}\n", members.join(","));
+    }
+    out
+}
+
+/// `method path` at `addr`; the body.
+async fn call(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(addr),
@@ -68,7 +124,9 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         .await
         .context("HTTP handshake")?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", addr.to_string())
         .body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await.context("HTTP request")?;

@@ -116,12 +116,12 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     }
     let groups = ctx.engine.cluster_health();
     // The node as a whole: as ready as its least ready group.
-    if let Some(&(_, first)) = groups.iter().min_by_key(|(_, h)| readiness(h.state())) {
+    if let Some((_, first)) = groups.iter().min_by_key(|(_, h)| readiness(h.state())) {
         encode_stat(out, "cluster_state", first.state().name());
         s(out, "cluster_epoch", first.epoch());
         s(out, "cluster_members", first.members());
     }
-    if let Some(cluster) = ctx.engine.cluster() {
+    if let (Some(cluster), Some(placement)) = (ctx.engine.cluster(), ctx.engine.placement()) {
         s(out, "node_curr_items", d.curr_items);
         s(out, "node_bytes", d.bytes);
         s(out, "cluster_groups_unreachable", missing as u64);
@@ -129,7 +129,7 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         s(
             out,
             "partitions_held",
-            cluster.placement.share(NodeId(ctx.config.id)) as u64,
+            placement.share(NodeId(ctx.config.id)) as u64,
         );
         let f = &cluster.forwarder;
         s(out, "forwarded", f.sent.load(Relaxed));
@@ -161,13 +161,16 @@ fn readiness(state: crate::tob::NodeState) -> u8 {
 /// partitions it holds, as ranges. A key's partition is the high 32 bits of its 64-bit
 /// FNV-1a hash, passed through MurmurHash3's finalizer, modulo the partition count.
 fn placement<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
-    let Some(cluster) = ctx.engine.cluster() else {
+    let Some(p) = ctx
+        .engine
+        .placement()
+        .filter(|_| ctx.engine.cluster().is_some())
+    else {
         encode_stat(out, "partitions", 1);
         encode_stat(out, "replicas", 1);
         encode_stat(out, "groups", 1);
         return;
     };
-    let p = &cluster.placement;
     encode_stat(out, "partitions", crate::placement::PARTITIONS);
     encode_stat(out, "replicas", p.replicas());
     encode_stat(out, "groups", p.groups().count());

@@ -157,11 +157,23 @@ pub fn new_session() -> u64 {
     nanos.max(1)
 }
 
-/// The sending side of the transport: one queue per peer.
+/// The sending side of the transport: one queue per peer. Peers are added as they become
+/// known ([`Transport::add_peer`]: a node that joins the cluster, learned from its metadata).
 pub struct Transport<M> {
-    queues: BTreeMap<NodeId, Outbound<M>>,
+    queues: Arc<std::sync::RwLock<BTreeMap<NodeId, Outbound<M>>>>,
+    /// What a new peer's writer needs.
+    dialer: Arc<Dialer>,
     /// Bytes each peer's queue holds at most.
     budget: usize,
+}
+
+/// What starting a writer for a new peer takes.
+struct Dialer {
+    id: NodeId,
+    session: u64,
+    source: Option<IpAddr>,
+    config: LinkConfig,
+    shutdown: CancellationToken,
 }
 
 /// One peer's queue, its room in bytes, and the messages dropped instead of queued.
@@ -248,7 +260,8 @@ impl Drops {
 impl<M> Clone for Transport<M> {
     fn clone(&self) -> Self {
         Transport {
-            queues: self.queues.clone(),
+            queues: Arc::clone(&self.queues),
+            dialer: Arc::clone(&self.dialer),
             budget: self.budget,
         }
     }
@@ -369,10 +382,7 @@ where
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
         let expected = Expected::default();
-        let known = Arc::new(Known {
-            peers: peers.iter().map(|&(peer, _)| peer).collect(),
-            config,
-        });
+        let known = Arc::new(Known { config });
         tokio::spawn(accept_loop(
             listener,
             inbox_tx,
@@ -380,45 +390,118 @@ where
             known,
             shutdown.clone(),
         ));
-        let mut queues = BTreeMap::new();
-        for &(peer, addr) in peers {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let room = Arc::new(Semaphore::new(config.queue_bytes));
-            let drops = Arc::new(Drops::default());
-            let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let link = Link {
-                up: Arc::clone(&up),
+        let transport = Transport {
+            queues: Arc::default(),
+            dialer: Arc::new(Dialer {
                 id,
                 session,
-                peer,
-                addr,
                 source,
                 config,
-            };
-            let queue = Numbered {
-                queue: rx,
-                room: Arc::clone(&room),
-                drops: Arc::clone(&drops),
-                taken: 0,
-                sent: 0,
-            };
-            tokio::spawn(writer(link, queue, shutdown.clone()));
-            let out = Outbound {
-                queue: tx,
-                room,
-                drops,
-                up,
-            };
-            queues.insert(peer, out);
+                shutdown,
+            }),
+            budget: config.queue_bytes,
+        };
+        for &(peer, addr) in peers {
+            transport.add_peer(peer, addr);
         }
-        let budget = config.queue_bytes;
-        (Transport { queues, budget }, inbox)
+        (transport, inbox)
+    }
+
+    /// Starts sending to `peer` at `addr`, if it is not a peer already (an address once
+    /// known is kept: a node that rejoins uses its old one).
+    pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.dialer.id {
+            return;
+        }
+        let mut queues = self.queues.write().unwrap();
+        if queues.contains_key(&peer) {
+            return;
+        }
+        let dialer = &self.dialer;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(dialer.config.queue_bytes));
+        let drops = Arc::new(Drops::default());
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let link = Link {
+            up: Arc::clone(&up),
+            id: dialer.id,
+            session: dialer.session,
+            peer,
+            addr,
+            source: dialer.source,
+            config: dialer.config,
+        };
+        let queue = Numbered {
+            queue: rx,
+            room: Arc::clone(&room),
+            drops: Arc::clone(&drops),
+            taken: 0,
+            sent: 0,
+        };
+        tokio::spawn(writer(link, queue, dialer.shutdown.clone()));
+        let out = Outbound {
+            queue: tx,
+            room,
+            drops,
+            up,
+        };
+        queues.insert(peer, out);
+    }
+
+    /// The peers this transport sends to.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.queues.read().unwrap().keys().copied().collect()
+    }
+
+    /// `to`'s queue, if it is a peer.
+    fn outbound(&self, to: NodeId) -> Option<Outbound<M>> {
+        self.queues.read().unwrap().get(&to).cloned()
+    }
+
+    /// Sends `message` once to whatever node listens at `addr`, on a connection of its own,
+    /// as run `session` of this node (one below the transport's own, so the transport's
+    /// later messages read as a new run's) numbered `n`: how a node that is not a member yet
+    /// asks a member it knows only by address to let it in. Errors if the connection fails.
+    pub async fn send_once(
+        &self,
+        addr: SocketAddr,
+        session: u64,
+        n: u64,
+        message: &M,
+    ) -> io::Result<()> {
+        let link = Link {
+            up: Arc::default(),
+            id: self.dialer.id,
+            session,
+            peer: NodeId(0),
+            addr,
+            source: self.dialer.source,
+            config: self.dialer.config,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(&link))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let mut framed = FramedWrite::new(stream, codec(&link.config));
+        let hello = Frame::<M>::Hello {
+            from: link.id,
+            session,
+            cluster: link.config.cluster,
+        };
+        framed.send(encode::<M>(&hello)).await?;
+        framed.send(encode(&Frame::Message { n, message })).await?;
+        SinkExt::<Bytes>::flush(&mut framed).await?;
+        Ok(())
+    }
+
+    /// This run's session (see [`new_session`]).
+    pub fn session(&self) -> u64 {
+        self.dialer.session
     }
 
     /// Queues `message` for `to` if its queue has room; gives it back if not. A peer not in
     /// the group swallows the message.
     pub fn try_send(&self, to: NodeId, message: M) -> Result<(), M> {
-        let Some(out) = self.queues.get(&to) else {
+        let Some(out) = self.outbound(to) else {
             return Ok(());
         };
         let permits = permits::<M>(message.weight(), self.budget);
@@ -435,16 +518,14 @@ where
 
     /// Bytes `to`'s queue has free now (its whole budget for a node not in the group).
     pub fn room(&self, to: NodeId) -> usize {
-        self.queues
-            .get(&to)
+        self.outbound(to)
             .map_or(self.budget, |out| out.room.available_permits())
     }
 
     /// Whether this node holds a connection to `to` now: false while it cannot connect (the
     /// peer is down, or cut off long enough for the connection to time out).
     pub fn is_up(&self, to: NodeId) -> bool {
-        self.queues
-            .get(&to)
+        self.outbound(to)
             .is_some_and(|out| out.up.load(std::sync::atomic::Ordering::Relaxed))
     }
 
@@ -457,14 +538,14 @@ where
     /// (typically one [`Transport::try_send`] gave back): `to` sees a gap in its place, never
     /// the messages after it as if nothing were missing.
     pub fn dropped(&self, to: NodeId) {
-        if let Some(out) = self.queues.get(&to) {
+        if let Some(out) = self.outbound(to) {
             out.drops.drop_one();
         }
     }
 
     /// Queues `message` for `to`, waiting while that peer's queue is full.
     pub async fn send(&self, to: NodeId, message: M) {
-        if let Some(out) = self.queues.get(&to) {
+        if let Some(out) = self.outbound(to) {
             let permits = permits::<M>(message.weight(), self.budget);
             // Fails only once the writer has stopped, at shutdown.
             if let Ok(permit) = out.room.acquire_many(permits).await {
@@ -524,7 +605,6 @@ struct Link {
 
 /// What a receiving side checks a hello against.
 struct Known {
-    peers: Vec<NodeId>,
     config: LinkConfig,
 }
 
@@ -742,9 +822,6 @@ fn check_hello(
 ) -> Result<(), &'static str> {
     if cluster != known.config.cluster {
         return Err("it belongs to another cluster (member list or shared settings differ)");
-    }
-    if !known.peers.contains(&from) {
-        return Err("it names a node that is not a configured peer");
     }
     if !current_run(expected, from, session) {
         return Err("it comes from an older run of that peer");

@@ -252,8 +252,6 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
         vec![Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n")],
         // Another cluster's node 1, newer run.
         vec![hello(1, session + 1, 78), message(5)],
-        // A node that is not a peer.
-        vec![hello(9, session + 1, 77), message(5)],
         // An older run of node 1.
         vec![hello(1, session - 1, 77), message(5)],
     ];
@@ -268,6 +266,16 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
     assert_eq!(next.unwrap(), Some((NodeId(1), Incoming::Message(2))));
     let more = tokio::time::timeout(Duration::from_millis(200), b_in.recv()).await;
     assert!(more.is_err(), "a stranger was heard: {more:?}");
+    // A node of the cluster that is not a peer yet (one asking to join) is heard as itself,
+    // never as node 1, and node 1's numbering goes on undisturbed.
+    held.push(send_raw(ab, &[hello(9, session + 1, 77), message(5)]).await);
+    for expected in [Incoming::Gap, Incoming::Message(666)] {
+        let joiner = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+        assert_eq!(joiner.unwrap(), Some((NodeId(9), expected)));
+    }
+    a.send(NodeId(2), 3).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+    assert_eq!(next.unwrap(), Some((NodeId(1), Incoming::Message(3))));
     drop(held);
     shutdown.cancel();
 }

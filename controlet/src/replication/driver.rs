@@ -179,16 +179,18 @@ pub fn spawn_driver<D: Datalet>(
         members.link,
         shutdown.clone(),
     );
-    let mut groups = Groups::default();
+    let groups = Groups::default();
     let group = GroupId(0);
     let group_inbox = groups.add(group, ids.clone());
     let (forwarded, _) = mpsc::unbounded_channel();
-    tokio::spawn(mux::run(inbox, groups, forwarded, shutdown.clone()));
+    let (joins, _) = mpsc::unbounded_channel();
+    tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
     let driver = GroupDriver {
         me: members.me,
         incarnation,
         group,
         members: ids,
+        rebalance_rate: None,
     };
     driver.spawn(
         GroupLink::new(transport, group),
@@ -208,6 +210,9 @@ pub struct GroupDriver {
     pub group: GroupId,
     /// The group's members, this node included.
     pub members: Vec<NodeId>,
+    /// Bytes per second a snapshot is sent at, at most (`--rebalance-rate`); `None`: as fast
+    /// as the joiners take it.
+    pub rebalance_rate: Option<u64>,
 }
 
 impl GroupDriver {
@@ -245,6 +250,7 @@ impl GroupDriver {
             early_chunks: Vec::new(),
             order_now: 0,
             diverged: false,
+            rate: self.rebalance_rate,
         };
         tokio::spawn(driver.run(requests_rx, inbox, shutdown));
         Replicator {
@@ -293,6 +299,8 @@ struct Sending {
     items: u64,
     /// About how many items the snapshot holds.
     total: u64,
+    /// Bytes of keys and values read so far.
+    bytes: u64,
 }
 
 /// A snapshot being received.
@@ -344,6 +352,8 @@ struct Driver<D> {
     /// This node failed to apply a delivered operation: it applies nothing more until it
     /// has installed a snapshot.
     diverged: bool,
+    /// Most bytes per second a snapshot is sent at (`--rebalance-rate`).
+    rate: Option<u64>,
 }
 
 impl<D: Datalet> Driver<D> {
@@ -380,6 +390,9 @@ impl<D: Datalet> Driver<D> {
                             "told to form the next view from any majority of the nodes (SIGUSR1)"
                         );
                         self.tob.force_next_view();
+                    }
+                    if let Some(target) = self.health.take_target() {
+                        self.tob.set_target(&target);
                     }
                     self.tob.tick();
                     self.expire();
@@ -576,6 +589,11 @@ impl<D: Datalet> Driver<D> {
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
         self.health.set_order_now(self.order_now);
+        let left = view.epoch > 0
+            && self.tob.state() == crate::tob::NodeState::Outside
+            && !self.tob.target().contains(&self.me);
+        self.health
+            .set_membership(view.ids().collect(), self.tob.is_settled(), left);
     }
 
     async fn carry_out_one(&mut self, event: Event<Proposal>) {
@@ -665,6 +683,7 @@ impl<D: Datalet> Driver<D> {
             started: Instant::now(),
             items: 0,
             total: self.datalet.stats().curr_items,
+            bytes: 0,
         });
         self.pump_state().await;
     }
@@ -713,6 +732,14 @@ impl<D: Datalet> Driver<D> {
                 self.sending = None;
                 return;
             };
+            if let Some(rate) = self.rate {
+                // Throttled: the next chunk waits until the rate allows what was sent.
+                let allowed = rate as f64 * sending.started.elapsed().as_secs_f64();
+                if sending.bytes as f64 > allowed {
+                    sending.snapshot = Some(snapshot);
+                    return;
+                }
+            }
             let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
             let read = tokio::task::spawn_blocking(move || {
                 let chunk = next_chunk(&mut *snapshot, epoch, seq, now);
@@ -739,6 +766,11 @@ impl<D: Datalet> Driver<D> {
                 }
             };
             sending.items += chunk.items.len() as u64;
+            sending.bytes += chunk
+                .items
+                .iter()
+                .map(|i| (i.key.len() + i.value.len()) as u64)
+                .sum::<u64>();
             chunk.total = sending.total;
             for (_, held) in sending.to.iter_mut() {
                 *held = Some(chunk.clone());
@@ -790,6 +822,7 @@ impl<D: Datalet> Driver<D> {
         }
         let receiving = self.receiving.as_mut().expect("checked");
         receiving.items += count;
+        self.tob.state_progress();
         self.health
             .set_catch_up(Some((receiving.items, chunk_total.max(receiving.items))));
         if receiving.logged.elapsed() >= PROGRESS_EVERY && !chunk.last {

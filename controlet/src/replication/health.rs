@@ -97,6 +97,15 @@ pub struct Health {
     /// The latest events of this node's part in the order (views, catch-ups, failures), for
     /// the status page: at most [`EVENTS_KEPT`], oldest first.
     events: std::sync::Mutex<std::collections::VecDeque<Noted>>,
+    /// A new target for the group's members, for the driver to take
+    /// ([`crate::tob::Tob::set_target`]).
+    target: std::sync::Mutex<Option<Vec<tailorkv_common::NodeId>>>,
+    /// The view's members, by id.
+    view_ids: std::sync::Mutex<Vec<tailorkv_common::NodeId>>,
+    /// The view is the group's target: no member joining or leaving.
+    settled: AtomicBool,
+    /// This node is outside the view and not in the target: it has left the group.
+    left: AtomicBool,
 }
 
 /// Events a node keeps per group for its status page.
@@ -119,6 +128,39 @@ impl Health {
         }
         self.epoch.store(epoch, Ordering::Relaxed);
         self.members.store(members as u64, Ordering::Relaxed);
+    }
+
+    /// Asks the driver to take `target` as the group's members.
+    pub fn set_target(&self, target: Vec<tailorkv_common::NodeId>) {
+        *self.target.lock().unwrap() = Some(target);
+    }
+
+    /// The target the driver has not taken yet.
+    pub fn take_target(&self) -> Option<Vec<tailorkv_common::NodeId>> {
+        self.target.lock().unwrap().take()
+    }
+
+    /// Publishes the view's members, whether the view is the target, and whether this node
+    /// has left the group.
+    pub fn set_membership(&self, view: Vec<tailorkv_common::NodeId>, settled: bool, left: bool) {
+        *self.view_ids.lock().unwrap() = view;
+        self.settled.store(settled, Ordering::Relaxed);
+        self.left.store(left, Ordering::Relaxed);
+    }
+
+    /// The view's members.
+    pub fn view_ids(&self) -> Vec<tailorkv_common::NodeId> {
+        self.view_ids.lock().unwrap().clone()
+    }
+
+    /// The view is the group's target.
+    pub fn settled(&self) -> bool {
+        self.settled.load(Ordering::Relaxed)
+    }
+
+    /// This node has left the group: outside its view, and not in its target.
+    pub fn left(&self) -> bool {
+        self.left.load(Ordering::Relaxed)
     }
 
     /// Marks the node as catching up and counts a reset of its datalet; called before the

@@ -179,6 +179,17 @@ impl Replicator {
         &self.health
     }
 
+    /// Names the group's members from now on (a membership change): see
+    /// [`crate::tob::Tob::set_target`].
+    pub fn set_target(&self, target: Vec<tailorkv_common::NodeId>) {
+        self.health.set_target(target);
+    }
+
+    /// [`Replicator::health`], shared.
+    pub fn health_handle(&self) -> std::sync::Arc<Health> {
+        std::sync::Arc::clone(&self.health)
+    }
+
     /// Reads `key` from the local replica once that is sound: while this node is an
     /// up-to-date member of a view that is not changing. Waits for that for at most
     /// [`REQUEST_TIMEOUT`], refuses at once when the node is cut off, and reads again if a

@@ -230,6 +230,11 @@ impl Forwarder {
     /// (every request of a client goes to one owner, so in eventual mode it reads its own
     /// writes); else from the one this node prefers for the group (the nodes of the cluster
     /// spread over the owners), those whose link is up and that answered lately first.
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
     fn candidates(&self, group: GroupId, owners: &[NodeId]) -> Vec<NodeId> {
         let now = Instant::now();
         let suspects = self.suspects.lock().unwrap();

@@ -29,6 +29,8 @@ pub enum Wire<M> {
     Group { group: GroupId, message: M },
     /// A client request forwarded to an owner of its key, or the owner's answer.
     Forward(Forwarded),
+    /// A node asking to join the cluster, or a member's answer.
+    Join(crate::membership::JoinMsg),
 }
 
 impl<M: Weigh> Weigh for Wire<M> {
@@ -36,6 +38,7 @@ impl<M: Weigh> Weigh for Wire<M> {
         match self {
             Wire::Group { message, .. } => message.weight() + 4,
             Wire::Forward(forwarded) => forwarded.weight(),
+            Wire::Join(join) => join.weight(),
         }
     }
 }
@@ -73,7 +76,7 @@ where
             .try_send(to, wire)
             .map_err(|wire| match wire {
                 Wire::Group { message, .. } => message,
-                Wire::Forward(_) => unreachable!("given back as it was given"),
+                Wire::Forward(_) | Wire::Join(_) => unreachable!("given back as it was given"),
             })
     }
 
@@ -116,34 +119,59 @@ impl<M> GroupInbox<M> {
     }
 }
 
-/// Where the mux task hands each group's messages.
+/// Where the mux task hands each group's messages: shared, so groups can be added and
+/// removed while the node serves (a membership change).
 pub struct Groups<M> {
-    groups: BTreeMap<GroupId, (Vec<NodeId>, mpsc::UnboundedSender<Queued<M>>)>,
+    groups: std::sync::Arc<std::sync::Mutex<GroupMap<M>>>,
 }
+
+type GroupMap<M> = BTreeMap<GroupId, (Vec<NodeId>, mpsc::UnboundedSender<Queued<M>>)>;
 
 impl<M> Default for Groups<M> {
     fn default() -> Self {
         Groups {
-            groups: BTreeMap::new(),
+            groups: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl<M> Clone for Groups<M> {
+    fn clone(&self) -> Self {
+        Groups {
+            groups: std::sync::Arc::clone(&self.groups),
         }
     }
 }
 
 impl<M> Groups<M> {
     /// Adds `group`, of `members`: the inbox its driver takes from.
-    pub fn add(&mut self, group: GroupId, members: Vec<NodeId>) -> GroupInbox<M> {
+    pub fn add(&self, group: GroupId, members: Vec<NodeId>) -> GroupInbox<M> {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.groups.insert(group, (members, tx));
+        self.groups.lock().unwrap().insert(group, (members, tx));
         GroupInbox { queue: rx }
+    }
+
+    /// The nodes whose lost messages `group` is told of, from now on.
+    pub fn set_members(&self, group: GroupId, members: Vec<NodeId>) {
+        if let Some(entry) = self.groups.lock().unwrap().get_mut(&group) {
+            entry.0 = members;
+        }
+    }
+
+    /// Stops handing `group` its messages.
+    pub fn remove(&self, group: GroupId) {
+        self.groups.lock().unwrap().remove(&group);
     }
 }
 
 /// Takes the node's inbox until shutdown: each group's messages to its inbox (a group this
-/// node does not hold drops them), forwarding traffic to `forwarded`.
+/// node does not hold drops them), forwarding traffic to `forwarded`, requests to join and
+/// their answers to `joins`.
 pub async fn run<M: Send + 'static>(
     mut inbox: Inbox<Wire<M>>,
     groups: Groups<M>,
     forwarded: mpsc::UnboundedSender<(NodeId, Forwarded)>,
+    joins: mpsc::UnboundedSender<(NodeId, crate::membership::JoinMsg)>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -155,18 +183,25 @@ pub async fn run<M: Send + 'static>(
             return;
         };
         match incoming {
-            Incoming::Message(Wire::Group { group, message }) => match groups.groups.get(&group) {
-                Some((_, tx)) => {
-                    let _ = tx.send((from, Incoming::Message(message), Some(held)));
+            Incoming::Message(Wire::Group { group, message }) => {
+                let groups = groups.groups.lock().unwrap();
+                match groups.get(&group) {
+                    Some((_, tx)) => {
+                        let _ = tx.send((from, Incoming::Message(message), Some(held)));
+                    }
+                    None => tracing::debug!(?from, ?group, "a message for a group not held here"),
                 }
-                None => tracing::debug!(?from, ?group, "a message for a group not held here"),
-            },
+            }
             Incoming::Message(Wire::Forward(forward)) => {
                 drop(held);
                 let _ = forwarded.send((from, forward));
             }
+            Incoming::Message(Wire::Join(join)) => {
+                drop(held);
+                let _ = joins.send((from, join));
+            }
             Incoming::Gap => {
-                for (members, tx) in groups.groups.values() {
+                for (members, tx) in groups.groups.lock().unwrap().values() {
                     if members.contains(&from) {
                         let _ = tx.send((from, Incoming::Gap, None));
                     }

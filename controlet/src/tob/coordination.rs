@@ -18,8 +18,10 @@ use super::Incarnation;
 pub(super) struct Electorate<'a> {
     /// The view being changed (epoch 0: no view yet, the configured nodes).
     pub view: &'a View,
-    /// Every configured node.
+    /// Every node heard from.
     pub universe: &'a [NodeId],
+    /// The members the group should have ([`super::Tob::set_target`]).
+    pub target: &'a [NodeId],
     /// The operator let any majority of the nodes form the next view
     /// ([`super::Tob::force_next_view`]).
     pub forced: bool,
@@ -274,6 +276,16 @@ impl<Op: Clone> Coordination<Op> {
         } else {
             voters.iter().copied().filter(|(_, s)| s.synced).collect()
         };
+        // Once every target member promised up to date, the others are left out: the
+        // target's copies are complete without them.
+        let reshape = !electorate.target.is_empty()
+            && electorate
+                .target
+                .iter()
+                .all(|t| synced.iter().any(|(n, _)| n == t));
+        let kept = |n: &NodeId| !reshape || electorate.target.contains(n);
+        let synced: Vec<(NodeId, &Standing<Op>)> =
+            synced.into_iter().filter(|(n, _)| kept(n)).collect();
         let &(first, first_standing) = synced.first()?;
         let mut tail: BTreeMap<(Ts, NodeId), Vec<Op>> = BTreeMap::new();
         for (_, s) in &voters {
@@ -291,6 +303,7 @@ impl<Op: Clone> Coordination<Op> {
         let members = self
             .promises
             .iter()
+            .filter(|(n, _)| kept(n))
             .map(|(&n, &(inc, _))| (n, inc))
             .collect();
         Some(Plan {

@@ -48,6 +48,20 @@ impl Detector {
         }
     }
 
+    /// Watches exactly `nodes` from now on: new ones start trusted, as if just heard from;
+    /// the others keep what they had.
+    pub fn watch_only(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
+        let nodes: std::collections::BTreeSet<NodeId> = nodes.into_iter().collect();
+        self.watches.retain(|n, _| nodes.contains(n));
+        for node in nodes {
+            self.watches.entry(node).or_insert(Watch {
+                last_heard: self.now,
+                timeout: self.initial,
+                suspected: false,
+            });
+        }
+    }
+
     /// The timeout a node starts with.
     pub fn initial_timeout(&self) -> u64 {
         self.initial

@@ -123,6 +123,10 @@ pub enum Message<Op> {
         ts: Ts,
         /// Per member, the timestamp of the last broadcast the sender received from it.
         received: Vec<(NodeId, Ts)>,
+        /// The sender is up to date (not waiting for, or installing, a snapshot): what lets
+        /// the members tell when a group's new members can stand in for the ones it drops
+        /// ([`super::Tob::set_target`]).
+        synced: bool,
     },
     /// A heartbeat from a node that is not sending acks (frozen, outside, booting).
     Alive {

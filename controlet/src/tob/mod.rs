@@ -140,8 +140,13 @@ enum Status {
 pub struct Tob<Op> {
     id: NodeId,
     incarnation: Incarnation,
-    /// Every configured node, this one included.
+    /// Every node heard from: the target, the view's members and this node.
     universe: Vec<NodeId>,
+    /// The members the group should have ([`Tob::set_target`]), sorted.
+    target: Vec<NodeId>,
+    /// Members of the view known to be up to date: the plan's synced members, then as each
+    /// member's acks say.
+    synced_members: BTreeSet<NodeId>,
     timing: Timing,
     now: u64,
     clock: Ts,
@@ -233,6 +238,8 @@ impl<Op: Clone + Weigh> Tob<Op> {
                 epoch: 0,
                 members: universe.iter().map(|&n| (n, 0)).collect(),
             },
+            target: universe.clone(),
+            synced_members: BTreeSet::new(),
             universe,
             timing,
             now: 0,
@@ -270,6 +277,77 @@ impl<Op: Clone + Weigh> Tob<Op> {
             outbox: Vec::new(),
             events: Vec::new(),
         }
+    }
+
+    /// The members the group should have: a membership change ([`crate::membership`]) names
+    /// them. Nodes of the target are heard from and let in when they ask to join; once every
+    /// one of them is in the view and up to date, a view change drops the members outside it
+    /// (this node too, if it is one: it is then `Excluded`). Until then those stay, so a
+    /// group never gives up a copy before the copies replacing it are complete. Members of
+    /// the current view are heard from whatever the target says.
+    pub fn set_target(&mut self, target: &[NodeId]) {
+        let mut target = target.to_vec();
+        target.sort();
+        target.dedup();
+        if target == self.target {
+            return;
+        }
+        self.target = target;
+        if self.view.epoch == 0 {
+            // No view yet: the first one is formed of the target (and this node).
+            let mut first: BTreeSet<NodeId> = self.target.iter().copied().collect();
+            first.insert(self.id);
+            self.view.members = first.into_iter().map(|n| (n, 0)).collect();
+        }
+        self.recompute_universe();
+    }
+
+    /// The members the group should have.
+    pub fn target(&self) -> &[NodeId] {
+        &self.target
+    }
+
+    /// Whether the view is the target: every target member in it and nobody else.
+    pub fn is_settled(&self) -> bool {
+        self.view.epoch > 0
+            && self.view.members.len() == self.target.len()
+            && self
+                .target
+                .iter()
+                .all(|&t| self.view.incarnation_of(t).is_some())
+    }
+
+    /// A snapshot being installed made progress: the joiner's wait for it starts over, so a
+    /// long transfer (a large store, or one throttled by `--rebalance-rate`) is not taken for
+    /// a lost one.
+    pub fn state_progress(&mut self) {
+        if let Status::CatchingUp { .. } = self.status {
+            self.status = Status::CatchingUp { since: self.now };
+        }
+    }
+
+    /// The nodes heard from: the target, the view's members, and this node.
+    pub(super) fn recompute_universe(&mut self) {
+        let mut universe: BTreeSet<NodeId> = self.target.iter().copied().collect();
+        universe.extend(self.view.ids());
+        universe.insert(self.id);
+        self.universe = universe.into_iter().collect();
+        let others = self.universe.iter().copied().filter(|&n| n != self.id);
+        self.detector.watch_only(others);
+    }
+
+    /// Every target member is in the view and up to date, and the view holds others: time
+    /// for the view change that drops them.
+    pub(super) fn wants_reshape(&self) -> bool {
+        self.view.epoch > 0
+            && self.status == Status::Normal
+            && self.frozen_at.is_none()
+            && !self.target.is_empty()
+            && self.view.ids().any(|m| !self.target.contains(&m))
+            && self.target.iter().all(|&t| {
+                self.view.incarnation_of(t).is_some()
+                    && (t == self.id || self.synced_members.contains(&t))
+            })
     }
 
     /// This node.
@@ -343,7 +421,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
             Message::Broadcast {
                 ts, received, ops, ..
             } => self.on_broadcast(from, ts, received, ops),
-            Message::Ack { ts, received, .. } => self.on_ack(from, ts, received),
+            Message::Ack {
+                ts,
+                received,
+                synced,
+                ..
+            } => self.on_ack(from, ts, received, synced),
             Message::Alive { epoch } => self.compare_epochs(from, epoch),
             Message::Join { epoch } => self.on_join(from, incarnation, member, epoch),
             Message::Prepare { ballot } => self.on_prepare(from, ballot),

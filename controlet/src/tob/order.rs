@@ -113,8 +113,19 @@ impl<Op: Clone + Weigh> Tob<Op> {
     }
 
     /// An ack of this node's epoch from member `from`.
-    pub(super) fn on_ack(&mut self, from: NodeId, ts: Ts, received: Vec<(NodeId, Ts)>) {
+    pub(super) fn on_ack(
+        &mut self,
+        from: NodeId,
+        ts: Ts,
+        received: Vec<(NodeId, Ts)>,
+        synced: bool,
+    ) {
         self.clock = self.clock.max(ts);
+        if synced {
+            self.synced_members.insert(from);
+        } else {
+            self.synced_members.remove(&from);
+        }
         self.acked.insert(from, received.into_iter().collect());
         self.maybe_deliver();
     }
@@ -174,10 +185,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
         let epoch = self.view.epoch;
         let ts = self.next_ts();
         let received = self.receipts();
+        let synced = self.status == Status::Normal;
         self.send_members(Message::Ack {
             epoch,
             ts,
             received,
+            synced,
         });
     }
 

@@ -208,6 +208,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         let electorate = Electorate {
             view: &self.view,
             universe: &self.universe,
+            target: &self.target,
             forced: self.forced,
         };
         if self
@@ -237,7 +238,8 @@ impl<Op: Clone + Weigh> Tob<Op> {
             || !self.joiners.is_empty()
             || members.iter().any(|&m| self.is_damaged(m))
             || catching_up_too_long
-            || self.resync_wanted;
+            || self.resync_wanted
+            || self.wants_reshape();
         let may_lead = self.status != Status::Outside || self.view.epoch == 0;
         if self.forced && self.coordination.is_none() && may_lead {
             // Told to go on: lead now, rather than wait behind a coordinator that cannot.
@@ -322,6 +324,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             let electorate = Electorate {
                 view: &self.view,
                 universe: &self.universe,
+                target: &self.target,
                 forced: self.forced,
             };
             let Some(c) = self.coordination.as_mut() else {
@@ -360,6 +363,8 @@ impl<Op: Clone + Weigh> Tob<Op> {
             && (self.status == Status::Normal || self.view.epoch == 0);
         let up_to_date = synced && self.deliver_tail(&plan);
         self.enter(&plan.view);
+        self.synced_members = plan.synced.iter().copied().collect();
+        self.recompute_universe();
         self.take_part(&plan, me_in, up_to_date);
         self.last_plan = Some(plan);
         if self.status != Status::Outside {

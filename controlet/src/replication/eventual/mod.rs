@@ -238,12 +238,13 @@ impl<D: Datalet> Eventual<D> {
             options.link,
             shutdown.clone(),
         );
-        let mut groups = Groups::default();
+        let groups = Groups::default();
         let group = GroupId(0);
         let members = peers.iter().map(|&(id, _)| id).chain([me]).collect();
         let group_inbox = groups.add(group, members);
         let (forwarded, _) = mpsc::unbounded_channel();
-        tokio::spawn(mux::run(inbox, groups, forwarded, shutdown.clone()));
+        let (joins, _) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
         let targets: Vec<NodeId> = peers.iter().map(|&(id, _)| id).collect();
         let link = GroupLink::new(transport, group);
         Self::start_in(

@@ -226,9 +226,11 @@ fn format_message(message: &Message<Op>) -> String {
             epoch,
             ts,
             received,
+            synced,
         } => format!(
-            "Ack epoch={epoch} ts={ts} received={}",
-            format_receipts(received)
+            "Ack epoch={epoch} ts={ts} received={}{}",
+            format_receipts(received),
+            if *synced { "" } else { " catching-up" }
         ),
         other => format!("{other:?}"),
     }

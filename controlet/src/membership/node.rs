@@ -1,0 +1,377 @@
+//! A strong-mode cluster node whose groups follow the membership: it starts from `--peers`,
+//! from what its disk saved, or by joining through a member (`--join`); it then runs the
+//! metadata group and the data groups the placement gives it, and follows every change:
+//! new peers, groups to start, new targets for the groups it holds, groups it has left.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tailorkv_common::{Clock, NodeId};
+use tailorkv_datalet::Datalet;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{JoinMsg, Members, Membership, META};
+use crate::engine::{Local, Locals, Shape, ShapeCell};
+use crate::peer::Transport;
+use crate::placement::GroupId;
+use crate::replication::{GroupDriver, PeerMsg, Replicator};
+use crate::shard::mux::{GroupLink, Groups, Wire};
+use crate::tob::Timing;
+
+/// Opens the datalet of a group (the metadata group too), and throws one away.
+pub trait Stores<D>: Send + Sync + 'static {
+    fn open(&self, group: GroupId) -> std::io::Result<Arc<D>>;
+    /// The group's data is no longer this node's to keep.
+    fn discard(&self, group: GroupId);
+}
+
+/// What running a group on this node takes.
+pub struct Groundwork<D> {
+    pub me: NodeId,
+    pub session: u64,
+    pub transport: Transport<Wire<PeerMsg>>,
+    pub groups: Groups<PeerMsg>,
+    pub stores: Arc<dyn Stores<D>>,
+    pub clock: Arc<dyn Clock>,
+    pub timing: Timing,
+    pub local_reads: bool,
+    /// The node's memory limit in bytes, shared by the groups it holds.
+    pub memory_limit: usize,
+    pub rebalance_rate: Option<u64>,
+    pub shutdown: CancellationToken,
+}
+
+/// A group running here.
+struct Running<D> {
+    local: Arc<Local<D>>,
+    stop: CancellationToken,
+}
+
+impl<D: Datalet> Groundwork<D> {
+    /// Starts data group `group` here, with `members` as its first target.
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        members: Vec<NodeId>,
+        memory_share: usize,
+    ) -> std::io::Result<(Arc<Local<D>>, CancellationToken)> {
+        let datalet = self.stores.open(group)?;
+        self.start(group, members, memory_share, datalet).await
+    }
+
+    /// Starts `group` here on `datalet`, with `members` as its first target.
+    pub async fn start<X: Datalet>(
+        &self,
+        group: GroupId,
+        members: Vec<NodeId>,
+        memory_share: usize,
+        datalet: Arc<X>,
+    ) -> std::io::Result<(Arc<Local<X>>, CancellationToken)> {
+        let inbox = self.groups.add(group, members.clone());
+        let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
+        let stop = self.shutdown.child_token();
+        let driver = GroupDriver {
+            me: self.me,
+            incarnation: self.session,
+            group,
+            members,
+            rebalance_rate: self.rebalance_rate,
+        };
+        let link = GroupLink::new(self.transport.clone(), group);
+        let replicator = driver.spawn(
+            link,
+            inbox,
+            Arc::clone(&datalet),
+            self.timing,
+            delivered,
+            stop.clone(),
+        );
+        let local = Local::start(datalet, Arc::clone(&self.clock))
+            .await
+            .map_err(std::io::Error::other)?;
+        let local = local.replicated(replicator, self.local_reads && group != META, memory_share);
+        Ok((Arc::new(local), stop))
+    }
+}
+
+/// Asks the member at `seed` to let this node in, until it answers: the members with this
+/// node in them.
+pub async fn ask_to_join(
+    transport: &Transport<Wire<PeerMsg>>,
+    joins: &mut mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
+    seed: SocketAddr,
+    me: NodeId,
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Members> {
+    let request = Wire::Join(JoinMsg::Request { id: me, addr });
+    let session = transport.session().saturating_sub(1);
+    for attempt in 1u64.. {
+        if shutdown.is_cancelled() {
+            return Err(std::io::Error::other("shut down while joining"));
+        }
+        tracing::info!(%seed, attempt, "asking to join the cluster");
+        if let Err(e) = transport.send_once(seed, session, attempt, &request).await {
+            tracing::warn!(%seed, error = %e, "cannot reach the member to join through");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some((from, message))) = tokio::time::timeout_at(deadline, joins.recv()).await
+        {
+            match message {
+                JoinMsg::Reply(Ok(bytes)) => {
+                    let members = Members::decode(&bytes).map_err(std::io::Error::other)?;
+                    tracing::info!(
+                        through = from.0,
+                        epoch = members.epoch(),
+                        "joined the cluster"
+                    );
+                    return Ok(members);
+                }
+                JoinMsg::Reply(Err(why)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the cluster refused to let this node join: {why}"),
+                    ))
+                }
+                JoinMsg::Request { .. } => {}
+            }
+        }
+    }
+    unreachable!("the loop only ends by returning")
+}
+
+/// Answers requests to join: adds the node through the metadata group and sends it the
+/// members (or why not).
+pub async fn answer_joins<M: Datalet>(
+    membership: Arc<Membership<M>>,
+    transport: Transport<Wire<PeerMsg>>,
+    mut joins: mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let got = tokio::select! {
+            got = joins.recv() => got,
+            () = shutdown.cancelled() => return,
+        };
+        let Some((from, message)) = got else { return };
+        let JoinMsg::Request { id, addr } = message else {
+            continue;
+        };
+        if id != from {
+            tracing::warn!(?from, ?id, "a join request naming another node; ignored");
+            continue;
+        }
+        let membership = Arc::clone(&membership);
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            tracing::info!(node = id.0, %addr, "a node asks to join");
+            let answer = membership.change(|m| m.with_node(id, addr)).await;
+            if let Err(why) = &answer {
+                tracing::warn!(node = id.0, %why, "not letting a node join");
+            }
+            transport.add_peer(id, addr);
+            let reply = JoinMsg::Reply(answer.map(|m| m.encode().to_vec()));
+            transport.send(id, Wire::Join(reply)).await;
+        });
+    }
+}
+
+/// Follows the membership: keeps the node's peers, groups and shape as the latest members
+/// say, until shutdown; ends the node (cancels `shutdown`) once it has left the cluster.
+pub struct Follower<D, M> {
+    pub ground: Groundwork<D>,
+    pub membership: Arc<Membership<M>>,
+    pub meta: Replicator,
+    pub shape: ShapeCell<D>,
+    running: BTreeMap<GroupId, Running<D>>,
+    /// The placement epoch the shape was last made for.
+    shaped: u64,
+}
+
+impl<D: Datalet, M: Datalet> Follower<D, M> {
+    pub fn new(
+        ground: Groundwork<D>,
+        membership: Arc<Membership<M>>,
+        meta: Replicator,
+        shape: ShapeCell<D>,
+        started: Locals<D>,
+        stops: BTreeMap<GroupId, CancellationToken>,
+    ) -> Self {
+        let shaped = membership.current().epoch();
+        let running = started
+            .into_iter()
+            .map(|(g, local)| {
+                let stop = stops[&g].clone();
+                (g, Running { local, stop })
+            })
+            .collect();
+        Follower {
+            ground,
+            membership,
+            meta,
+            shape,
+            running,
+            shaped,
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut changes = self.membership.subscribe();
+        let shutdown = self.ground.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let members = self.membership.current();
+            if self.follow(&members).await {
+                tracing::info!("this node has left the cluster; stopping");
+                shutdown.cancel();
+                return;
+            }
+        }
+    }
+
+    /// Brings the node in line with `members`; whether it has left the cluster.
+    async fn follow(&mut self, members: &Members) -> bool {
+        let me = self.ground.me;
+        let placement = &members.placement;
+        for (&id, &addr) in &members.addrs {
+            self.ground.transport.add_peer(id, addr);
+        }
+        let nodes = placement.nodes().to_vec();
+        self.meta.set_target(nodes.clone());
+        let mut heard: BTreeSet<NodeId> = nodes.iter().copied().collect();
+        heard.extend(self.meta.health().view_ids());
+        self.ground
+            .groups
+            .set_members(META, heard.into_iter().collect());
+        let mut changed = members.epoch() != self.shaped;
+        let held = placement.groups_of(me).len().max(1);
+        let share = self.ground.memory_limit / held;
+        for group in placement.groups() {
+            let target = placement.members(group).to_vec();
+            match self.running.get(&group) {
+                Some(running) => {
+                    if let Some(replicator) = running.local.replicator() {
+                        replicator.set_target(target.clone());
+                        let mut heard: BTreeSet<NodeId> = target.iter().copied().collect();
+                        heard.extend(replicator.health().view_ids());
+                        self.ground
+                            .groups
+                            .set_members(group, heard.into_iter().collect());
+                    }
+                }
+                None if target.contains(&me) => {
+                    match self.ground.start_group(group, target.clone(), share).await {
+                        Ok((local, stop)) => {
+                            tracing::info!(group = group.0, members = ?target, "joining a group");
+                            if let Some(r) = local.replicator() {
+                                r.set_target(target);
+                            }
+                            self.running.insert(group, Running { local, stop });
+                            changed = true;
+                        }
+                        Err(e) => {
+                            tracing::error!(group = group.0, error = %e, "cannot start a group")
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        // Groups this node has left: outside their view, and not in their target.
+        let gone: Vec<GroupId> = self
+            .running
+            .iter()
+            .filter(|(g, r)| {
+                !placement.members(**g).contains(&me)
+                    && r.local.cluster_health().is_some_and(|h| h.left())
+            })
+            .map(|(g, _)| *g)
+            .collect();
+        for group in gone {
+            let running = self.running.remove(&group).expect("listed");
+            running.stop.cancel();
+            self.ground.groups.remove(group);
+            let datalet = Arc::clone(running.local.datalet());
+            if let Err(e) = datalet.reset().await {
+                tracing::warn!(group = group.0, error = %e, "could not empty a group's store");
+            }
+            self.ground.stores.discard(group);
+            tracing::info!(group = group.0, "left a group; its copy is discarded");
+            changed = true;
+        }
+        if changed {
+            let locals: Locals<D> = self
+                .running
+                .iter()
+                .map(|(g, r)| (*g, Arc::clone(&r.local)))
+                .collect();
+            for local in locals.values() {
+                local.set_memory_limit(share);
+            }
+            let shape = Shape::new(locals, Some(Arc::new(placement.clone())));
+            *self.shape.write().unwrap() = Arc::new(shape);
+            self.shaped = members.epoch();
+        }
+        !nodes.contains(&me) && self.running.is_empty() && self.meta.health().left()
+    }
+}
+
+/// Removes nodes the metadata group's view has been without for `dead_after`: run by the
+/// lowest-numbered member of that view, so one node decides.
+pub async fn remove_the_dead<M: Datalet>(
+    membership: Arc<Membership<M>>,
+    meta: Replicator,
+    dead_after: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut missing: BTreeMap<NodeId, Instant> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let health = meta.health();
+        let view = health.view_ids();
+        if health.state() != crate::tob::NodeState::Serving
+            || view.iter().min() != Some(&membership.me())
+        {
+            missing.clear();
+            continue;
+        }
+        let members = membership.current();
+        let nodes = members.placement.nodes();
+        missing.retain(|n, _| nodes.contains(n) && !view.contains(n));
+        for &node in nodes {
+            if !view.contains(&node) {
+                missing.entry(node).or_insert_with(Instant::now);
+            }
+        }
+        let dead: Vec<NodeId> = missing
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= dead_after)
+            .map(|(n, _)| *n)
+            .collect();
+        for node in dead {
+            tracing::warn!(
+                node = node.0,
+                secs = dead_after.as_secs(),
+                "a node has been unreachable past --dead-after; removing it"
+            );
+            match membership.change(|m| m.without_node(node)).await {
+                Ok(_) => {
+                    missing.remove(&node);
+                }
+                Err(why) => tracing::warn!(node = node.0, %why, "could not remove a dead node"),
+            }
+        }
+    }
+}
