@@ -385,6 +385,7 @@ pub struct ReplicationCounts {
     pub ops_proposed: u64,
     pub ops_applied: u64,
     pub apply_failures: u64,
+    pub state_bytes_sent: u64,
 }
 
 /// Eventual mode's repair counters of every group this node holds, added up.
@@ -702,6 +703,7 @@ impl<D: Datalet> Engine<D> {
                 s.ops_proposed += c.ops_proposed.load(Ordering::Relaxed);
                 s.ops_applied += c.ops_applied.load(Ordering::Relaxed);
                 s.apply_failures += c.apply_failures.load(Ordering::Relaxed);
+                s.state_bytes_sent += c.state_bytes_sent.load(Ordering::Relaxed);
             }
         }
         sum

@@ -379,6 +379,26 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
         "Replica groups whose counts the last scrape could not get from any owner",
         unreachable as u64,
     );
+    if let (Some(_), Some(placement)) = (ctx.engine.cluster(), ctx.engine.placement()) {
+        gauge(
+            &mut r,
+            "tailorkv_membership_epoch",
+            "The placement's epoch: membership changes since the cluster started, plus one",
+            placement.epoch(),
+        );
+        let moving = ctx
+            .engine
+            .cluster_health()
+            .iter()
+            .filter(|(_, h)| !h.settled())
+            .count();
+        gauge(
+            &mut r,
+            "tailorkv_groups_moving",
+            "Replica groups held here whose members are changing (a copy moving in or out)",
+            moving as u64,
+        );
+    }
     if let Some(cluster) = ctx.engine.cluster() {
         let f = &cluster.forwarder;
         counter(
@@ -418,6 +438,12 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "tailorkv_apply_failures",
             "Ordered operations this node's datalet failed to apply",
             o.apply_failures,
+        );
+        counter(
+            &mut r,
+            "tailorkv_state_bytes_sent",
+            "Bytes of keys and values this node sent in snapshots to members joining a group's view",
+            o.state_bytes_sent,
         );
     }
     let groups = ctx.engine.cluster_health();

@@ -57,6 +57,11 @@ struct Node {
     starts: u32,
     /// Arguments this node alone gets, after the cluster's.
     own_args: Vec<String>,
+    /// Its HTTP address (`--http-listen`), unless the test gives one itself.
+    http: Option<SocketAddr>,
+    /// The cluster's arguments for this node, when not the shared ones: a node that joins
+    /// names a member instead of `--peers`.
+    base: Option<Vec<String>>,
 }
 
 /// A cluster of `controlet` processes on loopback. Dropping it kills every node still
@@ -65,6 +70,9 @@ pub struct ProcCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
     args: Vec<String>,
+    /// The mode and the test's own arguments, for nodes that join later.
+    consistency: String,
+    extra: Vec<String>,
     _exclusive: Exclusive,
 }
 
@@ -90,6 +98,7 @@ impl ProcCluster {
         let exclusive = Exclusive::acquire();
         let controlet = binary("controlet");
         let dir = fresh_dir();
+        let own_http = !extra_args.contains(&"--http-listen");
         let nodes: Vec<Node> = (1..=n)
             .map(|i| Node {
                 client: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port()),
@@ -98,6 +107,8 @@ impl ProcCluster {
                 child: None,
                 starts: 0,
                 own_args: own_args(i),
+                http: own_http.then(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port())),
+                base: None,
             })
             .collect();
         let peers = nodes
@@ -121,6 +132,8 @@ impl ProcCluster {
             nodes,
             dir,
             args,
+            consistency: consistency.to_string(),
+            extra: extra_args.iter().map(|a| a.to_string()).collect(),
             _exclusive: exclusive,
         };
         eprintln!(
@@ -135,6 +148,75 @@ impl ProcCluster {
             cluster.wait_ready(i);
         }
         cluster
+    }
+
+    /// Starts a new node that joins the cluster through node `seed`'s peer address
+    /// (`--join`), with the test's arguments, and waits until it answers; its number.
+    pub fn join(&mut self, seed: usize) -> usize {
+        let i = self.nodes.len() + 1;
+        let mut base = vec![
+            "--join".to_string(),
+            self.peer_addr(seed).to_string(),
+            "--consistency".to_string(),
+            self.consistency.clone(),
+        ];
+        base.extend(self.extra.iter().cloned());
+        let own_http = !self.extra.iter().any(|a| a == "--http-listen");
+        self.nodes.push(Node {
+            client: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port()),
+            peer: SocketAddr::new(peer_ip(i).into(), free_port_on(peer_ip(i))),
+            log: self.dir.join(format!("node-{i}.log")),
+            child: None,
+            starts: 0,
+            own_args: Vec::new(),
+            http: own_http.then(|| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), free_port())),
+            base: Some(base),
+        });
+        self.spawn(i);
+        self.wait_ready(i);
+        i
+    }
+
+    /// Node `i`'s HTTP address (`--http-listen`, given by the harness).
+    pub fn http_addr(&self, i: usize) -> SocketAddr {
+        self.node(i)
+            .http
+            .expect("the test gave --http-listen itself")
+    }
+
+    /// Runs `tailorkv-admin --node <node i's HTTP address> args...`; its output, or the
+    /// error it printed.
+    pub fn admin(&self, i: usize, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(binary("tailorkv-admin"))
+            .arg("--node")
+            .arg(self.http_addr(i).to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tailorkv-admin");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() {
+            true => Ok(text),
+            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+        }
+    }
+
+    /// Waits up to `within` for node `i`'s process to exit by itself; its status.
+    pub fn await_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let node = self.node_mut(i);
+        loop {
+            let child = node.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait for controlet") {
+                node.child = None;
+                note(&node.log, &format!("exited by itself: {status}"));
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// How many nodes.
@@ -311,6 +393,10 @@ impl ProcCluster {
     fn spawn(&mut self, i: usize) {
         let dir = self.dir.to_string_lossy().into_owned();
         let node = &self.nodes[i - 1];
+        let http: Vec<String> = match node.http {
+            Some(http) => vec!["--http-listen".to_string(), http.to_string()],
+            None => Vec::new(),
+        };
         let args: Vec<String> = [
             "--id".to_string(),
             i.to_string(),
@@ -320,8 +406,11 @@ impl ProcCluster {
             node.peer.to_string(),
         ]
         .into_iter()
+        .chain(http)
         .chain(
-            self.args
+            node.base
+                .as_ref()
+                .unwrap_or(&self.args)
                 .iter()
                 .chain(&node.own_args)
                 .map(|a| a.replace("{node}", &i.to_string()).replace("{dir}", &dir)),

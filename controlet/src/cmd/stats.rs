@@ -105,6 +105,7 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         s(out, "ops_proposed", r.ops_proposed);
         s(out, "ops_applied", r.ops_applied);
         s(out, "apply_failures", r.apply_failures);
+        s(out, "state_bytes_sent", r.state_bytes_sent);
     }
     if let Some(e) = ctx.engine.repair_counters() {
         s(out, "antientropy_rounds", e.antientropy_rounds);
@@ -131,6 +132,11 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
             "partitions_held",
             placement.share(NodeId(ctx.config.id)) as u64,
         );
+        // Membership: the placement's epoch, and the groups held here whose view is not
+        // yet their target (a member joining or leaving: data moving).
+        s(out, "membership_epoch", placement.epoch());
+        let moving = groups.iter().filter(|(_, h)| !h.settled()).count();
+        s(out, "groups_moving", moving as u64);
         let f = &cluster.forwarder;
         s(out, "forwarded", f.sent.load(Relaxed));
         s(out, "forward_retries", f.retried.load(Relaxed));

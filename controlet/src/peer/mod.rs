@@ -31,13 +31,14 @@
 //! under it; a message that is not (a bug) is reported and skipped, its number consumed, so
 //! the receiver sees a gap: never a link that resends one frame forever.
 //!
-//! A hello names the sender's cluster ([`LinkConfig::cluster`], a digest of the member list
-//! and of the settings every member must share). A connection whose hello names another
-//! cluster, a node that is not a configured peer, or an older run of a peer than one already
-//! heard from, is logged and closed before anything it sends reaches the protocol, so a
-//! stranger on the peer port (a node of another cluster, a misconfigured member, a stale
+//! A hello names the sender's cluster ([`LinkConfig::cluster`], a digest of the settings
+//! every member must share). A connection whose hello names another cluster, or an older run
+//! of a peer than one already heard from, is logged and closed before anything it sends
+//! reaches the protocol, so a stranger on the peer port (a node of another cluster, a stale
 //! connection of a process that restarted) cannot disturb the numbering of a real peer's
-//! messages and force a view change. This guards against mistakes, not attackers: peer
+//! messages and force a view change. A node of the cluster that is not a peer yet is heard as
+//! itself (a node asking to join, see [`crate::membership`]); the protocols above ignore
+//! senders that are not members. This guards against mistakes, not attackers: peer
 //! authentication is a separate matter.
 //!
 //! # Lost messages are detected, never hidden

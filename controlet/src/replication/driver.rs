@@ -766,11 +766,16 @@ impl<D: Datalet> Driver<D> {
                 }
             };
             sending.items += chunk.items.len() as u64;
-            sending.bytes += chunk
+            let bytes = chunk
                 .items
                 .iter()
                 .map(|i| (i.key.len() + i.value.len()) as u64)
                 .sum::<u64>();
+            sending.bytes += bytes;
+            // Counted once per joiner it goes to.
+            self.counters
+                .state_bytes_sent
+                .fetch_add(bytes * sending.to.len() as u64, Relaxed);
             chunk.total = sending.total;
             for (_, held) in sending.to.iter_mut() {
                 *held = Some(chunk.clone());

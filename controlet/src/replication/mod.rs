@@ -127,6 +127,9 @@ pub struct Counters {
     /// Ordered operations this member's datalet failed to apply (each sent it to catch up
     /// by state transfer).
     pub apply_failures: std::sync::atomic::AtomicU64,
+    /// Bytes of keys and values sent in snapshots to members joining a view (a moved copy, a
+    /// restarted member's catch-up).
+    pub state_bytes_sent: std::sync::atomic::AtomicU64,
 }
 
 /// Every reason a request may be refused for, so one that crossed a peer link (from an owner

@@ -75,19 +75,19 @@ impl Electorate<'_> {
         }
     }
 
-    /// Whether these votes (`true` for runs that were in the view) make a quorum of the view.
-    /// A majority of the members by id, of which at least `n - majority + 1` are runs that
-    /// were in the view: then every majority that may have accepted a plan before shares a
-    /// member with these that remembers it (Paxos's intersection), even though restarted
-    /// members forgot. This lets a two-member view whose other member restarted change
-    /// again, where counting only remembering runs would stop it for good.
-    fn is_quorum(&self, votes: impl Iterator<Item = bool>) -> bool {
+    /// Whether these votes (each a node and `true` for runs that were in the view) make a
+    /// quorum of the view. A majority of the members by id, of which at least
+    /// `n - majority + 1` are runs that were in the view: then every majority that may have
+    /// accepted a plan before shares a member with these that remembers it (Paxos's
+    /// intersection), even though restarted members forgot. This lets a two-member view whose
+    /// other member restarted change again, where counting only remembering runs would stop it
+    /// for good. Or, once the agreed membership has dropped members of the view from its target
+    /// ([`Electorate::target_quorum`]), every member it keeps.
+    fn is_quorum(&self, votes: impl Iterator<Item = (NodeId, bool)>) -> bool {
+        let votes: Vec<(NodeId, bool)> = votes.collect();
         let need = self.need();
-        let (mut all, mut remembering) = (0, 0);
-        for remembers in votes {
-            all += 1;
-            remembering += usize::from(remembers);
-        }
+        let all = votes.len();
+        let remembering = votes.iter().filter(|(_, r)| *r).count();
         if self.forced {
             return all >= need;
         }
@@ -95,7 +95,31 @@ impl Electorate<'_> {
             return remembering >= need;
         }
         let n = self.view.members.len();
-        all >= need && remembering >= n + 1 - need
+        (all >= need && remembering >= n + 1 - need) || self.target_quorum(&votes)
+    }
+
+    /// A view some of whose members the agreed membership has removed (they are not in the
+    /// target: dead, or handed over) may change with the votes of every member it keeps, runs
+    /// that were in the view, when those are at least `n - majority + 1`: so this quorum meets
+    /// every majority of the view, which is what the removed members could still form, and
+    /// any other such quorum (a later target keeps a subset of these members, since removed
+    /// nodes never come back under the same run). This is what lets a group of two whose
+    /// other member died take a replacement, which a majority of two cannot.
+    fn target_quorum(&self, votes: &[(NodeId, bool)]) -> bool {
+        if self.target.is_empty() {
+            return false;
+        }
+        let kept: Vec<NodeId> = self
+            .view
+            .ids()
+            .filter(|m| self.target.contains(m))
+            .collect();
+        let n = self.view.members.len();
+        if kept.is_empty() || kept.len() == n || kept.len() < n + 1 - self.view.majority() {
+            return false;
+        }
+        kept.iter()
+            .all(|k| votes.iter().any(|&(v, remembers)| v == *k && remembers))
     }
 }
 
@@ -207,7 +231,11 @@ impl<Op: Clone> Coordination<Op> {
         detector: &Detector,
     ) -> Next<Op> {
         if let Some(plan) = &self.plan {
-            let votes = self.accepted_by.values().copied().chain([true]);
+            let votes = self
+                .accepted_by
+                .iter()
+                .map(|(&n, &r)| (n, r))
+                .chain([(me, true)]);
             return if electorate.is_quorum(votes) {
                 Next::Install(plan.clone())
             } else {
@@ -217,7 +245,7 @@ impl<Op: Clone> Coordination<Op> {
         let votes = self
             .promises
             .iter()
-            .filter_map(|(&n, (inc, s))| electorate.vote(n, *inc, s));
+            .filter_map(|(&n, (inc, s))| Some((n, electorate.vote(n, *inc, s)?)));
         if !electorate.is_quorum(votes) {
             return Next::Wait;
         }

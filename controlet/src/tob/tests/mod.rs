@@ -461,3 +461,138 @@ fn nodes_that_restart_empty_beside_a_survivor_do_not_start_over() {
     }
     panic!("the three nodes never served together after the survivor was told to go on");
 }
+
+/// Hands queued messages on like [`route`], except to and from the nodes in `dead` (0-based).
+fn route_except(nodes: &mut [Tob<Op>], dead: &[usize]) {
+    loop {
+        let mut any = false;
+        for i in 0..nodes.len() {
+            let messages = nodes[i].take_messages();
+            if dead.contains(&i) {
+                continue;
+            }
+            for env in messages {
+                let to = env.to.0 as usize - 1;
+                if dead.contains(&to) {
+                    continue;
+                }
+                any = true;
+                nodes[to].step(env.from, env.incarnation, env.message);
+            }
+        }
+        for node in nodes.iter_mut() {
+            node.ack();
+        }
+        if !any {
+            return;
+        }
+    }
+}
+
+/// Ticks the live nodes and routes among them until `done` (at most 5,000 times).
+fn tick_live_until(
+    nodes: &mut [Tob<Op>],
+    dead: &[usize],
+    mut done: impl FnMut(&mut [Tob<Op>]) -> bool,
+) -> bool {
+    for _ in 0..5_000 {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if !dead.contains(&i) {
+                node.tick();
+            }
+        }
+        route_except(nodes, dead);
+        if done(nodes) {
+            return true;
+        }
+    }
+    false
+}
+
+fn member_ids(node: &Tob<Op>) -> Vec<u16> {
+    node.view().ids().map(|n| n.0).collect()
+}
+
+/// Node 2 of a two-member group is replaced by node 3 (the target becomes {1, 3}): node 3 is
+/// let in and given a snapshot, and node 2 stays in the view until node 3 has installed it;
+/// then a view change leaves node 2 out, and node 2 learns it is outside.
+#[test]
+fn a_member_is_replaced_only_once_its_replacement_holds_the_state() {
+    let mut nodes = formed(2);
+    nodes.push(Tob::new(
+        NodeId(3),
+        1,
+        &[NodeId(1), NodeId(3)],
+        0,
+        Timing::default(),
+    ));
+    let target = [NodeId(1), NodeId(3)];
+    nodes[0].set_target(&target);
+    nodes[1].set_target(&target);
+    nodes[0].propose(5);
+    nodes[0].flush();
+    let mut sent = None;
+    assert!(tick_live_until(&mut nodes, &[], |nodes| {
+        for event in nodes[0].take_events() {
+            if let Event::SendState { epoch, seq, to } = event {
+                assert_eq!(to, vec![NodeId(3)]);
+                sent = Some((epoch, seq));
+            }
+        }
+        sent.is_some()
+    }));
+    let (epoch, seq) = sent.unwrap();
+    assert_eq!(
+        member_ids(&nodes[0]),
+        vec![1, 2, 3],
+        "node 2 stays while node 3 catches up"
+    );
+    assert_eq!(nodes[2].state(), NodeState::CatchingUp);
+    // However long the transfer takes, node 2 is not dropped before it ends.
+    tick_live_until(&mut nodes, &[], |_| false);
+    assert_eq!(member_ids(&nodes[0]), vec![1, 2, 3]);
+    assert_eq!(nodes[0].view().epoch, epoch);
+    nodes[2].state_installed(epoch, seq);
+    assert!(tick_live_until(&mut nodes, &[], |nodes| member_ids(
+        &nodes[0]
+    ) == [1, 3]));
+    assert!(nodes[0].is_settled());
+    assert_eq!(nodes[2].state(), NodeState::Serving);
+    assert!(tick_live_until(&mut nodes, &[], |nodes| nodes[1].state()
+        == NodeState::Outside));
+    assert!(nodes[1]
+        .take_events()
+        .iter()
+        .any(|e| matches!(e, Event::Excluded { .. })));
+}
+
+/// A group of two whose other member died cannot change its view by a majority (it would need
+/// both); once the agreed membership removes the dead member and names a replacement, the
+/// survivor's vote is a quorum and the replacement is let in.
+#[test]
+fn the_survivor_of_two_takes_a_replacement_once_the_dead_member_is_removed() {
+    let mut nodes = formed(2);
+    nodes.push(Tob::new(
+        NodeId(3),
+        1,
+        &[NodeId(1), NodeId(3)],
+        0,
+        Timing::default(),
+    ));
+    let dead = [1];
+    let replaced = tick_live_until(&mut nodes, &dead, |nodes| nodes[0].view().epoch > 1);
+    assert!(
+        !replaced,
+        "a majority of two is two: no view without node 2"
+    );
+    assert!(!nodes[0].is_serving());
+    nodes[0].set_target(&[NodeId(1), NodeId(3)]);
+    assert!(tick_live_until(&mut nodes, &dead, |nodes| {
+        member_ids(&nodes[0]) == [1, 3]
+    }));
+    assert!(nodes[0].is_serving());
+    // Node 2 alone could not have formed a view of its own: it needs node 1's vote.
+    nodes[1].set_target(&[NodeId(1), NodeId(3)]);
+    let alone = tick_live_until(&mut nodes, &[0, 2], |nodes| nodes[1].view().epoch > 1);
+    assert!(!alone);
+}
