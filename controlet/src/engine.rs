@@ -329,18 +329,28 @@ pub struct Shape<D> {
     pub placement: Option<Arc<Placement>>,
     /// This node holds every key (a single node, or one group of every node).
     pub holds_all: bool,
+    /// The counters of the groups this node has left, so the node's never go back.
+    pub retired: ReplicationCounts,
 }
 
 impl<D: Datalet> Shape<D> {
-    /// The shape of a node holding `locals` in `placement`.
-    pub fn new(locals: Locals<D>, placement: Option<Arc<Placement>>) -> Self {
-        let holds_all = placement
-            .as_ref()
-            .is_none_or(|p| p.groups().all(|g| locals.contains_key(&g)));
+    /// The shape of node `me` holding `locals` in `placement`.
+    pub fn new(
+        locals: Locals<D>,
+        placement: Option<Arc<Placement>>,
+        me: tailorkv_common::NodeId,
+    ) -> Self {
+        // Every group here, and this node in every group's target (a node on its way out of a
+        // group sends the group's requests to the members staying).
+        let holds_all = placement.as_ref().is_none_or(|p| {
+            p.groups()
+                .all(|g| locals.contains_key(&g) && p.members(g).contains(&me))
+        });
         Shape {
             locals,
             placement,
             holds_all,
+            retired: ReplicationCounts::default(),
         }
     }
 }
@@ -378,7 +388,8 @@ pub struct Engine<D> {
     clock: Arc<dyn Clock>,
 }
 
-/// The replication counters of every group this node holds, added up.
+/// The replication counters of every group this node holds, added up (with those of the
+/// groups it has left, so counters never go back).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReplicationCounts {
     pub peer_messages_sent: u64,
@@ -386,6 +397,17 @@ pub struct ReplicationCounts {
     pub ops_applied: u64,
     pub apply_failures: u64,
     pub state_bytes_sent: u64,
+}
+
+impl ReplicationCounts {
+    /// Adds a group's counters.
+    pub fn add(&mut self, c: &crate::replication::Counters) {
+        self.peer_messages_sent += c.peer_messages_sent.load(Ordering::Relaxed);
+        self.ops_proposed += c.ops_proposed.load(Ordering::Relaxed);
+        self.ops_applied += c.ops_applied.load(Ordering::Relaxed);
+        self.apply_failures += c.apply_failures.load(Ordering::Relaxed);
+        self.state_bytes_sent += c.state_bytes_sent.load(Ordering::Relaxed);
+    }
 }
 
 /// Eventual mode's repair counters of every group this node holds, added up.
@@ -419,7 +441,10 @@ impl<D: Datalet> Engine<D> {
         cluster: Option<Cluster>,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let shape = Shape::new(locals, placement);
+        let me = cluster
+            .as_ref()
+            .map_or(tailorkv_common::NodeId(0), |c| c.forwarder.me());
+        let shape = Shape::new(locals, placement, me);
         Engine {
             shape: Arc::new(std::sync::RwLock::new(Arc::new(shape))),
             cluster,
@@ -482,16 +507,15 @@ impl<D: Datalet> Engine<D> {
         let partition = crate::placement::partition_of(key);
         let group = placement.group_of_partition(partition);
         let me = self.cluster.as_ref().map(|c| c.forwarder.me());
+        let members = placement.members(group);
         match shape.locals.get(&group) {
-            Some(local) if !local.standing_by() => Route::Here(local),
+            // A group this node is leaving is served by the members it is handed to.
+            Some(local) if !local.standing_by() && me.is_none_or(|me| members.contains(&me)) => {
+                Route::Here(local)
+            }
             _ => Route::There {
                 group,
-                owners: placement
-                    .members(group)
-                    .iter()
-                    .copied()
-                    .filter(|&o| Some(o) != me)
-                    .collect(),
+                owners: members.iter().copied().filter(|&o| Some(o) != me).collect(),
             },
         }
     }
@@ -695,15 +719,11 @@ impl<D: Datalet> Engine<D> {
 
     /// The total order's counters of every group held here, in a strong-mode cluster.
     pub fn replication_counters(&self) -> Option<ReplicationCounts> {
+        let shape = self.shape();
         let mut sum = None;
-        for local in self.shape().locals.values() {
+        for local in shape.locals.values() {
             if let Some(c) = local.replication_counters() {
-                let s: &mut ReplicationCounts = sum.get_or_insert_with(Default::default);
-                s.peer_messages_sent += c.peer_messages_sent.load(Ordering::Relaxed);
-                s.ops_proposed += c.ops_proposed.load(Ordering::Relaxed);
-                s.ops_applied += c.ops_applied.load(Ordering::Relaxed);
-                s.apply_failures += c.apply_failures.load(Ordering::Relaxed);
-                s.state_bytes_sent += c.state_bytes_sent.load(Ordering::Relaxed);
+                sum.get_or_insert(shape.retired).add(c);
             }
         }
         sum

@@ -124,7 +124,9 @@ pub async fn run_configured(
             .await
         }
         DataletSpec::Memcached(ref addr) => {
-            if sharded {
+            // A node that joins learns the groups when it joins: it can hold the one group
+            // of a cluster that has one (another would find no datalet to open).
+            if config.join.is_none() && sharded {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     "a memcached:// datalet holds one replica group: give --replicas the number \

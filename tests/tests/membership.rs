@@ -320,3 +320,94 @@ fn a_move_survives_its_joiner_killed_mid_transfer_and_the_dead_are_replaced() {
         check_filled(&cluster, i, 100, "after node 3 was replaced");
     }
 }
+
+/// Faults in the middle of moves, under a recorded load: a throttled transfer to a joining
+/// node 4 loses its likely source (node 1, the lowest id: `kill -9`, restarted later), then
+/// node 4 is cut off from every node for 2 s; a second move (node 5 joining) has a member of
+/// every group paused (SIGSTOP of node 2 for 2 s). Each move finishes, every group ends with
+/// its 3 target members serving, every key written before is there, and the history is
+/// linearizable.
+#[test]
+fn moves_finish_through_kills_partitions_and_pauses() {
+    let args = [
+        "--replicas",
+        "3",
+        "--groups",
+        "6",
+        "--rebalance-rate",
+        "1000000",
+    ];
+    let mut cluster = ProcCluster::start(3, LIN, &args);
+    let net = tailorkv_tests::procs::Net::new();
+    let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(5)).unwrap();
+    let big = vec![b'y'; 4000];
+    for i in 0..1500 {
+        assert_eq!(c.set(&format!("big{i}"), &big).unwrap(), OpResult::Stored);
+    }
+    fill(&cluster, 2, 200);
+    let addrs: Vec<SocketAddr> = (1..=3).map(|i| cluster.addr(i)).collect();
+    let mut load = Workload::start(&addrs, WorkloadConfig::new(6, 11));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let four = cluster.join(3);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        stat(cluster.addr(2), "groups_moving").unwrap_or(0) > 0,
+        "the move ended before the faults: nothing to test\n{}",
+        cluster.describe()
+    );
+    cluster.kill(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    net.isolate(four);
+    std::thread::sleep(Duration::from_secs(2));
+    net.heal();
+    cluster.restart(1);
+    settle(
+        &cluster,
+        &[1, 2, 3, four],
+        2,
+        "node 4 joined through a kill and a cut",
+    );
+
+    let five = cluster.join(1);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.stop(2);
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.cont(2);
+    settle(
+        &cluster,
+        &[1, 2, 3, four, five],
+        3,
+        "node 5 joined through a pause",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    load.stop();
+
+    for i in [1, 2, 3, four, five] {
+        check_filled(&cluster, i, 200, "after the faults");
+    }
+    let mut c = McConn::connect(cluster.addr(five), Duration::from_secs(5)).unwrap();
+    for i in (0..1500).step_by(37) {
+        assert_eq!(
+            c.get(&format!("big{i}")).unwrap(),
+            OpResult::Hit(Value(big.clone())),
+            "big{i} through node 5"
+        );
+    }
+    let unexpected = load.unexpected();
+    assert!(unexpected.is_empty(), "nonsense replies: {unexpected:?}");
+    let history = load.history();
+    eprintln!("{} ops recorded\n{}", history.len(), load.summary());
+    let verdict = check_linearizable(
+        &history,
+        Budget {
+            max_steps_per_key: 2_000_000,
+            max_time: Some(Duration::from_secs(30)),
+        },
+    );
+    assert!(
+        verdict.is_linearizable(),
+        "{verdict}\n{}",
+        cluster.describe()
+    );
+}

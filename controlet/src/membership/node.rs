@@ -296,8 +296,12 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
             })
             .map(|(g, _)| *g)
             .collect();
+        let mut retired = self.shape.read().unwrap().retired;
         for group in gone {
             let running = self.running.remove(&group).expect("listed");
+            if let Some(counters) = running.local.replication_counters() {
+                retired.add(counters);
+            }
             running.stop.cancel();
             self.ground.groups.remove(group);
             let datalet = Arc::clone(running.local.datalet());
@@ -317,7 +321,8 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
             for local in locals.values() {
                 local.set_memory_limit(share);
             }
-            let shape = Shape::new(locals, Some(Arc::new(placement.clone())));
+            let mut shape = Shape::new(locals, Some(Arc::new(placement.clone())), me);
+            shape.retired = retired;
             *self.shape.write().unwrap() = Arc::new(shape);
             self.shaped = members.epoch();
         }
