@@ -253,6 +253,14 @@ impl<D: Datalet> Local<D> {
         self.ordered().map(|o| o.replicator.counters())
     }
 
+    /// [`Local::eventual_node`], shared.
+    pub fn eventual_handle(&self) -> Option<&Arc<Eventual<D>>> {
+        match &self.mode {
+            Mode::Eventual(e) => Some(e),
+            Mode::Single(_) | Mode::Ordered(_) => None,
+        }
+    }
+
     /// The eventual-consistency side of this node, in the eventual mode.
     pub fn eventual_node(&self) -> Option<&Eventual<D>> {
         match &self.mode {
@@ -535,9 +543,32 @@ impl<D: Datalet> Engine<D> {
             Route::Here(local) => local.get(key).await,
             Route::There { .. } => {
                 let mut items = self.get_many(std::slice::from_ref(key)).await;
-                items.pop().expect("one answer per key")
+                let item = items.pop().expect("one answer per key");
+                if is_no_owner(&item) && self.await_new_placement(&shape).await {
+                    // The owners it asked gave the group up meanwhile: ask the new ones.
+                    let mut items = self.get_many(std::slice::from_ref(key)).await;
+                    return items.pop().expect("one answer per key");
+                }
+                item
             }
         }
+    }
+
+    /// After no owner of a group would serve a request (each answered that it does not
+    /// hold the group: a membership change under way), waits a moment for this node to learn
+    /// a newer placement than `shape`'s; whether it did.
+    async fn await_new_placement(&self, shape: &Shape<D>) -> bool {
+        let Some(epoch) = shape.placement.as_ref().map(|p| p.epoch()) else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + NEW_PLACEMENT_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if self.placement().is_some_and(|p| p.epoch() > epoch) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
     }
 
     /// The live items under `keys`, in their order: the keys of each group read together,
@@ -625,9 +656,15 @@ impl<D: Datalet> Engine<D> {
             Route::There { group, owners } => {
                 let op = RemoteOp::Apply {
                     key: key.clone(),
-                    mutation,
+                    mutation: mutation.clone(),
                 };
-                match self.forwarder().call(group, &owners, op, false).await? {
+                let answer = self.forwarder().call(group, &owners, op, false).await;
+                if is_no_owner(&answer) && self.await_new_placement(&shape).await {
+                    // Every owner asked refused before ordering it: nothing happened, and the
+                    // new placement names others.
+                    return Box::pin(self.apply(key, mutation)).await;
+                }
+                match answer? {
                     RemoteAnswer::Applied(result) => Ok(result?),
                     other => Err(unexpected(&other)),
                 }
@@ -746,6 +783,20 @@ impl<D: Datalet> Engine<D> {
         sum
     }
 
+    /// Groups held here whose members are changing: a copy moving in or out (a view that is
+    /// not yet the group's target, or an eventual copy being sent or handed over).
+    pub fn groups_moving(&self) -> usize {
+        let shape = self.shape();
+        shape
+            .locals
+            .values()
+            .filter(|local| match local.eventual_node() {
+                Some(node) => node.is_moving(),
+                None => local.cluster_health().is_some_and(|h| !h.settled()),
+            })
+            .count()
+    }
+
     /// Where this node stands in each group it holds, in a strong mode.
     pub fn cluster_health(&self) -> Vec<(GroupId, Arc<crate::replication::Health>)> {
         self.shape()
@@ -782,6 +833,14 @@ fn add_stats(sum: &mut DataletStats, s: &DataletStats) {
     sum.get_expired += s.get_expired;
     sum.get_flushed += s.get_flushed;
     sum.reclaimed += s.reclaimed;
+}
+
+/// How long a request that found no owner waits for a newer placement before it is refused.
+const NEW_PLACEMENT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether `result` is the refusal of a request no owner would take.
+fn is_no_owner<T>(result: &Result<T, Error>) -> bool {
+    matches!(result, Err(Error::Refused(why)) if *why == crate::shard::forward::NO_OWNER)
 }
 
 fn unexpected(answer: &RemoteAnswer) -> Error {

@@ -386,12 +386,7 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "The placement's epoch: membership changes since the cluster started, plus one",
             placement.epoch(),
         );
-        let moving = ctx
-            .engine
-            .cluster_health()
-            .iter()
-            .filter(|(_, h)| !h.settled())
-            .count();
+        let moving = ctx.engine.groups_moving();
         gauge(
             &mut r,
             "tailorkv_groups_moving",

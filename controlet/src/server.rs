@@ -25,15 +25,17 @@ use tokio_util::task::TaskTracker;
 use crate::cmd::Context;
 use crate::config::{Config, Consistency, DataletSpec};
 use crate::connection::serve;
-use crate::engine::{serve_forwarded, Cluster, Engine, Local, FORWARD_READ_BYTES};
-use crate::membership::node::{Follower, Groundwork, Stores};
-use crate::membership::{Members, Membership, META};
+use crate::engine::{serve_forwarded, Cluster, Engine, FORWARD_READ_BYTES};
+use crate::membership::node::{
+    start_meta, EventualGround, Follower, Groundwork, GroupKind, Order, Stores,
+};
+use crate::membership::{Members, Membership};
 use crate::peer::{cluster_digest, new_session, LinkConfig, Transport};
 use crate::placement::{GroupId, Placement};
 use crate::replication::eventual::{self, EventualOptions};
-use crate::replication::{max_frame_bytes, Eventual, PeerMsg};
+use crate::replication::{max_frame_bytes, PeerMsg};
 use crate::shard::forward::{ForwardLink, Forwarder};
-use crate::shard::mux::{self, GroupLink, Groups, Wire};
+use crate::shard::mux::{self, Groups, Wire};
 use crate::stats::Counts;
 use crate::stats::SharedCounts;
 use crate::status::Sources;
@@ -109,7 +111,7 @@ pub async fn run_configured(
                     ..DiskOptions::default()
                 },
             };
-            let meta = match is_strong_cluster(&config) {
+            let meta = match config.is_cluster() {
                 true => Some(stores.open(crate::membership::META)?),
                 false => None,
             };
@@ -262,11 +264,9 @@ async fn serve_with<D: Datalet, M: Datalet>(
             .map_err(std::io::Error::other)?;
         let status = shared.sources(NodeId(config.id), &engine, None, None);
         (engine, status)
-    } else if config.consistency == Consistency::Eventual {
-        join_eventual(&config, stores, clock, &shared, &shutdown).await?
     } else {
-        let meta = meta.expect("a strong-mode cluster node has a metadata store");
-        strong_node(&config, stores, meta, clock, &shared, &shutdown).await?
+        let meta = meta.expect("a cluster node has a metadata store");
+        cluster_node(&config, stores, meta, clock, &shared, &shutdown).await?
     };
     let http = match config.http_listen {
         Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
@@ -418,98 +418,11 @@ fn other_peers(config: &Config) -> Vec<(NodeId, SocketAddr)> {
         .collect()
 }
 
-/// Joins the eventual-mode cluster `config.peers` names: binds the peer address, starts an
-/// eventual node for every replica group this node holds, and the forwarding of requests for
-/// the keys it does not hold. Its members are fixed at launch.
-async fn join_eventual<D: Datalet>(
-    config: &Config,
-    stores: Arc<dyn Stores<D>>,
-    clock: Arc<dyn Clock>,
-    shared: &NodeShared,
-    shutdown: &CancellationToken,
-) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
-    if config.join.is_some() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "--join is for the linearizable and sequential modes: an eventual-mode cluster's \
-             members are fixed by --peers",
-        ));
-    }
-    let me = NodeId(config.id);
-    let (_, listen) = peer_addresses(config)?;
-    let listener = bind_peers(listen).await?;
-    let placement = Arc::new(placement(config)?);
-    let held = placement.groups_of(me);
-    tracing::info!(
-        id = config.id,
-        nodes = placement.nodes().len(),
-        replicas = placement.replicas(),
-        groups = ?held,
-        partitions = placement.share(me),
-        consistency = ?config.consistency,
-        "joining the cluster"
-    );
-    let options = EventualOptions {
-        link: link_config(config, eventual::max_frame_bytes(config.item_size_max)),
-        ..EventualOptions::default()
-    };
-    let (transport, inbox) = Transport::<Wire<eventual::Message>>::start(
-        me,
-        new_session(),
-        listener,
-        &other_peers(config),
-        options.link,
-        shutdown.clone(),
-    );
-    let groups = Groups::default();
-    let lamport = Arc::default();
-    let mut locals = BTreeMap::new();
-    for &group in &held {
-        let members = placement.members(group).to_vec();
-        let group_inbox = groups.add(group, members.clone());
-        let others: Vec<NodeId> = members.into_iter().filter(|&m| m != me).collect();
-        let datalet = stores.open(group)?;
-        let link = GroupLink::new(transport.clone(), group);
-        let node = Eventual::start_in(
-            me,
-            Arc::clone(&datalet),
-            (Arc::clone(&clock), Arc::clone(&lamport)),
-            (link, group_inbox),
-            &others,
-            shutdown.clone(),
-            options,
-        );
-        let local = Local::start(datalet, Arc::clone(&clock))
-            .await
-            .map_err(std::io::Error::other)?;
-        local.set_memory_limit(config.memory_limit * 1024 * 1024 / held.len().max(1));
-        locals.insert(group, Arc::new(local.eventual(node)));
-    }
-    let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
-    let (joins, _) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
-    let link: Arc<dyn ForwardLink> = Arc::new(transport);
-    let forwarder = Arc::new(Forwarder::new(me, Arc::clone(&link)));
-    let cluster = Cluster {
-        forwarder: Arc::clone(&forwarder),
-        keys_per_forward: (FORWARD_READ_BYTES / config.item_size_max).max(1),
-    };
-    let engine = Engine::new(locals, Some(placement), Some(cluster), clock);
-    let status = shared.sources(me, &engine, Some((link, Arc::clone(&forwarder))), None);
-    tokio::spawn(serve_forwarded(
-        Arc::clone(&status),
-        forwarder,
-        incoming,
-        shutdown.clone(),
-    ));
-    Ok((engine, status))
-}
-
-/// A node of a linearizable or sequential cluster: binds the peer address, learns the
-/// members (saved on disk by an earlier run, asked of a member with `--join`, or from
-/// `--peers`), runs the metadata group and every replica group the placement gives it, and
-/// follows each membership change ([`crate::membership`]).
-async fn strong_node<D: Datalet, M: Datalet>(
+/// A node of a cluster: binds the peer address, learns the members (saved on disk by an
+/// earlier run, asked of a member with `--join`, or from `--peers`), runs the metadata group
+/// and every replica group the placement gives it in the cluster's mode, and follows each
+/// membership change ([`crate::membership`]).
+async fn cluster_node<D: Datalet, M: Datalet>(
     config: &Config,
     stores: Arc<dyn Stores<D>>,
     meta_store: Arc<M>,
@@ -517,14 +430,16 @@ async fn strong_node<D: Datalet, M: Datalet>(
     shared: &NodeShared,
     shutdown: &CancellationToken,
 ) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)> {
-    let me = NodeId(config.id);
-    let (own, listen) = peer_addresses(config)?;
-    let listener = bind_peers(listen).await?;
     let replicas = config
         .replicas
         .unwrap_or(DEFAULT_REPLICAS)
         .max(DEFAULT_REPLICAS);
-    let frame = max_frame_bytes(replicas, config.item_size_max);
+    let frame = match config.consistency {
+        Consistency::Eventual => {
+            eventual::max_frame_bytes(config.item_size_max).max(max_frame_bytes(replicas, 64 << 10))
+        }
+        _ => max_frame_bytes(replicas, config.item_size_max),
+    };
     if frame > FRAME_CAP_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -537,8 +452,97 @@ async fn strong_node<D: Datalet, M: Datalet>(
             ),
         ));
     }
+    match config.consistency {
+        Consistency::Eventual => {
+            let make = |transport, groups| EventualGround {
+                me: NodeId(config.id),
+                transport,
+                groups,
+                stores: Arc::clone(&stores),
+                clock: Arc::clone(&clock),
+                lamport: Arc::default(),
+                options: EventualOptions {
+                    link: link_config(config, frame),
+                    rebalance_rate: config.rebalance_rate,
+                    ..EventualOptions::default()
+                },
+                shutdown: shutdown.clone(),
+            };
+            run_cluster(
+                config,
+                meta_store,
+                clock.clone(),
+                shared,
+                shutdown,
+                frame,
+                make,
+            )
+            .await
+        }
+        _ => {
+            let make = |transport: Transport<Wire<PeerMsg>>, groups| Groundwork {
+                me: NodeId(config.id),
+                session: transport.session(),
+                transport,
+                groups,
+                stores: Arc::clone(&stores),
+                clock: Arc::clone(&clock),
+                timing: timing(config),
+                local_reads: match config.consistency {
+                    Consistency::Linearizable => config.unsafe_local_reads,
+                    Consistency::Sequential | Consistency::Eventual => true,
+                },
+                memory_limit: config.memory_limit * 1024 * 1024,
+                rebalance_rate: config.rebalance_rate,
+                shutdown: shutdown.clone(),
+            };
+            run_cluster(
+                config,
+                meta_store,
+                clock.clone(),
+                shared,
+                shutdown,
+                frame,
+                make,
+            )
+            .await
+        }
+    }
+}
+
+/// The strong modes' timing, from `--failure-timeout-ms`.
+fn timing(config: &Config) -> Timing {
+    Timing {
+        suspect_after: config.failure_timeout_ms,
+        suspect_increment: config.failure_timeout_ms / 2,
+        view_change: (config.failure_timeout_ms * 5 / 8).max(10),
+        ..Timing::default()
+    }
+}
+
+/// [`cluster_node`] for data groups of kind `K`, made by `make` from the node's transport and
+/// mux registry.
+#[allow(clippy::too_many_arguments)]
+async fn run_cluster<D, M, W, K>(
+    config: &Config,
+    meta_store: Arc<M>,
+    clock: Arc<dyn Clock>,
+    shared: &NodeShared,
+    shutdown: &CancellationToken,
+    frame: usize,
+    make: impl FnOnce(Transport<Wire<W>>, Groups<W>) -> K,
+) -> std::io::Result<(Engine<D>, Arc<Sources<D>>)>
+where
+    D: Datalet,
+    M: Datalet,
+    W: crate::membership::node::WireMessage,
+    K: GroupKind<D>,
+{
+    let me = NodeId(config.id);
+    let (own, listen) = peer_addresses(config)?;
+    let listener = bind_peers(listen).await?;
     let session = new_session();
-    let (transport, inbox) = Transport::<Wire<PeerMsg>>::start(
+    let (transport, inbox) = Transport::<Wire<W>>::start(
         me,
         session,
         listener,
@@ -547,11 +551,13 @@ async fn strong_node<D: Datalet, M: Datalet>(
         shutdown.clone(),
     );
     let groups = Groups::default();
+    let meta_groups = Groups::<PeerMsg>::default();
     let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
     let (joins, mut join_answers) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(mux::run(
         inbox,
         groups.clone(),
+        meta_groups.clone(),
         forwarded,
         joins,
         shutdown.clone(),
@@ -594,29 +600,17 @@ async fn strong_node<D: Datalet, M: Datalet>(
         consistency = ?config.consistency,
         "joining the cluster"
     );
-    let ground = Groundwork {
+    let order = Order {
         me,
         session,
-        transport: transport.clone(),
-        groups,
-        stores,
         clock: Arc::clone(&clock),
-        timing: Timing {
-            suspect_after: config.failure_timeout_ms,
-            suspect_increment: config.failure_timeout_ms / 2,
-            view_change: (config.failure_timeout_ms * 5 / 8).max(10),
-            ..Timing::default()
-        },
-        local_reads: match config.consistency {
-            Consistency::Linearizable => config.unsafe_local_reads,
-            Consistency::Sequential | Consistency::Eventual => true,
-        },
-        memory_limit: config.memory_limit * 1024 * 1024,
+        timing: timing(config),
         rebalance_rate: config.rebalance_rate,
+        local_reads: false,
         shutdown: shutdown.clone(),
     };
     let nodes = placement.nodes().to_vec();
-    let (meta_local, _) = ground.start(META, nodes, usize::MAX, meta_store).await?;
+    let meta_local = start_meta(&order, transport.clone(), &meta_groups, nodes, meta_store).await?;
     let meta = meta_local
         .replicator()
         .expect("the metadata group is ordered")
@@ -651,22 +645,31 @@ async fn strong_node<D: Datalet, M: Datalet>(
             shutdown.clone(),
         ));
     }
-    let share = ground.memory_limit / held.len().max(1);
-    let mut locals = BTreeMap::new();
-    let mut stops = BTreeMap::new();
+    let memory_limit = config.memory_limit * 1024 * 1024;
+    let kind = make(transport.clone(), groups);
+    let share = memory_limit / held.len().max(1);
+    let mut started = BTreeMap::new();
     for &group in &held {
         let members = placement.members(group).to_vec();
-        let (local, stop) = ground.start_group(group, members, share).await?;
-        locals.insert(group, local);
-        stops.insert(group, stop);
+        // A node that has just joined is new to its groups: in the eventual mode it serves
+        // a group once a member has sent it a copy (the strong modes' order sees to that).
+        let local = match joined {
+            true => kind.start(group, members, share).await?,
+            false => kind.start_held(group, members, share).await?,
+        };
+        started.insert(group, local);
     }
-    let link: Arc<dyn ForwardLink> = Arc::new(transport);
+    let locals = started
+        .iter()
+        .map(|(&g, (local, _))| (g, Arc::clone(local)))
+        .collect();
+    let link: Arc<dyn ForwardLink> = Arc::new(transport.clone());
     let forwarder = Arc::new(Forwarder::new(me, Arc::clone(&link)));
     let cluster = Cluster {
         forwarder: Arc::clone(&forwarder),
         keys_per_forward: (FORWARD_READ_BYTES / config.item_size_max).max(1),
     };
-    let engine = Engine::new(locals.clone(), Some(placement), Some(cluster), clock);
+    let engine = Engine::new(locals, Some(placement), Some(cluster), clock);
     let admin: Arc<dyn crate::membership::Admin> = membership.clone();
     let parts = (link, Arc::clone(&forwarder));
     let status = shared.sources(me, &engine, Some(parts), Some(admin));
@@ -681,7 +684,18 @@ async fn strong_node<D: Datalet, M: Datalet>(
         meta.clone(),
         shutdown.clone(),
     ));
-    let follower = Follower::new(ground, membership, meta, engine.shape_cell(), locals, stops);
+    let add_peer = Box::new(move |id, addr| transport.add_peer(id, addr));
+    let follower = Follower::new(
+        me,
+        kind,
+        add_peer,
+        meta_groups,
+        memory_limit,
+        shutdown.clone(),
+        (membership, meta),
+        engine.shape_cell(),
+        started,
+    );
     tokio::spawn(follower.run());
     Ok((engine, status))
 }

@@ -411,3 +411,116 @@ fn moves_finish_through_kills_partitions_and_pauses() {
         cluster.describe()
     );
 }
+
+/// Eventual mode: writers, each on keys of its own, write through nodes 1 to 3 while node 4
+/// joins (each group it enters is sent a whole copy by a member staying, and it serves a
+/// group only once it has it), node 2 leaves (handing over what it held) and node 1 is killed
+/// and removed. Afterwards every node answers every key with its writer's last acknowledged
+/// value (or a later one it tried): no acknowledged write lost, the replicas converged.
+#[test]
+fn eventual_cluster_grows_and_shrinks_without_losing_a_write() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut cluster = ProcCluster::start(3, "eventual", &["--replicas", "2", "--groups", "6"]);
+    fill(&cluster, 1, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per key: (last acknowledged, last tried).
+    let ledger: Arc<Mutex<BTreeMap<String, (u64, u64)>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..4usize {
+        let addrs: Vec<SocketAddr> = (1..=3).map(|i| cluster.addr(i)).collect();
+        let (stop, ledger) = (Arc::clone(&stop), Arc::clone(&ledger));
+        writers.push(std::thread::spawn(move || {
+            let mut node = w % 3;
+            let mut conn: Option<McConn> = None;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let key = format!("w{w}-k{}", seq % 40);
+                if conn.is_none() {
+                    node = (node + 1) % addrs.len();
+                    conn = McConn::connect(addrs[node], Duration::from_secs(2)).ok();
+                }
+                let Some(c) = conn.as_mut() else { continue };
+                ledger.lock().unwrap().entry(key.clone()).or_default().1 = seq;
+                match c.set(&key, seq.to_string().as_bytes()) {
+                    Ok(OpResult::Stored) => {
+                        ledger.lock().unwrap().get_mut(&key).unwrap().0 = seq;
+                    }
+                    _ => conn = None,
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let four = cluster.join(1);
+    settle_eventual(&cluster, &[1, 2, 3, four], 2);
+    cluster.admin(2, &["leave"]).expect("node 2 leaves");
+    let exit = cluster.await_exit(2, SETTLE_WITHIN);
+    assert!(exit.is_some_and(|s| s.success()), "node 2: {exit:?}");
+    settle_eventual(&cluster, &[1, 3, four], 3);
+    cluster.kill(1);
+    cluster.admin(3, &["remove", "1"]).expect("remove node 1");
+    settle_eventual(&cluster, &[3, four], 4);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    // Anti-entropy and the hand-overs have had their time: every node agrees.
+    let ledger = ledger.lock().unwrap().clone();
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    'nodes: for i in [3, four] {
+        loop {
+            let mut c = McConn::connect(cluster.addr(i), Duration::from_secs(5)).unwrap();
+            let wrong: Vec<String> = ledger
+                .iter()
+                .filter_map(|(key, &(acked, tried))| {
+                    let got: Option<u64> = match c.get(key) {
+                        Ok(OpResult::Hit(Value(v))) => String::from_utf8_lossy(&v).parse().ok(),
+                        _ => None,
+                    };
+                    match got {
+                        Some(v) if v >= acked && v <= tried => None,
+                        other => Some(format!(
+                            "{key}: {other:?}, acknowledged {acked}, tried {tried}"
+                        )),
+                    }
+                })
+                .collect();
+            if wrong.is_empty() {
+                check_filled(&cluster, i, 200, "eventual, at the end");
+                continue 'nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} still answers wrong:\n{}\n{}",
+                wrong.join("\n"),
+                cluster.describe()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Waits until every node in `nodes` knows placement epoch `epoch` and serves every group it
+/// holds (eventual mode: no group still being sent its copy).
+fn settle_eventual(cluster: &ProcCluster, nodes: &[usize], epoch: u64) {
+    let started = Instant::now();
+    loop {
+        let done = nodes.iter().all(|&i| {
+            let addr = cluster.addr(i);
+            stat(addr, "membership_epoch") == Some(epoch) && stat(addr, "groups_moving") == Some(0)
+        });
+        if done {
+            return;
+        }
+        assert!(
+            started.elapsed() < SETTLE_WITHIN,
+            "not settled at epoch {epoch}\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

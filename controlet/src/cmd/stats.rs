@@ -135,8 +135,7 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         // Membership: the placement's epoch, and the groups held here whose view is not
         // yet their target (a member joining or leaving: data moving).
         s(out, "membership_epoch", placement.epoch());
-        let moving = groups.iter().filter(|(_, h)| !h.settled()).count();
-        s(out, "groups_moving", moving as u64);
+        s(out, "groups_moving", ctx.engine.groups_moving() as u64);
         let f = &cluster.forwarder;
         s(out, "forwarded", f.sent.load(Relaxed));
         s(out, "forward_retries", f.retried.load(Relaxed));

@@ -1,10 +1,14 @@
-//! A strong-mode cluster node whose groups follow the membership: it starts from `--peers`,
-//! from what its disk saved, or by joining through a member (`--join`); it then runs the
-//! metadata group and the data groups the placement gives it, and follows every change:
-//! new peers, groups to start, new targets for the groups it holds, groups it has left.
+//! A cluster node whose groups follow the membership: it starts from `--peers`, from what its
+//! disk saved, or by joining through a member (`--join`); it then runs the metadata group and
+//! the data groups the placement gives it, and follows every change: new peers, groups to
+//! start, new targets for the groups it holds, groups it has left. What a data group is
+//! depends on the mode ([`GroupKind`]): an order of its own (the strong modes, [`Groundwork`])
+//! or eventual replication ([`EventualGround`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,35 @@ use crate::placement::GroupId;
 use crate::replication::{GroupDriver, PeerMsg, Replicator};
 use crate::shard::mux::{GroupLink, Groups, Wire};
 use crate::tob::Timing;
+
+/// What a node's data groups send each other: [`PeerMsg`] in the strong modes, the eventual
+/// mode's own messages otherwise.
+pub trait WireMessage:
+    serde::Serialize + serde::de::DeserializeOwned + crate::weigh::Weigh + Send + Sync + 'static
+{
+}
+
+impl<T> WireMessage for T where
+    T: serde::Serialize + serde::de::DeserializeOwned + crate::weigh::Weigh + Send + Sync + 'static
+{
+}
+
+/// Starts the metadata group on `transport` (its messages travel as [`Wire::Meta`]), with
+/// the cluster's `nodes` as its first members, on `datalet`.
+pub async fn start_meta<W: WireMessage, X: Datalet>(
+    order: &Order,
+    transport: Transport<Wire<W>>,
+    meta_groups: &Groups<PeerMsg>,
+    nodes: Vec<NodeId>,
+    datalet: Arc<X>,
+) -> std::io::Result<Arc<Local<X>>> {
+    let inbox = meta_groups.add(META, nodes.clone());
+    let link = crate::shard::mux::MetaLink { transport };
+    let (local, _) = order
+        .start(META, nodes, usize::MAX, datalet, link, inbox)
+        .await?;
+    Ok(local)
+}
 
 /// Opens the datalet of a group (the metadata group too), and throws one away.
 pub trait Stores<D>: Send + Sync + 'static {
@@ -59,18 +92,46 @@ impl<D: Datalet> Groundwork<D> {
         memory_share: usize,
     ) -> std::io::Result<(Arc<Local<D>>, CancellationToken)> {
         let datalet = self.stores.open(group)?;
-        self.start(group, members, memory_share, datalet).await
+        let inbox = self.groups.add(group, members.clone());
+        let link = GroupLink::new(self.transport.clone(), group);
+        let order = Order {
+            me: self.me,
+            session: self.session,
+            clock: Arc::clone(&self.clock),
+            timing: self.timing,
+            rebalance_rate: self.rebalance_rate,
+            local_reads: self.local_reads,
+            shutdown: self.shutdown.clone(),
+        };
+        order
+            .start(group, members, memory_share, datalet, link, inbox)
+            .await
     }
+}
 
-    /// Starts `group` here on `datalet`, with `members` as its first target.
+/// What starting one group's order takes.
+pub struct Order {
+    pub me: NodeId,
+    pub session: u64,
+    pub clock: Arc<dyn Clock>,
+    pub timing: Timing,
+    pub rebalance_rate: Option<u64>,
+    pub local_reads: bool,
+    pub shutdown: CancellationToken,
+}
+
+impl Order {
+    /// Starts `group`'s order here on `datalet`, with `members` as its first target, sending
+    /// through `link` and taking from `inbox`.
     pub async fn start<X: Datalet>(
         &self,
         group: GroupId,
         members: Vec<NodeId>,
         memory_share: usize,
         datalet: Arc<X>,
+        link: impl crate::shard::mux::OrderLink,
+        inbox: crate::shard::mux::GroupInbox<PeerMsg>,
     ) -> std::io::Result<(Arc<Local<X>>, CancellationToken)> {
-        let inbox = self.groups.add(group, members.clone());
         let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
         let stop = self.shutdown.child_token();
         let driver = GroupDriver {
@@ -80,7 +141,6 @@ impl<D: Datalet> Groundwork<D> {
             members,
             rebalance_rate: self.rebalance_rate,
         };
-        let link = GroupLink::new(self.transport.clone(), group);
         let replicator = driver.spawn(
             link,
             inbox,
@@ -99,8 +159,8 @@ impl<D: Datalet> Groundwork<D> {
 
 /// Asks the member at `seed` to let this node in, until it answers: the members with this
 /// node in them.
-pub async fn ask_to_join(
-    transport: &Transport<Wire<PeerMsg>>,
+pub async fn ask_to_join<W: WireMessage>(
+    transport: &Transport<Wire<W>>,
     joins: &mut mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
     seed: SocketAddr,
     me: NodeId,
@@ -147,9 +207,9 @@ pub async fn ask_to_join(
 
 /// Answers requests to join: adds the node through the metadata group and sends it the
 /// members (or why not).
-pub async fn answer_joins<M: Datalet>(
+pub async fn answer_joins<M: Datalet, W: WireMessage>(
     membership: Arc<Membership<M>>,
-    transport: Transport<Wire<PeerMsg>>,
+    transport: Transport<Wire<W>>,
     mut joins: mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
     shutdown: CancellationToken,
 ) {
@@ -181,10 +241,183 @@ pub async fn answer_joins<M: Datalet>(
     }
 }
 
+/// A group starting: its engine, and what stops it.
+pub type StartFuture<'a, D> =
+    Pin<Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + 'a>>;
+
+/// What a data group is in the node's mode: how it starts, takes a new target, and tells
+/// that this node has left it.
+pub trait GroupKind<D: Datalet>: Send + Sync + 'static {
+    /// Starts `group` here (this node has just been named a member), with `target` as its
+    /// members and `share` bytes of the node's memory.
+    fn start(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D>;
+    /// Starts `group`, held by this node when it starts (not new to it).
+    fn start_held(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D>;
+    /// The group's members from now on.
+    fn retarget(&self, group: GroupId, local: &Local<D>, target: &[NodeId]);
+    /// This node has left the group: its copy is no longer needed.
+    fn has_left(&self, local: &Local<D>) -> bool;
+    /// Stops handing the group's messages on.
+    fn forget(&self, group: GroupId);
+    /// The store of the group, to throw away.
+    fn stores(&self) -> &Arc<dyn Stores<D>>;
+}
+
+impl<D: Datalet> GroupKind<D> for Groundwork<D> {
+    fn start(
+        &self,
+        group: GroupId,
+        target: Vec<NodeId>,
+        share: usize,
+    ) -> Pin<
+        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
+    > {
+        Box::pin(async move {
+            let (local, stop) = self.start_group(group, target.clone(), share).await?;
+            if let Some(r) = local.replicator() {
+                r.set_target(target);
+            }
+            Ok((local, stop))
+        })
+    }
+
+    fn start_held(
+        &self,
+        group: GroupId,
+        target: Vec<NodeId>,
+        share: usize,
+    ) -> Pin<
+        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
+    > {
+        Box::pin(self.start_group(group, target, share))
+    }
+
+    fn retarget(&self, group: GroupId, local: &Local<D>, target: &[NodeId]) {
+        if let Some(replicator) = local.replicator() {
+            replicator.set_target(target.to_vec());
+            let mut heard: BTreeSet<NodeId> = target.iter().copied().collect();
+            heard.extend(replicator.health().view_ids());
+            self.groups.set_members(group, heard.into_iter().collect());
+        }
+    }
+
+    fn has_left(&self, local: &Local<D>) -> bool {
+        local.cluster_health().is_some_and(|h| h.left())
+    }
+
+    fn forget(&self, group: GroupId) {
+        self.groups.remove(group);
+    }
+
+    fn stores(&self) -> &Arc<dyn Stores<D>> {
+        &self.stores
+    }
+}
+
+/// What running an eventual-mode group on this node takes.
+pub struct EventualGround<D> {
+    pub me: NodeId,
+    pub transport: Transport<Wire<crate::replication::eventual::Message>>,
+    pub groups: Groups<crate::replication::eventual::Message>,
+    pub stores: Arc<dyn Stores<D>>,
+    pub clock: Arc<dyn Clock>,
+    /// The node's Lamport clock, shared by its groups.
+    pub lamport: Arc<std::sync::atomic::AtomicU64>,
+    pub options: crate::replication::eventual::EventualOptions,
+    pub shutdown: CancellationToken,
+}
+
+impl<D: Datalet> EventualGround<D> {
+    /// Starts eventual replication of `group` here with `target` as its members; `joining`
+    /// when this node is new to the group and must be sent a copy before it serves.
+    pub async fn start_group(
+        &self,
+        group: GroupId,
+        target: Vec<NodeId>,
+        share: usize,
+        joining: bool,
+    ) -> std::io::Result<(Arc<Local<D>>, CancellationToken)> {
+        let datalet = self.stores.open(group)?;
+        let inbox = self.groups.add(group, target.clone());
+        let stop = self.shutdown.child_token();
+        let link = GroupLink::new(self.transport.clone(), group);
+        let peers: Vec<NodeId> = target.iter().copied().filter(|&n| n != self.me).collect();
+        let node = crate::replication::Eventual::start_in(
+            self.me,
+            Arc::clone(&datalet),
+            (Arc::clone(&self.clock), Arc::clone(&self.lamport)),
+            (link, inbox),
+            &peers,
+            stop.clone(),
+            self.options,
+        );
+        if joining {
+            node.begin_filling();
+        }
+        let local = Local::start(datalet, Arc::clone(&self.clock))
+            .await
+            .map_err(std::io::Error::other)?;
+        local.set_memory_limit(share);
+        Ok((Arc::new(local.eventual(node)), stop))
+    }
+}
+
+impl<D: Datalet> GroupKind<D> for EventualGround<D> {
+    fn start(
+        &self,
+        group: GroupId,
+        target: Vec<NodeId>,
+        share: usize,
+    ) -> Pin<
+        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
+    > {
+        Box::pin(self.start_group(group, target, share, true))
+    }
+
+    fn start_held(
+        &self,
+        group: GroupId,
+        target: Vec<NodeId>,
+        share: usize,
+    ) -> Pin<
+        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
+    > {
+        Box::pin(self.start_group(group, target, share, false))
+    }
+
+    fn retarget(&self, group: GroupId, local: &Local<D>, target: &[NodeId]) {
+        if let Some(node) = local.eventual_handle() {
+            node.retarget(target);
+            let mut heard: BTreeSet<NodeId> = target.iter().copied().collect();
+            heard.insert(self.me);
+            self.groups.set_members(group, heard.into_iter().collect());
+        }
+    }
+
+    fn has_left(&self, local: &Local<D>) -> bool {
+        local.eventual_node().is_some_and(|n| n.has_left())
+    }
+
+    fn forget(&self, group: GroupId) {
+        self.groups.remove(group);
+    }
+
+    fn stores(&self) -> &Arc<dyn Stores<D>> {
+        &self.stores
+    }
+}
+
 /// Follows the membership: keeps the node's peers, groups and shape as the latest members
 /// say, until shutdown; ends the node (cancels `shutdown`) once it has left the cluster.
-pub struct Follower<D, M> {
-    pub ground: Groundwork<D>,
+pub struct Follower<D, M, K> {
+    pub me: NodeId,
+    pub kind: K,
+    /// Adds a peer to the node's transport.
+    pub add_peer: Box<dyn Fn(NodeId, SocketAddr) + Send + Sync>,
+    pub meta_groups: Groups<PeerMsg>,
+    /// The node's memory limit in bytes, shared by the groups it holds.
+    pub memory_limit: usize,
+    pub shutdown: CancellationToken,
     pub membership: Arc<Membership<M>>,
     pub meta: Replicator,
     pub shape: ShapeCell<D>,
@@ -193,25 +426,31 @@ pub struct Follower<D, M> {
     shaped: u64,
 }
 
-impl<D: Datalet, M: Datalet> Follower<D, M> {
+impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        ground: Groundwork<D>,
-        membership: Arc<Membership<M>>,
-        meta: Replicator,
+        me: NodeId,
+        kind: K,
+        add_peer: Box<dyn Fn(NodeId, SocketAddr) + Send + Sync>,
+        meta_groups: Groups<PeerMsg>,
+        memory_limit: usize,
+        shutdown: CancellationToken,
+        (membership, meta): (Arc<Membership<M>>, Replicator),
         shape: ShapeCell<D>,
-        started: Locals<D>,
-        stops: BTreeMap<GroupId, CancellationToken>,
+        started: BTreeMap<GroupId, (Arc<Local<D>>, CancellationToken)>,
     ) -> Self {
         let shaped = membership.current().epoch();
         let running = started
             .into_iter()
-            .map(|(g, local)| {
-                let stop = stops[&g].clone();
-                (g, Running { local, stop })
-            })
+            .map(|(g, (local, stop))| (g, Running { local, stop }))
             .collect();
         Follower {
-            ground,
+            me,
+            kind,
+            add_peer,
+            meta_groups,
+            memory_limit,
+            shutdown,
             membership,
             meta,
             shape,
@@ -222,7 +461,7 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
 
     pub async fn run(mut self) {
         let mut changes = self.membership.subscribe();
-        let shutdown = self.ground.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
                 _ = changes.changed() => {}
@@ -240,41 +479,28 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
 
     /// Brings the node in line with `members`; whether it has left the cluster.
     async fn follow(&mut self, members: &Members) -> bool {
-        let me = self.ground.me;
+        let me = self.me;
         let placement = &members.placement;
         for (&id, &addr) in &members.addrs {
-            self.ground.transport.add_peer(id, addr);
+            (self.add_peer)(id, addr);
         }
         let nodes = placement.nodes().to_vec();
         self.meta.set_target(nodes.clone());
         let mut heard: BTreeSet<NodeId> = nodes.iter().copied().collect();
         heard.extend(self.meta.health().view_ids());
-        self.ground
-            .groups
+        self.meta_groups
             .set_members(META, heard.into_iter().collect());
         let mut changed = members.epoch() != self.shaped;
         let held = placement.groups_of(me).len().max(1);
-        let share = self.ground.memory_limit / held;
+        let share = self.memory_limit / held;
         for group in placement.groups() {
             let target = placement.members(group).to_vec();
             match self.running.get(&group) {
-                Some(running) => {
-                    if let Some(replicator) = running.local.replicator() {
-                        replicator.set_target(target.clone());
-                        let mut heard: BTreeSet<NodeId> = target.iter().copied().collect();
-                        heard.extend(replicator.health().view_ids());
-                        self.ground
-                            .groups
-                            .set_members(group, heard.into_iter().collect());
-                    }
-                }
+                Some(running) => self.kind.retarget(group, &running.local, &target),
                 None if target.contains(&me) => {
-                    match self.ground.start_group(group, target.clone(), share).await {
+                    match self.kind.start(group, target.clone(), share).await {
                         Ok((local, stop)) => {
                             tracing::info!(group = group.0, members = ?target, "joining a group");
-                            if let Some(r) = local.replicator() {
-                                r.set_target(target);
-                            }
                             self.running.insert(group, Running { local, stop });
                             changed = true;
                         }
@@ -286,14 +512,11 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
                 None => {}
             }
         }
-        // Groups this node has left: outside their view, and not in their target.
+        // Groups this node has left: not in their target, and its copy no longer needed.
         let gone: Vec<GroupId> = self
             .running
             .iter()
-            .filter(|(g, r)| {
-                !placement.members(**g).contains(&me)
-                    && r.local.cluster_health().is_some_and(|h| h.left())
-            })
+            .filter(|(g, r)| !placement.members(**g).contains(&me) && self.kind.has_left(&r.local))
             .map(|(g, _)| *g)
             .collect();
         let mut retired = self.shape.read().unwrap().retired;
@@ -303,12 +526,12 @@ impl<D: Datalet, M: Datalet> Follower<D, M> {
                 retired.add(counters);
             }
             running.stop.cancel();
-            self.ground.groups.remove(group);
+            self.kind.forget(group);
             let datalet = Arc::clone(running.local.datalet());
             if let Err(e) = datalet.reset().await {
                 tracing::warn!(group = group.0, error = %e, "could not empty a group's store");
             }
-            self.ground.stores.discard(group);
+            self.kind.stores().discard(group);
             tracing::info!(group = group.0, "left a group; its copy is discarded");
             changed = true;
         }

@@ -184,7 +184,14 @@ pub fn spawn_driver<D: Datalet>(
     let group_inbox = groups.add(group, ids.clone());
     let (forwarded, _) = mpsc::unbounded_channel();
     let (joins, _) = mpsc::unbounded_channel();
-    tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
+    tokio::spawn(mux::run(
+        inbox,
+        groups,
+        Groups::default(),
+        forwarded,
+        joins,
+        shutdown.clone(),
+    ));
     let driver = GroupDriver {
         me: members.me,
         incarnation,
@@ -220,7 +227,7 @@ impl GroupDriver {
     /// commands use. See [`spawn_driver`] for `delivered`.
     pub fn spawn<D: Datalet>(
         self,
-        link: GroupLink<PeerMsg>,
+        link: impl crate::shard::mux::OrderLink,
         inbox: GroupInbox<PeerMsg>,
         datalet: Arc<D>,
         timing: Timing,
@@ -237,7 +244,7 @@ impl GroupDriver {
             group: self.group,
             tob: Tob::new(self.me, self.incarnation, &self.members, delivered, timing),
             saved: delivered,
-            transport: link,
+            transport: Box::new(link),
             datalet,
             waiting: HashMap::new(),
             unfenced: Vec::new(),
@@ -323,7 +330,7 @@ struct Driver<D> {
     /// group applies, so CAS uniques of different groups never collide.
     group: GroupId,
     tob: Tob<Proposal>,
-    transport: GroupLink<PeerMsg>,
+    transport: Box<dyn crate::shard::mux::OrderLink>,
     datalet: Arc<D>,
     /// Replies owed to this member's clients, by request id.
     waiting: HashMap<u64, Waiter>,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::forward::Forwarded;
 use crate::peer::{Held, Inbox, Incoming, Transport, Weigh};
 use crate::placement::GroupId;
+use crate::replication::PeerMsg;
 
 /// What travels on a node's peer links.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +32,8 @@ pub enum Wire<M> {
     Forward(Forwarded),
     /// A node asking to join the cluster, or a member's answer.
     Join(crate::membership::JoinMsg),
+    /// A message of the metadata group's order, whatever the data groups' protocol.
+    Meta(crate::replication::PeerMsg),
 }
 
 impl<M: Weigh> Weigh for Wire<M> {
@@ -39,6 +42,7 @@ impl<M: Weigh> Weigh for Wire<M> {
             Wire::Group { message, .. } => message.weight() + 4,
             Wire::Forward(forwarded) => forwarded.weight(),
             Wire::Join(join) => join.weight(),
+            Wire::Meta(message) => message.weight() + 4,
         }
     }
 }
@@ -76,7 +80,7 @@ where
             .try_send(to, wire)
             .map_err(|wire| match wire {
                 Wire::Group { message, .. } => message,
-                Wire::Forward(_) | Wire::Join(_) => unreachable!("given back as it was given"),
+                _ => unreachable!("given back as it was given"),
             })
     }
 
@@ -94,6 +98,63 @@ where
     /// with this node.
     pub fn dropped(&self, to: NodeId) {
         self.transport.dropped(to);
+    }
+}
+
+/// What a group's order sends through: the node's transport, for one group. (A message the
+/// queue cannot take is given back whole, as [`Transport::try_send`] does.)
+#[allow(clippy::result_large_err)]
+pub trait OrderLink: Send + Sync + 'static {
+    /// [`Transport::try_send`] of the group's message.
+    fn try_send(&self, to: NodeId, message: PeerMsg) -> Result<(), PeerMsg>;
+    /// [`Transport::room`].
+    fn room(&self, to: NodeId) -> usize;
+    /// [`Transport::queue_bytes`].
+    fn queue_bytes(&self) -> usize;
+    /// [`Transport::dropped`].
+    fn dropped(&self, to: NodeId);
+}
+
+impl OrderLink for GroupLink<PeerMsg> {
+    fn try_send(&self, to: NodeId, message: PeerMsg) -> Result<(), PeerMsg> {
+        GroupLink::try_send(self, to, message)
+    }
+    fn room(&self, to: NodeId) -> usize {
+        GroupLink::room(self, to)
+    }
+    fn queue_bytes(&self) -> usize {
+        GroupLink::queue_bytes(self)
+    }
+    fn dropped(&self, to: NodeId) {
+        GroupLink::dropped(self, to)
+    }
+}
+
+/// The metadata group's side of a node's transport, whatever its data groups speak.
+pub struct MetaLink<M> {
+    pub transport: Transport<Wire<M>>,
+}
+
+impl<M> OrderLink for MetaLink<M>
+where
+    M: Serialize + serde::de::DeserializeOwned + Weigh + Send + Sync + 'static,
+{
+    fn try_send(&self, to: NodeId, message: PeerMsg) -> Result<(), PeerMsg> {
+        self.transport
+            .try_send(to, Wire::Meta(message))
+            .map_err(|wire| match wire {
+                Wire::Meta(message) => message,
+                _ => unreachable!("given back as it was given"),
+            })
+    }
+    fn room(&self, to: NodeId) -> usize {
+        self.transport.room(to)
+    }
+    fn queue_bytes(&self) -> usize {
+        self.transport.queue_bytes()
+    }
+    fn dropped(&self, to: NodeId) {
+        self.transport.dropped(to)
     }
 }
 
@@ -170,6 +231,7 @@ impl<M> Groups<M> {
 pub async fn run<M: Send + 'static>(
     mut inbox: Inbox<Wire<M>>,
     groups: Groups<M>,
+    meta: Groups<PeerMsg>,
     forwarded: mpsc::UnboundedSender<(NodeId, Forwarded)>,
     joins: mpsc::UnboundedSender<(NodeId, crate::membership::JoinMsg)>,
     shutdown: CancellationToken,
@@ -200,8 +262,19 @@ pub async fn run<M: Send + 'static>(
                 drop(held);
                 let _ = joins.send((from, join));
             }
+            Incoming::Message(Wire::Meta(message)) => {
+                let meta = meta.groups.lock().unwrap();
+                if let Some((_, tx)) = meta.values().next() {
+                    let _ = tx.send((from, Incoming::Message(message), Some(held)));
+                }
+            }
             Incoming::Gap => {
                 for (members, tx) in groups.groups.lock().unwrap().values() {
+                    if members.contains(&from) {
+                        let _ = tx.send((from, Incoming::Gap, None));
+                    }
+                }
+                for (members, tx) in meta.groups.lock().unwrap().values() {
                     if members.contains(&from) {
                         let _ = tx.send((from, Incoming::Gap, None));
                     }

@@ -80,6 +80,13 @@ pub enum Message {
         updates: Vec<Update>,
         want: Vec<Bytes>,
     },
+    /// A whole copy of the group has been sent (the updates before this): the receiver, new
+    /// to the group, may serve it.
+    Filled,
+    /// A member offers a new member a copy of the group, as soon as it is there to take it.
+    Offer,
+    /// The answer to an [`Message::Offer`]: the group is running here, send the copy.
+    Ready,
 }
 
 impl crate::weigh::Weigh for Message {
@@ -99,6 +106,7 @@ impl crate::weigh::Weigh for Message {
             Message::Repair { updates: u, want } => {
                 updates(u) + want.iter().map(|k| k.len() + 8).sum::<usize>()
             }
+            Message::Filled | Message::Offer | Message::Ready => 0,
         };
         data + 16
     }

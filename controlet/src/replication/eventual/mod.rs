@@ -46,7 +46,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -111,6 +111,8 @@ pub struct EventualOptions {
     /// How long a tombstone is kept after its delete. A replica cut off for longer can
     /// resurrect deleted keys.
     pub tombstone_grace: Duration,
+    /// Most bytes per second a copy is handed to a new member at (`--rebalance-rate`).
+    pub rebalance_rate: Option<u64>,
     /// Bytes of updates kept per peer while its queue is full, at most.
     pub hint_bytes: usize,
     /// The cluster's name and frame limit on peer links.
@@ -128,6 +130,7 @@ impl Default for EventualOptions {
         EventualOptions {
             antientropy_interval: Duration::from_secs(2),
             tombstone_grace: Duration::from_secs(3600),
+            rebalance_rate: None,
             hint_bytes: 64 << 20,
             link: LinkConfig::default(),
         }
@@ -195,6 +198,21 @@ pub struct Eventual<D> {
     outgoing: mpsc::Sender<Update>,
     options: EventualOptions,
     counters: Arc<Counters>,
+    /// The group's members as the membership last named them (this node among them while it
+    /// is one).
+    target: Mutex<Vec<NodeId>>,
+    /// The other members, to propagate to and repair with; the propagator and the repairer
+    /// follow it. A node leaving the group keeps the members it hands its copy to.
+    peers: tokio::sync::watch::Sender<Vec<NodeId>>,
+    /// This node is new to the group and has not been sent a whole copy yet (nor found
+    /// itself in sync with a member): it does not serve the group.
+    filling: AtomicBool,
+    /// This node is no longer a member and has handed over what it held.
+    left: AtomicBool,
+    /// The group's side of the node's transport, for handing a copy over.
+    link: GroupLink<Message>,
+    /// New members that answered an offer of a copy: their group runs, so it can take one.
+    ready: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 impl<D: Datalet> Eventual<D> {
@@ -244,7 +262,14 @@ impl<D: Datalet> Eventual<D> {
         let group_inbox = groups.add(group, members);
         let (forwarded, _) = mpsc::unbounded_channel();
         let (joins, _) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(mux::run(inbox, groups, forwarded, joins, shutdown.clone()));
+        tokio::spawn(mux::run(
+            inbox,
+            groups,
+            Groups::default(),
+            forwarded,
+            joins,
+            shutdown.clone(),
+        ));
         let targets: Vec<NodeId> = peers.iter().map(|&(id, _)| id).collect();
         let link = GroupLink::new(transport, group);
         Self::start_in(
@@ -273,7 +298,17 @@ impl<D: Datalet> Eventual<D> {
     ) -> Arc<Self> {
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
         let counters = Arc::new(Counters::default());
+        let (peers_tx, peers_rx) = tokio::sync::watch::channel(peers.to_vec());
+        let mut target = peers.to_vec();
+        target.push(me);
+        target.sort();
         let node = Arc::new(Eventual {
+            target: Mutex::new(target),
+            peers: peers_tx,
+            filling: AtomicBool::new(false),
+            left: AtomicBool::new(false),
+            link: transport.clone(),
+            ready: Mutex::default(),
             datalet,
             clock_source,
             me,
@@ -285,19 +320,164 @@ impl<D: Datalet> Eventual<D> {
             options,
             counters: counters.clone(),
         });
-        let targets = peers.to_vec();
         let propagator = Propagator {
             transport: transport.clone(),
-            peers: targets.iter().map(|&p| (p, Hints::default())).collect(),
+            peers: peers.iter().map(|&p| (p, Hints::default())).collect(),
             limit: options.hint_bytes,
             counters,
+            members: peers_rx.clone(),
         };
         tokio::spawn(propagator.run(queue, shutdown.clone()));
         let (repairs, repair_queue) = mpsc::channel(REPAIR_QUEUE);
-        let repairer = Repairer::new(Arc::clone(&node), transport, targets);
+        let repairer = Repairer::new(Arc::clone(&node), transport, peers_rx);
         tokio::spawn(repairer.run(repair_queue, shutdown.clone()));
         tokio::spawn(Arc::clone(&node).take_inbox(inbox, repairs, shutdown));
         node
+    }
+
+    /// This node has just been named a member of the group: it does not serve the group
+    /// until a member has sent it a whole copy (or it finds itself in sync with one).
+    pub fn begin_filling(&self) {
+        self.filling.store(true, Ordering::Release);
+    }
+
+    /// Not serving the group yet: still being sent a copy.
+    pub fn is_filling(&self) -> bool {
+        self.filling.load(Ordering::Acquire)
+    }
+
+    /// A copy is moving in or out: this node is being sent one, or is handing its own over.
+    pub fn is_moving(&self) -> bool {
+        self.is_filling() || (!self.target.lock().unwrap().contains(&self.me) && !self.has_left())
+    }
+
+    /// This node has left the group and handed over what it held.
+    pub fn has_left(&self) -> bool {
+        self.left.load(Ordering::Acquire)
+    }
+
+    /// The group's members from now on (a membership change; `target` sorted or not). The
+    /// new members are each sent a whole copy by one node: the lowest-numbered member
+    /// staying, or, if none stays, the lowest-numbered one leaving. A node leaving keeps
+    /// propagating to the members until everything it held has gone out (its copy, if it
+    /// sends one, and its hints), and then has left.
+    pub fn retarget(self: &Arc<Self>, target: &[NodeId]) {
+        let mut target = target.to_vec();
+        target.sort();
+        let before = {
+            let mut current = self.target.lock().unwrap();
+            if *current == target {
+                return;
+            }
+            std::mem::replace(&mut *current, target.clone())
+        };
+        let me = self.me;
+        let peers: Vec<NodeId> = target.iter().copied().filter(|&n| n != me).collect();
+        self.peers.send_replace(peers);
+        let new: Vec<NodeId> = target
+            .iter()
+            .copied()
+            .filter(|n| !before.contains(n))
+            .collect();
+        let staying = before.iter().copied().filter(|n| target.contains(n)).min();
+        let sender = staying.or_else(|| before.iter().copied().min());
+        let leaving = !target.contains(&me);
+        let node = Arc::clone(self);
+        if sender == Some(me) && !new.is_empty() {
+            tokio::spawn(async move {
+                for to in new {
+                    node.hand_over(to).await;
+                }
+                if leaving {
+                    node.finish_leaving().await;
+                }
+            });
+        } else if leaving {
+            tokio::spawn(async move { node.finish_leaving().await });
+        }
+    }
+
+    /// Sends `to` everything this replica holds (items and tombstones, as updates it keeps
+    /// if newer), then tells it the copy is whole.
+    async fn hand_over(&self, to: NodeId) {
+        // The new member may not run the group yet (it learns of the change on its own): offer
+        // until it answers, for as long as it is a member.
+        self.ready.lock().unwrap().remove(&to);
+        loop {
+            if !self.target.lock().unwrap().contains(&to) {
+                return;
+            }
+            let _ = self.link.try_send(to, Message::Offer);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if self.ready.lock().unwrap().remove(&to) {
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        let now = self.clock_source.now();
+        let mut keys: Vec<Bytes> = match self.datalet.scan(now).await {
+            Ok(items) => items.into_iter().map(|(k, _)| k).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the store to hand a copy over");
+                return;
+            }
+        };
+        keys.extend(self.tombstones.lock().unwrap().keys().cloned());
+        let mut sent_bytes = 0u64;
+        let mut items = 0usize;
+        for chunk in keys.chunks(BATCH) {
+            let updates = self.current_all(chunk.iter().cloned()).await;
+            items += updates.len();
+            sent_bytes += updates.iter().map(|u| u.size() as u64).sum::<u64>();
+            self.send_reliably(to, Message::Updates(updates)).await;
+            if let Some(rate) = self.options.rebalance_rate {
+                let due = Duration::from_secs_f64(sent_bytes as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        if let Some(flush) = self.flushed.lock().unwrap().clone() {
+            let _ = self.link.try_send(to, Message::Updates(vec![flush]));
+        }
+        self.send_reliably(to, Message::Filled).await;
+        tracing::info!(
+            to = to.0,
+            items,
+            bytes = sent_bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "copy handed over"
+        );
+    }
+
+    /// Queues `message` for `to`, waiting while its queue is full.
+    async fn send_reliably(&self, to: NodeId, mut message: Message) {
+        loop {
+            match self.link.try_send(to, message) {
+                Ok(()) => return,
+                Err(back) => {
+                    message = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// A node leaving: once its hints are gone and its queues have emptied (everything it
+    /// held has gone out to the members), it has left.
+    async fn finish_leaving(&self) {
+        loop {
+            let peers = self.peers.borrow().clone();
+            let drained = self.hints_pending() == 0
+                && peers
+                    .iter()
+                    .all(|&p| self.link.room(p) >= self.link.queue_bytes());
+            if drained {
+                self.left.store(true, Ordering::Release);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Anti-entropy rounds this node started.

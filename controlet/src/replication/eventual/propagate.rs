@@ -98,6 +98,8 @@ pub(super) struct Propagator {
     /// Bytes of hints kept per peer, at most.
     pub(super) limit: usize,
     pub(super) counters: Arc<Counters>,
+    /// The group's other members, as the membership changes them.
+    pub(super) members: tokio::sync::watch::Receiver<Vec<NodeId>>,
 }
 
 impl Propagator {
@@ -107,6 +109,19 @@ impl Propagator {
         shutdown: CancellationToken,
     ) {
         loop {
+            if self.members.has_changed().unwrap_or(false) {
+                let members = self.members.borrow_and_update().clone();
+                let mut kept: Vec<(NodeId, Hints)> = std::mem::take(&mut self.peers)
+                    .into_iter()
+                    .filter(|(p, _)| members.contains(p))
+                    .collect();
+                for &m in &members {
+                    if !kept.iter().any(|(p, _)| *p == m) {
+                        kept.push((m, Hints::default()));
+                    }
+                }
+                self.peers = kept;
+            }
             let hinting = self.peers.iter().any(|(_, h)| h.blocked || !h.is_empty());
             let first = tokio::select! {
                 u = queue.recv() => match u {
@@ -114,6 +129,7 @@ impl Propagator {
                     None => return,
                 },
                 () = tokio::time::sleep(HINT_RETRY), if hinting => None,
+                _ = self.members.changed() => continue,
                 () = shutdown.cancelled() => return,
             };
             let Some(first) = first else {

@@ -36,6 +36,23 @@ impl<D: Datalet> Eventual<D> {
                     self.receive_all(updates).await;
                     continue;
                 }
+                Incoming::Message(Message::Offer) => {
+                    let _ = self.link.try_send(from, Message::Ready);
+                    continue;
+                }
+                Incoming::Message(Message::Ready) => {
+                    self.ready.lock().unwrap().insert(from);
+                    continue;
+                }
+                Incoming::Message(Message::Filled) => {
+                    if self
+                        .filling
+                        .swap(false, std::sync::atomic::Ordering::AcqRel)
+                    {
+                        tracing::info!(from = from.0, "sent a whole copy of a group: serving it");
+                    }
+                    continue;
+                }
                 Incoming::Message(other) => Some(other),
                 Incoming::Gap => None,
             };

@@ -98,7 +98,7 @@ impl<D: Datalet> Eventual<D> {
     }
 
     /// The current updates for `keys`, skipping keys that hold nothing any more.
-    async fn current_all(&self, keys: impl IntoIterator<Item = Bytes>) -> Vec<Update> {
+    pub(super) async fn current_all(&self, keys: impl IntoIterator<Item = Bytes>) -> Vec<Update> {
         let mut updates = Vec::new();
         for key in keys {
             match self.current(&key).await {
@@ -141,6 +141,8 @@ pub(super) struct Repairer<D> {
     node: Arc<Eventual<D>>,
     transport: GroupLink<Message>,
     peers: Vec<NodeId>,
+    /// The group's other members, as the membership changes them.
+    members: tokio::sync::watch::Receiver<Vec<NodeId>>,
     /// The next peer to start a round with.
     next: usize,
     round: u64,
@@ -154,12 +156,14 @@ impl<D: Datalet> Repairer<D> {
     pub(super) fn new(
         node: Arc<Eventual<D>>,
         transport: GroupLink<Message>,
-        peers: Vec<NodeId>,
+        mut members: tokio::sync::watch::Receiver<Vec<NodeId>>,
     ) -> Self {
+        let peers = members.borrow_and_update().clone();
         Repairer {
             node,
             transport,
             peers,
+            members,
             next: 0,
             round: 0,
             waiting: HashMap::new(),
@@ -181,9 +185,6 @@ impl<D: Datalet> Repairer<D> {
         mut inbox: mpsc::Receiver<(NodeId, Option<Message>)>,
         shutdown: CancellationToken,
     ) {
-        if self.peers.is_empty() {
-            return;
-        }
         let mut tick = tokio::time::interval(self.interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await; // the first tick is at once; let the links come up first
@@ -192,6 +193,9 @@ impl<D: Datalet> Repairer<D> {
                 _ = tick.tick() => {
                     self.node.collect_tombstones(self.node.clock_source.now());
                     self.start_next().await;
+                }
+                Ok(()) = self.members.changed() => {
+                    self.peers = self.members.borrow_and_update().clone();
                 }
                 m = inbox.recv() => match m {
                     Some((peer, None)) => {
@@ -241,6 +245,9 @@ impl<D: Datalet> Repairer<D> {
         let timeout = self.round_timeout();
         self.waiting
             .retain(|_, (_, started)| started.elapsed() < timeout);
+        if self.peers.is_empty() {
+            return;
+        }
         for _ in 0..self.peers.len() {
             let peer = self.peers[self.next % self.peers.len()];
             self.next = self.next.wrapping_add(1);
@@ -307,7 +314,14 @@ impl<D: Datalet> Repairer<D> {
                 }
                 self.waiting.remove(&peer);
                 if ranges.is_empty() {
-                    return; // in sync
+                    // In sync with a member: a node new to the group has all it needs.
+                    if self.node.filling.swap(false, Ordering::AcqRel) {
+                        tracing::info!(
+                            peer = peer.0,
+                            "in sync with a member of a group: serving it"
+                        );
+                    }
+                    return;
                 }
                 let Some(snapshot) = self.snapshot().await else {
                     return;
@@ -360,6 +374,7 @@ impl<D: Datalet> Repairer<D> {
                     self.repair(peer, updates, Vec::new());
                 }
             }
+            Message::Filled | Message::Offer | Message::Ready => {}
         }
     }
 
