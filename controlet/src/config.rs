@@ -112,15 +112,16 @@ pub struct Config {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub groups: Option<u16>,
 
-    /// Join a running cluster through this member's peer address (`HOST:PORT`), instead of
-    /// naming the members with `--peers`. Needs `--id` (unused in the cluster) and
+    /// Join a running cluster (any mode) through this member's peer address (`HOST:PORT`),
+    /// instead of naming the members with `--peers`. Needs `--id` (unused in the cluster) and
     /// `--peer-listen` (the address the others reach this node at).
     #[arg(long, conflicts_with = "peers")]
     pub join: Option<SocketAddr>,
 
-    /// Most bytes per second a node sends a group's snapshot at, to a member joining the
-    /// group (a node added or replacing another, or one restarted): bounds what moving data
-    /// takes from the foreground load. Default: unthrottled.
+    /// Most bytes per second this node sends to move data, all its groups together: snapshots
+    /// for members joining a group's view (a node added, replacing another, or restarted) and
+    /// copies for new members in the eventual mode. Bounds what moving data takes from the
+    /// foreground load. Default: unthrottled.
     #[arg(long)]
     pub rebalance_rate: Option<u64>,
 

@@ -35,6 +35,7 @@ pub mod out;
 pub mod peer;
 pub mod placement;
 pub mod process;
+pub mod rate;
 pub mod replication;
 pub mod server;
 pub mod shard;

@@ -135,7 +135,7 @@ async fn respond<D: Datalet>(
         (&Method::GET, "/") => reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into()),
         (method, path) if path == "/members" || path.starts_with("/members/") => {
             let Some(admin) = ctx.status.membership.clone() else {
-                let why = "membership changes are for linearizable and sequential clusters\n";
+                let why = "a single node has no members to change\n";
                 return reply(
                     StatusCode::CONFLICT,
                     "text/plain; charset=utf-8",

@@ -452,6 +452,13 @@ async fn cluster_node<D: Datalet, M: Datalet>(
             ),
         ));
     }
+    // One budget for every transfer this node sends (`--rebalance-rate`).
+    let rebalance = config.rebalance_rate.map(|rate| {
+        Arc::new(crate::rate::RateLimit::new(
+            rate,
+            crate::replication::STATE_CHUNK_BYTES,
+        ))
+    });
     match config.consistency {
         Consistency::Eventual => {
             let make = |transport, groups| EventualGround {
@@ -463,9 +470,9 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                 lamport: Arc::default(),
                 options: EventualOptions {
                     link: link_config(config, frame),
-                    rebalance_rate: config.rebalance_rate,
                     ..EventualOptions::default()
                 },
+                rebalance_rate: rebalance.clone(),
                 shutdown: shutdown.clone(),
             };
             run_cluster(
@@ -493,7 +500,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                     Consistency::Sequential | Consistency::Eventual => true,
                 },
                 memory_limit: config.memory_limit * 1024 * 1024,
-                rebalance_rate: config.rebalance_rate,
+                rebalance_rate: rebalance.clone(),
                 shutdown: shutdown.clone(),
             };
             run_cluster(
@@ -605,12 +612,19 @@ where
         session,
         clock: Arc::clone(&clock),
         timing: timing(config),
-        rebalance_rate: config.rebalance_rate,
+        rebalance_rate: None,
         local_reads: false,
         shutdown: shutdown.clone(),
     };
     let nodes = placement.nodes().to_vec();
-    let meta_local = start_meta(&order, transport.clone(), &meta_groups, nodes, meta_store).await?;
+    let meta_local = start_meta(
+        &order,
+        transport.clone(),
+        &meta_groups,
+        (nodes, joined),
+        meta_store,
+    )
+    .await?;
     let meta = meta_local
         .replicator()
         .expect("the metadata group is ordered")
@@ -649,15 +663,11 @@ where
     let kind = make(transport.clone(), groups);
     let share = memory_limit / held.len().max(1);
     let mut started = BTreeMap::new();
-    for &group in &held {
+    // A node that has just joined is new to its groups: the follower starts them, one copy
+    // moving in at a time. Otherwise the groups it held start now.
+    for &group in held.iter().filter(|_| !joined) {
         let members = placement.members(group).to_vec();
-        // A node that has just joined is new to its groups: in the eventual mode it serves
-        // a group once a member has sent it a copy (the strong modes' order sees to that).
-        let local = match joined {
-            true => kind.start(group, members, share).await?,
-            false => kind.start_held(group, members, share).await?,
-        };
-        started.insert(group, local);
+        started.insert(group, kind.start_held(group, members, share).await?);
     }
     let locals = started
         .iter()

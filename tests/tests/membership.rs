@@ -273,17 +273,20 @@ fn a_move_survives_its_joiner_killed_mid_transfer_and_the_dead_are_replaced() {
         "3",
     ];
     let mut cluster = ProcCluster::start(3, LIN, &args);
-    // About 2 MB: a transfer at 200 KB/s takes seconds.
+    // About 8 MB, 2 MB a group: a group's transfer at 200 KB/s takes seconds.
     let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(5)).unwrap();
     let big = vec![b'x'; 4000];
-    for i in 0..500 {
+    for i in 0..2000 {
         assert_eq!(c.set(&format!("big{i}"), &big).unwrap(), OpResult::Stored);
     }
     fill(&cluster, 1, 100);
     let four = cluster.join(1);
     std::thread::sleep(Duration::from_millis(700));
+    let moving: u64 = (1..=3)
+        .map(|i| stat(cluster.addr(i), "groups_moving").unwrap_or(0))
+        .sum();
     assert!(
-        stat(cluster.addr(1), "groups_moving").unwrap_or(0) > 0,
+        moving > 0,
         "the transfer ended before the kill: nothing to test\n{}",
         cluster.describe()
     );
@@ -522,5 +525,48 @@ fn settle_eventual(cluster: &ProcCluster, nodes: &[usize], epoch: u64) {
             cluster.describe()
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One copy of each key (`--replicas 1`): every move hands a group's only copy over, so the
+/// old member must stay until the new one holds it. Two nodes, a third joins, then the first
+/// leaves: every key is still there.
+#[test]
+fn a_single_copy_moves_without_a_loss() {
+    let mut cluster = ProcCluster::start(2, LIN, &["--replicas", "1", "--groups", "4"]);
+    fill(&cluster, 1, 300);
+    let three = cluster.join(2);
+    settle(&cluster, &[1, 2, three], 2, "node 3 joined (1 copy)");
+    assert!(stat(cluster.addr(three), "groups_held").unwrap() > 0);
+    cluster.admin(1, &["leave"]).expect("node 1 leaves");
+    let exit = cluster.await_exit(1, SETTLE_WITHIN);
+    assert!(exit.is_some_and(|s| s.success()), "node 1: {exit:?}");
+    settle(&cluster, &[2, three], 3, "node 1 left (1 copy)");
+    for i in [2, three] {
+        check_filled(&cluster, i, 300, "after the only copies moved");
+    }
+}
+
+/// Five copies of each key on five nodes: a sixth joins and takes its share (5 of 6 groups'
+/// copies are swapped to it), then a dead node is removed and its groups get the sixth back
+/// to five copies each.
+#[test]
+fn five_copies_on_five_nodes_then_six_then_one_removed() {
+    let mut cluster = ProcCluster::start(5, SEQ, &["--replicas", "5", "--groups", "6"]);
+    fill(&cluster, 1, 200);
+    let six = cluster.join(3);
+    settle(
+        &cluster,
+        &[1, 2, 3, 4, 5, six],
+        2,
+        "node 6 joined (5 copies)",
+    );
+    assert_eq!(stat(cluster.addr(six), "groups_held"), Some(5));
+    cluster.kill(2);
+    cluster.admin(4, &["remove", "2"]).expect("remove node 2");
+    settle(&cluster, &[1, 3, 4, 5, six], 3, "node 2 removed (5 copies)");
+    for i in [1, 3, 4, 5, six] {
+        assert_eq!(stat(cluster.addr(i), "groups_held"), Some(6), "node {i}");
+        check_filled(&cluster, i, 200, "five copies");
     }
 }

@@ -43,13 +43,13 @@ pub async fn start_meta<W: WireMessage, X: Datalet>(
     order: &Order,
     transport: Transport<Wire<W>>,
     meta_groups: &Groups<PeerMsg>,
-    nodes: Vec<NodeId>,
+    (nodes, joining): (Vec<NodeId>, bool),
     datalet: Arc<X>,
 ) -> std::io::Result<Arc<Local<X>>> {
     let inbox = meta_groups.add(META, nodes.clone());
     let link = crate::shard::mux::MetaLink { transport };
     let (local, _) = order
-        .start(META, nodes, usize::MAX, datalet, link, inbox)
+        .start(META, nodes, usize::MAX, datalet, (link, inbox), joining)
         .await?;
     Ok(local)
 }
@@ -73,7 +73,7 @@ pub struct Groundwork<D> {
     pub local_reads: bool,
     /// The node's memory limit in bytes, shared by the groups it holds.
     pub memory_limit: usize,
-    pub rebalance_rate: Option<u64>,
+    pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
     pub shutdown: CancellationToken,
 }
 
@@ -90,6 +90,7 @@ impl<D: Datalet> Groundwork<D> {
         group: GroupId,
         members: Vec<NodeId>,
         memory_share: usize,
+        joining: bool,
     ) -> std::io::Result<(Arc<Local<D>>, CancellationToken)> {
         let datalet = self.stores.open(group)?;
         let inbox = self.groups.add(group, members.clone());
@@ -99,12 +100,19 @@ impl<D: Datalet> Groundwork<D> {
             session: self.session,
             clock: Arc::clone(&self.clock),
             timing: self.timing,
-            rebalance_rate: self.rebalance_rate,
+            rebalance_rate: self.rebalance_rate.clone(),
             local_reads: self.local_reads,
             shutdown: self.shutdown.clone(),
         };
         order
-            .start(group, members, memory_share, datalet, link, inbox)
+            .start(
+                group,
+                members,
+                memory_share,
+                datalet,
+                (link, inbox),
+                joining,
+            )
             .await
     }
 }
@@ -115,7 +123,7 @@ pub struct Order {
     pub session: u64,
     pub clock: Arc<dyn Clock>,
     pub timing: Timing,
-    pub rebalance_rate: Option<u64>,
+    pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
     pub local_reads: bool,
     pub shutdown: CancellationToken,
 }
@@ -129,8 +137,11 @@ impl Order {
         members: Vec<NodeId>,
         memory_share: usize,
         datalet: Arc<X>,
-        link: impl crate::shard::mux::OrderLink,
-        inbox: crate::shard::mux::GroupInbox<PeerMsg>,
+        (link, inbox): (
+            impl crate::shard::mux::OrderLink,
+            crate::shard::mux::GroupInbox<PeerMsg>,
+        ),
+        joining: bool,
     ) -> std::io::Result<(Arc<Local<X>>, CancellationToken)> {
         let delivered = datalet.load_clock().await.map_err(std::io::Error::other)?;
         let stop = self.shutdown.child_token();
@@ -139,7 +150,8 @@ impl Order {
             incarnation: self.session,
             group,
             members,
-            rebalance_rate: self.rebalance_rate,
+            rebalance_rate: self.rebalance_rate.clone(),
+            joining,
         };
         let replicator = driver.spawn(
             link,
@@ -273,7 +285,7 @@ impl<D: Datalet> GroupKind<D> for Groundwork<D> {
         Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
     > {
         Box::pin(async move {
-            let (local, stop) = self.start_group(group, target.clone(), share).await?;
+            let (local, stop) = self.start_group(group, target.clone(), share, true).await?;
             if let Some(r) = local.replicator() {
                 r.set_target(target);
             }
@@ -289,7 +301,7 @@ impl<D: Datalet> GroupKind<D> for Groundwork<D> {
     ) -> Pin<
         Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
     > {
-        Box::pin(self.start_group(group, target, share))
+        Box::pin(self.start_group(group, target, share, false))
     }
 
     fn retarget(&self, group: GroupId, local: &Local<D>, target: &[NodeId]) {
@@ -324,6 +336,8 @@ pub struct EventualGround<D> {
     /// The node's Lamport clock, shared by its groups.
     pub lamport: Arc<std::sync::atomic::AtomicU64>,
     pub options: crate::replication::eventual::EventualOptions,
+    /// The node's budget for handing copies over (`--rebalance-rate`).
+    pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
     pub shutdown: CancellationToken,
 }
 
@@ -354,6 +368,7 @@ impl<D: Datalet> EventualGround<D> {
         if joining {
             node.begin_filling();
         }
+        node.set_rebalance_rate(self.rebalance_rate.clone());
         let local = Local::start(datalet, Arc::clone(&self.clock))
             .await
             .map_err(std::io::Error::other)?;
@@ -424,7 +439,13 @@ pub struct Follower<D, M, K> {
     running: BTreeMap<GroupId, Running<D>>,
     /// The placement epoch the shape was last made for.
     shaped: u64,
+    /// The group whose copy this node was last given to take in, and since when.
+    moving_in: Option<(GroupId, Instant)>,
 }
+
+/// How long a group being moved in holds back the next one, at most (one whose transfer
+/// stalls, say on a dead source, does not stop the others for good).
+const MOVE_IN_ALONE: Duration = Duration::from_secs(60);
 
 impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
     #[allow(clippy::too_many_arguments)]
@@ -456,6 +477,7 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
             shape,
             running,
             shaped,
+            moving_in: None,
         }
     }
 
@@ -498,10 +520,21 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
             match self.running.get(&group) {
                 Some(running) => self.kind.retarget(group, &running.local, &target),
                 None if target.contains(&me) => {
+                    // One group's copy moves in at a time: a member catching up costs its
+                    // group's order a member more to wait for, and the node its share of the
+                    // transfer, so the foreground load pays for one group at a time.
+                    let busy = self.moving_in.is_some_and(|(g, since)| {
+                        since.elapsed() < MOVE_IN_ALONE
+                            && self.running.get(&g).is_some_and(|r| r.local.standing_by())
+                    });
+                    if busy {
+                        continue;
+                    }
                     match self.kind.start(group, target.clone(), share).await {
                         Ok((local, stop)) => {
                             tracing::info!(group = group.0, members = ?target, "joining a group");
                             self.running.insert(group, Running { local, stop });
+                            self.moving_in = Some((group, Instant::now()));
                             changed = true;
                         }
                         Err(e) => {

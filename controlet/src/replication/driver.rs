@@ -198,6 +198,7 @@ pub fn spawn_driver<D: Datalet>(
         group,
         members: ids,
         rebalance_rate: None,
+        joining: false,
     };
     driver.spawn(
         GroupLink::new(transport, group),
@@ -217,9 +218,11 @@ pub struct GroupDriver {
     pub group: GroupId,
     /// The group's members, this node included.
     pub members: Vec<NodeId>,
-    /// Bytes per second a snapshot is sent at, at most (`--rebalance-rate`); `None`: as fast
-    /// as the joiners take it.
-    pub rebalance_rate: Option<u64>,
+    /// The node's budget for sending snapshots (`--rebalance-rate`), shared by its groups;
+    /// `None`: as fast as the joiners take them.
+    pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
+    /// This node is new to the group, which already runs (see [`Tob::set_joining`]).
+    pub joining: bool,
 }
 
 impl GroupDriver {
@@ -242,7 +245,13 @@ impl GroupDriver {
             health: Arc::clone(&health),
             me: self.me,
             group: self.group,
-            tob: Tob::new(self.me, self.incarnation, &self.members, delivered, timing),
+            tob: {
+                let mut tob = Tob::new(self.me, self.incarnation, &self.members, delivered, timing);
+                if self.joining {
+                    tob.set_joining();
+                }
+                tob
+            },
             saved: delivered,
             transport: Box::new(link),
             datalet,
@@ -359,8 +368,8 @@ struct Driver<D> {
     /// This node failed to apply a delivered operation: it applies nothing more until it
     /// has installed a snapshot.
     diverged: bool,
-    /// Most bytes per second a snapshot is sent at (`--rebalance-rate`).
-    rate: Option<u64>,
+    /// The node's budget for sending snapshots (`--rebalance-rate`).
+    rate: Option<Arc<crate::rate::RateLimit>>,
 }
 
 impl<D: Datalet> Driver<D> {
@@ -739,13 +748,10 @@ impl<D: Datalet> Driver<D> {
                 self.sending = None;
                 return;
             };
-            if let Some(rate) = self.rate {
-                // Throttled: the next chunk waits until the rate allows what was sent.
-                let allowed = rate as f64 * sending.started.elapsed().as_secs_f64();
-                if sending.bytes as f64 > allowed {
-                    sending.snapshot = Some(snapshot);
-                    return;
-                }
+            if self.rate.as_ref().is_some_and(|r| !r.ready()) {
+                // Throttled: the next chunk waits until the node's budget allows it.
+                sending.snapshot = Some(snapshot);
+                return;
             }
             let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
             let read = tokio::task::spawn_blocking(move || {
@@ -779,6 +785,9 @@ impl<D: Datalet> Driver<D> {
                 .map(|i| (i.key.len() + i.value.len()) as u64)
                 .sum::<u64>();
             sending.bytes += bytes;
+            if let Some(rate) = &self.rate {
+                rate.spend(bytes * sending.to.len() as u64);
+            }
             // Counted once per joiner it goes to.
             self.counters
                 .state_bytes_sent

@@ -147,6 +147,8 @@ pub struct Tob<Op> {
     /// Members of the view known to be up to date: the plan's synced members, then as each
     /// member's acks say.
     synced_members: BTreeSet<NodeId>,
+    /// New to a group that already runs: forms no first view ([`Tob::set_joining`]).
+    joining: bool,
     timing: Timing,
     now: u64,
     clock: Ts,
@@ -240,6 +242,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             },
             target: universe.clone(),
             synced_members: BTreeSet::new(),
+            joining: false,
             universe,
             timing,
             now: 0,
@@ -449,7 +452,9 @@ impl<Op: Clone + Weigh> Tob<Op> {
         incarnation: Incarnation,
         message: &Message<Op>,
     ) -> Option<bool> {
-        if from == self.id || !self.universe.contains(&from) {
+        // A node new to a group hears where the group's view is from whoever tells it.
+        let invited = self.joining && matches!(message, Message::Install { .. });
+        if from == self.id || (!self.universe.contains(&from) && !invited) {
             return None;
         }
         let member = match self.view.incarnation_of(from) {
@@ -490,10 +495,36 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.ticks_quiet += 1;
         self.detector.tick();
         self.heartbeat();
-        if self.status == Status::Outside && self.view.epoch > 0 {
+        self.invite_target();
+        if self.status == Status::Outside && (self.view.epoch > 0 || self.joining) {
             self.ask_to_join();
         } else {
             self.drive_view_change();
+        }
+    }
+
+    /// This node is new to a group that already runs: it never forms a first view (with a
+    /// target of itself alone, it could form one on its own, beside the group), it asks the
+    /// group's nodes to let it in and waits for a view from them.
+    pub fn set_joining(&mut self) {
+        self.joining = true;
+    }
+
+    /// A serving member tells the target members missing from its view where the view is
+    /// (its plan, once per heartbeat each): a node new to the group may know of no member
+    /// of the current view (with one replica, the member it replaces is not in the target).
+    fn invite_target(&mut self) {
+        if self.status != Status::Normal || self.view.epoch == 0 || self.frozen_at.is_some() {
+            return;
+        }
+        let missing: Vec<NodeId> = self
+            .target
+            .iter()
+            .copied()
+            .filter(|&t| t != self.id && self.view.incarnation_of(t).is_none())
+            .collect();
+        for t in missing {
+            self.send_plan_to(t);
         }
     }
 

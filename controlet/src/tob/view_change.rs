@@ -81,6 +81,11 @@ impl<Op: Clone + Weigh> Tob<Op> {
         }
     }
 
+    /// Sends our latest plan to `to`, at most once per heartbeat.
+    pub(super) fn send_plan_to(&mut self, to: NodeId) {
+        self.send_plan(to, false);
+    }
+
     /// Sends our latest plan to `to` (at most once per heartbeat unless `now`).
     fn send_plan(&mut self, to: NodeId, now: bool) {
         let Some(plan) = self.last_plan.clone() else {
@@ -398,6 +403,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
     /// Drops the old view's state: its queue, receipts, coordination and wishes.
     fn enter(&mut self, view: &View) {
         self.view = view.clone();
+        self.joining = false;
         self.queue.clear();
         self.release_backlog();
         self.received.clear();

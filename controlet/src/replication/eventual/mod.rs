@@ -111,8 +111,6 @@ pub struct EventualOptions {
     /// How long a tombstone is kept after its delete. A replica cut off for longer can
     /// resurrect deleted keys.
     pub tombstone_grace: Duration,
-    /// Most bytes per second a copy is handed to a new member at (`--rebalance-rate`).
-    pub rebalance_rate: Option<u64>,
     /// Bytes of updates kept per peer while its queue is full, at most.
     pub hint_bytes: usize,
     /// The cluster's name and frame limit on peer links.
@@ -130,7 +128,6 @@ impl Default for EventualOptions {
         EventualOptions {
             antientropy_interval: Duration::from_secs(2),
             tombstone_grace: Duration::from_secs(3600),
-            rebalance_rate: None,
             hint_bytes: 64 << 20,
             link: LinkConfig::default(),
         }
@@ -213,6 +210,8 @@ pub struct Eventual<D> {
     link: GroupLink<Message>,
     /// New members that answered an offer of a copy: their group runs, so it can take one.
     ready: Mutex<std::collections::HashSet<NodeId>>,
+    /// The node's budget for handing copies over (`--rebalance-rate`).
+    rate: Mutex<Option<Arc<crate::rate::RateLimit>>>,
 }
 
 impl<D: Datalet> Eventual<D> {
@@ -309,6 +308,7 @@ impl<D: Datalet> Eventual<D> {
             left: AtomicBool::new(false),
             link: transport.clone(),
             ready: Mutex::default(),
+            rate: Mutex::default(),
             datalet,
             clock_source,
             me,
@@ -333,6 +333,11 @@ impl<D: Datalet> Eventual<D> {
         tokio::spawn(repairer.run(repair_queue, shutdown.clone()));
         tokio::spawn(Arc::clone(&node).take_inbox(inbox, repairs, shutdown));
         node
+    }
+
+    /// Hands copies over within `rate`, the node's budget (`--rebalance-rate`).
+    pub fn set_rebalance_rate(&self, rate: Option<Arc<crate::rate::RateLimit>>) {
+        *self.rate.lock().unwrap() = rate;
     }
 
     /// This node has just been named a member of the group: it does not serve the group
@@ -429,12 +434,12 @@ impl<D: Datalet> Eventual<D> {
             let updates = self.current_all(chunk.iter().cloned()).await;
             items += updates.len();
             sent_bytes += updates.iter().map(|u| u.size() as u64).sum::<u64>();
+            let bytes: u64 = updates.iter().map(|u| u.size() as u64).sum();
             self.send_reliably(to, Message::Updates(updates)).await;
-            if let Some(rate) = self.options.rebalance_rate {
-                let due = Duration::from_secs_f64(sent_bytes as f64 / rate.max(1) as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(wait).await;
-                }
+            let rate = self.rate.lock().unwrap().clone();
+            if let Some(rate) = rate {
+                rate.spend(bytes);
+                tokio::time::sleep(rate.wait()).await;
             }
         }
         if let Some(flush) = self.flushed.lock().unwrap().clone() {
