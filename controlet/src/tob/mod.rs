@@ -149,6 +149,8 @@ pub struct Tob<Op> {
     synced_members: BTreeSet<NodeId>,
     /// New to a group that already runs: forms no first view ([`Tob::set_joining`]).
     joining: bool,
+    /// When each target member missing from the view was last sent the plan.
+    invited: BTreeMap<NodeId, u64>,
     timing: Timing,
     now: u64,
     clock: Ts,
@@ -243,6 +245,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             target: universe.clone(),
             synced_members: BTreeSet::new(),
             joining: false,
+            invited: BTreeMap::new(),
             universe,
             timing,
             now: 0,
@@ -511,20 +514,24 @@ impl<Op: Clone + Weigh> Tob<Op> {
     }
 
     /// A serving member tells the target members missing from its view where the view is
-    /// (its plan, once per heartbeat each): a node new to the group may know of no member
+    /// (its plan, every five join intervals each): a node new to the group may know of no member
     /// of the current view (with one replica, the member it replaces is not in the target).
     fn invite_target(&mut self) {
         if self.status != Status::Normal || self.view.epoch == 0 || self.frozen_at.is_some() {
             return;
         }
+        let every = self.timing.join_interval * 5;
+        let now = self.now;
         let missing: Vec<NodeId> = self
             .target
             .iter()
             .copied()
             .filter(|&t| t != self.id && self.view.incarnation_of(t).is_none())
+            .filter(|t| self.invited.get(t).is_none_or(|&at| now >= at + every))
             .collect();
         for t in missing {
-            self.send_plan_to(t);
+            self.invited.insert(t, now);
+            self.send_plan(t, true);
         }
     }
 

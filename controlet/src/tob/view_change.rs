@@ -81,13 +81,8 @@ impl<Op: Clone + Weigh> Tob<Op> {
         }
     }
 
-    /// Sends our latest plan to `to`, at most once per heartbeat.
-    pub(super) fn send_plan_to(&mut self, to: NodeId) {
-        self.send_plan(to, false);
-    }
-
     /// Sends our latest plan to `to` (at most once per heartbeat unless `now`).
-    fn send_plan(&mut self, to: NodeId, now: bool) {
+    pub(super) fn send_plan(&mut self, to: NodeId, now: bool) {
         let Some(plan) = self.last_plan.clone() else {
             return;
         };
