@@ -605,9 +605,12 @@ impl<D: Datalet> Driver<D> {
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
         self.health.set_order_now(self.order_now);
-        let left = view.epoch > 0
-            && self.tob.state() == crate::tob::NodeState::Outside
-            && !self.tob.target().contains(&self.me);
+        // Outside the group's view and not in its target: this node has left the group. So
+        // has a node that never got into a view and holds nothing (a restarted memory node
+        // whose groups moved on meanwhile: the group's members no longer hear it at all).
+        let outside = view.epoch > 0 && self.tob.state() == crate::tob::NodeState::Outside;
+        let empty = view.epoch == 0 && self.tob.delivered() == 0;
+        let left = (outside || empty) && !self.tob.target().contains(&self.me);
         self.health
             .set_membership(view.ids().collect(), self.tob.is_settled(), left);
     }

@@ -151,6 +151,9 @@ pub struct Tob<Op> {
     joining: bool,
     /// When each target member missing from the view was last sent the plan.
     invited: BTreeMap<NodeId, u64>,
+    /// A membership change has named a target other than the nodes this node started with:
+    /// only then may a target member know no member of the view, and is invited.
+    retargeted: bool,
     timing: Timing,
     now: u64,
     clock: Ts,
@@ -246,6 +249,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             synced_members: BTreeSet::new(),
             joining: false,
             invited: BTreeMap::new(),
+            retargeted: false,
             universe,
             timing,
             now: 0,
@@ -299,6 +303,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             return;
         }
         self.target = target;
+        self.retargeted = true;
         if self.view.epoch == 0 {
             // No view yet: the first one is formed of the target (and this node).
             let mut first: BTreeSet<NodeId> = self.target.iter().copied().collect();
@@ -517,7 +522,11 @@ impl<Op: Clone + Weigh> Tob<Op> {
     /// (its plan, every five join intervals each): a node new to the group may know of no member
     /// of the current view (with one replica, the member it replaces is not in the target).
     fn invite_target(&mut self) {
-        if self.status != Status::Normal || self.view.epoch == 0 || self.frozen_at.is_some() {
+        if !self.retargeted
+            || self.status != Status::Normal
+            || self.view.epoch == 0
+            || self.frozen_at.is_some()
+        {
             return;
         }
         let every = self.timing.join_interval * 5;
