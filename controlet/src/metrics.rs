@@ -37,15 +37,7 @@ const PEER_STATUS_WAIT: Duration = Duration::from_millis(700);
 /// answer in time is listed as down.
 pub async fn cluster<D: Datalet>(ctx: &Context<D>) -> crate::status::ClusterStatus {
     let me = ctx.status.read();
-    let Some(cluster) = ctx.engine.cluster() else {
-        return crate::status::ClusterStatus {
-            from: me.id,
-            replicas: 1,
-            partitions: crate::placement::PARTITIONS,
-            nodes: vec![me],
-        };
-    };
-    let Some(p) = ctx.engine.placement() else {
+    let (Some(cluster), Some(p)) = (ctx.engine.cluster(), ctx.engine.placement()) else {
         return crate::status::ClusterStatus {
             from: me.id,
             replicas: 1,

@@ -276,14 +276,7 @@ pub trait GroupKind<D: Datalet>: Send + Sync + 'static {
 }
 
 impl<D: Datalet> GroupKind<D> for Groundwork<D> {
-    fn start(
-        &self,
-        group: GroupId,
-        target: Vec<NodeId>,
-        share: usize,
-    ) -> Pin<
-        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
-    > {
+    fn start(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D> {
         Box::pin(async move {
             let (local, stop) = self.start_group(group, target.clone(), share, true).await?;
             if let Some(r) = local.replicator() {
@@ -293,14 +286,7 @@ impl<D: Datalet> GroupKind<D> for Groundwork<D> {
         })
     }
 
-    fn start_held(
-        &self,
-        group: GroupId,
-        target: Vec<NodeId>,
-        share: usize,
-    ) -> Pin<
-        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
-    > {
+    fn start_held(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D> {
         Box::pin(self.start_group(group, target, share, false))
     }
 
@@ -378,25 +364,11 @@ impl<D: Datalet> EventualGround<D> {
 }
 
 impl<D: Datalet> GroupKind<D> for EventualGround<D> {
-    fn start(
-        &self,
-        group: GroupId,
-        target: Vec<NodeId>,
-        share: usize,
-    ) -> Pin<
-        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
-    > {
+    fn start(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D> {
         Box::pin(self.start_group(group, target, share, true))
     }
 
-    fn start_held(
-        &self,
-        group: GroupId,
-        target: Vec<NodeId>,
-        share: usize,
-    ) -> Pin<
-        Box<dyn Future<Output = std::io::Result<(Arc<Local<D>>, CancellationToken)>> + Send + '_>,
-    > {
+    fn start_held(&self, group: GroupId, target: Vec<NodeId>, share: usize) -> StartFuture<'_, D> {
         Box::pin(self.start_group(group, target, share, false))
     }
 
