@@ -423,6 +423,9 @@ impl ReplicationCounts {
 pub struct RepairCounts {
     pub antientropy_rounds: u64,
     pub antientropy_entries_sent: u64,
+    pub antientropy_entries_received: u64,
+    /// Buckets found differing at the last round with each peer, over every group and peer.
+    pub antientropy_buckets_differing: u64,
     pub hints_queued: u64,
     pub hints_dropped: u64,
     pub hints_pending: u64,
@@ -774,6 +777,9 @@ impl<D: Datalet> Engine<D> {
                 let s: &mut RepairCounts = sum.get_or_insert_with(Default::default);
                 s.antientropy_rounds += e.antientropy_rounds();
                 s.antientropy_entries_sent += e.antientropy_entries_sent();
+                s.antientropy_entries_received += e.antientropy_entries_received();
+                s.antientropy_buckets_differing +=
+                    e.divergence().iter().map(|&(_, b)| b as u64).sum::<u64>();
                 s.hints_queued += e.hints_queued();
                 s.hints_dropped += e.hints_dropped();
                 s.hints_pending += e.hints_pending();
@@ -781,6 +787,18 @@ impl<D: Datalet> Engine<D> {
             }
         }
         sum
+    }
+
+    /// Eventual mode: per group held here and per peer of it, the buckets that differed at
+    /// the last anti-entropy round with that peer.
+    pub fn divergence(&self) -> Vec<(GroupId, NodeId, usize)> {
+        let mut out = Vec::new();
+        for (&group, local) in self.shape().locals.iter() {
+            if let Some(e) = local.eventual_node() {
+                out.extend(e.divergence().into_iter().map(|(p, b)| (group, p, b)));
+            }
+        }
+        out
     }
 
     /// Groups held here whose members are changing: a copy moving in or out (a view that is

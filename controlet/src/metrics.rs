@@ -501,6 +501,22 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
         );
         counter(
             &mut r,
+            "tailorkv_antientropy_entries_received",
+            "Entries received from peers repairing this node's replicas",
+            e.antientropy_entries_received,
+        );
+        let differing = Family::<Labels, Gauge<i64>>::default();
+        for (group, peer, buckets) in ctx.engine.divergence() {
+            let labels = vec![("group", group.0.to_string()), ("peer", peer.0.to_string())];
+            differing.get_or_create(&labels).set(buckets as i64);
+        }
+        r.register(
+            "tailorkv_antientropy_buckets_differing",
+            "Buckets (of 1024) whose contents differed from the peer's at the last anti-entropy round with it: 0 when in sync",
+            differing,
+        );
+        counter(
+            &mut r,
             "tailorkv_hints_queued",
             "Hints queued",
             e.hints_queued,

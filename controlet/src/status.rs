@@ -66,6 +66,10 @@ pub struct GroupStatus {
     /// The view is the target: no member joining or leaving the group.
     #[serde(default)]
     pub settled: bool,
+    /// Eventual mode: per peer, the buckets (of 1024) that differed at the last anti-entropy
+    /// round with it (all 0 when the replicas agree).
+    #[serde(default)]
+    pub repair: Vec<(u16, u64)>,
 }
 
 /// The cluster's members, as `GET /members` and `tailorkv-admin members` show them.
@@ -188,7 +192,13 @@ impl<D: Datalet> Sources<D> {
                         group: group.0,
                         what: e.what,
                     }));
-            } else if local.eventual_node().is_none() {
+            } else if let Some(e) = local.eventual_node() {
+                g.repair = e
+                    .divergence()
+                    .into_iter()
+                    .map(|(p, b)| (p.0, b as u64))
+                    .collect();
+            } else {
                 g.state = "single".into();
             }
             status.groups.push(g);

@@ -211,3 +211,104 @@ fn status_and_cluster_json_describe_the_nodes() {
     let copies: u64 = all.nodes.iter().map(|n| n.items).sum();
     assert_eq!(copies, 180, "3 copies of each of 60 items");
 }
+
+/// Eventual mode's repair reports how far it is: a node restarted with an empty store differs
+/// from its peers in nearly every bucket, `/metrics` and `/status` say so while anti-entropy
+/// repairs it, the log says it is repairing and then in sync, and every figure falls to 0.
+#[test]
+fn eventual_repair_progress_shows_in_metrics_status_and_the_log() {
+    use tailorkv_controlet::status::NodeStatus;
+    use tailorkv_tests::procs::ProcCluster;
+    let mut cluster = ProcCluster::start(3, "eventual", &[]);
+    let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    for i in 0..3000 {
+        c.set(&format!("r{i}"), b"value").unwrap();
+    }
+    let items = |cluster: &ProcCluster, i: usize| -> f64 {
+        parse(&http_get(cluster.http_addr(i), "/metrics").1)["memcached_current_items{}"]
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while items(&cluster, 3) < 3000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 never got the items"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = |cluster: &ProcCluster| {
+        (1..=3).all(|i| {
+            let m = parse(&http_get(cluster.http_addr(i), "/metrics").1);
+            let differing: Vec<f64> = m
+                .iter()
+                .filter(|(k, _)| k.starts_with("tailorkv_antientropy_buckets_differing{"))
+                .map(|(_, &v)| v)
+                .collect();
+            differing.len() == 2 && differing.iter().all(|&v| v == 0.0)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !settled(&cluster) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rounds never found the replicas in sync"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    cluster.kill(3);
+    cluster.restart(3);
+    // Sample every node while the restarted one is repaired: the most buckets any node saw
+    // differing from a peer, on /metrics and on /status.
+    let (mut most_metric, mut most_status) = (0.0f64, 0u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        for i in 1..=3 {
+            let m = parse(&http_get(cluster.http_addr(i), "/metrics").1);
+            for (k, &v) in &m {
+                if k.starts_with("tailorkv_antientropy_buckets_differing{") {
+                    most_metric = most_metric.max(v);
+                }
+            }
+            let me: NodeStatus =
+                serde_json::from_str(&http_get(cluster.http_addr(i), "/status").1).unwrap();
+            for g in &me.groups {
+                most_status = most_status.max(g.repair.iter().map(|r| r.1).max().unwrap_or(0));
+            }
+        }
+        if items(&cluster, 3) >= 3000.0 && most_metric > 0.0 && settled(&cluster) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "repair did not finish: node 3 holds {} items, most buckets differing {most_metric}",
+            items(&cluster, 3)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 3000 keys leave about 55 of 1024 buckets empty: an empty replica differs in the rest.
+    assert!(
+        most_metric > 900.0,
+        "most buckets seen differing: {most_metric}"
+    );
+    assert!(
+        most_status > 900,
+        "most buckets differing on /status: {most_status}"
+    );
+    let m3 = parse(&http_get(cluster.http_addr(3), "/metrics").1);
+    assert!(
+        m3["tailorkv_antientropy_entries_received_total{}"] >= 3000.0,
+        "node 3 was sent every item by anti-entropy: {}",
+        m3["tailorkv_antientropy_entries_received_total{}"]
+    );
+    let logs: String = (1..=3)
+        .map(|i| std::fs::read_to_string(cluster.log_path(i)).unwrap())
+        .collect();
+    assert!(
+        logs.contains("anti-entropy: repairing a replica that differs from a peer's"),
+        "the repair is logged"
+    );
+    assert!(
+        logs.contains("anti-entropy: in sync with a peer again"),
+        "its end is logged"
+    );
+}

@@ -200,10 +200,13 @@ fn table(c: &ClusterStatus) -> String {
     let mut groups: Vec<(u16, Vec<u16>, u64, Vec<String>)> = Vec::new();
     for n in c.nodes.iter().filter(|n| n.up) {
         for g in &n.groups {
-            let progress = match g.catch_up {
+            let mut progress = match g.catch_up {
                 Some((items, total)) => format!(" {items} of about {total} items"),
                 None => String::new(),
             };
+            for (peer, buckets) in g.repair.iter().filter(|r| r.1 > 0) {
+                progress += &format!(" repairing: {buckets} of 1024 buckets differ from {peer}");
+            }
             let seen = format!(
                 "{}: {}{progress} (view {}, {} members)",
                 n.id, g.state, g.epoch, g.view_members

@@ -110,6 +110,16 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     if let Some(e) = ctx.engine.repair_counters() {
         s(out, "antientropy_rounds", e.antientropy_rounds);
         s(out, "antientropy_entries_sent", e.antientropy_entries_sent);
+        s(
+            out,
+            "antientropy_entries_received",
+            e.antientropy_entries_received,
+        );
+        s(
+            out,
+            "antientropy_buckets_differing",
+            e.antientropy_buckets_differing,
+        );
         s(out, "hints_queued", e.hints_queued);
         s(out, "hints_dropped", e.hints_dropped);
         s(out, "hints_pending", e.hints_pending);

@@ -70,6 +70,11 @@ where
         GroupLink { transport, group }
     }
 
+    /// The group this side of the transport carries.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
     /// [`Transport::try_send`] for this group.
     pub fn try_send(&self, to: NodeId, message: M) -> Result<(), M> {
         let wire = Wire::Group {

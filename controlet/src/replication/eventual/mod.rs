@@ -44,7 +44,7 @@ mod repair;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -140,6 +140,7 @@ struct Counters {
     antientropy_rounds: AtomicU64,
     antientropy_messages_sent: AtomicU64,
     antientropy_entries_sent: AtomicU64,
+    antientropy_entries_received: AtomicU64,
     hints_queued: AtomicU64,
     hints_dropped: AtomicU64,
     hints_pending: AtomicU64,
@@ -212,6 +213,10 @@ pub struct Eventual<D> {
     ready: Mutex<std::collections::HashSet<NodeId>>,
     /// The node's budget for handing copies over (`--rebalance-rate`).
     rate: Mutex<Option<Arc<crate::rate::RateLimit>>>,
+    /// Per peer, how far this replica is from the peer's: the buckets found differing in
+    /// the last anti-entropy round this node started with it (0 when in sync).
+    /// Buckets (of [`super::antientropy::BUCKETS`]) whose hashes differed.
+    divergence: Mutex<BTreeMap<NodeId, usize>>,
 }
 
 impl<D: Datalet> Eventual<D> {
@@ -309,6 +314,7 @@ impl<D: Datalet> Eventual<D> {
             link: transport.clone(),
             ready: Mutex::default(),
             rate: Mutex::default(),
+            divergence: Mutex::default(),
             datalet,
             clock_source,
             me,
@@ -502,6 +508,27 @@ impl<D: Datalet> Eventual<D> {
         self.counters
             .antientropy_entries_sent
             .load(Ordering::Relaxed)
+    }
+
+    /// Items and tombstones received from peers repairing this replica (each applied unless
+    /// this replica already held a newer version).
+    pub fn antientropy_entries_received(&self) -> u64 {
+        self.counters
+            .antientropy_entries_received
+            .load(Ordering::Relaxed)
+    }
+
+    /// Per peer still in the group, the buckets that differed at the last round with it.
+    pub fn divergence(&self) -> Vec<(NodeId, usize)> {
+        let peers = self.peers.borrow().clone();
+        let mut divergence = self.divergence.lock().unwrap();
+        divergence.retain(|p, _| peers.contains(p));
+        divergence.iter().map(|(&p, &b)| (p, b)).collect()
+    }
+
+    /// Records the buckets found differing with `peer`; returns what was recorded before.
+    fn measured(&self, peer: NodeId, buckets: usize) -> Option<usize> {
+        self.divergence.lock().unwrap().insert(peer, buckets)
     }
 
     /// Updates kept as hints because a peer's queue was full (counted per peer).

@@ -21,7 +21,7 @@ use super::{
     bump, deleted, item_update, Eventual, Message, Update, BATCH, ENTRIES_BATCH, MESSAGE_BYTES,
     ROUND_ENTRIES,
 };
-use crate::replication::antientropy::{Entry, Snapshot};
+use crate::replication::antientropy::{Entry, Snapshot, BUCKETS};
 use crate::shard::mux::GroupLink;
 
 impl<D: Datalet> Eventual<D> {
@@ -150,7 +150,12 @@ pub(super) struct Repairer<D> {
     waiting: HashMap<NodeId, (u64, Instant)>,
     /// The last snapshot of this replica, reused for a moment by the steps of a round.
     snapshot: Option<(Instant, Arc<Snapshot>)>,
+    /// Per peer this replica differs from, when that was last logged.
+    logged: HashMap<NodeId, Instant>,
 }
+
+/// How often a repair under way is logged, at most, per peer.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 impl<D: Datalet> Repairer<D> {
     pub(super) fn new(
@@ -168,6 +173,7 @@ impl<D: Datalet> Repairer<D> {
             round: 0,
             waiting: HashMap::new(),
             snapshot: None,
+            logged: HashMap::new(),
         }
     }
 
@@ -313,7 +319,16 @@ impl<D: Datalet> Repairer<D> {
                     return; // an answer to an earlier round, superseded
                 }
                 self.waiting.remove(&peer);
-                if ranges.is_empty() {
+                let differing = if ranges.is_empty() {
+                    Vec::new()
+                } else {
+                    match self.snapshot().await {
+                        Some(snapshot) => snapshot.differing_buckets(&ranges),
+                        None => return,
+                    }
+                };
+                self.progress(peer, differing.len());
+                if differing.is_empty() {
                     // In sync with a member: a node new to the group has all it needs.
                     if self.node.filling.swap(false, Ordering::AcqRel) {
                         tracing::info!(
@@ -326,7 +341,7 @@ impl<D: Datalet> Repairer<D> {
                 let Some(snapshot) = self.snapshot().await else {
                     return;
                 };
-                let mut differing = snapshot.differing_buckets(&ranges);
+                let mut differing = differing;
                 // Over many rounds, and from several peers at once, start at different
                 // buckets: a large difference is repaired a slice at a time.
                 let start = (round as usize).wrapping_mul(7919) + usize::from(self.node.me.0);
@@ -366,6 +381,10 @@ impl<D: Datalet> Repairer<D> {
             }
             Message::Repair { updates, want } => {
                 if !updates.is_empty() {
+                    bump(
+                        &self.node.counters.antientropy_entries_received,
+                        updates.len(),
+                    );
                     self.node.receive_all(updates).await;
                     self.snapshot = None;
                 }
@@ -375,6 +394,40 @@ impl<D: Datalet> Repairer<D> {
                 }
             }
             Message::Filled | Message::Offer | Message::Ready => {}
+        }
+    }
+
+    /// Records how far this replica is from `peer`'s, and says so in the log when a repair
+    /// starts, every [`PROGRESS_EVERY`] while it goes on, and when it ends.
+    fn progress(&mut self, peer: NodeId, buckets: usize) {
+        let before = self.node.measured(peer, buckets);
+        let group = self.transport.group().0;
+        if buckets == 0 {
+            if before.is_some_and(|b| b > 0) {
+                tracing::info!(
+                    group,
+                    peer = peer.0,
+                    "anti-entropy: in sync with a peer again"
+                );
+            }
+            self.logged.remove(&peer);
+            return;
+        }
+        let due = self
+            .logged
+            .get(&peer)
+            .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY);
+        if due {
+            self.logged.insert(peer, Instant::now());
+            tracing::info!(
+                group,
+                peer = peer.0,
+                buckets_differing = buckets,
+                of = BUCKETS,
+                entries_sent = self.node.antientropy_entries_sent(),
+                entries_received = self.node.antientropy_entries_received(),
+                "anti-entropy: repairing a replica that differs from a peer's"
+            );
         }
     }
 
