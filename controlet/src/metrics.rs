@@ -438,12 +438,25 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
         let epoch = Family::<Labels, Gauge<i64>>::default();
         let members = Family::<Labels, Gauge<i64>>::default();
         let state = Family::<Labels, Gauge<i64>>::default();
+        let view_changes = Family::<Labels, Counter>::default();
+        let suspicions = Family::<Labels, Counter>::default();
+        let undelivered = Family::<Labels, Gauge<i64>>::default();
+        let own_bytes = Family::<Labels, Gauge<i64>>::default();
         let caught = Family::<Labels, Gauge<i64>>::default();
         let catching = Family::<Labels, Gauge<i64>>::default();
         for (group, health) in &groups {
             let (items, total) = health.catch_up().unwrap_or((0, 0));
             let g = vec![("group", group.0.to_string())];
             caught.get_or_create(&g).set(items as i64);
+            let o = health.order_figures();
+            view_changes.get_or_create(&g).inc_by(o.view_changes);
+            suspicions.get_or_create(&g).inc_by(o.suspicions);
+            undelivered
+                .get_or_create(&g)
+                .set(o.undelivered_batches as i64);
+            own_bytes
+                .get_or_create(&g)
+                .set(o.undelivered_own_bytes as i64);
             catching.get_or_create(&g).set(total as i64);
             let g = vec![("group", group.0.to_string())];
             epoch.get_or_create(&g).set(health.epoch() as i64);
@@ -476,6 +489,26 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             state,
         );
         r.register(
+            "tailorkv_group_view_changes",
+            "Views of the group this node started serving in",
+            view_changes,
+        );
+        r.register(
+            "tailorkv_group_suspicions",
+            "Times this node's failure detector came to suspect a member of the group",
+            suspicions,
+        );
+        r.register(
+            "tailorkv_group_undelivered_batches",
+            "Batches of the group's order received here and not yet delivered (delivery lag)",
+            undelivered,
+        );
+        r.register(
+            "tailorkv_group_undelivered_own_bytes",
+            "Bytes of operations this node proposed to the group and not yet delivered",
+            own_bytes,
+        );
+        r.register(
             "tailorkv_group_catch_up_items",
             "Items of the snapshot being installed stored so far (0 when none is)",
             caught,
@@ -484,6 +517,27 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "tailorkv_group_catch_up_total_items",
             "About how many items the snapshot being installed holds (0 when none is)",
             catching,
+        );
+    }
+    if let Some(link) = &ctx.status.link {
+        let up = Family::<Labels, Gauge<i64>>::default();
+        let queued = Family::<Labels, Gauge<i64>>::default();
+        if let Some(p) = ctx.engine.placement() {
+            for &n in p.nodes().iter().filter(|&&n| n != ctx.status.me) {
+                let labels = vec![("peer", n.0.to_string())];
+                up.get_or_create(&labels).set(i64::from(link.is_up(n)));
+                queued.get_or_create(&labels).set(link.queued(n) as i64);
+            }
+        }
+        r.register(
+            "tailorkv_peer_up",
+            "1 while this node's link to the peer is connected",
+            up,
+        );
+        r.register(
+            "tailorkv_peer_queue_bytes",
+            "Bytes of messages queued for the peer and not yet written",
+            queued,
         );
     }
     if let Some(e) = ctx.engine.repair_counters() {

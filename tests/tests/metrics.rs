@@ -312,3 +312,50 @@ fn eventual_repair_progress_shows_in_metrics_status_and_the_log() {
         "its end is logged"
     );
 }
+
+/// A member killed shows on a survivor's `/metrics`: its link goes down, the failure detector
+/// counts a suspicion, and the group serves in one more view; the order's delivery lag and
+/// the peer queues are there to read.
+#[test]
+fn a_killed_member_shows_as_a_suspicion_a_view_change_and_a_link_down() {
+    use tailorkv_tests::procs::ProcCluster;
+    let mut cluster = ProcCluster::start(3, "linearizable", &[]);
+    let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    c.set("k", b"v").unwrap();
+    let scrape = |cluster: &ProcCluster| parse(&http_get(cluster.http_addr(1), "/metrics").1);
+    let before = scrape(&cluster);
+    let views = "tailorkv_group_view_changes_total{group=0}";
+    let suspicions = "tailorkv_group_suspicions_total{group=0}";
+    assert!(
+        before[views] >= 1.0,
+        "serving in a first view: {}",
+        before[views]
+    );
+    assert_eq!(before["tailorkv_peer_up{peer=3}"], 1.0);
+    assert!(before.contains_key("tailorkv_peer_queue_bytes{peer=3}"));
+    assert!(before.contains_key("tailorkv_group_undelivered_batches{group=0}"));
+    assert!(before.contains_key("tailorkv_group_undelivered_own_bytes{group=0}"));
+
+    cluster.kill(3);
+    c.set("k", b"after").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = scrape(&cluster);
+        if now[views] > before[views]
+            && now[suspicions] > before[suspicions]
+            && now["tailorkv_peer_up{peer=3}"] == 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "views {} (before {}), suspicions {} (before {}), link to 3 up: {}",
+            now[views],
+            before[views],
+            now[suspicions],
+            before[suspicions],
+            now["tailorkv_peer_up{peer=3}"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -605,6 +605,11 @@ impl<D: Datalet> Driver<D> {
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
         self.health.set_order_now(self.order_now);
+        self.health.set_order_figures(
+            self.tob.detector().suspicions(),
+            self.tob.undelivered_batches() as u64,
+            self.tob.own_bytes() as u64,
+        );
         // Outside the group's view and not in its target: this node has left the group. So
         // has a node that never got into a view and holds nothing (a restarted memory node
         // whose groups moved on meanwhile: the group's members no longer hear it at all).
@@ -621,6 +626,7 @@ impl<D: Datalet> Driver<D> {
             Event::Serving { epoch } => {
                 tracing::info!(epoch, members = ?self.tob.view().members, "serving in a new view");
                 let members: Vec<u16> = self.tob.view().ids().map(|id| id.0).collect();
+                self.health.count_view_change();
                 self.health
                     .note(format!("serving in view {epoch} of nodes {members:?}"));
             }

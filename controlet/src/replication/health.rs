@@ -106,6 +106,23 @@ pub struct Health {
     settled: AtomicBool,
     /// This node is outside the view and not in the target: it has left the group.
     left: AtomicBool,
+    /// Views this node started serving in.
+    view_changes: AtomicU64,
+    /// Times a member came to be suspected by this node's failure detector.
+    suspicions: AtomicU64,
+    /// Batches broadcast and not yet delivered here.
+    undelivered_batches: AtomicU64,
+    /// Bytes of operations proposed here and not yet delivered.
+    undelivered_own_bytes: AtomicU64,
+}
+
+/// How the order is doing, for metrics: see [`Health::order_figures`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderFigures {
+    pub view_changes: u64,
+    pub suspicions: u64,
+    pub undelivered_batches: u64,
+    pub undelivered_own_bytes: u64,
 }
 
 /// Events a node keeps per group for its status page.
@@ -128,6 +145,30 @@ impl Health {
         }
         self.epoch.store(epoch, Ordering::Relaxed);
         self.members.store(members as u64, Ordering::Relaxed);
+    }
+
+    /// Publishes how the order is doing (the driver, after each step).
+    pub fn set_order_figures(&self, suspicions: u64, undelivered_batches: u64, own_bytes: u64) {
+        self.suspicions.store(suspicions, Ordering::Relaxed);
+        self.undelivered_batches
+            .store(undelivered_batches, Ordering::Relaxed);
+        self.undelivered_own_bytes
+            .store(own_bytes, Ordering::Relaxed);
+    }
+
+    /// Counts a view this node started serving in.
+    pub fn count_view_change(&self) {
+        self.view_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Views served in, suspicions, and how far delivery lags.
+    pub fn order_figures(&self) -> OrderFigures {
+        OrderFigures {
+            view_changes: self.view_changes.load(Ordering::Relaxed),
+            suspicions: self.suspicions.load(Ordering::Relaxed),
+            undelivered_batches: self.undelivered_batches.load(Ordering::Relaxed),
+            undelivered_own_bytes: self.undelivered_own_bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Asks the driver to take `target` as the group's members.

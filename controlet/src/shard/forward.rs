@@ -171,6 +171,8 @@ pub trait ForwardLink: Send + Sync {
         -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// Whether the link to `to` is connected.
     fn is_up(&self, to: NodeId) -> bool;
+    /// Bytes of messages queued for `to` and not yet written.
+    fn queued(&self, to: NodeId) -> usize;
 }
 
 impl<M> ForwardLink for Transport<Wire<M>>
@@ -187,6 +189,10 @@ where
 
     fn is_up(&self, to: NodeId) -> bool {
         Transport::is_up(self, to)
+    }
+
+    fn queued(&self, to: NodeId) -> usize {
+        self.queue_bytes().saturating_sub(self.room(to))
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Detector {
     initial: u64,
     increment: u64,
     now: u64,
+    /// Times a trusted node came to be suspected.
+    suspicions: u64,
 }
 
 impl Detector {
@@ -45,6 +47,7 @@ impl Detector {
             initial: timeout,
             increment,
             now: 0,
+            suspicions: 0,
         }
     }
 
@@ -91,6 +94,9 @@ impl Detector {
     /// were lost).
     pub fn suspect(&mut self, node: NodeId) {
         if let Some(w) = self.watches.get_mut(&node) {
+            if !w.suspected {
+                self.suspicions += 1;
+            }
             w.suspected = true;
             // Heard again only by a message after this moment.
             w.last_heard = self.now;
@@ -108,7 +114,13 @@ impl Detector {
                 newly.push(node);
             }
         }
+        self.suspicions += newly.len() as u64;
         newly
+    }
+
+    /// Times a trusted node came to be suspected, since the detector started.
+    pub fn suspicions(&self) -> u64 {
+        self.suspicions
     }
 
     pub fn is_suspected(&self, node: NodeId) -> bool {
@@ -136,6 +148,7 @@ mod tests {
         assert!(d.is_suspected(NodeId(2)));
         assert!(!d.is_suspected(NodeId(3)));
         assert!(d.tick().is_empty(), "suspected once, reported once");
+        assert_eq!(d.suspicions(), 1);
     }
 
     #[test]
@@ -173,7 +186,13 @@ mod tests {
     fn a_known_failure_is_suspected_at_once() {
         let mut d = Detector::new([NodeId(2)], 50, 10);
         d.suspect(NodeId(2));
+        d.suspect(NodeId(2));
         assert!(d.is_suspected(NodeId(2)));
+        assert_eq!(
+            d.suspicions(),
+            1,
+            "suspected once, however often it is said"
+        );
         assert!(d.heard(NodeId(2)));
     }
 }

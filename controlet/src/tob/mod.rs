@@ -407,6 +407,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
         &self.detector
     }
 
+    /// Batches received and waiting to be delivered: how far delivery lags behind what has
+    /// been broadcast.
+    pub fn undelivered_batches(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Sets the most bytes of operations one broadcast carries ([`BATCH_BYTES`] by default).
     pub fn set_batch_bytes(&mut self, bytes: usize) {
         self.batch_bytes = bytes.max(1);
