@@ -135,6 +135,22 @@ pub struct Config {
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Mutual TLS on peer links: this node's certificate (PEM, its own first), which must
+    /// carry the DNS name `node-<id>.tailorkv` (`tailorkv-admin certs` makes a CA and such
+    /// certificates). With `--peer-tls-key` and `--peer-tls-ca`, a member hears only nodes
+    /// with a certificate from that CA, each as the node its certificate names, and sends
+    /// only to the node it means. Every member must use TLS, or none.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// This node's private key for `--peer-tls-cert` (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// The cluster's CA certificate (PEM) that every member's certificate is signed by.
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_tls_ca: Option<PathBuf>,
+
     /// The consistency the cluster offers (with `--peers`).
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: Consistency,

@@ -534,6 +534,12 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "1 while this node's link to the peer is connected",
             up,
         );
+        counter(
+            &mut r,
+            "tailorkv_peer_connections_refused",
+            "Connections to the peer port refused before anything they carried was heard (no TLS, no hello in time, another cluster's hello, a certificate for another node)",
+            link.refused(),
+        );
         r.register(
             "tailorkv_peer_queue_bytes",
             "Bytes of messages queued for the peer and not yet written",

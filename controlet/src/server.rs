@@ -81,6 +81,20 @@ fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     }
 }
 
+/// The peer links' TLS (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`), if asked for.
+fn peer_tls(config: &Config) -> std::io::Result<Option<Arc<crate::peer::tls::PeerTls>>> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &config.peer_tls_cert,
+        &config.peer_tls_key,
+        &config.peer_tls_ca,
+    ) else {
+        return Ok(None);
+    };
+    crate::peer::tls::PeerTls::load(NodeId(config.id), cert, key, ca)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
 /// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled. A
 /// node of a sharded cluster has one datalet per replica group it holds: `disk:DIR` keeps
 /// group `g`'s in `DIR/group-g` (in `DIR` itself while the cluster has one group).
@@ -554,7 +568,10 @@ where
         session,
         listener,
         &other_peers(config),
-        link_config(config, frame),
+        LinkConfig {
+            tls: peer_tls(config)?,
+            ..link_config(config, frame)
+        },
         shutdown.clone(),
     );
     let groups = Groups::default();

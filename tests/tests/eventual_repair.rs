@@ -184,8 +184,8 @@ async fn hints_carry_the_updates_a_down_node_missed() {
         link: small_queues(),
         ..EventualOptions::default()
     };
-    let n1 = start(&members, 0, empty(), options).await;
-    let n2 = start(&members, 1, empty(), options).await;
+    let n1 = start(&members, 0, empty(), options.clone()).await;
+    let n2 = start(&members, 1, empty(), options.clone()).await;
     for i in 0..12_000 {
         let node = if i % 2 == 0 { &n1 } else { &n2 };
         let outcome = node.eventual.apply(&key(i), set("v"), now()).await;
@@ -202,7 +202,7 @@ async fn hints_carry_the_updates_a_down_node_missed() {
     let queued = eventually(|| total(&[&n1, &n2], Eventual::hints_queued)).await;
     assert!(queued > 0, "writes beyond the peer queue are kept as hints");
     assert_eq!(total(&[&n1, &n2], Eventual::hints_dropped), 0);
-    let n3 = start(&members, 2, empty(), options).await;
+    let n3 = start(&members, 2, empty(), options.clone()).await;
     let state = converge(&[&n1, &n2, &n3], Duration::from_secs(60)).await;
     assert_eq!(state.len(), 12_000 - 1_200);
     assert_eq!(
@@ -240,8 +240,8 @@ async fn anti_entropy_repairs_what_dropped_hints_carried() {
         let outcome = stale.apply(&key(i), set("stale"), old, now()).await;
         assert_eq!(outcome, Ok(Outcome::Stored));
     }
-    let n1 = start(&members, 0, empty(), options).await;
-    let n2 = start(&members, 1, empty(), options).await;
+    let n1 = start(&members, 0, empty(), options.clone()).await;
+    let n2 = start(&members, 1, empty(), options.clone()).await;
     for i in 0..12_000 {
         let node = if i % 2 == 0 { &n1 } else { &n2 };
         node.eventual
@@ -258,7 +258,7 @@ async fn anti_entropy_repairs_what_dropped_hints_carried() {
     }
     let dropped = eventually(|| total(&[&n1, &n2], Eventual::hints_dropped)).await;
     assert!(dropped > 0, "hints past the bound are dropped");
-    let n3 = start(&members, 2, stale, options).await;
+    let n3 = start(&members, 2, stale, options.clone()).await;
     let state = converge(&[&n1, &n2, &n3], Duration::from_secs(60)).await;
     assert_eq!(state.len(), 12_000 - 3_000, "deleted keys stay deleted");
     assert!(
@@ -385,9 +385,9 @@ async fn tombstones_are_collected_after_the_grace_period() {
         tombstone_grace: Duration::from_secs(2),
         ..options()
     };
-    let n1 = start(&members, 0, empty(), options).await;
-    let n2 = start(&members, 1, empty(), options).await;
-    let n3 = start(&members, 2, empty(), options).await;
+    let n1 = start(&members, 0, empty(), options.clone()).await;
+    let n2 = start(&members, 1, empty(), options.clone()).await;
+    let n3 = start(&members, 2, empty(), options.clone()).await;
     let nodes = [&n1, &n2, &n3];
     for i in 0..10 {
         n1.eventual.apply(&key(i), set("v"), now()).await.unwrap();
@@ -623,7 +623,7 @@ async fn race(seed: u64) {
     let mut nodes = Vec::new();
     for i in 0..3 {
         let datalet = Arc::new(Jittery::new(seed * 10 + i as u64));
-        nodes.push(start(&members, i, datalet, options).await);
+        nodes.push(start(&members, i, datalet, options.clone()).await);
     }
     let mut rng = SmallRng::seed_from_u64(seed);
     for k in 0..RACE_KEYS {

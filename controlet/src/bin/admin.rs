@@ -7,6 +7,7 @@
 //! tailorkv-admin --node 127.0.0.1:9150 members
 //! tailorkv-admin --node 127.0.0.1:9150 remove 4
 //! tailorkv-admin --node 127.0.0.1:9154 leave
+//! tailorkv-admin certs --dir certs --nodes 1,2,3
 //! ```
 //!
 //! A node joins with `controlet --join` (see the README); `remove` and `leave` go through
@@ -58,17 +59,76 @@ enum Cmd {
     /// The node `--node` names leaves the cluster: it hands its groups to other members and
     /// stops once they hold them.
     Leave,
+    /// Makes a cluster CA in DIR (unless DIR has one already) and, for each node named, a
+    /// certificate and key it signs, for `controlet --peer-tls-cert DIR/node-N.pem
+    /// --peer-tls-key DIR/node-N-key.pem --peer-tls-ca DIR/ca.pem`. Keep DIR/ca-key.pem off
+    /// the nodes: whoever holds it can make members.
+    Certs {
+        /// Where the files go (made if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The nodes' ids, separated by commas.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<u16>,
+    },
+}
+
+/// Writes `text` to `path`, readable by its owner alone if `secret`.
+fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// `certs`: the CA (made or read back) and each node's certificate and key.
+fn certs(dir: &std::path::Path, nodes: &[u16]) -> anyhow::Result<()> {
+    use tailorkv_controlet::peer::tls::Certs;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
+    let ca_key = dir.join("ca-key.pem");
+    let ca = if ca_key.exists() {
+        let pem = std::fs::read_to_string(&ca_key)?;
+        println!("using the CA in {}", dir.display());
+        Certs::from_ca_key(&pem).context("ca-key.pem is not a key")?
+    } else {
+        let ca = Certs::new_ca()?;
+        write_file(&ca_key, &ca.ca_key_pem(), true)?;
+        write_file(&dir.join("ca.pem"), &ca.ca_cert_pem()?, false)?;
+        println!("made a CA: {}", dir.join("ca.pem").display());
+        ca
+    };
+    for &id in nodes {
+        let (cert, key) = ca.node(tailorkv_common::NodeId(id))?;
+        write_file(&dir.join(format!("node-{id}.pem")), &cert, false)?;
+        write_file(&dir.join(format!("node-{id}-key.pem")), &key, true)?;
+        println!(
+            "node {id}: --peer-tls-cert {0}/node-{id}.pem --peer-tls-key {0}/node-{id}-key.pem --peer-tls-ca {0}/ca.pem",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (method, path, json) = match args.command {
+    let get = |method: &str, path: &str| -> anyhow::Result<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(call(args.node, method, path))
+    };
+    let (body, json) = match &args.command {
+        Cmd::Certs { dir, nodes } => return certs(dir, nodes),
         Cmd::Status { json } => {
-            let body = runtime.block_on(call(args.node, "GET", "/cluster"))?;
-            if json {
+            let body = get("GET", "/cluster")?;
+            if *json {
                 println!("{body}");
                 return Ok(());
             }
@@ -77,11 +137,10 @@ fn main() -> anyhow::Result<()> {
             print!("{}", table(&cluster));
             return Ok(());
         }
-        Cmd::Members { json } => ("GET", "/members".to_string(), json),
-        Cmd::Remove { id } => ("POST", format!("/members/remove/{id}"), false),
-        Cmd::Leave => ("POST", "/members/leave".to_string(), false),
+        Cmd::Members { json } => (get("GET", "/members")?, *json),
+        Cmd::Remove { id } => (get("POST", &format!("/members/remove/{id}"))?, false),
+        Cmd::Leave => (get("POST", "/members/leave")?, false),
     };
-    let body = runtime.block_on(call(args.node, method, &path))?;
     if json {
         println!("{body}");
         return Ok(());

@@ -349,7 +349,7 @@ impl<D: Datalet> EventualGround<D> {
             (link, inbox),
             &peers,
             stop.clone(),
-            self.options,
+            self.options.clone(),
         );
         if joining {
             node.begin_filling();

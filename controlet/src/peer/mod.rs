@@ -53,6 +53,7 @@
 
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -65,9 +66,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::NodeId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::weigh::Weigh;
@@ -81,7 +84,7 @@ pub const INBOX_BYTES: usize = 64 << 20;
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
 /// What every link of one cluster agrees on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct LinkConfig {
     /// Names the cluster: a digest of what its members must share (see [`cluster_digest`]).
     pub cluster: u64,
@@ -91,7 +94,27 @@ pub struct LinkConfig {
     pub queue_bytes: usize,
     /// Bytes received and not yet taken before readers wait ([`INBOX_BYTES`] by default).
     pub inbox_bytes: usize,
+    /// Mutual TLS, if the links use it (see [`tls`]): then only members are heard, each as
+    /// the node its certificate names.
+    pub tls: Option<Arc<tls::PeerTls>>,
 }
+
+impl PartialEq for LinkConfig {
+    fn eq(&self, other: &Self) -> bool {
+        let same_tls = match (&self.tls, &other.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_tls
+            && self.cluster == other.cluster
+            && self.max_frame_bytes == other.max_frame_bytes
+            && self.queue_bytes == other.queue_bytes
+            && self.inbox_bytes == other.inbox_bytes
+    }
+}
+
+impl Eq for LinkConfig {}
 
 impl Default for LinkConfig {
     fn default() -> Self {
@@ -100,6 +123,7 @@ impl Default for LinkConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             queue_bytes: PEER_QUEUE_BYTES,
             inbox_bytes: INBOX_BYTES,
+            tls: None,
         }
     }
 }
@@ -123,6 +147,8 @@ pub fn cluster_digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     hash
 }
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an accepted connection may take to send its hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -166,6 +192,8 @@ pub struct Transport<M> {
     dialer: Arc<Dialer>,
     /// Bytes each peer's queue holds at most.
     budget: usize,
+    /// Connections to this node's peer port refused (see [`Transport::refused`]).
+    refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What starting a writer for a new peer takes.
@@ -264,6 +292,7 @@ impl<M> Clone for Transport<M> {
             queues: Arc::clone(&self.queues),
             dialer: Arc::clone(&self.dialer),
             budget: self.budget,
+            refused: Arc::clone(&self.refused),
         }
     }
 }
@@ -383,7 +412,11 @@ where
             .map(|a| a.ip())
             .filter(|ip| !ip.is_unspecified());
         let expected = Expected::default();
-        let known = Arc::new(Known { config });
+        let known = Arc::new(Known {
+            config: config.clone(),
+            refusals: Refusals::default(),
+        });
+        let refused = Arc::clone(&known.refusals.count);
         tokio::spawn(accept_loop(
             listener,
             inbox_tx,
@@ -397,10 +430,11 @@ where
                 id,
                 session,
                 source,
-                config,
+                config: config.clone(),
                 shutdown,
             }),
             budget: config.queue_bytes,
+            refused,
         };
         for &(peer, addr) in peers {
             transport.add_peer(peer, addr);
@@ -430,7 +464,7 @@ where
             peer,
             addr,
             source: dialer.source,
-            config: dialer.config,
+            config: dialer.config.clone(),
         };
         let queue = Numbered {
             queue: rx,
@@ -477,11 +511,16 @@ where
             peer: NodeId(0),
             addr,
             source: self.dialer.source,
-            config: self.dialer.config,
+            config: self.dialer.config.clone(),
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect(&link))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let stream = match &link.config.tls {
+            // Whoever listens there must prove it is a member, whichever.
+            Some(tls) => Either::Right(tls.connect(stream, None).await?),
+            None => Either::Left(stream),
+        };
         let mut framed = FramedWrite::new(stream, codec(&link.config));
         let hello = Frame::<M>::Hello {
             from: link.id,
@@ -492,6 +531,13 @@ where
         framed.send(encode(&Frame::Message { n, message })).await?;
         SinkExt::<Bytes>::flush(&mut framed).await?;
         Ok(())
+    }
+
+    /// Connections to this node's peer port refused before anything they carried was heard:
+    /// a failed TLS handshake, no hello in time, another cluster's or an older run's hello,
+    /// a certificate for another node than the hello names.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This run's session (see [`new_session`]).
@@ -604,10 +650,48 @@ struct Link {
     config: LinkConfig,
 }
 
-/// What a receiving side checks a hello against.
+/// What a receiving side checks a hello against, and how it reports what it refuses.
 struct Known {
     config: LinkConfig,
+    refusals: Refusals,
 }
+
+/// Connections refused: counted, and logged at most once a second with the number left
+/// unlogged since, so a stranger retrying in a loop cannot flood the log.
+#[derive(Default)]
+struct Refusals {
+    count: Arc<std::sync::atomic::AtomicU64>,
+    logged: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Refusals {
+    fn refuse(
+        &self,
+        remote: Option<SocketAddr>,
+        sender: Option<NodeId>,
+        why: &dyn std::fmt::Display,
+    ) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut logged = self.logged.lock().unwrap();
+        let (last, quiet) = &mut *logged;
+        if last.is_some_and(|at| at.elapsed() < REFUSALS_LOGGED_EVERY) {
+            *quiet += 1;
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let also = std::mem::take(quiet);
+        tracing::warn!(
+            ?remote,
+            ?sender,
+            refused_unlogged = also,
+            "refused a peer connection: {why}"
+        );
+    }
+}
+
+/// How often refused peer connections are logged, at most.
+const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(1);
 
 fn codec(config: &LinkConfig) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -649,8 +733,30 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
         };
         let _ = stream.set_nodelay(true);
         set_user_timeout(&stream, LINK_TIMEOUT);
+        let (mut reader, writer) = match &link.config.tls {
+            Some(tls) => match tls.connect(stream, Some(link.peer)).await {
+                Ok(stream) => {
+                    let (reader, writer) = tokio::io::split(stream);
+                    (Either::Right(reader), Either::Right(writer))
+                }
+                Err(e) => {
+                    tracing::warn!(peer = ?link.peer, addr = %link.addr, error = %e,
+                        "TLS handshake with a peer failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+            None => {
+                let (reader, writer) = stream.into_split();
+                (Either::Left(reader), Either::Left(writer))
+            }
+        };
         backoff = BACKOFF_START;
-        let mut framed = FramedWrite::new(stream, codec(&link.config));
+        let mut framed = FramedWrite::new(writer, codec(&link.config));
         let hello = Frame::<M>::Hello {
             from: link.id,
             session: link.session,
@@ -662,7 +768,14 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
         link.up.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = link.config.max_frame_bytes;
-        let pumped = pump(&mut framed, &mut queue, &mut unsent, limit, &shutdown).await;
+        let pumped = pump(
+            &mut framed,
+            &mut reader,
+            (&mut queue, &mut unsent),
+            limit,
+            &shutdown,
+        )
+        .await;
         link.up.store(false, std::sync::atomic::Ordering::Relaxed);
         match pumped {
             Ok(()) => return,
@@ -709,10 +822,10 @@ impl<M> Numbered<M> {
 /// Writes queued messages until the queue closes (`Ok`) or the connection fails (`Err`, with
 /// the message being written kept in `unsent`). A message whose frame would pass `limit` is
 /// reported and skipped, its number used up, so the receiver sees a gap where it was.
-async fn pump<M: Serialize>(
-    framed: &mut FramedWrite<TcpStream, LengthDelimitedCodec>,
-    queue: &mut Numbered<M>,
-    unsent: &mut Option<(u64, M)>,
+async fn pump<M: Serialize, W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    framed: &mut FramedWrite<W, LengthDelimitedCodec>,
+    reader: &mut R,
+    (queue, unsent): (&mut Numbered<M>, &mut Option<(u64, M)>),
     limit: usize,
     shutdown: &CancellationToken,
 ) -> io::Result<()> {
@@ -726,7 +839,7 @@ async fn pump<M: Serialize>(
                 },
                 // Noticed while idle, not at the next write: `Transport::is_up` turns false
                 // as soon as the peer is gone.
-                () = closed(framed.get_ref()) => {
+                () = closed(reader) => {
                     return Err(io::Error::new(io::ErrorKind::ConnectionReset, "closed by the peer"));
                 }
                 () = shutdown.cancelled() => return Ok(()),
@@ -755,19 +868,14 @@ async fn pump<M: Serialize>(
     }
 }
 
-/// Returns once the peer closed `stream` (or it failed). The peer never writes on a link's
-/// connection, so anything readable is its end.
-async fn closed(stream: &TcpStream) {
+/// Returns once the peer closed the connection `reader` reads (or it failed). The peer sends
+/// nothing on a link's connection after its handshake, so reading only finds its end.
+async fn closed<R: AsyncRead + Unpin>(reader: &mut R) {
     let mut buf = [0u8; 64];
     loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        match stream.try_read(&mut buf) {
-            Ok(0) => return,
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
         }
     }
 }
@@ -870,11 +978,29 @@ async fn reader<M: DeserializeOwned>(
     shutdown: CancellationToken,
 ) {
     let remote = stream.peer_addr().ok();
+    let stream = match &known.config.tls {
+        Some(tls) => match tls.accept(stream).await {
+            Ok(stream) => Either::Right(stream),
+            Err(e) => {
+                let why = format!("TLS handshake failed: {e}");
+                known.refusals.refuse(remote, None, &why);
+                return;
+            }
+        },
+        None => Either::Left(stream),
+    };
     let mut framed = FramedRead::new(stream, codec(&known.config));
     let mut from = None;
+    // A connection must say who it is from at once.
+    let hello_by = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_by);
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
+            () = &mut hello_by, if from.is_none() => {
+                known.refusals.refuse(remote, None, &"no hello in time");
+                return;
+            }
             () = shutdown.cancelled() => return,
         };
         let bytes = match frame {
@@ -895,8 +1021,18 @@ async fn reader<M: DeserializeOwned>(
                 None,
             ) => {
                 if let Err(why) = check_hello(&known, &expected, sender, session, cluster) {
-                    tracing::warn!(?remote, ?sender, "refused a peer connection: {why}");
+                    known.refusals.refuse(remote, Some(sender), &why);
                     return;
+                }
+                if let Either::Right(tls) = framed.get_ref() {
+                    if !tls::certifies(tls, sender) {
+                        known.refusals.refuse(
+                            remote,
+                            Some(sender),
+                            &"its certificate is not for the node its hello names",
+                        );
+                        return;
+                    }
                 }
                 from = Some((sender, session));
             }

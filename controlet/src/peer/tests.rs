@@ -163,7 +163,7 @@ async fn a_message_too_large_for_a_frame_is_skipped_and_seen_as_a_gap() {
         1,
         la,
         &[(NodeId(2), ab)],
-        small,
+        small.clone(),
         shutdown.clone(),
     );
     let (_b, mut b_in) = Transport::<Vec<u8>>::start(
@@ -225,7 +225,7 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
         session,
         la,
         &[(NodeId(2), ab)],
-        config,
+        config.clone(),
         shutdown.clone(),
     );
     let (_b, mut b_in) = Transport::<u64>::start(
@@ -370,7 +370,7 @@ async fn a_peers_queue_is_bounded_in_bytes() {
             1,
             listener,
             &[(NodeId(2), gone_addr)],
-            config,
+            config.clone(),
             shutdown.clone(),
         )
     };
@@ -419,7 +419,8 @@ async fn a_full_inbox_pushes_back_to_the_sender() {
         ..LinkConfig::default()
     };
     let peers = [(NodeId(2), ab)];
-    let (a, _a_in) = Transport::<Bytes>::start(NodeId(1), 1, la, &peers, config, shutdown.clone());
+    let (a, _a_in) =
+        Transport::<Bytes>::start(NodeId(1), 1, la, &peers, config.clone(), shutdown.clone());
     let peers = [(NodeId(1), aa)];
     let (_b, b_in) = Transport::<Bytes>::start(NodeId(2), 2, lb, &peers, config, shutdown.clone());
     // 64 MiB: more than the inbox, the queue and the kernel's buffers hold together.
@@ -437,5 +438,191 @@ async fn a_full_inbox_pushes_back_to_the_sender() {
         "the inbox holds {held} messages of 64 KiB, past its 1 MiB"
     );
     sender.abort();
+    shutdown.cancel();
+}
+
+/// A CA and nodes' TLS, for the tests of mutual TLS.
+struct TestCa {
+    certs: tls::Certs,
+    ca: String,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let certs = tls::Certs::new_ca().unwrap();
+        let ca = certs.ca_cert_pem().unwrap();
+        TestCa { certs, ca }
+    }
+
+    /// TLS with a certificate for node `cert_for` (a transport may use it under another id:
+    /// an impostor).
+    fn tls(&self, cert_for: u16) -> Arc<tls::PeerTls> {
+        let (cert, key) = self.certs.node(NodeId(cert_for)).unwrap();
+        tls::PeerTls::from_pem(
+            NodeId(cert_for),
+            cert.as_bytes(),
+            key.as_bytes(),
+            self.ca.as_bytes(),
+        )
+        .unwrap()
+    }
+}
+
+fn tls_config(tls: Arc<tls::PeerTls>) -> LinkConfig {
+    LinkConfig {
+        cluster: 77,
+        tls: Some(tls),
+        ..LinkConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn members_with_certificates_from_the_cluster_ca_talk_over_tls() {
+    let shutdown = CancellationToken::new();
+    let ca = TestCa::new();
+    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
+    let (a, mut a_in) = Transport::<(u32, String)>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        tls_config(ca.tls(1)),
+        shutdown.clone(),
+    );
+    let (b, mut b_in) = Transport::<(u32, String)>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        tls_config(ca.tls(2)),
+        shutdown.clone(),
+    );
+    for i in 0..500 {
+        a.send(NodeId(2), (i, format!("from a {i}"))).await;
+        b.send(NodeId(1), (i, format!("from b {i}"))).await;
+    }
+    for i in 0..500 {
+        let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
+        assert_eq!(
+            got.unwrap().unwrap(),
+            (NodeId(1), Incoming::Message((i, format!("from a {i}"))))
+        );
+        let got = tokio::time::timeout(Duration::from_secs(10), a_in.recv()).await;
+        assert_eq!(
+            got.unwrap().unwrap(),
+            (NodeId(2), Incoming::Message((i, format!("from b {i}"))))
+        );
+    }
+    assert!(a.is_up(NodeId(2)) && b.is_up(NodeId(1)));
+    // A node asking to join, known to the member only by address, is heard too.
+    let (lc, _) = bound().await;
+    let (c, _c_in) = Transport::<(u32, String)>::start(
+        NodeId(3),
+        3,
+        lc,
+        &[],
+        tls_config(ca.tls(3)),
+        shutdown.clone(),
+    );
+    c.send_once(ab, 5, 1, &(9, "let me in".to_string()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
+    assert_eq!(
+        got.unwrap().unwrap(),
+        (NodeId(3), Incoming::Message((9, "let me in".to_string())))
+    );
+    shutdown.cancel();
+}
+
+/// With TLS on, nothing reaches the protocol from a connection without a certificate of the
+/// cluster's CA, nor from a member's certificate whose hello names another node; and a writer
+/// sends nothing to a listener that cannot prove it is the peer it wants.
+#[tokio::test]
+async fn only_certified_members_are_heard_each_as_the_node_its_certificate_names() {
+    let shutdown = CancellationToken::new();
+    let ca = TestCa::new();
+    let (lb, ab) = bound().await;
+    let (_b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[],
+        tls_config(ca.tls(2)),
+        shutdown.clone(),
+    );
+    let nothing = |b_in: &mut Inbox<u64>| {
+        let got = b_in.try_recv();
+        assert!(got.is_none(), "a stranger was heard: {got:?}");
+    };
+    let hello = |from: u16| {
+        encode(&Frame::<u64>::Hello {
+            from: NodeId(from),
+            session: new_session(),
+            cluster: 77,
+        })
+    };
+    let message = encode(&Frame::Message {
+        n: 1,
+        message: 666u64,
+    });
+
+    // 1. The right protocol in the clear: no TLS handshake, so nothing is read.
+    let plain = send_raw(ab, &[hello(1), message.clone()]).await;
+    // 2. TLS with a certificate from another CA, as node 1.
+    let other = TestCa::new();
+    let (la, _) = bound().await;
+    let (stranger, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        tls_config(other.tls(1)),
+        shutdown.clone(),
+    );
+    stranger.send(NodeId(2), 666).await;
+    // 3. A member's certificate (node 3's), claiming to be node 1.
+    let (lc, _) = bound().await;
+    let (impostor, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        lc,
+        &[(NodeId(2), ab)],
+        tls_config(ca.tls(3)),
+        shutdown.clone(),
+    );
+    impostor.send(NodeId(2), 666).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nothing(&mut b_in);
+    assert!(!stranger.is_up(NodeId(2)), "another CA's node got a link");
+    drop(plain);
+
+    // 4. A writer that wants node 2 at an address where node 3 listens sends nothing.
+    let (l3, a3) = bound().await;
+    let (_three, mut three_in) = Transport::<u64>::start(
+        NodeId(3),
+        3,
+        l3,
+        &[],
+        tls_config(ca.tls(3)),
+        shutdown.clone(),
+    );
+    let (l1, _) = bound().await;
+    let (one, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        l1,
+        &[(NodeId(2), a3)],
+        tls_config(ca.tls(1)),
+        shutdown.clone(),
+    );
+    one.send(NodeId(2), 5).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = three_in.try_recv();
+    assert!(
+        got.is_none(),
+        "sent to a node other than the one named: {got:?}"
+    );
+    assert!(!one.is_up(NodeId(2)));
     shutdown.cancel();
 }

@@ -173,6 +173,8 @@ pub trait ForwardLink: Send + Sync {
     fn is_up(&self, to: NodeId) -> bool;
     /// Bytes of messages queued for `to` and not yet written.
     fn queued(&self, to: NodeId) -> usize;
+    /// Connections to the peer port refused ([`Transport::refused`]).
+    fn refused(&self) -> u64;
 }
 
 impl<M> ForwardLink for Transport<Wire<M>>
@@ -193,6 +195,10 @@ where
 
     fn queued(&self, to: NodeId) -> usize {
         self.queue_bytes().saturating_sub(self.room(to))
+    }
+
+    fn refused(&self) -> u64 {
+        Transport::refused(self)
     }
 }
 

@@ -104,7 +104,7 @@ const REPAIR_QUEUE: usize = 1024;
 const KEY_LOCKS: usize = 1024;
 
 /// How the eventual mode repairs replicas.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventualOptions {
     /// How often an anti-entropy round starts, with the next peer in turn.
     pub antientropy_interval: Duration,
@@ -257,7 +257,7 @@ impl<D: Datalet> Eventual<D> {
             new_session(),
             listener,
             peers,
-            options.link,
+            options.link.clone(),
             shutdown.clone(),
         );
         let groups = Groups::default();
@@ -301,6 +301,7 @@ impl<D: Datalet> Eventual<D> {
         options: EventualOptions,
     ) -> Arc<Self> {
         let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let hint_bytes = options.hint_bytes;
         let counters = Arc::new(Counters::default());
         let (peers_tx, peers_rx) = tokio::sync::watch::channel(peers.to_vec());
         let mut target = peers.to_vec();
@@ -329,7 +330,7 @@ impl<D: Datalet> Eventual<D> {
         let propagator = Propagator {
             transport: transport.clone(),
             peers: peers.iter().map(|&p| (p, Hints::default())).collect(),
-            limit: options.hint_bytes,
+            limit: hint_bytes,
             counters,
             members: peers_rx.clone(),
         };

@@ -1,0 +1,264 @@
+//! Peer authentication (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`), with real
+//! `controlet` processes: a stranger who knows the protocol can disturb a cluster whose
+//! peer links are plain, and cannot disturb one whose links need a certificate of the
+//! cluster's CA.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tailorkv_tests::checker::OpResult;
+use tailorkv_tests::client::McConn;
+use tailorkv_tests::ports::free_port;
+use tailorkv_tests::procs::ProcCluster;
+use tailorkv_tests::server::binary;
+
+/// A fresh directory for a test's certificates.
+fn cert_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tailorkv-certs-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// `tailorkv-admin certs --dir DIR --nodes ...`: a CA in `dir` and the nodes' certificates.
+fn make_certs(dir: &Path, nodes: &str) {
+    let out = Command::new(binary("tailorkv-admin"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["--nodes", nodes])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tailorkv-admin certs");
+    assert!(
+        out.status.success(),
+        "tailorkv-admin certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The arguments that give node `{node}` its TLS from `dir`.
+fn tls_args(dir: &Path) -> Vec<String> {
+    let d = dir.display();
+    vec![
+        "--peer-tls-cert".into(),
+        format!("{d}/node-{{node}}.pem"),
+        "--peer-tls-key".into(),
+        format!("{d}/node-{{node}}-key.pem"),
+        "--peer-tls-ca".into(),
+        format!("{d}/ca.pem"),
+    ]
+}
+
+/// Every node's `cluster_epoch` (the view of its one group).
+fn epochs(cluster: &ProcCluster) -> Vec<u64> {
+    (1..=cluster.len())
+        .map(|i| {
+            let mut c = McConn::connect(cluster.addr(i), Duration::from_secs(5)).unwrap();
+            let deadline = c.send(b"stats\r\n").unwrap();
+            let mut epoch = None;
+            loop {
+                let line = c.read_line(deadline).unwrap();
+                if line == b"END" {
+                    break;
+                }
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if let Some(v) = line.strip_prefix("STAT cluster_epoch ") {
+                    epoch = v.parse().ok();
+                }
+            }
+            epoch.unwrap_or_else(|| panic!("node {i} has no cluster_epoch"))
+        })
+        .collect()
+}
+
+/// The value of the sample `name` in the node's `/metrics` at `http`.
+fn metric(http: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).expect("connect to /metrics");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// A process that claims to be node 2 of `cluster`: a controlet of the same mode and item
+/// size, named node 2 in a member list of the cluster's own peer addresses but its own, with
+/// `extra` arguments. Its log goes to `log`.
+fn impostor(cluster: &ProcCluster, extra: &[String], log: &Path) -> Child {
+    let own = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let peers = format!(
+        "1@{},2@{own},3@{}",
+        cluster.peer_addr(1),
+        cluster.peer_addr(3)
+    );
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(binary("controlet"))
+        .args([
+            "--id",
+            "2",
+            "--consistency",
+            "linearizable",
+            "--replicas",
+            "3",
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--peers", &peers])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the impostor")
+}
+
+/// Writes through node 1 for `how_long`; every write must be acknowledged (a view change
+/// may hold one up, never lose it).
+fn write_for(cluster: &ProcCluster, how_long: Duration) -> u64 {
+    let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    let end = Instant::now() + how_long;
+    let mut n = 0;
+    while Instant::now() < end {
+        assert_eq!(
+            c.set(&format!("w{n}"), b"v").unwrap(),
+            OpResult::Stored,
+            "write {n}"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    n
+}
+
+/// The control: with plain peer links, a process that knows the mode and the item size and
+/// calls itself node 2 is taken for a new run of node 2, and the members change views to
+/// let "it" back in. This is the attack peer TLS stops; if this test ever fails, the one
+/// below proves nothing.
+#[test]
+fn without_peer_tls_a_stranger_calling_itself_a_member_forces_a_view_change() {
+    let cluster = ProcCluster::start(3, "linearizable", &[]);
+    write_for(&cluster, Duration::from_millis(200));
+    let before = epochs(&cluster);
+    let log = cluster.dir().join("impostor.log");
+    let mut stranger = impostor(&cluster, &[], &log);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        write_for(&cluster, Duration::from_millis(200));
+        let now = epochs(&cluster);
+        if now[0] > before[0] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stranger changed nothing (epochs {before:?} → {now:?}): the control failed"
+        );
+    }
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+/// With peer TLS, neither a stranger without a certificate nor one with a certificate of
+/// another CA (for node 2, even) gets a message to a member: the view stays as it was, every
+/// write is acknowledged, and the members log why they refused. The cluster itself runs
+/// over TLS: writes through node 1 are read through node 3.
+#[test]
+fn with_peer_tls_strangers_cannot_change_the_view() {
+    let certs = cert_dir("strangers");
+    make_certs(&certs, "1,2,3");
+    let args = tls_args(&certs);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = ProcCluster::start(3, "linearizable", &args);
+    write_for(&cluster, Duration::from_millis(200));
+    let mut c3 = McConn::connect(cluster.addr(3), Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        c3.gets("w0").unwrap().map(|(v, _)| v),
+        Some(b"v".to_vec()),
+        "replicated over TLS"
+    );
+    let before = epochs(&cluster);
+
+    let plain = impostor(&cluster, &[], &cluster.dir().join("plain.log"));
+    let other_ca = cert_dir("other-ca");
+    make_certs(&other_ca, "2");
+    let own = tls_args(&other_ca)
+        .into_iter()
+        .map(|a| a.replace("{node}", "2"))
+        .collect::<Vec<_>>();
+    let forged = impostor(&cluster, &own, &cluster.dir().join("other-ca.log"));
+    let mut strangers = [plain, forged];
+    let written = write_for(&cluster, Duration::from_secs(4));
+    for s in &mut strangers {
+        assert!(
+            s.try_wait().unwrap().is_none(),
+            "a stranger stopped: it must keep trying for the test to mean anything"
+        );
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert!(written > 50, "only {written} writes in 4 s");
+    assert_eq!(
+        epochs(&cluster),
+        before,
+        "a stranger changed the view\n{}",
+        cluster.describe()
+    );
+    // Refusals are counted, and logged at most once a second whatever their number.
+    let refused = metric(
+        cluster.http_addr(1),
+        "tailorkv_peer_connections_refused_total",
+    );
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("refused a peer connection: TLS handshake failed"))
+        .count();
+    assert!(logged >= 1, "node 1 does not say it refused the strangers");
+    assert!(
+        refused >= 10.0 && (logged as f64) < refused && logged <= 10,
+        "{refused} connections refused, {logged} log lines about them"
+    );
+    let _ = std::fs::remove_dir_all(&certs);
+    let _ = std::fs::remove_dir_all(&other_ca);
+}
+
+/// A node with a certificate of the cluster's CA joins a TLS cluster and takes a copy.
+#[test]
+fn a_node_with_a_certificate_joins_a_tls_cluster() {
+    let certs = cert_dir("join");
+    make_certs(&certs, "1,2,3,4");
+    let mut args = tls_args(&certs);
+    args.extend(["--groups", "6"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cluster = ProcCluster::start(3, "linearizable", &args);
+    let mut c = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    for i in 0..100 {
+        assert_eq!(c.set(&format!("k{i}"), b"v").unwrap(), OpResult::Stored);
+    }
+    let four = cluster.join(1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let members = cluster.admin(1, &["members", "--json"]).unwrap();
+        let settled = cluster
+            .admin(four, &["status", "--json"])
+            .is_ok_and(|s| s.contains("\"groups\"") && !s.contains("\"settled\":false"));
+        if members.contains("\"epoch\":2") && settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 never joined: {members}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut c4 = McConn::connect(cluster.addr(four), Duration::from_secs(10)).unwrap();
+    for i in 0..100 {
+        assert_eq!(
+            c4.gets(&format!("k{i}")).unwrap().map(|(v, _)| v),
+            Some(b"v".to_vec())
+        );
+    }
+    let _ = std::fs::remove_dir_all(&certs);
+}
