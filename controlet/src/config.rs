@@ -135,6 +135,21 @@ pub struct Config {
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
 
+    /// TLS on the client port: the server's certificate chain (PEM), as memcached's `-Z -o
+    /// ssl_chain_cert=FILE`. With it the port speaks only TLS. `refresh_certs` or SIGHUP reads
+    /// the files again.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM), as memcached's `ssl_key`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Clients must present a certificate signed by this CA (PEM), as memcached's
+    /// `ssl_ca_cert` with `ssl_verify_mode=3`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
     /// Mutual TLS on peer links: this node's certificate (PEM, its own first), which must
     /// carry the DNS name `node-<id>.tailorkv` (`tailorkv-admin certs` makes a CA and such
     /// certificates). With `--peer-tls-key` and `--peer-tls-ca`, a member hears only nodes

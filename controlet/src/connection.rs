@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tailorkv_common::codec::Decoder;
 use tailorkv_datalet::Datalet;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -54,19 +54,35 @@ pub async fn serve<D: Datalet>(
     shutdown: CancellationToken,
 ) {
     let mut counts = Counts::default();
-    if let Err(e) = serve_inner(&mut stream, &ctx, &shutdown, &mut counts).await {
+    let served = match &ctx.tls {
+        Some(tls) => match tls.accept(stream).await {
+            Ok(stream) => {
+                let (reader, writer) = tokio::io::split(stream);
+                serve_inner(reader, writer, &ctx, &shutdown, &mut counts).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "a client's TLS handshake failed");
+                Ok(())
+            }
+        },
+        None => {
+            let (reader, writer) = stream.split();
+            serve_inner(reader, writer, &ctx, &shutdown, &mut counts).await
+        }
+    };
+    if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
     }
     ctx.counts.absorb(&mut counts);
 }
 
-async fn serve_inner<D: Datalet>(
-    stream: &mut TcpStream,
+async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut reader: R,
+    writer: W,
     ctx: &Context<D>,
     shutdown: &CancellationToken,
     counts: &mut Counts,
 ) -> std::io::Result<()> {
-    let (mut reader, writer) = stream.split();
     let mut out = Out::new(writer);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut decoder = Decoder::new(ctx.config.item_size_max);
@@ -102,7 +118,8 @@ async fn serve_inner<D: Datalet>(
         out.flush().await?;
         counts.bytes_written += std::mem::take(&mut out.written);
         if closing {
-            return Ok(());
+            // A TLS client is told the connection ends (`close_notify`); a TCP one gets FIN.
+            return out.into_inner().shutdown().await;
         }
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);

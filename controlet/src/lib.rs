@@ -43,6 +43,7 @@ pub mod shard;
 pub mod sim;
 pub mod stats;
 pub mod status;
+pub mod tls;
 pub mod tob;
 pub mod weigh;
 

@@ -28,6 +28,8 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             self.writer.write_all(&self.buf).await?;
+            // A TLS stream holds records until flushed; a TCP stream's flush does nothing.
+            self.writer.flush().await?;
             self.written += self.buf.len() as u64;
             self.buf.clear();
         }

@@ -81,6 +81,43 @@ fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     }
 }
 
+/// The client port's TLS (`--tls-cert`, `--tls-key`, `--tls-ca`), if asked for.
+fn client_tls(config: &Config) -> std::io::Result<Option<Arc<crate::tls::ClientTls>>> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let files = crate::tls::TlsFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        ca: config.tls_ca.clone(),
+    };
+    crate::tls::ClientTls::load(files).map(Some).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("client TLS: {e}"))
+    })
+}
+
+/// SIGHUP reads the client TLS files again, as `refresh_certs` does.
+async fn refresh_on_signal(tls: Arc<crate::tls::ClientTls>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hup.recv() => match got {
+                Some(()) => {
+                    if let Err(e) = tls.refresh() {
+                        tracing::warn!(error = %e, "SIGHUP: the TLS files did not load; the old ones stay");
+                    }
+                }
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// The peer links' TLS (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`), if asked for.
 fn peer_tls(config: &Config) -> std::io::Result<Option<Arc<crate::peer::tls::PeerTls>>> {
     let (Some(cert), Some(key), Some(ca)) = (
@@ -262,6 +299,7 @@ async fn serve_with<D: Datalet, M: Datalet>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let tls = client_tls(&config)?;
     let shared = NodeShared {
         counts: Arc::default(),
         latencies: Arc::default(),
@@ -296,7 +334,11 @@ async fn serve_with<D: Datalet, M: Datalet>(
         started: shared.started,
         curr_connections: shared.connections,
         status,
+        tls,
     });
+    if let Some(tls) = &ctx.tls {
+        tokio::spawn(refresh_on_signal(Arc::clone(tls), shutdown.clone()));
+    }
     if let Some(http) = http {
         tracing::info!(http = %http.local_addr()?, "serving metrics at /metrics");
         tokio::spawn(crate::metrics::serve(

@@ -572,6 +572,8 @@ fn admin_cases() -> Vec<Case> {
         case("quit after a reply", "set a 0 0 1\r\nx\r\nget a\r\nquit\r\nget a\r\n"),
         case("quit with args", "quit now\r\nget a\r\n"),
         case("shutdown not enabled", "shutdown\r\n"),
+        case("refresh_certs without TLS", "refresh_certs\r\nget a\r\n"),
+        case("refresh_certs noreply without TLS", "refresh_certs noreply\r\nget a\r\n"),
         case("stats reset", "stats reset\r\n"),
         case("stats reset with extra token", "stats reset now\r\n"),
         case("stats detail alone", "stats detail\r\n"),
@@ -1853,4 +1855,26 @@ fn deliberate_lru_crawler_cannot_be_disabled() {
         esc(&metadump(broken.addr, "2")),
         esc(b"ERROR an unknown error happened\r\n")
     );
+}
+
+/// `stats settings` names memcached's TLS settings as memcached 1.6 does when TLS is off,
+/// so exporters that read them find them (all but `ssl_wbuf_size`, a buffer of memcached's
+/// own that has no counterpart here).
+#[test]
+fn tls_settings_match_memcached_with_tls_off() {
+    let pair = Pair::start();
+    let ssl = |addr| {
+        let reply = exchange(addr, b"stats settings\r\n");
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .filter(|l| l.starts_with("STAT ssl_") && !l.starts_with("STAT ssl_wbuf_size"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let theirs = ssl(pair.mc.addr);
+    assert!(
+        theirs.len() >= 10,
+        "this memcached shows no TLS settings: {theirs:?}"
+    );
+    assert_eq!(ssl(pair.us.addr), theirs);
 }

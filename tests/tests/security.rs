@@ -50,25 +50,28 @@ fn tls_args(dir: &Path) -> Vec<String> {
     ]
 }
 
-/// Every node's `cluster_epoch` (the view of its one group).
+/// Node `i`'s `cluster_epoch` (the view of its one group), or why it could not be read.
+fn epoch(cluster: &ProcCluster, i: usize) -> Result<u64, String> {
+    let mut c =
+        McConn::connect(cluster.addr(i), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let deadline = c.send(b"stats\r\n").map_err(|e| format!("{e:?}"))?;
+    let mut epoch = None;
+    loop {
+        let line = c.read_line(deadline).map_err(|e| format!("{e:?}"))?;
+        if line == b"END" {
+            return epoch.ok_or_else(|| format!("node {i} has no cluster_epoch"));
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        if let Some(v) = line.strip_prefix("STAT cluster_epoch ") {
+            epoch = v.parse().ok();
+        }
+    }
+}
+
+/// Every node's `cluster_epoch`.
 fn epochs(cluster: &ProcCluster) -> Vec<u64> {
     (1..=cluster.len())
-        .map(|i| {
-            let mut c = McConn::connect(cluster.addr(i), Duration::from_secs(5)).unwrap();
-            let deadline = c.send(b"stats\r\n").unwrap();
-            let mut epoch = None;
-            loop {
-                let line = c.read_line(deadline).unwrap();
-                if line == b"END" {
-                    break;
-                }
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if let Some(v) = line.strip_prefix("STAT cluster_epoch ") {
-                    epoch = v.parse().ok();
-                }
-            }
-            epoch.unwrap_or_else(|| panic!("node {i} has no cluster_epoch"))
-        })
+        .map(|i| epoch(cluster, i).unwrap_or_else(|e| panic!("node {i}: {e}")))
         .collect()
 }
 
@@ -148,15 +151,17 @@ fn without_peer_tls_a_stranger_calling_itself_a_member_forces_a_view_change() {
     let log = cluster.dir().join("impostor.log");
     let mut stranger = impostor(&cluster, &[], &log);
     let deadline = Instant::now() + Duration::from_secs(15);
+    // While views change, `stats` may wait on the cluster: a node that cannot answer in
+    // time is asked again.
     loop {
-        write_for(&cluster, Duration::from_millis(200));
-        let now = epochs(&cluster);
-        if now[0] > before[0] {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = epoch(&cluster, 1);
+        if now.as_ref().is_ok_and(|&e| e > before[0]) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the stranger changed nothing (epochs {before:?} → {now:?}): the control failed"
+            "the stranger changed nothing (epochs {before:?}, node 1 now {now:?}): the control failed"
         );
     }
     let _ = stranger.kill();
@@ -261,4 +266,214 @@ fn a_node_with_a_certificate_joins_a_tls_cluster() {
         );
     }
     let _ = std::fs::remove_dir_all(&certs);
+}
+
+// ---------------------------------------------------------------- TLS on the client port
+
+/// Certificates for the client port, written to a fresh directory: a CA, a server
+/// certificate for 127.0.0.1 and localhost, and a client certificate.
+struct ClientCerts {
+    dir: PathBuf,
+}
+
+impl ClientCerts {
+    fn new(test: &str) -> Self {
+        let dir = cert_dir(test);
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = ClientCerts { dir };
+        certs.issue("", 0);
+        certs
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A CA and its certificates, under file names starting with `prefix`; `generation`
+    /// tells apart the CAs of successive calls.
+    fn issue(&self, prefix: &str, generation: u32) {
+        use tailorkv_controlet::peer::tls::Certs;
+        let ca = Certs::new_ca().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::write(self.path(&format!("{prefix}{name}")), text).unwrap();
+        };
+        write("ca.pem", &ca.ca_cert_pem().unwrap());
+        let (cert, key) = ca
+            .server(&["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+        write("server.pem", &cert);
+        write("server-key.pem", &key);
+        let (cert, key) = ca.client(&format!("client-{generation}")).unwrap();
+        write("client.pem", &cert);
+        write("client-key.pem", &key);
+    }
+}
+
+impl Drop for ClientCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A controlet in this process serving TLS with `certs`' server certificate; `verify` also
+/// requires client certificates of the CA.
+fn tls_node(certs: &ClientCerts, verify: bool) -> tailorkv_tests::Controlet {
+    tailorkv_tests::Controlet::start_with(|c| {
+        c.tls_cert = Some(certs.path("server.pem"));
+        c.tls_key = Some(certs.path("server-key.pem"));
+        c.tls_ca = verify.then(|| certs.path("ca.pem"));
+    })
+}
+
+/// Runs `code` in Python with pymemcache, `PORT` and `DIR` set; its output, or why it failed.
+fn pymemcache(port: u16, dir: &Path, code: &str) -> Result<String, String> {
+    let script = format!(
+        "import ssl, sys\nfrom pymemcache.client.base import Client\nPORT = {port}\nDIR = {dir:?}\n{code}\n",
+        dir = dir.display().to_string()
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.success() {
+        true => Ok(text),
+        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// A pymemcache client over TLS, trusting the CA in `DIR/<prefix>ca.pem`.
+const CLIENT: &str = r#"
+def client(prefix="", cert=None):
+    ctx = ssl.create_default_context(cafile=f"{DIR}/{prefix}ca.pem")
+    if cert is not None:
+        ctx.load_cert_chain(f"{DIR}/{cert}client.pem", f"{DIR}/{cert}client-key.pem")
+    return Client(("127.0.0.1", PORT), tls_context=ctx, connect_timeout=5, timeout=5)
+"#;
+
+/// pymemcache with an `ssl.SSLContext` that checks the server's certificate (and its
+/// name, 127.0.0.1) stores and reads over TLS; a client that trusts another CA is refused
+/// by its own check, and a plain client gets nothing from the TLS port.
+#[test]
+fn pymemcache_over_tls_and_a_wrong_certificate_is_refused() {
+    let certs = ClientCerts::new("client-tls");
+    certs.issue("other-", 1);
+    let node = tls_node(&certs, false);
+    let port = node.addr.port();
+    let ok = pymemcache(
+        port,
+        &certs.dir,
+        &format!(
+            "{CLIENT}\nc = client()\nc.set('k', b'over tls')\nprint(c.get('k').decode())\nprint(c.stats()[b'ssl_handshake_errors'])"
+        ),
+    )
+    .unwrap();
+    assert_eq!(ok, "over tls\n0\n");
+    let wrong = pymemcache(
+        port,
+        &certs.dir,
+        &format!("{CLIENT}\nclient('other-').get('k')"),
+    );
+    let why = wrong.expect_err("a client trusting another CA was served");
+    assert!(why.contains("CERTIFICATE_VERIFY_FAILED"), "{why}");
+    let plain = pymemcache(
+        port,
+        &certs.dir,
+        "Client(('127.0.0.1', PORT), connect_timeout=5, timeout=2).get('k')",
+    );
+    assert!(plain.is_err(), "a plain client was served: {plain:?}");
+    let errors = pymemcache(
+        port,
+        &certs.dir,
+        &format!("{CLIENT}\nprint(client().stats()[b'ssl_handshake_errors'])"),
+    )
+    .unwrap();
+    assert_eq!(errors.trim(), "2", "both refused handshakes are counted");
+}
+
+/// With `--tls-ca`, a client must present a certificate of that CA.
+#[test]
+fn client_certificates_are_required_with_a_client_ca() {
+    let certs = ClientCerts::new("client-ca");
+    certs.issue("other-", 1);
+    let node = tls_node(&certs, true);
+    let port = node.addr.port();
+    let with = pymemcache(
+        port,
+        &certs.dir,
+        &format!("{CLIENT}\nc = client(cert='')\nc.set('k', b'v')\nprint(c.get('k').decode())"),
+    );
+    assert_eq!(with.unwrap(), "v\n");
+    let without = pymemcache(port, &certs.dir, &format!("{CLIENT}\nclient().get('k')"));
+    assert!(
+        without.is_err(),
+        "a client without a certificate was served"
+    );
+    let foreign = pymemcache(
+        port,
+        &certs.dir,
+        &format!("{CLIENT}\nclient(cert='other-').get('k')"),
+    );
+    assert!(
+        foreign.is_err(),
+        "a client with another CA's certificate was served"
+    );
+}
+
+/// `refresh_certs` reads the files again: once they hold a new CA's certificate, new
+/// connections get it and old ones go on; files that do not load leave the last good ones in
+/// use and the command says why.
+#[test]
+fn refresh_certs_takes_new_certificates_without_a_restart() {
+    let certs = ClientCerts::new("refresh");
+    let node = tls_node(&certs, false);
+    let port = node.addr.port();
+    // The node has read its files once it serves TLS with them.
+    let first = pymemcache(
+        port,
+        &certs.dir,
+        &format!("{CLIENT}\nprint(client().version())"),
+    );
+    assert!(first.is_ok(), "{first:?}");
+    // Keep the first CA under another name, then put a new CA's files in place.
+    std::fs::copy(certs.path("ca.pem"), certs.path("first-ca.pem")).unwrap();
+    certs.issue("", 2);
+    let script = format!(
+        r#"{CLIENT}
+old = client("first-")
+old.set('k', b'1')
+print(client("first-").get('k').decode())
+print(old.raw_command(b'refresh_certs', b'\r\n').decode())
+print(client().get('k').decode())
+try:
+    client("first-").get('k')
+    print("old CA still accepted")
+except ssl.SSLError:
+    print("old CA refused")
+print(old.get('k').decode())
+open(f"{{DIR}}/server.pem", "w").write("not a certificate")
+from pymemcache.exceptions import MemcacheClientError
+try:
+    old.raw_command(b'refresh_certs', b'\r\n')
+except MemcacheClientError as e:
+    print("CLIENT_ERROR " + e.args[0].decode().split(':')[0])
+print(client().get('k').decode())
+"#
+    );
+    let out = pymemcache(port, &certs.dir, &script).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1",
+            "OK",
+            "1",
+            "old CA refused",
+            "1",
+            "CLIENT_ERROR Error loading the certificates",
+            "1"
+        ],
+        "{out}"
+    );
 }

@@ -143,6 +143,13 @@ pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, De
         b"cache_memlimit" => want(nt == 3 || nt == 4).map(|_| cache_memlimit(&t)),
         b"stats" => Ok(stats(&t)),
         b"lru_crawler" => Ok(lru_crawler(&t)),
+        // memcached honours `noreply` only with TLS on: the executor knows.
+        b"refresh_certs" => Ok(done(
+            Command::RefreshCerts {
+                noreply: t.noreply(),
+            },
+            false,
+        )),
         b"version" => Ok(done(Command::Version, false)),
         b"quit" => Ok(done(Command::Quit, false)),
         b"shutdown" => Ok(reply(Response::Line("ERROR: shutdown not enabled"), false)),

@@ -66,6 +66,9 @@ pub enum Command {
     Version,
     /// `verbosity <level>`: accepted and answered `OK`.
     Verbosity,
+    /// `refresh_certs [noreply]`: reads the TLS certificate, key and CA files again.
+    /// `noreply` silences the reply only when TLS is on, as in memcached.
+    RefreshCerts { noreply: bool },
     /// `cache_memlimit <megabytes>`, already checked to be in memcached's range.
     CacheMemlimit { megabytes: u32 },
     /// `lru_crawler metadump all|hash|<class id>[,<class id>]*`: a line per live item, then

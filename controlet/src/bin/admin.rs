@@ -67,9 +67,16 @@ enum Cmd {
         /// Where the files go (made if missing).
         #[arg(long)]
         dir: std::path::PathBuf,
-        /// The nodes' ids, separated by commas.
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// The nodes' ids, separated by commas: peer certificates `node-N.pem`.
+        #[arg(long, value_delimiter = ',')]
         nodes: Vec<u16>,
+        /// Also a certificate for the client port (`--tls-cert DIR/server.pem --tls-key
+        /// DIR/server-key.pem`), valid for these host names or IP addresses.
+        #[arg(long, value_delimiter = ',')]
+        server: Vec<String>,
+        /// Also a client certificate for NAME (`client-NAME.pem`), for `--tls-ca DIR/ca.pem`.
+        #[arg(long, value_name = "NAME")]
+        client: Vec<String>,
     },
 }
 
@@ -89,7 +96,12 @@ fn write_file(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Resul
 }
 
 /// `certs`: the CA (made or read back) and each node's certificate and key.
-fn certs(dir: &std::path::Path, nodes: &[u16]) -> anyhow::Result<()> {
+fn certs(
+    dir: &std::path::Path,
+    nodes: &[u16],
+    server: &[String],
+    clients: &[String],
+) -> anyhow::Result<()> {
     use tailorkv_controlet::peer::tls::Certs;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot make {}", dir.display()))?;
     let ca_key = dir.join("ca-key.pem");
@@ -113,6 +125,25 @@ fn certs(dir: &std::path::Path, nodes: &[u16]) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    if !server.is_empty() {
+        let (cert, key) = ca.server(server)?;
+        write_file(&dir.join("server.pem"), &cert, false)?;
+        write_file(&dir.join("server-key.pem"), &key, true)?;
+        println!(
+            "client port: --tls-cert {0}/server.pem --tls-key {0}/server-key.pem (for {1})",
+            dir.display(),
+            server.join(", ")
+        );
+    }
+    for name in clients {
+        let (cert, key) = ca.client(name)?;
+        write_file(&dir.join(format!("client-{name}.pem")), &cert, false)?;
+        write_file(&dir.join(format!("client-{name}-key.pem")), &key, true)?;
+        println!(
+            "client {name}: {0}/client-{name}.pem, {0}/client-{name}-key.pem (servers: --tls-ca {0}/ca.pem)",
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -125,7 +156,12 @@ fn main() -> anyhow::Result<()> {
         runtime.block_on(call(args.node, method, path))
     };
     let (body, json) = match &args.command {
-        Cmd::Certs { dir, nodes } => return certs(dir, nodes),
+        Cmd::Certs {
+            dir,
+            nodes,
+            server,
+            client,
+        } => return certs(dir, nodes, server, client),
         Cmd::Status { json } => {
             let body = get("GET", "/cluster")?;
             if *json {

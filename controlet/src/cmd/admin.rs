@@ -19,6 +19,32 @@ pub fn verbosity() -> Response {
     Response::Ok
 }
 
+/// `refresh_certs`: reads the TLS files again, as memcached does. If they do not load, the
+/// old ones stay in use and the reply says why (`CLIENT_ERROR`, as memcached's); without TLS
+/// the reply is memcached's: `Error TLS not enabled`.
+/// Returns whether TLS is on.
+pub fn refresh_certs<D: Datalet>(ctx: &Context<D>, out: &mut bytes::BytesMut) -> bool {
+    let Some(tls) = &ctx.tls else {
+        Response::Line("Error TLS not enabled").encode(out);
+        return false;
+    };
+    match tls.refresh() {
+        Ok(()) => Response::Ok.encode(out),
+        Err(e) => {
+            tracing::warn!(error = %e, "refresh_certs: the TLS files did not load; the old ones stay");
+            let why: String = e
+                .to_string()
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            out.extend_from_slice(b"CLIENT_ERROR Error loading the certificates: ");
+            out.extend_from_slice(why.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    true
+}
+
 /// `cache_memlimit <megabytes>`: changes the datalet's memory limit. The parser has already
 /// refused values memcached refuses.
 pub fn cache_memlimit<D: Datalet>(ctx: &Context<D>, megabytes: u32) -> Response {

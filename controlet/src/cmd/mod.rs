@@ -40,6 +40,8 @@ pub struct Context<D> {
     pub curr_connections: Arc<AtomicU64>,
     /// Where this node's status is read from (`/status`, and its peers' requests for it).
     pub status: Arc<crate::status::Sources<D>>,
+    /// TLS on the client port (`--tls-cert`), if it is on.
+    pub tls: Option<Arc<crate::tls::ClientTls>>,
 }
 
 /// Whether the connection goes on after a command.
@@ -90,6 +92,13 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         Command::Stats(group) => stats::stats(ctx, group, counts, &mut out.buf).await,
         Command::Version => admin::version().encode(&mut out.buf),
         Command::Verbosity => admin::verbosity().encode(&mut out.buf),
+        Command::RefreshCerts { noreply } => {
+            let mark = out.buf.len();
+            let tls_on = admin::refresh_certs(ctx, &mut out.buf);
+            if noreply && tls_on {
+                out.buf.truncate(mark);
+            }
+        }
         Command::CacheMemlimit { megabytes } => {
             admin::cache_memlimit(ctx, megabytes).encode(&mut out.buf)
         }

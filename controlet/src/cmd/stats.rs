@@ -58,6 +58,11 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     s(out, "curr_connections", ctx.curr_connections.load(Relaxed));
     s(out, "total_connections", c.total_connections);
     s(out, "rejected_connections", c.rejected_connections);
+    // As memcached: shown only with TLS on.
+    if let Some(tls) = &ctx.tls {
+        s(out, "ssl_handshake_errors", tls.handshake_errors());
+        s(out, "time_since_server_cert_refresh", tls.since_refresh());
+    }
     // As memcached: shown only with an idle timeout set.
     if ctx.config.idle_timeout > 0 {
         s(out, "idle_kicks", c.timed_out_connections);
@@ -240,6 +245,24 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "item_size_max", cfg.item_size_max);
     encode_stat(out, "flush_enabled", "yes");
     encode_stat(out, "datalet", &cfg.datalet);
+    // memcached's TLS settings, with its words for what is unset.
+    let path = |p: &Option<std::path::PathBuf>, unset: &str| {
+        p.as_ref()
+            .map_or(unset.to_string(), |p| p.display().to_string())
+    };
+    let on = if ctx.tls.is_some() { "yes" } else { "no" };
+    encode_stat(out, "ssl_enabled", on);
+    encode_stat(out, "ssl_chain_cert", path(&cfg.tls_cert, "(null)"));
+    encode_stat(out, "ssl_key", path(&cfg.tls_key, "(null)"));
+    // OpenSSL's SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT when clients must show one.
+    let verify = ctx.tls.as_ref().is_some_and(|t| t.verifies_clients());
+    encode_stat(out, "ssl_verify_mode", if verify { 3 } else { 0 });
+    encode_stat(out, "ssl_keyformat", 1);
+    encode_stat(out, "ssl_ciphers", "NULL");
+    encode_stat(out, "ssl_ca_cert", path(&cfg.tls_ca, "NULL"));
+    encode_stat(out, "ssl_session_cache", "no");
+    encode_stat(out, "ssl_kernel_tls", "no");
+    encode_stat(out, "ssl_min_version", "tlsv1.2");
 }
 
 /// CPU seconds used by this process, in user and system mode.

@@ -66,7 +66,7 @@ impl std::fmt::Debug for PeerTls {
 /// and it builds with a C compiler alone (rustls deprecates it only for lacking
 /// post-quantum key exchange).
 #[allow(deprecated)]
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -203,13 +203,16 @@ pub struct Certs {
     ca_key: rcgen::KeyPair,
 }
 
-/// The CA's parameters: the same each time, so a CA key read back from its file signs
-/// certificates the CA certificate made earlier verifies.
-fn ca_params() -> Result<rcgen::CertificateParams, rcgen::Error> {
+/// The parameters of the CA whose key is `key`: the same each time, so a CA key read back
+/// from its file signs certificates the CA certificate made earlier verifies. Its name
+/// carries a digest of its public key, so two CAs never share a name.
+fn ca_params(key: &rcgen::KeyPair) -> Result<rcgen::CertificateParams, rcgen::Error> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tailorkv cluster CA");
+    let digest = tailorkv_common::hash::key_hash(key.public_key_raw());
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("tailorkv cluster CA {digest:016x}"),
+    );
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     params.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
@@ -238,7 +241,7 @@ impl Certs {
 
     /// The CA's certificate.
     pub fn ca_cert_pem(&self) -> Result<String, rcgen::Error> {
-        Ok(ca_params()?.self_signed(&self.ca_key)?.pem())
+        Ok(ca_params(&self.ca_key)?.self_signed(&self.ca_key)?.pem())
     }
 
     /// The CA's private key: whoever holds it can make members.
@@ -248,15 +251,42 @@ impl Certs {
 
     /// A certificate for node `id` and its private key, signed by the CA.
     pub fn node(&self, id: NodeId) -> Result<(String, String), rcgen::Error> {
-        let mut params =
-            rcgen::CertificateParams::new(vec![node_name(id), MEMBER_NAME.to_string()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, node_name(id));
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        self.leaf(
+            &[node_name(id), MEMBER_NAME.to_string()],
+            &[
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A certificate for the client port (`--tls-cert`) valid for `names` (host names or
+    /// IP addresses), and its key.
+    pub fn server(&self, names: &[String]) -> Result<(String, String), rcgen::Error> {
+        self.leaf(names, &[rcgen::ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// A client certificate for `name` (for `--tls-ca`), and its key.
+    pub fn client(&self, name: &str) -> Result<(String, String), rcgen::Error> {
+        self.leaf(
+            &[name.to_string()],
+            &[rcgen::ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    /// A certificate for `names` (the first also its common name) with `usages`, and its key.
+    fn leaf(
+        &self,
+        names: &[String],
+        usages: &[rcgen::ExtendedKeyUsagePurpose],
+    ) -> Result<(String, String), rcgen::Error> {
+        let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+        if let Some(first) = names.first() {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, first.as_str());
+        }
+        params.extended_key_usages = usages.to_vec();
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::DigitalSignature,
             rcgen::KeyUsagePurpose::KeyEncipherment,
@@ -264,7 +294,7 @@ impl Certs {
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let key = rcgen::KeyPair::generate()?;
-        let issuer = rcgen::Issuer::new(ca_params()?, &self.ca_key);
+        let issuer = rcgen::Issuer::new(ca_params(&self.ca_key)?, &self.ca_key);
         let cert = params.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
     }
