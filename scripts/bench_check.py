@@ -41,7 +41,9 @@ counts those as errors, memcaslap does not.
 """
 
 import json
+import os
 import socket
+import ssl
 import sys
 
 # Counters whose change means the server did not do what the client asked, or could not.
@@ -70,9 +72,19 @@ OTHER_COMMANDS = (
 )
 
 
+def connect(host, port, timeout):
+    """A connection to host:port; over TLS, trusting the CA in $BENCH_CHECK_TLS_CA, if set
+    (a controlet serving `--tls-cert`)."""
+    s = socket.create_connection((host, int(port)), timeout=timeout)
+    ca = os.environ.get("BENCH_CHECK_TLS_CA")
+    if not ca:
+        return s
+    return ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=host)
+
+
 def stats(host, port, timeout=5.0):
     """The numeric counters of `stats` on host:port."""
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with connect(host, port, timeout) as s:
         s.sendall(b"stats\r\n")
         buf = b""
         while not buf.endswith(b"END\r\n"):

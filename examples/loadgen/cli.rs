@@ -32,6 +32,11 @@ pub struct Args {
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub connections: u32,
 
+    /// Connect over TLS, trusting the CA certificate in this PEM file (the server's name is
+    /// the target's host, a name or an IP address its certificate must carry).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Requests kept in flight per connection; replies are matched to requests in order.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub pipeline: u32,

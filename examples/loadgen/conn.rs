@@ -27,11 +27,11 @@ use std::time::Instant;
 use bytes::BytesMut;
 use tailorkv_common::client::{self, ProtocolError, Request as Wire, StoreCommand};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at};
+use tokio_util::either::Either;
 
 use crate::reply::{self, Answer, Op};
 use crate::run::Run;
@@ -74,20 +74,23 @@ struct InFlight {
     written_before: bool,
 }
 
+/// A connection's stream: plain TCP, or TLS (`--tls-ca`).
+pub type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
 /// One connection to one target.
 pub struct Conn {
     /// Also the writer id in the values this connection sets.
     pub id: u32,
     /// Index of the target this connection goes to.
     pub target: usize,
-    stream: TcpStream,
+    stream: Stream,
     sender: Sender,
     receiver: Receiver,
     dead: bool,
 }
 
 impl Conn {
-    pub fn new(id: u32, target: usize, stream: TcpStream) -> Self {
+    pub fn new(id: u32, target: usize, stream: Stream) -> Self {
         Conn {
             id,
             target,
@@ -113,10 +116,20 @@ impl Conn {
         }
         let window = Semaphore::new(run.args.pipeline as usize);
         let (queue, replies) = mpsc::unbounded_channel();
-        let (rd, wr) = self.stream.split();
-        let send = self.sender.run(wr, source, run, &window, queue);
-        let receive = self.receiver.run(rd, run, &window, replies, stats);
-        let (sent, received) = tokio::join!(send, receive);
+        let (sent, received) = match &mut self.stream {
+            Either::Left(tcp) => {
+                let (rd, wr) = tcp.split();
+                let send = self.sender.run(wr, source, run, &window, queue);
+                let receive = self.receiver.run(rd, run, &window, replies, stats);
+                tokio::join!(send, receive)
+            }
+            Either::Right(tls) => {
+                let (rd, wr) = tokio::io::split(tls);
+                let send = self.sender.run(wr, source, run, &window, queue);
+                let receive = self.receiver.run(rd, run, &window, replies, stats);
+                tokio::join!(send, receive)
+            }
+        };
         if let Err(error) = received {
             self.dead = true;
             stats.sample(|| format!("connection {}: {error}", self.id));
@@ -141,7 +154,7 @@ struct Sender {
 impl Sender {
     async fn run(
         &mut self,
-        mut wr: WriteHalf<'_>,
+        mut wr: impl AsyncWrite + Unpin,
         source: &mut impl Source,
         run: &Run,
         window: &Semaphore,
@@ -167,7 +180,12 @@ impl Sender {
                     }
                 }
                 let limit = run.args.request_timeout;
-                timeout(limit, wr.write_all(&self.buf))
+                // A TLS stream holds its records until flushed; TCP's flush does nothing.
+                let write = async {
+                    wr.write_all(&self.buf).await?;
+                    wr.flush().await
+                };
+                timeout(limit, write)
                     .await
                     .map_err(|_| ConnError::Timeout(limit))??;
             }
@@ -227,7 +245,7 @@ struct Receiver {
 impl Receiver {
     async fn run(
         &mut self,
-        mut rd: ReadHalf<'_>,
+        mut rd: impl AsyncRead + Unpin,
         run: &Run,
         window: &Semaphore,
         mut replies: mpsc::UnboundedReceiver<InFlight>,
@@ -257,7 +275,7 @@ impl Receiver {
     /// Reads until the reply to `in_flight` is buffered, and takes it.
     async fn next_reply(
         &mut self,
-        rd: &mut ReadHalf<'_>,
+        rd: &mut (impl AsyncRead + Unpin),
         in_flight: &InFlight,
         run: &Run,
     ) -> Result<Answer, ConnError> {

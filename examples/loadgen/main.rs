@@ -55,6 +55,7 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
+use tokio_util::either::Either;
 
 use crate::cli::Args;
 use crate::conn::Conn;
@@ -116,7 +117,11 @@ async fn run(args: Args) -> anyhow::Result<Report> {
     .map_err(|e| anyhow!(e))?;
     cpu::check(&args.cpu_of).map_err(|e| anyhow!(e).context("--cpu-of"))?;
     let addrs = resolve(&args.targets).await?;
-    let conns = connect_all(&addrs, args.connections).await?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(tls_connector(ca)?),
+        None => None,
+    };
+    let conns = connect_all(&addrs, args.connections, tls.as_ref()).await?;
     let run_id: u32 = rand::random();
     let seed = args.seed.unwrap_or_else(rand::random);
     let run = Arc::new(Run::new(args, keys, run_id, seed));
@@ -206,8 +211,27 @@ async fn resolve(targets: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
-/// Opens `count` connections, connection `i` to `addrs[i % addrs.len()]`.
-async fn connect_all(addrs: &[SocketAddr], count: u32) -> anyhow::Result<Vec<Conn>> {
+/// A TLS client trusting the CA in `ca`.
+fn tls_connector(ca: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use tailorkv_controlet::peer::tls::{certs_from_pem, provider};
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs_from_pem(&pem, &ca.display().to_string())? {
+        roots.add(cert)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Opens `count` connections, connection `i` to `addrs[i % addrs.len()]`, over TLS with `tls`.
+async fn connect_all(
+    addrs: &[SocketAddr],
+    count: u32,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(count as usize);
     for id in 0..count {
         let target = id as usize % addrs.len();
@@ -217,6 +241,17 @@ async fn connect_all(addrs: &[SocketAddr], count: u32) -> anyhow::Result<Vec<Con
             .map_err(|_| anyhow!("connecting to {addr} timed out"))?
             .with_context(|| format!("cannot connect to {addr}"))?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::from(addr.ip());
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, stream))
+                    .await
+                    .map_err(|_| anyhow!("TLS handshake with {addr} timed out"))?
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                Either::Right(stream)
+            }
+            None => Either::Left(stream),
+        };
         conns.push(Conn::new(id, target, stream));
     }
     Ok(conns)

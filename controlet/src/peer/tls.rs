@@ -66,7 +66,7 @@ impl std::fmt::Debug for PeerTls {
 /// and it builds with a C compiler alone (rustls deprecates it only for lacking
 /// post-quantum key exchange).
 #[allow(deprecated)]
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
