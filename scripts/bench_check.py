@@ -9,6 +9,8 @@ Usage (the benchmark scripts call it; it can be run by hand too):
       for a server the client talks to (its executed commands must account for the client's)
       or `watch` for a server behind one (a memcached:// datalet's backend: only its error
       counters are checked). Several `count` servers (a cluster) are summed.
+      With $BENCH_CHECK_TLS_CA set to a CA file, every server is asked over TLS (a controlet
+      with `--tls-cert`, a memcached with `-Z`).
   bench_check.py verify BEFORE AFTER KIND CLIENT OUT [SLACK]
       Compares the counters' change from BEFORE to AFTER with what the client counted and
       writes the verdict to OUT (JSON); prints it in one line. KIND is `loadgen` (CLIENT is its

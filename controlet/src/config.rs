@@ -135,6 +135,17 @@ pub struct Config {
     #[arg(long)]
     pub peer_listen: Option<SocketAddr>,
 
+    /// Connections the kernel queues for the client port before they are accepted, as
+    /// memcached's `-b` (the kernel caps it at `net.core.somaxconn`).
+    #[arg(short = 'b', long, default_value_t = 1024)]
+    pub listen_backlog: u32,
+
+    /// Clients must authenticate with a user and password from this file of `user:password`
+    /// lines before any other command, as with memcached's `-Y`: the first command is a
+    /// `set` (any key) whose data is `user password`.
+    #[arg(short = 'Y', long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+
     /// TLS on the client port: the server's certificate chain (PEM), as memcached's `-Z -o
     /// ssl_chain_cert=FILE`. With it the port speaks only TLS. `refresh_certs` or SIGHUP reads
     /// the files again.

@@ -87,9 +87,25 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut decoder = Decoder::new(ctx.config.item_size_max);
     let mut latencies = Latencies::default();
+    // With an auth file, a connection authenticates before its first command.
+    let mut unauthenticated = ctx.auth.as_ref().map(|_| crate::auth::Pending::default());
     loop {
         let mut closing = false;
-        loop {
+        while let (Some(pending), Some(file)) = (unauthenticated.as_mut(), ctx.auth.as_deref()) {
+            match pending.step(&mut input, file, counts) {
+                crate::auth::Step::More => break,
+                crate::auth::Step::Reply(reply) => out.buf.extend_from_slice(reply),
+                crate::auth::Step::Authenticated => {
+                    out.buf.extend_from_slice(b"STORED\r\n");
+                    unauthenticated = None;
+                }
+                crate::auth::Step::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
+        while unauthenticated.is_none() && !closing {
             let request = match decoder.decode(&mut input) {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
@@ -124,7 +140,8 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
-        let wait = silence_allowed(&ctx.config, !input.is_empty() || decoder.is_mid_request());
+        let mid_request = !input.is_empty() || decoder.is_mid_request();
+        let wait = silence_allowed(&ctx.config, mid_request);
         let n = tokio::select! {
             read = reader.read_buf(&mut input) => read?,
             () = sleep_or_forever(wait) => {

@@ -24,6 +24,7 @@
 //!
 //! The protocol codec itself is pure and lives in `tailorkv_common::codec`.
 
+pub mod auth;
 pub mod cmd;
 pub mod config;
 pub mod connection;

@@ -300,6 +300,13 @@ async fn serve_with<D: Datalet, M: Datalet>(
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let tls = client_tls(&config)?;
+    let auth = match &config.auth_file {
+        Some(path) => Some(Arc::new(
+            crate::auth::AuthFile::load(path)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+        None => None,
+    };
     let shared = NodeShared {
         counts: Arc::default(),
         latencies: Arc::default(),
@@ -335,6 +342,7 @@ async fn serve_with<D: Datalet, M: Datalet>(
         curr_connections: shared.connections,
         status,
         tls,
+        auth,
     });
     if let Some(tls) = &ctx.tls {
         tokio::spawn(refresh_on_signal(Arc::clone(tls), shutdown.clone()));

@@ -67,6 +67,8 @@ counters!(
     total_connections,
     rejected_connections,
     timed_out_connections,
+    auth_cmds,
+    auth_errors,
 );
 
 /// Upper bounds of the latency buckets, in µs: 50 µs to 5 s, then everything above.

@@ -6,6 +6,7 @@
 //! ```text
 //! loadgen --target 127.0.0.1:11211 --connections 50 --get-ratio 0.9 --preload --duration 10
 //! loadgen --target 127.0.0.1:7001,127.0.0.1:7002 --pipeline 16 --key-dist zipfian --json
+//! loadgen --target 127.0.0.1:11211 --tls-ca certs/ca.pem   # a TLS client port
 //! ```
 //!
 //! # Layout

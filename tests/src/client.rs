@@ -163,8 +163,25 @@ impl RawClient {
 /// The `VERSION ...` line (with its `\r\n`) that whatever listens on `addr` answers to
 /// `version`, connecting and answering within `within` each; `None` if nothing answers so.
 pub fn probe_version(addr: SocketAddr, within: Duration) -> Option<Vec<u8>> {
+    probe_version_as(addr, within, None)
+}
+
+/// [`probe_version`], authenticating first as `login` (`user password`) if given: a server
+/// started with `-Y` answers nothing else.
+pub fn probe_version_as(
+    addr: SocketAddr,
+    within: Duration,
+    login: Option<&str>,
+) -> Option<Vec<u8>> {
     let mut client = RawClient::try_connect(addr, within).ok()?;
     client.stream.set_read_timeout(Some(within)).ok()?;
+    if let Some(login) = login {
+        let auth = format!("set auth 0 0 {}\r\n{login}\r\n", login.len());
+        let stored = client.try_call(auth.as_bytes(), b"\r\n").ok()?;
+        if stored != b"STORED\r\n" {
+            return None;
+        }
+    }
     let reply = client.try_call(b"version\r\n", b"\r\n").ok()?;
     reply.starts_with(b"VERSION ").then_some(reply)
 }

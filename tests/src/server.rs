@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::client::probe_version;
+use crate::client::probe_version_as;
 use crate::ports::free_port;
 
 /// How long a server may take to answer `version` after it is started.
@@ -44,9 +44,17 @@ pub struct ServerProcess {
     args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    /// `user password`, for a server that wants clients to authenticate (`-Y`).
+    login: Option<String>,
 }
 
 impl ServerProcess {
+    /// A `kind` server with `args` whose clients authenticate (`-Y`, `--auth-file`) as
+    /// `login` (`user password`): the harness does so to see it answer.
+    pub fn start_with_login(kind: Kind, args: &[&str], login: &str) -> ServerProcess {
+        Self::start_as(kind, args, Some(login.to_string()))
+    }
+
     /// memcached with two threads, UDP off, and `args` added.
     pub fn memcached(args: &[&str]) -> ServerProcess {
         Self::start(Kind::Memcached, args)
@@ -64,6 +72,10 @@ impl ServerProcess {
 
     /// A `kind` server with `args`, on the first free port it gets to keep.
     pub fn start(kind: Kind, args: &[&str]) -> ServerProcess {
+        Self::start_as(kind, args, None)
+    }
+
+    fn start_as(kind: Kind, args: &[&str], login: Option<String>) -> ServerProcess {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = std::env::temp_dir().join(format!(
             "tailorkv-{kind:?}-{}-{}.log",
@@ -76,6 +88,7 @@ impl ServerProcess {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             log,
+            login,
         };
         for _ in 0..20 {
             server.addr.set_port(free_port());
@@ -207,7 +220,8 @@ impl ServerProcess {
             if self.exited() {
                 return false;
             }
-            if let Some(version) = probe_version(self.addr, Duration::from_secs(2)) {
+            let login = self.login.as_deref();
+            if let Some(version) = probe_version_as(self.addr, Duration::from_secs(2), login) {
                 break version;
             }
             assert!(

@@ -477,3 +477,127 @@ print(client().get('k').decode())
         "{out}"
     );
 }
+
+// ---------------------------------------------------------------- limits
+
+/// Raises this process's soft limit on open files to `want`, or to its hard limit if that is
+/// lower; the limit now. (Child processes, the node among them, inherit it.)
+fn raise_open_files(want: u64) -> u64 {
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur < want {
+            limit.rlim_cur = want.min(limit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        }
+        limit.rlim_cur
+    }
+}
+
+/// 10,000 connections opened as fast as the node accepts them: past `--max-connections`
+/// each is told `ERROR Too many open connections` and closed, the node's connections stay
+/// at the limit, a client connected before the flood is served throughout (no request
+/// waits a second), and once the flood ends new clients are served again.
+#[test]
+fn a_flood_of_10_000_connections_leaves_the_node_serving_its_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let files = raise_open_files(12_000);
+    assert!(
+        files >= 10_500,
+        "the flood needs 10,500 open files and this process may have {files}"
+    );
+    let node = tailorkv_tests::ServerProcess::controlet(&["--max-connections", "1000"]);
+    let addr = node.addr;
+    let mut client = McConn::connect(addr, Duration::from_secs(5)).unwrap();
+    assert_eq!(client.set("k", b"v").unwrap(), OpResult::Stored);
+    let stop = AtomicBool::new(false);
+    let (slowest, served, flood_opened) = std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            let (mut slowest, mut served) = (Duration::ZERO, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                assert_eq!(client.set("k", b"v").unwrap(), OpResult::Stored);
+                assert_eq!(
+                    client.gets("k").unwrap().map(|(v, _)| v),
+                    Some(b"v".to_vec())
+                );
+                slowest = slowest.max(started.elapsed());
+                served += 1;
+                // A client at its own pace, not one taking every cycle the node has.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (slowest, served)
+        });
+        // Eight openers at once: a connection whose first SYN the kernel drops waits a second
+        // for its retry, and the others go on meanwhile.
+        let flooding = Instant::now();
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..1_250)
+                        .filter_map(|_| {
+                            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let flood: Vec<_> = openers
+            .into_iter()
+            .flat_map(|o| o.join().unwrap())
+            .collect();
+        let opened = flood.len();
+        eprintln!(
+            "FIGURE flood_connections={opened} flood_ms={}",
+            flooding.elapsed().as_millis()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (slowest, served) = worker.join().unwrap();
+        drop(flood);
+        (slowest, served, opened)
+    });
+    assert!(
+        flood_opened >= 9_000,
+        "only {flood_opened} connections opened"
+    );
+    assert!(
+        served > 10,
+        "the client was served only {served} times during the flood"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request of the client connected before the flood took {slowest:?}"
+    );
+    let stats = |name: &str| -> u64 {
+        let mut c = McConn::connect(addr, Duration::from_secs(5)).unwrap();
+        let deadline = c.send(b"stats\r\n").unwrap();
+        loop {
+            let line = String::from_utf8(c.read_line(deadline).unwrap()).unwrap();
+            if let Some(v) = line.strip_prefix(&format!("STAT {name} ")) {
+                return v.parse().unwrap();
+            }
+            assert_ne!(line, "END", "no {name} in stats");
+        }
+    };
+    // The flood's connections close; the node's count falls back, and new clients are served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats("curr_connections") > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "connections never went back down"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rejected = stats("rejected_connections");
+    assert!(
+        rejected >= 9_000 && rejected <= 10_000,
+        "{rejected} connections rejected of 10,000"
+    );
+    let mut fresh = McConn::connect(addr, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        fresh.gets("k").unwrap().map(|(v, _)| v),
+        Some(b"v".to_vec())
+    );
+}

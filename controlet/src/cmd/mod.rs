@@ -42,6 +42,8 @@ pub struct Context<D> {
     pub status: Arc<crate::status::Sources<D>>,
     /// TLS on the client port (`--tls-cert`), if it is on.
     pub tls: Option<Arc<crate::tls::ClientTls>>,
+    /// The users a connection must authenticate as (`--auth-file`), if any.
+    pub auth: Option<Arc<crate::auth::AuthFile>>,
 }
 
 /// Whether the connection goes on after a command.

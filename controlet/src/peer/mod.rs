@@ -415,6 +415,7 @@ where
         let known = Arc::new(Known {
             config: config.clone(),
             refusals: Refusals::default(),
+            unheard: Mutex::default(),
         });
         let refused = Arc::clone(&known.refusals.count);
         tokio::spawn(accept_loop(
@@ -654,6 +655,50 @@ struct Link {
 struct Known {
     config: LinkConfig,
     refusals: Refusals,
+    /// Connections accepted and not yet identified (no hello heard), per remote IP.
+    unheard: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Connections not yet identified that one remote IP may hold open at once, and all IPs
+/// together: a stranger opening connections and saying nothing holds at most this many
+/// tasks (each for [`HELLO_TIMEOUT`] at most), and members, each from its own address, are
+/// still heard.
+const UNHEARD_PER_IP: usize = 16;
+const UNHEARD_MAX: usize = 1024;
+
+/// A connection counted among the unidentified of its IP until dropped.
+struct Unheard {
+    known: Arc<Known>,
+    ip: IpAddr,
+}
+
+impl Unheard {
+    /// Counts a new connection from `ip`, unless that IP, or all, are at their limit.
+    fn admit(known: &Arc<Known>, ip: IpAddr) -> Option<Unheard> {
+        let mut unheard = known.unheard.lock().unwrap();
+        let total: usize = unheard.values().sum();
+        let mine = unheard.entry(ip).or_default();
+        if *mine >= UNHEARD_PER_IP || total >= UNHEARD_MAX {
+            return None;
+        }
+        *mine += 1;
+        Some(Unheard {
+            known: Arc::clone(known),
+            ip,
+        })
+    }
+}
+
+impl Drop for Unheard {
+    fn drop(&mut self) {
+        let mut unheard = self.known.unheard.lock().unwrap();
+        if let Some(n) = unheard.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                unheard.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Connections refused: counted, and logged at most once a second with the number left
@@ -893,10 +938,16 @@ async fn accept_loop<M: DeserializeOwned + Send + 'static>(
             () = shutdown.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, remote)) => {
+                let Some(unheard) = Unheard::admit(&known, remote.ip()) else {
+                    let why = "too many connections from its address not yet identified";
+                    known.refusals.refuse(Some(remote), None, &why);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let reader = reader(
                     stream,
+                    unheard,
                     inbox.clone(),
                     expected.clone(),
                     Arc::clone(&known),
@@ -972,6 +1023,7 @@ enum Admit {
 /// Reads one peer connection into the inbox.
 async fn reader<M: DeserializeOwned>(
     stream: TcpStream,
+    unheard: Unheard,
     inbox: InboxSender<M>,
     expected: Expected,
     known: Arc<Known>,
@@ -991,6 +1043,7 @@ async fn reader<M: DeserializeOwned>(
     };
     let mut framed = FramedRead::new(stream, codec(&known.config));
     let mut from = None;
+    let mut unheard = Some(unheard);
     // A connection must say who it is from at once.
     let hello_by = tokio::time::sleep(HELLO_TIMEOUT);
     tokio::pin!(hello_by);
@@ -1035,6 +1088,8 @@ async fn reader<M: DeserializeOwned>(
                     }
                 }
                 from = Some((sender, session));
+                // Identified: no longer counted against its address.
+                drop(unheard.take());
             }
             (Ok(Frame::Message { n, message }), Some((sender, session))) => {
                 let event = match admit(&expected, sender, session, n) {

@@ -626,3 +626,56 @@ async fn only_certified_members_are_heard_each_as_the_node_its_certificate_names
     assert!(!one.is_up(NodeId(2)));
     shutdown.cancel();
 }
+
+/// A stranger holding many silent connections from its address is refused past
+/// `UNHEARD_PER_IP` of them, and a member connecting from its own address is still heard;
+/// once the stranger's connections close, its address may connect again.
+#[tokio::test]
+async fn silent_connections_from_one_address_do_not_lock_members_out() {
+    let shutdown = CancellationToken::new();
+    let (lb, ab) = bound().await;
+    let (b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(ab).await.unwrap());
+    }
+    // A member on 127.0.0.3: its outbound links are bound to its listener's address.
+    let listener = TcpListener::bind("127.0.0.3:0").await.unwrap();
+    let (a, _a_in) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        listener,
+        &[(NodeId(2), ab)],
+        LinkConfig::default(),
+        shutdown.clone(),
+    );
+    a.send(NodeId(2), 7).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), b_in.recv()).await;
+    assert_eq!(got.unwrap(), Some((NodeId(1), Incoming::Message(7))));
+    assert!(
+        b.refused() >= (100 - UNHEARD_PER_IP) as u64,
+        "only {} refused",
+        b.refused()
+    );
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = b.refused();
+    let again: Vec<TcpStream> = {
+        let mut v = Vec::new();
+        for _ in 0..UNHEARD_PER_IP {
+            v.push(TcpStream::connect(ab).await.unwrap());
+        }
+        v
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.refused(), refused, "the address's count went back down");
+    drop(again);
+    shutdown.cancel();
+}
