@@ -30,6 +30,7 @@ pub mod config;
 pub mod connection;
 pub mod engine;
 pub mod error;
+pub mod fuzzing;
 pub mod membership;
 pub mod metrics;
 pub mod out;
