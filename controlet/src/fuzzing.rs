@@ -84,7 +84,7 @@ pub fn tob_step(data: &[u8]) {
         rest = after;
         match control % 8 {
             0 => tob.tick(),
-            1 => tob.propose(u64::from(*len)),
+            1 => tob.propose(len as u64),
             2 => tob.flush(),
             _ => {
                 let Ok(message) = postcard::from_bytes::<Message<u64>>(message) else {
