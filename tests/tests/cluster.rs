@@ -260,19 +260,31 @@ fn every_command_answers_as_on_a_single_node_in_every_mode() {
         Consistency::Eventual,
     ] {
         let cluster = Cluster::start(3, mode, |_| {});
-        for addr in cluster.addrs() {
+        let addrs = cluster.addrs();
+        for (i, &addr) in addrs.iter().enumerate() {
+            assert_eq!(transcript(addr, SCRIPT), expected, "{mode:?} at {addr}");
             if mode == Consistency::Eventual {
-                // The script ends with `flush_all`, which reaches the other nodes a moment
-                // later: each node's own answers are what this test checks, so let the
-                // previous node's flush arrive first.
+                // The script's writes and its closing `flush_all` reach the other nodes a
+                // moment later, and each node's own answers are what this test checks: the
+                // next node starts once they have arrived. A marker written after the flush
+                // travels behind it on every link, so a node that holds the marker has
+                // applied the flush. (Waiting for the script's keys to read as absent was
+                // not enough: they also read so before the writes arrive, which then landed
+                // in the middle of the next node's script.)
+                let marker = format!("marker{i}");
                 let mut raw = RawClient::connect(addr);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while raw.call(b"get a b e k n q\r\n", b"END\r\n") != b"END\r\n" {
-                    assert!(Instant::now() < deadline, "the flush never reached {addr}");
-                    std::thread::sleep(Duration::from_millis(10));
+                let set = format!("set {marker} 0 0 1\r\nx\r\n");
+                assert_eq!(raw.call(set.as_bytes(), b"\r\n"), b"STORED\r\n");
+                for &other in &addrs {
+                    let mut raw = RawClient::connect(other);
+                    let get = format!("get {marker}\r\n");
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while raw.call(get.as_bytes(), b"END\r\n") == b"END\r\n" {
+                        assert!(Instant::now() < deadline, "{marker} never reached {other}");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
             }
-            assert_eq!(transcript(addr, SCRIPT), expected, "{mode:?} at {addr}");
         }
     }
 }
