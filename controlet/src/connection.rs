@@ -140,8 +140,7 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
-        let mid_request = !input.is_empty() || decoder.is_mid_request();
-        let wait = silence_allowed(&ctx.config, mid_request);
+        let wait = silence_allowed(&ctx.config, !input.is_empty() || decoder.is_mid_request());
         let n = tokio::select! {
             read = reader.read_buf(&mut input) => read?,
             () = sleep_or_forever(wait) => {

@@ -18,6 +18,7 @@ use tailorkv_datalet::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::SignalKind;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -96,21 +97,21 @@ fn client_tls(config: &Config) -> std::io::Result<Option<Arc<crate::tls::ClientT
     })
 }
 
-/// SIGHUP reads the client TLS files again, as `refresh_certs` does.
-async fn refresh_on_signal(tls: Arc<crate::tls::ClientTls>, shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP");
+/// Does `action` at every signal `kind` (named `name` in the log) until `shutdown`.
+async fn on_signal(
+    kind: SignalKind,
+    name: &str,
+    shutdown: CancellationToken,
+    mut action: impl FnMut(),
+) {
+    let Ok(mut signals) = tokio::signal::unix::signal(kind) else {
+        tracing::warn!("cannot listen for {name}");
         return;
     };
     loop {
         tokio::select! {
-            got = hup.recv() => match got {
-                Some(()) => {
-                    if let Err(e) = tls.refresh() {
-                        tracing::warn!(error = %e, "SIGHUP: the TLS files did not load; the old ones stay");
-                    }
-                }
+            got = signals.recv() => match got {
+                Some(()) => action(),
                 None => return,
             },
             () = shutdown.cancelled() => return,
@@ -344,8 +345,14 @@ async fn serve_with<D: Datalet, M: Datalet>(
         tls,
         auth,
     });
-    if let Some(tls) = &ctx.tls {
-        tokio::spawn(refresh_on_signal(Arc::clone(tls), shutdown.clone()));
+    if let Some(tls) = ctx.tls.clone() {
+        // SIGHUP reads the client TLS files again, as `refresh_certs` does.
+        let hangup = SignalKind::hangup();
+        tokio::spawn(on_signal(hangup, "SIGHUP", shutdown.clone(), move || {
+            if let Err(e) = tls.refresh() {
+                tracing::warn!(error = %e, "SIGHUP: the TLS files did not load; the old ones stay");
+            }
+        }));
     }
     if let Some(http) = http {
         tracing::info!(http = %http.local_addr()?, "serving metrics at /metrics");
@@ -756,10 +763,11 @@ where
         incoming,
         shutdown.clone(),
     ));
-    tokio::spawn(force_on_signal(
-        engine.shape_cell(),
-        meta.clone(),
+    tokio::spawn(on_signal(
+        SignalKind::user_defined1(),
+        "SIGUSR1",
         shutdown.clone(),
+        force_views(engine.shape_cell(), meta.clone()),
     ));
     let add_peer = Box::new(move |id, addr| transport.add_peer(id, addr));
     let follower = Follower::new(
@@ -821,31 +829,17 @@ impl NodeShared {
 
 /// SIGUSR1 tells a strong-mode node to form the next view from any majority of the nodes:
 /// the way back from a lost majority (see [`crate::tob::Tob::force_next_view`]).
-async fn force_on_signal<D: Datalet>(
+fn force_views<D: Datalet>(
     shape: crate::engine::ShapeCell<D>,
     meta: crate::replication::Replicator,
-    shutdown: CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        tracing::warn!("cannot listen for SIGUSR1");
-        return;
-    };
-    loop {
-        tokio::select! {
-            got = usr1.recv() => match got {
-                Some(()) => {
-                    meta.health().request_force();
-                    let shape = Arc::clone(&shape.read().unwrap());
-                    for local in shape.locals.values() {
-                        if let Some(health) = local.cluster_health() {
-                            health.request_force();
-                        }
-                    }
-                }
-                None => return,
-            },
-            () = shutdown.cancelled() => return,
+) -> impl FnMut() {
+    move || {
+        meta.health().request_force();
+        let shape = Arc::clone(&shape.read().unwrap());
+        for local in shape.locals.values() {
+            if let Some(health) = local.cluster_health() {
+                health.request_force();
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::peer::tls::{certs_from_pem, key_from_pem, TlsError};
+use crate::peer::tls::{certs_from_pem, key_from_pem, read, TlsError};
 
 /// How long a client's TLS handshake may take before its connection is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,13 +36,6 @@ pub struct ClientTls {
     config: RwLock<Arc<ServerConfig>>,
     refreshed: RwLock<Instant>,
     handshake_errors: AtomicU64,
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Read {
-        path: path.to_path_buf(),
-        error: e.to_string(),
-    })
 }
 
 /// A server configuration from the files.

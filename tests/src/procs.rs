@@ -187,18 +187,12 @@ impl ProcCluster {
     /// Runs `tailorkv-admin --node <node i's HTTP address> args...`; its output, or the
     /// error it printed.
     pub fn admin(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(binary("tailorkv-admin"))
+        let mut admin = Command::new(binary("tailorkv-admin"));
+        admin
             .arg("--node")
             .arg(self.http_addr(i).to_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tailorkv-admin");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        match out.status.success() {
-            true => Ok(text),
-            false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
-        }
+            .args(args);
+        output_of(&mut admin)
     }
 
     /// Waits up to `within` for node `i`'s process to exit by itself; its status.
@@ -501,6 +495,20 @@ impl Drop for ProcCluster {
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Runs `command` with no input to its end: what it printed, or, if it failed, that and
+/// what it printed on stderr.
+pub fn output_of(command: &mut Command) -> Result<String, String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.success() {
+        true => Ok(text),
+        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tailorkv_tests::checker::OpResult;
 use tailorkv_tests::client::McConn;
 use tailorkv_tests::ports::free_port;
-use tailorkv_tests::procs::ProcCluster;
+use tailorkv_tests::procs::{output_of, ProcCluster};
 use tailorkv_tests::server::binary;
 
 /// A fresh directory for a test's certificates.
@@ -23,18 +23,14 @@ fn cert_dir(test: &str) -> PathBuf {
 
 /// `tailorkv-admin certs --dir DIR --nodes ...`: a CA in `dir` and the nodes' certificates.
 fn make_certs(dir: &Path, nodes: &str) {
-    let out = Command::new(binary("tailorkv-admin"))
+    let mut certs = Command::new(binary("tailorkv-admin"));
+    certs
         .args(["certs", "--dir"])
         .arg(dir)
-        .args(["--nodes", nodes])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tailorkv-admin certs");
-    assert!(
-        out.status.success(),
-        "tailorkv-admin certs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--nodes", nodes]);
+    if let Err(e) = output_of(&mut certs) {
+        panic!("tailorkv-admin certs failed: {e}");
+    }
 }
 
 /// The arguments that give node `{node}` its TLS from `dir`.
@@ -331,16 +327,7 @@ fn pymemcache(port: u16, dir: &Path, code: &str) -> Result<String, String> {
         "import ssl, sys\nfrom pymemcache.client.base import Client\nPORT = {port}\nDIR = {dir:?}\n{code}\n",
         dir = dir.display().to_string()
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    match out.status.success() {
-        true => Ok(text),
-        false => Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr))),
-    }
+    output_of(Command::new("python3").args(["-c", &script]))
 }
 
 /// A pymemcache client over TLS, trusting the CA in `DIR/<prefix>ca.pem`.
@@ -419,6 +406,53 @@ fn client_certificates_are_required_with_a_client_ca() {
         foreign.is_err(),
         "a client with another CA's certificate was served"
     );
+}
+
+/// SIGHUP reads the client TLS files again, as `refresh_certs` does: a controlet process
+/// serving one CA's certificate serves the next CA's once signalled.
+#[test]
+fn sighup_takes_new_certificates_without_a_restart() {
+    let certs = ClientCerts::new("sighup");
+    let port = free_port();
+    let mut node = Command::new(binary("controlet"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(certs.path("server.pem"))
+        .arg("--tls-key")
+        .arg(certs.path("server-key.pem"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a controlet");
+    let served = |prefix: &str| {
+        let code = format!("{CLIENT}\nclient(\"{prefix}\").set('k', b'v')");
+        pymemcache(port, &certs.dir, &code).is_ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !served("") {
+        assert!(Instant::now() < deadline, "the node never served TLS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::copy(certs.path("ca.pem"), certs.path("first-ca.pem")).unwrap();
+    certs.issue("", 2);
+    assert!(
+        served("first-"),
+        "the files changed on disk, and the node goes on as it was"
+    );
+    // SAFETY: kill only sends a signal to the child started above.
+    assert_eq!(unsafe { libc::kill(node.id() as i32, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served("") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not load the new certificate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!served("first-"), "the old certificate is still served");
+    let _ = node.kill();
+    let _ = node.wait();
 }
 
 /// `refresh_certs` reads the files again: once they hold a new CA's certificate, new

@@ -213,9 +213,9 @@ pub struct Eventual<D> {
     ready: Mutex<std::collections::HashSet<NodeId>>,
     /// The node's budget for handing copies over (`--rebalance-rate`).
     rate: Mutex<Option<Arc<crate::rate::RateLimit>>>,
-    /// Per peer, how far this replica is from the peer's: the buckets found differing in
-    /// the last anti-entropy round this node started with it (0 when in sync).
-    /// Buckets (of [`super::antientropy::BUCKETS`]) whose hashes differed.
+    /// Per peer, how far this replica is from the peer's: the buckets (of
+    /// [`super::antientropy::BUCKETS`]) found differing in the last anti-entropy round this
+    /// node started with it (0 when in sync).
     divergence: Mutex<BTreeMap<NodeId, usize>>,
 }
 

@@ -319,16 +319,17 @@ impl<D: Datalet> Repairer<D> {
                     return; // an answer to an earlier round, superseded
                 }
                 self.waiting.remove(&peer);
-                let differing = if ranges.is_empty() {
-                    Vec::new()
+                let (snapshot, mut differing) = if ranges.is_empty() {
+                    (None, Vec::new())
                 } else {
-                    match self.snapshot().await {
-                        Some(snapshot) => snapshot.differing_buckets(&ranges),
-                        None => return,
-                    }
+                    let Some(snapshot) = self.snapshot().await else {
+                        return;
+                    };
+                    let differing = snapshot.differing_buckets(&ranges);
+                    (Some(snapshot), differing)
                 };
                 self.progress(peer, differing.len());
-                if differing.is_empty() {
+                let Some(snapshot) = snapshot.filter(|_| !differing.is_empty()) else {
                     // In sync with a member: a node new to the group has all it needs.
                     if self.node.filling.swap(false, Ordering::AcqRel) {
                         tracing::info!(
@@ -337,11 +338,7 @@ impl<D: Datalet> Repairer<D> {
                         );
                     }
                     return;
-                }
-                let Some(snapshot) = self.snapshot().await else {
-                    return;
                 };
-                let mut differing = differing;
                 // Over many rounds, and from several peers at once, start at different
                 // buckets: a large difference is repaired a slice at a time.
                 let start = (round as usize).wrapping_mul(7919) + usize::from(self.node.me.0);
