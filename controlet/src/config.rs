@@ -177,6 +177,13 @@ pub struct Config {
     #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
     pub peer_tls_ca: Option<PathBuf>,
 
+    /// A file holding a secret every member shares (at least 16 bytes; surrounding
+    /// whitespace is ignored): peer connections then open with a challenge-response both
+    /// ways, and a node that cannot prove it holds the secret is not heard. For clusters
+    /// without `--peer-tls-*`; it proves membership, not which member, and does not encrypt.
+    #[arg(long, value_name = "FILE")]
+    pub peer_secret_file: Option<PathBuf>,
+
     /// The consistency the cluster offers (with `--peers`).
     #[arg(long, value_enum, default_value = "linearizable")]
     pub consistency: Consistency,

@@ -133,6 +133,16 @@ fn peer_tls(config: &Config) -> std::io::Result<Option<Arc<crate::peer::tls::Pee
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
 }
 
+/// The peer links' shared secret (`--peer-secret-file`), if asked for.
+fn peer_secret(config: &Config) -> std::io::Result<Option<Arc<crate::peer::secret::PeerSecret>>> {
+    let Some(path) = &config.peer_secret_file else {
+        return Ok(None);
+    };
+    crate::peer::secret::PeerSecret::load(path)
+        .map(|secret| Some(Arc::new(secret)))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+}
+
 /// Serves on `listener` with the datalet `config` names, until `shutdown` is cancelled. A
 /// node of a sharded cluster has one datalet per replica group it holds: `disk:DIR` keeps
 /// group `g`'s in `DIR/group-g` (in `DIR` itself while the cluster has one group).
@@ -627,6 +637,7 @@ where
         &other_peers(config),
         LinkConfig {
             tls: peer_tls(config)?,
+            secret: peer_secret(config)?,
             ..link_config(config, frame)
         },
         shutdown.clone(),

@@ -371,12 +371,14 @@ fn send_frames(to: SocketAddr, frames: &[Vec<u8>]) -> std::net::TcpStream {
     stream
 }
 
-/// A postcard `Frame::Hello { from, session, cluster }`: variant 0, then varints.
+/// A postcard `Frame::Hello { from, session, cluster, proof: None }`: variant 0, varints,
+/// then 0 for `None`.
 fn hello(from: u16, session: u64, cluster: u64) -> Vec<u8> {
     let mut out = vec![0];
     for n in [u64::from(from), session, cluster] {
         varint(&mut out, n);
     }
+    out.push(0);
     out
 }
 

@@ -1,7 +1,7 @@
-//! Peer authentication (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`), with real
-//! `controlet` processes: a stranger who knows the protocol can disturb a cluster whose
-//! peer links are plain, and cannot disturb one whose links need a certificate of the
-//! cluster's CA.
+//! Peer authentication (`--peer-tls-cert`, `--peer-tls-key`, `--peer-tls-ca`, or
+//! `--peer-secret-file`), with real `controlet` processes: a stranger who knows the protocol
+//! can disturb a cluster whose peer links are plain, and cannot disturb one whose links need
+//! a certificate of the cluster's CA or proof of its secret.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -226,6 +226,67 @@ fn with_peer_tls_strangers_cannot_change_the_view() {
     );
     let _ = std::fs::remove_dir_all(&certs);
     let _ = std::fs::remove_dir_all(&other_ca);
+}
+
+/// With a shared secret (`--peer-secret-file`) and no TLS, neither a stranger without the
+/// secret nor one with another secret gets a message to a member: the view stays as it was,
+/// every write is acknowledged and replicated, and the members log why they refused.
+#[test]
+fn with_a_peer_secret_strangers_cannot_change_the_view() {
+    let dir = cert_dir("secret");
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "kLq1m0sZ3u+9Vb2pYw8RcT4xNe7aJhGd\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "an entirely different secret, 33B\n").unwrap();
+    let flag = |path: &Path| vec!["--peer-secret-file".to_string(), path.display().to_string()];
+    let args = flag(&secret);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = ProcCluster::start(3, "linearizable", &args);
+    write_for(&cluster, Duration::from_millis(200));
+    let mut c3 = McConn::connect(cluster.addr(3), Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        c3.gets("w0").unwrap().map(|(v, _)| v),
+        Some(b"v".to_vec()),
+        "replicated over links that proved the secret"
+    );
+    let before = epochs(&cluster);
+    let plain = impostor(&cluster, &[], &cluster.dir().join("plain.log"));
+    let forged = impostor(&cluster, &flag(&wrong), &cluster.dir().join("wrong.log"));
+    let mut strangers = [plain, forged];
+    let written = write_for(&cluster, Duration::from_secs(4));
+    for s in &mut strangers {
+        assert!(
+            s.try_wait().unwrap().is_none(),
+            "a stranger stopped: it must keep trying for the test to mean anything"
+        );
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert!(written > 50, "only {written} writes in 4 s");
+    assert_eq!(
+        epochs(&cluster),
+        before,
+        "a stranger changed the view\n{}",
+        cluster.describe()
+    );
+    let refused = metric(
+        cluster.http_addr(1),
+        "tailorkv_peer_connections_refused_total",
+    );
+    assert!(refused >= 2.0, "only {refused} connections refused");
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    assert!(
+        log.contains("refused a peer connection: it did not prove it holds the cluster secret"),
+        "node 1 does not say why it refused the strangers"
+    );
+    let wrong_log = std::fs::read_to_string(cluster.dir().join("wrong.log")).unwrap();
+    assert!(
+        wrong_log.contains("peer handshake failed")
+            && wrong_log.contains("the peer closed the connection on our hello"),
+        "the node with the wrong secret does not say why it cannot talk"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A node with a certificate of the cluster's CA joins a TLS cluster and takes a copy.

@@ -51,6 +51,7 @@
 //! the message that follows the gap, so the protocol can stop trusting that link (the total
 //! order treats it as a failure and the member catches up by state transfer).
 
+pub mod secret;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -69,7 +70,7 @@ use tailorkv_common::NodeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tokio_util::codec::{Framed, FramedRead, FramedWrite, LengthDelimitedCodec};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
@@ -97,16 +98,21 @@ pub struct LinkConfig {
     /// Mutual TLS, if the links use it (see [`tls`]): then only members are heard, each as
     /// the node its certificate names.
     pub tls: Option<Arc<tls::PeerTls>>,
+    /// A shared secret every connection must prove it holds, both ways (see [`secret`]).
+    pub secret: Option<Arc<secret::PeerSecret>>,
 }
 
 impl PartialEq for LinkConfig {
     fn eq(&self, other: &Self) -> bool {
-        let same_tls = match (&self.tls, &other.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        same_tls
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        same(&self.tls, &other.tls)
+            && same(&self.secret, &other.secret)
             && self.cluster == other.cluster
             && self.max_frame_bytes == other.max_frame_bytes
             && self.queue_bytes == other.queue_bytes
@@ -124,6 +130,7 @@ impl Default for LinkConfig {
             queue_bytes: PEER_QUEUE_BYTES,
             inbox_bytes: INBOX_BYTES,
             tls: None,
+            secret: None,
         }
     }
 }
@@ -156,11 +163,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<M> {
     /// First frame of a connection: who is sending, which run of that process, and which
-    /// cluster it belongs to.
+    /// cluster it belongs to; with a shared secret, the answer to the receiver's challenge.
     Hello {
         from: NodeId,
         session: u64,
         cluster: u64,
+        proof: Option<secret::Proof>,
     },
     /// One protocol message, with its number on this link.
     Message { n: u64, message: M },
@@ -522,13 +530,9 @@ where
             Some(tls) => Either::Right(tls.connect(stream, None).await?),
             None => Either::Left(stream),
         };
-        let mut framed = FramedWrite::new(stream, codec(&link.config));
-        let hello = Frame::<M>::Hello {
-            from: link.id,
-            session,
-            cluster: link.config.cluster,
-        };
-        framed.send(encode::<M>(&hello)).await?;
+        let (reader, writer) = tokio::io::split(stream);
+        let mut framed = FramedWrite::new(writer, codec(&link.config));
+        let _reader = say_hello::<M, _, _>(&link, reader, &mut framed).await?;
         framed.send(encode(&Frame::Message { n, message })).await?;
         SinkExt::<Bytes>::flush(&mut framed).await?;
         Ok(())
@@ -605,8 +609,8 @@ where
     }
 }
 
-fn encode<M: Serialize>(frame: &Frame<M>) -> Bytes {
-    Bytes::from(postcard::to_stdvec(frame).expect("peer messages always encode"))
+fn encode<T: Serialize>(frame: &T) -> Bytes {
+    Bytes::from(postcard::to_stdvec(frame).expect("peer frames always encode"))
 }
 
 /// How long sent data may stay unacknowledged before the kernel drops the connection
@@ -778,7 +782,7 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
         };
         let _ = stream.set_nodelay(true);
         set_user_timeout(&stream, LINK_TIMEOUT);
-        let (mut reader, writer) = match &link.config.tls {
+        let (reader, writer) = match &link.config.tls {
             Some(tls) => match tls.connect(stream, Some(link.peer)).await {
                 Ok(stream) => {
                     let (reader, writer) = tokio::io::split(stream);
@@ -800,16 +804,23 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
                 (Either::Left(reader), Either::Left(writer))
             }
         };
-        backoff = BACKOFF_START;
         let mut framed = FramedWrite::new(writer, codec(&link.config));
-        let hello = Frame::<M>::Hello {
-            from: link.id,
-            session: link.session,
-            cluster: link.config.cluster,
+        let mut reader = match say_hello::<M, _, _>(&link, reader, &mut framed).await {
+            Ok(reader) => reader,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    tracing::warn!(peer = ?link.peer, addr = %link.addr, error = %e,
+                        "peer handshake failed; retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
         };
-        if framed.send(encode::<M>(&hello)).await.is_err() {
-            continue;
-        }
+        backoff = BACKOFF_START;
         tracing::debug!(peer = ?link.peer, addr = %link.addr, "peer link up");
         link.up.store(true, std::sync::atomic::Ordering::Relaxed);
         let limit = link.config.max_frame_bytes;
@@ -828,6 +839,69 @@ async fn writer<M: Serialize>(link: Link, mut queue: Numbered<M>, shutdown: Canc
                 tracing::debug!(peer = ?link.peer, error = %e, "peer link broke; reconnecting")
             }
         }
+    }
+}
+
+/// Sends the hello that opens a connection as `link` describes it. With a shared secret it
+/// first waits for the receiver's challenge, and after the hello for the receiver's welcome,
+/// which must prove the receiver holds the secret too (else `PermissionDenied`). Returns the
+/// reading half, for the caller to watch for the connection's end.
+async fn say_hello<M: Serialize, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    link: &Link,
+    reader: R,
+    framed: &mut FramedWrite<W, LengthDelimitedCodec>,
+) -> io::Result<R> {
+    let fields = (link.id, link.session, link.config.cluster);
+    let hello = |proof| Frame::<M>::Hello {
+        from: link.id,
+        session: link.session,
+        cluster: link.config.cluster,
+        proof,
+    };
+    let Some(secret) = &link.config.secret else {
+        framed.send(encode(&hello(None))).await?;
+        return Ok(reader);
+    };
+    let denied = |why: &str| io::Error::new(io::ErrorKind::PermissionDenied, why.to_string());
+    let mut answers = FramedRead::new(reader, codec(&link.config));
+    let Some(secret::Answer::Challenge(challenge)) = answer(&mut answers).await? else {
+        return Err(denied(
+            "the peer sent no challenge first (is --peer-secret-file set on every member?)",
+        ));
+    };
+    let proof = secret.prove_hello(&challenge, secret::PeerSecret::random(), fields);
+    let nonce = proof.nonce;
+    framed.send(encode(&hello(Some(proof)))).await?;
+    match answer(&mut answers).await {
+        Ok(Some(secret::Answer::Welcome(welcome)))
+            if secret.checks_welcome(&challenge, &nonce, link.id, &welcome) =>
+        {
+            Ok(answers.into_inner())
+        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(denied(
+            "the peer closed the connection on our hello (does it hold another secret, \
+             or belong to another cluster?)",
+        )),
+        Err(e) => Err(e),
+        Ok(_) => Err(denied("the peer did not prove it holds the cluster secret")),
+    }
+}
+
+/// The next answer a receiving member sends during a handshake (`None` if unreadable).
+async fn answer<R: AsyncRead + Unpin>(
+    answers: &mut FramedRead<R, LengthDelimitedCodec>,
+) -> io::Result<Option<secret::Answer>> {
+    match tokio::time::timeout(HELLO_TIMEOUT, answers.next()).await {
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the peer said nothing during the handshake",
+        )),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection during the handshake",
+        )),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(Some(Ok(bytes))) => Ok(postcard::from_bytes(&bytes).ok()),
     }
 }
 
@@ -1041,12 +1115,30 @@ async fn reader<M: DeserializeOwned>(
         },
         None => Either::Left(stream),
     };
-    let mut framed = FramedRead::new(stream, codec(&known.config));
+    let mut framed = Framed::new(stream, codec(&known.config));
     let mut from = None;
     let mut unheard = Some(unheard);
     // A connection must say who it is from at once.
     let hello_by = tokio::time::sleep(HELLO_TIMEOUT);
     tokio::pin!(hello_by);
+    let challenge = known
+        .config
+        .secret
+        .as_ref()
+        .map(|_| secret::PeerSecret::random());
+    if let Some(challenge) = challenge {
+        let sent = tokio::select! {
+            sent = framed.send(encode(&secret::Answer::Challenge(challenge))) => sent.is_ok(),
+            () = &mut hello_by => false,
+            () = shutdown.cancelled() => return,
+        };
+        if !sent {
+            known
+                .refusals
+                .refuse(remote, None, &"it did not take the challenge");
+            return;
+        }
+    }
     loop {
         let frame = tokio::select! {
             f = framed.next() => f,
@@ -1070,12 +1162,30 @@ async fn reader<M: DeserializeOwned>(
                     from: sender,
                     session,
                     cluster,
+                    proof,
                 }),
                 None,
             ) => {
                 if let Err(why) = check_hello(&known, &expected, sender, session, cluster) {
                     known.refusals.refuse(remote, Some(sender), &why);
                     return;
+                }
+                if let (Some(secret), Some(challenge)) = (&known.config.secret, &challenge) {
+                    let fields = (sender, session, cluster);
+                    let Some(proof) = proof.filter(|p| secret.checks_hello(challenge, p, fields))
+                    else {
+                        let why = "it did not prove it holds the cluster secret";
+                        known.refusals.refuse(remote, Some(sender), &why);
+                        return;
+                    };
+                    let welcome = secret.welcome(challenge, &proof.nonce, sender);
+                    if framed
+                        .send(encode(&secret::Answer::Welcome(welcome)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
                 if let Either::Right(tls) = framed.get_ref() {
                     if !tls::certifies(tls, sender) {

@@ -244,6 +244,7 @@ async fn strangers_on_the_peer_port_do_not_disturb_a_peers_numbering() {
             from: NodeId(from),
             session,
             cluster,
+            proof: None,
         })
     };
     let message = |n: u64| encode(&Frame::Message { n, message: 666u64 });
@@ -560,6 +561,7 @@ async fn only_certified_members_are_heard_each_as_the_node_its_certificate_names
             from: NodeId(from),
             session: new_session(),
             cluster: 77,
+            proof: None,
         })
     };
     let message = encode(&Frame::Message {
@@ -677,5 +679,192 @@ async fn silent_connections_from_one_address_do_not_lock_members_out() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.refused(), refused, "the address's count went back down");
     drop(again);
+    shutdown.cancel();
+}
+
+fn secret_config(secret: &[u8]) -> LinkConfig {
+    LinkConfig {
+        cluster: 77,
+        secret: Some(Arc::new(secret::PeerSecret::new(secret).unwrap())),
+        ..LinkConfig::default()
+    }
+}
+
+const SECRET: &[u8] = b"the cluster's own secret, 32+ B\n";
+
+#[tokio::test]
+async fn members_sharing_a_secret_talk_and_a_joining_node_is_heard() {
+    let shutdown = CancellationToken::new();
+    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
+    let (a, mut a_in) = Transport::<(u32, String)>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        secret_config(SECRET),
+        shutdown.clone(),
+    );
+    let (b, mut b_in) = Transport::<(u32, String)>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[(NodeId(1), aa)],
+        secret_config(SECRET),
+        shutdown.clone(),
+    );
+    for i in 0..200 {
+        a.send(NodeId(2), (i, format!("from a {i}"))).await;
+        b.send(NodeId(1), (i, format!("from b {i}"))).await;
+    }
+    for i in 0..200 {
+        let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
+        assert_eq!(
+            got.unwrap().unwrap(),
+            (NodeId(1), Incoming::Message((i, format!("from a {i}"))))
+        );
+        let got = tokio::time::timeout(Duration::from_secs(10), a_in.recv()).await;
+        assert_eq!(
+            got.unwrap().unwrap(),
+            (NodeId(2), Incoming::Message((i, format!("from b {i}"))))
+        );
+    }
+    assert!(a.is_up(NodeId(2)) && b.is_up(NodeId(1)));
+    assert_eq!((a.refused(), b.refused()), (0, 0));
+    let (lc, _) = bound().await;
+    let (c, _c_in) = Transport::<(u32, String)>::start(
+        NodeId(3),
+        3,
+        lc,
+        &[],
+        secret_config(SECRET),
+        shutdown.clone(),
+    );
+    c.send_once(ab, 5, 1, &(9, "let me in".to_string()))
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
+    assert_eq!(
+        got.unwrap().unwrap(),
+        (NodeId(3), Incoming::Message((9, "let me in".to_string())))
+    );
+    shutdown.cancel();
+}
+
+/// With a shared secret, nothing reaches the protocol from a node without it, with another
+/// secret, or replaying a proof made for another challenge; and a writer sends nothing to a
+/// listener that cannot prove it holds the secret.
+#[tokio::test]
+async fn only_holders_of_the_secret_are_heard_and_spoken_to() {
+    use tokio::io::AsyncReadExt;
+    let shutdown = CancellationToken::new();
+    let (lb, ab) = bound().await;
+    let (b, mut b_in) = Transport::<u64>::start(
+        NodeId(2),
+        2,
+        lb,
+        &[],
+        secret_config(SECRET),
+        shutdown.clone(),
+    );
+    // 1. A transport without the secret, and one with another.
+    let (la, _) = bound().await;
+    let (plain, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        la,
+        &[(NodeId(2), ab)],
+        LinkConfig {
+            cluster: 77,
+            ..LinkConfig::default()
+        },
+        shutdown.clone(),
+    );
+    plain.send(NodeId(2), 666).await;
+    let (lc, _) = bound().await;
+    let (other, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        lc,
+        &[(NodeId(2), ab)],
+        secret_config(b"another secret, just as long!!"),
+        shutdown.clone(),
+    );
+    other.send(NodeId(2), 666).await;
+    // 2. A proof that was right for another challenge (a replayed hello).
+    let secret = secret::PeerSecret::new(SECRET).unwrap();
+    let session = new_session();
+    let old = secret.prove_hello(
+        &secret::PeerSecret::random(),
+        secret::PeerSecret::random(),
+        (NodeId(1), session, 77),
+    );
+    let replayed = encode(&Frame::<u64>::Hello {
+        from: NodeId(1),
+        session,
+        cluster: 77,
+        proof: Some(old),
+    });
+    let mut raw = send_raw(
+        ab,
+        &[
+            replayed,
+            encode(&Frame::Message {
+                n: 1,
+                message: 666u64,
+            }),
+        ],
+    )
+    .await;
+    // The member sent its challenge, then closed the connection.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the member kept the replaying connection open"
+    );
+    let challenge: secret::Answer = postcard::from_bytes(&got[4..]).unwrap();
+    assert!(
+        matches!(challenge, secret::Answer::Challenge(_)),
+        "{challenge:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let heard = b_in.try_recv();
+    assert!(heard.is_none(), "a stranger was heard: {heard:?}");
+    // (A transport without a secret cannot tell it is refused until the member closes the
+    // connection; one with a secret waits for a welcome that never comes.)
+    assert!(
+        !other.is_up(NodeId(2)),
+        "a link up without the right secret"
+    );
+    drop(plain);
+    assert!(b.refused() >= 3, "only {} refused", b.refused());
+
+    // 3. A writer with the secret, at an address where a node with another secret listens.
+    let (l3, a3) = bound().await;
+    let (_three, mut three_in) = Transport::<u64>::start(
+        NodeId(3),
+        3,
+        l3,
+        &[],
+        secret_config(b"another secret, just as long!!"),
+        shutdown.clone(),
+    );
+    let (l1, _) = bound().await;
+    let (one, _) = Transport::<u64>::start(
+        NodeId(1),
+        1,
+        l1,
+        &[(NodeId(2), a3)],
+        secret_config(SECRET),
+        shutdown.clone(),
+    );
+    one.send(NodeId(2), 5).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = three_in.try_recv();
+    assert!(got.is_none(), "heard without the secret: {got:?}");
+    assert!(
+        !one.is_up(NodeId(2)),
+        "a link up to a listener without the secret"
+    );
     shutdown.cancel();
 }
