@@ -440,6 +440,7 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
         let state = Family::<Labels, Gauge<i64>>::default();
         let view_changes = Family::<Labels, Counter>::default();
         let suspicions = Family::<Labels, Counter>::default();
+        let rejected = Family::<Labels, Counter>::default();
         let undelivered = Family::<Labels, Gauge<i64>>::default();
         let own_bytes = Family::<Labels, Gauge<i64>>::default();
         let caught = Family::<Labels, Gauge<i64>>::default();
@@ -451,6 +452,7 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             let o = health.order_figures();
             view_changes.get_or_create(&g).inc_by(o.view_changes);
             suspicions.get_or_create(&g).inc_by(o.suspicions);
+            rejected.get_or_create(&g).inc_by(o.rejected);
             undelivered
                 .get_or_create(&g)
                 .set(o.undelivered_batches as i64);
@@ -497,6 +499,11 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
             "tailorkv_group_suspicions",
             "Times this node's failure detector came to suspect a member of the group",
             suspicions,
+        );
+        r.register(
+            "tailorkv_group_messages_rejected",
+            "Order messages of the group dropped unread because no correct member sends them",
+            rejected,
         );
         r.register(
             "tailorkv_group_undelivered_batches",

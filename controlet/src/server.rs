@@ -71,7 +71,7 @@ const FRAME_CAP_BYTES: usize = 2 << 30;
 /// What names a cluster on its peer links: the mode and the item size limit, which every
 /// member must share. (The members themselves are the metadata's to say: a node joining
 /// knows none of them yet.)
-fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
+pub fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     let mode = format!("{:?}", config.consistency);
     let item = config.item_size_max.to_string();
     let parts = [mode.as_bytes(), item.as_bytes()];

@@ -696,3 +696,62 @@ fn a_flood_of_10_000_connections_leaves_the_node_serving_its_clients() {
         Some(b"v".to_vec())
     );
 }
+
+/// Peer input is checked even from a node that passes the hello: a message no correct
+/// member sends (here an `Alive` naming an epoch past any real one, from a node that has the
+/// cluster's settings but is not a member) is dropped, counted on `/metrics`, and changes
+/// no view.
+#[test]
+fn a_malformed_order_message_is_counted_and_changes_nothing() {
+    use clap::Parser;
+    use tailorkv_common::NodeId;
+    use tailorkv_controlet::peer::{new_session, Transport};
+    use tailorkv_controlet::placement::GroupId;
+    use tailorkv_controlet::replication::PeerMsg;
+    use tailorkv_controlet::shard::mux::Wire;
+    use tailorkv_controlet::tob::Message;
+
+    let cluster = ProcCluster::start(3, "linearizable", &[]);
+    write_for(&cluster, Duration::from_millis(200));
+    let before = epochs(&cluster);
+    let rejected = "tailorkv_group_messages_rejected_total{group=\"0\"}";
+    assert_eq!(metric(cluster.http_addr(1), rejected), 0.0);
+    let config =
+        tailorkv_controlet::Config::try_parse_from(["controlet", "--consistency", "linearizable"])
+            .unwrap();
+    let link = tailorkv_controlet::server::link_config(&config, 64 << 20);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (node9, _inbox) = Transport::<Wire<PeerMsg>>::start(
+            NodeId(9),
+            new_session(),
+            listener,
+            &[(NodeId(1), cluster.peer_addr(1))],
+            link,
+            shutdown.clone(),
+        );
+        for _ in 0..3 {
+            let alive = Message::Alive { epoch: u64::MAX };
+            let wire = Wire::Group {
+                group: GroupId(0),
+                message: PeerMsg::Tob {
+                    incarnation: 1,
+                    message: alive,
+                },
+            };
+            node9.send(NodeId(1), wire).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        shutdown.cancel();
+    });
+    assert_eq!(metric(cluster.http_addr(1), rejected), 3.0);
+    write_for(&cluster, Duration::from_millis(200));
+    assert_eq!(epochs(&cluster), before, "{}", cluster.describe());
+    let log = std::fs::read_to_string(cluster.log_path(1)).unwrap();
+    assert!(
+        log.contains("dropped a malformed order message: an epoch past the largest allowed"),
+        "node 1 does not say what it dropped"
+    );
+}

@@ -605,11 +605,13 @@ impl<D: Datalet> Driver<D> {
         self.health
             .set(self.tob.state(), view.epoch, view.members.len());
         self.health.set_order_now(self.order_now);
-        self.health.set_order_figures(
-            self.tob.detector().suspicions(),
-            self.tob.undelivered_batches() as u64,
-            self.tob.own_bytes() as u64,
-        );
+        self.health.set_order_figures(super::health::OrderFigures {
+            view_changes: 0,
+            suspicions: self.tob.detector().suspicions(),
+            rejected: self.tob.rejected(),
+            undelivered_batches: self.tob.undelivered_batches() as u64,
+            undelivered_own_bytes: self.tob.own_bytes() as u64,
+        });
         // Outside the group's view and not in its target: this node has left the group. So
         // has a node that never got into a view and holds nothing (a restarted memory node
         // whose groups moved on meanwhile: the group's members no longer hear it at all).

@@ -110,6 +110,8 @@ pub struct Health {
     view_changes: AtomicU64,
     /// Times a member came to be suspected by this node's failure detector.
     suspicions: AtomicU64,
+    /// Order messages dropped as malformed.
+    rejected: AtomicU64,
     /// Batches broadcast and not yet delivered here.
     undelivered_batches: AtomicU64,
     /// Bytes of operations proposed here and not yet delivered.
@@ -121,6 +123,7 @@ pub struct Health {
 pub struct OrderFigures {
     pub view_changes: u64,
     pub suspicions: u64,
+    pub rejected: u64,
     pub undelivered_batches: u64,
     pub undelivered_own_bytes: u64,
 }
@@ -147,9 +150,18 @@ impl Health {
         self.members.store(members as u64, Ordering::Relaxed);
     }
 
-    /// Publishes how the order is doing (the driver, after each step).
-    pub fn set_order_figures(&self, suspicions: u64, undelivered_batches: u64, own_bytes: u64) {
+    /// Publishes how the order is doing (the driver, after each step; its `view_changes` is
+    /// ignored, as [`Health::count_view_change`] counts them).
+    pub fn set_order_figures(&self, figures: OrderFigures) {
+        let OrderFigures {
+            view_changes: _,
+            suspicions,
+            rejected,
+            undelivered_batches,
+            undelivered_own_bytes: own_bytes,
+        } = figures;
         self.suspicions.store(suspicions, Ordering::Relaxed);
+        self.rejected.store(rejected, Ordering::Relaxed);
         self.undelivered_batches
             .store(undelivered_batches, Ordering::Relaxed);
         self.undelivered_own_bytes
@@ -166,6 +178,7 @@ impl Health {
         OrderFigures {
             view_changes: self.view_changes.load(Ordering::Relaxed),
             suspicions: self.suspicions.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
             undelivered_batches: self.undelivered_batches.load(Ordering::Relaxed),
             undelivered_own_bytes: self.undelivered_own_bytes.load(Ordering::Relaxed),
         }

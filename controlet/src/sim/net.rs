@@ -190,6 +190,14 @@ impl<A: App> Sim<A> {
                             j + 1
                         );
                     }
+                    if let Some(why) = message.malformed(from) {
+                        // The core drops such messages; a correct node must never send one.
+                        let what = format!(
+                            "node {} sent a malformed message ({why}): {message:?}",
+                            j + 1
+                        );
+                        self.fail(super::Kind::Safety, what);
+                    }
                     if let Some(tob) = self.nodes[i].tob.as_mut() {
                         tob.step(from, incarnation, message);
                     }

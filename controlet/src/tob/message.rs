@@ -202,6 +202,121 @@ impl<Op> Message<Op> {
     }
 }
 
+/// The largest epoch a message may name. No group changes views 2^62 times, and every epoch
+/// a node computes from one it heard (`epoch + 1`) stays far from overflowing.
+pub const MAX_EPOCH: u64 = 1 << 62;
+
+impl<Op> Message<Op> {
+    /// Why this message, said to come from `from`, cannot have been sent by a correct member,
+    /// if it cannot. Only what holds of every message a member sends, whatever this node
+    /// knows or when it hears it, is checked: epochs within [`MAX_EPOCH`]; receipts and
+    /// pending batches in strictly increasing order, as members build them; a `Prepare` or
+    /// `Accept` under the sender's own ballot, as only a coordinator sends them; plans
+    /// well formed ([`Plan::malformed`]). What depends on this node's state (a plan's epoch
+    /// against its own, a ballot against its promise) is the protocol's to weigh.
+    pub fn malformed(&self, from: NodeId) -> Option<&'static str> {
+        let too_late = |epoch: u64| epoch > MAX_EPOCH;
+        match self {
+            Message::Broadcast {
+                epoch, received, ..
+            }
+            | Message::Ack {
+                epoch, received, ..
+            } => {
+                if too_late(*epoch) {
+                    return Some("an epoch past the largest allowed");
+                }
+                if !strictly_increasing(received.iter().map(|&(n, _)| n)) {
+                    return Some("receipts not in order of node");
+                }
+                None
+            }
+            Message::Alive { epoch } | Message::Join { epoch } => {
+                too_late(*epoch).then_some("an epoch past the largest allowed")
+            }
+            Message::Prepare { ballot } | Message::Accept { ballot, .. } if ballot.node != from => {
+                Some("a ballot of another coordinator")
+            }
+            Message::Prepare { ballot } => ballot.malformed(),
+            Message::Accept { ballot, plan } => ballot.malformed().or_else(|| plan.malformed()),
+            Message::Accepted { ballot } => ballot.malformed(),
+            Message::Reject { ballot, promised } => {
+                ballot.malformed().or_else(|| promised.malformed())
+            }
+            Message::Promise { ballot, standing } => {
+                ballot.malformed().or_else(|| standing.malformed())
+            }
+            Message::Install { plan } => plan.malformed(),
+        }
+    }
+}
+
+impl Ballot {
+    /// Why no coordinator would have made this ballot, if none would.
+    pub fn malformed(&self) -> Option<&'static str> {
+        if self.epoch == 0 || self.epoch > MAX_EPOCH {
+            Some("a ballot's epoch out of range")
+        } else if self.round == 0 {
+            Some("a ballot of round 0")
+        } else {
+            None
+        }
+    }
+}
+
+impl<Op> Plan<Op> {
+    /// Why no coordinator would have made this plan, if none would: one has an epoch from 1
+    /// to [`MAX_EPOCH`], members in strictly increasing order of id, synced members that are
+    /// members (at least one), a source among them, and a tail in strictly increasing order
+    /// of key.
+    pub fn malformed(&self) -> Option<&'static str> {
+        let members = || self.view.ids();
+        if self.view.epoch == 0 || self.view.epoch > MAX_EPOCH {
+            Some("a plan's epoch out of range")
+        } else if self.view.members.is_empty() || !strictly_increasing(members()) {
+            Some("a plan's members empty or out of order")
+        } else if self.synced.is_empty()
+            || !strictly_increasing(self.synced.iter().copied())
+            || !self.synced.iter().all(|s| members().any(|m| m == *s))
+        {
+            Some("a plan's synced members empty, out of order, or not members")
+        } else if !self.synced.contains(&self.source) {
+            Some("a plan's source not among its synced members")
+        } else if !strictly_increasing(self.tail.iter().map(Batch::key)) {
+            Some("a plan's tail out of order")
+        } else {
+            None
+        }
+    }
+}
+
+impl<Op> Standing<Op> {
+    /// Why no member would report this standing, if none would.
+    fn malformed(&self) -> Option<&'static str> {
+        if self.epoch > MAX_EPOCH {
+            return Some("a standing's epoch past the largest allowed");
+        }
+        if !strictly_increasing(self.pending.iter().map(Batch::key)) {
+            return Some("a standing's pending batches out of order");
+        }
+        let (ballot, plan) = self.accepted.as_ref()?;
+        ballot.malformed().or_else(|| plan.malformed())
+    }
+}
+
+fn strictly_increasing<T: Ord>(mut items: impl Iterator<Item = T>) -> bool {
+    let Some(mut last) = items.next() else {
+        return true;
+    };
+    for item in items {
+        if item <= last {
+            return false;
+        }
+        last = item;
+    }
+    true
+}
+
 impl<Op: Weigh> Weigh for Batch<Op> {
     fn weight(&self) -> usize {
         self.ops.weight() + 24

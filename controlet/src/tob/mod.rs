@@ -40,7 +40,9 @@ use tailorkv_common::{NodeId, Ts};
 
 use coordination::Coordination;
 use detector::Detector;
-pub use message::{Ballot, Batch, Delivery, Envelope, Event, Message, Plan, Standing, View};
+pub use message::{
+    Ballot, Batch, Delivery, Envelope, Event, Message, Plan, Standing, View, MAX_EPOCH,
+};
 
 /// Names one run of a node's process; a restart picks a larger one.
 pub type Incarnation = u64;
@@ -171,6 +173,8 @@ pub struct Tob<Op> {
     backlog_bytes: usize,
     /// Most of `backlog_bytes` before this node stops reporting further receipts.
     catch_up_bytes: usize,
+    /// Messages dropped as malformed ([`Tob::rejected`]).
+    rejected: u64,
     /// The receipts reported while the backlog is past `catch_up_bytes`: those of the moment
     /// it passed it.
     held_receipts: Option<BTreeMap<NodeId, Ts>>,
@@ -263,6 +267,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             batch_bytes: BATCH_BYTES,
             backlog_bytes: 0,
             catch_up_bytes: CATCH_UP_BYTES,
+            rejected: 0,
             held_receipts: None,
             own_bytes: 0,
             resync_wanted: false,
@@ -402,6 +407,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
         }
     }
 
+    /// Messages dropped unread because no correct member could have sent them
+    /// ([`Message::malformed`]).
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
     /// The failure detector, for `stats`.
     pub fn detector(&self) -> &Detector {
         &self.detector
@@ -426,6 +437,16 @@ impl<Op: Clone + Weigh> Tob<Op> {
 
     /// Handles a message from node `from`, run `incarnation`.
     pub fn step(&mut self, from: NodeId, incarnation: Incarnation, message: Message<Op>) {
+        if let Some(why) = message.malformed(from) {
+            self.rejected += 1;
+            // The first, then at 2, 4, 8...: a member that keeps sending them cannot flood
+            // the log.
+            if self.rejected.is_power_of_two() {
+                tracing::error!(from = ?from, rejected = self.rejected,
+                    "dropped a malformed order message: {why}");
+            }
+            return;
+        }
         let Some(member) = self.admit(from, incarnation, &message) else {
             return;
         };

@@ -25,6 +25,8 @@ pub(super) fn route(nodes: &mut [Tob<Op>]) {
         for i in 0..nodes.len() {
             for env in nodes[i].take_messages() {
                 any = true;
+                let malformed = env.message.malformed(env.from);
+                assert_eq!(malformed, None, "a correct node sent {:?}", env.message);
                 let to = env.to.0 as usize - 1;
                 nodes[to].step(env.from, env.incarnation, env.message);
             }
@@ -595,4 +597,111 @@ fn the_survivor_of_two_takes_a_replacement_once_the_dead_member_is_removed() {
     nodes[1].set_target(&[NodeId(1), NodeId(3)]);
     let alone = tick_live_until(&mut nodes, &[0, 2], |nodes| nodes[1].view().epoch > 1);
     assert!(!alone);
+}
+
+/// Messages no correct member sends are dropped unread and counted: a member's view, state,
+/// and what it sends and does stay as they were. The well-formed plan beside them is taken,
+/// so the test can tell.
+#[test]
+fn malformed_messages_change_nothing() {
+    let mut nodes = formed(3);
+    let plan = |epoch: u64| Plan::<Op> {
+        view: View {
+            epoch,
+            members: vec![(NodeId(1), 1), (NodeId(2), 1), (NodeId(3), 1)],
+        },
+        tail: vec![],
+        synced: ids(3),
+        source: NodeId(2),
+        start_seq: 0,
+    };
+    let ballot = |epoch, round, node| Ballot {
+        epoch,
+        round,
+        node: NodeId(node),
+    };
+    let batch = |ts| Batch::<Op> {
+        ts,
+        origin: NodeId(2),
+        ops: vec![1],
+    };
+    let bad: Vec<Message<Op>> = vec![
+        Message::Install {
+            plan: plan(MAX_EPOCH + 1),
+        },
+        Message::Install {
+            plan: Plan {
+                source: NodeId(4),
+                ..plan(2)
+            },
+        },
+        Message::Install {
+            plan: Plan {
+                synced: vec![NodeId(2), NodeId(1)],
+                ..plan(2)
+            },
+        },
+        Message::Install {
+            plan: Plan {
+                view: View {
+                    epoch: 2,
+                    members: vec![(NodeId(2), 1), (NodeId(1), 1), (NodeId(3), 1)],
+                },
+                ..plan(2)
+            },
+        },
+        Message::Install {
+            plan: Plan {
+                tail: vec![batch(9), batch(9)],
+                ..plan(2)
+            },
+        },
+        Message::Prepare {
+            ballot: ballot(2, 1, 3),
+        },
+        Message::Prepare {
+            ballot: ballot(2, 0, 2),
+        },
+        Message::Accept {
+            ballot: ballot(2, 1, 2),
+            plan: Plan {
+                synced: vec![],
+                ..plan(2)
+            },
+        },
+        Message::Broadcast {
+            epoch: 1,
+            ts: 100,
+            received: vec![(NodeId(3), 5), (NodeId(1), 5)],
+            ops: vec![7],
+        },
+        Message::Alive { epoch: u64::MAX },
+        Message::Promise {
+            ballot: ballot(2, 1, 1),
+            standing: Standing {
+                epoch: 1,
+                synced: true,
+                delivered: 0,
+                last: (0, NodeId(0)),
+                pending: vec![batch(9), batch(3)],
+                accepted: None,
+            },
+        },
+    ];
+    let count = bad.len() as u64;
+    for message in bad {
+        assert!(message.malformed(NodeId(2)).is_some(), "{message:?}");
+        nodes[0].step(NodeId(2), 1, message);
+        for _ in 0..3 {
+            nodes[0].tick();
+        }
+    }
+    assert_eq!(nodes[0].rejected(), count);
+    assert_eq!(nodes[0].view().epoch, 1);
+    assert_eq!(nodes[0].state(), NodeState::Serving);
+    assert_eq!(nodes[0].take_events(), vec![]);
+    // A well-formed plan of a later view is installed.
+    nodes[0].step(NodeId(2), 1, Message::Install { plan: plan(2) });
+    assert_eq!(nodes[0].view().epoch, 2);
+    assert_eq!(nodes[0].rejected(), count);
 }
