@@ -36,6 +36,41 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:11211")]
     pub listen: SocketAddr,
 
+    /// memcached's `-p`: the client port, on the address of `--listen` (or `-l`).
+    #[arg(short = 'p', long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// memcached's `-l`: the address to serve clients on, `ADDR` (with the port of `-p` or
+    /// `--listen`) or `ADDR:PORT`. One address; memcached's lists are refused.
+    #[arg(short = 'l', value_name = "ADDR")]
+    pub interface: Option<String>,
+
+    /// memcached's `-U`: UDP is not served, so only 0 (off, memcached's default) is taken.
+    #[arg(short = 'U', long, default_value_t = 0, value_parser = udp_off)]
+    pub udp_port: u16,
+
+    /// memcached's `-v`: `-v` logs as by default (info), `-vv` adds debug lines, `-vvv`
+    /// traces. `RUST_LOG`, if set, decides instead. `stats settings` shows it as `verbosity`.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// memcached's `-M`: refuse writes when memory is full instead of evicting. Nothing is
+    /// evicted in any case yet (see `--memory-limit`), so this changes nothing; it is taken
+    /// so that memcached's command lines work.
+    #[arg(short = 'M', long)]
+    pub disable_evictions: bool,
+
+    /// memcached's `-o`: extended options, separated by commas. `idle_timeout=N` sets
+    /// `--idle-timeout`; options that tune memcached's own internals (its LRU, slab
+    /// rebalancer, hash table, crawler...) are accepted with a warning and change nothing;
+    /// any other is refused.
+    #[arg(short = 'o', long, value_delimiter = ',', value_name = "OPTION")]
+    pub extended: Vec<String>,
+
+    /// The `-o` options accepted and ignored, for a warning once logging is up.
+    #[arg(skip)]
+    pub ignored_extended: Vec<String>,
+
     /// Where items are stored. `memory`: in this process, lost on exit. `disk:DIR`: in a
     /// database file in DIR, durable: a write is acknowledged once it is on disk.
     /// `memcached://HOST:PORT`: in a memcached (or any memcached-protocol server) there, each
@@ -59,18 +94,18 @@ pub struct Config {
 
     /// Most client connections open at once; a connection past this is answered
     /// `ERROR Too many open connections` and closed.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(short = 'c', long, alias = "conn-limit", default_value_t = 1024)]
     pub max_connections: usize,
 
     /// Largest item (key, value and about 60 bytes of overhead, counted as memcached counts
     /// it). Bytes, or with a k or m suffix: 512k, 1m, 2m. Larger values are refused with
     /// `SERVER_ERROR object too large for cache`.
-    #[arg(long, default_value = "1m", value_parser = parse_size)]
+    #[arg(short = 'I', long, alias = "max-item-size", default_value = "1m", value_parser = parse_size)]
     pub item_size_max: usize,
 
-    /// Memory for items, in MiB. When it is full, writes are refused with
+    /// Memory for items, in MiB (memcached's `-m`). When it is full, writes are refused with
     /// `SERVER_ERROR out of memory storing object`; nothing is evicted.
-    #[arg(long, default_value_t = 64)]
+    #[arg(short = 'm', long, default_value_t = 64)]
     pub memory_limit: usize,
 
     /// Seconds a client connection may stay silent before it is closed, as memcached's
@@ -84,8 +119,8 @@ pub struct Config {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub partial_request_timeout: u64,
 
-    /// Worker threads serving connections. Default: one per CPU core.
-    #[arg(long, default_value_t = default_threads())]
+    /// Worker threads serving connections (memcached's `-t`). Default: one per CPU core.
+    #[arg(short = 't', long, default_value_t = default_threads())]
     pub threads: usize,
 
     /// This node's id among `--peers`.
@@ -231,7 +266,49 @@ impl Config {
             all.extend(config_file_args(&file)?);
         }
         all.extend(args.into_iter().skip(1));
-        Ok(Config::try_parse_from(all)?)
+        let mut config = Config::try_parse_from(all)?;
+        config.take_memcached_flags()?;
+        Ok(config)
+    }
+
+    /// Applies memcached's `-p`, `-l` and `-o` to the settings they stand for.
+    pub fn take_memcached_flags(&mut self) -> anyhow::Result<()> {
+        if let Some(port) = self.port {
+            self.listen.set_port(port);
+        }
+        if let Some(interface) = &self.interface {
+            self.listen = interface_addr(interface, self.listen.port())?;
+        }
+        for option in &self.extended {
+            let (name, value) = match option.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (option.as_str(), None),
+            };
+            match (name, value) {
+                ("idle_timeout", Some(secs)) => {
+                    self.idle_timeout = secs.parse().map_err(|_| {
+                        anyhow::anyhow!("-o idle_timeout={secs}: not a number of seconds")
+                    })?;
+                }
+                _ if MEMCACHED_INTERNALS.contains(&name) => {
+                    self.ignored_extended.push(option.clone());
+                }
+                _ => anyhow::bail!(
+                    "-o {option}: not an extended option tailorkv takes (idle_timeout=N is; \
+                     those tuning memcached's own internals are accepted and ignored)"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// The log filter `-v`, `-vv`, `-vvv` stand for.
+    pub fn log_level(&self) -> &'static str {
+        match self.verbose {
+            0 | 1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
     }
 
     /// The defaults, listening on `listen`: what tests start.
@@ -283,6 +360,80 @@ pub fn config_file_args(file: &std::path::Path) -> anyhow::Result<Vec<std::ffi::
         args.push(text.into());
     }
     Ok(args)
+}
+
+/// memcached's `-o` options that tune its own internals, which have no counterpart here.
+const MEMCACHED_INTERNALS: &[&str] = &[
+    "maxconns_fast",
+    "no_maxconns_fast",
+    "hashpower",
+    "tail_repair_time",
+    "hash_algorithm",
+    "lru_crawler",
+    "no_lru_crawler",
+    "lru_crawler_sleep",
+    "lru_crawler_tocrawl",
+    "read_buf_mem_limit",
+    "lru_maintainer",
+    "no_lru_maintainer",
+    "hot_lru_pct",
+    "warm_lru_pct",
+    "hot_max_factor",
+    "warm_max_factor",
+    "temporary_ttl",
+    "slab_chunk_max",
+    "slab_reassign",
+    "slab_automove",
+    "slab_automove_ratio",
+    "slab_automove_window",
+    "slab_automove_freeratio",
+    "modern",
+    "no_modern",
+    "watcher_logbuf_size",
+    "worker_logbuf_size",
+    "track_sizes",
+    "no_hashexpand",
+    "inline_ascii_resp",
+    "no_inline_ascii_resp",
+    "lru_segmented",
+    "no_lru_segmented",
+    "large_memory_pages",
+];
+
+/// The socket address memcached's `-l ADDR` means: `ADDR:PORT`, `[V6]:PORT`, or an address
+/// or host name alone, on `port`.
+fn interface_addr(interface: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    if interface.contains(',') {
+        anyhow::bail!(
+            "-l {interface}: one address only (memcached takes a list; tailorkv does not)"
+        );
+    }
+    let interface = interface.strip_prefix("notls:").unwrap_or(interface);
+    if let Ok(addr) = interface.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = interface.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let (host, port) = match interface.rsplit_once(':') {
+        Some((host, p)) if p.parse::<u16>().is_ok() => (host, p.parse().unwrap_or(port)),
+        _ => (interface, port),
+    };
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| anyhow::anyhow!("-l {interface}: not an address or a known host name"))
+}
+
+fn udp_off(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Ok(0),
+        Ok(_) => Err("UDP is not served; only -U 0 (off, as memcached's default) is taken".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn default_threads() -> usize {

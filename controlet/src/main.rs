@@ -12,6 +12,11 @@ fn main() -> anyhow::Result<()> {
             Err(e) => return Err(e),
         },
     };
-    init_logging(config.log_format);
+    init_logging(config.log_format, config.log_level());
+    for option in &config.ignored_extended {
+        tracing::warn!(
+            "-o {option}: tunes memcached's own internals, which tailorkv does not have; ignored"
+        );
+    }
     serve_until_signal(config, "controlet")
 }

@@ -8,10 +8,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{run_configured, Config};
 
-/// Logs to stderr through `tracing`, as text or one JSON object per line; `RUST_LOG` sets the
-/// level (default `info`).
-pub fn init_logging(format: crate::config::LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+/// Logs to stderr through `tracing`, as text or one JSON object per line, at `level`
+/// (`info`, `debug`...) unless `RUST_LOG` sets another.
+pub fn init_logging(format: crate::config::LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -32,6 +32,9 @@ pub enum Kind {
     Memcached,
     /// This build's `controlet` binary.
     Controlet,
+    /// This build's `controlet` binary, started with memcached's own flags (`-p`, `-U`,
+    /// `-l`, `-t`) where [`Kind::Controlet`] gets `--listen`: a controlet in memcached's place.
+    ControletAsMemcached,
     /// This build's `datalet` binary.
     Datalet,
 }
@@ -172,6 +175,12 @@ impl ServerProcess {
                 if unsafe { libc::getuid() } == 0 {
                     cmd.args(["-u", "root"]);
                 }
+                cmd
+            }
+            Kind::ControletAsMemcached => {
+                let mut cmd = Command::new(binary("controlet"));
+                let port = self.addr.port().to_string();
+                cmd.args(["-p", &port, "-U", "0", "-l", "127.0.0.1", "-t", "2"]);
                 cmd
             }
             Kind::Controlet | Kind::Datalet => {

@@ -37,6 +37,12 @@ fn bad_flags_are_refused_with_a_message() {
         &["--datalet", "tape"][..],
         &["--item-size-max", "2g"],
         &["--listen", "nowhere"],
+        // memcached's flags, where tailorkv cannot do what they ask.
+        &["-U", "11211"],
+        &["-o", "no_such_option"],
+        &["-o", "idle_timeout=soon"],
+        &["-l", "127.0.0.1,127.0.0.2"],
+        &["-l", "no.such.host.invalid"],
     ] {
         let out = Command::new(binary("controlet"))
             .args(args)

@@ -587,6 +587,33 @@ fn admin_cases() -> Vec<Case> {
         case("stats cachedump bad numbers", "stats cachedump x 0\r\nstats cachedump 1 y\r\n"),
         case("stats cachedump bad slab id", "stats cachedump 64 0\r\nstats cachedump 99 0\r\n"),
         case("stats cachedump empty class", "stats cachedump 63 0\r\n"),
+        case("stats sizes", "stats sizes\r\n"),
+        case("slabs alone and unknown", "slabs\r\nslabs bogus\r\nslabs bogus 1 2\r\n"),
+        case(
+            "slabs automove levels",
+            "slabs automove 1\r\nslabs automove 2\r\nslabs automove 0\r\nslabs automove 3\r\n",
+        ),
+        case("slabs automove invalid", "slabs automove invalid\r\nslabs automove -1\r\n"),
+        case("slabs automove without level", "slabs automove\r\n"),
+        case(
+            "slabs automove ratio",
+            "slabs automove ratio 0.8\r\nslabs automove ratio x\r\nslabs automove ratio\r\n",
+        ),
+        case(
+            "slabs automove noreply",
+            "slabs automove 1 noreply\r\nslabs automove x noreply\r\nslabs automove 9 noreply\r\nget a\r\n",
+        ),
+        case("slabs reassign same class", "slabs reassign 5 5\r\nslabs reassign 99 99\r\n"),
+        case(
+            "slabs reassign bad class",
+            "slabs reassign -1 2\r\nslabs reassign 1 40\r\nslabs reassign 40 1\r\n",
+        ),
+        case("slabs reassign no spare pages", "slabs reassign 38 39\r\nslabs reassign 0 39\r\n"),
+        case("slabs reassign bad numbers", "slabs reassign a 1\r\nslabs reassign 1 b\r\n"),
+        case(
+            "slabs reassign token counts",
+            "slabs reassign 1\r\nslabs reassign 1 2 3\r\nslabs reassign 38 39 noreply\r\n",
+        ),
     ]
 }
 
@@ -1731,7 +1758,7 @@ fn deliberate_meta_commands_are_unsupported() {
 #[test]
 fn deliberate_internal_stats_groups_are_empty() {
     let us = Controlet::start();
-    for group in ["items", "slabs", "sizes", "conns"] {
+    for group in ["items", "slabs", "conns"] {
         let reply = exchange(us.addr, format!("stats {group}\r\n").as_bytes());
         assert_eq!(esc(&reply), esc(b"END\r\n"), "stats {group}");
     }
@@ -1877,6 +1904,75 @@ fn tls_settings_match_memcached_with_tls_off() {
         "this memcached shows no TLS settings: {theirs:?}"
     );
     assert_eq!(ssl(pair.us.addr), theirs);
+}
+
+/// memcached's command line means the same to a controlet: both started with memcached's
+/// flags (`-p -U -l -t` by the harness, then `-m -c -I -M -vv -b -o idle_timeout`) show the
+/// same values for every setting `stats settings` names on both; `-o` options that tune
+/// memcached's internals are taken with a warning.
+#[test]
+fn memcached_flags_give_the_same_settings() {
+    use tailorkv_tests::server::Kind;
+    let flags = [
+        "-m",
+        "32",
+        "-c",
+        "100",
+        "-I",
+        "2m",
+        "-M",
+        "-vv",
+        "-b",
+        "512",
+        "-o",
+        "idle_timeout=5,lru_crawler,hot_lru_pct=30",
+    ];
+    let mc = ServerProcess::start(Kind::Memcached, &flags);
+    let us = ServerProcess::start(Kind::ControletAsMemcached, &flags);
+    let settings = |addr: SocketAddr| {
+        let reply = exchange(addr, b"stats settings\r\n");
+        String::from_utf8_lossy(&reply)
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.strip_prefix("STAT ")?.split_once(' ')?;
+                Some((name.to_string(), value.to_string()))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (theirs, ours) = (settings(mc.addr), settings(us.addr));
+    assert_eq!(theirs["tcpport"], mc.addr.port().to_string());
+    assert_eq!(ours["tcpport"], us.addr.port().to_string());
+    let shared: Vec<&String> = ours
+        .keys()
+        .filter(|k| theirs.contains_key(*k) && *k != "tcpport")
+        .collect();
+    for name in [
+        "maxbytes",
+        "maxconns",
+        "udpport",
+        "inter",
+        "verbosity",
+        "evictions",
+        "num_threads",
+        "tcp_backlog",
+        "auth_enabled_ascii",
+        "item_size_max",
+        "idle_timeout",
+    ] {
+        assert!(
+            shared.iter().any(|k| *k == name),
+            "{name} is not among the settings both show: {shared:?}"
+        );
+    }
+    for name in shared {
+        assert_eq!(ours[name], theirs[name], "stats settings: {name}");
+    }
+    let log = us.log();
+    assert!(
+        log.contains("-o lru_crawler: tunes memcached's own internals")
+            && log.contains("-o hot_lru_pct=30"),
+        "no warning about the ignored options:\n{log}"
+    );
 }
 
 /// memcached's ASCII authentication (`-Y FILE`, here `--auth-file`): conversations, each on a

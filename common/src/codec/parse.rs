@@ -143,6 +143,7 @@ pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, De
         b"cache_memlimit" => want(nt == 3 || nt == 4).map(|_| cache_memlimit(&t)),
         b"stats" => Ok(stats(&t)),
         b"lru_crawler" => Ok(lru_crawler(&t)),
+        b"slabs" => Ok(slabs(&t)),
         // memcached honours `noreply` only with TLS on: the executor knows.
         b"refresh_certs" => Ok(done(
             Command::RefreshCerts {
@@ -369,7 +370,8 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         b"reset" => StatsGroup::Reset,
         b"settings" => StatsGroup::Settings,
         b"placement" => StatsGroup::Placement,
-        b"items" | b"slabs" | b"sizes" | b"conns" => StatsGroup::Empty,
+        b"sizes" => StatsGroup::Sizes,
+        b"items" | b"slabs" | b"conns" => StatsGroup::Empty,
         b"cachedump" => return cachedump(t),
         b"detail" => {
             return match t.toks.get(2).filter(|_| t.n >= 3).copied() {
@@ -384,6 +386,58 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         _ => return error(),
     };
     done(Command::Stats(group), false)
+}
+
+/// The largest slab class id memcached 1.6 has with its defaults (growth factor 1.25, chunks
+/// from 96 bytes to 512 KiB: classes 1 to 39); `slabs reassign` takes ids from 0 (its global
+/// page pool) to this.
+const LARGEST_SLAB_CLASS: i32 = 39;
+
+/// `slabs reassign <src> <dst>` and `slabs automove <level>|ratio <r>`, answered as
+/// memcached 1.6.18 answers them. There are no slab pages here to move between classes: a
+/// valid reassignment answers memcached's `NOSPARE source class has no spare pages`, and an
+/// automove setting is taken (`OK`) and changes nothing. `reassign` has no `noreply`;
+/// `automove` has.
+fn slabs(t: &Tokens) -> Result<Parsed, DecodeError> {
+    let nt = t.ntokens();
+    let line = |text: &'static str| reply(Response::Line(text), false);
+    if nt == 5 && t.toks[1] == b"reassign" {
+        let (Some(src), Some(dst)) = (strtol_i32(t.toks[2]), strtol_i32(t.toks[3])) else {
+            return reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT), false);
+        };
+        let class = 0..=LARGEST_SLAB_CLASS;
+        return if src == dst {
+            line("SAME src and dst class are identical")
+        } else if !class.contains(&src) || !class.contains(&dst) {
+            // (A source of -1 asks memcached to pick a class with spare pages: there is none.)
+            line("BADCLASS invalid src or dst class id")
+        } else {
+            line("NOSPARE source class has no spare pages")
+        };
+    }
+    if nt >= 4 && t.toks[1] == b"automove" {
+        let noreply = t.noreply();
+        if t.toks[2] == b"ratio" {
+            let ratio = t
+                .toks
+                .get(3)
+                .filter(|_| nt >= 5)
+                .and_then(|r| std::str::from_utf8(r).ok()?.parse::<f64>().ok());
+            let answer = if ratio.is_some() {
+                Response::Ok
+            } else {
+                Response::Error
+            };
+            return reply(answer, noreply);
+        }
+        let answer = match strtoul_u32(t.toks[2]) {
+            None => Response::ClientError(CLIENT_ERROR_BAD_FORMAT),
+            Some(0..=2) => Response::Ok,
+            Some(_) => Response::Error,
+        };
+        return reply(answer, noreply);
+    }
+    error()
 }
 
 /// memcached's `MAX_NUMBER_OF_SLAB_CLASSES`: `stats cachedump` refuses class ids from here up,

@@ -93,7 +93,10 @@ pub enum StatsGroup {
     Reset,
     /// `stats placement`: which nodes hold which keys (a sharded cluster's placement).
     Placement,
-    /// `stats items|slabs|sizes|conns|cachedump|detail dump`: memcached internals that have no
+    /// `stats sizes`: memcached 1.6 tracks item sizes only with `-o track_sizes`, which is
+    /// off by default; this answers as memcached then does, `STAT sizes_status disabled`.
+    Sizes,
+    /// `stats items|slabs|conns|cachedump|detail dump`: memcached internals that have no
     /// counterpart here; answered with an empty list.
     Empty,
 }

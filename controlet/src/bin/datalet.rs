@@ -55,6 +55,6 @@ fn main() -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         config.threads = threads;
     }
-    init_logging(tailorkv_controlet::config::LogFormat::Text);
+    init_logging(tailorkv_controlet::config::LogFormat::Text, "info");
     serve_until_signal(config, "datalet")
 }

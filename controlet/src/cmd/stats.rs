@@ -32,6 +32,7 @@ pub async fn stats<D: Datalet>(
             Response::Reset.encode(out);
             return;
         }
+        StatsGroup::Sizes => encode_stat(out, "sizes_status", "disabled"),
         StatsGroup::Empty => {}
     }
     Response::End.encode(out);
@@ -235,15 +236,23 @@ fn ranges(sorted: impl Iterator<Item = usize>) -> String {
 fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     let cfg = &ctx.config;
     let d = ctx.engine.datalet_stats();
+    // memcached's settings that mean the same here, in its order; then this one's own.
     encode_stat(out, "maxbytes", d.limit_maxbytes);
     encode_stat(out, "maxconns", cfg.max_connections);
     encode_stat(out, "tcpport", cfg.listen.port());
+    encode_stat(out, "udpport", cfg.udp_port);
     encode_stat(out, "inter", cfg.listen.ip());
+    encode_stat(out, "verbosity", cfg.verbose);
     encode_stat(out, "evictions", "off");
     encode_stat(out, "num_threads", cfg.threads);
     encode_stat(out, "cas_enabled", "yes");
+    encode_stat(out, "tcp_backlog", cfg.listen_backlog);
+    encode_stat(out, "auth_enabled_sasl", "no");
+    let ascii_auth = if cfg.auth_file.is_some() { "yes" } else { "no" };
+    encode_stat(out, "auth_enabled_ascii", ascii_auth);
     encode_stat(out, "item_size_max", cfg.item_size_max);
     encode_stat(out, "flush_enabled", "yes");
+    encode_stat(out, "idle_timeout", cfg.idle_timeout);
     encode_stat(out, "datalet", &cfg.datalet);
     // memcached's TLS settings, with its words for what is unset.
     let path = |p: &Option<std::path::PathBuf>, unset: &str| {
