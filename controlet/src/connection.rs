@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cmd::{execute, Context, Flow};
+use crate::conns::State;
 use crate::out::Out;
 use crate::stats::Counts;
 use crate::stats::Latencies;
@@ -54,11 +55,18 @@ pub async fn serve<D: Datalet>(
     shutdown: CancellationToken,
 ) {
     let mut counts = Counts::default();
+    let registered = {
+        use std::os::fd::AsRawFd;
+        let addr = stream.peer_addr();
+        addr.ok()
+            .map(|addr| ctx.conns.register(stream.as_raw_fd(), addr))
+    };
+    let conn = registered.as_ref().map(|r| &*r.conn);
     let served = match &ctx.tls {
         Some(tls) => match tls.accept(stream).await {
             Ok(stream) => {
                 let (reader, writer) = tokio::io::split(stream);
-                serve_inner(reader, writer, &ctx, &shutdown, &mut counts).await
+                serve_inner(reader, writer, &ctx, conn, &shutdown, &mut counts).await
             }
             Err(e) => {
                 tracing::debug!(error = %e, "a client's TLS handshake failed");
@@ -67,7 +75,7 @@ pub async fn serve<D: Datalet>(
         },
         None => {
             let (reader, writer) = stream.split();
-            serve_inner(reader, writer, &ctx, &shutdown, &mut counts).await
+            serve_inner(reader, writer, &ctx, conn, &shutdown, &mut counts).await
         }
     };
     if let Err(e) = served {
@@ -80,6 +88,7 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     mut reader: R,
     writer: W,
     ctx: &Context<D>,
+    conn: Option<&crate::conns::Conn>,
     shutdown: &CancellationToken,
     counts: &mut Counts,
 ) -> std::io::Result<()> {
@@ -115,6 +124,9 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     break;
                 }
             };
+            if let Some(conn) = conn {
+                conn.command(&ctx.conns);
+            }
             let mark = out.buf.len();
             let kind = latency_kind(&request.command);
             let started = std::time::Instant::now();
@@ -140,7 +152,16 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
-        let wait = silence_allowed(&ctx.config, !input.is_empty() || decoder.is_mid_request());
+        let mid_request = !input.is_empty() || decoder.is_mid_request();
+        if let Some(conn) = conn {
+            let state = if mid_request {
+                State::NRead
+            } else {
+                State::Read
+            };
+            conn.set(state);
+        }
+        let wait = silence_allowed(&ctx.config, mid_request);
         let n = tokio::select! {
             read = reader.read_buf(&mut input) => read?,
             () = sleep_or_forever(wait) => {

@@ -28,6 +28,7 @@ pub mod auth;
 pub mod cmd;
 pub mod config;
 pub mod connection;
+pub mod conns;
 pub mod engine;
 pub mod error;
 pub mod fuzzing;

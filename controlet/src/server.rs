@@ -351,6 +351,7 @@ async fn serve_with<D: Datalet, M: Datalet>(
         config,
         started: shared.started,
         curr_connections: shared.connections,
+        conns: Arc::default(),
         status,
         tls,
         auth,
@@ -371,6 +372,11 @@ async fn serve_with<D: Datalet, M: Datalet>(
             Arc::clone(&ctx),
             shutdown.clone(),
         ));
+    }
+    {
+        use std::os::fd::AsRawFd;
+        ctx.conns
+            .listening(listener.as_raw_fd(), listener.local_addr()?);
     }
     let tracker = TaskTracker::new();
     loop {

@@ -371,7 +371,8 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         b"settings" => StatsGroup::Settings,
         b"placement" => StatsGroup::Placement,
         b"sizes" => StatsGroup::Sizes,
-        b"items" | b"slabs" | b"conns" => StatsGroup::Empty,
+        b"conns" => StatsGroup::Conns,
+        b"items" | b"slabs" => StatsGroup::Empty,
         b"cachedump" => return cachedump(t),
         b"detail" => {
             return match t.toks.get(2).filter(|_| t.n >= 3).copied() {

@@ -96,7 +96,9 @@ pub enum StatsGroup {
     /// `stats sizes`: memcached 1.6 tracks item sizes only with `-o track_sizes`, which is
     /// off by default; this answers as memcached then does, `STAT sizes_status disabled`.
     Sizes,
-    /// `stats items|slabs|conns|cachedump|detail dump`: memcached internals that have no
+    /// `stats conns`: the client port and its open connections.
+    Conns,
+    /// `stats items|slabs|cachedump|detail dump`: memcached internals that have no
     /// counterpart here; answered with an empty list.
     Empty,
 }

@@ -38,6 +38,8 @@ pub struct Context<D> {
     pub config: Config,
     pub started: Instant,
     pub curr_connections: Arc<AtomicU64>,
+    /// The client port and its open connections, for `stats conns`.
+    pub conns: Arc<crate::conns::Conns>,
     /// Where this node's status is read from (`/status`, and its peers' requests for it).
     pub status: Arc<crate::status::Sources<D>>,
     /// TLS on the client port (`--tls-cert`), if it is on.

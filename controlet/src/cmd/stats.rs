@@ -33,6 +33,7 @@ pub async fn stats<D: Datalet>(
             return;
         }
         StatsGroup::Sizes => encode_stat(out, "sizes_status", "disabled"),
+        StatsGroup::Conns => ctx.conns.encode(out),
         StatsGroup::Empty => {}
     }
     Response::End.encode(out);
