@@ -398,6 +398,9 @@ const MEMCACHED_INTERNALS: &[&str] = &[
     "lru_segmented",
     "no_lru_segmented",
     "large_memory_pages",
+    "relaxed_privileges",
+    "drop_privileges",
+    "no_drop_privileges",
 ];
 
 /// The socket address memcached's `-l ADDR` means: `ADDR:PORT`, `[V6]:PORT`, or an address

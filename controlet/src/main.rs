@@ -9,7 +9,11 @@ fn main() -> anyhow::Result<()> {
         // Help, version and usage errors print as clap prints them.
         Err(e) => match e.downcast::<clap::Error>() {
             Ok(e) => e.exit(),
-            Err(e) => return Err(e),
+            // Settings that parse but do not make sense together: one line, as clap's errors.
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
         },
     };
     init_logging(config.log_format, config.log_level());
