@@ -60,6 +60,21 @@ pub struct Config {
     #[arg(short = 'M', long)]
     pub disable_evictions: bool,
 
+    /// memcached's `-F`: refuse `flush_all` (`CLIENT_ERROR flush_all not allowed`).
+    #[arg(short = 'F', long)]
+    pub disable_flush_all: bool,
+
+    /// memcached's `-R`: how many requests of one connection memcached serves before turning
+    /// to the next. Each connection here is a task of its own, so this changes nothing; it is
+    /// taken with a warning.
+    #[arg(short = 'R', long, value_name = "N")]
+    pub max_reqs_per_event: Option<u32>,
+
+    /// memcached's `-B`: the protocol. Only `ascii` is served (the binary protocol is not
+    /// built yet), so `binary` and `auto` are refused.
+    #[arg(short = 'B', long, value_name = "PROTOCOL", value_parser = ascii_only)]
+    pub protocol: Option<String>,
+
     /// memcached's `-o`: extended options, separated by commas. `idle_timeout=N` sets
     /// `--idle-timeout`; options that tune memcached's own internals (its LRU, slab
     /// rebalancer, hash table, crawler...) are accepted with a warning and change nothing;
@@ -120,7 +135,8 @@ pub struct Config {
     pub partial_request_timeout: u64,
 
     /// Worker threads serving connections (memcached's `-t`). Default: one per CPU core.
-    #[arg(short = 't', long, default_value_t = default_threads())]
+    #[arg(short = 't', long, default_value_t = default_threads(),
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub threads: usize,
 
     /// This node's id among `--peers`.
@@ -279,6 +295,9 @@ impl Config {
         if let Some(interface) = &self.interface {
             self.listen = interface_addr(interface, self.listen.port())?;
         }
+        if let Some(n) = self.max_reqs_per_event {
+            self.ignored_extended.push(format!("-R {n}"));
+        }
         for option in &self.extended {
             let (name, value) = match option.split_once('=') {
                 Some((name, value)) => (name, Some(value)),
@@ -429,6 +448,16 @@ fn interface_addr(interface: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| anyhow::anyhow!("-l {interface}: not an address or a known host name"))
+}
+
+fn ascii_only(s: &str) -> Result<String, String> {
+    match s {
+        "ascii" => Ok(s.to_string()),
+        "binary" | "auto" => {
+            Err("only the ascii protocol is served (the binary protocol is not built yet)".into())
+        }
+        _ => Err("the protocol is one of ascii, binary or auto".into()),
+    }
 }
 
 fn udp_off(s: &str) -> Result<u16, String> {

@@ -95,6 +95,9 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut out = Out::new(writer);
     let mut input = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut decoder = Decoder::new(ctx.config.item_size_max);
+    if ctx.config.disable_flush_all {
+        decoder = decoder.without_flush_all();
+    }
     let mut latencies = Latencies::default();
     // With an auth file, a connection authenticates before its first command.
     let mut unauthenticated = ctx.auth.as_ref().map(|_| crate::auth::Pending::default());

@@ -18,8 +18,14 @@ fn main() -> anyhow::Result<()> {
     };
     init_logging(config.log_format, config.log_level());
     for option in &config.ignored_extended {
+        // `-R N` arrives whole; `-o` options without their flag.
+        let flag = if option.starts_with('-') {
+            option.clone()
+        } else {
+            format!("-o {option}")
+        };
         tracing::warn!(
-            "-o {option}: tunes memcached's own internals, which tailorkv does not have; ignored"
+            "{flag}: tunes memcached's own internals, which tailorkv does not have; ignored"
         );
     }
     serve_until_signal(config, "controlet")

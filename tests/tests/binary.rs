@@ -43,6 +43,9 @@ fn bad_flags_are_refused_with_a_message() {
         &["-o", "idle_timeout=soon"],
         &["-l", "127.0.0.1,127.0.0.2"],
         &["-l", "no.such.host.invalid"],
+        &["-t", "0"],
+        &["-B", "binary"],
+        &["-B", "auto"],
     ] {
         let out = Command::new(binary("controlet"))
             .args(args)

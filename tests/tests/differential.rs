@@ -1924,6 +1924,8 @@ fn memcached_flags_give_the_same_settings() {
         "-vv",
         "-b",
         "512",
+        "-R",
+        "30",
         "-o",
         "idle_timeout=5,lru_crawler,hot_lru_pct=30",
     ];
@@ -1970,7 +1972,8 @@ fn memcached_flags_give_the_same_settings() {
     let log = us.log();
     assert!(
         log.contains("-o lru_crawler: tunes memcached's own internals")
-            && log.contains("-o hot_lru_pct=30"),
+            && log.contains("-o hot_lru_pct=30")
+            && log.contains("-R 30: tunes"),
         "no warning about the ignored options:\n{log}"
     );
 }
@@ -2046,6 +2049,45 @@ fn exchange_on(conn: &mut std::net::TcpStream, request: &[u8]) -> Vec<u8> {
         reply.extend_from_slice(&buf[..n]);
     }
     reply
+}
+
+/// With `-F`, `flush_all` is refused as memcached refuses it (before its arguments are read,
+/// `noreply` honoured, still counted in `cmd_flush`), and nothing is flushed.
+#[test]
+fn dash_f_refuses_flush_all_as_memcached_does() {
+    use tailorkv_tests::server::Kind;
+    let mc = ServerProcess::start(Kind::Memcached, &["-F"]);
+    let us = ServerProcess::start(Kind::ControletAsMemcached, &["-F"]);
+    let requests: [&[u8]; 6] = [
+        b"set a 0 0 1\r\nx\r\n",
+        b"flush_all\r\nflush_all 10\r\nflush_all bogus\r\n",
+        b"flush_all noreply\r\nflush_all 0 noreply\r\nget a\r\n",
+        b"flush_all 1 2 3\r\n",
+        b"get a\r\n",
+        b"stats settings\r\n",
+    ];
+    for request in requests.iter().take(5) {
+        assert_eq!(
+            esc(&exchange(us.addr, request)),
+            esc(&exchange(mc.addr, request)),
+            "{}",
+            esc(request)
+        );
+    }
+    let stat = |addr, group: &[u8], name: &str| {
+        let reply = String::from_utf8_lossy(&exchange(addr, group)).into_owned();
+        let prefix = format!("STAT {name} ");
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(stat(us.addr, requests[5], "flush_enabled"), "no");
+    assert_eq!(stat(mc.addr, requests[5], "flush_enabled"), "no");
+    assert_eq!(
+        stat(us.addr, b"stats\r\n", "cmd_flush"),
+        stat(mc.addr, b"stats\r\n", "cmd_flush")
+    );
 }
 
 /// memcached's ASCII authentication (`-Y FILE`, here `--auth-file`): conversations, each on a

@@ -33,7 +33,8 @@ pub use parse::{item_fits, item_size, sendable_key, valid_key, KEY_MAX_BYTES};
 pub use request::{Command, Request, StatsGroup, StoreMode};
 pub use response::{
     encode_stat, encode_value, MetadumpLine, Response, CLIENT_ERROR_BAD_CHUNK,
-    CLIENT_ERROR_BAD_FORMAT, SERVER_ERROR_OUT_OF_MEMORY, SERVER_ERROR_TOO_LARGE,
+    CLIENT_ERROR_BAD_FORMAT, CLIENT_ERROR_FLUSH_DISABLED, SERVER_ERROR_OUT_OF_MEMORY,
+    SERVER_ERROR_TOO_LARGE,
 };
 
 use parse::{parse_line, Parsed, PendingStore};
@@ -61,6 +62,8 @@ pub enum DecodeError {
 #[derive(Debug)]
 pub struct Decoder {
     item_size_max: usize,
+    /// `flush_all` is carried out (else refused, as memcached's `-F` has it).
+    flush_enabled: bool,
     /// Bytes of a rejected data block still to be discarded.
     swallow: usize,
     /// A storage command whose line is parsed, waiting for its data block.
@@ -71,12 +74,19 @@ impl Decoder {
     pub fn new(item_size_max: usize) -> Self {
         Decoder {
             item_size_max,
+            flush_enabled: true,
             swallow: 0,
             pending: None,
         }
     }
 
-    /// Takes one request off the front of `buf`, if a whole one is there.
+    /// A decoder that answers `flush_all` with memcached's `CLIENT_ERROR flush_all not
+    /// allowed`, as memcached does with `-F`.
+    pub fn without_flush_all(mut self) -> Self {
+        self.flush_enabled = false;
+        self
+    }
+
     /// Whether a request has begun and not ended: bytes of a refused value are still to be
     /// discarded. (Bytes buffered and not yet decoded are the caller's to see.)
     pub fn is_mid_request(&self) -> bool {
@@ -102,7 +112,7 @@ impl Decoder {
         if newline > 1 && buf[newline - 1] == b'\r' {
             end -= 1;
         }
-        let parsed = parse_line(&buf[..end], self.item_size_max);
+        let parsed = parse_line(&buf[..end], self.item_size_max, self.flush_enabled);
         buf.advance(newline + 1);
         match parsed? {
             Parsed::Done(request) => Ok(Some(request)),

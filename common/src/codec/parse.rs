@@ -14,7 +14,9 @@
 use bytes::Bytes;
 
 use super::number::{strtol_i32, strtoul_u32, strtoull};
-use super::response::{CLIENT_ERROR_BAD_FORMAT, SERVER_ERROR_TOO_LARGE};
+use super::response::{
+    CLIENT_ERROR_BAD_FORMAT, CLIENT_ERROR_FLUSH_DISABLED, SERVER_ERROR_TOO_LARGE,
+};
 use super::{Command, DecodeError, Request, Response, StatsGroup, StoreMode};
 
 /// The longest key memcached accepts.
@@ -119,7 +121,11 @@ fn error() -> Result<Parsed, DecodeError> {
 }
 
 /// Parses one request line (without its line ending).
-pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, DecodeError> {
+pub(crate) fn parse_line(
+    line: &[u8],
+    item_size_max: usize,
+    flush_enabled: bool,
+) -> Result<Parsed, DecodeError> {
     let line = until_nul(line);
     let t = Tokens::new(line);
     if t.n == 0 || t.toks[0].len() < 2 {
@@ -138,6 +144,13 @@ pub(crate) fn parse_line(line: &[u8], item_size_max: usize) -> Result<Parsed, De
         b"incr" | b"decr" => want(nt == 4 || nt == 5).map(|_| arithmetic(&t)),
         b"delete" => want((3..=5).contains(&nt)).map(|_| delete(&t)),
         b"touch" => want(nt == 4 || nt == 5).map(|_| touch(&t)),
+        // With `-F`, memcached refuses before it reads the arguments.
+        b"flush_all" if !flush_enabled => want((2..=4).contains(&nt)).map(|_| {
+            reply(
+                Response::ClientError(CLIENT_ERROR_FLUSH_DISABLED),
+                t.noreply(),
+            )
+        }),
         b"flush_all" => want((2..=4).contains(&nt)).map(|_| flush_all(&t)),
         b"verbosity" => want(nt == 3 || nt == 4).map(|_| verbosity(&t)),
         b"cache_memlimit" => want(nt == 3 || nt == 4).map(|_| cache_memlimit(&t)),

@@ -30,6 +30,8 @@ pub enum Response {
     Line(&'static str),
 }
 
+/// memcached's answer to `flush_all` when it was started with `-F`.
+pub const CLIENT_ERROR_FLUSH_DISABLED: &str = "flush_all not allowed";
 pub const CLIENT_ERROR_BAD_FORMAT: &str = "bad command line format";
 pub const CLIENT_ERROR_BAD_CHUNK: &str = "bad data chunk";
 pub const SERVER_ERROR_TOO_LARGE: &str = "object too large for cache";

@@ -118,9 +118,13 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
 
 /// Requests the parser answered alone still count where memcached counts them.
 fn count_refusal(reply: &tailorkv_common::codec::Response, counts: &mut Counts) {
-    use tailorkv_common::codec::{Response, CLIENT_ERROR_BAD_CHUNK, SERVER_ERROR_TOO_LARGE};
+    use tailorkv_common::codec::{
+        Response, CLIENT_ERROR_BAD_CHUNK, CLIENT_ERROR_FLUSH_DISABLED, SERVER_ERROR_TOO_LARGE,
+    };
     match reply {
         Response::ServerError(SERVER_ERROR_TOO_LARGE) => counts.store_too_large += 1,
+        // memcached counts a refused `flush_all` too.
+        Response::ClientError(CLIENT_ERROR_FLUSH_DISABLED) => counts.cmd_flush += 1,
         Response::ClientError(CLIENT_ERROR_BAD_CHUNK) => counts.cmd_set += 1,
         _ => {}
     }

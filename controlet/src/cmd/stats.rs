@@ -252,7 +252,8 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     let ascii_auth = if cfg.auth_file.is_some() { "yes" } else { "no" };
     encode_stat(out, "auth_enabled_ascii", ascii_auth);
     encode_stat(out, "item_size_max", cfg.item_size_max);
-    encode_stat(out, "flush_enabled", "yes");
+    let flush = if cfg.disable_flush_all { "no" } else { "yes" };
+    encode_stat(out, "flush_enabled", flush);
     encode_stat(out, "idle_timeout", cfg.idle_timeout);
     encode_stat(out, "datalet", &cfg.datalet);
     // memcached's TLS settings, with its words for what is unset.
