@@ -479,15 +479,21 @@ fn tls_config(tls: Arc<tls::PeerTls>) -> LinkConfig {
 
 #[tokio::test]
 async fn members_with_certificates_from_the_cluster_ca_talk_over_tls() {
-    let shutdown = CancellationToken::new();
     let ca = TestCa::new();
+    members_talk_and_a_joiner_is_heard(|node| tls_config(ca.tls(node)), 500).await;
+}
+
+/// Nodes 1 and 2, each with the link configuration `config` gives it, exchange `n` messages
+/// each way, in order; then node 3, a member of neither's list, is heard asking to join.
+async fn members_talk_and_a_joiner_is_heard(config: impl Fn(u16) -> LinkConfig, n: u32) {
+    let shutdown = CancellationToken::new();
     let ((la, aa), (lb, ab)) = (bound().await, bound().await);
     let (a, mut a_in) = Transport::<(u32, String)>::start(
         NodeId(1),
         1,
         la,
         &[(NodeId(2), ab)],
-        tls_config(ca.tls(1)),
+        config(1),
         shutdown.clone(),
     );
     let (b, mut b_in) = Transport::<(u32, String)>::start(
@@ -495,14 +501,14 @@ async fn members_with_certificates_from_the_cluster_ca_talk_over_tls() {
         2,
         lb,
         &[(NodeId(1), aa)],
-        tls_config(ca.tls(2)),
+        config(2),
         shutdown.clone(),
     );
-    for i in 0..500 {
+    for i in 0..n {
         a.send(NodeId(2), (i, format!("from a {i}"))).await;
         b.send(NodeId(1), (i, format!("from b {i}"))).await;
     }
-    for i in 0..500 {
+    for i in 0..n {
         let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
         assert_eq!(
             got.unwrap().unwrap(),
@@ -515,16 +521,11 @@ async fn members_with_certificates_from_the_cluster_ca_talk_over_tls() {
         );
     }
     assert!(a.is_up(NodeId(2)) && b.is_up(NodeId(1)));
+    assert_eq!((a.refused(), b.refused()), (0, 0));
     // A node asking to join, known to the member only by address, is heard too.
     let (lc, _) = bound().await;
-    let (c, _c_in) = Transport::<(u32, String)>::start(
-        NodeId(3),
-        3,
-        lc,
-        &[],
-        tls_config(ca.tls(3)),
-        shutdown.clone(),
-    );
+    let (c, _c_in) =
+        Transport::<(u32, String)>::start(NodeId(3), 3, lc, &[], config(3), shutdown.clone());
     c.send_once(ab, 5, 1, &(9, "let me in".to_string()))
         .await
         .unwrap();
@@ -694,60 +695,7 @@ const SECRET: &[u8] = b"the cluster's own secret, 32+ B\n";
 
 #[tokio::test]
 async fn members_sharing_a_secret_talk_and_a_joining_node_is_heard() {
-    let shutdown = CancellationToken::new();
-    let ((la, aa), (lb, ab)) = (bound().await, bound().await);
-    let (a, mut a_in) = Transport::<(u32, String)>::start(
-        NodeId(1),
-        1,
-        la,
-        &[(NodeId(2), ab)],
-        secret_config(SECRET),
-        shutdown.clone(),
-    );
-    let (b, mut b_in) = Transport::<(u32, String)>::start(
-        NodeId(2),
-        2,
-        lb,
-        &[(NodeId(1), aa)],
-        secret_config(SECRET),
-        shutdown.clone(),
-    );
-    for i in 0..200 {
-        a.send(NodeId(2), (i, format!("from a {i}"))).await;
-        b.send(NodeId(1), (i, format!("from b {i}"))).await;
-    }
-    for i in 0..200 {
-        let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
-        assert_eq!(
-            got.unwrap().unwrap(),
-            (NodeId(1), Incoming::Message((i, format!("from a {i}"))))
-        );
-        let got = tokio::time::timeout(Duration::from_secs(10), a_in.recv()).await;
-        assert_eq!(
-            got.unwrap().unwrap(),
-            (NodeId(2), Incoming::Message((i, format!("from b {i}"))))
-        );
-    }
-    assert!(a.is_up(NodeId(2)) && b.is_up(NodeId(1)));
-    assert_eq!((a.refused(), b.refused()), (0, 0));
-    let (lc, _) = bound().await;
-    let (c, _c_in) = Transport::<(u32, String)>::start(
-        NodeId(3),
-        3,
-        lc,
-        &[],
-        secret_config(SECRET),
-        shutdown.clone(),
-    );
-    c.send_once(ab, 5, 1, &(9, "let me in".to_string()))
-        .await
-        .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), b_in.recv()).await;
-    assert_eq!(
-        got.unwrap().unwrap(),
-        (NodeId(3), Incoming::Message((9, "let me in".to_string())))
-    );
-    shutdown.cancel();
+    members_talk_and_a_joiner_is_heard(|_| secret_config(SECRET), 200).await;
 }
 
 /// With a shared secret, nothing reaches the protocol from a node without it, with another
