@@ -287,8 +287,18 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies memcached's `-p`, `-l` and `-o` to the settings they stand for.
+    /// Applies memcached's `-p`, `-l` and `-o` to the settings they stand for, and refuses
+    /// what memcached refuses: an item size limit above half the memory limit.
     pub fn take_memcached_flags(&mut self) -> anyhow::Result<()> {
+        let memory = self.memory_limit.saturating_mul(1 << 20);
+        if memory > 0 && self.item_size_max > memory / 2 {
+            anyhow::bail!(
+                "--item-size-max (-I) {} is more than half of --memory-limit (-m) {} MiB; \
+                 memcached refuses that too",
+                self.item_size_max,
+                self.memory_limit
+            );
+        }
         if let Some(port) = self.port {
             self.listen.set_port(port);
         }

@@ -44,6 +44,9 @@ fn bad_flags_are_refused_with_a_message() {
         &["-l", "127.0.0.1,127.0.0.2"],
         &["-l", "no.such.host.invalid"],
         &["-t", "0"],
+        // memcached's rule: an item may take at most half the memory.
+        &["-I", "256m"],
+        &["--item-size-max", "33m", "--memory-limit", "64"],
         &["-B", "binary"],
         &["-B", "auto"],
     ] {
