@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(short = 'M', long)]
     pub disable_evictions: bool,
 
+    /// memcached's `-A`: the `shutdown` command (and `shutdown graceful`) stops the server, as
+    /// SIGINT does. Without it, `shutdown` is answered `ERROR: shutdown not enabled`.
+    #[arg(short = 'A', long)]
+    pub enable_shutdown: bool,
+
     /// memcached's `-F`: refuse `flush_all` (`CLIENT_ERROR flush_all not allowed`).
     #[arg(short = 'F', long)]
     pub disable_flush_all: bool,

@@ -2090,6 +2090,42 @@ fn dash_f_refuses_flush_all_as_memcached_does() {
     );
 }
 
+/// With `-A`, `shutdown` stops the server as it stops memcached; a bad mode is refused as
+/// memcached refuses it, and `stats settings` says `shutdown_command yes` on both.
+#[test]
+fn dash_a_enables_the_shutdown_command_as_in_memcached() {
+    use tailorkv_tests::server::Kind;
+    for graceful in [false, true] {
+        let mut mc = ServerProcess::start(Kind::Memcached, &["-A"]);
+        let mut us = ServerProcess::start(Kind::ControletAsMemcached, &["-A"]);
+        for request in [&b"shutdown foo\r\n"[..], b"shutdown graceful now\r\n"] {
+            assert_eq!(
+                esc(&exchange(us.addr, request)),
+                esc(&exchange(mc.addr, request)),
+                "{}",
+                esc(request)
+            );
+        }
+        let setting = |addr| {
+            let reply =
+                String::from_utf8_lossy(&exchange(addr, b"stats settings\r\n")).into_owned();
+            reply.lines().any(|l| l == "STAT shutdown_command yes")
+        };
+        assert!(setting(mc.addr) && setting(us.addr));
+        let request: &[u8] = if graceful {
+            b"shutdown graceful\r\n"
+        } else {
+            b"shutdown\r\n"
+        };
+        for server in [&mut mc, &mut us] {
+            let reply = exchange(server.addr, request);
+            assert_eq!(esc(&reply), esc(b""), "shutdown is not answered");
+            // Fails the test unless the server is gone within the time.
+            server.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
+
 /// memcached's ASCII authentication (`-Y FILE`, here `--auth-file`): conversations, each on a
 /// connection of its own, one request at a time, byte for byte against memcached started
 /// with the same file; then the `auth_cmds` and `auth_errors` counters. (memcached answers

@@ -166,7 +166,12 @@ pub(crate) fn parse_line(
         )),
         b"version" => Ok(done(Command::Version, false)),
         b"quit" => Ok(done(Command::Quit, false)),
-        b"shutdown" => Ok(reply(Response::Line("ERROR: shutdown not enabled"), false)),
+        b"shutdown" => Ok(done(
+            Command::Shutdown {
+                valid: nt == 2 || (nt == 3 && t.toks[1] == b"graceful"),
+            },
+            false,
+        )),
         _ => Ok(unknown(&t)),
     };
     checked.unwrap_or_else(|()| error())

@@ -78,6 +78,10 @@ pub enum Command {
     Metadump { listed: bool },
     /// `quit`: close the connection once earlier replies are written.
     Quit,
+    /// `shutdown [graceful]`: stop the server, if it was started with `-A`. `valid` is false
+    /// for any other form, which memcached answers `CLIENT_ERROR invalid shutdown mode` (when
+    /// shutdown is enabled at all).
+    Shutdown { valid: bool },
     /// A request the parser answers by itself: a malformed line, a rejected value.
     Reply(Response),
 }

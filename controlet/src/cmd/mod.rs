@@ -108,6 +108,22 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         }
         Command::Metadump { listed } => lru_crawler::metadump(ctx, listed, out).await?,
         Command::Quit => return Ok(Flow::Close),
+        Command::Shutdown { valid } => {
+            if !ctx.config.enable_shutdown {
+                out.buf
+                    .extend_from_slice(b"ERROR: shutdown not enabled\r\n");
+            } else if !valid {
+                out.buf
+                    .extend_from_slice(b"CLIENT_ERROR invalid shutdown mode\r\n");
+            } else {
+                // As memcached: the connection closes and the process signals itself, so
+                // the server stops as on SIGINT (finishing the requests it has read).
+                tracing::info!("shutdown command: stopping");
+                // SAFETY: raise only sends a signal to this process.
+                unsafe { libc::raise(libc::SIGINT) };
+                return Ok(Flow::Close);
+            }
+        }
         Command::Reply(reply) => {
             count_refusal(&reply, counts);
             reply.encode(&mut out.buf)

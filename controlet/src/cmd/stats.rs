@@ -245,6 +245,8 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "inter", cfg.listen.ip());
     encode_stat(out, "verbosity", cfg.verbose);
     encode_stat(out, "evictions", "off");
+    let shutdown = if cfg.enable_shutdown { "yes" } else { "no" };
+    encode_stat(out, "shutdown_command", shutdown);
     encode_stat(out, "num_threads", cfg.threads);
     encode_stat(out, "cas_enabled", "yes");
     encode_stat(out, "tcp_backlog", cfg.listen_backlog);
