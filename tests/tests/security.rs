@@ -135,6 +135,28 @@ fn write_for(cluster: &ProcCluster, how_long: Duration) -> u64 {
     n
 }
 
+/// Writes through node 1 for 4 s while `strangers` keep trying to get in, then stops them:
+/// each must still have been trying, every write must be acknowledged, and the view must be
+/// `before`.
+fn strangers_change_nothing(cluster: &ProcCluster, mut strangers: [Child; 2], before: &[u64]) {
+    let written = write_for(cluster, Duration::from_secs(4));
+    for s in &mut strangers {
+        assert!(
+            s.try_wait().unwrap().is_none(),
+            "a stranger stopped: it must keep trying for the test to mean anything"
+        );
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert!(written > 50, "only {written} writes in 4 s");
+    assert_eq!(
+        epochs(cluster),
+        before,
+        "a stranger changed the view\n{}",
+        cluster.describe()
+    );
+}
+
 /// The control: with plain peer links, a process that knows the mode and the item size and
 /// calls itself node 2 is taken for a new run of node 2, and the members change views to
 /// let "it" back in. This is the attack peer TLS stops; if this test ever fails, the one
@@ -192,23 +214,7 @@ fn with_peer_tls_strangers_cannot_change_the_view() {
         .map(|a| a.replace("{node}", "2"))
         .collect::<Vec<_>>();
     let forged = impostor(&cluster, &own, &cluster.dir().join("other-ca.log"));
-    let mut strangers = [plain, forged];
-    let written = write_for(&cluster, Duration::from_secs(4));
-    for s in &mut strangers {
-        assert!(
-            s.try_wait().unwrap().is_none(),
-            "a stranger stopped: it must keep trying for the test to mean anything"
-        );
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    assert!(written > 50, "only {written} writes in 4 s");
-    assert_eq!(
-        epochs(&cluster),
-        before,
-        "a stranger changed the view\n{}",
-        cluster.describe()
-    );
+    strangers_change_nothing(&cluster, [plain, forged], &before);
     // Refusals are counted, and logged at most once a second whatever their number.
     let refused = metric(
         cluster.http_addr(1),
@@ -253,23 +259,7 @@ fn with_a_peer_secret_strangers_cannot_change_the_view() {
     let before = epochs(&cluster);
     let plain = impostor(&cluster, &[], &cluster.dir().join("plain.log"));
     let forged = impostor(&cluster, &flag(&wrong), &cluster.dir().join("wrong.log"));
-    let mut strangers = [plain, forged];
-    let written = write_for(&cluster, Duration::from_secs(4));
-    for s in &mut strangers {
-        assert!(
-            s.try_wait().unwrap().is_none(),
-            "a stranger stopped: it must keep trying for the test to mean anything"
-        );
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    assert!(written > 50, "only {written} writes in 4 s");
-    assert_eq!(
-        epochs(&cluster),
-        before,
-        "a stranger changed the view\n{}",
-        cluster.describe()
-    );
+    strangers_change_nothing(&cluster, [plain, forged], &before);
     let refused = metric(
         cluster.http_addr(1),
         "tailorkv_peer_connections_refused_total",
