@@ -9,12 +9,14 @@
 //! - [`codec`]: the memcached text protocol, server side: bytes in, [`codec::Request`] out;
 //!   [`codec::Response`] and VALUE blocks back to bytes. Pure: no I/O, no clock.
 //! - [`hash`]: the stable hash of keys that partitions and anti-entropy buckets derive from.
+//! - [`slabs`]: memcached's slab classes, for what an item is charged and `stats items`.
 //! - [`client`]: the same protocol, client side: [`client::Request`] to bytes, bytes to
 //!   [`client::Reply`]. Pure too; for talking to any memcached-compatible server.
 
 pub mod client;
 pub mod codec;
 pub mod hash;
+pub mod slabs;
 pub mod time;
 pub mod version;
 

@@ -61,6 +61,12 @@ pub enum Mutation {
     Touch {
         expiry: Expiry,
     },
+    /// Removes the item if it is still the one at `version` (memcached's eviction, made an
+    /// operation so that replicas evict in one order): a key written since keeps its item.
+    /// Counted as an eviction, not a delete.
+    Evict {
+        version: Version,
+    },
 }
 
 /// What a mutation did.
@@ -94,7 +100,8 @@ pub struct BatchOp {
 /// Why a datalet could not carry out a request.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum DataletError {
-    /// Storing would exceed the memory limit. Nothing is evicted to make room.
+    /// Storing would exceed the memory limit, and nothing (more) could be evicted to make
+    /// room.
     #[error("out of memory storing object")]
     OutOfMemory,
     /// The store cannot be reached or failed (a remote server down, a disk error). Whether the
@@ -111,6 +118,11 @@ pub struct Limits {
     /// The largest item, counted as memcached counts it (see
     /// [`tailorkv_common::codec::item_fits`]).
     pub item_size_max: usize,
+    /// A write that does not fit evicts the least recently used items to make room
+    /// (memcached's default), instead of being refused (memcached's `-M`). Only the memory
+    /// store evicts by itself; every store that can name what it would evict answers
+    /// [`Datalet::victims`] either way.
+    pub evict: bool,
 }
 
 impl Default for Limits {
@@ -118,6 +130,7 @@ impl Default for Limits {
         Limits {
             memory_limit_bytes: 64 << 20,
             item_size_max: tailorkv_common::codec::DEFAULT_ITEM_SIZE_MAX,
+            evict: false,
         }
     }
 }
@@ -135,6 +148,39 @@ pub struct DataletStats {
     pub get_flushed: u64,
     /// Expired items removed to reclaim their memory.
     pub reclaimed: u64,
+    /// Live items evicted to make room.
+    pub evictions: u64,
+    /// Evicted items that were never read.
+    pub evicted_unfetched: u64,
+    /// Expired items reclaimed that were never read.
+    pub expired_unfetched: u64,
+}
+
+/// One slab class's items, for `stats items` and `stats slabs` (see
+/// [`tailorkv_common::slabs`]): memcached's per-class counters that mean something here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClassStats {
+    /// The class id, from 1.
+    pub class: usize,
+    /// Items stored in the class.
+    pub number: u64,
+    /// Their sizes, as memcached counts them (`mem_requested`).
+    pub requested: u64,
+    /// Seconds since the least recently used item of the class was stored or moved up.
+    pub age: u64,
+    pub evicted: u64,
+    /// Evicted items that had an expiry.
+    pub evicted_nonzero: u64,
+    /// Seconds between the last evicted item's last access and its eviction.
+    pub evicted_time: u64,
+    pub evicted_unfetched: u64,
+    /// Evicted items that had been read since they last moved up.
+    pub evicted_active: u64,
+    pub expired_unfetched: u64,
+    /// Expired items reclaimed.
+    pub reclaimed: u64,
+    /// Writes to the class refused for memory.
+    pub outofmemory: u64,
 }
 
 /// A snapshot being read ([`Datalet::snapshot`]).
@@ -317,8 +363,26 @@ pub trait Datalet: Send + Sync + 'static {
     /// The store's counters. A remote store's may trail its state by a moment.
     fn stats(&self) -> DataletStats;
 
-    /// The bytes the store holds as last known, asking nothing of anyone: what a check on
-    /// every write may call. A remote store's figure trails its server by up to a refresh.
+    /// Live items to evict to free about `bytes` (at least that much while there are items),
+    /// least recently used first, each with the version it holds now: the caller evicts them
+    /// with [`Mutation::Evict`], which spares an item written meanwhile. Items named once are
+    /// not named again unless they move up. The default: none (a store that cannot tell,
+    /// such as a remote server, which evicts by itself).
+    fn victims(&self, bytes: usize, now: UnixSecs) -> Vec<(Bytes, Version)> {
+        let _ = (bytes, now);
+        Vec::new()
+    }
+
+    /// The counters of each slab class that holds items or has evicted some, by class id.
+    /// The default: none.
+    fn item_classes(&self, now: UnixSecs) -> Vec<ClassStats> {
+        let _ = now;
+        Vec::new()
+    }
+
+    /// The bytes the store holds as last known, as they count against its memory limit (the
+    /// memory store charges each item its slab class's chunk), asking nothing of anyone: what
+    /// a check on every write may call. A remote store's figure trails its server by up to a refresh.
     fn used_bytes(&self) -> u64 {
         self.stats().bytes
     }

@@ -1,11 +1,19 @@
 //! The embedded in-memory datalet: a `DashMap` of items.
 //!
 //! Concurrency comes from `DashMap`'s sharded locks: a mutation holds its key's shard for the
-//! read-modify-write, so mutations of one key never interleave. Memory is accounted per item
-//! (key, value and a fixed overhead); a write that would pass the limit is refused with
-//! [`DataletError::OutOfMemory`] after expired items are reclaimed. Nothing live is ever
-//! evicted. Expired and flushed items are removed when next touched, and in bulk when memory
-//! runs short.
+//! read-modify-write, so mutations of one key never interleave. Memory is charged as memcached
+//! charges it: each item takes the chunk of its slab class ([`tailorkv_common::slabs`]), so
+//! the same items fit in the same limit. A write that would pass the limit first reclaims
+//! expired items; then, if the store evicts ([`Limits::evict`]), the least recently used items
+//! make room, and otherwise it is refused with [`DataletError::OutOfMemory`]. Expired and
+//! flushed items are also removed when next touched.
+//!
+//! Recency is memcached's: a queue in the order items were stored, where an item read at least
+//! [`BUMP_AFTER_SECS`] after it took its place is marked and moved to the back when its turn
+//! to be evicted comes (memcached's `ITEM_UPDATE_INTERVAL`, which spares the queue a move on
+//! every read). One queue serves every slab class, so a class never starves another.
+//! [`Datalet::victims`] names the items at the front; the store evicts them itself, or a
+//! replicated mode orders their [`Mutation::Evict`]s so that every replica evicts the same.
 //!
 //! A *replica* ([`MemoryDatalet::replica`]) is changed only by mutations and
 //! [`Datalet::reclaim`]: a read that finds a dead item leaves it in place. Replicas apply the
@@ -13,21 +21,120 @@
 //! were a read to remove an item that a clock running ahead sees expired, a later mutation
 //! read at the order's (earlier) clock would find it gone on that replica alone.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tailorkv_common::{Ts, UnixSecs, Version};
+use tailorkv_common::codec::item_size;
+use tailorkv_common::slabs::SlabClasses;
+use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 
-use crate::mutate::{dead, decide, item_bytes, Change, Dead};
-use crate::{Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+use crate::mutate::{dead, decide, Change, Dead};
+use crate::{ClassStats, Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
 
-/// An item and the second it was last written, which delayed flushes compare against.
-#[derive(Clone, Debug)]
+/// An item read this long after it took its place in the recency queue is moved to the back
+/// when its turn to be evicted comes (memcached's `ITEM_UPDATE_INTERVAL`).
+pub const BUMP_AFTER_SECS: UnixSecs = 60;
+
+/// Rounds of eviction a write that does not fit may take before it is refused: others may
+/// take the room freed for it meanwhile.
+const EVICTION_ROUNDS: usize = 8;
+
+/// [`Slot::marks`]: the item was read since it was stored.
+const FETCHED: u8 = 1;
+/// [`Slot::marks`]: the item was read [`BUMP_AFTER_SECS`] or more after it took its place.
+const ACTIVE: u8 = 2;
+
+/// An item and what the store knows of it.
+#[derive(Debug)]
 struct Slot {
     item: Item,
+    /// The second it was last written, which delayed flushes compare against.
     stored_at: UnixSecs,
+    /// Its entry in the recency queue, by that entry's tick.
+    place: AtomicU64,
+    /// The second it took that place.
+    placed_at: AtomicU64,
+    /// The second it was last read or written.
+    accessed_at: AtomicU64,
+    /// [`FETCHED`] and [`ACTIVE`].
+    marks: AtomicU8,
+}
+
+impl Slot {
+    fn new(item: Item, now: UnixSecs, place: u64) -> Self {
+        Slot {
+            item,
+            stored_at: now,
+            place: AtomicU64::new(place),
+            placed_at: AtomicU64::new(now),
+            accessed_at: AtomicU64::new(now),
+            marks: AtomicU8::new(0),
+        }
+    }
+
+    /// A read hit: marks it fetched, and active if it took its place long enough ago. Stores
+    /// only what changes, so reads of a hot item do not keep writing its cache line.
+    fn read(&self, now: UnixSecs) {
+        if self.accessed_at.load(Ordering::Relaxed) != now {
+            self.accessed_at.store(now, Ordering::Relaxed);
+        }
+        let mut mark = FETCHED;
+        if now >= self.placed_at.load(Ordering::Relaxed) + BUMP_AFTER_SECS {
+            mark |= ACTIVE;
+        }
+        if self.marks.load(Ordering::Relaxed) & mark != mark {
+            self.marks.fetch_or(mark, Ordering::Relaxed);
+        }
+    }
+
+    fn marked(&self, mark: u8) -> bool {
+        self.marks.load(Ordering::Relaxed) & mark != 0
+    }
+}
+
+/// One slab class's counters.
+#[derive(Debug, Default)]
+struct ClassCounters {
+    number: AtomicU64,
+    requested: AtomicU64,
+    evicted: AtomicU64,
+    evicted_nonzero: AtomicU64,
+    evicted_time: AtomicU64,
+    evicted_unfetched: AtomicU64,
+    evicted_active: AtomicU64,
+    expired_unfetched: AtomicU64,
+    reclaimed: AtomicU64,
+    outofmemory: AtomicU64,
+}
+
+/// The recency queue: keys in the order they took their places, each entry stamped with a
+/// tick. An entry whose key's slot holds another tick (or no slot) is stale and skipped.
+#[derive(Debug, Default)]
+struct Recency {
+    next_tick: AtomicU64,
+    queue: Mutex<VecDeque<(u64, Bytes)>>,
+    /// A compaction is under way.
+    compacting: AtomicBool,
+}
+
+impl Recency {
+    fn tick(&self) -> u64 {
+        self.next_tick.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn push(&self, tick: u64, key: Bytes) -> usize {
+        let mut queue = self.queue.lock().unwrap();
+        queue.push_back((tick, key));
+        queue.len()
+    }
+
+    fn pop(&self) -> Option<(u64, Bytes)> {
+        self.queue.lock().unwrap().pop_front()
+    }
 }
 
 /// The in-memory store.
@@ -36,7 +143,10 @@ pub struct MemoryDatalet {
     map: DashMap<Bytes, Slot>,
     item_size_max: usize,
     memory_limit: AtomicUsize,
+    /// What the items are charged against the limit: their chunks.
     used_bytes: AtomicUsize,
+    /// Their sizes as memcached counts them (`stats`' `bytes`).
+    item_bytes: AtomicU64,
     /// The last flush point: items stored at or before this second are gone once the clock
     /// reaches it. 0 when there has been no flush.
     flush_at: AtomicU64,
@@ -46,32 +156,50 @@ pub struct MemoryDatalet {
     get_expired: AtomicU64,
     get_flushed: AtomicU64,
     reclaimed: AtomicU64,
+    evictions: AtomicU64,
+    evicted_unfetched: AtomicU64,
+    expired_unfetched: AtomicU64,
+    slabs: SlabClasses,
+    classes: Vec<ClassCounters>,
+    recency: Recency,
+    /// A write that does not fit evicts to make room (else it is refused).
+    evict: bool,
     /// Reads leave dead items in place (see the module's documentation).
     replica: bool,
 }
 
 impl MemoryDatalet {
     pub fn new(limits: Limits) -> Self {
+        let slabs = SlabClasses::new();
         MemoryDatalet {
             replica: false,
+            evict: limits.evict,
             map: DashMap::new(),
             item_size_max: limits.item_size_max,
             memory_limit: AtomicUsize::new(limits.memory_limit_bytes),
             used_bytes: AtomicUsize::new(0),
+            item_bytes: AtomicU64::new(0),
             flush_at: AtomicU64::new(0),
             last_reclaim: AtomicU64::new(0),
             total_items: AtomicU64::new(0),
             get_expired: AtomicU64::new(0),
             get_flushed: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            evicted_unfetched: AtomicU64::new(0),
+            expired_unfetched: AtomicU64::new(0),
+            classes: (0..slabs.len()).map(|_| ClassCounters::default()).collect(),
+            slabs,
+            recency: Recency::default(),
         }
     }
 
     /// A store that only mutations and [`Datalet::reclaim`] change: for a replica of a
-    /// replicated mode.
+    /// replicated mode. It never evicts by itself; the mode evicts through its order.
     pub fn replica(limits: Limits) -> Self {
         MemoryDatalet {
             replica: true,
+            evict: false,
             ..MemoryDatalet::new(limits)
         }
     }
@@ -81,18 +209,78 @@ impl MemoryDatalet {
         dead(&slot.item, slot.stored_at, flush_at, now)
     }
 
+    fn size(key: &[u8], item: &Item) -> usize {
+        item_size(key.len(), item.flags, item.value.len())
+    }
+
+    fn class(&self, size: usize) -> &ClassCounters {
+        &self.classes[self.slabs.class_of(size) - 1]
+    }
+
     /// Reserves `bytes` more of the memory limit.
     fn reserve(&self, bytes: usize) -> bool {
         let limit = self.memory_limit.load(Ordering::Relaxed);
         self.used_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + bytes <= limit).then_some(used + bytes)
+                (used.saturating_add(bytes) <= limit).then_some(used + bytes)
             })
             .is_ok()
     }
 
     fn release(&self, bytes: usize) {
         self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Counts an item of `size` in.
+    fn count_in(&self, size: usize) {
+        self.item_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        let class = self.class(size);
+        class.number.fetch_add(1, Ordering::Relaxed);
+        class.requested.fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an item of `size` out.
+    fn count_out(&self, size: usize) {
+        self.item_bytes.fetch_sub(size as u64, Ordering::Relaxed);
+        let class = self.class(size);
+        class.number.fetch_sub(1, Ordering::Relaxed);
+        class.requested.fetch_sub(size as u64, Ordering::Relaxed);
+    }
+
+    /// Gives back what a removed slot held.
+    fn removed(&self, key: &[u8], slot: &Slot) {
+        let size = Self::size(key, &slot.item);
+        self.release(self.slabs.charge(size));
+        self.count_out(size);
+    }
+
+    /// Counts the eviction of `slot` at `now`.
+    fn evicted(&self, key: &[u8], slot: &Slot, now: UnixSecs) {
+        let class = self.class(Self::size(key, &slot.item));
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        class.evicted.fetch_add(1, Ordering::Relaxed);
+        if slot.item.expiry != Expiry::Never {
+            class.evicted_nonzero.fetch_add(1, Ordering::Relaxed);
+        }
+        if !slot.marked(FETCHED) {
+            self.evicted_unfetched.fetch_add(1, Ordering::Relaxed);
+            class.evicted_unfetched.fetch_add(1, Ordering::Relaxed);
+        }
+        if slot.marked(ACTIVE) {
+            class.evicted_active.fetch_add(1, Ordering::Relaxed);
+        }
+        let idle = now.saturating_sub(slot.accessed_at.load(Ordering::Relaxed));
+        class.evicted_time.store(idle, Ordering::Relaxed);
+    }
+
+    /// Counts the reclaim of the dead `slot`.
+    fn reclaimed_one(&self, key: &[u8], slot: &Slot) {
+        let class = self.class(Self::size(key, &slot.item));
+        class.reclaimed.fetch_add(1, Ordering::Relaxed);
+        if !slot.marked(FETCHED) {
+            self.expired_unfetched.fetch_add(1, Ordering::Relaxed);
+            class.expired_unfetched.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Removes every expired or flushed item; at most once a second.
@@ -105,7 +293,8 @@ impl MemoryDatalet {
             if self.dead(slot, now).is_none() {
                 return true;
             }
-            self.release(item_bytes(key, &slot.item));
+            self.reclaimed_one(key, slot);
+            self.removed(key, slot);
             removed += 1;
             false
         });
@@ -113,47 +302,131 @@ impl MemoryDatalet {
         removed
     }
 
+    /// Takes `key`'s new place at the back of the recency queue (with no shard lock held),
+    /// compacting the queue when stale entries have piled up.
+    fn enqueue(&self, tick: u64, key: Bytes) {
+        let len = self.recency.push(tick, key);
+        if tick % 1024 == 0 && len > 2 * self.map.len() + 1024 {
+            self.compact();
+        }
+    }
+
+    /// Drops the queue's stale entries, keeping the order of the others; if the queue ran
+    /// dry while items remain (named as victims and not evicted), every item gets a place
+    /// again, in the order of the places it had.
+    fn compact(&self) {
+        if self.recency.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let old = std::mem::take(&mut *self.recency.queue.lock().unwrap());
+        let mut kept: VecDeque<(u64, Bytes)> = if old.is_empty() {
+            let mut all: Vec<(u64, Bytes)> = self
+                .map
+                .iter()
+                .map(|e| (e.value().place.load(Ordering::Relaxed), e.key().clone()))
+                .collect();
+            all.sort_unstable();
+            all.into()
+        } else {
+            old.into_iter()
+                .filter(|(tick, key)| {
+                    self.map
+                        .get(key)
+                        .is_some_and(|slot| slot.place.load(Ordering::Relaxed) == *tick)
+                })
+                .collect()
+        };
+        let mut queue = self.recency.queue.lock().unwrap();
+        kept.extend(queue.drain(..));
+        *queue = kept;
+        drop(queue);
+        self.recency.compacting.store(false, Ordering::Release);
+    }
+
+    /// Evicts to free `bytes`; how many items it evicted.
+    fn evict_for(&self, bytes: usize, now: UnixSecs) -> usize {
+        let mut evicted = 0;
+        for (key, version) in self.victims(bytes, now) {
+            let gone = self
+                .map
+                .remove_if(&key, |_, slot| slot.item.version == version);
+            if let Some((key, slot)) = gone {
+                self.evicted(&key, &slot, now);
+                self.removed(&key, &slot);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Carries out `mutation`, or reports how many bytes more it needs than the limit
+    /// leaves (charged, with nothing changed).
     fn try_apply(
         &self,
         key: &Bytes,
         mutation: Mutation,
         version: Version,
         now: UnixSecs,
-    ) -> Result<Outcome, DataletError> {
+    ) -> Result<Outcome, usize> {
+        let evicting = matches!(mutation, Mutation::Evict { .. });
         let entry = self.map.entry(key.clone());
-        let (old_bytes, live) = match &entry {
+        let (old_size, live) = match &entry {
             Entry::Occupied(e) => {
                 let slot = e.get();
                 let live = self.dead(slot, now).is_none().then_some(&slot.item);
-                (item_bytes(key, &slot.item), live)
+                (Some(Self::size(key, &slot.item)), live)
             }
-            Entry::Vacant(_) => (0, None),
+            Entry::Vacant(_) => (None, None),
         };
-        let dead_slot = matches!(entry, Entry::Occupied(_)) && live.is_none();
+        let dead_slot = old_size.is_some() && live.is_none();
         let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
+        let old_charge = old_size.map_or(0, |size| self.slabs.charge(size));
+        let mut placed = None;
         match (change, entry) {
             (Change::Put(item), entry) => {
-                let new_bytes = item_bytes(key, &item);
-                if new_bytes > old_bytes && !self.reserve(new_bytes - old_bytes) {
-                    return Err(DataletError::OutOfMemory);
+                let size = Self::size(key, &item);
+                let charge = self.slabs.charge(size);
+                if charge > old_charge && !self.reserve(charge - old_charge) {
+                    self.class(size).outofmemory.fetch_add(1, Ordering::Relaxed);
+                    return Err(charge - old_charge);
                 }
-                if new_bytes < old_bytes {
-                    self.release(old_bytes - new_bytes);
+                if charge < old_charge {
+                    self.release(old_charge - charge);
                 }
+                if let Some(old_size) = old_size {
+                    self.count_out(old_size);
+                }
+                self.count_in(size);
                 if !matches!(outcome, Outcome::Touched(_)) {
                     self.total_items.fetch_add(1, Ordering::Relaxed);
                 }
-                entry.insert(Slot {
-                    item,
-                    stored_at: now,
-                });
+                match entry {
+                    Entry::Occupied(mut e) if matches!(outcome, Outcome::Touched(_)) => {
+                        // A touch is a read that keeps the item's place.
+                        let slot = e.get_mut();
+                        slot.item = item;
+                        slot.stored_at = now;
+                        slot.read(now);
+                    }
+                    entry => {
+                        let tick = self.recency.tick();
+                        entry.insert(Slot::new(item, now, tick));
+                        placed = Some(tick);
+                    }
+                }
             }
             // A dead item is removed whatever the mutation decided.
             (change, Entry::Occupied(e)) if change == Change::Remove || dead_slot => {
-                e.remove();
-                self.release(old_bytes);
+                let (key, slot) = e.remove_entry();
+                if evicting && change == Change::Remove {
+                    self.evicted(&key, &slot, now);
+                }
+                self.removed(&key, &slot);
             }
             _ => {}
+        }
+        if let Some(tick) = placed {
+            self.enqueue(tick, key.clone());
         }
         Ok(outcome)
     }
@@ -164,7 +437,10 @@ impl Datalet for MemoryDatalet {
         let dead = match self.map.get(key) {
             None => return Ok(None),
             Some(slot) => match self.dead(&slot, now) {
-                None => return Ok(Some(slot.item.clone())),
+                None => {
+                    slot.read(now);
+                    return Ok(Some(slot.item.clone()));
+                }
                 Some(dead) => dead,
             },
         };
@@ -180,7 +456,7 @@ impl Datalet for MemoryDatalet {
             .map
             .remove_if(key, |_, slot| self.dead(slot, now).is_some())
         {
-            self.release(item_bytes(&key, &slot.item));
+            self.removed(&key, &slot);
         }
         Ok(None)
     }
@@ -204,12 +480,23 @@ impl Datalet for MemoryDatalet {
         version: Version,
         now: UnixSecs,
     ) -> Result<Outcome, DataletError> {
-        match self.try_apply(key, mutation.clone(), version, now) {
-            Err(DataletError::OutOfMemory) => {
-                self.sweep(now);
-                self.try_apply(key, mutation, version, now)
+        let mut swept = false;
+        let mut rounds = 0;
+        loop {
+            let need = match self.try_apply(key, mutation.clone(), version, now) {
+                Ok(outcome) => return Ok(outcome),
+                Err(need) => need,
+            };
+            if !swept {
+                swept = true;
+                if self.sweep(now) > 0 {
+                    continue;
+                }
             }
-            done => done,
+            rounds += 1;
+            if !self.evict || rounds > EVICTION_ROUNDS || self.evict_for(need, now) == 0 {
+                return Err(DataletError::OutOfMemory);
+            }
         }
     }
 
@@ -227,14 +514,14 @@ impl Datalet for MemoryDatalet {
                 if slot.stored_at > due {
                     return true;
                 }
-                self.release(item_bytes(key, &slot.item));
+                self.removed(key, slot);
                 false
             });
         }
         self.flush_at.store(at, Ordering::Release);
         if at <= now {
             self.map.retain(|key, slot| {
-                self.release(item_bytes(key, &slot.item));
+                self.removed(key, slot);
                 false
             });
         }
@@ -246,7 +533,7 @@ impl Datalet for MemoryDatalet {
     /// the items are gone, so no flushed item shows again meanwhile.
     async fn reset(&self) -> Result<(), DataletError> {
         self.map.retain(|key, slot| {
-            self.release(item_bytes(key, &slot.item));
+            self.removed(key, slot);
             false
         });
         self.flush_at.store(0, Ordering::Release);
@@ -274,12 +561,93 @@ impl Datalet for MemoryDatalet {
         DataletStats {
             curr_items: self.map.len() as u64,
             total_items: self.total_items.load(Ordering::Relaxed),
-            bytes: self.used_bytes.load(Ordering::Relaxed) as u64,
+            bytes: self.item_bytes.load(Ordering::Relaxed),
             limit_maxbytes: self.memory_limit.load(Ordering::Relaxed) as u64,
             get_expired: self.get_expired.load(Ordering::Relaxed),
             get_flushed: self.get_flushed.load(Ordering::Relaxed),
             reclaimed: self.reclaimed.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            evicted_unfetched: self.evicted_unfetched.load(Ordering::Relaxed),
+            expired_unfetched: self.expired_unfetched.load(Ordering::Relaxed),
         }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed) as u64
+    }
+
+    /// Pops the front of the recency queue: an active item is moved to the back instead (its
+    /// mark cleared), a stale entry dropped, and the rest named, until their chunks add up to
+    /// `bytes`. An item named and then not evicted has lost its place; it gets one back when
+    /// the queue next runs dry.
+    fn victims(&self, bytes: usize, now: UnixSecs) -> Vec<(Bytes, Version)> {
+        let mut victims = Vec::new();
+        let mut freed = 0;
+        let mut refilled = false;
+        while freed < bytes.max(1) {
+            let Some((tick, key)) = self.recency.pop() else {
+                if refilled || !victims.is_empty() || self.map.is_empty() {
+                    break;
+                }
+                refilled = true;
+                self.compact();
+                continue;
+            };
+            let requeue = {
+                let Some(slot) = self.map.get(&key) else {
+                    continue;
+                };
+                if slot.place.load(Ordering::Relaxed) != tick {
+                    continue;
+                }
+                if slot.marks.fetch_and(!ACTIVE, Ordering::Relaxed) & ACTIVE != 0 {
+                    let tick = self.recency.tick();
+                    slot.place.store(tick, Ordering::Relaxed);
+                    slot.placed_at.store(now, Ordering::Relaxed);
+                    Some(tick)
+                } else {
+                    freed += self.slabs.charge(Self::size(&key, &slot.item));
+                    victims.push((key.clone(), slot.item.version));
+                    None
+                }
+            };
+            if let Some(tick) = requeue {
+                self.recency.push(tick, key);
+            }
+        }
+        victims
+    }
+
+    fn item_classes(&self, now: UnixSecs) -> Vec<ClassStats> {
+        let mut oldest = vec![UnixSecs::MAX; self.classes.len()];
+        for entry in self.map.iter() {
+            let size = Self::size(entry.key(), &entry.value().item);
+            let class = &mut oldest[self.slabs.class_of(size) - 1];
+            *class = (*class).min(entry.value().placed_at.load(Ordering::Relaxed));
+        }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        self.classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ClassStats {
+                class: i + 1,
+                number: load(&c.number),
+                requested: load(&c.requested),
+                age: match oldest[i] {
+                    UnixSecs::MAX => 0,
+                    placed => now.saturating_sub(placed),
+                },
+                evicted: load(&c.evicted),
+                evicted_nonzero: load(&c.evicted_nonzero),
+                evicted_time: load(&c.evicted_time),
+                evicted_unfetched: load(&c.evicted_unfetched),
+                evicted_active: load(&c.evicted_active),
+                expired_unfetched: load(&c.expired_unfetched),
+                reclaimed: load(&c.reclaimed),
+                outofmemory: load(&c.outofmemory),
+            })
+            .filter(|c| c.number > 0 || c.evicted > 0 || c.outofmemory > 0)
+            .collect()
     }
 }
 
@@ -373,5 +741,171 @@ mod tests {
         assert_eq!(store.reclaim(99).await, 0, "nothing is dead yet");
         assert_eq!(store.reclaim(100).await, 10);
         assert_eq!((store.stats().curr_items, store.stats().bytes), (0, 0));
+    }
+
+    fn evicting(memory_limit_bytes: usize) -> MemoryDatalet {
+        MemoryDatalet::new(Limits {
+            memory_limit_bytes,
+            evict: true,
+            ..Limits::default()
+        })
+    }
+
+    async fn put(store: &MemoryDatalet, key: &str, value: &[u8], ts: u64, now: UnixSecs) {
+        let version = Version::new(ts, tailorkv_common::NodeId(0));
+        let mutation = Mutation::Store {
+            mode: tailorkv_common::codec::StoreMode::Set,
+            flags: 0,
+            expiry: tailorkv_common::Expiry::Never,
+            value: Bytes::copy_from_slice(value),
+        };
+        let key = Bytes::copy_from_slice(key.as_bytes());
+        let outcome = store.apply(&key, mutation, version, now);
+        assert_eq!(outcome.await, Ok(Outcome::Stored), "set {key:?}");
+    }
+
+    async fn has(store: &MemoryDatalet, key: &str, now: UnixSecs) -> bool {
+        store.get(key.as_bytes(), now).await.unwrap().is_some()
+    }
+
+    /// memcached's `t/issue_22.t`: with `-m 3`, items of 66,560 bytes take 82,792-byte chunks
+    /// of class 31, so 37 fit; each write past that evicts the oldest, counted in its class.
+    #[tokio::test]
+    async fn a_full_store_evicts_the_oldest_items_as_memcached_does() {
+        let store = evicting(3 << 20);
+        let value = vec![b'B'; 66_560];
+        for i in 0..40 {
+            put(&store, &format!("key{i}"), &value, i + 1, 1_000).await;
+        }
+        let stats = store.stats();
+        assert_eq!((stats.curr_items, stats.evictions), (37, 3));
+        assert_eq!(stats.evicted_unfetched, 3);
+        assert!(store.used_bytes() <= 3 << 20);
+        for i in 0..3 {
+            assert!(
+                !has(&store, &format!("key{i}"), 1_000).await,
+                "key{i} stayed"
+            );
+        }
+        for i in 3..40 {
+            assert!(has(&store, &format!("key{i}"), 1_000).await, "key{i} went");
+        }
+        let class = store.item_classes(1_000);
+        assert_eq!(class.len(), 1);
+        assert_eq!(
+            (class[0].class, class[0].number, class[0].evicted),
+            (31, 37, 3)
+        );
+        // The reads above marked key3..key39 fetched: of the next 40 evictions, the last
+        // three (key40..key42) are unfetched.
+        for i in 40..80 {
+            put(&store, &format!("key{i}"), &value, i + 1, 1_001).await;
+        }
+        let stats = store.stats();
+        assert_eq!((stats.evictions, stats.evicted_unfetched), (43, 6));
+    }
+
+    /// An item read a minute or more after it took its place is moved to the back when its
+    /// turn comes; one read sooner is not (memcached's `ITEM_UPDATE_INTERVAL`).
+    #[tokio::test]
+    async fn an_item_read_after_a_minute_outlives_the_others() {
+        let value = vec![b'v'; 1_000];
+        let store = evicting(20 * 1_184);
+        for i in 0..20 {
+            put(&store, &format!("k{i}"), &value, i + 1, 1_000).await;
+        }
+        assert!(has(&store, "k0", 1_000 + BUMP_AFTER_SECS).await);
+        assert!(has(&store, "k1", 1_000 + BUMP_AFTER_SECS - 1).await);
+        for i in 20..25 {
+            put(&store, &format!("k{i}"), &value, i + 1, 1_100).await;
+        }
+        assert!(
+            has(&store, "k0", 1_100).await,
+            "the item read a minute on was evicted"
+        );
+        for i in 1..6 {
+            assert!(
+                !has(&store, &format!("k{i}"), 1_100).await,
+                "k{i} outlived k0"
+            );
+        }
+        assert_eq!(store.stats().evictions, 5);
+        assert_eq!(store.item_classes(1_100)[0].evicted_active, 0);
+    }
+
+    /// Without eviction a full store refuses, and counts the refusal in the class.
+    #[tokio::test]
+    async fn without_eviction_a_full_store_refuses() {
+        let store = MemoryDatalet::new(Limits {
+            memory_limit_bytes: 2 * 1_184,
+            ..Limits::default()
+        });
+        let value = vec![b'v'; 1_000];
+        put(&store, "a", &value, 1, 1_000).await;
+        put(&store, "b", &value, 2, 1_000).await;
+        let mutation = Mutation::Store {
+            mode: tailorkv_common::codec::StoreMode::Set,
+            flags: 0,
+            expiry: tailorkv_common::Expiry::Never,
+            value: Bytes::from(value),
+        };
+        let version = Version::new(3, tailorkv_common::NodeId(0));
+        let c = Bytes::from_static(b"c");
+        let refused = store.apply(&c, mutation, version, 1_000);
+        assert_eq!(refused.await, Err(DataletError::OutOfMemory));
+        assert_eq!(store.stats().evictions, 0);
+        assert_eq!(store.item_classes(1_000)[0].outofmemory, 1);
+    }
+
+    /// A replica never evicts by itself: it names victims, and an `Evict` removes an item
+    /// only if it still holds the version named.
+    #[tokio::test]
+    async fn a_replica_evicts_only_the_versions_it_is_told_to() {
+        let store = MemoryDatalet::replica(Limits::default());
+        let value = vec![b'v'; 1_000];
+        for i in 0..4 {
+            put(&store, &format!("k{i}"), &value, i + 1, 1_000).await;
+        }
+        let victims = store.victims(2 * 1_184, 1_000);
+        let keys: Vec<&[u8]> = victims.iter().map(|(k, _)| &k[..]).collect();
+        assert_eq!(keys, [&b"k0"[..], b"k1"]);
+        assert!(
+            store.victims(1, 1_000)[0].0 == "k2",
+            "a named item is named again"
+        );
+        // k1 is written again before its eviction is applied: it stays.
+        put(&store, "k1", b"new", 10, 1_000).await;
+        for (key, version) in victims {
+            let evict = Mutation::Evict { version };
+            let v = Version::new(11, tailorkv_common::NodeId(0));
+            let outcome = store.apply(&key, evict, v, 1_000).await.unwrap();
+            let want = if key == "k0" {
+                Outcome::Deleted
+            } else {
+                Outcome::NotFound
+            };
+            assert_eq!(outcome, want, "{key:?}");
+        }
+        assert!(!has(&store, "k0", 1_000).await);
+        assert!(has(&store, "k1", 1_000).await);
+        assert_eq!(store.stats().evictions, 1);
+    }
+
+    /// Writes of the same keys over and over leave stale queue entries; they are dropped, so
+    /// the queue stays in proportion to the items. Items whose places were lost (named and
+    /// not evicted) get them back when the queue runs dry.
+    #[tokio::test]
+    async fn the_recency_queue_stays_in_proportion_to_the_items() {
+        let store = evicting(64 << 20);
+        for round in 0..200u64 {
+            for k in 0..50 {
+                put(&store, &format!("k{k}"), b"v", round * 50 + k + 1, 1_000).await;
+            }
+        }
+        let len = store.recency.queue.lock().unwrap().len();
+        assert!(len <= 2 * 50 + 1024 + 1024, "the queue holds {len} entries");
+        let all = store.victims(usize::MAX, 1_000);
+        assert_eq!(all.len(), 50);
+        assert_eq!(store.victims(1, 1_000).len(), 1, "lost places come back");
     }
 }

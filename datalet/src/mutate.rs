@@ -74,6 +74,10 @@ pub fn decide(
             }
         }
         (Mutation::Delete, Some(_)) => (Change::Remove, Deleted),
+        (Mutation::Evict { version }, Some(old)) if old.version == version => {
+            (Change::Remove, Deleted)
+        }
+        (Mutation::Evict { .. }, _) => (Change::Keep, NotFound),
         (Mutation::Incr(delta), Some(old)) => arithmetic(old, delta, true, version),
         (Mutation::Decr(delta), Some(old)) => arithmetic(old, delta, false, version),
         (Mutation::Touch { expiry }, Some(old)) => {

@@ -456,6 +456,7 @@ impl Datalet for DiskDatalet {
             get_expired: self.get_expired.load(Ordering::Relaxed),
             get_flushed: self.get_flushed.load(Ordering::Relaxed),
             reclaimed: s.reclaimed.load(Ordering::Relaxed),
+            ..DataletStats::default()
         }
     }
 }

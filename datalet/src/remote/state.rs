@@ -167,6 +167,12 @@ impl Shared {
             get_expired: get(&self.get_expired),
             get_flushed: get(&self.get_flushed),
             reclaimed: get(&self.remote_reclaimed),
+            // The remote server's own evictions, as it last reported them.
+            evictions: match get(&self.remote_evictions) {
+                u64::MAX => 0,
+                n => n,
+            },
+            ..DataletStats::default()
         }
     }
 }
