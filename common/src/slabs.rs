@@ -25,6 +25,12 @@ pub struct SlabClasses {
     sizes: Vec<usize>,
 }
 
+/// memcached's default classes, built once.
+pub fn classes() -> &'static SlabClasses {
+    static CLASSES: std::sync::LazyLock<SlabClasses> = std::sync::LazyLock::new(SlabClasses::new);
+    &CLASSES
+}
+
 impl Default for SlabClasses {
     fn default() -> Self {
         Self::new()
@@ -41,7 +47,7 @@ impl SlabClasses {
             if chunk as f64 >= CHUNK_MAX_BYTES as f64 / GROWTH_FACTOR {
                 break;
             }
-            if chunk % 8 != 0 {
+            if !chunk.is_multiple_of(8) {
                 chunk += 8 - chunk % 8;
             }
             sizes.push(chunk);

@@ -54,11 +54,19 @@ pub struct Config {
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// memcached's `-M`: refuse writes when memory is full instead of evicting. Nothing is
-    /// evicted in any case yet (see `--memory-limit`), so this changes nothing; it is taken
-    /// so that memcached's command lines work.
+    /// memcached's `-M`: refuse writes when memory is full instead of evicting; the same as
+    /// `--evict none`.
     #[arg(short = 'M', long)]
     pub disable_evictions: bool,
+
+    /// What a full store does with a write: `lru` evicts the least recently used items to
+    /// make room, as memcached does (in a cluster, through the order or as versioned
+    /// deletes, so replicas stay alike); `none` refuses it with `SERVER_ERROR out of memory
+    /// storing object`, as memcached's `-M`. Default: `lru` on the memory datalet, `none` on
+    /// the disk datalet (a durable store keeps what it acknowledged); a `memcached://`
+    /// datalet's server evicts by its own rules.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub evict: Option<Evict>,
 
     /// memcached's `-A`: the `shutdown` command (and `shutdown graceful`) stops the server, as
     /// SIGINT does. Without it, `shutdown` is answered `ERROR: shutdown not enabled`.
@@ -123,8 +131,8 @@ pub struct Config {
     #[arg(short = 'I', long, alias = "max-item-size", default_value = "1m", value_parser = parse_size)]
     pub item_size_max: usize,
 
-    /// Memory for items, in MiB (memcached's `-m`). When it is full, writes are refused with
-    /// `SERVER_ERROR out of memory storing object`; nothing is evicted.
+    /// Memory for items, in MiB (memcached's `-m`), each item charged the chunk memcached
+    /// would give it. When it is full, `--evict` says what a write does.
     #[arg(short = 'm', long, default_value_t = 64)]
     pub memory_limit: usize,
 
@@ -292,6 +300,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Whether a full store evicts to make room for a write (`--evict`, `-M`).
+    pub fn evicts(&self) -> bool {
+        match (self.disable_evictions, self.evict) {
+            (true, _) | (_, Some(Evict::None)) => false,
+            (false, Some(Evict::Lru)) => true,
+            (false, None) => self.datalet == DataletSpec::Memory,
+        }
+    }
+
     /// Applies memcached's `-p`, `-l` and `-o` to the settings they stand for, and refuses
     /// what memcached refuses: an item size limit above half the memory limit.
     pub fn take_memcached_flags(&mut self) -> anyhow::Result<()> {
@@ -303,6 +320,16 @@ impl Config {
                 self.item_size_max,
                 self.memory_limit
             );
+        }
+        match (&self.datalet, self.evict) {
+            (DataletSpec::Disk(_), Some(Evict::Lru)) => anyhow::bail!(
+                "--evict lru: the disk datalet keeps what it acknowledged and does not evict"
+            ),
+            (DataletSpec::Memcached(_), Some(Evict::Lru)) => anyhow::bail!(
+                "--evict lru: a memcached:// datalet's server evicts by its own rules (start it \
+                 without -M)"
+            ),
+            _ => {}
         }
         if let Some(port) = self.port {
             self.listen.set_port(port);
@@ -525,6 +552,15 @@ impl FromStr for Member {
             addr: addr.parse().map_err(|_| bad())?,
         })
     }
+}
+
+/// `--evict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Evict {
+    /// Evict the least recently used items.
+    Lru,
+    /// Refuse the write.
+    None,
 }
 
 /// The choice of datalet.

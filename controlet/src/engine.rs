@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
-use tailorkv_datalet::mutate::ITEM_OVERHEAD_BYTES;
 use tailorkv_datalet::{Datalet, DataletError, DataletStats, Item, Mutation, Outcome};
 use tokio::sync::Mutex;
 
@@ -26,6 +25,10 @@ use crate::shard::forward::{Forwarded, Forwarder, RemoteAnswer, RemoteOp};
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
 /// writes, and a restart resumes past every timestamp that may have been issued.
 const CLOCK_RESERVATION: Ts = 1 << 20;
+
+/// Rounds of evictions a write that does not fit may order before it is refused: other
+/// writes may take the room freed for it meanwhile.
+const EVICTION_ROUNDS: usize = 8;
 
 /// The consistency a cluster offers, chosen at launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -51,6 +54,9 @@ struct Ordered {
     /// none. A write refused here was never ordered: nothing anywhere stored it. Replicas may
     /// pass the limit by what is in flight at once.
     memory_limit: AtomicUsize,
+    /// A write that does not fit first evicts, through the order, the items this replica
+    /// names as least recently used; else it is refused.
+    evict: bool,
 }
 
 /// Where a node's reads and writes go: which mode it runs in, and what that mode needs.
@@ -123,18 +129,20 @@ impl<D: Datalet> Local<D> {
 
     /// Orders operations through `replicator`; `local_reads` serves reads from the local
     /// replica (the sequential mode). `memory_limit` (bytes) is checked before a write is
-    /// proposed; the datalet must have been opened without a limit of its own
-    /// (`server::limits` sees to that), so it never refuses what the order delivers.
+    /// proposed, and with `evict` a write that does not fit first evicts through the order;
+    /// the datalet must have been opened without a limit of its own (`server::limits` sees to
+    /// that), so it never refuses what the order delivers.
     pub fn replicated(
         mut self,
         replicator: Replicator,
         local_reads: bool,
-        memory_limit: usize,
+        (memory_limit, evict): (usize, bool),
     ) -> Self {
         self.mode = Mode::Ordered(Ordered {
             replicator,
             local_reads,
             memory_limit: AtomicUsize::new(memory_limit),
+            evict,
         });
         self
     }
@@ -202,15 +210,16 @@ impl<D: Datalet> Local<D> {
         }
     }
 
-    /// Refuses a write that could take this replica past its memory limit, after freeing
-    /// what items dead at the order's clock hold. Deletes and touches never grow an item;
-    /// `incr` may by up to 20 digits.
+    /// Makes room for a write that could take this replica past its memory limit: frees
+    /// what items dead at the order's clock hold, then, if the node evicts, orders the
+    /// eviction of the items this replica names as least recently used, so every replica
+    /// evicts the same; a write that still does not fit is refused. Deletes, touches and
+    /// evictions never grow an item; `incr` may by up to 20 digits.
     async fn admit(&self, o: &Ordered, key: &Bytes, mutation: &Mutation) -> Result<(), Error> {
-        let grows = match mutation {
-            Mutation::Store { value, .. } => key.len() + value.len() + ITEM_OVERHEAD_BYTES,
-            Mutation::Incr(_) | Mutation::Decr(_) => 20,
-            Mutation::Delete | Mutation::Touch { .. } => return Ok(()),
-        };
+        let grows = mutation.growth(key);
+        if grows == 0 {
+            return Ok(());
+        }
         let limit = o.memory_limit.load(Ordering::Relaxed);
         let fits = || (self.datalet.used_bytes() as usize).saturating_add(grows) <= limit;
         if fits() {
@@ -224,10 +233,30 @@ impl<D: Datalet> Local<D> {
         }
         self.datalet.reclaim(health.order_now()).await;
         if fits() {
-            Ok(())
-        } else {
-            Err(Error::Datalet(DataletError::OutOfMemory))
+            return Ok(());
         }
+        if !o.evict {
+            return Err(Error::Datalet(DataletError::OutOfMemory));
+        }
+        for _ in 0..EVICTION_ROUNDS {
+            let used = self.datalet.used_bytes() as usize;
+            let need = used.saturating_add(grows).saturating_sub(limit);
+            let victims = self.datalet.victims(need, health.order_now());
+            if victims.is_empty() {
+                break;
+            }
+            let evictions = victims.into_iter().map(|(key, version)| async move {
+                let evict = Mutation::Evict { version };
+                o.replicator.mutate(&key, evict, self.now()).await
+            });
+            for evicted in futures_util::future::join_all(evictions).await {
+                evicted?;
+            }
+            if fits() {
+                return Ok(());
+            }
+        }
+        Err(Error::Datalet(DataletError::OutOfMemory))
     }
 
     /// `flush_all` with the flush point `at` (see [`Engine::flush_all`]).
@@ -295,17 +324,22 @@ impl<D: Datalet> Local<D> {
     /// `cache_memlimit`. In a strong-mode cluster it changes this node's limit on what it
     /// proposes, never what the replicas apply, so nodes with different limits stay identical.
     pub fn set_memory_limit(&self, bytes: usize) {
-        match self.ordered() {
-            Some(o) => o.memory_limit.store(bytes, Ordering::Relaxed),
-            None => self.datalet.set_memory_limit(bytes),
+        match &self.mode {
+            Mode::Ordered(o) => o.memory_limit.store(bytes, Ordering::Relaxed),
+            Mode::Eventual(e) => e.set_memory_limit(bytes),
+            Mode::Single(_) => self.datalet.set_memory_limit(bytes),
         }
     }
 
     /// The datalet's counters for `stats`, with this node's memory limit in a strong mode.
     pub fn datalet_stats(&self) -> DataletStats {
         let mut stats = self.datalet.stats();
-        if let Some(o) = self.ordered() {
-            stats.limit_maxbytes = o.memory_limit.load(Ordering::Relaxed) as u64;
+        match &self.mode {
+            Mode::Ordered(o) => {
+                stats.limit_maxbytes = o.memory_limit.load(Ordering::Relaxed) as u64
+            }
+            Mode::Eventual(e) => stats.limit_maxbytes = e.memory_limit() as u64,
+            Mode::Single(_) => {}
         }
         stats
     }
@@ -723,6 +757,52 @@ impl<D: Datalet> Engine<D> {
         sum
     }
 
+    /// The slab classes of every group's datalet on this node, added up by class.
+    pub fn item_classes(&self) -> Vec<tailorkv_datalet::ClassStats> {
+        let mut sum: BTreeMap<usize, tailorkv_datalet::ClassStats> = BTreeMap::new();
+        let now = self.now();
+        for local in self.shape().locals.values() {
+            for c in local.datalet().item_classes(now) {
+                let s = sum.entry(c.class).or_insert(tailorkv_datalet::ClassStats {
+                    class: c.class,
+                    ..Default::default()
+                });
+                s.age = s.age.max(c.age);
+                s.evicted_time = s.evicted_time.max(c.evicted_time);
+                for (to, from) in [
+                    (&mut s.number, c.number),
+                    (&mut s.requested, c.requested),
+                    (&mut s.evicted, c.evicted),
+                    (&mut s.evicted_nonzero, c.evicted_nonzero),
+                    (&mut s.evicted_unfetched, c.evicted_unfetched),
+                    (&mut s.evicted_active, c.evicted_active),
+                    (&mut s.expired_unfetched, c.expired_unfetched),
+                    (&mut s.reclaimed, c.reclaimed),
+                    (&mut s.outofmemory, c.outofmemory),
+                    (&mut s.chunks, c.chunks),
+                    (&mut s.get_hits, c.get_hits),
+                    (&mut s.cmd_set, c.cmd_set),
+                    (&mut s.delete_hits, c.delete_hits),
+                    (&mut s.incr_hits, c.incr_hits),
+                    (&mut s.decr_hits, c.decr_hits),
+                    (&mut s.cas_hits, c.cas_hits),
+                    (&mut s.cas_badval, c.cas_badval),
+                    (&mut s.touch_hits, c.touch_hits),
+                ] {
+                    *to += from;
+                }
+            }
+        }
+        sum.into_values().collect()
+    }
+
+    /// `stats reset`: zeroes every group's datalet counters on this node.
+    pub fn reset_stats(&self) {
+        for local in self.shape().locals.values() {
+            local.datalet().reset_stats();
+        }
+    }
+
     /// The items and bytes of the whole cluster, each group counted once (from this node
     /// where it holds the group, else from an owner), for `stats`; and how many groups could
     /// not be asked. On a node that holds every key, its own.
@@ -851,6 +931,9 @@ fn add_stats(sum: &mut DataletStats, s: &DataletStats) {
     sum.get_expired += s.get_expired;
     sum.get_flushed += s.get_flushed;
     sum.reclaimed += s.reclaimed;
+    sum.evictions += s.evictions;
+    sum.evicted_unfetched += s.evicted_unfetched;
+    sum.expired_unfetched += s.expired_unfetched;
 }
 
 /// How long a request that found no owner waits for a newer placement before it is refused.

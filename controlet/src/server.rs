@@ -45,17 +45,22 @@ use crate::tob::Timing;
 /// How long shutdown waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// The datalet limits a configuration asks for. A local store of a strong-mode cluster has
-/// no memory limit of its own: the engine checks the limit before a write is proposed, and a
-/// replica must apply everything the order delivers (see `Engine::replicated`).
+/// The datalet limits a configuration asks for. A local store of a cluster has no memory
+/// limit of its own, and never evicts by itself: the engine checks the limit (and evicts,
+/// through the order or as versioned deletes) before a write is carried out, and a replica
+/// must apply everything the order or its peers deliver (see `Local::replicated` and
+/// `Eventual::set_memory_limit`).
 pub fn limits(config: &Config) -> Limits {
-    let memory_limit_bytes = match config.datalet {
-        DataletSpec::Memory | DataletSpec::Disk(_) if is_strong_cluster(config) => usize::MAX,
-        _ => config.memory_limit * 1024 * 1024,
+    let replicated =
+        config.is_cluster() && matches!(config.datalet, DataletSpec::Memory | DataletSpec::Disk(_));
+    let memory_limit_bytes = match replicated {
+        true => usize::MAX,
+        false => config.memory_limit * 1024 * 1024,
     };
     Limits {
         memory_limit_bytes,
         item_size_max: config.item_size_max,
+        evict: !config.is_cluster() && config.evicts(),
     }
 }
 
@@ -557,6 +562,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                 lamport: Arc::default(),
                 options: EventualOptions {
                     link: link_config(config, frame),
+                    evict: config.evicts(),
                     ..EventualOptions::default()
                 },
                 rebalance_rate: rebalance.clone(),
@@ -587,6 +593,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                     Consistency::Sequential | Consistency::Eventual => true,
                 },
                 memory_limit: config.memory_limit * 1024 * 1024,
+                evict: config.evicts(),
                 rebalance_rate: rebalance.clone(),
                 shutdown: shutdown.clone(),
             };
@@ -705,6 +712,7 @@ where
         timing: timing(config),
         rebalance_rate: None,
         local_reads: false,
+        evict: false,
         shutdown: shutdown.clone(),
     };
     let nodes = placement.nodes().to_vec();

@@ -86,4 +86,16 @@ impl<D: Datalet> Datalet for Guarded<D> {
     fn stats(&self) -> DataletStats {
         self.inner.stats()
     }
+
+    fn victims(&self, bytes: usize, now: UnixSecs) -> Vec<(Bytes, Version)> {
+        self.inner.victims(bytes, now)
+    }
+
+    fn item_classes(&self, now: UnixSecs) -> Vec<crate::ClassStats> {
+        self.inner.item_classes(now)
+    }
+
+    fn reset_stats(&self) {
+        self.inner.reset_stats()
+    }
 }

@@ -69,6 +69,22 @@ pub enum Mutation {
     },
 }
 
+impl Mutation {
+    /// About how much more of the memory limit `key` may take after this mutation, by what
+    /// the memory store charges: a store, its new item's chunk; `incr`/`decr`, 20 digits;
+    /// the others nothing. What a replicated mode checks before it carries a write out.
+    pub fn growth(&self, key: &[u8]) -> usize {
+        match self {
+            Mutation::Store { value, flags, .. } => {
+                let size = tailorkv_common::codec::item_size(key.len(), *flags, value.len());
+                tailorkv_common::slabs::classes().charge(size)
+            }
+            Mutation::Incr(_) | Mutation::Decr(_) => 20,
+            Mutation::Delete | Mutation::Touch { .. } | Mutation::Evict { .. } => 0,
+        }
+    }
+}
+
 /// What a mutation did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
@@ -181,6 +197,17 @@ pub struct ClassStats {
     pub reclaimed: u64,
     /// Writes to the class refused for memory.
     pub outofmemory: u64,
+    /// Chunks its items take (an item larger than the largest chunk takes several).
+    pub chunks: u64,
+    /// Requests that found or changed an item of the class, as `stats slabs` counts them.
+    pub get_hits: u64,
+    pub cmd_set: u64,
+    pub delete_hits: u64,
+    pub incr_hits: u64,
+    pub decr_hits: u64,
+    pub cas_hits: u64,
+    pub cas_badval: u64,
+    pub touch_hits: u64,
 }
 
 /// A snapshot being read ([`Datalet::snapshot`]).
@@ -379,6 +406,10 @@ pub trait Datalet: Send + Sync + 'static {
         let _ = now;
         Vec::new()
     }
+
+    /// Zeroes the counters `stats reset` zeroes in memcached: everything but what the store
+    /// holds. The default: nothing to zero.
+    fn reset_stats(&self) {}
 
     /// The bytes the store holds as last known, as they count against its memory limit (the
     /// memory store charges each item its slab class's chunk), asking nothing of anyone: what

@@ -109,6 +109,41 @@ struct ClassCounters {
     expired_unfetched: AtomicU64,
     reclaimed: AtomicU64,
     outofmemory: AtomicU64,
+    chunks: AtomicU64,
+    get_hits: AtomicU64,
+    cmd_set: AtomicU64,
+    delete_hits: AtomicU64,
+    incr_hits: AtomicU64,
+    decr_hits: AtomicU64,
+    cas_hits: AtomicU64,
+    cas_badval: AtomicU64,
+    touch_hits: AtomicU64,
+}
+
+impl ClassCounters {
+    /// Zeroes what `stats reset` zeroes: all but the items held.
+    fn reset(&self) {
+        for counter in [
+            &self.evicted,
+            &self.evicted_nonzero,
+            &self.evicted_time,
+            &self.evicted_unfetched,
+            &self.evicted_active,
+            &self.expired_unfetched,
+            &self.reclaimed,
+            &self.outofmemory,
+            &self.get_hits,
+            &self.cmd_set,
+            &self.delete_hits,
+            &self.incr_hits,
+            &self.decr_hits,
+            &self.cas_hits,
+            &self.cas_badval,
+            &self.touch_hits,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The recency queue: keys in the order they took their places, each entry stamped with a
@@ -237,6 +272,7 @@ impl MemoryDatalet {
         let class = self.class(size);
         class.number.fetch_add(1, Ordering::Relaxed);
         class.requested.fetch_add(size as u64, Ordering::Relaxed);
+        class.chunks.fetch_add(self.chunks(size), Ordering::Relaxed);
     }
 
     /// Counts an item of `size` out.
@@ -245,6 +281,18 @@ impl MemoryDatalet {
         let class = self.class(size);
         class.number.fetch_sub(1, Ordering::Relaxed);
         class.requested.fetch_sub(size as u64, Ordering::Relaxed);
+        class.chunks.fetch_sub(self.chunks(size), Ordering::Relaxed);
+    }
+
+    /// The chunks an item of `size` takes.
+    fn chunks(&self, size: usize) -> u64 {
+        let class = self.slabs.class_of(size);
+        (self.slabs.charge(size) / self.slabs.chunk_size(class)) as u64
+    }
+
+    /// Counts a request's hit in the class of the item it found or left.
+    fn hit(&self, key: &[u8], item: &Item, counter: impl Fn(&ClassCounters) -> &AtomicU64) {
+        counter(self.class(Self::size(key, item))).fetch_add(1, Ordering::Relaxed);
     }
 
     /// Gives back what a removed slot held.
@@ -306,7 +354,7 @@ impl MemoryDatalet {
     /// compacting the queue when stale entries have piled up.
     fn enqueue(&self, tick: u64, key: Bytes) {
         let len = self.recency.push(tick, key);
-        if tick % 1024 == 0 && len > 2 * self.map.len() + 1024 {
+        if tick.is_multiple_of(1024) && len > 2 * self.map.len() + 1024 {
             self.compact();
         }
     }
@@ -379,7 +427,20 @@ impl MemoryDatalet {
             Entry::Vacant(_) => (None, None),
         };
         let dead_slot = old_size.is_some() && live.is_none();
+        let cas = matches!(
+            mutation,
+            Mutation::Store {
+                mode: tailorkv_common::codec::StoreMode::Cas(_),
+                ..
+            }
+        );
+        let incr = matches!(mutation, Mutation::Incr(_));
         let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
+        match (&outcome, live) {
+            (Outcome::Exists, Some(live)) => self.hit(key, live, |c| &c.cas_badval),
+            (Outcome::Deleted, Some(live)) if !evicting => self.hit(key, live, |c| &c.delete_hits),
+            _ => {}
+        }
         let old_charge = old_size.map_or(0, |size| self.slabs.charge(size));
         let mut placed = None;
         match (change, entry) {
@@ -397,6 +458,17 @@ impl MemoryDatalet {
                     self.count_out(old_size);
                 }
                 self.count_in(size);
+                let class = self.class(size);
+                let counter = match &outcome {
+                    Outcome::Touched(_) => Some(&class.touch_hits),
+                    Outcome::Number(_) if incr => Some(&class.incr_hits),
+                    Outcome::Number(_) => Some(&class.decr_hits),
+                    _ if cas => old_size.map(|size| &self.class(size).cas_hits),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 if !matches!(outcome, Outcome::Touched(_)) {
                     self.total_items.fetch_add(1, Ordering::Relaxed);
                 }
@@ -439,6 +511,7 @@ impl Datalet for MemoryDatalet {
             Some(slot) => match self.dead(&slot, now) {
                 None => {
                     slot.read(now);
+                    self.hit(key, &slot.item, |c| &c.get_hits);
                     return Ok(Some(slot.item.clone()));
                 }
                 Some(dead) => dead,
@@ -480,6 +553,12 @@ impl Datalet for MemoryDatalet {
         version: Version,
         now: UnixSecs,
     ) -> Result<Outcome, DataletError> {
+        // As memcached: every storage command is counted in the class of the item its own data
+        // makes, whatever becomes of it.
+        if let Mutation::Store { flags, value, .. } = &mutation {
+            let size = item_size(key.len(), *flags, value.len());
+            self.class(size).cmd_set.fetch_add(1, Ordering::Relaxed);
+        }
         let mut swept = false;
         let mut rounds = 0;
         loop {
@@ -645,9 +724,40 @@ impl Datalet for MemoryDatalet {
                 expired_unfetched: load(&c.expired_unfetched),
                 reclaimed: load(&c.reclaimed),
                 outofmemory: load(&c.outofmemory),
+                chunks: load(&c.chunks),
+                get_hits: load(&c.get_hits),
+                cmd_set: load(&c.cmd_set),
+                delete_hits: load(&c.delete_hits),
+                incr_hits: load(&c.incr_hits),
+                decr_hits: load(&c.decr_hits),
+                cas_hits: load(&c.cas_hits),
+                cas_badval: load(&c.cas_badval),
+                touch_hits: load(&c.touch_hits),
             })
-            .filter(|c| c.number > 0 || c.evicted > 0 || c.outofmemory > 0)
+            .filter(|c| {
+                *c != ClassStats {
+                    class: c.class,
+                    ..ClassStats::default()
+                }
+            })
             .collect()
+    }
+
+    fn reset_stats(&self) {
+        for counter in [
+            &self.total_items,
+            &self.get_expired,
+            &self.get_flushed,
+            &self.reclaimed,
+            &self.evictions,
+            &self.evicted_unfetched,
+            &self.expired_unfetched,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        for class in &self.classes {
+            class.reset();
+        }
     }
 }
 

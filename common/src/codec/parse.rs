@@ -265,10 +265,15 @@ fn storage(t: &Tokens, is_cas: bool, item_size_max: usize) -> Result<Parsed, Dec
     }
     let len = len as usize;
     if !item_fits(key.len(), flags, len, item_size_max) {
-        let request = Request {
-            command: Command::Reply(Response::ServerError(SERVER_ERROR_TOO_LARGE)),
-            noreply,
+        // memcached drops the old value of a `set` it cannot store, so that no reader sees
+        // what the writer meant to replace.
+        let command = match mode {
+            StoreMode::Set => Command::SetTooLarge {
+                key: Bytes::copy_from_slice(key),
+            },
+            _ => Command::Reply(Response::ServerError(SERVER_ERROR_TOO_LARGE)),
         };
+        let request = Request { command, noreply };
         return Ok(Parsed::Swallow(request, len + 2));
     }
     Ok(Parsed::NeedData(PendingStore {
@@ -390,7 +395,8 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         b"placement" => StatsGroup::Placement,
         b"sizes" => StatsGroup::Sizes,
         b"conns" => StatsGroup::Conns,
-        b"items" | b"slabs" => StatsGroup::Empty,
+        b"items" => StatsGroup::Items,
+        b"slabs" => StatsGroup::Slabs,
         b"cachedump" => return cachedump(t),
         b"detail" => {
             return match t.toks.get(2).filter(|_| t.n >= 3).copied() {

@@ -50,6 +50,10 @@ pub enum Command {
         exptime: i32,
         value: Bytes,
     },
+    /// A `set` whose value is too large for `item_size_max` (its data discarded): answered
+    /// `SERVER_ERROR object too large for cache`, and the key's old value is deleted, as
+    /// memcached deletes it.
+    SetTooLarge { key: Bytes },
     /// `delete <key>`.
     Delete { key: Bytes },
     /// `incr <key> <delta>`: wraps at 2^64.
@@ -102,7 +106,11 @@ pub enum StatsGroup {
     Sizes,
     /// `stats conns`: the client port and its open connections.
     Conns,
-    /// `stats items|slabs|cachedump|detail dump`: memcached internals that have no
-    /// counterpart here; answered with an empty list.
+    /// `stats items`: per slab class, the items and their evictions.
+    Items,
+    /// `stats slabs`: per slab class, the chunks the items take and the requests that hit.
+    Slabs,
+    /// `stats cachedump|detail dump`: memcached internals that have no counterpart here;
+    /// answered with an empty list.
     Empty,
 }

@@ -128,11 +128,21 @@ fn a_too_large_value_is_refused_and_discarded_as_it_arrives() {
     ]);
     res.unwrap();
     assert_eq!(left, 0);
+    // A `set` also drops the key's old value, as memcached does; other modes only refuse.
+    assert_eq!(
+        reqs[0].command,
+        Command::SetTooLarge {
+            key: Bytes::from_static(b"k")
+        }
+    );
+    assert!(matches!(reqs[1].command, Command::Get { .. }));
+    let header = format!("add k 0 0 {len}\r\n");
+    let (reqs, res, _) = decode_chunks(&[header.as_bytes(), &data, b"\r\n"]);
+    res.unwrap();
     assert_eq!(
         reqs[0],
         reply(Response::ServerError(SERVER_ERROR_TOO_LARGE))
     );
-    assert!(matches!(reqs[1].command, Command::Get { .. }));
 }
 
 #[test]

@@ -124,6 +124,14 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
                 return Ok(Flow::Close);
             }
         }
+        Command::SetTooLarge { key } => {
+            counts.store_too_large += 1;
+            store::drop_old_value(ctx, &key).await;
+            tailorkv_common::codec::Response::ServerError(
+                tailorkv_common::codec::SERVER_ERROR_TOO_LARGE,
+            )
+            .encode(&mut out.buf)
+        }
         Command::Reply(reply) => {
             count_refusal(&reply, counts);
             reply.encode(&mut out.buf)

@@ -29,11 +29,14 @@ pub async fn stats<D: Datalet>(
         StatsGroup::Reset => {
             *mine = Counts::default();
             ctx.counts.reset();
+            ctx.engine.reset_stats();
             Response::Reset.encode(out);
             return;
         }
         StatsGroup::Sizes => encode_stat(out, "sizes_status", "disabled"),
         StatsGroup::Conns => ctx.conns.encode(out),
+        StatsGroup::Items => items(ctx, out),
+        StatsGroup::Slabs => slabs(ctx, out),
         StatsGroup::Empty => {}
     }
     Response::End.encode(out);
@@ -102,8 +105,10 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         ("bytes", cluster.bytes),
         ("curr_items", cluster.curr_items),
         ("total_items", cluster.total_items),
-        ("evictions", 0),
+        ("evictions", d.evictions),
         ("reclaimed", d.reclaimed),
+        ("evicted_unfetched", d.evicted_unfetched),
+        ("expired_unfetched", d.expired_unfetched),
     ] {
         s(out, name, value);
     }
@@ -234,6 +239,79 @@ fn ranges(sorted: impl Iterator<Item = usize>) -> String {
     text.join(",")
 }
 
+/// `stats items`, as memcached 1.6 answers it: every class that holds items, with its
+/// counters in memcached's order. The counters of memcached's segmented LRU and crawler
+/// (hot, warm and cold, moves between them, tail repairs) have no counterpart in this
+/// store's single recency queue: they read 0, and every item counts as cold.
+fn items<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
+    for c in ctx.engine.item_classes().iter().filter(|c| c.number > 0) {
+        let id = c.class;
+        let mut s = |name: &str, value: u64| encode_stat(out, &format!("items:{id}:{name}"), value);
+        s("number", c.number);
+        s("number_hot", 0);
+        s("number_warm", 0);
+        s("number_cold", c.number);
+        s("age_hot", 0);
+        s("age_warm", 0);
+        s("age", c.age);
+        s("mem_requested", c.requested);
+        s("evicted", c.evicted);
+        s("evicted_nonzero", c.evicted_nonzero);
+        s("evicted_time", c.evicted_time);
+        s("outofmemory", c.outofmemory);
+        s("tailrepairs", 0);
+        s("reclaimed", c.reclaimed);
+        s("expired_unfetched", c.expired_unfetched);
+        s("evicted_unfetched", c.evicted_unfetched);
+        s("evicted_active", c.evicted_active);
+        s("crawler_reclaimed", 0);
+        s("crawler_items_checked", 0);
+        s("lrutail_reflocked", 0);
+        s("moves_to_cold", 0);
+        s("moves_to_warm", 0);
+        s("moves_within_lru", 0);
+        s("direct_reclaims", 0);
+        s("hits_to_hot", 0);
+        s("hits_to_warm", 0);
+        s("hits_to_cold", c.get_hits);
+        s("hits_to_temp", 0);
+    }
+}
+
+/// `stats slabs`, as memcached 1.6 answers it. Items here are not cut from pages; the pages
+/// shown are the fewest that would hold each class's chunks, as a memcached that never
+/// freed a page would have them.
+fn slabs<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
+    let classes = tailorkv_common::slabs::classes();
+    let mut active = 0;
+    let mut malloced = 0;
+    for c in ctx.engine.item_classes().iter().filter(|c| c.chunks > 0) {
+        let id = c.class;
+        let per_page = classes.per_page(id) as u64;
+        let pages = c.chunks.div_ceil(per_page);
+        active += 1;
+        malloced += pages * tailorkv_common::slabs::PAGE_BYTES as u64;
+        let mut s = |name: &str, value: u64| encode_stat(out, &format!("{id}:{name}"), value);
+        s("chunk_size", classes.chunk_size(id) as u64);
+        s("chunks_per_page", per_page);
+        s("total_pages", pages);
+        s("total_chunks", pages * per_page);
+        s("used_chunks", c.chunks);
+        s("free_chunks", pages * per_page - c.chunks);
+        s("free_chunks_end", 0);
+        s("get_hits", c.get_hits);
+        s("cmd_set", c.cmd_set);
+        s("delete_hits", c.delete_hits);
+        s("incr_hits", c.incr_hits);
+        s("decr_hits", c.decr_hits);
+        s("cas_hits", c.cas_hits);
+        s("cas_badval", c.cas_badval);
+        s("touch_hits", c.touch_hits);
+    }
+    encode_stat(out, "active_slabs", active);
+    encode_stat(out, "total_malloced", malloced);
+}
+
 fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     let cfg = &ctx.config;
     let d = ctx.engine.datalet_stats();
@@ -244,7 +322,7 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "udpport", cfg.udp_port);
     encode_stat(out, "inter", cfg.listen.ip());
     encode_stat(out, "verbosity", cfg.verbose);
-    encode_stat(out, "evictions", "off");
+    encode_stat(out, "evictions", if cfg.evicts() { "on" } else { "off" });
     let shutdown = if cfg.enable_shutdown { "yes" } else { "no" };
     encode_stat(out, "shutdown_command", shutdown);
     encode_stat(out, "num_threads", cfg.threads);

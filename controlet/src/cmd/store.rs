@@ -1,9 +1,10 @@
 //! `set`, `add`, `replace`, `append`, `prepend` and `cas`: `STORED`, `NOT_STORED`, `EXISTS`
 //! (cas unique changed) or `NOT_FOUND` (cas on a missing key).
 //!
-//! A store that would pass the memory limit is refused with
-//! `SERVER_ERROR out of memory storing object`, and the key keeps the value it had. (memcached
-//! also deletes the old value of a `set` it cannot store; we never drop stored data.)
+//! A store that would pass the memory limit (with nothing left to evict, or eviction off) is
+//! refused with `SERVER_ERROR out of memory storing object`. A `set` refused so, or for a
+//! value too large, also deletes the key's old value, as memcached does: a reader must not
+//! see the value the writer meant to replace. Other modes keep it.
 
 use bytes::Bytes;
 use tailorkv_common::codec::{Response, StoreMode, SERVER_ERROR_OUT_OF_MEMORY};
@@ -13,6 +14,14 @@ use tailorkv_datalet::{Datalet, DataletError, Mutation, Outcome};
 use super::Context;
 use crate::error::Error;
 use crate::stats::Counts;
+
+/// Deletes what `key` holds after a `set` of it was refused. The refusal is the answer
+/// whatever this does; a failure is logged.
+pub async fn drop_old_value<D: Datalet>(ctx: &Context<D>, key: &Bytes) {
+    if let Err(e) = ctx.engine.apply(key, Mutation::Delete).await {
+        tracing::debug!(error = %e, "could not drop the old value of a refused set");
+    }
+}
 
 pub async fn store<D: Datalet>(
     ctx: &Context<D>,
@@ -35,6 +44,9 @@ pub async fn store<D: Datalet>(
         Ok(outcome) => outcome,
         Err(Error::Datalet(DataletError::OutOfMemory)) => {
             counts.store_no_memory += 1;
+            if mode == StoreMode::Set {
+                drop_old_value(ctx, &key).await;
+            }
             return Response::ServerError(SERVER_ERROR_OUT_OF_MEMORY);
         }
         Err(e) => return super::admin::error_reply(e),

@@ -73,6 +73,8 @@ pub struct Groundwork<D> {
     pub local_reads: bool,
     /// The node's memory limit in bytes, shared by the groups it holds.
     pub memory_limit: usize,
+    /// A full replica evicts, through the order, to make room for a write (`--evict`).
+    pub evict: bool,
     pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
     pub shutdown: CancellationToken,
 }
@@ -102,6 +104,7 @@ impl<D: Datalet> Groundwork<D> {
             timing: self.timing,
             rebalance_rate: self.rebalance_rate.clone(),
             local_reads: self.local_reads,
+            evict: self.evict,
             shutdown: self.shutdown.clone(),
         };
         order
@@ -125,6 +128,7 @@ pub struct Order {
     pub timing: Timing,
     pub rebalance_rate: Option<Arc<crate::rate::RateLimit>>,
     pub local_reads: bool,
+    pub evict: bool,
     pub shutdown: CancellationToken,
 }
 
@@ -164,7 +168,11 @@ impl Order {
         let local = Local::start(datalet, Arc::clone(&self.clock))
             .await
             .map_err(std::io::Error::other)?;
-        let local = local.replicated(replicator, self.local_reads && group != META, memory_share);
+        let local = local.replicated(
+            replicator,
+            self.local_reads && group != META,
+            (memory_share, self.evict && group != META),
+        );
         Ok((Arc::new(local), stop))
     }
 }
@@ -358,8 +366,9 @@ impl<D: Datalet> EventualGround<D> {
         let local = Local::start(datalet, Arc::clone(&self.clock))
             .await
             .map_err(std::io::Error::other)?;
+        let local = local.eventual(node);
         local.set_memory_limit(share);
-        Ok((Arc::new(local.eventual(node)), stop))
+        Ok((Arc::new(local), stop))
     }
 }
 

@@ -102,6 +102,14 @@ pub const ROUND_ENTRIES: usize = 16 * 1024;
 const REPAIR_QUEUE: usize = 1024;
 /// Stripes of per-key locks: changes to keys of one stripe wait for each other.
 const KEY_LOCKS: usize = 1024;
+/// Rounds of evictions a write that does not fit may make before it is refused.
+const EVICTION_ROUNDS: usize = 8;
+/// How long an eviction's tombstone is kept, at most: long enough for its delete to reach
+/// every replica by propagation or the next anti-entropy rounds, short enough that a cache
+/// evicting all the time does not fill with tombstones. An item a replica cut off for longer
+/// still holds may come back; it is an item that was written, and the full replica evicts
+/// again.
+const EVICTION_TOMBSTONE_SECS: UnixSecs = 60;
 
 /// How the eventual mode repairs replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +123,10 @@ pub struct EventualOptions {
     pub hint_bytes: usize,
     /// The cluster's name and frame limit on peer links.
     pub link: LinkConfig,
+    /// A full replica evicts its least recently used items to make room (`--evict lru`), as
+    /// versioned deletes every replica carries out; else a write that does not fit is
+    /// refused.
+    pub evict: bool,
 }
 
 /// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
@@ -130,6 +142,7 @@ impl Default for EventualOptions {
             tombstone_grace: Duration::from_secs(3600),
             hint_bytes: 64 << 20,
             link: LinkConfig::default(),
+            evict: false,
         }
     }
 }
@@ -199,6 +212,10 @@ pub struct Eventual<D> {
     /// The group's members as the membership last named them (this node among them while it
     /// is one).
     target: Mutex<Vec<NodeId>>,
+    /// This replica's memory limit in bytes. The datalet has none of its own (it must take
+    /// every peer's update): a client's write is checked here, and a replica past its limit
+    /// evicts (with `options.evict`).
+    memory_limit: std::sync::atomic::AtomicUsize,
     /// The other members, to propagate to and repair with; the propagator and the repairer
     /// follow it. A node leaving the group keeps the members it hands its copy to.
     peers: tokio::sync::watch::Sender<Vec<NodeId>>,
@@ -309,6 +326,7 @@ impl<D: Datalet> Eventual<D> {
         target.sort();
         let node = Arc::new(Eventual {
             target: Mutex::new(target),
+            memory_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             peers: peers_tx,
             filling: AtomicBool::new(false),
             left: AtomicBool::new(false),
@@ -583,6 +601,81 @@ impl<D: Datalet> Eventual<D> {
         deleted_at.saturating_add(self.grace_secs()) <= now
     }
 
+    /// The memory limit of this replica (`-m`, `cache_memlimit`).
+    pub fn set_memory_limit(&self, bytes: usize) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
+    /// Makes room for `grows` more bytes: frees what dead items hold, then, if this replica
+    /// evicts, evicts its least recently used items, each as a delete at the version it
+    /// holds, which every replica carries out and which loses to any later write. Whether
+    /// there is room now.
+    async fn make_room(&self, grows: usize, now: UnixSecs) -> Result<bool, DataletError> {
+        let limit = self.memory_limit();
+        let fits = || (self.datalet.used_bytes() as usize).saturating_add(grows) <= limit;
+        if fits() {
+            return Ok(true);
+        }
+        self.datalet.reclaim(now).await;
+        if fits() || !self.options.evict {
+            return Ok(fits());
+        }
+        for _ in 0..EVICTION_ROUNDS {
+            let used = self.datalet.used_bytes() as usize;
+            let need = used.saturating_add(grows).saturating_sub(limit);
+            let victims = self.datalet.victims(need, now);
+            if victims.is_empty() {
+                break;
+            }
+            for (key, version) in victims {
+                self.evict(key, version, now).await?;
+            }
+            if fits() {
+                return Ok(true);
+            }
+        }
+        Ok(fits())
+    }
+
+    /// Evicts `key`'s item if it is still the one at `version`: it goes, and a tombstone at
+    /// its version goes to the peers, so they drop that item (and no later one) and repair
+    /// does not bring it back. The tombstone is dated so that it is kept for
+    /// [`EVICTION_TOMBSTONE_SECS`] (see there).
+    async fn evict(&self, key: Bytes, version: Version, now: UnixSecs) -> Result<(), DataletError> {
+        let update = {
+            let _key = self.locks.lock(&key).await;
+            let evict = Mutation::Evict { version };
+            if self.datalet.apply(&key, evict, version, now).await? != Outcome::Deleted {
+                return Ok(());
+            }
+            let deleted_at = (now + EVICTION_TOMBSTONE_SECS).saturating_sub(self.grace_secs());
+            self.remember_tombstone(&key, version, deleted_at, now);
+            Update::Deleted {
+                key,
+                version,
+                deleted_at,
+            }
+        };
+        self.send(update).await;
+        Ok(())
+    }
+
+    /// Evicts down to the memory limit, if this replica evicts and peers' updates took it
+    /// past.
+    pub(super) async fn evict_to_limit(&self) {
+        if !self.options.evict {
+            return;
+        }
+        let now = self.clock_source.now();
+        if let Err(e) = self.make_room(0, now).await {
+            tracing::warn!(error = %e, "could not evict to the memory limit");
+        }
+    }
+
     /// Applies a client's mutation locally, then queues what it left for the peers.
     pub async fn apply(
         &self,
@@ -590,6 +683,10 @@ impl<D: Datalet> Eventual<D> {
         mutation: Mutation,
         now: UnixSecs,
     ) -> Result<Outcome, DataletError> {
+        let grows = mutation.growth(key);
+        if grows > 0 && !self.make_room(grows, now).await? {
+            return Err(DataletError::OutOfMemory);
+        }
         let (outcome, update) = {
             let _key = self.locks.lock(key).await;
             match mutation {

@@ -34,6 +34,7 @@ impl<D: Datalet> Eventual<D> {
             let message = match event {
                 Incoming::Message(Message::Updates(updates)) => {
                     self.receive_all(updates).await;
+                    self.evict_to_limit().await;
                     continue;
                 }
                 Incoming::Message(Message::Offer) => {
