@@ -57,6 +57,24 @@ pub enum Divergence {
 /// Panics if two known writes of one key share a version: versions are unique, so the input
 /// is wrong.
 pub fn check_converged(replicas: &[ReplicaState], writes: &[Write]) -> Result<(), Divergence> {
+    converged(replicas, writes, false)
+}
+
+/// [`check_converged`] for a store that evicts: a key may also be absent from every replica
+/// (evicted everywhere). Replicas must still agree, and a key they hold must hold its
+/// newest write: an eviction removes, it never brings back an older value.
+pub fn check_converged_evicting(
+    replicas: &[ReplicaState],
+    writes: &[Write],
+) -> Result<(), Divergence> {
+    converged(replicas, writes, true)
+}
+
+fn converged(
+    replicas: &[ReplicaState],
+    writes: &[Write],
+    evictions: bool,
+) -> Result<(), Divergence> {
     let mut by_key: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
     for write in writes {
         by_key.entry(write.key.as_str()).or_default().push(write);
@@ -68,6 +86,9 @@ pub fn check_converged(replicas: &[ReplicaState], writes: &[Write]) -> Result<()
         .collect();
     for key in keys {
         let held = agreed(key, replicas)?;
+        if evictions && held.is_none() {
+            continue;
+        }
         check_key(key, held, by_key.get(key).map_or(&[], Vec::as_slice))?;
     }
     Ok(())

@@ -53,7 +53,7 @@ impl Explanation {
             .into_iter()
             .map(|op| (op, None))
             .collect();
-        let replayed = replay(history.initial, &longest_prefix);
+        let replayed = replay(history.initial, &longest_prefix, history.register.evictions);
         debug_assert!(replayed.is_some(), "the longest order does not replay");
         let state_after_prefix = match replayed {
             Some((mut register, state)) => {
@@ -80,8 +80,9 @@ impl Explanation {
 
 /// The register and state after `ops` in order from `initial`, every value kept apart;
 /// `None` if an op cannot get its answer (it could in the search, so that is a bug).
-fn replay(initial: StateId, ops: &[Op]) -> Option<(Register, StateId)> {
+fn replay(initial: StateId, ops: &[Op], evictions: bool) -> Option<(Register, StateId)> {
     let mut register = Register::default();
+    register.evictions = evictions;
     let mut state = initial;
     for op in ops {
         let step = register.prepare(&op.kind, op.result(), |_| None);

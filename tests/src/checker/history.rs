@@ -203,11 +203,28 @@ impl fmt::Display for ResultText<'_> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
     ops: Vec<Op>,
+    /// The store may evict: any key may become absent between ops (see
+    /// [`History::allow_evictions`]).
+    evictions: bool,
 }
 
 impl History {
     pub fn new() -> Self {
         History::default()
+    }
+
+    /// Checks this history against a store that evicts: a memcached key may become absent
+    /// at any point, on its own, as a full cache evicts it. The checkers then accept a miss
+    /// (or an `add` that stores, a `delete` or `incr` that finds nothing) where the key held
+    /// a value; what they still refuse is a value coming back after a miss, or any value no
+    /// write left, or (linearizable) an order that real time forbids.
+    pub fn allow_evictions(&mut self) {
+        self.evictions = true;
+    }
+
+    /// Whether [`History::allow_evictions`] was called.
+    pub fn evictions(&self) -> bool {
+        self.evictions
     }
 
     /// A history of `ops`, renumbered by position. Panics on a malformed op.
@@ -216,7 +233,10 @@ impl History {
             op.id = id;
             op.validate();
         }
-        History { ops }
+        History {
+            ops,
+            evictions: false,
+        }
     }
 
     /// Adds an op and returns its id. Panics on a malformed op.

@@ -71,6 +71,7 @@ pub fn check_linearizable(history: &History, budget: Budget) -> Verdict {
     let mut unknown = None;
     for (key, ops) in history.by_key() {
         let mut key_history = KeyHistory::new(&ops);
+        key_history.register.evictions = history.evictions();
         let (outcome, steps) = search(&mut key_history, budget.max_steps_per_key, deadline);
         match outcome {
             SearchOutcome::Found => {}
@@ -116,6 +117,7 @@ fn explain(
     deadline: Option<Deadline>,
 ) -> Explanation {
     let ops: Vec<&Op> = history.ops.clone();
+    let evictions = history.register.evictions;
     let guess = failure
         .stuck
         .iter()
@@ -126,6 +128,7 @@ fn explain(
     let fails = |trial: &Trial| {
         let ops: Vec<&Op> = trial.ops.iter().collect();
         let mut history = KeyHistory::new(&ops);
+        history.register.evictions = evictions;
         if trial.from.is_some() {
             history.initial = UNKNOWN;
         }

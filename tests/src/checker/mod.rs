@@ -10,6 +10,11 @@
 //! | sequential (small runs) | [`check_sequential`] | is there one order per key that keeps each client's order and explains every answer? |
 //! | eventual | [`check_converged`] | do all replicas hold the same items, each key its highest-version write? |
 //!
+//! A store that evicts ([`History::allow_evictions`], [`check_converged_evicting`]) may make any
+//! key absent at any point: the checkers then accept misses where a value was, and still
+//! refuse a value coming back after a miss, a stale or invented value, and (linearizable) an
+//! order real time forbids.
+//!
 //! The searching checkers answer "unknown" when their [`Budget`] runs out, never "pass". A
 //! failure comes with an explanation small enough to check by hand.
 //!
@@ -88,7 +93,9 @@ mod wgl;
 mod tests;
 
 pub use budget::{Budget, UnknownReason};
-pub use convergence::{check_converged, Divergence, Held, ReplicaState, Write};
+pub use convergence::{
+    check_converged, check_converged_evicting, Divergence, Held, ReplicaState, Write,
+};
 pub use explanation::Explanation;
 pub use history::{ClientId, History, Key, Op, OpId, OpKind, OpResult, Outcome, Time, Value};
 pub use linearizable::{check_linearizable, Verdict};

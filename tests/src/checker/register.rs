@@ -96,6 +96,9 @@ enum Entry {
 /// One key's table of states and its transition function.
 #[derive(Default)]
 pub(crate) struct Register {
+    /// The store may evict: before any op, the key may have become absent (see
+    /// [`Register::accepts`]).
+    pub evictions: bool,
     /// `entries[id - FIRST_ENTRY]` is state `id`.
     entries: Vec<Entry>,
     ids: HashMap<Entry, StateId>,
@@ -183,7 +186,30 @@ impl Register {
     }
 
     /// The state after `step` in `state`, if the step can get its expected answer there.
+    ///
+    /// With evictions, the key may also have been evicted just before the step: the step is
+    /// tried on `ABSENT` too. A step with an answer is accepted by at most one of the two
+    /// (each answer tells present from absent) or leaves the same state (`set`). An
+    /// indeterminate step may leave two states: when the evicted one is `ABSENT`, an eviction
+    /// just after the step covers it (the next step tries `ABSENT`); otherwise (an `add` that
+    /// stores only because the key was evicted) the two are covered by `PRESENT`.
     pub(crate) fn accepts(&mut self, state: StateId, step: &Step) -> Option<StateId> {
+        let plain = self.accepts_here(state, step);
+        if !self.evictions || state == ABSENT || state == UNKNOWN {
+            return plain;
+        }
+        let evicted = self.accepts_here(ABSENT, step);
+        match (plain, evicted) {
+            (plain, None) => plain,
+            (None, evicted) => evicted,
+            (Some(p), Some(e)) if e == p || e == ABSENT => Some(p),
+            (Some(ABSENT), Some(_)) => Some(UNKNOWN),
+            (Some(_), Some(_)) => Some(PRESENT),
+        }
+    }
+
+    /// [`Register::accepts`] without evictions.
+    fn accepts_here(&mut self, state: StateId, step: &Step) -> Option<StateId> {
         match step.expect {
             None => Some(self.effect(state, step.action)),
             Some(expected) if self.is_known(state) => {

@@ -15,8 +15,9 @@
 //!   which comes before them all.
 //! - Each client's *observations*, in its program order, are the writes it made and the
 //!   writes its reads saw. A `get` miss observes the initial absence, if the key has no
-//!   `delete` at all; otherwise a miss is ambiguous and skipped (skipping an observation
-//!   only loses constraints, it never invents one).
+//!   `delete` at all and the store does not evict ([`History::allow_evictions`]); otherwise a
+//!   miss is ambiguous and skipped (skipping an observation only loses constraints, it never
+//!   invents one).
 //! - When a client observes write `a` and next observes a different write `b`, `a` comes
 //!   before `b` in the order: an edge `a → b`.
 //!
@@ -93,7 +94,7 @@ pub fn check_write_order(history: &History) -> OrderVerdict {
                 key: key.to_string(),
                 reason: UnknownReason::Unsupported(reason),
             });
-        } else if let Err(violation) = check_key(key, &ops) {
+        } else if let Err(violation) = check_key(key, &ops, history.evictions()) {
             return OrderVerdict::Inconsistent(violation);
         }
     }
@@ -131,8 +132,8 @@ fn writes(op: &Op) -> bool {
 }
 
 /// Checks one key that [`unsupported`] accepts.
-fn check_key(key: &str, ops: &[&Op]) -> Result<(), Box<OrderViolation>> {
-    let graph = Graph::new(ops);
+fn check_key(key: &str, ops: &[&Op], evictions: bool) -> Result<(), Box<OrderViolation>> {
+    let graph = Graph::new(ops, evictions);
     let mut by_client: BTreeMap<ClientId, Vec<&Op>> = BTreeMap::new();
     for &op in ops.iter().filter(|op| !op.is_indeterminate()) {
         by_client.entry(op.client).or_default().push(op);
@@ -177,7 +178,8 @@ struct Graph<'a> {
 }
 
 impl<'a> Graph<'a> {
-    fn new(ops: &[&'a Op]) -> Self {
+    /// With `evictions`, a miss is ambiguous as after a `delete`.
+    fn new(ops: &[&'a Op], evictions: bool) -> Self {
         let writes: Vec<Option<&Op>> = [None]
             .into_iter()
             .chain(ops.iter().copied().filter(|op| writes(op)).map(Some))
@@ -191,7 +193,7 @@ impl<'a> Graph<'a> {
                 by_value.insert(v, node);
             }
         }
-        let has_deletes = ops.iter().any(|op| op.kind == OpKind::Delete);
+        let has_deletes = evictions || ops.iter().any(|op| op.kind == OpKind::Delete);
         Graph {
             writes,
             by_value,

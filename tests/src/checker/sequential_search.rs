@@ -67,6 +67,7 @@ pub fn check_sequential(history: &History, budget: Budget) -> SequentialVerdict 
     let mut unknown = None;
     for (key, ops) in history.by_key() {
         let mut key_history = KeyHistory::new(&ops);
+        key_history.register.evictions = history.evictions();
         match search(
             &mut key_history,
             &mut Meter::new(budget.max_steps_per_key, deadline),

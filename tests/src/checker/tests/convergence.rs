@@ -2,7 +2,9 @@
 
 use tailorkv_common::{NodeId, Version};
 
-use crate::checker::{check_converged, Divergence, ReplicaState, Value, Write};
+use crate::checker::{
+    check_converged, check_converged_evicting, Divergence, ReplicaState, Value, Write,
+};
 
 fn v(ts: u64, node: u16) -> Version {
     Version::new(ts, NodeId(node))
@@ -129,4 +131,29 @@ fn two_writes_with_one_version_are_a_bad_input() {
         write("a", Some("y"), Some(v(1, 0))),
     ];
     let _ = check_converged(&[], &dup);
+}
+
+/// From a store that evicts, a key absent from every replica converged; replicas that
+/// disagree, or agree on an older value, did not.
+#[test]
+fn evicted_everywhere_converged_but_evicted_somewhere_did_not() {
+    let evicted = replica(&[("a", "a2", v(3, 1))]);
+    let replicas = vec![evicted.clone(), evicted.clone(), evicted.clone()];
+    assert!(
+        check_converged(&replicas, &writes()).is_err(),
+        "c is missing"
+    );
+    assert_eq!(check_converged_evicting(&replicas, &writes()), Ok(()));
+    let holding_c = replica(&[("a", "a2", v(3, 1)), ("c", "c1", v(5, 2))]);
+    let err = check_converged_evicting(&[evicted.clone(), holding_c, evicted], &writes());
+    assert!(
+        matches!(err, Err(Divergence::ReplicasDiffer { ref key, .. }) if key == "c"),
+        "{err:?}"
+    );
+    let older = replica(&[("a", "a1", v(1, 0))]);
+    let err = check_converged_evicting(&[older.clone(), older], &writes());
+    assert!(
+        matches!(err, Err(Divergence::NotNewest { ref key, .. }) if key == "a"),
+        "{err:?}"
+    );
 }

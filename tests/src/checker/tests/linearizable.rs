@@ -393,3 +393,86 @@ fn a_violation_on_one_key_beats_unknown_on_another() {
         "{v}"
     );
 }
+
+// ---- a store that evicts ----
+
+/// Histories that only evictions explain: each is refused without them, and accepted with.
+#[test]
+fn evictions_explain_misses_adds_and_not_founds_after_a_write() {
+    let scripts = [
+        // A miss after an acknowledged write.
+        Script::new().set(1, "a", (0, 10)).get(2, (20, 30), None),
+        // Read, evicted, written again, read.
+        Script::new()
+            .set(1, "a", (0, 10))
+            .get(2, (20, 30), Some("a"))
+            .get(2, (40, 50), None)
+            .set(1, "b", (60, 70))
+            .get(2, (80, 90), Some("b")),
+        // An add that stores, a delete and an incr that find nothing.
+        Script::new()
+            .set(1, "a", (0, 10))
+            .add(2, "b", (20, 30), true),
+        Script::new()
+            .set(1, "a", (0, 10))
+            .delete(2, (20, 30), false),
+        Script::new()
+            .set(1, "5", (0, 10))
+            .incr(2, 1, (20, 30), None),
+        // An add whose reply never came stored only because the key had been evicted.
+        Script::new()
+            .set(1, "a", (0, 10))
+            .add_unknown(2, "b", 20)
+            .get(1, (40, 50), Some("b")),
+    ];
+    for script in scripts {
+        let history = script.build_evicting();
+        let mut without = History::from_ops(history.ops().to_vec());
+        assert!(!without.evictions());
+        let v = verdict(&without);
+        assert!(
+            !v.is_linearizable(),
+            "only evictions explain it, yet {v}:\n{}",
+            super::show(&without)
+        );
+        without.allow_evictions();
+        let v = verdict(&without);
+        assert!(
+            v.is_linearizable(),
+            "expected linearizable with evictions, got {v}:\n{}",
+            super::show(&without)
+        );
+    }
+}
+
+/// What evictions do not explain: a value back after a miss, a stale value after a newer
+/// write, a value never written, reads out of real-time order.
+#[test]
+fn evictions_do_not_explain_values_coming_back_or_going_back() {
+    let comes_back = Script::new()
+        .set(1, "a", (0, 10))
+        .get(2, (20, 30), None)
+        .get(2, (40, 50), Some("a"));
+    assert_not_linearizable(comes_back.build_evicting(), "k");
+    let stale = Script::new()
+        .set(1, "a", (0, 10))
+        .set(1, "b", (20, 30))
+        .get(2, (40, 50), Some("a"));
+    assert_not_linearizable(stale.build_evicting(), "k");
+    let invented = Script::new()
+        .set(1, "a", (0, 10))
+        .get(2, (20, 30), Some("z"));
+    assert_not_linearizable(invented.build_evicting(), "k");
+    // Another client saw the miss first: no read may see the value after it.
+    let order = Script::new()
+        .set(1, "a", (0, 10))
+        .get(2, (20, 30), None)
+        .get(3, (35, 45), Some("a"));
+    assert_not_linearizable(order.build_evicting(), "k");
+    // An incr after an eviction finds nothing, and cannot continue the old count.
+    let counts_on = Script::new()
+        .set(1, "5", (0, 10))
+        .incr(2, 1, (20, 30), None)
+        .incr(2, 1, (40, 50), Some(7));
+    assert_not_linearizable(counts_on.build_evicting(), "k");
+}

@@ -112,8 +112,20 @@ impl Script {
         self.unknown(c, OpKind::Incr(delta), invoked)
     }
 
+    /// An `add` whose reply never came.
+    pub(super) fn add_unknown(self, c: ClientId, v: &str, invoked: Time) -> Self {
+        self.unknown(c, OpKind::Add(v.into()), invoked)
+    }
+
     pub(super) fn build(self) -> History {
         self.history
+    }
+
+    /// The history, checked as one from a store that evicts.
+    pub(super) fn build_evicting(self) -> History {
+        let mut history = self.history;
+        history.allow_evictions();
+        history
     }
 }
 

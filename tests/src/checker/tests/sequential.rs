@@ -204,3 +204,23 @@ fn full_search_out_of_budget_is_unknown() {
     let v = check_sequential(&h, Budget::steps(2));
     assert!(matches!(v, SequentialVerdict::Unknown { .. }), "{v}");
 }
+
+// ---- a store that evicts ----
+
+/// A miss after a client saw the value: an eviction, which both checks accept only from a
+/// store that evicts. A value back after the miss stays a violation for the full search.
+#[test]
+fn evictions_explain_a_miss_but_not_a_value_coming_back() {
+    let evicted = || {
+        Script::new()
+            .set(1, "a", (0, 10))
+            .get(2, (20, 30), Some("a"))
+            .get(2, (40, 50), None)
+    };
+    assert!(!order(&evicted().build()).is_consistent());
+    assert!(!full(&evicted().build()).is_consistent());
+    assert!(order(&evicted().build_evicting()).is_consistent());
+    assert!(full(&evicted().build_evicting()).is_consistent());
+    let back = evicted().get(2, (60, 70), Some("a")).build_evicting();
+    assert!(!full(&back).is_consistent());
+}
