@@ -353,6 +353,25 @@ impl McConn {
         }
     }
 
+    /// `stats`, by name.
+    pub fn stats(&mut self) -> Result<std::collections::BTreeMap<String, String>, Failure> {
+        let deadline = self.send(b"stats\r\n")?;
+        let mut out = std::collections::BTreeMap::new();
+        loop {
+            let line = self.read_line(deadline)?;
+            if line == b"END" {
+                return Ok(out);
+            }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let mut words = text.splitn(3, ' ');
+            if let (Some("STAT"), Some(name), Some(value)) =
+                (words.next(), words.next(), words.next())
+            {
+                out.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
     /// Sends raw bytes (with the request timeout as write timeout); returns the reply
     /// deadline.
     pub fn send(&mut self, bytes: &[u8]) -> Result<Instant, Failure> {

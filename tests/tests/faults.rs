@@ -33,8 +33,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 use tailorkv_tests::checker::{
-    check_converged, check_linearizable, check_sequential, check_write_order, Budget, History, Op,
-    OpKind, OpResult, Recorder, ReplicaState, SequentialVerdict, Value, Write,
+    check_converged, check_converged_evicting, check_linearizable, check_sequential,
+    check_write_order, Budget, History, Op, OpKind, OpResult, Recorder, ReplicaState,
+    SequentialVerdict, Value, Write,
 };
 use tailorkv_tests::client::{Failure, McConn};
 use tailorkv_tests::procs::{Net, ProcCluster};
@@ -81,6 +82,8 @@ struct Run {
     seed: u64,
     mode: &'static str,
     n: usize,
+    /// The store evicts: the checkers allow any key to become absent.
+    evictions: bool,
     // Field order is drop order: the clients stop first, then the faults go, then the nodes.
     workload: Workload,
     net: Option<Net>,
@@ -113,6 +116,7 @@ impl Run {
         config.value_size = value_size;
         let workload = Workload::start(&cluster.addrs(), config);
         Run {
+            evictions: false,
             test: test.to_string(),
             seed,
             mode,
@@ -324,7 +328,10 @@ impl Run {
             unexpected.join("\n"),
             self.context()
         );
-        let history = self.workload.history();
+        let mut history = self.workload.history();
+        if self.evictions {
+            history.allow_evictions();
+        }
         let indeterminate = history
             .ops()
             .iter()
@@ -361,7 +368,10 @@ impl Run {
                     .flatten()
                     .cloned()
                     .collect();
-                let small = History::from_ops(small);
+                let mut small = History::from_ops(small);
+                if self.evictions {
+                    small.allow_evictions();
+                }
                 let started = Instant::now();
                 let verdict = check_sequential(
                     &small,
@@ -397,7 +407,11 @@ impl Run {
                 let known = writes.iter().filter(|w| w.version.is_some()).count();
                 eprintln!("{} writes, {known} with a known version", writes.len());
                 assert_versions_unique(&writes, &self.context());
-                if let Err(divergence) = check_converged(&replicas, &writes) {
+                let converged = match self.evictions {
+                    true => check_converged_evicting(&replicas, &writes),
+                    false => check_converged(&replicas, &writes),
+                };
+                if let Err(divergence) = converged {
                     panic!("{divergence}\n{}", self.context());
                 }
             }
@@ -744,6 +758,120 @@ fn sigstop_pause_sequential() {
 #[test]
 fn sigstop_pause_eventual() {
     sigstop_pause(EVENTUAL);
+}
+
+// ---------------------------------------------------------------------------------------
+// A full store
+
+/// The store full all along: 3 nodes of 2 MiB (memcached's default eviction), the workload's
+/// 2 KB values and an unrecorded filler writing 20 KB values under fresh keys through every
+/// node, so the store evicts all the time, the workload's keys too; node 2 is paused for a
+/// second meanwhile. The history passes the mode's checker for a store that evicts, the
+/// replicas end identical, every node counts evictions, and none passed its limit by more
+/// than what was in flight.
+fn evicting(mode: &'static str) {
+    let test = format!("evicting_{mode}");
+    let mut run = Run::start_with(&test, 3, mode, false, &["--memory-limit", "2"], 2_000);
+    run.evictions = true;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let filled = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for node in 1..=3 {
+            let (run, stop, filled) = (&run, &stop, &filled);
+            s.spawn(move || {
+                let value = vec![b'f'; 20_000];
+                let mut conn = None;
+                for i in 0u64.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => {
+                            match McConn::connect(run.cluster.addr(node), Duration::from_secs(2)) {
+                                Ok(c) => conn.insert(c),
+                                Err(_) => {
+                                    std::thread::sleep(Duration::from_millis(50));
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    match c.set(&format!("fill-{node}-{i}"), &value) {
+                        Ok(_) => {
+                            filled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(_) => conn = None,
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+        run.run_for(Duration::from_secs(2));
+        run.assert_healthy_start();
+        run.cluster.stop(2);
+        run.run_for(Duration::from_secs(1));
+        run.cluster.cont(2);
+        run.run_for(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let filled = filled.into_inner();
+    let evictions: Vec<u64> = (1..=3)
+        .map(|node| stat(run.cluster.addr(node), "evictions"))
+        .collect();
+    let bytes: Vec<u64> = (1..=3)
+        .map(|node| stat(run.cluster.addr(node), "bytes"))
+        .collect();
+    figure(
+        "evicting",
+        None,
+        &format!(
+            "{} filler_writes={filled} evictions={evictions:?} bytes={bytes:?}",
+            run.tags()
+        ),
+    );
+    assert!(
+        filled > 300,
+        "the filler wrote only {filled} values\n{}",
+        run.context()
+    );
+    assert!(
+        evictions.iter().all(|&e| e > 0),
+        "every node must have evicted: {evictions:?}\n{}",
+        run.context()
+    );
+    // 2 MiB, and in flight at most a few writes of 20 KB per client.
+    assert!(
+        bytes.iter().all(|&b| b <= 2 * 1024 * 1024 + 1024 * 1024),
+        "a node holds far more than its limit: {bytes:?}\n{}",
+        run.context()
+    );
+    run.finish(&[]);
+}
+
+/// A `stats` counter of the node at `addr`.
+fn stat(addr: SocketAddr, name: &str) -> u64 {
+    let mut conn = McConn::connect(addr, Duration::from_secs(5)).expect("connect for stats");
+    let stats = conn.stats().expect("stats");
+    stats
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats: {stats:?}"))
+}
+
+#[test]
+fn evicting_linearizable() {
+    evicting(LIN);
+}
+
+#[test]
+fn evicting_sequential() {
+    evicting(SEQ);
+}
+
+#[test]
+fn evicting_eventual() {
+    evicting(EVENTUAL);
 }
 
 // ---------------------------------------------------------------------------------------

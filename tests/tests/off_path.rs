@@ -24,20 +24,7 @@ const FAILURE_TIMEOUT: Duration = Duration::from_millis(400);
 /// `stats` of the node at `addr`, by name.
 fn stats(addr: SocketAddr) -> BTreeMap<String, String> {
     let mut conn = McConn::connect(addr, Duration::from_secs(5)).expect("connect for stats");
-    let deadline = conn.send(b"stats\r\n").expect("send stats");
-    let mut out = BTreeMap::new();
-    loop {
-        let line = conn.read_line(deadline).expect("read stats");
-        if line == b"END" {
-            return out;
-        }
-        let text = String::from_utf8_lossy(&line).into_owned();
-        let mut words = text.splitn(3, ' ');
-        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
-        {
-            out.insert(name.to_string(), value.to_string());
-        }
-    }
+    conn.stats().expect("stats")
 }
 
 fn stat_u64(addr: SocketAddr, name: &str) -> u64 {
