@@ -30,6 +30,10 @@ const CLOCK_RESERVATION: Ts = 1 << 20;
 /// writes may take the room freed for it meanwhile.
 const EVICTION_ROUNDS: usize = 8;
 
+/// How often a strong-mode replica checks that the others' writes did not take it past its
+/// own limit ([`Local::keep_within_limit`]).
+const LIMIT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The consistency a cluster offers, chosen at launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Consistency {
@@ -220,6 +224,11 @@ impl<D: Datalet> Local<D> {
         if grows == 0 {
             return Ok(());
         }
+        self.make_room(o, grows).await
+    }
+
+    /// [`Local::admit`] for `grows` more bytes.
+    async fn make_room(&self, o: &Ordered, grows: usize) -> Result<(), Error> {
         let limit = o.memory_limit.load(Ordering::Relaxed);
         let fits = || (self.datalet.used_bytes() as usize).saturating_add(grows) <= limit;
         if fits() {
@@ -257,6 +266,33 @@ impl<D: Datalet> Local<D> {
             }
         }
         Err(Error::Datalet(DataletError::OutOfMemory))
+    }
+
+    /// In a strong mode with eviction on: every [`LIMIT_CHECK`], if the other members' writes
+    /// took this replica past this node's limit, orders evictions down to it, so a node
+    /// with less memory than the others does not hold more than its limit for long. Until
+    /// `stop`.
+    pub fn keep_within_limit(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        if !self.ordered().is_some_and(|o| o.evict) {
+            return;
+        }
+        let local = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(LIMIT_CHECK) => {}
+                }
+                let Some(o) = local.ordered() else { return };
+                let limit = o.memory_limit.load(Ordering::Relaxed);
+                if local.datalet.used_bytes() as usize <= limit || local.standing_by() {
+                    continue;
+                }
+                if let Err(e) = local.make_room(o, 0).await {
+                    tracing::debug!(error = %e, "could not evict down to the memory limit");
+                }
+            }
+        });
     }
 
     /// `flush_all` with the flush point `at` (see [`Engine::flush_all`]).

@@ -350,8 +350,8 @@ pub async fn metrics<D: Datalet>(ctx: &Context<D>) -> String {
     counter(
         &mut r,
         "memcached_items_evicted",
-        "Items evicted (never: a full node refuses writes)",
-        0,
+        "Live items evicted to make room on this node",
+        node.evictions,
     );
     gauge(
         &mut r,

@@ -229,7 +229,8 @@ fn restart_with_100_items_of_1mb_catches_up_while_writes_go_on() {
 /// limit) and node 2 is paused, while the writes go on.
 fn unequal_memory(mode: &'static str) {
     let test = format!("unequal_memory_{mode}");
-    let mut cluster = ProcCluster::start_with(3, mode, &[], |node| {
+    // Refusal, not eviction, is what is checked here (eviction: `faults.rs`' `evicting_*`).
+    let mut cluster = ProcCluster::start_with(3, mode, &["--evict", "none"], |node| {
         if node == 3 {
             vec!["--memory-limit".into(), "8".into()]
         } else {
@@ -310,6 +311,76 @@ fn unequal_memory(mode: &'static str) {
     assert!(
         bytes.iter().all(|&b| b == bytes[0]),
         "{test}: replicas hold different bytes: {bytes:?}"
+    );
+}
+
+/// With eviction (the default), a node with less memory than the others keeps its replica
+/// within its own limit: the others' writes take it past, and it orders evictions down to it,
+/// which every replica applies, so the replicas stay identical and every key reads the same
+/// through every node.
+#[test]
+fn unequal_memory_with_eviction_keeps_the_small_node_within_its_limit() {
+    let test = "unequal_memory_evicting";
+    let cluster = ProcCluster::start_with(3, LIN, &[], |node| match node {
+        3 => vec!["--memory-limit".into(), "2".into()],
+        _ => Vec::new(),
+    });
+    let size = 10_000;
+    let mut conn = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
+    for i in 0..1_000 {
+        assert_eq!(
+            conn.set(&format!("e{i}"), &value(i, size)).unwrap(),
+            OpResult::Stored,
+            "{test}: set e{i}"
+        );
+    }
+    // 10 KB items take 11,104-byte chunks: 188 fit in 2 MiB.
+    let limit = 2 << 20;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bytes = loop {
+        let bytes: Vec<u64> = (1..=3)
+            .map(|n| stat_u64(cluster.addr(n), "bytes"))
+            .collect();
+        if bytes[2] <= limit && bytes.iter().all(|&b| b == bytes[0]) {
+            break bytes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{test}: node 3 holds {} bytes, over its 2 MiB, 10 s on (all: {bytes:?})",
+            bytes[2]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let evictions: Vec<u64> = (1..=3)
+        .map(|n| stat_u64(cluster.addr(n), "evictions"))
+        .collect();
+    assert!(
+        evictions.iter().all(|&e| e >= 800),
+        "{test}: evictions {evictions:?}"
+    );
+    // The same keys, the newest, on every node.
+    let mut held = Vec::new();
+    for node in 1..=3 {
+        let mut reader = McConn::connect(cluster.addr(node), Duration::from_secs(10)).unwrap();
+        let keys: Vec<usize> = (0..1_000)
+            .filter(|&i| match reader.get(&format!("e{i}")).unwrap() {
+                OpResult::Hit(v) => {
+                    assert_eq!(v.0, value(i, size), "{test}: e{i} through node {node}");
+                    true
+                }
+                _ => false,
+            })
+            .collect();
+        held.push(keys);
+    }
+    assert!(
+        held.iter().all(|k| *k == held[0]),
+        "{test}: nodes serve different keys"
+    );
+    assert!(
+        held[0].iter().all(|&i| i >= 1_000 - 200),
+        "{test}: an old key outlived newer ones: {:?} (bytes {bytes:?})",
+        &held[0][..5.min(held[0].len())]
     );
 }
 
@@ -857,7 +928,7 @@ fn a_disk_cluster_missing_a_node_restarts_when_told() {
 /// every write though what filled it had expired. Now it orders a clock tick first.
 #[test]
 fn a_full_sequential_node_takes_writes_again_once_its_items_expire() {
-    let cluster = ProcCluster::start(3, SEQ, &["--memory-limit", "8"]);
+    let cluster = ProcCluster::start(3, SEQ, &["--memory-limit", "8", "--evict", "none"]);
     let mut conn = McConn::connect(cluster.addr(1), Duration::from_secs(10)).unwrap();
     let value = vec![b'x'; 100_000];
     let mut stored = 0;

@@ -158,9 +158,36 @@ fn connections_past_the_limit_are_refused_as_memcached_does() {
     assert!(reply.contains("STAT rejected_connections 1\r\n"), "{reply}");
 }
 
+/// memcached's default: a full store evicts the least recently used items, counted in
+/// `stats`, and every write is stored.
+#[test]
+fn a_full_store_evicts_the_oldest_items() {
+    let server = Controlet::start_with(|c| c.memory_limit = 1);
+    let mut client = RawClient::connect(server.addr);
+    let value = vec![b'v'; 10_000];
+    for i in 0..300 {
+        let mut req = format!("set full{i} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend(&value);
+        req.extend(b"\r\n");
+        assert_eq!(client.call(&req, b"\r\n"), b"STORED\r\n", "set full{i}");
+    }
+    // 10 KB items take 11,104-byte chunks: 94 fit in 1 MiB.
+    let evictions = stat(server.addr, "evictions");
+    assert_eq!(evictions, 300 - 94);
+    assert_eq!(stat(server.addr, "curr_items"), 94);
+    assert_eq!(stat(server.addr, "evicted_unfetched"), evictions);
+    for i in 0..300 {
+        let reply = client.call(format!("get full{i}\r\n").as_bytes(), END);
+        assert_eq!(reply.len() > END.len(), i >= 300 - 94, "full{i}");
+    }
+}
+
 #[test]
 fn a_full_store_refuses_writes_and_keeps_every_stored_value() {
-    let server = Controlet::start_with(|c| c.memory_limit = 1);
+    let server = Controlet::start_with(|c| {
+        c.memory_limit = 1;
+        c.disable_evictions = true;
+    });
     let mut client = RawClient::connect(server.addr);
     let value = vec![b'v'; 10_000];
     let mut stored = 0;

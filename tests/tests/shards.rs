@@ -337,7 +337,8 @@ fn stats_placement_names_every_groups_members_and_partitions() {
 }
 
 /// Capacity grows with nodes: at the same memory limit per node, 6 nodes with 3 copies hold
-/// about twice what 3 nodes with 3 copies hold.
+/// about twice what 3 nodes with 3 copies hold. Counted by filling until writes are refused
+/// (`-M`: with eviction, writes never are).
 #[test]
 fn six_nodes_with_three_replicas_hold_twice_what_three_do() {
     fn fill(cluster: &Cluster) -> usize {
@@ -360,12 +361,16 @@ fn six_nodes_with_three_replicas_hold_twice_what_three_do() {
         }
         stored
     }
-    let three = Cluster::start(3, Consistency::Linearizable, |c| c.memory_limit = 1);
+    let three = Cluster::start(3, Consistency::Linearizable, |c| {
+        c.memory_limit = 1;
+        c.disable_evictions = true;
+    });
     let held3 = fill(&three);
     drop(three);
     let six = Cluster::start(NODES, Consistency::Linearizable, |c| {
         c.replicas = Some(REPLICAS);
         c.memory_limit = 1;
+        c.disable_evictions = true;
     });
     let held6 = fill(&six);
     let ratio = held6 as f64 / held3 as f64;

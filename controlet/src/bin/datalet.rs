@@ -24,7 +24,8 @@ struct Args {
     #[arg(long, default_value = "memory")]
     store: DataletSpec,
 
-    /// Memory for items, in MiB; when full, writes are refused, nothing is evicted.
+    /// Memory for items, in MiB; when full, writes are refused, nothing is evicted (a
+    /// controlet's replica behind this store would take an eviction for lost items).
     #[arg(long, default_value_t = 1024)]
     memory_limit: usize,
 
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let mut config = Config::local(args.listen);
     config.datalet = args.store;
     config.memory_limit = args.memory_limit;
+    config.evict = Some(tailorkv_controlet::config::Evict::None);
     config.item_size_max = args.item_size_max;
     config.max_connections = args.max_connections;
     if let Some(threads) = args.threads {

@@ -168,12 +168,13 @@ impl Order {
         let local = Local::start(datalet, Arc::clone(&self.clock))
             .await
             .map_err(std::io::Error::other)?;
-        let local = local.replicated(
+        let local = Arc::new(local.replicated(
             replicator,
             self.local_reads && group != META,
             (memory_share, self.evict && group != META),
-        );
-        Ok((Arc::new(local), stop))
+        ));
+        local.keep_within_limit(stop.clone());
+        Ok((local, stop))
     }
 }
 

@@ -15,10 +15,12 @@ pub fn memcached_with(limits: Limits) -> ServerProcess {
     ServerProcess::memcached(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// A controlet on its memory datalet with `limits`.
+/// A controlet on its memory datalet with `limits` (evicting or refusing as they say, as a
+/// memcached with or without `-M`).
 pub fn controlet_with(limits: Limits) -> ServerProcess {
     let mib = limits.memory_limit_bytes.div_ceil(1 << 20).to_string();
     let item = limits.item_size_max.to_string();
+    let evict = if limits.evict { "lru" } else { "none" };
     ServerProcess::controlet(&[
         "--memory-limit",
         &mib,
@@ -26,6 +28,8 @@ pub fn controlet_with(limits: Limits) -> ServerProcess {
         &item,
         "--threads",
         "2",
+        "--evict",
+        evict,
     ])
 }
 
