@@ -390,10 +390,20 @@ impl<D: Datalet> Local<D> {
 
     /// Every live item of the local datalet, for `lru_crawler metadump`. In a cluster this is
     /// the local replica as it stands, not read through the order.
-    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
-        Ok(self.datalet.scan(self.now()).await?)
+    pub async fn scan(&self) -> Result<Vec<Scanned>, Error> {
+        let items = self.datalet.scan(self.now()).await?;
+        Ok(items
+            .into_iter()
+            .map(|(key, item)| {
+                let access = self.datalet.access(&key);
+                (key, item, access)
+            })
+            .collect())
     }
 }
+
+/// A live item of a scan, with how it was used if the store keeps that.
+pub type Scanned = (Bytes, Item, Option<tailorkv_datalet::Access>);
 
 /// The replica groups this node holds, by id, each with its engine.
 pub type Locals<D> = BTreeMap<GroupId, Arc<Local<D>>>;
@@ -951,7 +961,7 @@ impl<D: Datalet> Engine<D> {
 
     /// Every live item this node holds, for `lru_crawler metadump`: its own replicas as they
     /// stand, not read through the order, and not the keys other nodes hold.
-    pub async fn scan(&self) -> Result<Vec<(Bytes, Item)>, Error> {
+    pub async fn scan(&self) -> Result<Vec<Scanned>, Error> {
         let mut items = Vec::new();
         for local in self.shape().locals.values() {
             items.extend(local.scan().await?);

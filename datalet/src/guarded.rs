@@ -98,4 +98,8 @@ impl<D: Datalet> Datalet for Guarded<D> {
     fn reset_stats(&self) {
         self.inner.reset_stats()
     }
+
+    fn access(&self, key: &[u8]) -> Option<crate::Access> {
+        self.inner.access(key)
+    }
 }

@@ -172,6 +172,15 @@ pub struct DataletStats {
     pub expired_unfetched: u64,
 }
 
+/// How an item has been used, as the memory store keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The second it was last read or written.
+    pub last: UnixSecs,
+    /// Whether it has been read since it was stored.
+    pub fetched: bool,
+}
+
 /// One slab class's items, for `stats items` and `stats slabs` (see
 /// [`tailorkv_common::slabs`]): memcached's per-class counters that mean something here.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -405,6 +414,13 @@ pub trait Datalet: Send + Sync + 'static {
     fn item_classes(&self, now: UnixSecs) -> Vec<ClassStats> {
         let _ = now;
         Vec::new()
+    }
+
+    /// What the store knows of the item under `key` beyond the item itself, for
+    /// `lru_crawler metadump`: `None` if it keeps nothing more (or holds no such item).
+    fn access(&self, key: &[u8]) -> Option<Access> {
+        let _ = key;
+        None
     }
 
     /// Zeroes the counters `stats reset` zeroes in memcached: everything but what the store

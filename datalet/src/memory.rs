@@ -743,6 +743,14 @@ impl Datalet for MemoryDatalet {
             .collect()
     }
 
+    fn access(&self, key: &[u8]) -> Option<crate::Access> {
+        let slot = self.map.get(key)?;
+        Some(crate::Access {
+            last: slot.accessed_at.load(Ordering::Relaxed),
+            fetched: slot.marked(FETCHED),
+        })
+    }
+
     fn reset_stats(&self) {
         for counter in [
             &self.total_items,

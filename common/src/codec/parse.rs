@@ -522,8 +522,8 @@ fn lru_crawler(t: &Tokens) -> Result<Parsed, DecodeError> {
     };
     match t.toks[1] {
         b"metadump" => match crawl_classes(arg) {
-            Classes::Hash => done(Command::Metadump { listed: true }, false),
-            Classes::Listed(listed) => done(Command::Metadump { listed }, false),
+            Classes::Hash => done(Command::Metadump { classes: u64::MAX }, false),
+            Classes::Listed(classes) => done(Command::Metadump { classes }, false),
             other => nothing(other),
         },
         b"crawl" => match crawl_classes(arg) {
@@ -551,9 +551,8 @@ fn lru_crawler(t: &Tokens) -> Result<Parsed, DecodeError> {
 enum Classes {
     /// `hash`: a walk of the hash table.
     Hash,
-    /// `all`, or a list of valid class ids: whether it takes in class 1, where every item is
-    /// here.
-    Listed(bool),
+    /// `all`, or a list of valid class ids: bit `i` set for class `i`.
+    Listed(u64),
     /// Only commas: nothing to crawl.
     NoIds,
     /// An id that is not a number from 1 to 63.
@@ -565,23 +564,19 @@ enum Classes {
 /// them), each read with `safe_strtoul` (so `+1` and `4294967297` are class 1).
 fn crawl_classes(arg: &[u8]) -> Classes {
     match arg {
-        b"all" => return Classes::Listed(true),
+        b"all" => return Classes::Listed(u64::MAX),
         b"hash" => return Classes::Hash,
         _ => {}
     }
-    let mut any = false;
-    let mut class_one = false;
+    let mut classes = 0u64;
     for id in arg.split(|&b| b == b',').filter(|p| !p.is_empty()) {
         match strtoul_u32(id) {
-            Some(id) if (1..SLAB_CLASSES).contains(&id) => {
-                any = true;
-                class_one |= id == 1;
-            }
+            Some(id) if (1..SLAB_CLASSES).contains(&id) => classes |= 1 << id,
             _ => return Classes::Bad,
         }
     }
-    if any {
-        Classes::Listed(class_one)
+    if classes != 0 {
+        Classes::Listed(classes)
     } else {
         Classes::NoIds
     }

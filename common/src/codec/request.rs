@@ -76,10 +76,10 @@ pub enum Command {
     /// `cache_memlimit <megabytes>`, already checked to be in memcached's range.
     CacheMemlimit { megabytes: u32 },
     /// `lru_crawler metadump all|hash|<class id>[,<class id>]*`: a line per live item, then
-    /// `END`. There are no slab classes here and every item is listed as class 1, so `listed`
-    /// is false when the request names only other classes; the reply is then `END` alone.
-    /// The other `lru_crawler` subcommands are answered by the parser.
-    Metadump { listed: bool },
+    /// `END`: the items of the slab classes whose bits are set in `classes` (bit `i` for
+    /// class `i`; every bit for `all` and `hash`). The other `lru_crawler` subcommands are
+    /// answered by the parser.
+    Metadump { classes: u64 },
     /// `quit`: close the connection once earlier replies are written.
     Quit,
     /// `shutdown [graceful]`: stop the server, if it was started with `-A`. `valid` is false

@@ -350,7 +350,8 @@ fn stats_cachedump_checks_its_arguments_like_memcached() {
 /// Each `lru_crawler` line and what memcached 1.6.18 (crawler running) answers it.
 #[test]
 fn lru_crawler_is_answered_like_memcached() {
-    let dump = |listed| Command::Metadump { listed };
+    let dump = |classes| Command::Metadump { classes };
+    let (all, one, one_two) = (u64::MAX, 1u64 << 1, (1u64 << 1) | (1 << 2));
     let line = |text| Command::Reply(Response::Line(text));
     let bad_class = line("BADCLASS invalid class id");
     let not_started = line("NOTSTARTED no items to crawl");
@@ -358,16 +359,16 @@ fn lru_crawler_is_answered_like_memcached() {
     let error = Command::Reply(Response::Error);
     let bad_format = Command::Reply(Response::ClientError(CLIENT_ERROR_BAD_FORMAT));
     let cases: Vec<(&str, Command)> = vec![
-        ("lru_crawler metadump all", dump(true)),
-        ("lru_crawler metadump hash", dump(true)),
-        ("lru_crawler   metadump  hash  ", dump(true)),
-        ("lru_crawler metadump 1", dump(true)),
-        ("lru_crawler metadump 2,1", dump(true)),
-        ("lru_crawler metadump ,,1,", dump(true)),
-        ("lru_crawler metadump +1", dump(true)),
-        ("lru_crawler metadump 4294967297", dump(true)),
-        ("lru_crawler metadump 2", dump(false)),
-        ("lru_crawler metadump 63", dump(false)),
+        ("lru_crawler metadump all", dump(all)),
+        ("lru_crawler metadump hash", dump(all)),
+        ("lru_crawler   metadump  hash  ", dump(all)),
+        ("lru_crawler metadump 1", dump(one)),
+        ("lru_crawler metadump 2,1", dump(one_two)),
+        ("lru_crawler metadump ,,1,", dump(one)),
+        ("lru_crawler metadump +1", dump(one)),
+        ("lru_crawler metadump 4294967297", dump(one)),
+        ("lru_crawler metadump 2", dump(1 << 2)),
+        ("lru_crawler metadump 63", dump(1 << 63)),
         ("lru_crawler metadump 0", bad_class.clone()),
         ("lru_crawler metadump 64", bad_class.clone()),
         ("lru_crawler metadump 1,x", bad_class.clone()),

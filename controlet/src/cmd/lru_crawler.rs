@@ -10,15 +10,12 @@
 //! out, as memcached leaves them out. `key=` is URL-encoded as memcached encodes it (letters,
 //! digits and `-._~` as they are, every other byte `%XX`), `cas=` is the CAS unique `gets`
 //! reports, and `exp=` is `-1` for an item that does not expire, else the unix time it
-//! expires at. The other fields stand for memcached internals we do not have, so they are
-//! approximations:
-//!
-//! - `la=` (last access): no access times are kept, so it is the time of the dump.
-//! - `fetch=` (read since stored): not tracked, so always `no`.
-//! - `cls=` (slab class): there are no slab classes, so always `1`. A dump of a list of class
-//!   ids lists everything if the list has 1 and nothing (`END` alone) if not.
-//! - `size=`: the item's size as memcached counts it ([`item_size`]: header, CAS, flags, key,
-//!   data and its `\r\n`), which is what memcached reports; the store's own overhead differs.
+//! expires at. `cls=` is the item's slab class as memcached sizes them
+//! ([`tailorkv_common::slabs`]), and a dump of a list of class ids lists the items of those
+//! classes. `size=` is the item's size as memcached counts it ([`item_size`]: header, CAS,
+//! flags, key, data and its `\r\n`). `la=` (last access) and `fetch=` (read since stored) are
+//! the store's own record where it keeps one (the memory store); a store that keeps none
+//! (disk, `memcached://`) reports the time of the dump and `no`.
 //!
 //! The dump lists the local datalet ([`Engine::scan`](crate::engine::Engine::scan)); in a
 //! cluster that is this node's replica as it stands, not read through the total order. It
@@ -37,41 +34,43 @@ use tokio::io::AsyncWrite;
 use super::Context;
 use crate::out::Out;
 
-/// The slab class every item is listed in.
-const CLASS: u32 = 1;
-
-/// `lru_crawler metadump`: the items if `listed`, then `END`.
+/// `lru_crawler metadump`: the items of the classes whose bits are set in `classes`, then
+/// `END`.
 pub async fn metadump<D: Datalet, W: AsyncWrite + Unpin>(
     ctx: &Context<D>,
-    listed: bool,
+    classes: u64,
     out: &mut Out<W>,
 ) -> std::io::Result<()> {
-    if listed {
-        let items = match ctx.engine.scan().await {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::warn!(error = %e, "datalet failed to list its items");
-                super::admin::error_reply(e).encode(&mut out.buf);
-                return Ok(());
-            }
-        };
-        let now = ctx.engine.now();
-        for (key, item) in &items {
-            let line = MetadumpLine {
-                key,
-                exp: match item.expiry {
-                    Expiry::Never => None,
-                    Expiry::At(at) => Some(at),
-                },
-                last_access: now,
-                cas: item.version.cas(),
-                fetched: false,
-                class: CLASS,
-                size: item_size(key.len(), item.flags, item.value.len()),
-            };
-            line.encode(&mut out.buf);
-            out.flush_if_full().await?;
+    let items = match ctx.engine.scan().await {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "datalet failed to list its items");
+            super::admin::error_reply(e).encode(&mut out.buf);
+            return Ok(());
         }
+    };
+    let now = ctx.engine.now();
+    let slabs = tailorkv_common::slabs::classes();
+    for (key, item, access) in &items {
+        let size = item_size(key.len(), item.flags, item.value.len());
+        let class = slabs.class_of(size);
+        if classes & (1 << class) == 0 {
+            continue;
+        }
+        let line = MetadumpLine {
+            key,
+            exp: match item.expiry {
+                Expiry::Never => None,
+                Expiry::At(at) => Some(at),
+            },
+            last_access: access.map_or(now, |a| a.last),
+            cas: item.version.cas(),
+            fetched: access.is_some_and(|a| a.fetched),
+            class: class as u32,
+            size,
+        };
+        line.encode(&mut out.buf);
+        out.flush_if_full().await?;
     }
     Response::End.encode(&mut out.buf);
     Ok(())

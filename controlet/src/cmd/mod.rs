@@ -106,7 +106,7 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         Command::CacheMemlimit { megabytes } => {
             admin::cache_memlimit(ctx, megabytes).encode(&mut out.buf)
         }
-        Command::Metadump { listed } => lru_crawler::metadump(ctx, listed, out).await?,
+        Command::Metadump { classes } => lru_crawler::metadump(ctx, classes, out).await?,
         Command::Quit => return Ok(Flow::Close),
         Command::Shutdown { valid } => {
             if !ctx.config.enable_shutdown {
