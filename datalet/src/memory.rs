@@ -109,7 +109,8 @@ struct ClassCounters {
     expired_unfetched: AtomicU64,
     reclaimed: AtomicU64,
     outofmemory: AtomicU64,
-    chunks: AtomicU64,
+    /// Chunks beyond one per item, of items larger than the largest chunk.
+    extra_chunks: AtomicU64,
     get_hits: AtomicU64,
     cmd_set: AtomicU64,
     delete_hits: AtomicU64,
@@ -148,27 +149,33 @@ impl ClassCounters {
 
 /// The recency queue: keys in the order they took their places, each entry stamped with a
 /// tick. An entry whose key's slot holds another tick (or no slot) is stale and skipped.
+/// Its mutex may be taken while a shard of the map is held, never the other way round.
 #[derive(Debug, Default)]
 struct Recency {
-    next_tick: AtomicU64,
-    queue: Mutex<VecDeque<(u64, Bytes)>>,
+    queue: Mutex<Queue>,
     /// A compaction is under way.
     compacting: AtomicBool,
 }
 
-impl Recency {
-    fn tick(&self) -> u64 {
-        self.next_tick.fetch_add(1, Ordering::Relaxed) + 1
-    }
+#[derive(Debug, Default)]
+struct Queue {
+    /// The last tick handed out.
+    tick: u64,
+    entries: VecDeque<(u64, Bytes)>,
+}
 
-    fn push(&self, tick: u64, key: Bytes) -> usize {
+impl Recency {
+    /// Puts `key` at the back: its new tick, and how long the queue is now.
+    fn push(&self, key: Bytes) -> (u64, usize) {
         let mut queue = self.queue.lock().unwrap();
-        queue.push_back((tick, key));
-        queue.len()
+        queue.tick += 1;
+        let tick = queue.tick;
+        queue.entries.push_back((tick, key));
+        (tick, queue.entries.len())
     }
 
     fn pop(&self) -> Option<(u64, Bytes)> {
-        self.queue.lock().unwrap().pop_front()
+        self.queue.lock().unwrap().entries.pop_front()
     }
 }
 
@@ -180,8 +187,6 @@ pub struct MemoryDatalet {
     memory_limit: AtomicUsize,
     /// What the items are charged against the limit: their chunks.
     used_bytes: AtomicUsize,
-    /// Their sizes as memcached counts them (`stats`' `bytes`).
-    item_bytes: AtomicU64,
     /// The last flush point: items stored at or before this second are gone once the clock
     /// reaches it. 0 when there has been no flush.
     flush_at: AtomicU64,
@@ -213,7 +218,6 @@ impl MemoryDatalet {
             item_size_max: limits.item_size_max,
             memory_limit: AtomicUsize::new(limits.memory_limit_bytes),
             used_bytes: AtomicUsize::new(0),
-            item_bytes: AtomicU64::new(0),
             flush_at: AtomicU64::new(0),
             last_reclaim: AtomicU64::new(0),
             total_items: AtomicU64::new(0),
@@ -268,26 +272,63 @@ impl MemoryDatalet {
 
     /// Counts an item of `size` in.
     fn count_in(&self, size: usize) {
-        self.item_bytes.fetch_add(size as u64, Ordering::Relaxed);
         let class = self.class(size);
         class.number.fetch_add(1, Ordering::Relaxed);
         class.requested.fetch_add(size as u64, Ordering::Relaxed);
-        class.chunks.fetch_add(self.chunks(size), Ordering::Relaxed);
+        let extra = self.extra_chunks(size);
+        if extra > 0 {
+            class.extra_chunks.fetch_add(extra, Ordering::Relaxed);
+        }
     }
 
     /// Counts an item of `size` out.
     fn count_out(&self, size: usize) {
-        self.item_bytes.fetch_sub(size as u64, Ordering::Relaxed);
         let class = self.class(size);
         class.number.fetch_sub(1, Ordering::Relaxed);
         class.requested.fetch_sub(size as u64, Ordering::Relaxed);
-        class.chunks.fetch_sub(self.chunks(size), Ordering::Relaxed);
+        let extra = self.extra_chunks(size);
+        if extra > 0 {
+            class.extra_chunks.fetch_sub(extra, Ordering::Relaxed);
+        }
     }
 
-    /// The chunks an item of `size` takes.
-    fn chunks(&self, size: usize) -> u64 {
+    /// Counts an item of `size` in, in place of one of `old` (if any): nothing to change when
+    /// the size is the same, the bytes alone when the class is.
+    fn recount(&self, old: Option<usize>, size: usize) {
+        match old {
+            Some(old) if old == size => {}
+            Some(old) if self.slabs.class_of(old) == self.slabs.class_of(size) => {
+                let class = self.class(size);
+                if size > old {
+                    class
+                        .requested
+                        .fetch_add((size - old) as u64, Ordering::Relaxed);
+                } else {
+                    class
+                        .requested
+                        .fetch_sub((old - size) as u64, Ordering::Relaxed);
+                }
+                let extra = self.extra_chunks(size) as i64 - self.extra_chunks(old) as i64;
+                if extra != 0 {
+                    class
+                        .extra_chunks
+                        .fetch_add(extra as u64, Ordering::Relaxed);
+                }
+            }
+            old => {
+                if let Some(old) = old {
+                    self.count_out(old);
+                }
+                self.count_in(size);
+            }
+        }
+    }
+
+    /// The chunks an item of `size` takes beyond one (an item larger than the largest
+    /// chunk takes several).
+    fn extra_chunks(&self, size: usize) -> u64 {
         let class = self.slabs.class_of(size);
-        (self.slabs.charge(size) / self.slabs.chunk_size(class)) as u64
+        (self.slabs.charge(size) / self.slabs.chunk_size(class)) as u64 - 1
     }
 
     /// Counts a request's hit in the class of the item it found or left.
@@ -352,8 +393,7 @@ impl MemoryDatalet {
 
     /// Takes `key`'s new place at the back of the recency queue (with no shard lock held),
     /// compacting the queue when stale entries have piled up.
-    fn enqueue(&self, tick: u64, key: Bytes) {
-        let len = self.recency.push(tick, key);
+    fn compact_if_stale(&self, (tick, len): (u64, usize)) {
         if tick.is_multiple_of(1024) && len > 2 * self.map.len() + 1024 {
             self.compact();
         }
@@ -366,7 +406,7 @@ impl MemoryDatalet {
         if self.recency.compacting.swap(true, Ordering::AcqRel) {
             return;
         }
-        let old = std::mem::take(&mut *self.recency.queue.lock().unwrap());
+        let old = std::mem::take(&mut self.recency.queue.lock().unwrap().entries);
         let mut kept: VecDeque<(u64, Bytes)> = if old.is_empty() {
             let mut all: Vec<(u64, Bytes)> = self
                 .map
@@ -385,8 +425,8 @@ impl MemoryDatalet {
                 .collect()
         };
         let mut queue = self.recency.queue.lock().unwrap();
-        kept.extend(queue.drain(..));
-        *queue = kept;
+        kept.extend(queue.entries.drain(..));
+        queue.entries = kept;
         drop(queue);
         self.recency.compacting.store(false, Ordering::Release);
     }
@@ -454,10 +494,7 @@ impl MemoryDatalet {
                 if charge < old_charge {
                     self.release(old_charge - charge);
                 }
-                if let Some(old_size) = old_size {
-                    self.count_out(old_size);
-                }
-                self.count_in(size);
+                self.recount(old_size, size);
                 let class = self.class(size);
                 let counter = match &outcome {
                     Outcome::Touched(_) => Some(&class.touch_hits),
@@ -480,10 +517,20 @@ impl MemoryDatalet {
                         slot.stored_at = now;
                         slot.read(now);
                     }
+                    // A live item written again keeps its place, marked active: it moves to
+                    // the back when its turn comes, as if moved now, without a queue entry
+                    // per write of a hot key. It is a new item: not fetched yet.
+                    Entry::Occupied(mut e) if !dead_slot => {
+                        let slot = e.get_mut();
+                        slot.item = item;
+                        slot.stored_at = now;
+                        slot.accessed_at.store(now, Ordering::Relaxed);
+                        slot.marks.store(ACTIVE, Ordering::Relaxed);
+                    }
                     entry => {
-                        let tick = self.recency.tick();
+                        let (tick, len) = self.recency.push(key.clone());
                         entry.insert(Slot::new(item, now, tick));
-                        placed = Some(tick);
+                        placed = Some((tick, len));
                     }
                 }
             }
@@ -497,8 +544,8 @@ impl MemoryDatalet {
             }
             _ => {}
         }
-        if let Some(tick) = placed {
-            self.enqueue(tick, key.clone());
+        if let Some(placed) = placed {
+            self.compact_if_stale(placed);
         }
         Ok(outcome)
     }
@@ -640,7 +687,11 @@ impl Datalet for MemoryDatalet {
         DataletStats {
             curr_items: self.map.len() as u64,
             total_items: self.total_items.load(Ordering::Relaxed),
-            bytes: self.item_bytes.load(Ordering::Relaxed),
+            bytes: self
+                .classes
+                .iter()
+                .map(|c| c.requested.load(Ordering::Relaxed))
+                .sum(),
             limit_maxbytes: self.memory_limit.load(Ordering::Relaxed) as u64,
             get_expired: self.get_expired.load(Ordering::Relaxed),
             get_flushed: self.get_flushed.load(Ordering::Relaxed),
@@ -672,7 +723,7 @@ impl Datalet for MemoryDatalet {
                 self.compact();
                 continue;
             };
-            let requeue = {
+            {
                 let Some(slot) = self.map.get(&key) else {
                     continue;
                 };
@@ -680,18 +731,14 @@ impl Datalet for MemoryDatalet {
                     continue;
                 }
                 if slot.marks.fetch_and(!ACTIVE, Ordering::Relaxed) & ACTIVE != 0 {
-                    let tick = self.recency.tick();
+                    // Under the slot's shard, so no compaction sees it between places.
+                    let (tick, _) = self.recency.push(key.clone());
                     slot.place.store(tick, Ordering::Relaxed);
                     slot.placed_at.store(now, Ordering::Relaxed);
-                    Some(tick)
                 } else {
                     freed += self.slabs.charge(Self::size(&key, &slot.item));
                     victims.push((key.clone(), slot.item.version));
-                    None
                 }
-            };
-            if let Some(tick) = requeue {
-                self.recency.push(tick, key);
             }
         }
         victims
@@ -724,7 +771,7 @@ impl Datalet for MemoryDatalet {
                 expired_unfetched: load(&c.expired_unfetched),
                 reclaimed: load(&c.reclaimed),
                 outofmemory: load(&c.outofmemory),
-                chunks: load(&c.chunks),
+                chunks: load(&c.number) + load(&c.extra_chunks),
                 get_hits: load(&c.get_hits),
                 cmd_set: load(&c.cmd_set),
                 delete_hits: load(&c.delete_hits),
@@ -1020,7 +1067,7 @@ mod tests {
                 put(&store, &format!("k{k}"), b"v", round * 50 + k + 1, 1_000).await;
             }
         }
-        let len = store.recency.queue.lock().unwrap().len();
+        let len = store.recency.queue.lock().unwrap().entries.len();
         assert!(len <= 2 * 50 + 1024 + 1024, "the queue holds {len} entries");
         let all = store.victims(usize::MAX, 1_000);
         assert_eq!(all.len(), 50);
