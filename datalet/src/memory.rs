@@ -149,9 +149,12 @@ impl ClassCounters {
 
 /// The recency queue: keys in the order they took their places, each entry stamped with a
 /// tick. An entry whose key's slot holds another tick (or no slot) is stale and skipped.
-/// Its mutex may be taken while a shard of the map is held, never the other way round.
+/// Its mutex may be taken while a shard of the map is held, never the other way round; a
+/// write takes its tick under its shard and pushes after releasing it, so the queue is in
+/// tick order but for writes racing each other.
 #[derive(Debug, Default)]
 struct Recency {
+    tick: AtomicU64,
     queue: Mutex<Queue>,
     /// A compaction is under way.
     compacting: AtomicBool,
@@ -159,19 +162,25 @@ struct Recency {
 
 #[derive(Debug, Default)]
 struct Queue {
-    /// The last tick handed out.
-    tick: u64,
     entries: VecDeque<(u64, Bytes)>,
 }
 
 impl Recency {
-    /// Puts `key` at the back: its new tick, and how long the queue is now.
-    fn push(&self, key: Bytes) -> (u64, usize) {
+    fn tick(&self) -> u64 {
+        self.tick.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Puts `key` at the back with `tick`; how long the queue is now.
+    fn push_at(&self, tick: u64, key: Bytes) -> usize {
         let mut queue = self.queue.lock().unwrap();
-        queue.tick += 1;
-        let tick = queue.tick;
         queue.entries.push_back((tick, key));
-        (tick, queue.entries.len())
+        queue.entries.len()
+    }
+
+    /// Puts `key` at the back: its new tick.
+    fn push(&self, key: Bytes) -> (u64, usize) {
+        let tick = self.tick();
+        (tick, self.push_at(tick, key))
     }
 
     fn pop(&self) -> Option<(u64, Bytes)> {
@@ -431,20 +440,33 @@ impl MemoryDatalet {
         self.recency.compacting.store(false, Ordering::Release);
     }
 
-    /// Evicts to free `bytes`; how many items it evicted.
+    /// Evicts to free `bytes`; how many items it named (some may have been written since,
+    /// and stay).
     fn evict_for(&self, bytes: usize, now: UnixSecs) -> usize {
-        let mut evicted = 0;
-        for (key, version) in self.victims(bytes, now) {
+        let victims = self.victims(bytes, now);
+        for (key, version) in &victims {
             let gone = self
                 .map
-                .remove_if(&key, |_, slot| slot.item.version == version);
-            if let Some((key, slot)) = gone {
-                self.evicted(&key, &slot, now);
-                self.removed(&key, &slot);
-                evicted += 1;
+                .remove_if(key, |_, slot| slot.item.version == *version);
+            match gone {
+                Some((key, slot)) => {
+                    self.evicted(&key, &slot, now);
+                    self.removed(&key, &slot);
+                }
+                None => self.place_again(key, now),
             }
         }
-        evicted
+        victims.len()
+    }
+
+    /// Gives `key`'s item, named as a victim and written since, a place at the back again:
+    /// naming it took its place, and a write keeps the place it has.
+    fn place_again(&self, key: &Bytes, now: UnixSecs) {
+        if let Some(slot) = self.map.get(key) {
+            let (tick, _) = self.recency.push(key.clone());
+            slot.place.store(tick, Ordering::Relaxed);
+            slot.placed_at.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Carries out `mutation`, or reports how many bytes more it needs than the limit
@@ -475,6 +497,17 @@ impl MemoryDatalet {
             }
         );
         let incr = matches!(mutation, Mutation::Incr(_));
+        // An eviction named an item written since: it stays, and takes a place again (under
+        // its shard, which the entry holds).
+        if let (Mutation::Evict { version }, Some(live)) = (&mutation, live) {
+            if live.version != *version {
+                if let Entry::Occupied(e) = &entry {
+                    let (tick, _) = self.recency.push(key.clone());
+                    e.get().place.store(tick, Ordering::Relaxed);
+                    e.get().placed_at.store(now, Ordering::Relaxed);
+                }
+            }
+        }
         let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
         match (&outcome, live) {
             (Outcome::Exists, Some(live)) => self.hit(key, live, |c| &c.cas_badval),
@@ -528,9 +561,9 @@ impl MemoryDatalet {
                         slot.marks.store(ACTIVE, Ordering::Relaxed);
                     }
                     entry => {
-                        let (tick, len) = self.recency.push(key.clone());
+                        let tick = self.recency.tick();
                         entry.insert(Slot::new(item, now, tick));
-                        placed = Some((tick, len));
+                        placed = Some(tick);
                     }
                 }
             }
@@ -544,8 +577,9 @@ impl MemoryDatalet {
             }
             _ => {}
         }
-        if let Some(placed) = placed {
-            self.compact_if_stale(placed);
+        if let Some(tick) = placed {
+            let len = self.recency.push_at(tick, key.clone());
+            self.compact_if_stale((tick, len));
         }
         Ok(outcome)
     }
@@ -1054,6 +1088,16 @@ mod tests {
         assert!(!has(&store, "k0", 1_000).await);
         assert!(has(&store, "k1", 1_000).await);
         assert_eq!(store.stats().evictions, 1);
+        // k1, named and spared, has a place again, at the back.
+        let named: Vec<Bytes> = store
+            .victims(usize::MAX, 1_000)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            named,
+            [Bytes::from_static(b"k3"), Bytes::from_static(b"k1")]
+        );
     }
 
     /// Writes of the same keys over and over leave stale queue entries; they are dropped, so
