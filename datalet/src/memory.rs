@@ -279,25 +279,17 @@ impl MemoryDatalet {
         self.used_bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Counts an item of `size` in.
-    fn count_in(&self, size: usize) {
+    /// Counts an item of `size` in (`sign` 1) or out (`sign` -1) of its class.
+    fn count(&self, size: usize, sign: i64) {
         let class = self.class(size);
-        class.number.fetch_add(1, Ordering::Relaxed);
-        class.requested.fetch_add(size as u64, Ordering::Relaxed);
+        let add = |counter: &AtomicU64, n: u64| {
+            counter.fetch_add((n as i64 * sign) as u64, Ordering::Relaxed);
+        };
+        add(&class.number, 1);
+        add(&class.requested, size as u64);
         let extra = self.extra_chunks(size);
         if extra > 0 {
-            class.extra_chunks.fetch_add(extra, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts an item of `size` out.
-    fn count_out(&self, size: usize) {
-        let class = self.class(size);
-        class.number.fetch_sub(1, Ordering::Relaxed);
-        class.requested.fetch_sub(size as u64, Ordering::Relaxed);
-        let extra = self.extra_chunks(size);
-        if extra > 0 {
-            class.extra_chunks.fetch_sub(extra, Ordering::Relaxed);
+            add(&class.extra_chunks, extra);
         }
     }
 
@@ -326,9 +318,9 @@ impl MemoryDatalet {
             }
             old => {
                 if let Some(old) = old {
-                    self.count_out(old);
+                    self.count(old, -1);
                 }
-                self.count_in(size);
+                self.count(size, 1);
             }
         }
     }
@@ -349,7 +341,7 @@ impl MemoryDatalet {
     fn removed(&self, key: &[u8], slot: &Slot) {
         let size = Self::size(key, &slot.item);
         self.release(self.slabs.charge(size));
-        self.count_out(size);
+        self.count(size, -1);
     }
 
     /// Counts the eviction of `slot` at `now`.
