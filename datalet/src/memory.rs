@@ -451,8 +451,8 @@ impl MemoryDatalet {
         victims.len()
     }
 
-    /// Gives `key`'s item, named as a victim and written since, a place at the back again:
-    /// naming it took its place, and a write keeps the place it has.
+    /// Gives `key`'s item, named as a victim and left in place (its version changed since),
+    /// a place at the back again: naming it took its place.
     fn place_again(&self, key: &Bytes, now: UnixSecs) {
         if let Some(slot) = self.map.get(key) {
             let (tick, _) = self.recency.push(key.clone());
@@ -541,16 +541,6 @@ impl MemoryDatalet {
                         slot.item = item;
                         slot.stored_at = now;
                         slot.read(now);
-                    }
-                    // A live item written again keeps its place, marked active: it moves to
-                    // the back when its turn comes, as if moved now, without a queue entry
-                    // per write of a hot key. It is a new item: not fetched yet.
-                    Entry::Occupied(mut e) if !dead_slot => {
-                        let slot = e.get_mut();
-                        slot.item = item;
-                        slot.stored_at = now;
-                        slot.accessed_at.store(now, Ordering::Relaxed);
-                        slot.marks.store(ACTIVE, Ordering::Relaxed);
                     }
                     entry => {
                         let tick = self.recency.tick();
