@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use crate::error::Error;
 use crate::placement::{GroupId, Placement};
-use crate::replication::{Eventual, Replicator};
+use crate::replication::{Bump, Eventual, Replicator};
 use crate::shard::forward::{Forwarded, Forwarder, RemoteAnswer, RemoteOp};
 
 /// Timestamps are reserved in the datalet this many at a time: one `save_clock` per million
@@ -166,13 +166,21 @@ impl<D: Datalet> Local<D> {
     /// local datalet (in the sequential mode once that is sound, see
     /// [`Replicator::read_locally`]).
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, Error> {
-        match &self.mode {
-            Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, self.now()).await,
-            Mode::Ordered(o) => {
-                let read = || self.datalet.get(key, self.now());
-                o.replicator.read_locally(read).await
+        self.read(key, Bump::Yes).await
+    }
+
+    /// [`Local::get`], counted as an access of the item or not (`mg ... u`) as `bump` says.
+    pub async fn read(&self, key: &[u8], bump: Bump) -> Result<Option<Item>, Error> {
+        let local = || async {
+            match bump {
+                Bump::Yes => self.datalet.get(key, self.now()).await,
+                Bump::No => self.datalet.peek(key, self.now()).await,
             }
-            Mode::Single(_) | Mode::Eventual(_) => Ok(self.datalet.get(key, self.now()).await?),
+        };
+        match &self.mode {
+            Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, bump, self.now()).await,
+            Mode::Ordered(o) => o.replicator.read_locally(local).await,
+            Mode::Single(_) | Mode::Eventual(_) => Ok(local().await?),
         }
     }
 
@@ -621,9 +629,15 @@ impl<D: Datalet> Engine<D> {
 
     /// The live item under `key` (see [`Local::get`]).
     pub async fn get(&self, key: &Bytes) -> Result<Option<Item>, Error> {
+        self.read(key, Bump::Yes).await
+    }
+
+    /// [`Engine::get`], counted as an access of the item or not as `bump` says. (A key
+    /// another group owns is read by its owner as a `get`, which counts.)
+    pub async fn read(&self, key: &Bytes, bump: Bump) -> Result<Option<Item>, Error> {
         let shape = self.shape();
         match self.route(&shape, key) {
-            Route::Here(local) => local.get(key).await,
+            Route::Here(local) => local.read(key, bump).await,
             Route::There { .. } => {
                 let mut items = self.get_many(std::slice::from_ref(key)).await;
                 let item = items.pop().expect("one answer per key");
@@ -634,6 +648,15 @@ impl<D: Datalet> Engine<D> {
                 }
                 item
             }
+        }
+    }
+
+    /// How the item under `key` has been used, by this node's replica of it, if this node
+    /// holds one and its store keeps that.
+    pub fn access(&self, key: &Bytes) -> Option<tailorkv_datalet::Access> {
+        match self.route(&self.shape(), key) {
+            Route::Here(local) => local.datalet.access(key),
+            Route::There { .. } => None,
         }
     }
 

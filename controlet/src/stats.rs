@@ -47,6 +47,7 @@ counters!(
     cmd_set,
     cmd_flush,
     cmd_touch,
+    cmd_meta,
     get_hits,
     get_misses,
     delete_misses,

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Clock, Expiry, NodeId, SystemClock, UnixSecs, Version};
 
-use crate::{BatchOp, Datalet, DataletError, DataletStats, Item, Limits, Mutation, Outcome};
+use crate::{BatchOp, Datalet, DataletError, DataletStats, Item, Limits, Marks, Mutation, Outcome};
 
 /// Every case, by name; [`conformance_tests!`](crate::conformance_tests) makes a test of each.
 #[macro_export]
@@ -49,6 +49,8 @@ macro_rules! conformance_tests {
             reset_empties_the_store_and_keeps_the_clock,
             items_written_after_a_reset_are_served,
             a_batch_applies_in_order_with_each_outcome,
+            meta_marks_are_kept_with_the_item,
+            meta_mutations_follow_memcached,
         );
     };
     (@each $make:expr; $($case:ident),* $(,)?) => {
@@ -93,6 +95,143 @@ async fn apply<D: Datalet>(d: &D, k: &str, m: Mutation, ts: u64) -> Outcome {
     d.apply(&key(k), m, v(ts), NOW).await.expect("apply")
 }
 
+fn meta_set(value: &str, compare: Option<u64>, invalidate: bool, marks: Marks) -> Mutation {
+    Mutation::MetaSet(crate::MetaSet {
+        mode: StoreMode::Set,
+        compare,
+        invalidate,
+        flags: 3,
+        expiry: Expiry::At(NOW + 100),
+        value: key(value),
+        marks,
+    })
+}
+
+fn meta_get(vivify: Option<Expiry>) -> Mutation {
+    Mutation::MetaGet(crate::MetaGet {
+        vivify,
+        recache: None,
+        touch: None,
+        touch_first: false,
+        bump: true,
+    })
+}
+
+/// The item under `k`, which must be there.
+async fn live<D: Datalet>(d: &D, k: &str) -> Item {
+    d.get(k.as_bytes(), NOW)
+        .await
+        .expect("get")
+        .expect("an item")
+}
+
+/// The meta protocol's marks are stored with the item and read back, as every write leaves
+/// them, by every backend (the disk and remote ones keep them in their headers).
+pub async fn meta_marks_are_kept_with_the_item<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let binary = meta_set("v", None, false, Marks::BINARY_KEY);
+    assert_eq!(apply(&d, "k", binary, 2).await, Outcome::StoredAt(v(2)));
+    assert_eq!(live(&d, "k").await.marks, Marks::BINARY_KEY);
+    let every = meta_set("w", None, false, Marks::ALL);
+    assert_eq!(apply(&d, "k", every, 3).await, Outcome::StoredAt(v(3)));
+    assert_eq!(live(&d, "k").await.marks, Marks::ALL);
+    // A classic write starts the item without marks.
+    assert_eq!(apply(&d, "k", set("x"), 4).await, Outcome::Stored);
+    assert_eq!(live(&d, "k").await.marks, Marks::default());
+    let scanned = scanned(&d, NOW).await;
+    assert_eq!(scanned[&key("k")].marks, Marks::default());
+}
+
+/// `md I`, the win token of `mg`, a stale `ms I`, `ma` with `N` and `C`, `mg N`: decided as
+/// memcached decides them, with the marks every backend keeps.
+pub async fn meta_mutations_follow_memcached<D: Datalet>(make: impl Fn(Limits) -> D) {
+    let d = make(Limits::default());
+    let invalidate = Mutation::MetaDelete(crate::MetaDelete {
+        compare: None,
+        invalidate: true,
+        touch: Some(Expiry::At(NOW + 30)),
+    });
+    assert_eq!(
+        apply(&d, "gone", invalidate.clone(), 2).await,
+        Outcome::NotFound
+    );
+    apply(&d, "k", meta_set("old", None, false, Marks::default()), 3).await;
+    let wrong = Mutation::MetaDelete(crate::MetaDelete {
+        compare: Some(v(2).cas()),
+        invalidate: false,
+        touch: None,
+    });
+    assert_eq!(apply(&d, "k", wrong, 4).await, Outcome::Exists);
+    assert_eq!(apply(&d, "k", invalidate, 5).await, Outcome::Invalidated);
+    let stale = live(&d, "k").await;
+    assert_eq!(stale.marks, Marks::STALE, "stale, a new version");
+    assert_eq!((stale.version, stale.expiry), (v(5), Expiry::At(NOW + 30)));
+    // The first reader of a stale item wins; the next sees the win handed out.
+    let Outcome::Fetched(first) = apply(&d, "k", meta_get(None), 6).await else {
+        panic!("a hit");
+    };
+    assert!(first.won && !first.created);
+    assert_eq!(first.marks_before, Marks::STALE);
+    let Outcome::Fetched(second) = apply(&d, "k", meta_get(None), 7).await else {
+        panic!("a hit");
+    };
+    assert!(!second.won);
+    assert_eq!(second.marks_before, Marks::STALE.with(Marks::WON));
+    assert_eq!(
+        live(&d, "k").await.version,
+        v(5),
+        "a read keeps the version"
+    );
+    // A late write with an older unique and `I` is kept, stale, with the old expiry.
+    let late = meta_set("late", Some(v(3).cas()), true, Marks::default());
+    assert_eq!(apply(&d, "k", late, 8).await, Outcome::StoredAt(v(8)));
+    let item = live(&d, "k").await;
+    assert_eq!(item.value, key("late"));
+    assert_eq!(item.marks, Marks::STALE.with(Marks::WON));
+    assert_eq!(item.expiry, Expiry::At(NOW + 30));
+    // Without `I`, or with a newer unique, it is refused.
+    let refused = meta_set("no", Some(v(3).cas()), false, Marks::default());
+    assert_eq!(apply(&d, "k", refused, 9).await, Outcome::Exists);
+    let newer = meta_set("no", Some(v(50).cas()), true, Marks::default());
+    assert_eq!(apply(&d, "k", newer, 10).await, Outcome::Exists);
+    // `mg N` on a miss creates an empty item whose reader wins.
+    let Outcome::Fetched(created) =
+        apply(&d, "lease", meta_get(Some(Expiry::At(NOW + 9))), 11).await
+    else {
+        panic!("created");
+    };
+    assert!(created.created && created.won);
+    let lease = live(&d, "lease").await;
+    assert_eq!((lease.value, lease.marks), (Bytes::new(), Marks::WON));
+    assert_eq!(lease.expiry, Expiry::At(NOW + 9));
+    // `ma`: created from `J` on a miss, refused on a wrong unique, counted otherwise.
+    let arith = |compare, vivify| {
+        Mutation::MetaArith(crate::MetaArith {
+            incr: true,
+            delta: 5,
+            compare,
+            vivify,
+            touch: None,
+        })
+    };
+    assert_eq!(
+        apply(&d, "n", arith(None, None), 12).await,
+        Outcome::NotFound
+    );
+    let Outcome::Counted(made) = apply(&d, "n", arith(None, Some((Expiry::Never, 40))), 13).await
+    else {
+        panic!("created");
+    };
+    assert_eq!((made.number, made.created), (40, true));
+    let wrong = arith(Some(v(12).cas()), None);
+    assert_eq!(apply(&d, "n", wrong, 14).await, Outcome::Exists);
+    let Outcome::Counted(next) = apply(&d, "n", arith(Some(v(13).cas()), None), 15).await else {
+        panic!("counted");
+    };
+    assert_eq!((next.number, next.item.version), (45, v(15)));
+    assert_eq!(value(&d, "n").await, Some(key("45")));
+}
+
 /// The longest a backend's `stats` may trail what it has done.
 pub const STATS_SETTLE: Duration = Duration::from_secs(3);
 
@@ -127,6 +266,7 @@ pub async fn set_then_get_returns_value_flags_and_version<D: Datalet>(make: impl
         flags: 42,
         expiry: Expiry::At(NOW + 100),
         version: v(5),
+        marks: Marks::default(),
     };
     assert_eq!(item, expected);
     assert_eq!(apply(&d, "k", set("bye"), 6).await, Outcome::Stored);
@@ -467,6 +607,7 @@ fn item(value: &str, flags: u32, expiry: Expiry, ts: u64) -> Item {
         flags,
         expiry,
         version: v(ts),
+        marks: Marks::default(),
     }
 }
 

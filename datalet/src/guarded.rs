@@ -28,6 +28,10 @@ impl<D: Datalet> Datalet for Guarded<D> {
         self.inner.get(key, now).await
     }
 
+    async fn peek(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        self.inner.peek(key, now).await
+    }
+
     async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
         self.inner.scan(now).await
     }

@@ -39,6 +39,38 @@ pub struct Item {
     pub flags: u32,
     pub expiry: Expiry,
     pub version: Version,
+    /// What the meta protocol marks on an item besides its data.
+    pub marks: Marks,
+}
+
+/// The meta protocol's marks on an item, kept and replicated with it (memcached's
+/// `ITEM_STALE`, `ITEM_TOKEN_SENT` and `ITEM_KEY_BINARY` bits).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Marks(pub u8);
+
+impl Marks {
+    /// Marked stale by `md <key> I` or a stale `ms ... I`: readers are told to recache it.
+    pub const STALE: Marks = Marks(1);
+    /// A client has been handed the win token for it (`W`); later readers get `Z`.
+    pub const WON: Marks = Marks(2);
+    /// Stored by `ms` with a base64 key (`b`): its key is returned in base64.
+    pub const BINARY_KEY: Marks = Marks(4);
+    /// Every bit defined.
+    pub const ALL: Marks = Marks(7);
+
+    pub fn contains(self, other: Marks) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn with(self, other: Marks) -> Marks {
+        Marks(self.0 | other.0)
+    }
+
+    pub fn without(self, other: Marks) -> Marks {
+        Marks(self.0 & !other.0)
+    }
 }
 
 /// A change to one key. Each variant is one memcached command's effect.
@@ -67,6 +99,76 @@ pub enum Mutation {
     Evict {
         version: Version,
     },
+    /// `ms`: a store with meta-protocol options; also how replication stores an item whole,
+    /// marks included.
+    MetaSet(MetaSet),
+    /// `mg` with a flag that can change the item (`N`, `R`, `T`), or a read of a stale item
+    /// that may hand out its win token.
+    MetaGet(MetaGet),
+    /// `md`: a delete, conditional on a CAS unique, or marking the item stale.
+    MetaDelete(MetaDelete),
+    /// `ma`: `incr`/`decr` conditional on a CAS unique, creating the item on a miss.
+    MetaArith(MetaArith),
+}
+
+/// The options of a [`Mutation::MetaSet`], as memcached's `do_store_item` reads them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetaSet {
+    /// `Set`, `Add`, `Replace`, `Append` or `Prepend` (never `Cas`: see `compare`).
+    pub mode: StoreMode,
+    /// `C<cas>`: with `Set` or `Replace` the store is a `cas`; `Append` and `Prepend` check it
+    /// too; `Add` ignores it.
+    pub compare: Option<u64>,
+    /// `I`: a `cas` whose unique is older than the item's still stores, marked stale, keeping
+    /// the old item's expiry and win token.
+    pub invalidate: bool,
+    pub flags: u32,
+    pub expiry: Expiry,
+    pub value: Bytes,
+    /// The marks the new item starts with (only [`Marks::BINARY_KEY`] from a client).
+    pub marks: Marks,
+}
+
+/// The options of a [`Mutation::MetaGet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetaGet {
+    /// `N<ttl>`: a miss creates an empty item with this expiry, and its reader wins.
+    pub vivify: Option<Expiry>,
+    /// `R<ttl>`: a reader wins if the item expires before this point (and no one won yet).
+    pub recache: Option<Expiry>,
+    /// `T<ttl>`: the item's new expiry.
+    pub touch: Option<Expiry>,
+    /// `T` came before `R` on the line, so `R` compares the new expiry.
+    pub touch_first: bool,
+    /// The read counts as an access (not `u`): the item is marked fetched and its last
+    /// access moves, where the store keeps those.
+    pub bump: bool,
+}
+
+/// The options of a [`Mutation::MetaDelete`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetaDelete {
+    /// `C<cas>`: only if the item's CAS unique is this one.
+    pub compare: Option<u64>,
+    /// `I`: mark the item stale and give it a new CAS unique instead of removing it.
+    pub invalidate: bool,
+    /// `T<ttl>` with `I`: its new expiry.
+    pub touch: Option<Expiry>,
+}
+
+/// The options of a [`Mutation::MetaArith`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetaArith {
+    /// `incr` (else `decr`).
+    pub incr: bool,
+    pub delta: u64,
+    /// `C<cas>`: only if the item's CAS unique is this one (0: no check).
+    pub compare: Option<u64>,
+    /// `N<ttl>` (and `J<initial>`): a miss creates the item holding `initial`, with this
+    /// expiry.
+    pub vivify: Option<(Expiry, u64)>,
+    /// `T<ttl>`: the item's new expiry once the number changed.
+    pub touch: Option<Expiry>,
 }
 
 impl Mutation {
@@ -79,8 +181,22 @@ impl Mutation {
                 let size = tailorkv_common::codec::item_size(key.len(), *flags, value.len());
                 tailorkv_common::slabs::classes().charge(size)
             }
-            Mutation::Incr(_) | Mutation::Decr(_) => 20,
-            Mutation::Delete | Mutation::Touch { .. } | Mutation::Evict { .. } => 0,
+            Mutation::MetaSet(m) => {
+                let size = tailorkv_common::codec::item_size(key.len(), m.flags, m.value.len());
+                tailorkv_common::slabs::classes().charge(size)
+            }
+            Mutation::Incr(_) | Mutation::Decr(_) | Mutation::MetaArith(_) => 20,
+            Mutation::MetaGet(MetaGet {
+                vivify: Some(_), ..
+            }) => {
+                let size = tailorkv_common::codec::item_size(key.len(), 0, 0);
+                tailorkv_common::slabs::classes().charge(size)
+            }
+            Mutation::Delete
+            | Mutation::Touch { .. }
+            | Mutation::Evict { .. }
+            | Mutation::MetaGet(_)
+            | Mutation::MetaDelete(_) => 0,
         }
     }
 }
@@ -102,6 +218,38 @@ pub enum Outcome {
     Number(u64),
     /// `incr`/`decr` of a value that is not a decimal number.
     NonNumeric,
+    /// A [`Mutation::MetaSet`] stored its item, at this version.
+    StoredAt(Version),
+    /// A [`Mutation::MetaGet`] found or created the item.
+    Fetched(Box<Fetched>),
+    /// A [`Mutation::MetaDelete`] marked the item stale.
+    Invalidated,
+    /// A [`Mutation::MetaArith`] changed or created the number.
+    Counted(Box<Counted>),
+}
+
+/// What a [`Mutation::MetaGet`] found: the item as it left it, and what the reply reports.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fetched {
+    pub item: Item,
+    /// The item's marks before the read (a win token handed out earlier shows as `Z`).
+    pub marks_before: Marks,
+    /// Its expiry before the read (`Never` for an item it created).
+    pub expiry_before: Expiry,
+    /// The read created the item (`N` on a miss).
+    pub created: bool,
+    /// The reader won the right to recache it (`W`).
+    pub won: bool,
+}
+
+/// What a [`Mutation::MetaArith`] left.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counted {
+    pub number: u64,
+    pub item: Item,
+    /// Its expiry before (`Never` for an item it created).
+    pub expiry_before: Expiry,
+    pub created: bool,
 }
 
 /// One operation of [`Datalet::apply_batch`]: what [`Datalet::apply`] takes.
@@ -292,6 +440,16 @@ pub trait Datalet: Send + Sync + 'static {
         key: &[u8],
         now: UnixSecs,
     ) -> impl Future<Output = Result<Option<Item>, DataletError>> + Send;
+
+    /// [`Datalet::get`] that does not count as an access (`mg ... u`): the item is not marked
+    /// fetched and its last access stays, where the store keeps those. Hits still count.
+    fn peek(
+        &self,
+        key: &[u8],
+        now: UnixSecs,
+    ) -> impl Future<Output = Result<Option<Item>, DataletError>> + Send {
+        self.get(key, now)
+    }
 
     /// Every live item (not expired at `now`, not hidden by a flush), with its key, in no
     /// particular order. Used for anti-entropy.

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tailorkv_common::codec::item_size;
+use tailorkv_common::codec::{item_size, StoreMode};
 use tailorkv_common::slabs::SlabClasses;
 use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 
@@ -488,7 +488,17 @@ impl MemoryDatalet {
                 ..
             }
         );
-        let incr = matches!(mutation, Mutation::Incr(_));
+        let incr = matches!(
+            mutation,
+            Mutation::Incr(_) | Mutation::MetaArith(crate::MetaArith { incr: true, .. })
+        );
+        let cas = cas
+            || matches!(&mutation, Mutation::MetaSet(s) if s.compare.is_some()
+                && matches!(s.mode, StoreMode::Set | StoreMode::Replace));
+        let (touching, bump) = match &mutation {
+            Mutation::MetaGet(get) => (get.touch.is_some(), get.bump),
+            _ => (false, true),
+        };
         // An eviction named an item written since: it stays, and takes a place again (under
         // its shard, which the entry holds).
         if let (Mutation::Evict { version }, Some(live)) = (&mutation, live) {
@@ -502,7 +512,7 @@ impl MemoryDatalet {
         }
         let (change, outcome) = decide(key, live, mutation, version, self.item_size_max);
         match (&outcome, live) {
-            (Outcome::Exists, Some(live)) => self.hit(key, live, |c| &c.cas_badval),
+            (Outcome::Exists, Some(live)) if cas => self.hit(key, live, |c| &c.cas_badval),
             (Outcome::Deleted, Some(live)) if !evicting => self.hit(key, live, |c| &c.delete_hits),
             _ => {}
         }
@@ -523,24 +533,39 @@ impl MemoryDatalet {
                 let class = self.class(size);
                 let counter = match &outcome {
                     Outcome::Touched(_) => Some(&class.touch_hits),
-                    Outcome::Number(_) if incr => Some(&class.incr_hits),
-                    Outcome::Number(_) => Some(&class.decr_hits),
+                    Outcome::Fetched(f) if f.created => None,
+                    Outcome::Fetched(_) if touching => Some(&class.touch_hits),
+                    Outcome::Fetched(_) => Some(&class.get_hits),
+                    Outcome::Counted(c) if c.created => None,
+                    Outcome::Number(_) | Outcome::Counted(_) if incr => Some(&class.incr_hits),
+                    Outcome::Number(_) | Outcome::Counted(_) => Some(&class.decr_hits),
                     _ if cas => old_size.map(|size| &self.class(size).cas_hits),
                     _ => None,
                 };
                 if let Some(counter) = counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                if !matches!(outcome, Outcome::Touched(_)) {
+                // memcached changes these items where they are: a touch, a meta read that
+                // hands out a win token or sets the expiry, `md ... I`, `ma` of an existing
+                // number. Each keeps its place; only the reads count as an access.
+                let (in_place, read) = match &outcome {
+                    Outcome::Touched(_) => (true, true),
+                    Outcome::Fetched(f) => (!f.created, bump),
+                    Outcome::Counted(c) => (!c.created, false),
+                    Outcome::Invalidated => (true, false),
+                    _ => (false, false),
+                };
+                if !in_place {
                     self.total_items.fetch_add(1, Ordering::Relaxed);
                 }
                 match entry {
-                    Entry::Occupied(mut e) if matches!(outcome, Outcome::Touched(_)) => {
-                        // A touch is a read that keeps the item's place.
+                    Entry::Occupied(mut e) if in_place => {
                         let slot = e.get_mut();
                         slot.item = item;
                         slot.stored_at = now;
-                        slot.read(now);
+                        if read {
+                            slot.read(now);
+                        }
                     }
                     entry => {
                         let tick = self.recency.tick();
@@ -548,6 +573,20 @@ impl MemoryDatalet {
                         placed = Some(tick);
                     }
                 }
+            }
+            // A meta read that changed nothing is still a read.
+            (Change::Keep, Entry::Occupied(e)) if matches!(outcome, Outcome::Fetched(_)) => {
+                let slot = e.get();
+                if bump {
+                    slot.read(now);
+                }
+                let class = self.class(Self::size(key, &slot.item));
+                let counter = if touching {
+                    &class.touch_hits
+                } else {
+                    &class.get_hits
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             // A dead item is removed whatever the mutation decided.
             (change, Entry::Occupied(e)) if change == Change::Remove || dead_slot => {
@@ -567,15 +606,18 @@ impl MemoryDatalet {
     }
 }
 
-impl Datalet for MemoryDatalet {
-    async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+impl MemoryDatalet {
+    /// [`Datalet::get`], marking the item read if `bump`.
+    fn lookup(&self, key: &[u8], now: UnixSecs, bump: bool) -> Option<Item> {
         let dead = match self.map.get(key) {
-            None => return Ok(None),
+            None => return None,
             Some(slot) => match self.dead(&slot, now) {
                 None => {
-                    slot.read(now);
+                    if bump {
+                        slot.read(now);
+                    }
                     self.hit(key, &slot.item, |c| &c.get_hits);
-                    return Ok(Some(slot.item.clone()));
+                    return Some(slot.item.clone());
                 }
                 Some(dead) => dead,
             },
@@ -586,7 +628,7 @@ impl Datalet for MemoryDatalet {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if self.replica {
-            return Ok(None);
+            return None;
         }
         if let Some((key, slot)) = self
             .map
@@ -594,7 +636,17 @@ impl Datalet for MemoryDatalet {
         {
             self.removed(&key, &slot);
         }
-        Ok(None)
+        None
+    }
+}
+
+impl Datalet for MemoryDatalet {
+    async fn get(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        Ok(self.lookup(key, now, true))
+    }
+
+    async fn peek(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, DataletError> {
+        Ok(self.lookup(key, now, false))
     }
 
     /// Each shard is read under its lock, so every item is as it was at some moment of the
@@ -618,8 +670,13 @@ impl Datalet for MemoryDatalet {
     ) -> Result<Outcome, DataletError> {
         // As memcached: every storage command is counted in the class of the item its own data
         // makes, whatever becomes of it.
-        if let Mutation::Store { flags, value, .. } = &mutation {
-            let size = item_size(key.len(), *flags, value.len());
+        let data = match &mutation {
+            Mutation::Store { flags, value, .. } => Some((*flags, value.len())),
+            Mutation::MetaSet(set) => Some((set.flags, set.value.len())),
+            _ => None,
+        };
+        if let Some((flags, len)) = data {
+            let size = item_size(key.len(), flags, len);
             self.class(size).cmd_set.fetch_add(1, Ordering::Relaxed);
         }
         let mut swept = false;

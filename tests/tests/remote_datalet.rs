@@ -93,6 +93,7 @@ async fn values_carry_a_header_that_another_datalet_reads_back() {
         version: v(5),
         expiry: Expiry::At(NOW + 100),
         stored_at: NOW,
+        marks: tailorkv_datalet::Marks::default(),
     };
     assert_eq!(header, expected);
 

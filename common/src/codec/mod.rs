@@ -21,6 +21,8 @@
 //! except for `get`/`gets` lines (many keys), which may grow to
 //! [`MAX_RETRIEVAL_LINE_BYTES`]. So no client can make the server buffer without bound.
 
+mod base64;
+mod meta;
 mod number;
 mod parse;
 mod request;
@@ -28,6 +30,8 @@ mod response;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+pub use base64::{decode as base64_decode, encode as base64_encode};
+pub use meta::{MetaCommand, MetaRequest, MAX_OPAQUE_BYTES};
 pub use number::{strtol_i32, strtoul_u32, strtoull};
 pub use parse::{item_fits, item_size, sendable_key, valid_key, KEY_MAX_BYTES};
 pub use request::{Command, Request, StatsGroup, StoreMode};
@@ -140,7 +144,11 @@ impl Decoder {
             return None;
         }
         let p = self.pending.take()?;
-        let command = if &buf[len..len + 2] == b"\r\n" {
+        let good = &buf[len..len + 2] == b"\r\n";
+        let command = if let (true, Some(mut meta)) = (good, p.meta) {
+            meta.data = Bytes::copy_from_slice(&buf[..len]);
+            Command::Meta(MetaCommand::Set, meta)
+        } else if good {
             Command::Store {
                 mode: p.mode,
                 key: p.key,

@@ -13,6 +13,7 @@
 
 use bytes::Bytes;
 
+use super::meta::MetaRequest;
 use super::number::{strtol_i32, strtoul_u32, strtoull};
 use super::response::{
     CLIENT_ERROR_BAD_FORMAT, CLIENT_ERROR_FLUSH_DISABLED, SERVER_ERROR_TOO_LARGE,
@@ -45,6 +46,8 @@ pub(crate) struct PendingStore {
     pub exptime: i32,
     pub len: usize,
     pub noreply: bool,
+    /// An `ms`: the data completes this request.
+    pub meta: Option<Box<MetaRequest>>,
 }
 
 /// Whether a key token is accepted: at most 250 bytes, whatever they are. This is memcached
@@ -78,9 +81,9 @@ pub fn item_size(key_len: usize, flags: u32, value_len: usize) -> usize {
     48 + 8 + flags_len + key_len + 1 + value_len + 2
 }
 
-struct Tokens<'a> {
-    toks: [&'a [u8]; MAX_TOKENS - 1],
-    n: usize,
+pub(crate) struct Tokens<'a> {
+    pub toks: [&'a [u8]; MAX_TOKENS - 1],
+    pub n: usize,
 }
 
 impl<'a> Tokens<'a> {
@@ -98,7 +101,7 @@ impl<'a> Tokens<'a> {
     }
 
     /// memcached's `ntokens`: the tokens plus the terminator.
-    fn ntokens(&self) -> usize {
+    pub fn ntokens(&self) -> usize {
         self.n + 1
     }
 
@@ -172,6 +175,7 @@ pub(crate) fn parse_line(
             },
             false,
         )),
+        [b'm', _] => Ok(super::meta::meta(&t, item_size_max)),
         _ => Ok(unknown(&t)),
     };
     checked.unwrap_or_else(|()| error())
@@ -283,6 +287,7 @@ fn storage(t: &Tokens, is_cas: bool, item_size_max: usize) -> Result<Parsed, Dec
         exptime,
         len,
         noreply,
+        meta: None,
     }))
 }
 

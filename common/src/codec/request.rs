@@ -80,6 +80,10 @@ pub enum Command {
     /// class `i`; every bit for `all` and `hash`). The other `lru_crawler` subcommands are
     /// answered by the parser.
     Metadump { classes: u64 },
+    /// `mg`, `ms`, `md` or `ma`, its flags read (`ms` with its data).
+    Meta(super::MetaCommand, Box<super::MetaRequest>),
+    /// `me <key> [b]`: the item's metadata, for debugging.
+    MetaDebug { key: Bytes },
     /// `quit`: close the connection once earlier replies are written.
     Quit,
     /// `shutdown [graceful]`: stop the server, if it was started with `-A`. `valid` is false

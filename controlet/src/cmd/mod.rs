@@ -11,6 +11,7 @@ mod delete;
 mod flush;
 mod get;
 mod lru_crawler;
+mod meta;
 mod stats;
 mod store;
 mod touch;
@@ -107,6 +108,10 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
             admin::cache_memlimit(ctx, megabytes).encode(&mut out.buf)
         }
         Command::Metadump { classes } => lru_crawler::metadump(ctx, classes, out).await?,
+        Command::Meta(which, request) => {
+            meta::meta(ctx, which, &request, &mut out.buf, counts).await
+        }
+        Command::MetaDebug { key } => meta::debug(ctx, &key, &mut out.buf, counts).await,
         Command::Quit => return Ok(Flow::Close),
         Command::Shutdown { valid } => {
             if !ctx.config.enable_shutdown {

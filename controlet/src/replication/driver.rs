@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, Mutation, Snapshot};
+
+use super::Bump;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -88,7 +90,7 @@ impl crate::tob::Weigh for Proposal {
     fn weight(&self) -> usize {
         let data = match &self.op {
             Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
-            Op::Get { key } => key.len(),
+            Op::Get { key, .. } => key.len(),
             Op::Flush { .. } | Op::Clock | Op::Fence => 0,
         };
         data + PROPOSAL_OVERHEAD
@@ -147,6 +149,8 @@ pub struct StateItem {
     pub flags: u32,
     pub expiry: Expiry,
     pub version: Version,
+    /// The meta protocol's marks.
+    pub marks: tailorkv_datalet::Marks,
 }
 
 /// Starts the driver on `listener` (this member's peer address); returns the handle commands
@@ -282,7 +286,7 @@ enum Waiter {
     /// The client whose operation it is.
     One(oneshot::Sender<Reply>),
     /// The linearizable reads an [`Op::Fence`] orders, each with its key.
-    Reads(Vec<(Bytes, oneshot::Sender<Reply>)>),
+    Reads(Vec<(Bytes, Bump, oneshot::Sender<Reply>)>),
 }
 
 impl Waiter {
@@ -292,7 +296,7 @@ impl Waiter {
                 let _ = reply.send(Reply::Refused(why));
             }
             Waiter::Reads(reads) => {
-                for (_, reply) in reads {
+                for (_, _, reply) in reads {
                     let _ = reply.send(Reply::Refused(why));
                 }
             }
@@ -345,7 +349,7 @@ struct Driver<D> {
     waiting: HashMap<u64, Waiter>,
     /// Linearizable reads taken since the last fence was proposed: the next fence covers
     /// them.
-    unfenced: Vec<(Bytes, oneshot::Sender<Reply>)>,
+    unfenced: Vec<(Bytes, Bump, oneshot::Sender<Reply>)>,
     /// The latest clock reading among `unfenced`.
     unfenced_now: UnixSecs,
     /// Request ids by arrival, with the moment each is refused if still waiting.
@@ -437,9 +441,9 @@ impl<D: Datalet> Driver<D> {
             let _ = request.reply.send(Reply::Refused(CUT_OFF));
             return;
         }
-        if let Op::Get { key } = request.op {
+        if let Op::Get { key, bump } = request.op {
             // Not ordered itself: the next fence is (see [`Driver::fence`]).
-            self.unfenced.push((key, request.reply));
+            self.unfenced.push((key, bump, request.reply));
             self.unfenced_now = self.unfenced_now.max(request.now);
             return;
         }
@@ -500,7 +504,7 @@ impl<D: Datalet> Driver<D> {
         for (_, waiter) in self.waiting.drain() {
             waiter.refuse(why);
         }
-        for (_, reply) in self.unfenced.drain(..) {
+        for (_, _, reply) in self.unfenced.drain(..) {
             let _ = reply.send(Reply::Refused(why));
         }
         self.deadlines.clear();
@@ -831,12 +835,15 @@ impl<D: Datalet> Driver<D> {
             .into_iter()
             .map(|item| tailorkv_datalet::BatchOp {
                 key: item.key,
-                mutation: Mutation::Store {
+                mutation: Mutation::MetaSet(tailorkv_datalet::MetaSet {
                     mode: StoreMode::Set,
+                    compare: None,
+                    invalidate: false,
                     flags: item.flags,
                     expiry: item.expiry,
                     value: item.value,
-                },
+                    marks: item.marks,
+                }),
                 version: item.version,
                 now,
             })
@@ -935,10 +942,11 @@ impl<D: Datalet> Driver<D> {
             Op::Get { .. } => return,
             Op::Fence if mine => {
                 if let Some(Waiter::Reads(reads)) = self.waiting.remove(&request) {
-                    for (key, reply) in reads {
-                        let read = match self.diverged {
-                            true => Reply::Refused(NOT_APPLIED),
-                            false => Reply::Read(self.datalet.get(&key, now).await),
+                    for (key, bump, reply) in reads {
+                        let read = match (self.diverged, bump) {
+                            (true, _) => Reply::Refused(NOT_APPLIED),
+                            (false, Bump::Yes) => Reply::Read(self.datalet.get(&key, now).await),
+                            (false, Bump::No) => Reply::Read(self.datalet.peek(&key, now).await),
                         };
                         let _ = reply.send(read);
                     }
@@ -1064,6 +1072,7 @@ pub(super) fn next_chunk(
             flags: item.flags,
             expiry: item.expiry,
             version: item.version,
+            marks: item.marks,
         })
         .collect();
     Ok(StateChunk {

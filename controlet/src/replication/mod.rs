@@ -67,6 +67,7 @@ pub enum Op {
     /// answers it at the place of the next [`Op::Fence`] it proposes.
     Get {
         key: Bytes,
+        bump: Bump,
     },
     /// Orders the linearizable reads its proposer took since its last fence: they are
     /// answered when it is delivered there, from that replica. Changes no data.
@@ -79,6 +80,14 @@ pub enum Op {
     /// expired since the last ordered operation counts as dead everywhere (a node about to
     /// refuse a write for memory orders one before it reclaims).
     Clock,
+}
+
+/// Whether a read counts as an access of the item (memcached's LRU bump): every read but
+/// `mg ... u`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bump {
+    Yes,
+    No,
 }
 
 /// What travels in a broadcast: the operation, who is waiting for it, and the proposer's clock.
@@ -271,9 +280,10 @@ impl Replicator {
         }
     }
 
-    pub async fn read(&self, key: &[u8], now: UnixSecs) -> Result<Option<Item>, Error> {
+    pub async fn read(&self, key: &[u8], bump: Bump, now: UnixSecs) -> Result<Option<Item>, Error> {
         let op = Op::Get {
             key: Bytes::copy_from_slice(key),
+            bump,
         };
         match self.order(op, now).await? {
             Reply::Read(result) => Ok(result?),

@@ -89,7 +89,11 @@ async fn every_member_applies_the_same_operations_in_the_same_order() {
         "each incr saw a distinct state"
     );
     // A read through the order sees every write before it; then all replicas agree.
-    let item = replicators[2].read(&key, NOW).await.unwrap().unwrap();
+    let item = replicators[2]
+        .read(&key, Bump::Yes, NOW)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(item.value, Bytes::from_static(b"300"));
     for _ in 0..200 {
         let mut states = Vec::new();
@@ -121,14 +125,17 @@ async fn flush_and_reads_are_ordered_with_writes() {
         value: Bytes::from_static(b"v"),
     };
     replicators[0].mutate(&key, set, NOW).await.unwrap();
-    let read = replicators[1].read(&key, NOW).await.unwrap();
+    let read = replicators[1].read(&key, Bump::Yes, NOW).await.unwrap();
     assert_eq!(
         read.map(|i| i.flags),
         Some(3),
         "a later read sees an earlier write"
     );
     replicators[2].flush(NOW - 1, NOW).await.unwrap();
-    assert_eq!(replicators[0].read(&key, NOW).await.unwrap(), None);
+    assert_eq!(
+        replicators[0].read(&key, Bump::Yes, NOW).await.unwrap(),
+        None
+    );
     shutdown.cancel();
 }
 
@@ -251,7 +258,7 @@ async fn a_member_that_fails_to_apply_catches_up_instead_of_serving_a_diverged_c
     }
     // Node 2 failed to apply `poison`: it must catch up, not serve a copy without it.
     assert_replicas_identical(&datalets, "after a failed apply on a follower").await;
-    let read = replicators[1].read(&poison, NOW).await.unwrap();
+    let read = replicators[1].read(&poison, Bump::Yes, NOW).await.unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
     assert_eq!(
         replicators[1]
@@ -277,7 +284,7 @@ async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
         other => panic!("a write the others applied was answered {other:?}"),
     }
     // The others applied it; the proposer catches up and holds it too.
-    let read = replicators[2].read(&poison, NOW).await.unwrap();
+    let read = replicators[2].read(&poison, Bump::Yes, NOW).await.unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
     assert_replicas_identical(&datalets, "after a failed apply on the proposer").await;
     shutdown.cancel();
@@ -305,7 +312,7 @@ async fn a_snapshot_holds_what_is_live_at_the_orders_clock_not_the_sources() {
         .await
         .unwrap();
     assert_replicas_identical(&datalets, "after a snapshot from a clock ahead").await;
-    let read = replicators[0].read(&key, NOW).await.unwrap();
+    let read = replicators[0].read(&key, Bump::Yes, NOW).await.unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"v")));
     shutdown.cancel();
 }
@@ -317,6 +324,7 @@ fn state_chunks_are_bounded_in_bytes() {
         flags: 0,
         expiry: Expiry::Never,
         version: tailorkv_common::Version::new(1, tailorkv_common::NodeId(0)),
+        marks: tailorkv_datalet::Marks::default(),
     };
     let mut items: Vec<(Bytes, tailorkv_datalet::Item)> = (0..100)
         .map(|i| (Bytes::from(format!("k{i}")), item(5_000)))

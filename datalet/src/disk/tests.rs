@@ -5,7 +5,7 @@ use tailorkv_common::{Expiry, NodeId};
 
 use super::*;
 use crate::mutate::item_bytes;
-use crate::Guarded;
+use crate::{Guarded, Marks};
 
 fn open_temp(limits: Limits) -> Guarded<DiskDatalet> {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -109,6 +109,7 @@ async fn a_reset_is_durable_and_the_clock_outlives_it() {
         flags: 2,
         expiry: Expiry::Never,
         version: Version::new(11, NodeId(2)),
+        marks: Marks::default(),
     };
     assert_eq!(
         scanned,

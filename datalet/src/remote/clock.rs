@@ -48,6 +48,7 @@ pub async fn save_clock(s: &Shared, conn: &mut Conn, ts: Ts) -> Result<(), OpErr
             version: Version::new(ts, Default::default()),
             expiry: Expiry::Never,
             stored_at: 0,
+            marks: crate::Marks::default(),
         };
         let digits = ts.to_string();
         let head = header.encode();

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | 3 | magic `TKV` |
 //! | 3 | 1 | layout version, 1 |
-//! | 4 | 1 | expiry kind: 0 never, 1 at a second |
+//! | 4 | 1 | bit 0: expiry kind (0 never, 1 at a second); bits 1-3: the meta protocol's marks (stale, win token sent, base64 key) |
 //! | 5 | 8 | expiry second (0 when never) |
 //! | 13 | 8 | version timestamp |
 //! | 21 | 2 | version node id |
@@ -26,6 +26,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
 
+use crate::Marks;
+
 /// Bytes of header in front of every value.
 pub const HEADER_LEN: usize = 31;
 
@@ -40,6 +42,8 @@ pub struct Header {
     /// The caller's `now` when the item was written: a flush point at or after it hides the
     /// item.
     pub stored_at: UnixSecs,
+    /// The item's meta-protocol marks.
+    pub marks: Marks,
 }
 
 /// A value without a valid header.
@@ -56,11 +60,11 @@ impl Header {
         w.put_u8(LAYOUT_VERSION);
         match self.expiry {
             Expiry::Never => {
-                w.put_u8(0);
+                w.put_u8(self.marks.0 << 1);
                 w.put_u64(0);
             }
             Expiry::At(at) => {
-                w.put_u8(1);
+                w.put_u8(1 | self.marks.0 << 1);
                 w.put_u64(at);
             }
         }
@@ -77,7 +81,12 @@ impl Header {
             return Err(Foreign);
         }
         let mut r = &value[4..HEADER_LEN];
-        let expiry = match (r.get_u8(), r.get_u64()) {
+        let kind = r.get_u8();
+        let marks = Marks(kind >> 1);
+        if marks.without(Marks::ALL) != Marks::default() {
+            return Err(Foreign);
+        }
+        let expiry = match (kind & 1, r.get_u64()) {
             (0, 0) => Expiry::Never,
             (1, at) => Expiry::At(at),
             _ => return Err(Foreign),
@@ -88,6 +97,7 @@ impl Header {
             version,
             expiry,
             stored_at,
+            marks,
         };
         Ok((header, value.slice(HEADER_LEN..)))
     }
@@ -110,6 +120,7 @@ mod tests {
             version: Version::new(0x0102_0304_0506, NodeId(0xBEEF)),
             expiry,
             stored_at: 1_700_000_123,
+            marks: Marks::default(),
         }
     }
 
@@ -136,13 +147,25 @@ mod tests {
         assert_eq!(&bytes[13..21], &0x0102_0304_0506u64.to_be_bytes());
         assert_eq!(&bytes[21..23], &[0xBE, 0xEF]);
         assert_eq!(&bytes[23..31], &1_700_000_123u64.to_be_bytes());
+        let marked = Header {
+            marks: Marks::STALE.with(Marks::BINARY_KEY),
+            ..header(Expiry::Never)
+        };
+        let bytes = marked.encode();
+        assert_eq!(bytes[4], 0b1010);
+        let value = marked.join(b"v");
+        assert_eq!(Header::decode(&value).unwrap().0, marked);
+        let mut unknown = value.to_vec();
+        unknown[4] = 1 << 4;
+        assert_eq!(Header::decode(&Bytes::from(unknown)), Err(Foreign));
     }
 
     #[test]
     fn values_without_a_valid_header_are_foreign() {
         let good = header(Expiry::Never).join(b"x");
+        // Bit 4 and up of the kind byte are no mark.
         let mut wrong_kind = BytesMut::from(&good[..]);
-        wrong_kind[4] = 2;
+        wrong_kind[4] = 0x10;
         let mut never_with_a_second = BytesMut::from(&good[..]);
         never_with_a_second[12] = 1;
         let mut later_layout = BytesMut::from(&good[..]);

@@ -80,6 +80,7 @@ pub fn see(remote: Option<&Hit>, flush_at: UnixSecs, now: UnixSecs) -> Seen {
         flags: remote.flags,
         expiry: header.expiry,
         version: header.version,
+        marks: header.marks,
     };
     match dead(&item, header.stored_at, flush_at, now) {
         Some(why) => Seen::Dead(why),
@@ -175,6 +176,7 @@ pub fn plan_set(
                 version: item.version,
                 expiry: item.expiry,
                 stored_at: now,
+                marks: item.marks,
             }
             .encode();
             request = Request::Store {
@@ -330,6 +332,7 @@ pub fn plan_write(
                     version: item.version,
                     expiry: item.expiry,
                     stored_at: now,
+                    marks: item.marks,
                 }
                 .encode();
                 Request::Store {
@@ -560,6 +563,7 @@ fn wall_clock() -> UnixSecs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Marks;
     use tailorkv_common::{Expiry, NodeId};
 
     fn remote(data: Bytes) -> Hit {
@@ -577,6 +581,7 @@ mod tests {
             version: Version::new(3, NodeId(2)),
             expiry: Expiry::At(100),
             stored_at: 50,
+            marks: Marks::default(),
         };
         let value = remote(header.join(b"data"));
         let item = Item {
@@ -584,6 +589,7 @@ mod tests {
             flags: 9,
             expiry: Expiry::At(100),
             version: Version::new(3, NodeId(2)),
+            marks: Marks::default(),
         };
         assert_eq!(see(None, 0, 60), Seen::Absent);
         assert_eq!(see(Some(&value), 0, 99), Seen::Live(item));

@@ -727,6 +727,7 @@ mod tests {
             version: Version::new(5, NodeId(1)),
             expiry: Expiry::Never,
             stored_at: 50,
+            marks: crate::Marks::default(),
         };
         client::Hit {
             key: Bytes::copy_from_slice(key.as_bytes()),

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
+use tailorkv_datalet::Marks;
 
 use crate::replication::antientropy::Entry;
 
@@ -16,6 +17,8 @@ pub enum Update {
         flags: u32,
         expiry: Expiry,
         version: Version,
+        /// The meta protocol's marks (stale, win token sent, base64 key).
+        marks: Marks,
     },
     /// A delete's tombstone: `key` holds nothing at `version`.
     Deleted {

@@ -53,7 +53,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Clock, Expiry, NodeId, Ts, UnixSecs, Version};
-use tailorkv_datalet::{Datalet, DataletError, Item, Mutation, Outcome};
+use tailorkv_datalet::{Datalet, DataletError, Item, MetaGet, MetaSet, Mutation, Outcome};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -691,7 +691,11 @@ impl<D: Datalet> Eventual<D> {
             let _key = self.locks.lock(key).await;
             match mutation {
                 Mutation::Touch { expiry } => self.touch(key, expiry, now).await?,
-                Mutation::Delete => self.delete(key, now).await?,
+                Mutation::Delete => self.delete(key, Mutation::Delete, now).await?,
+                Mutation::MetaDelete(d) if !d.invalidate => {
+                    self.delete(key, Mutation::MetaDelete(d), now).await?
+                }
+                Mutation::MetaGet(get) => self.fetch(key, get, now).await?,
                 other => self.store(key, other, now).await?,
             }
         };
@@ -711,8 +715,37 @@ impl<D: Datalet> Eventual<D> {
     ) -> Result<(Outcome, Option<Update>), DataletError> {
         let version = self.next_version();
         let outcome = self.datalet.apply(key, mutation, version, now).await?;
-        let item = self.datalet.get(key, now).await?;
-        Ok((outcome, item.map(|item| item_update(key, item))))
+        let item = self.datalet.peek(key, now).await?;
+        // Only what this write left goes to the peers, not an item it did not change.
+        let update = item
+            .filter(|item| item.version == version)
+            .map(|item| item_update(key, item));
+        Ok((outcome, update))
+    }
+
+    /// `mg` with flags that may change the item, with the key locked. It is decided here: a
+    /// win token is handed out once per node, not once in the cluster (there is no order to
+    /// agree in), and it stays on this node until the item is next written. A new expiry
+    /// (`T`) goes to the peers as a `touch` does, as a new version.
+    async fn fetch(
+        &self,
+        key: &Bytes,
+        get: MetaGet,
+        now: UnixSecs,
+    ) -> Result<(Outcome, Option<Update>), DataletError> {
+        let (mut outcome, update) = self.store(key, Mutation::MetaGet(get), now).await?;
+        let Some(expiry) = get.touch else {
+            return Ok((outcome, update));
+        };
+        if let Outcome::Fetched(fetched) = &mut outcome {
+            if !fetched.created {
+                if let (Outcome::Touched(item), update) = self.touch(key, expiry, now).await? {
+                    fetched.item.version = item.version;
+                    return Ok((outcome, update));
+                }
+            }
+        }
+        Ok((outcome, update))
     }
 
     /// A client's `delete`, with the key locked: the item goes and its tombstone is recorded
@@ -721,13 +754,11 @@ impl<D: Datalet> Eventual<D> {
     async fn delete(
         &self,
         key: &Bytes,
+        mutation: Mutation,
         now: UnixSecs,
     ) -> Result<(Outcome, Option<Update>), DataletError> {
         let version = self.next_version();
-        let outcome = self
-            .datalet
-            .apply(key, Mutation::Delete, version, now)
-            .await?;
+        let outcome = self.datalet.apply(key, mutation, version, now).await?;
         if outcome != Outcome::Deleted {
             return Ok((outcome, None));
         }
@@ -752,14 +783,18 @@ impl<D: Datalet> Eventual<D> {
             let Some(item) = self.datalet.get(key, now).await? else {
                 return Ok((Outcome::NotFound, None));
             };
-            let mutation = Mutation::Store {
-                mode: StoreMode::Cas(item.version.cas()),
+            let mutation = Mutation::MetaSet(MetaSet {
+                mode: StoreMode::Set,
+                compare: Some(item.version.cas()),
+                invalidate: false,
                 flags: item.flags,
                 expiry,
                 value: item.value.clone(),
-            };
+                marks: item.marks,
+            });
             let version = self.next_version();
-            if self.datalet.apply(key, mutation, version, now).await? == Outcome::Stored {
+            let outcome = self.datalet.apply(key, mutation, version, now).await?;
+            if outcome == Outcome::StoredAt(version) {
                 let touched = Item {
                     expiry,
                     version,
@@ -858,6 +893,7 @@ fn item_update(key: &Bytes, item: Item) -> Update {
         flags: item.flags,
         expiry: item.expiry,
         version: item.version,
+        marks: item.marks,
     }
 }
 

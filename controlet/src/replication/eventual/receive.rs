@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
-use tailorkv_datalet::{Datalet, DataletError, Mutation, Outcome};
+use tailorkv_datalet::{Datalet, DataletError, MetaSet, Mutation, Outcome};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -92,12 +92,22 @@ impl<D: Datalet> Eventual<D> {
                 flags,
                 expiry,
                 version,
+                marks,
             } => {
-                let mutation = |mode| Mutation::Store {
-                    mode,
-                    flags,
-                    expiry,
-                    value: value.clone(),
+                let mutation = |mode| {
+                    let (mode, compare) = match mode {
+                        StoreMode::Cas(unique) => (StoreMode::Set, Some(unique)),
+                        mode => (mode, None),
+                    };
+                    Mutation::MetaSet(MetaSet {
+                        mode,
+                        compare,
+                        invalidate: false,
+                        flags,
+                        expiry,
+                        value: value.clone(),
+                        marks,
+                    })
                 };
                 let _key = self.locks.lock(&key).await;
                 self.replace_if_newer(&key, version, mutation).await
@@ -180,7 +190,7 @@ impl<D: Datalet> Eventual<D> {
                 .apply(key, mutation(mode), version, now)
                 .await?
             {
-                Outcome::Stored => return Ok(()),
+                Outcome::StoredAt(_) => return Ok(()),
                 // Changed meanwhile (an item expired, or the store was written behind this
                 // node's back): look again.
                 _ => continue,

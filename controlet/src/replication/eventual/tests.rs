@@ -157,6 +157,7 @@ fn peer_item(key: &Bytes, version: Version) -> Update {
         flags: 0,
         expiry: Expiry::Never,
         version,
+        marks: tailorkv_datalet::Marks::default(),
     }
 }
 
