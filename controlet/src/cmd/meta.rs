@@ -402,7 +402,8 @@ async fn arith<D: Datalet>(
     if !counted.created {
         *hits += 1;
     }
-    if request.quiet {
+    // As memcached: `q` hides the reply to a change, not to an item `N` created.
+    if request.quiet && !counted.created {
         return Ok(());
     }
     let number = counted.number.to_string();
