@@ -50,6 +50,19 @@ impl AuthFile {
     fn admits(&self, user: &[u8], password: &[u8]) -> bool {
         self.entries.iter().any(|(u, p)| u == user && p == password)
     }
+
+    /// Whether a SASL `PLAIN` message (`authzid NUL authcid NUL password`, RFC 4616) names a
+    /// user of the file with its password. An authorization identity, if given, must be the
+    /// user itself: one user cannot act as another.
+    pub fn admits_plain(&self, message: &[u8]) -> bool {
+        let mut parts = message.split(|&b| b == 0);
+        let (Some(authz), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        (authz.is_empty() || authz == user) && self.admits(user, password)
+    }
 }
 
 /// What a connection that has not authenticated gets for what it sent.

@@ -83,9 +83,9 @@ pub struct Config {
     #[arg(short = 'R', long, value_name = "N")]
     pub max_reqs_per_event: Option<u32>,
 
-    /// memcached's `-B`: the protocol. Only `ascii` is served (the binary protocol is not
-    /// built yet), so `binary` and `auto` are refused.
-    #[arg(short = 'B', long, value_name = "PROTOCOL", value_parser = ascii_only)]
+    /// memcached's `-B`: the protocol, `auto` (the default: a connection whose first byte is
+    /// the binary request magic speaks binary, any other text), `ascii` or `binary`.
+    #[arg(short = 'B', long, value_name = "PROTOCOL", value_parser = protocol)]
     pub protocol: Option<String>,
 
     /// memcached's `-o`: extended options, separated by commas. `idle_timeout=N` sets
@@ -492,12 +492,9 @@ fn interface_addr(interface: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow::anyhow!("-l {interface}: not an address or a known host name"))
 }
 
-fn ascii_only(s: &str) -> Result<String, String> {
+fn protocol(s: &str) -> Result<String, String> {
     match s {
-        "ascii" => Ok(s.to_string()),
-        "binary" | "auto" => {
-            Err("only the ascii protocol is served (the binary protocol is not built yet)".into())
-        }
+        "ascii" | "binary" | "auto" => Ok(s.to_string()),
         _ => Err("the protocol is one of ascii, binary or auto".into()),
     }
 }

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tailorkv_common::codec::binary::{BinaryDecoder, REQUEST_MAGIC};
 use tailorkv_common::codec::Decoder;
 use tailorkv_datalet::Datalet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::cmd::{execute, Context, Flow};
+use crate::cmd::{binary, execute, Context, Flow};
 use crate::conns::State;
 use crate::out::Out;
 use crate::stats::Counts;
@@ -101,9 +102,48 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let mut latencies = Latencies::default();
     // With an auth file, a connection authenticates before its first command.
     let mut unauthenticated = ctx.auth.as_ref().map(|_| crate::auth::Pending::default());
+    // The protocol, once the first byte has arrived (see [`Protocol`]).
+    let mut protocol = match ctx.config.protocol.as_deref() {
+        Some("ascii") => Some(Protocol::Text),
+        Some("binary") => Some(binary(ctx)),
+        _ => None,
+    };
     loop {
         let mut closing = false;
-        while let (Some(pending), Some(file)) = (unauthenticated.as_mut(), ctx.auth.as_deref()) {
+        if protocol.is_none() && !input.is_empty() {
+            protocol = Some(if input[0] == REQUEST_MAGIC {
+                binary(ctx)
+            } else {
+                Protocol::Text
+            });
+        }
+        if let Some(Protocol::Binary(decoder, session)) = protocol.as_mut() {
+            while !closing {
+                let request = match decoder.decode(&mut input) {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "closing connection");
+                        closing = true;
+                        break;
+                    }
+                };
+                if let Some(conn) = conn {
+                    conn.command(&ctx.conns);
+                }
+                let started = std::time::Instant::now();
+                let flow = binary::execute(ctx, request, session, &mut out.buf, counts).await;
+                latencies.record(2, started.elapsed().as_micros() as u64);
+                if session.authenticated {
+                    decoder.authenticated();
+                }
+                closing = flow == Flow::Close;
+                out.flush_if_full().await?;
+            }
+        }
+        while let (Some(Protocol::Text), Some(pending), Some(file)) =
+            (&protocol, unauthenticated.as_mut(), ctx.auth.as_deref())
+        {
             match pending.step(&mut input, file, counts) {
                 crate::auth::Step::More => break,
                 crate::auth::Step::Reply(reply) => out.buf.extend_from_slice(reply),
@@ -117,7 +157,7 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 }
             }
         }
-        while unauthenticated.is_none() && !closing {
+        while matches!(protocol, Some(Protocol::Text)) && unauthenticated.is_none() && !closing {
             let request = match decoder.decode(&mut input) {
                 Ok(Some(request)) => request,
                 Ok(None) => break,
@@ -155,7 +195,9 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         if input.capacity() - input.len() < READ_CHUNK_BYTES / 4 {
             input.reserve(READ_CHUNK_BYTES);
         }
-        let mid_request = !input.is_empty() || decoder.is_mid_request();
+        let mid_request = !input.is_empty()
+            || decoder.is_mid_request()
+            || matches!(&protocol, Some(Protocol::Binary(d, _)) if d.is_mid_request());
         if let Some(conn) = conn {
             let state = if mid_request {
                 State::NRead
@@ -179,6 +221,23 @@ async fn serve_inner<D: Datalet, R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
         counts.bytes_read += n as u64;
     }
+}
+
+/// What a connection speaks: with `-B auto` (the default), binary if its first byte is the
+/// binary protocol's request magic (0x80), else text, for its whole life, as memcached
+/// decides.
+enum Protocol {
+    Text,
+    Binary(BinaryDecoder, binary::Session),
+}
+
+/// A binary connection's state: it must authenticate through SASL if users are configured.
+fn binary<D>(ctx: &Context<D>) -> Protocol {
+    let mut decoder = BinaryDecoder::new(ctx.config.item_size_max);
+    if ctx.auth.is_some() {
+        decoder = decoder.with_sasl();
+    }
+    Protocol::Binary(decoder, binary::Session::default())
 }
 
 /// Which of [`crate::stats::LATENCY_KINDS`] a command's latency counts under.

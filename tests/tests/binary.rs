@@ -47,8 +47,7 @@ fn bad_flags_are_refused_with_a_message() {
         // memcached's rule: an item may take at most half the memory.
         &["-I", "256m"],
         &["--item-size-max", "33m", "--memory-limit", "64"],
-        &["-B", "binary"],
-        &["-B", "auto"],
+        &["-B", "json"],
     ] {
         let out = Command::new(binary("controlet"))
             .args(args)

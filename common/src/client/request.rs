@@ -40,6 +40,18 @@ pub enum Request<'a> {
         megabytes: u64,
     },
     Stats,
+    /// `mg <key> <flags>`: a meta get, `flags` as the line carries them (`k v`, or empty).
+    MetaGet {
+        key: &'a [u8],
+        flags: &'a str,
+    },
+    /// `ms <key> <bytes> <flags>`: a meta set of `head` then `body`, as [`Request::Store`].
+    MetaSet {
+        key: &'a [u8],
+        flags: &'a str,
+        head: &'a [u8],
+        body: &'a [u8],
+    },
 }
 
 /// The storage commands a client sends.
@@ -87,6 +99,18 @@ impl Request<'_> {
                 line(out, &[b"cache_memlimit ", megabytes.to_string().as_bytes()])
             }
             Request::Stats => line(out, &[b"stats"]),
+            Request::MetaGet { key, flags } => meta_line(out, b"mg ", key, None, flags),
+            Request::MetaSet {
+                key,
+                flags,
+                head,
+                body,
+            } => {
+                encode_meta_set_line(out, key, head.len() + body.len(), flags);
+                out.put_slice(head);
+                out.put_slice(body);
+                out.put_slice(b"\r\n");
+            }
         }
     }
 
@@ -97,6 +121,7 @@ impl Request<'_> {
             Request::Gets { .. } => Expect::Gets,
             Request::GetsMany { .. } => Expect::GetsMany,
             Request::Stats => Expect::Stats,
+            Request::MetaGet { .. } | Request::MetaSet { .. } => Expect::Meta,
             _ => Expect::Status,
         }
     }
@@ -123,6 +148,26 @@ pub fn encode_store_line(
     out.put_slice(format!(" {flags} {exptime} {len}").as_bytes());
     if let StoreCommand::Cas(unique) = command {
         out.put_slice(format!(" {unique}").as_bytes());
+    }
+    out.put_slice(b"\r\n");
+}
+
+/// Appends a meta set's line, `ms <key> <len> <flags>\r\n`; the caller then appends the
+/// `len` bytes of data and `\r\n`, as after [`encode_store_line`].
+pub fn encode_meta_set_line(out: &mut impl BufMut, key: &[u8], len: usize, flags: &str) {
+    meta_line(out, b"ms ", key, Some(len), flags);
+}
+
+/// `<command><key>[ <len>][ <flags>]\r\n`: no space is left dangling when there are no flags.
+fn meta_line(out: &mut impl BufMut, command: &[u8], key: &[u8], len: Option<usize>, flags: &str) {
+    out.put_slice(command);
+    out.put_slice(key);
+    if let Some(len) = len {
+        out.put_slice(format!(" {len}").as_bytes());
+    }
+    if !flags.is_empty() {
+        out.put_u8(b' ');
+        out.put_slice(flags.as_bytes());
     }
     out.put_slice(b"\r\n");
 }

@@ -6,7 +6,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::{Expect, Hit, ProtocolError, Reply, MAX_REPLY_LINE_BYTES, MAX_VALUE_BYTES};
+use super::{
+    Expect, Hit, Meta, MetaCode, ProtocolError, Reply, MAX_REPLY_LINE_BYTES, MAX_VALUE_BYTES,
+};
 use crate::codec::strtoull;
 
 /// What [`scan`] found, by byte ranges into the frame.
@@ -15,6 +17,7 @@ pub(super) enum Shape {
     Value(Option<HitAt>),
     Values(Vec<HitAt>),
     Stats(Vec<Range<usize>>),
+    Meta(MetaAt),
 }
 
 /// Where one `VALUE` block's parts are.
@@ -23,6 +26,13 @@ pub(super) struct HitAt {
     flags: u32,
     cas: u64,
     data: Range<usize>,
+}
+
+/// Where one meta reply's parts are.
+pub(super) struct MetaAt {
+    code: MetaCode,
+    flags: Range<usize>,
+    data: Option<Range<usize>>,
 }
 
 impl Shape {
@@ -38,6 +48,11 @@ impl Shape {
                     .filter_map(|line| stat(&frame[line]))
                     .collect(),
             ),
+            Shape::Meta(meta) => Reply::Meta(Meta {
+                code: meta.code,
+                flags: frame.slice(meta.flags),
+                data: meta.data.map(|data| frame.slice(data)),
+            }),
         }
     }
 }
@@ -66,6 +81,7 @@ pub(super) fn scan(buf: &[u8], expect: Expect) -> Result<Option<(usize, Shape)>,
         Expect::Gets => hits(1, true)?.map(|(len, mut h)| (len, Shape::Value(h.pop()))),
         Expect::GetsMany => hits(usize::MAX, true)?.map(|(len, h)| (len, Shape::Values(h))),
         Expect::Stats => scan_stats(buf, end, next)?,
+        Expect::Meta => scan_meta(buf, end, next)?,
     })
 }
 
@@ -116,13 +132,9 @@ fn scan_hits(
         if hits.len() == most {
             return Err(ProtocolError::TooManyValues);
         }
-        let data = next..next + value.len;
-        if buf.len() < data.end + 2 {
+        let Some(data) = data_block(buf, next, value.len)? else {
             return Ok(None);
-        }
-        if &buf[data.end..data.end + 2] != b"\r\n" {
-            return Err(ProtocolError::DataNotTerminated);
-        }
+        };
         let key = start + value.key.start..start + value.key.end;
         start = data.end + 2;
         hits.push(HitAt {
@@ -136,6 +148,66 @@ fn scan_hits(
             None => return Ok(None),
         }
     }
+}
+
+/// The `len` bytes of data from `start`, and the `\r\n` that must end them: where the data
+/// is, or `None` until all of it and its line ending are buffered.
+fn data_block(buf: &[u8], start: usize, len: usize) -> Result<Option<Range<usize>>, ProtocolError> {
+    let data = start..start + len;
+    if buf.len() < data.end + 2 {
+        return Ok(None);
+    }
+    if &buf[data.end..data.end + 2] != b"\r\n" {
+        return Err(ProtocolError::DataNotTerminated);
+    }
+    Ok(Some(data))
+}
+
+/// A meta reply from its line (ending at `end`, its successor starting at `next`): the line
+/// alone, or for `VA` the line and its data block.
+fn scan_meta(buf: &[u8], end: usize, next: usize) -> Result<Option<(usize, Shape)>, ProtocolError> {
+    let (code, size, flags) = meta_line(&buf[..end])?;
+    let data = match size {
+        None => None,
+        Some(len) => match data_block(buf, next, len)? {
+            Some(data) => Some(data),
+            None => return Ok(None),
+        },
+    };
+    let len = data.as_ref().map_or(next, |data| data.end + 2);
+    Ok(Some((len, Shape::Meta(MetaAt { code, flags, data }))))
+}
+
+/// `<code> <flags>*`, or `VA <bytes> <flags>*`: the code, a `VA`'s data length, and where the
+/// flags are in the line. Each flag is a word that starts with a letter, its token after it.
+fn meta_line(line: &[u8]) -> Result<(MetaCode, Option<usize>, Range<usize>), ProtocolError> {
+    let words = words(line);
+    let code = words
+        .first()
+        .and_then(|w| MetaCode::parse(&line[w.clone()]));
+    let Some(code) = code else {
+        return Err(ProtocolError::Unexpected(lossy(line)));
+    };
+    let bad = || ProtocolError::BadMetaLine(lossy(line));
+    let (size, flags) = match code {
+        MetaCode::Value => {
+            let size = words.get(1).and_then(|w| strtoull(&line[w.clone()]));
+            let size = size.and_then(|n| usize::try_from(n).ok());
+            match size {
+                Some(size) if size <= MAX_VALUE_BYTES => (Some(size), &words[2..]),
+                _ => return Err(bad()),
+            }
+        }
+        _ => (None, &words[1..]),
+    };
+    if !flags.iter().all(|w| line[w.start].is_ascii_alphabetic()) {
+        return Err(bad());
+    }
+    let at = match (flags.first(), flags.last()) {
+        (Some(first), Some(last)) => first.start..last.end,
+        _ => line.len()..line.len(),
+    };
+    Ok((code, size, at))
 }
 
 /// A parsed `VALUE` line; `key` is a range into the line.

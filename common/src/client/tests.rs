@@ -312,7 +312,7 @@ fn malformed_replies_say_what_is_wrong() {
 #[test]
 fn an_endless_line_is_refused_not_awaited() {
     let long = vec![b'x'; MAX_REPLY_LINE_BYTES + 10];
-    for expect in [Expect::Status, Expect::Get, Expect::Stats] {
+    for expect in [Expect::Status, Expect::Get, Expect::Stats, Expect::Meta] {
         let mut endless = BytesMut::from(&long[..]);
         assert_eq!(
             decode(&mut endless, expect),
@@ -320,5 +320,149 @@ fn an_endless_line_is_refused_not_awaited() {
         );
         let mut partial = BytesMut::from(&long[..MAX_REPLY_LINE_BYTES]);
         assert_eq!(decode(&mut partial, expect), Ok(None));
+    }
+}
+
+fn meta(code: MetaCode, flags: &'static [u8], data: Option<&'static [u8]>) -> Reply {
+    Reply::Meta(Meta {
+        code,
+        flags: Bytes::from_static(flags),
+        data: data.map(Bytes::from_static),
+    })
+}
+
+#[test]
+fn meta_requests_are_meta_lines_and_expect_a_meta_reply() {
+    let get = Request::MetaGet {
+        key: b"k",
+        flags: "k v",
+    };
+    assert_eq!(encoded(get), b"mg k k v\r\n");
+    let bare = Request::MetaGet {
+        key: b"k",
+        flags: "",
+    };
+    assert_eq!(encoded(bare), b"mg k\r\n");
+    let set = Request::MetaSet {
+        key: b"k",
+        flags: "T0",
+        head: b"HD",
+        body: b"val",
+    };
+    assert_eq!(encoded(set), b"ms k 5 T0\r\nHDval\r\n");
+    let mut out = Vec::new();
+    encode_meta_set_line(&mut out, b"k2", 0, "");
+    out.extend_from_slice(b"\r\n");
+    assert_eq!(out, b"ms k2 0\r\n\r\n");
+    for request in [get, bare, set] {
+        assert_eq!(request.expect(), Expect::Meta, "{request:?}");
+    }
+}
+
+#[test]
+fn meta_replies_decode_with_their_code_and_flags() {
+    for (bytes, reply) in [
+        (&b"HD\r\n"[..], meta(MetaCode::Done, b"", None)),
+        (b"HD c77 kk\r\n", meta(MetaCode::Done, b"c77 kk", None)),
+        (b"EN\r\n", meta(MetaCode::Miss, b"", None)),
+        (b"NS\r\n", meta(MetaCode::NotStored, b"", None)),
+        (b"EX\r\n", meta(MetaCode::Exists, b"", None)),
+        (b"NF Oop\r\n", meta(MetaCode::NotFound, b"Oop", None)),
+        (b"MN\r\n", meta(MetaCode::NoOp, b"", None)),
+        (
+            b"VA 2 kk\r\nhi\r\n",
+            meta(MetaCode::Value, b"kk", Some(b"hi")),
+        ),
+        (b"VA 0\r\n\r\n", meta(MetaCode::Value, b"", Some(b""))),
+        // The length decides, not a \r\n inside the data.
+        (
+            b"VA 4 kk\r\n\r\nEN\r\n",
+            meta(MetaCode::Value, b"kk", Some(b"\r\nEN")),
+        ),
+        (b"SERVER_ERROR busy\r\n", Reply::ServerError("busy".into())),
+        (b"ERROR\r\n", Reply::Error),
+    ] {
+        assert_eq!(decoded(bytes, Expect::Meta), Some(reply), "{bytes:?}");
+    }
+    let status = |bytes| decoded(bytes, Expect::Meta).unwrap().status_line();
+    assert_eq!(status(b"NS\r\n").as_deref(), Some("NS"));
+    assert_eq!(status(b"HD  c7 kk\r\n").as_deref(), Some("HD c7 kk"));
+    assert_eq!(status(b"VA 1 kk\r\nx\r\n"), None);
+}
+
+#[test]
+fn a_meta_hit_reads_as_a_value_hit_with_its_flags() {
+    let Some(Reply::Meta(hit_reply)) = decoded(b"VA 2 f5 kkey c9 W\r\nhi\r\n", Expect::Meta) else {
+        panic!("no meta reply");
+    };
+    assert_eq!(hit_reply.hit(), Ok(hit(b"key", 5, 9, b"hi")));
+    assert_eq!(hit_reply.flag(b'k').as_deref(), Some(&b"key"[..]));
+    assert_eq!(hit_reply.flag(b'W').as_deref(), Some(&b""[..]));
+    assert_eq!(hit_reply.flag(b'X'), None);
+    let Some(Reply::Meta(plain)) = decoded(b"VA 1 kk\r\nx\r\n", Expect::Meta) else {
+        panic!("no meta reply");
+    };
+    assert_eq!(plain.hit(), Ok(hit(b"k", 0, 0, b"x")));
+    for (bytes, line) in [
+        (&b"VA 1\r\nx\r\n"[..], "VA 1"),
+        (b"VA 1 fx kk\r\nx\r\n", "VA 1 fx kk"),
+        (b"VA 1 f4294967296 kk\r\nx\r\n", "VA 1 f4294967296 kk"),
+        (b"VA 1 kk c-\r\nx\r\n", "VA 1 kk c-"),
+        (b"HD kk\r\n", "HD kk"),
+    ] {
+        let Some(Reply::Meta(reply)) = decoded(bytes, Expect::Meta) else {
+            panic!("no meta reply in {bytes:?}");
+        };
+        let want = ProtocolError::BadMetaLine(line.into());
+        assert_eq!(reply.hit(), Err(want), "{bytes:?}");
+    }
+}
+
+#[test]
+fn a_meta_reply_split_anywhere_decodes_once_whole_and_one_at_a_time() {
+    let whole = b"VA 5 kkey\r\nhello\r\n";
+    for cut in 0..whole.len() {
+        assert_eq!(decoded(&whole[..cut], Expect::Meta), None, "cut at {cut}");
+    }
+    let mut buf = BytesMut::from(&b"EN\r\nHD\r\nVA 1 ka\r\nx\r\nNS\r\n"[..]);
+    let mut next = || decode(&mut buf, Expect::Meta).unwrap();
+    assert_eq!(next(), Some(meta(MetaCode::Miss, b"", None)));
+    assert_eq!(next(), Some(meta(MetaCode::Done, b"", None)));
+    assert_eq!(next(), Some(meta(MetaCode::Value, b"ka", Some(b"x"))));
+    assert_eq!(next(), Some(meta(MetaCode::NotStored, b"", None)));
+    assert_eq!(next(), None);
+}
+
+#[test]
+fn malformed_meta_replies_are_errors() {
+    let too_big = format!("VA {} kk\r\n", MAX_VALUE_BYTES + 1);
+    let error = |bytes: &[u8]| decode(&mut BytesMut::from(bytes), Expect::Meta).unwrap_err();
+    for (bytes, want) in [
+        (
+            &b"STORED\r\n"[..],
+            ProtocolError::Unexpected("STORED".into()),
+        ),
+        (b"END\r\n", ProtocolError::Unexpected("END".into())),
+        (
+            b"VALUE k 0 1\r\n",
+            ProtocolError::Unexpected("VALUE k 0 1".into()),
+        ),
+        (
+            b"ME k exp=-1\r\n",
+            ProtocolError::Unexpected("ME k exp=-1".into()),
+        ),
+        (b"\r\n", ProtocolError::Unexpected("".into())),
+        (b"VA\r\n", ProtocolError::BadMetaLine("VA".into())),
+        (b"VA x kk\r\n", ProtocolError::BadMetaLine("VA x kk".into())),
+        (b"VA kk\r\n", ProtocolError::BadMetaLine("VA kk".into())),
+        (b"HD 5\r\n", ProtocolError::BadMetaLine("HD 5".into())),
+        (b"EN =\r\n", ProtocolError::BadMetaLine("EN =".into())),
+        (b"VA 2 kk\r\nhiXX", ProtocolError::DataNotTerminated),
+        (
+            too_big.as_bytes(),
+            ProtocolError::BadMetaLine(too_big.trim_end().into()),
+        ),
+    ] {
+        assert_eq!(error(bytes), want, "{bytes:?}");
     }
 }

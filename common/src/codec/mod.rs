@@ -22,6 +22,7 @@
 //! [`MAX_RETRIEVAL_LINE_BYTES`]. So no client can make the server buffer without bound.
 
 mod base64;
+pub mod binary;
 mod meta;
 mod number;
 mod parse;
@@ -59,6 +60,8 @@ pub enum DecodeError {
     LineTooLong,
     #[error("an HTTP request on the memcached port")]
     Http,
+    #[error("a binary request without the request magic byte")]
+    BadMagic,
 }
 
 /// Turns a connection's bytes into requests. One per connection: it remembers a storage

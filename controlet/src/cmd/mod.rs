@@ -7,6 +7,7 @@
 
 mod admin;
 mod arith;
+pub mod binary;
 mod delete;
 mod flush;
 mod get;

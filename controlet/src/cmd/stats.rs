@@ -328,7 +328,15 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "num_threads", cfg.threads);
     encode_stat(out, "cas_enabled", "yes");
     encode_stat(out, "tcp_backlog", cfg.listen_backlog);
-    encode_stat(out, "auth_enabled_sasl", "no");
+    let protocol = match cfg.protocol.as_deref() {
+        Some("ascii") => "ascii",
+        Some("binary") => "binary",
+        _ => "auto-negotiate",
+    };
+    encode_stat(out, "binding_protocol", protocol);
+    // The auth file's users sign in through SASL PLAIN on binary connections.
+    let sasl = if cfg.auth_file.is_some() { "yes" } else { "no" };
+    encode_stat(out, "auth_enabled_sasl", sasl);
     let ascii_auth = if cfg.auth_file.is_some() { "yes" } else { "no" };
     encode_stat(out, "auth_enabled_ascii", ascii_auth);
     encode_stat(out, "item_size_max", cfg.item_size_max);
