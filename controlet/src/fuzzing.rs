@@ -34,6 +34,40 @@ pub fn client_codec(data: &[u8]) {
     }
 }
 
+/// The binary protocol's decoder: requests decoded from any bytes, in two pieces, without a
+/// panic; a request consumes bytes (or starts discarding a refused body), and the buffer
+/// never grows. The second byte of the input says whether SASL is required.
+pub fn binary_codec(data: &[u8]) {
+    use tailorkv_common::codec::binary::BinaryDecoder;
+    let Some((&cut, data)) = data.split_first() else {
+        return;
+    };
+    let Some((&sasl, data)) = data.split_first() else {
+        return;
+    };
+    let cut = usize::from(cut).min(data.len());
+    let mut decoder = BinaryDecoder::new(64 * 1024);
+    if sasl & 1 == 1 {
+        decoder = decoder.with_sasl();
+    }
+    let mut buf = BytesMut::new();
+    for piece in [&data[..cut], &data[cut..]] {
+        buf.extend_from_slice(piece);
+        loop {
+            let before = buf.len();
+            match decoder.decode(&mut buf) {
+                Ok(Some(_)) => assert!(
+                    buf.len() < before || decoder.is_mid_request(),
+                    "a request consumed nothing"
+                ),
+                Ok(None) => break,
+                Err(_) => return,
+            }
+            assert!(buf.len() <= before);
+        }
+    }
+}
+
 /// The reply parser the `memcached://` datalet and loadgen use: any bytes, for each kind of
 /// request, without a panic; a reply consumes bytes.
 pub fn client_replies(data: &[u8]) {
@@ -41,11 +75,12 @@ pub fn client_replies(data: &[u8]) {
     let Some((&kind, data)) = data.split_first() else {
         return;
     };
-    let expect = match kind % 5 {
+    let expect = match kind % 6 {
         0 => Expect::Status,
         1 => Expect::Get,
         2 => Expect::Gets,
         3 => Expect::GetsMany,
+        4 => Expect::Meta,
         _ => Expect::Stats,
     };
     let mut buf = BytesMut::from(data);

@@ -5,9 +5,11 @@ use std::time::Duration;
 use clap::{ArgGroup, Parser};
 
 use crate::keys::{KeyDist, Owners};
+use crate::reply::Protocol;
 use crate::value::HEADER_LEN;
 
-/// Load generator for memcached-compatible servers (classic text protocol, get and set).
+/// Load generator for memcached-compatible servers (get and set, in the classic text protocol
+/// or as memcached 1.6's meta commands).
 ///
 /// Opens `--connections` connections, spread round-robin over the `--target`s, and keeps
 /// `--pipeline` requests in flight on each until `--duration` or `--requests` runs out. Every
@@ -36,6 +38,11 @@ pub struct Args {
     /// the target's host, a name or an IP address its certificate must carry).
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<std::path::PathBuf>,
+
+    /// How requests are sent: `get`/`set` (text), or `mg <key> k v`/`ms <key> <bytes> T0`
+    /// (meta). The load and the checks of what comes back are the same either way.
+    #[arg(long, value_enum, default_value_t = Protocol::Text)]
+    pub protocol: Protocol,
 
     /// Requests kept in flight per connection; replies are matched to requests in order.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
@@ -238,7 +245,16 @@ mod tests {
             (100, 0.9, 0.01)
         );
         assert_eq!(args.key_dist, KeyDist::Uniform);
+        assert_eq!(args.protocol, Protocol::Text);
         assert_eq!(args.duration_limit(), Some(DEFAULT_DURATION));
+    }
+
+    #[test]
+    fn the_protocol_is_text_or_meta() {
+        let meta = parse(&["--protocol", "meta"]).unwrap();
+        assert_eq!(meta.protocol, Protocol::Meta);
+        let text = parse(&["--protocol", "text"]).unwrap();
+        assert_eq!(text.protocol, Protocol::Text);
     }
 
     #[test]
@@ -277,6 +293,7 @@ mod tests {
             &["--key-prefix", "a b"],
             &["--zipf-theta", "-0.5"],
             &["--key-dist", "gaussian"],
+            &["--protocol", "binary"],
             &["--keys-held-by", "1"],
             &["--placement", "6:3"],
             &[

@@ -7,9 +7,9 @@
 //! large pipeline never deadlocks on full socket buffers:
 //!
 //! - the **sender** takes a permit from the `window` semaphore (`--pipeline` permits) for each
-//!   request, then takes as many more as are free, encodes that batch into one buffer, stamps
-//!   it with one send time, queues a descriptor per request ([`InFlight`]) to the receiver, and
-//!   writes the batch with one `write_all`;
+//!   request, then takes as many more as are free, encodes that batch (in --protocol) into one
+//!   buffer, stamps it with one send time, queues a descriptor per request ([`InFlight`]) to the
+//!   receiver, and writes the batch with one `write_all`;
 //! - the **receiver** takes descriptors in order, reads until [`reply::take`] yields the reply
 //!   to each, accounts it into [`Stats`], and gives the permit back.
 //!
@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::{timeout, timeout_at};
 use tokio_util::either::Either;
 
-use crate::reply::{self, Answer, Op};
+use crate::reply::{self, Answer, Op, Protocol};
 use crate::run::Run;
 use crate::source::{Phase, Request, Source};
 use crate::stats::Stats;
@@ -216,21 +216,40 @@ impl Sender {
     /// Appends `request` to `buf`; for a get, whether its key was written before it.
     fn encode(&mut self, request: Request, run: &Run) -> bool {
         let key = run.keys.key(request.key);
+        let protocol = run.args.protocol;
         match request.op {
             Op::Get => {
-                Wire::Get { key: &key }.encode(&mut self.buf);
+                get_request(protocol, &key).encode(&mut self.buf);
                 run.ledger.was_written(request.key)
             }
             Op::Set => {
                 self.seq += 1;
                 let tag = run.ledger.issue(self.writer, self.seq);
                 let size = run.args.value_size;
-                client::encode_store_line(&mut self.buf, StoreCommand::Set, &key, 0, 0, size);
+                set_line(protocol, &key, size, &mut self.buf);
                 value::encode(&key, tag, size, &mut self.buf);
                 self.buf.extend_from_slice(b"\r\n");
                 false
             }
         }
+    }
+}
+
+/// A get of `key` in `protocol`. A meta get asks for the key back (`k`), which the check of a
+/// hit needs, and the value (`v`).
+fn get_request(protocol: Protocol, key: &[u8]) -> Wire<'_> {
+    match protocol {
+        Protocol::Text => Wire::Get { key },
+        Protocol::Meta => Wire::MetaGet { key, flags: "k v" },
+    }
+}
+
+/// Appends the line of a set of `size` bytes to `key` in `protocol`, for the value to follow:
+/// flags 0 and no expiry either way (`T0` is a meta set's exptime 0).
+fn set_line(protocol: Protocol, key: &[u8], size: usize, out: &mut Vec<u8>) {
+    match protocol {
+        Protocol::Text => client::encode_store_line(out, StoreCommand::Set, key, 0, 0, size),
+        Protocol::Meta => client::encode_meta_set_line(out, key, size, "T0"),
     }
 }
 
@@ -282,7 +301,8 @@ impl Receiver {
         let limit = run.args.request_timeout;
         let deadline = (in_flight.sent_at + limit).into();
         loop {
-            if let Some(answer) = reply::take(&mut self.buf, in_flight.request.op)? {
+            let (protocol, op) = (run.args.protocol, in_flight.request.op);
+            if let Some(answer) = reply::take(&mut self.buf, protocol, op)? {
                 return Ok(answer);
             }
             self.buf.reserve(READ_CHUNK);

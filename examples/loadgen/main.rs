@@ -1,18 +1,21 @@
 //! `loadgen`: a load generator for memcached-compatible servers, tailorkv's controlet among
-//! them. It speaks the classic text protocol through `tailorkv_common::client`, the protocol's
-//! client side, and shares no code with the server's side of it, so it measures the server
-//! and not a shared bug.
+//! them. It speaks the classic text protocol, or memcached 1.6's meta commands with
+//! `--protocol meta`, through `tailorkv_common::client`, the protocol's client side, and
+//! shares no code with the server's side of it, so it measures the server and not a shared
+//! bug.
 //!
 //! ```text
 //! loadgen --target 127.0.0.1:11211 --connections 50 --get-ratio 0.9 --preload --duration 10
 //! loadgen --target 127.0.0.1:7001,127.0.0.1:7002 --pipeline 16 --key-dist zipfian --json
 //! loadgen --target 127.0.0.1:11211 --tls-ca certs/ca.pem   # a TLS client port
+//! loadgen --target 127.0.0.1:11211 --protocol meta         # mg and ms instead of get and set
 //! ```
 //!
 //! # Layout
 //!
 //! - `cli`: the command line.
-//! - `reply`: the two requests loadgen sends, and what their replies mean to it.
+//! - `reply`: the two requests loadgen sends, the two protocols it can send them in, and what
+//!   their replies mean to it.
 //! - `keys`: the key space and its uniform or zipfian distribution, and the filter that keeps
 //!   the keys a node of a sharded cluster holds (or does not).
 //! - `value`: self-describing values: each names the write that made it.

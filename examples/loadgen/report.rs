@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::cli::Args;
 use crate::cpu::CpuReport;
 use crate::keys::KeyDist;
+use crate::reply::Protocol;
 use crate::stats::{Answered, Errors, Stats};
 
 #[derive(Debug, Serialize)]
@@ -51,6 +52,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Config {
     pub targets: Vec<String>,
+    pub protocol: Protocol,
     pub connections: u32,
     pub pipeline: u32,
     pub keys: u64,
@@ -179,12 +181,13 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "loadgen run {} (seed {}): {} connections to {}, pipeline {}",
+            "loadgen run {} (seed {}): {} connections to {}, pipeline {}, {} protocol",
             self.run_id,
             self.seed,
             c.connections,
             c.targets.join(","),
-            c.pipeline
+            c.pipeline,
+            c.protocol.name()
         );
         let keys = match c.keys_kept {
             None => c.keys.to_string(),
@@ -279,6 +282,7 @@ impl Config {
     fn new(args: &Args) -> Self {
         Config {
             targets: args.targets.clone(),
+            protocol: args.protocol,
             connections: args.connections,
             pipeline: args.pipeline,
             keys: args.keys,
@@ -368,6 +372,8 @@ mod tests {
             (Some(5), Some(2))
         );
         assert_eq!(json["config"]["key_dist"], "uniform");
+        assert_eq!(json["config"]["protocol"], "text");
         assert!(report.to_text().contains("wrong value 2"));
+        assert!(report.to_text().contains("pipeline 1, text protocol"));
     }
 }

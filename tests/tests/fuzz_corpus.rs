@@ -10,8 +10,9 @@ use tailorkv_controlet::fuzzing;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 4] = [
+const TARGETS: [(&str, Target); 5] = [
     ("client_codec", fuzzing::client_codec),
+    ("binary_codec", fuzzing::binary_codec),
     ("client_replies", fuzzing::client_replies),
     ("peer_frame", fuzzing::peer_frame),
     ("tob_step", fuzzing::tob_step),

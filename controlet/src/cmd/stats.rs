@@ -323,6 +323,8 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "inter", cfg.listen.ip());
     encode_stat(out, "verbosity", cfg.verbose);
     encode_stat(out, "evictions", if cfg.evicts() { "on" } else { "off" });
+    // No UNIX socket is served.
+    encode_stat(out, "domain_socket", "NULL");
     let shutdown = if cfg.enable_shutdown { "yes" } else { "no" };
     encode_stat(out, "shutdown_command", shutdown);
     encode_stat(out, "num_threads", cfg.threads);
