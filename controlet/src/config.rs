@@ -121,8 +121,8 @@ pub struct Config {
     pub datalet_connections: Option<usize>,
 
     /// Most client connections open at once; a connection past this is answered
-    /// `ERROR Too many open connections` and closed.
-    #[arg(short = 'c', long, alias = "conn-limit", default_value_t = 1024)]
+    /// `ERROR Too many open connections` and closed. At least 1, as memcached requires.
+    #[arg(short = 'c', long, alias = "conn-limit", default_value_t = 1024, value_parser = at_least_one)]
     pub max_connections: usize,
 
     /// Largest item (key, value and about 60 bytes of overhead, counted as memcached counts
@@ -490,6 +490,14 @@ fn interface_addr(interface: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| anyhow::anyhow!("-l {interface}: not an address or a known host name"))
+}
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn protocol(s: &str) -> Result<String, String> {

@@ -48,6 +48,8 @@ fn bad_flags_are_refused_with_a_message() {
         &["-I", "256m"],
         &["--item-size-max", "33m", "--memory-limit", "64"],
         &["-B", "json"],
+        // memcached refuses no connections at all.
+        &["-c", "0"],
     ] {
         let out = Command::new(binary("controlet"))
             .args(args)

@@ -26,6 +26,8 @@ use super::DecodeError;
 pub const REQUEST_MAGIC: u8 = 0x80;
 const RESPONSE_MAGIC: u8 = 0x81;
 const HEADER_BYTES: usize = 24;
+/// memcached's `MAX_SASL_MECH_LEN`: a longer mechanism name is refused.
+const MAX_SASL_MECHANISM_BYTES: usize = 32;
 
 /// Opcodes, as `protocol_binary.h` numbers them.
 pub mod op {
@@ -416,12 +418,18 @@ impl BinaryDecoder {
             op::SASL_LIST_MECHS if empty => done(BinCommand::SaslListMechs),
             op::SASL_AUTH | op::SASL_STEP if ext == 0 && klen != 0 => {
                 let value_len = body - klen;
+                let refuse = |status| BinCommand::Error {
+                    status,
+                    close: false,
+                };
                 if self.sasl.is_none() {
-                    let unknown = BinCommand::Error {
-                        status: Status::UnknownCommand,
-                        close: false,
-                    };
-                    return (Checked::Swallow(unknown, value_len), 0);
+                    return (
+                        Checked::Swallow(refuse(Status::UnknownCommand), value_len),
+                        0,
+                    );
+                }
+                if klen > MAX_SASL_MECHANISM_BYTES {
+                    return (Checked::Swallow(refuse(Status::Invalid), value_len), 0);
                 }
                 (Checked::NeedValue(key), value_len)
             }

@@ -25,6 +25,8 @@ use crate::stats::Counts;
 pub struct Session {
     /// A SASL exchange has authenticated this connection.
     pub authenticated: bool,
+    /// A `PLAIN` exchange began without its message, which a step brings.
+    pub awaiting_plain: bool,
 }
 
 /// Carries out one request, appending its response (if any) to `out`.
@@ -201,9 +203,17 @@ pub async fn execute<D: Datalet>(
             data,
             step,
         } => {
+            let plain = &mechanism[..] == b"PLAIN";
+            // `PLAIN` without its message asks for it: the client sends it in a step.
+            if plain && !step && data.is_empty() {
+                session.awaiting_plain = true;
+                BinResponse::status(opcode, opaque, Status::AuthContinue).encode(out);
+                return Flow::Continue;
+            }
             counts.auth_cmds += 1;
-            let admitted = !step
-                && &mechanism[..] == b"PLAIN"
+            let started = !step || std::mem::take(&mut session.awaiting_plain);
+            let admitted = plain
+                && started
                 && ctx
                     .auth
                     .as_ref()
@@ -292,9 +302,9 @@ impl Reply {
             return;
         }
         match key {
+            // The key is the whole body, without memcached's `Not found`.
             Some(key) => BinResponse {
                 key,
-                value: key,
                 ..BinResponse::status(self.opcode, self.opaque, Status::KeyNotFound)
             }
             .encode(out),
@@ -424,7 +434,7 @@ async fn stats<D: Datalet>(
         b"items" => Some(StatsGroup::Items),
         b"slabs" => Some(StatsGroup::Slabs),
         b"sizes" => Some(StatsGroup::Sizes),
-        b"conns" => Some(StatsGroup::Conns),
+        // `conns` too is unknown here: memcached lists connections to text clients only.
         _ => {
             reply.error(out, Status::KeyNotFound);
             return;
