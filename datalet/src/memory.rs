@@ -529,6 +529,12 @@ impl MemoryDatalet {
                 if charge < old_charge {
                     self.release(old_charge - charge);
                 }
+                // A write over an expired or flushed item reclaims it, as memcached counts
+                // the dead item it finds and replaces.
+                if let (true, Entry::Occupied(e)) = (dead_slot, &entry) {
+                    self.reclaimed_one(key, e.get());
+                    self.reclaimed.fetch_add(1, Ordering::Relaxed);
+                }
                 self.recount(old_size, size);
                 let class = self.class(size);
                 let counter = match &outcome {
@@ -924,6 +930,42 @@ mod tests {
         store.flush_all(1_100, 1_006, v).await.unwrap();
         assert_eq!(store.get(b"a", 1_007).await.unwrap(), None, "it came back");
         assert_eq!(store.stats().curr_items, 0);
+    }
+
+    /// memcached's `t/issue_163.t`: a write over an expired item, or one a delayed
+    /// `flush_all` hid, counts it as reclaimed, in the general and the class counters. (A
+    /// `flush_all` due at once empties the store there and then.)
+    #[tokio::test]
+    async fn a_write_over_a_dead_item_reclaims_it() {
+        use tailorkv_common::{Expiry, NodeId};
+        let store = MemoryDatalet::new(Limits::default());
+        let key = Bytes::from_static(b"k");
+        let v = |ts| Version::new(ts, NodeId(0));
+        store
+            .apply(&key, set(b"v", Expiry::At(100)), v(1), 50)
+            .await
+            .unwrap();
+        store
+            .apply(&key, set(b"w", Expiry::Never), v(2), 100)
+            .await
+            .unwrap();
+        let stats = store.stats();
+        assert_eq!((stats.reclaimed, stats.expired_unfetched), (1, 1));
+        let classes = store.item_classes(100);
+        assert_eq!(classes.iter().map(|c| c.reclaimed).sum::<u64>(), 1);
+        // Hidden by a delayed flush, then written again: reclaimed too.
+        store.flush_all(105, 100, v(3)).await.unwrap();
+        store
+            .apply(&key, set(b"x", Expiry::Never), v(4), 106)
+            .await
+            .unwrap();
+        assert_eq!(store.stats().reclaimed, 2);
+        // A live item overwritten is not.
+        store
+            .apply(&key, set(b"y", Expiry::Never), v(5), 106)
+            .await
+            .unwrap();
+        assert_eq!(store.stats().reclaimed, 2);
     }
 
     #[tokio::test]
