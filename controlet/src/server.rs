@@ -357,6 +357,7 @@ async fn serve_with<D: Datalet, M: Datalet>(
         started: shared.started,
         curr_connections: shared.connections,
         conns: Arc::default(),
+        prefixes: Arc::default(),
         status,
         tls,
         auth,

@@ -173,3 +173,126 @@ mod tests {
         assert_eq!(shared.snapshot(), Counts::default());
     }
 }
+
+/// memcached's per-prefix statistics (`stats detail on|off|dump`): while on, each `get`,
+/// storage command and `delete` of a key with a prefix (the bytes before its first `:`) is
+/// counted under that prefix. Off by default; `stats reset` forgets them.
+#[derive(Debug, Default)]
+pub struct Prefixes {
+    enabled: std::sync::atomic::AtomicBool,
+    counts: std::sync::Mutex<std::collections::BTreeMap<Vec<u8>, PrefixCounts>>,
+}
+
+/// One prefix's counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PrefixCounts {
+    gets: u64,
+    hits: u64,
+    sets: u64,
+    deletes: u64,
+}
+
+/// What separates a key's prefix from the rest (memcached's default `-D`).
+const PREFIX_DELIMITER: u8 = b':';
+
+impl Prefixes {
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    /// Counts a read of `key`, found or not.
+    pub fn get(&self, key: &[u8], hit: bool) {
+        self.record(key, |c| {
+            c.gets += 1;
+            c.hits += u64::from(hit);
+        });
+    }
+
+    /// Counts a storage command of `key`, whatever became of it.
+    pub fn set(&self, key: &[u8]) {
+        self.record(key, |c| c.sets += 1);
+    }
+
+    /// Counts a delete of `key`, found or not.
+    pub fn delete(&self, key: &[u8]) {
+        self.record(key, |c| c.deletes += 1);
+    }
+
+    fn record(&self, key: &[u8], count: impl FnOnce(&mut PrefixCounts)) {
+        if !self.enabled() {
+            return;
+        }
+        // As memcached: the prefix ends at the delimiter; a key without one (or with a NUL
+        // before it) has none and is not counted.
+        let Some(end) = key
+            .iter()
+            .take_while(|&&b| b != 0)
+            .position(|&b| b == PREFIX_DELIMITER)
+        else {
+            return;
+        };
+        let mut counts = self.counts.lock().expect("prefix counts");
+        count(counts.entry(key[..end].to_vec()).or_default());
+    }
+
+    /// `stats detail dump`: `PREFIX <prefix> get <n> hit <n> set <n> del <n>` per prefix, in
+    /// byte order, then `END`.
+    pub fn dump(&self, out: &mut bytes::BytesMut) {
+        use std::fmt::Write as _;
+        let counts = self.counts.lock().expect("prefix counts");
+        for (prefix, c) in counts.iter() {
+            out.extend_from_slice(b"PREFIX ");
+            out.extend_from_slice(prefix);
+            let _ = write!(
+                out,
+                " get {} hit {} set {} del {}\r\n",
+                c.gets, c.hits, c.sets, c.deletes
+            );
+        }
+        out.extend_from_slice(b"END\r\n");
+    }
+
+    /// `stats reset`.
+    pub fn clear(&self) {
+        self.counts.lock().expect("prefix counts").clear();
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn dumped(p: &Prefixes) -> String {
+        let mut out = bytes::BytesMut::new();
+        p.dump(&mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn prefixes_are_counted_only_while_on_as_memcached_counts_them() {
+        let p = Prefixes::default();
+        p.set(b"foo:1");
+        assert_eq!(dumped(&p), "END\r\n", "off by default");
+        p.set_enabled(true);
+        p.set(b"foo:1");
+        p.get(b"foo:1", true);
+        p.get(b"foo:2", false);
+        p.delete(b"foo:3");
+        p.get(b"bar:x:y", false);
+        p.get(b"plain", true);
+        p.get(b"nul\0:x", true);
+        assert_eq!(
+            dumped(&p),
+            "PREFIX bar get 1 hit 0 set 0 del 0\r\nPREFIX foo get 2 hit 1 set 1 del 1\r\nEND\r\n"
+        );
+        p.set_enabled(false);
+        p.get(b"foo:1", true);
+        assert!(dumped(&p).contains("PREFIX foo get 2 "), "off again");
+        p.clear();
+        assert_eq!(dumped(&p), "END\r\n");
+    }
+}

@@ -21,6 +21,7 @@ pub mod checker;
 pub mod client;
 pub mod ports;
 pub mod procs;
+pub mod script;
 pub mod server;
 pub mod workload;
 

@@ -9,10 +9,9 @@
 //! pylibmc, Node.js and memjs must be installed (`bash scripts/test` installs them: pip,
 //! apt, and `npm ci` in `tests/node`): without them these tests fail, they do not skip.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use tailorkv_tests::Controlet;
 
@@ -26,57 +25,13 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const USER: &str = "alice";
 const PASSWORD: &str = "s3cret pass";
 
-fn tests_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// [`tailorkv_tests::script::run`] with [`SCRIPT_TIMEOUT`].
+fn run(program: &str, args: &[&str], dir: &Path) -> Output {
+    tailorkv_tests::script::run(program, args, dir, SCRIPT_TIMEOUT)
 }
 
-/// Runs `program args...` in `dir` with a time limit, capturing its output.
-fn run(program: &str, args: &[&str], dir: &Path) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {program} ({e}): install it, or run `bash scripts/test`")
-        });
-    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{program} {args:?} still running after {SCRIPT_TIMEOUT:?}; killed it.\n\
-                 stdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.join().unwrap()),
-                String::from_utf8_lossy(&err.join().unwrap()),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A plain controlet, and one whose `--auth-file` holds [`USER`] (and another user), with the

@@ -6,10 +6,9 @@
 //! pymemcache must be installed (`bash scripts/test` pip-installs it): without it this test
 //! fails, it does not skip.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use tailorkv_tests::Controlet;
 
@@ -19,56 +18,14 @@ const VERSION: &str = concat!("1.6.18-tailorkv-", env!("CARGO_PKG_VERSION"));
 /// The script needs about 8 s; this leaves room for a loaded machine.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pymemcache_client.py")
+/// Runs `python3 args...` with [`SCRIPT_TIMEOUT`], capturing its output.
+fn python(args: &[&str]) -> Output {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    tailorkv_tests::script::run("python3", args, &dir, SCRIPT_TIMEOUT)
 }
 
-/// Runs `python3 args...` with a time limit, capturing its output.
-fn python(args: &[&str]) -> Output {
-    let mut child = Command::new("python3")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run python3 ({e}): install Python 3, then run `bash scripts/test`")
-        });
-    // Drain both pipes on threads so a chatty child never blocks on a full pipe.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stderr.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for python3") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "python3 {args:?} still running after {SCRIPT_TIMEOUT:?}; killed it.\n\
-                 stdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.join().unwrap()),
-                String::from_utf8_lossy(&err.join().unwrap()),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/pymemcache_client.py")
 }
 
 fn require_pymemcache() {

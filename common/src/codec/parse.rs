@@ -403,16 +403,17 @@ fn stats(t: &Tokens) -> Result<Parsed, DecodeError> {
         b"items" => StatsGroup::Items,
         b"slabs" => StatsGroup::Slabs,
         b"cachedump" => return cachedump(t),
-        b"detail" => {
-            return match t.toks.get(2).filter(|_| t.n >= 3).copied() {
-                Some(b"on") | Some(b"off") => reply(Response::Ok, false),
-                Some(b"dump") => reply(Response::End, false),
-                _ => reply(
+        b"detail" => match t.toks.get(2).filter(|_| t.n >= 3).copied() {
+            Some(b"on") => StatsGroup::Detail(true),
+            Some(b"off") => StatsGroup::Detail(false),
+            Some(b"dump") => StatsGroup::DetailDump,
+            _ => {
+                return reply(
                     Response::ClientError("usage: stats detail on|off|dump"),
                     false,
-                ),
-            };
-        }
+                )
+            }
+        },
         _ => return error(),
     };
     done(Command::Stats(group), false)

@@ -114,7 +114,11 @@ pub enum StatsGroup {
     Items,
     /// `stats slabs`: per slab class, the chunks the items take and the requests that hit.
     Slabs,
-    /// `stats cachedump|detail dump`: memcached internals that have no counterpart here;
-    /// answered with an empty list.
+    /// `stats cachedump`: memcached internals that have no counterpart here; answered with
+    /// an empty list.
     Empty,
+    /// `stats detail on|off`: per-prefix statistics kept or not.
+    Detail(bool),
+    /// `stats detail dump`: the per-prefix statistics.
+    DetailDump,
 }

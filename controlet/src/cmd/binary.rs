@@ -52,7 +52,11 @@ pub async fn execute<D: Datalet>(
     match command {
         BinCommand::Get { key, with_key } => {
             counts.cmd_get += 1;
-            match ctx.engine.get(&key).await {
+            let found = ctx.engine.get(&key).await;
+            if let Ok(item) = &found {
+                ctx.prefixes.get(&key, item.is_some());
+            }
+            match found {
                 Ok(Some(item)) => {
                     counts.get_hits += 1;
                     let shown: &[u8] = if with_key { &key } else { &[] };
@@ -73,7 +77,12 @@ pub async fn execute<D: Datalet>(
             };
             counts.cmd_touch += 1;
             let expiry = expiry(exptime, now);
-            match ctx.engine.apply(&key, Mutation::Touch { expiry }).await {
+            let touched = ctx.engine.apply(&key, Mutation::Touch { expiry }).await;
+            if let Ok(outcome) = &touched {
+                ctx.prefixes
+                    .get(&key, matches!(outcome, Outcome::Touched(_)));
+            }
+            match touched {
                 Ok(Outcome::Touched(item)) => {
                     counts.touch_hits += 1;
                     let shown: &[u8] = if with_key { &key } else { &[] };
@@ -111,12 +120,14 @@ pub async fn execute<D: Datalet>(
         }
         BinCommand::TooLarge { key, set } => {
             counts.store_too_large += 1;
+            ctx.prefixes.set(&key);
             if set {
                 super::store::drop_old_value(ctx, &key).await;
             }
             reply.error(out, Status::TooLarge);
         }
         BinCommand::Delete { key, cas } => {
+            ctx.prefixes.delete(&key);
             let mutation = Mutation::MetaDelete(MetaDelete {
                 compare: (cas != 0).then_some(cas),
                 invalidate: false,
@@ -350,6 +361,7 @@ async fn store<D: Datalet>(
     counts: &mut Counts,
 ) {
     counts.cmd_set += 1;
+    ctx.prefixes.set(&key);
     let compare = (cas != 0).then_some(cas);
     let is_cas =
         compare.is_some() && matches!(mode, BinStore::Set | BinStore::Add | BinStore::Replace);
@@ -423,14 +435,28 @@ async fn stats<D: Datalet>(
         b"" => Some(StatsGroup::General),
         g if g.starts_with(b"reset") => Some(StatsGroup::Reset),
         g if g.starts_with(b"settings") => Some(StatsGroup::Settings),
-        g if g.starts_with(b"detail") => match &g[6..] {
-            rest if rest.starts_with(b" on") || rest.starts_with(b" off") => None,
-            rest if rest.starts_with(b" dump") => Some(StatsGroup::Empty),
-            _ => {
-                reply.error(out, Status::KeyNotFound);
-                return;
+        g if g.starts_with(b"detail") => {
+            match &g[6..] {
+                rest if rest.starts_with(b" on") => ctx.prefixes.set_enabled(true),
+                rest if rest.starts_with(b" off") => ctx.prefixes.set_enabled(false),
+                rest if rest.starts_with(b" dump") => {
+                    // memcached sends the text dump as the value of one statistic.
+                    let mut dump = BytesMut::new();
+                    ctx.prefixes.dump(&mut dump);
+                    BinResponse {
+                        key: b"detailed",
+                        value: &dump,
+                        ..BinResponse::status(reply.opcode, reply.opaque, Status::Ok)
+                    }
+                    .encode(out);
+                }
+                _ => {
+                    reply.error(out, Status::KeyNotFound);
+                    return;
+                }
             }
-        },
+            None
+        }
         b"items" => Some(StatsGroup::Items),
         b"slabs" => Some(StatsGroup::Slabs),
         b"sizes" => Some(StatsGroup::Sizes),

@@ -8,6 +8,7 @@ use super::Context;
 use crate::stats::Counts;
 
 pub async fn delete<D: Datalet>(ctx: &Context<D>, key: Bytes, counts: &mut Counts) -> Response {
+    ctx.prefixes.delete(&key);
     match ctx.engine.apply(&key, Mutation::Delete).await {
         Ok(Outcome::Deleted) => {
             counts.delete_hits += 1;

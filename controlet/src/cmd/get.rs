@@ -26,6 +26,9 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
         // holds stays bounded by the write high-water mark, whatever the values.
         for key in &keys {
             let item = ctx.engine.get(key).await;
+            if let Ok(found) = &item {
+                ctx.prefixes.get(key, found.is_some());
+            }
             if !answer(key, item, with_cas, out, counts)? {
                 return Ok(());
             }
@@ -37,6 +40,9 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
         for window in keys.chunks(GET_WINDOW) {
             let items = ctx.engine.get_many(window).await;
             for (key, item) in window.iter().zip(items) {
+                if let Ok(found) = &item {
+                    ctx.prefixes.get(key, found.is_some());
+                }
                 if !answer(key, item, with_cas, out, counts)? {
                     return Ok(());
                 }
@@ -87,7 +93,12 @@ pub async fn gat<D: Datalet, W: AsyncWrite + Unpin>(
     let expiry = Expiry::from_exptime(exptime, ctx.engine.now());
     for key in keys {
         counts.cmd_touch += 1;
-        match ctx.engine.apply(&key, Mutation::Touch { expiry }).await {
+        let touched = ctx.engine.apply(&key, Mutation::Touch { expiry }).await;
+        if let Ok(outcome) = &touched {
+            ctx.prefixes
+                .get(&key, matches!(outcome, Outcome::Touched(_)));
+        }
+        match touched {
             Ok(Outcome::Touched(item)) => {
                 counts.touch_hits += 1;
                 let cas = with_cas.then(|| item.version.cas());

@@ -42,6 +42,8 @@ pub struct Context<D> {
     pub curr_connections: Arc<AtomicU64>,
     /// The client port and its open connections, for `stats conns`.
     pub conns: Arc<crate::conns::Conns>,
+    /// Per-prefix statistics, for `stats detail`.
+    pub prefixes: Arc<crate::stats::Prefixes>,
     /// Where this node's status is read from (`/status`, and its peers' requests for it).
     pub status: Arc<crate::status::Sources<D>>,
     /// TLS on the client port (`--tls-cert`), if it is on.
@@ -132,6 +134,7 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
         }
         Command::SetTooLarge { key } => {
             counts.store_too_large += 1;
+            ctx.prefixes.set(&key);
             store::drop_old_value(ctx, &key).await;
             tailorkv_common::codec::Response::ServerError(
                 tailorkv_common::codec::SERVER_ERROR_TOO_LARGE,

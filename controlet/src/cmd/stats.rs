@@ -26,10 +26,20 @@ pub async fn stats<D: Datalet>(
         }
         StatsGroup::Settings => settings(ctx, out),
         StatsGroup::Placement => placement(ctx, out),
+        StatsGroup::Detail(on) => {
+            ctx.prefixes.set_enabled(on);
+            Response::Ok.encode(out);
+            return;
+        }
+        StatsGroup::DetailDump => {
+            ctx.prefixes.dump(out);
+            return;
+        }
         StatsGroup::Reset => {
             *mine = Counts::default();
             ctx.counts.reset();
             ctx.engine.reset_stats();
+            ctx.prefixes.clear();
             Response::Reset.encode(out);
             return;
         }
@@ -328,6 +338,9 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     let shutdown = if cfg.enable_shutdown { "yes" } else { "no" };
     encode_stat(out, "shutdown_command", shutdown);
     encode_stat(out, "num_threads", cfg.threads);
+    encode_stat(out, "stat_key_prefix", ":");
+    let detail = if ctx.prefixes.enabled() { "yes" } else { "no" };
+    encode_stat(out, "detail_enabled", detail);
     encode_stat(out, "cas_enabled", "yes");
     encode_stat(out, "tcp_backlog", cfg.listen_backlog);
     let protocol = match cfg.protocol.as_deref() {

@@ -33,6 +33,7 @@ pub async fn store<D: Datalet>(
     counts: &mut Counts,
 ) -> Response {
     counts.cmd_set += 1;
+    ctx.prefixes.set(&key);
     let expiry = Expiry::from_exptime(exptime, ctx.engine.now());
     let mutation = Mutation::Store {
         mode,

@@ -165,14 +165,10 @@ fn is_delete(m: &Mutation) -> bool {
     *m == Mutation::Delete
 }
 
+/// A store conditional on the item's CAS unique: how a peer's newer item replaces an older
+/// one (whole, marks included).
 fn is_cas(m: &Mutation) -> bool {
-    matches!(
-        m,
-        Mutation::Store {
-            mode: StoreMode::Cas(_),
-            ..
-        }
-    )
+    matches!(m, Mutation::MetaSet(set) if set.compare.is_some())
 }
 
 /// Lets every other task on this (single) thread run until it finishes or waits.
