@@ -31,6 +31,11 @@ const NODE_BITS: u32 = 16;
 /// The largest timestamp that still packs into a CAS unique.
 pub const MAX_TS: Ts = (1 << (64 - NODE_BITS)) - 1;
 
+/// A CAS unique no version packs into in practice (it would take timestamp [`MAX_TS`] of
+/// node 65535): compared against an item's, it never matches. Used where memcached compares
+/// against an item that has no unique (CAS turned off with `-C`).
+pub const NO_MATCH_CAS: u64 = u64::MAX;
+
 impl Version {
     pub const fn new(ts: Ts, node: NodeId) -> Self {
         Version { ts, node }

@@ -77,6 +77,12 @@ pub struct Config {
     #[arg(short = 'F', long)]
     pub disable_flush_all: bool,
 
+    /// memcached's `-C`: no CAS uniques. Items report 0 (`gets`, `mg c`, binary responses,
+    /// `me`, `metadump`), and a compare-and-swap against anything but 0 fails, as against an
+    /// item whose unique is 0. Replication keeps its versions; only clients stop seeing them.
+    #[arg(short = 'C', long)]
+    pub disable_cas: bool,
+
     /// memcached's `-R`: how many requests of one connection memcached serves before turning
     /// to the next. Each connection here is a task of its own, so this changes nothing; it is
     /// taken with a warning.

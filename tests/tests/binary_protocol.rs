@@ -2279,6 +2279,61 @@ fn the_protocol_flag_binary_ascii_and_auto_as_memcached() {
     }
 }
 
+/// `-C`: every CAS unique reads 0, a storage command's unique is ignored (memcached cannot
+/// note it on the new item), and a delete or increment with a unique fails, as against an item
+/// whose unique is 0.
+#[test]
+fn dash_c_turns_cas_off_as_memcached_does() {
+    let mc = ServerProcess::memcached(&["-C"]);
+    let us = Controlet::start_with(|c| c.disable_cas = true);
+    let cases = [
+        case(
+            "-C: a set with a unique stores, and every reply's unique is 0",
+            p![
+                set("a", "x"),
+                set("a", "y").cas(12345),
+                keyed(op::GETK, "a"),
+                concat(op::APPEND, "a", "z").cas(777),
+                keyed(op::GET, "a")
+            ],
+        ),
+        case(
+            "-C: a delete with a unique fails, one without deletes",
+            p![
+                set("d", "x"),
+                keyed(op::DELETE, "d").cas(5),
+                keyed(op::DELETE, "d"),
+                keyed(op::GET, "d")
+            ],
+        ),
+        case(
+            "-C: an increment with a unique fails",
+            p![
+                set("n", "5"),
+                arith(op::INCREMENT, "n", 1, 0, 0).cas(5),
+                arith(op::INCREMENT, "n", 1, 0, 0),
+                touch(op::GAT, "n", 100)
+            ],
+        ),
+    ];
+    for case in &cases {
+        let (theirs, requests) = run_one(mc.addr, case, &[], PAUSE);
+        let (ours, _) = run_one(us.addr, case, &[], PAUSE);
+        assert_eq!(
+            ours,
+            theirs,
+            "{}; request {}",
+            case.name,
+            show_request(&requests)
+        );
+        assert!(
+            ours.iter().all(|line| line.contains(" cas=0")),
+            "{}: {ours:?}",
+            case.name
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // SASL (the controlet alone)
 // ---------------------------------------------------------------------------------------------

@@ -2896,6 +2896,45 @@ fn exchange_on(conn: &mut std::net::TcpStream, request: &[u8]) -> Vec<u8> {
 
 /// With `-F`, `flush_all` is refused as memcached refuses it (before its arguments are read,
 /// `noreply` honoured, still counted in `cmd_flush`), and nothing is flushed.
+/// `-C`: no CAS uniques. Every unique reads as 0, and compare-and-swap fails as against an
+/// item whose unique is 0, in the text and meta commands alike; compared raw, since both
+/// servers report 0.
+#[test]
+fn dash_c_turns_cas_off_as_memcached_does() {
+    use tailorkv_tests::server::Kind;
+    let mc = ServerProcess::start(Kind::Memcached, &["-C"]);
+    let us = ServerProcess::start(Kind::ControletAsMemcached, &["-C"]);
+    let requests: [&[u8]; 9] = [
+        b"set a 0 0 1\r\nx\r\ngets a\r\ngat 100 a\r\ngats 100 a\r\n",
+        b"cas a 0 0 1 0\r\ny\r\ncas a 0 0 1 1\r\ny\r\ncas zz 0 0 1 0\r\ny\r\nget a\r\n",
+        b"mg a c v\r\nms a 1 c\r\nz\r\nms a 1 C0 c\r\nq\r\nms a 1 C5 c\r\nq\r\nms zz 1 C5\r\nq\r\n",
+        b"ms a 1 MA C5\r\n!\r\nms a 1 MP C0\r\n<\r\nms a 1 MR C0 I\r\nr\r\nmg a v\r\n",
+        b"set n 0 0 1\r\n5\r\nma n C5\r\nma n C0 v c\r\nma n v\r\n",
+        b"set d 0 0 1\r\nx\r\nmd d C5\r\nmd d C0\r\nmg d\r\n",
+        b"set s 0 0 1\r\nx\r\nmd s I\r\nmg s c v\r\nme s\r\n",
+        b"lru_crawler metadump all\r\n",
+        b"stats settings\r\n",
+    ];
+    for request in requests.iter().take(6) {
+        assert_eq!(
+            esc(&exchange(us.addr, request)),
+            esc(&exchange(mc.addr, request)),
+            "{}",
+            esc(request)
+        );
+    }
+    // `me` and `metadump` carry times: their CAS must read 0 on both.
+    for request in &requests[6..8] {
+        for (name, addr) in [("controlet", us.addr), ("memcached", mc.addr)] {
+            let reply = String::from_utf8_lossy(&exchange(addr, request)).into_owned();
+            assert!(reply.contains("cas=0 "), "{name}: {reply}");
+        }
+    }
+    let settings = |addr| String::from_utf8_lossy(&exchange(addr, requests[8])).into_owned();
+    assert!(settings(us.addr).contains("STAT cas_enabled no\r\n"));
+    assert!(settings(mc.addr).contains("STAT cas_enabled no\r\n"));
+}
+
 #[test]
 fn dash_f_refuses_flush_all_as_memcached_does() {
     use tailorkv_tests::server::Kind;

@@ -60,7 +60,7 @@ pub async fn execute<D: Datalet>(
                 Ok(Some(item)) => {
                     counts.get_hits += 1;
                     let shown: &[u8] = if with_key { &key } else { &[] };
-                    reply.item(out, item.flags, item.version.cas(), shown, &item.value);
+                    reply.item(out, item.flags, ctx.cas(item.version), shown, &item.value);
                 }
                 Ok(None) => {
                     counts.get_misses += 1;
@@ -87,7 +87,7 @@ pub async fn execute<D: Datalet>(
                     counts.touch_hits += 1;
                     let shown: &[u8] = if with_key { &key } else { &[] };
                     let value: &[u8] = if touch_only { &[] } else { &item.value };
-                    reply.item(out, item.flags, item.version.cas(), shown, value);
+                    reply.item(out, item.flags, ctx.cas(item.version), shown, value);
                 }
                 Ok(_) => {
                     counts.touch_misses += 1;
@@ -129,7 +129,7 @@ pub async fn execute<D: Datalet>(
         BinCommand::Delete { key, cas } => {
             ctx.prefixes.delete(&key);
             let mutation = Mutation::MetaDelete(MetaDelete {
-                compare: (cas != 0).then_some(cas),
+                compare: (cas != 0).then(|| ctx.compared(cas)),
                 invalidate: false,
                 touch: None,
             });
@@ -157,7 +157,7 @@ pub async fn execute<D: Datalet>(
             let mutation = Mutation::MetaArith(MetaArith {
                 incr,
                 delta,
-                compare: (cas != 0).then_some(cas),
+                compare: (cas != 0).then(|| ctx.compared(cas)),
                 vivify: (exptime != u32::MAX).then(|| (expiry(exptime, now), initial)),
                 touch: None,
             });
@@ -172,7 +172,7 @@ pub async fn execute<D: Datalet>(
                         *hits += 1;
                     }
                     let number = counted.number.to_be_bytes();
-                    reply.ok(out, counted.item.version.cas(), &number);
+                    reply.ok(out, ctx.cas(counted.item.version), &number);
                 }
                 Ok(Outcome::NonNumeric) => reply.error(out, Status::DeltaBadValue),
                 Ok(Outcome::Exists) => reply.error(out, Status::KeyExists),
@@ -362,7 +362,9 @@ async fn store<D: Datalet>(
 ) {
     counts.cmd_set += 1;
     ctx.prefixes.set(&key);
-    let compare = (cas != 0).then_some(cas);
+    // With CAS off memcached cannot even note the request's unique on the new item, so a
+    // storage command ignores it.
+    let compare = (cas != 0 && !ctx.config.disable_cas).then_some(cas);
     let is_cas =
         compare.is_some() && matches!(mode, BinStore::Set | BinStore::Add | BinStore::Replace);
     let store_mode = match mode {
@@ -388,7 +390,7 @@ async fn store<D: Datalet>(
             if is_cas {
                 counts.cas_hits += 1;
             }
-            reply.ok(out, version.cas(), &[]);
+            reply.ok(out, ctx.cas(version), &[]);
         }
         Ok(Outcome::Exists) => {
             if is_cas {

@@ -29,7 +29,7 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
             if let Ok(found) = &item {
                 ctx.prefixes.get(key, found.is_some());
             }
-            if !answer(key, item, with_cas, out, counts)? {
+            if !answer(ctx, key, item, with_cas, out, counts)? {
                 return Ok(());
             }
             out.flush_if_full().await?;
@@ -43,7 +43,7 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
                 if let Ok(found) = &item {
                     ctx.prefixes.get(key, found.is_some());
                 }
-                if !answer(key, item, with_cas, out, counts)? {
+                if !answer(ctx, key, item, with_cas, out, counts)? {
                     return Ok(());
                 }
             }
@@ -59,7 +59,8 @@ pub async fn get<D: Datalet, W: AsyncWrite + Unpin>(
 const GET_WINDOW: usize = 16;
 
 /// Writes one key's answer; `false` once a failure ended the reply.
-fn answer<W>(
+fn answer<D, W>(
+    ctx: &Context<D>,
     key: &Bytes,
     item: Result<Option<tailorkv_datalet::Item>, crate::error::Error>,
     with_cas: bool,
@@ -70,7 +71,7 @@ fn answer<W>(
     match item {
         Ok(Some(item)) => {
             counts.get_hits += 1;
-            let cas = with_cas.then(|| item.version.cas());
+            let cas = with_cas.then(|| ctx.cas(item.version));
             encode_value(&mut out.buf, key, item.flags, &item.value, cas);
         }
         Ok(None) => counts.get_misses += 1,
@@ -101,7 +102,7 @@ pub async fn gat<D: Datalet, W: AsyncWrite + Unpin>(
         match touched {
             Ok(Outcome::Touched(item)) => {
                 counts.touch_hits += 1;
-                let cas = with_cas.then(|| item.version.cas());
+                let cas = with_cas.then(|| ctx.cas(item.version));
                 encode_value(&mut out.buf, &key, item.flags, &item.value, cas);
             }
             Ok(_) => counts.touch_misses += 1,

@@ -64,7 +64,7 @@ pub async fn metadump<D: Datalet, W: AsyncWrite + Unpin>(
                 Expiry::At(at) => Some(at),
             },
             last_access: access.map_or(now, |a| a.last),
-            cas: item.version.cas(),
+            cas: ctx.cas(item.version),
             fetched: access.is_some_and(|a| a.fetched),
             class: class as u32,
             size,

@@ -198,7 +198,7 @@ async fn get<D: Datalet>(
             }
             b't' => put_ttl(out, shown, now),
             b'c' => {
-                let _ = write!(out, " c{}", item.version.cas());
+                let _ = write!(out, " c{}", ctx.cas(item.version));
             }
             b'f' => {
                 let _ = write!(out, " f{}", item.flags);
@@ -248,9 +248,20 @@ async fn set<D: Datalet>(
             mode,
             tailorkv_common::codec::StoreMode::Set | tailorkv_common::codec::StoreMode::Replace
         );
+    // With CAS off memcached cannot note the unique on the new item: a `set` or `replace`
+    // with `C` is a compare with nothing that fails, and the other modes ignore it.
+    let compare = match mode {
+        _ if !ctx.config.disable_cas => request.compare,
+        tailorkv_common::codec::StoreMode::Set | tailorkv_common::codec::StoreMode::Replace => {
+            request
+                .compare
+                .map(|_| tailorkv_common::version::NO_MATCH_CAS)
+        }
+        _ => None,
+    };
     let mutation = Mutation::MetaSet(MetaSet {
         mode,
-        compare: request.compare,
+        compare,
         invalidate: request.invalidate,
         flags: request.client_flags,
         expiry: expiry(request.ttl.unwrap_or(0), now),
@@ -266,7 +277,7 @@ async fn set<D: Datalet>(
             if is_cas {
                 counts.cas_hits += 1;
             }
-            (b"HD", version.cas())
+            (b"HD", ctx.cas(version))
         }
         Ok(Outcome::Exists) => {
             if is_cas {
@@ -316,8 +327,13 @@ async fn delete<D: Datalet>(
     counts: &mut Counts,
 ) -> Result<(), Error> {
     let now = ctx.engine.now();
+    // With CAS off every item's unique reads as 0, so `C0` matches it.
+    let compare = match request.compare {
+        Some(0) if ctx.config.disable_cas => None,
+        compare => compare.map(|u| ctx.compared(u)),
+    };
     let mutation = Mutation::MetaDelete(MetaDelete {
-        compare: request.compare,
+        compare,
         invalidate: request.invalidate,
         touch: request
             .ttl
@@ -360,7 +376,7 @@ async fn arith<D: Datalet>(
     let mutation = Mutation::MetaArith(MetaArith {
         incr,
         delta: request.delta,
-        compare: request.compare,
+        compare: request.compare.map(|u| ctx.compared(u)),
         vivify: request
             .vivify
             .map(|_| (created_expiry(request, now), request.initial)),
@@ -420,7 +436,7 @@ async fn arith<D: Datalet>(
     for &code in &request.flags {
         match code {
             b'c' => {
-                let _ = write!(out, " c{}", counted.item.version.cas());
+                let _ = write!(out, " c{}", ctx.cas(counted.item.version));
             }
             b't' => put_ttl(out, shown, now),
             b'T' => shown = request.ttl.map_or(shown, |ttl| expiry(ttl, now)),
@@ -478,7 +494,7 @@ pub async fn debug<D: Datalet>(
         out,
         " exp={exp} la={} cas={} fetch={} cls={} size={size}\r\n",
         now.saturating_sub(access.map_or(now, |a| a.last)),
-        item.version.cas(),
+        ctx.cas(item.version),
         if access.is_some_and(|a| a.fetched) {
             "yes"
         } else {

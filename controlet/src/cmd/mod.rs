@@ -52,6 +52,28 @@ pub struct Context<D> {
     pub auth: Option<Arc<crate::auth::AuthFile>>,
 }
 
+impl<D> Context<D> {
+    /// The CAS unique clients see for an item at `version`: 0 with `-C`.
+    pub fn cas(&self, version: tailorkv_common::Version) -> u64 {
+        if self.config.disable_cas {
+            0
+        } else {
+            version.cas()
+        }
+    }
+
+    /// The unique a client's compare-and-swap compares with. With `-C` items have none
+    /// (memcached reads it as 0), so a compare against anything but 0 must fail: it is
+    /// turned into a unique no item holds.
+    pub fn compared(&self, unique: u64) -> u64 {
+        if self.config.disable_cas && unique != 0 {
+            tailorkv_common::version::NO_MATCH_CAS
+        } else {
+            unique
+        }
+    }
+}
+
 /// Whether the connection goes on after a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {

@@ -341,7 +341,8 @@ fn settings<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
     encode_stat(out, "stat_key_prefix", ":");
     let detail = if ctx.prefixes.enabled() { "yes" } else { "no" };
     encode_stat(out, "detail_enabled", detail);
-    encode_stat(out, "cas_enabled", "yes");
+    let cas = if cfg.disable_cas { "no" } else { "yes" };
+    encode_stat(out, "cas_enabled", cas);
     encode_stat(out, "tcp_backlog", cfg.listen_backlog);
     let protocol = match cfg.protocol.as_deref() {
         Some("ascii") => "ascii",

@@ -35,6 +35,13 @@ pub async fn store<D: Datalet>(
     counts.cmd_set += 1;
     ctx.prefixes.set(&key);
     let expiry = Expiry::from_exptime(exptime, ctx.engine.now());
+    let mode = match mode {
+        // memcached's `cas` with CAS off: the item's unique is 0, which no request matches.
+        StoreMode::Cas(_) if ctx.config.disable_cas => {
+            StoreMode::Cas(tailorkv_common::version::NO_MATCH_CAS)
+        }
+        mode => mode,
+    };
     let mutation = Mutation::Store {
         mode,
         flags,
