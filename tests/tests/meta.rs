@@ -96,6 +96,35 @@ fn every_meta_command_answers_as_on_a_single_node_in_every_mode() {
     }
 }
 
+/// The script without `me` (whose `fetch=`/`la=` are the answering node's view of its own
+/// replica, and so differ for a key another group holds).
+fn script_without_me() -> String {
+    SCRIPT
+        .split("\r\n")
+        .filter(|line| !line.starts_with("me "))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[test]
+fn meta_commands_reach_the_owner_of_their_key_in_a_sharded_cluster() {
+    let script = script_without_me();
+    let single = Controlet::start();
+    let expected = transcript(single.addr, &script, "solo0_");
+    for mode in [Consistency::Linearizable, Consistency::Eventual] {
+        // Three groups of one: most keys live on another node than the one asked.
+        let cluster = Cluster::start(3, mode, |c| c.replicas = Some(1));
+        for (i, &addr) in cluster.addrs().iter().enumerate() {
+            let prefix = format!("node{i}_");
+            assert_eq!(
+                transcript(addr, &script, &prefix),
+                expected,
+                "{mode:?}, node {i} at {addr}"
+            );
+        }
+    }
+}
+
 /// `clients` clients spread over the nodes send `request` at once; the first reply line of
 /// each, with the node it went to.
 fn at_once(addrs: &[SocketAddr], clients: usize, request: &str) -> Vec<(usize, String)> {
