@@ -1419,6 +1419,10 @@ fn meta_cases() -> Vec<Case> {
         // ---- ma ----
         case("ma increments by 1", "ms n 1\r\n5\r\nma n\r\nmg n v\r\n"),
         case(
+            "ms MA with N appends but does not create a missing item in 1.6.18",
+            "ms k 4 MA N0\r\ndata\r\nmg k v\r\nms k 1\r\na\r\nms k 4 MA N0\r\ndata\r\nmg k v\r\n",
+        ),
+        case(
             "ma q hides a change but not an item N created",
             "ma n q N0 J5 v\r\nma n q v\r\nma n v\r\nmn\r\n",
         ),
