@@ -28,6 +28,9 @@ const RESPONSE_MAGIC: u8 = 0x81;
 const HEADER_BYTES: usize = 24;
 /// memcached's `MAX_SASL_MECH_LEN`: a longer mechanism name is refused.
 const MAX_SASL_MECHANISM_BYTES: usize = 32;
+/// The most data a SASL request may carry (a `PLAIN` message is a user and a password); the
+/// same bound as the text protocol's authentication (`controlet::auth::MAX_TOKEN_BYTES`).
+pub const MAX_SASL_DATA_BYTES: usize = 4096;
 
 /// Opcodes, as `protocol_binary.h` numbers them.
 pub mod op {
@@ -431,6 +434,11 @@ impl BinaryDecoder {
                 if klen > MAX_SASL_MECHANISM_BYTES {
                     return (Checked::Swallow(refuse(Status::Invalid), value_len), 0);
                 }
+                // A stranger must not make the server hold a large buffer before proving
+                // anything: a longer exchange is refused and the connection closed.
+                if value_len > MAX_SASL_DATA_BYTES {
+                    return (error(Status::AuthError, true), 0);
+                }
                 (Checked::NeedValue(key), value_len)
             }
             op::TOUCH if ext == 4 && klen != 0 => done(BinCommand::Touch {
@@ -751,6 +759,25 @@ mod tests {
         assert_eq!(
             d.decode(&mut rest).unwrap().unwrap().command,
             BinCommand::Noop
+        );
+    }
+
+    #[test]
+    fn a_sasl_request_may_not_announce_more_than_a_few_kilobytes() {
+        let mut d = BinaryDecoder::new(1 << 20).with_sasl();
+        let mut big = packet(op::SASL_AUTH, &[], b"PLAIN", &[], 0);
+        big[8..12].copy_from_slice(&(5 + 1_000_000_000u32).to_be_bytes());
+        let got = d.decode(&mut big).unwrap().unwrap();
+        assert_eq!(
+            got.command,
+            BinCommand::Error {
+                status: Status::AuthError,
+                close: true
+            }
+        );
+        assert!(
+            big.capacity() < 1 << 20,
+            "nothing was reserved for the data"
         );
     }
 
