@@ -334,19 +334,24 @@ fn unequal_memory_with_eviction_keeps_the_small_node_within_its_limit() {
             "{test}: set e{i}"
         );
     }
-    // 10 KB items take 11,104-byte chunks: 188 fit in 2 MiB.
+    // 10 KB items take 11,104-byte chunks: 188 fit in 2 MiB. (`bytes` counts what the items
+    // ask for, less than the chunks they take, so it reads under the limit before the last
+    // evictions: wait for the item count.)
     let limit = 2 << 20;
+    let fit = 188;
     let deadline = Instant::now() + Duration::from_secs(10);
     let bytes = loop {
         let bytes: Vec<u64> = (1..=3)
             .map(|n| stat_u64(cluster.addr(n), "bytes"))
             .collect();
-        if bytes[2] <= limit && bytes.iter().all(|&b| b == bytes[0]) {
+        let items = stat_u64(cluster.addr(3), "curr_items");
+        if items <= fit && bytes[2] <= limit && bytes.iter().all(|&b| b == bytes[0]) {
             break bytes;
         }
         assert!(
             Instant::now() < deadline,
-            "{test}: node 3 holds {} bytes, over its 2 MiB, 10 s on (all: {bytes:?})",
+            "{test}: node 3 holds {items} items ({} bytes), over its 2 MiB, 10 s on (all: \
+             {bytes:?})",
             bytes[2]
         );
         std::thread::sleep(Duration::from_millis(100));
