@@ -50,6 +50,36 @@ fn transcript(addr: SocketAddr, request: &str, prefix: &str) -> String {
         .join("\r\n")
 }
 
+/// Asserts `got` is `expected` but for the seconds a transcript reports (`t<n>`, `exp=<n>`,
+/// `la=<n>`), which may differ by one: a second may turn between two requests of a script.
+fn assert_same(got: &str, expected: &str, what: &str) {
+    let seconds = |word: &str| -> Option<(String, i64)> {
+        for prefix in ["exp=", "la=", "t"] {
+            if let Some(n) = word.strip_prefix(prefix).and_then(|n| n.parse().ok()) {
+                return Some((prefix.to_string(), n));
+            }
+        }
+        None
+    };
+    let words = |s: &str| {
+        s.split([' ', '\r', '\n'])
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let (g, e) = (words(got), words(expected));
+    let close = g.len() == e.len()
+        && g.iter()
+            .zip(&e)
+            .all(|(a, b)| match (seconds(a), seconds(b)) {
+                (Some((pa, na)), Some((pb, nb))) => pa == pb && (na - nb).abs() <= 1,
+                _ => a == b,
+            });
+    assert!(
+        close,
+        "{what}:\n  got:      {got:?}\n  expected: {expected:?}"
+    );
+}
+
 /// Every meta command, its modifying flags included; `{p}` prefixes each key.
 const SCRIPT: &str = "ms {p}a 5 T100 F7 c k\r\nhello\r\n\
     mg {p}a v c f t s k O1\r\n\
@@ -87,10 +117,10 @@ fn every_meta_command_answers_as_on_a_single_node_in_every_mode() {
         for (i, &addr) in cluster.addrs().iter().enumerate() {
             // Each node's own keys: in the eventual mode another node's writes arrive later.
             let prefix = format!("node{i}_");
-            assert_eq!(
-                transcript(addr, SCRIPT, &prefix),
-                expected,
-                "{mode:?}, node {i} at {addr}"
+            assert_same(
+                &transcript(addr, SCRIPT, &prefix),
+                &expected,
+                &format!("{mode:?}, node {i} at {addr}"),
             );
         }
     }
@@ -116,10 +146,10 @@ fn meta_commands_reach_the_owner_of_their_key_in_a_sharded_cluster() {
         let cluster = Cluster::start(3, mode, |c| c.replicas = Some(1));
         for (i, &addr) in cluster.addrs().iter().enumerate() {
             let prefix = format!("node{i}_");
-            assert_eq!(
-                transcript(addr, &script, &prefix),
-                expected,
-                "{mode:?}, node {i} at {addr}"
+            assert_same(
+                &transcript(addr, &script, &prefix),
+                &expected,
+                &format!("{mode:?}, node {i} at {addr}"),
             );
         }
     }
@@ -204,8 +234,10 @@ fn a_win_token_goes_to_exactly_one_client_in_the_strong_modes() {
                 .filter(|(node, line)| here(*node) && line.contains(" X"))
                 .count();
             assert_eq!(told_here, must, "{mode:?} round {round}: {stale:?}");
+            // A sequential replica behind may not even hold the item yet.
             for (_, line) in &stale {
-                assert!(line == "VA 1" || line.contains(" X"), "{mode:?}: {stale:?}");
+                let behind = line == "VA 1" || line == "EN";
+                assert!(behind || line.contains(" X"), "{mode:?}: {stale:?}");
             }
         }
     }
