@@ -348,6 +348,11 @@ impl<Op: Clone + Weigh> Tob<Op> {
         universe.extend(self.view.ids());
         universe.insert(self.id);
         self.universe = universe.into_iter().collect();
+        // A node that asked to join while it was heard from, and is no longer (the target
+        // dropped it), is not waited for: the views it would be let into leave it out, so
+        // wanting it in would change the view again and again.
+        let universe = &self.universe;
+        self.joiners.retain(|n, _| universe.contains(n));
         let others = self.universe.iter().copied().filter(|&n| n != self.id);
         self.detector.watch_only(others);
     }

@@ -362,6 +362,18 @@ impl<Op: Clone + Weigh> Tob<Op> {
             && self.view.epoch + 1 == plan.view.epoch
             && (self.status == Status::Normal || self.view.epoch == 0);
         let up_to_date = synced && self.deliver_tail(&plan);
+        // A synced member the plan leaves out (a membership change dropped it, say) still
+        // delivers the end of the view it was in, when the tail continues exactly from what
+        // it delivered: it then holds what the members hold where the new view starts,
+        // including the change that removed it (which is how a node removed from the
+        // metadata group learns it was), and its proposals in the tail get their outcomes.
+        let leaving = !me_in
+            && self.status == Status::Normal
+            && self.view.epoch > 0
+            && self.view.epoch + 1 == plan.view.epoch;
+        if leaving && self.tail_fits(&plan) {
+            self.deliver_tail(&plan);
+        }
         self.enter(&plan.view);
         self.synced_members = plan.synced.iter().copied().collect();
         self.recompute_universe();
@@ -376,6 +388,20 @@ impl<Op: Clone + Weigh> Tob<Op> {
         }
         self.recount_own();
         self.replay_early();
+    }
+
+    /// Whether the plan's tail, after what this node delivered, leads exactly to where the
+    /// plan says the view starts. Members deliver one sequence, so what this node delivered
+    /// is a prefix of it; the tail's batches after that prefix add up to the missing part
+    /// only if the tail holds every one of them.
+    fn tail_fits(&self, plan: &Plan<Op>) -> bool {
+        let after: u64 = plan
+            .tail
+            .iter()
+            .filter(|b| b.key() > self.last_delivered)
+            .map(|b| b.ops.len() as u64)
+            .sum();
+        self.delivered_seq + after == plan.start_seq
     }
 
     /// Delivers what this synced member has not delivered of the tail; whether that leaves

@@ -265,3 +265,64 @@ fn a_soak_seed_that_once_stopped_for_good() {
         panic!("{f}");
     }
 }
+
+/// Liveness. A node asks to join while the group still hears it, then a membership change
+/// drops it from the target: the members no longer hear it, and must not keep wanting it in
+/// (before the fix, its entry among the joiners outlived it, and every view the members formed
+/// without it called for another, one every few hundred ticks, for good).
+#[test]
+fn a_joiner_the_target_drops_changes_the_view_no_more() {
+    let mut nodes = formed(3);
+    let dead = [2];
+    assert!(tick_live_until(&mut nodes, &dead, |nodes| {
+        member_ids(&nodes[0]) == [1, 2] && member_ids(&nodes[1]) == [1, 2]
+    }));
+    // Node 3, outside now, asks node 2 to let it in.
+    nodes[1].step(NodeId(3), 1, Message::Join { epoch: 1 });
+    nodes[0].set_target(&[NodeId(1), NodeId(2)]);
+    nodes[1].set_target(&[NodeId(1), NodeId(2)]);
+    let settled_at = nodes[0].view().epoch;
+    let changed = tick_live_until(&mut nodes, &dead, |nodes| {
+        nodes[0].view().epoch > settled_at + 1
+    });
+    assert!(
+        !changed,
+        "the view kept changing: epoch {} after {settled_at}",
+        nodes[0].view().epoch
+    );
+    assert!(nodes[0].is_serving() && nodes[1].is_serving());
+}
+
+/// A member the target drops, cut off while the others form the view without it, then handed
+/// that view's plan: it delivers the old view's end from the plan's tail (here node 1's
+/// operation, never delivered in epoch 1 for want of node 3's receipt), so it holds what the
+/// members hold, the change that dropped it included, before it learns it is outside. A plan
+/// whose tail does not continue from what it delivered gives it nothing.
+#[test]
+fn a_member_the_target_drops_delivers_the_end_of_its_view() {
+    let target = [NodeId(1), NodeId(2)];
+    for fits in [true, false] {
+        let mut nodes = formed(3);
+        for node in nodes.iter_mut() {
+            node.set_target(&target);
+        }
+        nodes[0].propose(7);
+        nodes[0].flush();
+        let dead = [2];
+        assert!(tick_live_until(&mut nodes, &dead, |nodes| {
+            member_ids(&nodes[0]) == [1, 2]
+        }));
+        let mut plan = nodes[0].last_plan.clone().expect("installed");
+        assert_eq!(plan.start_seq, 1);
+        if !fits {
+            plan.start_seq += 1;
+        }
+        nodes[2].take_events();
+        nodes[2].step(NodeId(1), 1, Message::Install { plan });
+        let events = nodes[2].take_events();
+        let expected = if fits { vec![(1, 7)] } else { vec![] };
+        assert_eq!(delivered_ops(&events), expected, "fits: {fits}");
+        assert!(matches!(events.last(), Some(Event::Excluded { epoch: 2 })));
+        assert_eq!(nodes[2].state(), NodeState::Outside);
+    }
+}
