@@ -475,3 +475,35 @@ fn keys_with_control_characters_reach_every_node_and_a_restarted_one() {
         }
     }
 }
+
+/// Linearizable reads are answered at the order's clock, which only ordered operations move:
+/// with nothing written after an item's expiry, a read must still find it gone, on every
+/// node (the node reading orders a clock reading first), and once gone it stays gone.
+#[test]
+fn an_expired_item_reads_as_gone_on_every_node_with_no_write_since() {
+    let cluster = Cluster::start(3, Consistency::Linearizable, |_| {});
+    let addrs = cluster.addrs();
+    let mut writer = RawClient::connect(addrs[0]);
+    assert_eq!(
+        writer.call(b"set brief 0 1 2\r\nhi\r\n", b"\r\n"),
+        b"STORED\r\n"
+    );
+    for &addr in &addrs {
+        let mut raw = RawClient::connect(addr);
+        assert_eq!(
+            raw.call(b"get brief\r\n", b"END\r\n"),
+            b"VALUE brief 0 2\r\nhi\r\nEND\r\n",
+            "{addr}"
+        );
+    }
+    // Past the expiry by every clock's whole second.
+    std::thread::sleep(Duration::from_millis(2_100));
+    for &addr in addrs.iter().rev() {
+        let mut raw = RawClient::connect(addr);
+        assert_eq!(raw.call(b"get brief\r\n", b"END\r\n"), b"END\r\n", "{addr}");
+    }
+    for &addr in &addrs {
+        let mut raw = RawClient::connect(addr);
+        assert_eq!(raw.call(b"get brief\r\n", b"END\r\n"), b"END\r\n", "{addr}");
+    }
+}

@@ -91,7 +91,7 @@ impl crate::tob::Weigh for Proposal {
         let data = match &self.op {
             Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
             Op::Get { key, .. } => key.len(),
-            Op::Flush { .. } | Op::Clock | Op::Fence => 0,
+            Op::Flush { .. } | Op::Clock => 0,
         };
         data + PROPOSAL_OVERHEAD
     }
@@ -260,8 +260,9 @@ impl GroupDriver {
             transport: Box::new(link),
             datalet,
             waiting: HashMap::new(),
-            unfenced: Vec::new(),
-            unfenced_now: 0,
+            unread: Vec::new(),
+            unread_now: 0,
+            clock_proposed: 0,
             deadlines: VecDeque::new(),
             next_request: 0,
             overflow: BTreeMap::new(),
@@ -285,7 +286,7 @@ impl GroupDriver {
 enum Waiter {
     /// The client whose operation it is.
     One(oneshot::Sender<Reply>),
-    /// The linearizable reads an [`Op::Fence`] orders, each with its key.
+    /// The linearizable reads of one read round ([`Tob::read`]), each with its key.
     Reads(Vec<(Bytes, Bump, oneshot::Sender<Reply>)>),
 }
 
@@ -347,11 +348,13 @@ struct Driver<D> {
     datalet: Arc<D>,
     /// Replies owed to this member's clients, by request id.
     waiting: HashMap<u64, Waiter>,
-    /// Linearizable reads taken since the last fence was proposed: the next fence covers
-    /// them.
-    unfenced: Vec<(Bytes, Bump, oneshot::Sender<Reply>)>,
-    /// The latest clock reading among `unfenced`.
-    unfenced_now: UnixSecs,
+    /// Linearizable reads taken in this turn of the loop: one read of the order
+    /// ([`Tob::read`]) covers them.
+    unread: Vec<(Bytes, Bump, oneshot::Sender<Reply>)>,
+    /// The latest clock reading among `unread`.
+    unread_now: UnixSecs,
+    /// The clock reading of the last [`Op::Clock`] proposed for reads.
+    clock_proposed: UnixSecs,
     /// Request ids by arrival, with the moment each is refused if still waiting.
     deadlines: VecDeque<(Instant, u64)>,
     next_request: u64,
@@ -394,7 +397,7 @@ impl<D: Datalet> Driver<D> {
                         let Ok(request) = requests.try_recv() else { break };
                         self.take(request);
                     }
-                    self.fence();
+                    self.read();
                     self.tob.flush();
                 }
                 Some((from, event)) = inbox.recv() => {
@@ -442,9 +445,9 @@ impl<D: Datalet> Driver<D> {
             return;
         }
         if let Op::Get { key, bump } = request.op {
-            // Not ordered itself: the next fence is (see [`Driver::fence`]).
-            self.unfenced.push((key, bump, request.reply));
-            self.unfenced_now = self.unfenced_now.max(request.now);
+            // Not ordered: see [`Driver::read`].
+            self.unread.push((key, bump, request.reply));
+            self.unread_now = self.unread_now.max(request.now);
             return;
         }
         self.propose(request.op, request.now, Waiter::One(request.reply));
@@ -464,19 +467,33 @@ impl<D: Datalet> Driver<D> {
         });
     }
 
-    /// Proposes one [`Op::Fence`] for every linearizable read taken since the last one. Each
-    /// of them was invoked before the fence was proposed and is answered once the fence is
-    /// delivered here, from the replica as it stands at the fence's place in the order: a
-    /// place within every read's lifetime, after every write acknowledged before the read
-    /// began. One small operation orders a whole burst of reads, instead of each read
-    /// travelling to every member with its key.
-    fn fence(&mut self) {
-        if self.unfenced.is_empty() {
+    /// Asks the order for one read ([`Tob::read`]) for every linearizable read taken in this
+    /// turn of the loop: they are answered from this replica once a majority of the view has
+    /// confirmed it is still the group's view and this node has applied everything it had
+    /// received, both after the reads began; the reads themselves travel nowhere.
+    ///
+    /// Reads are answered at the order's clock, which only ordered operations move: when the
+    /// reads' clock reading is past it, an [`Op::Clock`] is proposed first (at most one per
+    /// second of the clock), so the read waits for it and an item that expired by this node's
+    /// clock reads as gone, here and, from that place in the order on, everywhere.
+    fn read(&mut self) {
+        if self.unread.is_empty() {
             return;
         }
-        let reads = std::mem::take(&mut self.unfenced);
-        let now = std::mem::take(&mut self.unfenced_now);
-        self.propose(Op::Fence, now, Waiter::Reads(reads));
+        let reads = std::mem::take(&mut self.unread);
+        let now = std::mem::take(&mut self.unread_now);
+        if now > self.order_now.max(self.clock_proposed) {
+            self.clock_proposed = now;
+            let (clock_done, _) = oneshot::channel();
+            self.propose(Op::Clock, now, Waiter::One(clock_done));
+            self.tob.flush();
+        }
+        self.next_request += 1;
+        let id = self.next_request;
+        self.waiting.insert(id, Waiter::Reads(reads));
+        self.deadlines
+            .push_back((Instant::now() + REQUEST_TIMEOUT, id));
+        self.tob.read(id);
     }
 
     /// Refuses requests that waited too long, and takes back those of them never broadcast
@@ -504,7 +521,7 @@ impl<D: Datalet> Driver<D> {
         for (_, waiter) in self.waiting.drain() {
             waiter.refuse(why);
         }
-        for (_, _, reply) in self.unfenced.drain(..) {
+        for (_, _, reply) in self.unread.drain(..) {
             let _ = reply.send(Reply::Refused(why));
         }
         self.deadlines.clear();
@@ -675,6 +692,19 @@ impl<D: Datalet> Driver<D> {
                         Box::pin(self.receive_state(chunk)).await;
                     } else if chunk.epoch > epoch {
                         self.early_chunks.push(chunk);
+                    }
+                }
+            }
+            Event::ReadReady { id } => {
+                if let Some(Waiter::Reads(reads)) = self.waiting.remove(&id) {
+                    let now = self.order_now;
+                    for (key, bump, reply) in reads {
+                        let read = match (self.diverged, bump) {
+                            (true, _) => Reply::Refused(NOT_APPLIED),
+                            (false, Bump::Yes) => Reply::Read(self.datalet.get(&key, now).await),
+                            (false, Bump::No) => Reply::Read(self.datalet.peek(&key, now).await),
+                        };
+                        let _ = reply.send(read);
                     }
                 }
             }
@@ -938,22 +968,8 @@ impl<D: Datalet> Driver<D> {
                 }
                 Reply::Mutated(result)
             }
-            // Never ordered: the driver answers reads at its fences.
+            // Never ordered: see [`Driver::read`].
             Op::Get { .. } => return,
-            Op::Fence if mine => {
-                if let Some(Waiter::Reads(reads)) = self.waiting.remove(&request) {
-                    for (key, bump, reply) in reads {
-                        let read = match (self.diverged, bump) {
-                            (true, _) => Reply::Refused(NOT_APPLIED),
-                            (false, Bump::Yes) => Reply::Read(self.datalet.get(&key, now).await),
-                            (false, Bump::No) => Reply::Read(self.datalet.peek(&key, now).await),
-                        };
-                        let _ = reply.send(read);
-                    }
-                }
-                return;
-            }
-            Op::Fence => return,
             Op::Clock => Reply::Flushed(Ok(())),
             Op::Flush { at } => {
                 let result = self.datalet.flush_all(at, now, version).await;

@@ -63,15 +63,12 @@ pub enum Op {
         key: Bytes,
         mutation: Mutation,
     },
-    /// A linearizable read, as a client request: the driver does not order it itself but
-    /// answers it at the place of the next [`Op::Fence`] it proposes.
+    /// A linearizable read, as a client request: never ordered, the driver answers it from
+    /// its replica once the order confirms it may (`Driver::read`, [`crate::tob::Tob::read`]).
     Get {
         key: Bytes,
         bump: Bump,
     },
-    /// Orders the linearizable reads its proposer took since its last fence: they are
-    /// answered when it is delivered there, from that replica. Changes no data.
-    Fence,
     /// `flush_all`, with its flush point.
     Flush {
         at: UnixSecs,

@@ -119,6 +119,7 @@ impl<A: App> Sim<A> {
                     }
                 }
             }
+            Event::ReadReady { id } => app.read_ready(self, i, id),
             Event::Excluded { epoch } => {
                 self.log(1, || format!("{who} is excluded from epoch {epoch}"));
                 self.nodes[i].awaiting = None;

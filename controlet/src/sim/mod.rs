@@ -121,6 +121,8 @@ pub trait App: Sized {
     fn await_state(&mut self, sim: &mut Sim<Self>, i: usize);
     /// Node `i` is told it is outside the view.
     fn excluded(&mut self, _sim: &mut Sim<Self>, _i: usize) {}
+    /// Node `i` may answer its linearizable read `id` from its replica now.
+    fn read_ready(&mut self, _sim: &mut Sim<Self>, _i: usize, _id: u64) {}
     /// Node `i` crashes, and its replica is about to be dropped.
     fn crashed(&mut self, _sim: &mut Sim<Self>, _i: usize) {}
     /// Node `i` has nothing more to send or carry out for now.

@@ -174,6 +174,21 @@ pub enum Message<Op> {
         /// The sender's epoch.
         epoch: u64,
     },
+    /// A member asks the view's members to confirm that `epoch` is still the group's view,
+    /// for the linearizable reads of its round `round` (see `reads`).
+    ReadIndex {
+        /// The sender's epoch.
+        epoch: u64,
+        /// The sender's round.
+        round: u64,
+    },
+    /// The sender is in `epoch` and has promised no ballot of a later one.
+    ReadIndexOk {
+        /// The sender's epoch.
+        epoch: u64,
+        /// The round confirmed.
+        round: u64,
+    },
 }
 
 impl<Op> Message<Op> {
@@ -183,7 +198,9 @@ impl<Op> Message<Op> {
             Message::Broadcast { epoch, .. }
             | Message::Ack { epoch, .. }
             | Message::Alive { epoch }
-            | Message::Join { epoch } => *epoch,
+            | Message::Join { epoch }
+            | Message::ReadIndex { epoch, .. }
+            | Message::ReadIndexOk { epoch, .. } => *epoch,
             Message::Prepare { ballot }
             | Message::Accept { ballot, .. }
             | Message::Accepted { ballot }
@@ -231,7 +248,10 @@ impl<Op> Message<Op> {
                 }
                 None
             }
-            Message::Alive { epoch } | Message::Join { epoch } => {
+            Message::Alive { epoch }
+            | Message::Join { epoch }
+            | Message::ReadIndex { epoch, .. }
+            | Message::ReadIndexOk { epoch, .. } => {
                 too_late(*epoch).then_some("an epoch past the largest allowed")
             }
             Message::Prepare { ballot } | Message::Accept { ballot, .. } if ballot.node != from => {
@@ -343,7 +363,9 @@ impl<Op: Weigh> Weigh for Message<Op> {
             | Message::Prepare { .. }
             | Message::Reject { .. }
             | Message::Accepted { .. }
-            | Message::Join { .. } => 0,
+            | Message::Join { .. }
+            | Message::ReadIndex { .. }
+            | Message::ReadIndexOk { .. } => 0,
         };
         data + 32
     }
@@ -408,5 +430,11 @@ pub enum Event<Op> {
     Excluded {
         /// The view it is not in.
         epoch: u64,
+    },
+    /// The linearizable read `id` ([`super::Tob::read`]) may be answered from the replica
+    /// now, after every event before this one is carried out.
+    ReadReady {
+        /// The driver's name for the read.
+        id: u64,
     },
 }

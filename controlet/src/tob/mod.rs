@@ -23,6 +23,7 @@
 //! - `message`: the messages, the plan and standing they carry, and the driver's events.
 //! - `order`: ordering within a view: broadcasts, receipts, delivery, a joiner's backlog.
 //! - `view_change`: when to change views, the acceptor's side, installing a plan.
+//! - `reads`: linearizable reads confirmed by a round of the view, not ordered (ReadIndex).
 //! - `coordination`: the coordinator's side of one ballot, a small state machine.
 //! - [`detector`]: the failure detector.
 
@@ -30,6 +31,7 @@ mod coordination;
 pub mod detector;
 mod message;
 mod order;
+mod reads;
 #[cfg(test)]
 mod tests;
 mod view_change;
@@ -222,6 +224,8 @@ pub struct Tob<Op> {
     early_lost: BTreeMap<NodeId, u64>,
     /// When each node was last sent our plan, to send it at most once per heartbeat.
     plan_sent: BTreeMap<NodeId, u64>,
+    /// Linearizable reads waiting for their view to be confirmed or their index delivered.
+    reads: reads::Reads,
     outbox: Vec<Envelope<Op>>,
     events: Vec<Event<Op>>,
 }
@@ -289,6 +293,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             early_bytes: 0,
             early_lost: BTreeMap::new(),
             plan_sent: BTreeMap::new(),
+            reads: reads::Reads::default(),
             outbox: Vec::new(),
             events: Vec::new(),
         }
@@ -480,6 +485,10 @@ impl<Op: Clone + Weigh> Tob<Op> {
             Message::Accept { ballot, plan } => self.on_accept(from, ballot, plan),
             Message::Accepted { ballot } => self.on_accepted(from, incarnation, ballot),
             Message::Install { plan } => self.on_install(plan),
+            Message::ReadIndex { epoch, round } => self.on_read_index(from, member, epoch, round),
+            Message::ReadIndexOk { epoch, round } => {
+                self.on_read_index_ok(from, member, epoch, round)
+            }
         }
     }
 
@@ -541,6 +550,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         } else {
             self.drive_view_change();
         }
+        self.drive_reads();
     }
 
     /// This node is new to a group that already runs: it never forms a first view (with a

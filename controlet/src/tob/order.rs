@@ -211,11 +211,12 @@ impl<Op: Clone + Weigh> Tob<Op> {
                         .is_some_and(|&t| t >= ts)
             });
             if !held_by_all {
-                return;
+                break;
             }
             let (key, ops) = head.remove_entry();
             self.deliver(key, ops);
         }
+        self.release_reads();
     }
 
     pub(super) fn deliver(&mut self, key: (Ts, NodeId), ops: Vec<Op>) {

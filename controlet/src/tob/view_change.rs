@@ -378,6 +378,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.synced_members = plan.synced.iter().copied().collect();
         self.recompute_universe();
         self.take_part(&plan, me_in, up_to_date);
+        self.restart_reads(up_to_date);
         self.last_plan = Some(plan);
         if self.status != Status::Outside {
             // Announce ourselves in the new view at once.

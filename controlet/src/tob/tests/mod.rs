@@ -705,3 +705,105 @@ fn malformed_messages_change_nothing() {
     assert_eq!(nodes[0].view().epoch, 2);
     assert_eq!(nodes[0].rejected(), count);
 }
+
+fn reads_ready(events: &[Event<Op>]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ReadReady { id } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A read takes one round of `ReadIndex` to the other members and their answers, and no
+/// broadcast; reads asked while a round is out wait for the next one, which serves them all.
+#[test]
+fn a_read_is_confirmed_by_one_round_and_nothing_is_broadcast() {
+    let mut nodes = formed(3);
+    nodes[1].read(1);
+    let sent = nodes[1].take_messages();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent
+        .iter()
+        .all(|e| matches!(e.message, Message::ReadIndex { epoch: 1, .. })));
+    nodes[1].read(2);
+    nodes[1].read(3);
+    assert!(nodes[1].take_messages().is_empty(), "one round at a time");
+    for env in sent {
+        let to = env.to.0 as usize - 1;
+        nodes[to].step(env.from, env.incarnation, env.message);
+    }
+    // One answer makes a majority of three with the reader itself.
+    let answer = nodes[0].take_messages().pop().unwrap();
+    assert!(matches!(
+        answer.message,
+        Message::ReadIndexOk { epoch: 1, .. }
+    ));
+    nodes[1].step(answer.from, answer.incarnation, answer.message);
+    assert_eq!(reads_ready(&nodes[1].take_events()), vec![1]);
+    // The next round, for reads 2 and 3, went out with the first one's confirmation.
+    route(&mut nodes);
+    assert_eq!(reads_ready(&nodes[1].take_events()), vec![2, 3]);
+    assert_eq!(nodes[1].reads_waiting(), 0);
+    assert!(nodes
+        .iter_mut()
+        .all(|n| delivered_ops(&n.take_events()).is_empty()));
+}
+
+/// A read waits for what its node had received when the round started: node 2 holds node 1's
+/// write, which it cannot deliver before node 3 has it too; the read is answered only after.
+#[test]
+fn a_read_waits_for_the_writes_its_node_had_received() {
+    let mut nodes = formed(3);
+    nodes[0].propose(9);
+    nodes[0].flush();
+    let mut to_three = Vec::new();
+    for env in nodes[0].take_messages() {
+        if env.to == NodeId(3) {
+            to_three.push(env);
+        } else {
+            nodes[1].step(env.from, env.incarnation, env.message);
+        }
+    }
+    nodes[1].take_messages();
+    nodes[1].read(1);
+    route(&mut nodes);
+    let events = nodes[1].take_events();
+    assert!(reads_ready(&events).is_empty(), "{events:?}");
+    assert_eq!(nodes[1].reads_waiting(), 1);
+    for env in to_three {
+        nodes[2].step(env.from, env.incarnation, env.message);
+    }
+    route(&mut nodes);
+    nodes[2].ack();
+    route(&mut nodes);
+    let events = nodes[1].take_events();
+    assert_eq!(delivered_ops(&events), vec![(1, 9)]);
+    assert!(matches!(events.last(), Some(Event::ReadReady { id: 1 })));
+}
+
+/// A member cut off from the others answers none of its reads, however long it waits; the
+/// others, a majority, go on answering theirs. A member that promised a ballot of the next
+/// epoch confirms no round of its view.
+#[test]
+fn a_member_cut_off_answers_no_read_and_a_frozen_one_confirms_none() {
+    let mut nodes = formed(3);
+    nodes[2].read(1);
+    nodes[0].read(2);
+    let dead = [2];
+    tick_live_until(&mut nodes, &dead, |_| false);
+    assert!(reads_ready(&nodes[2].take_events()).is_empty());
+    assert_eq!(nodes[2].reads_waiting(), 1);
+    assert!(reads_ready(&nodes[0].take_events()).contains(&2));
+
+    let mut nodes = formed(3);
+    nodes[0].promised = Ballot {
+        epoch: 2,
+        round: 1,
+        node: NodeId(2),
+    };
+    nodes[0].frozen_at = Some(nodes[0].now);
+    nodes[0].step(NodeId(2), 1, Message::ReadIndex { epoch: 1, round: 1 });
+    assert!(nodes[0].take_messages().is_empty());
+}

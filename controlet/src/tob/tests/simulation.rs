@@ -191,6 +191,20 @@ impl Config {
 enum Sabotage {
     /// Node (index) 1 applies the operations at `seq` and `seq + 1` swapped.
     SwapAt { seq: u64 },
+    /// Every node answers its reads at once from its replica, unconfirmed.
+    UnconfirmedReads,
+}
+
+/// A linearizable read asked of a node: it returns how many operations the node's replica
+/// has applied, and must return at least `need`.
+#[derive(Clone, Debug)]
+struct ReadInfo {
+    node: usize,
+    incarnation: Incarnation,
+    asked_at: u64,
+    /// Every operation acknowledged before the read was asked, and everything an earlier
+    /// read (answered before this one was asked) returned.
+    need: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -203,6 +217,9 @@ pub(super) struct Stats {
     final_len: u64,
     /// Times a sabotaged node applied two deliveries swapped.
     swaps: u64,
+    /// Linearizable reads asked, and answered.
+    reads: u64,
+    reads_answered: u64,
 }
 
 impl Stats {
@@ -213,6 +230,8 @@ impl Stats {
         self.acked += o.acked;
         self.final_len += o.final_len;
         self.swaps += o.swaps;
+        self.reads += o.reads;
+        self.reads_answered += o.reads_answered;
     }
 }
 
@@ -262,6 +281,13 @@ struct Order {
     sabotage: Option<Sabotage>,
     /// The delivery a sabotaged node holds back.
     held: Option<Op>,
+    /// Reads asked and not answered, by id.
+    reads: HashMap<u64, ReadInfo>,
+    next_read: u64,
+    /// One past the largest position of an acknowledged operation.
+    acked_len: usize,
+    /// The most operations an answered read returned.
+    read_len: usize,
     /// The latest partition in which an op proposed during it was delivered, and per side
     /// (`cut` as an index) whether one was.
     progress: (usize, [bool; 2]),
@@ -302,7 +328,40 @@ impl App for Order {
         if let Some(tob) = sim.nodes[i].tob.as_mut() {
             tob.flush();
         }
+        // Every other turn that proposes also reads.
+        if self.next_op.is_multiple_of(2) {
+            self.ask_read(sim, i);
+        }
         sim.carry_out(self, i);
+    }
+
+    fn read_ready(&mut self, sim: &mut Sim<Self>, i: usize, id: u64) {
+        let Some(read) = self.reads.remove(&id) else {
+            let what = format!("node {} answered read {id}, which nobody asked", i + 1);
+            return sim.fail(Kind::Safety, what);
+        };
+        if read.node != i || read.incarnation != sim.nodes[i].incarnation {
+            let what = format!(
+                "node {} (run {}) answered read {id}, asked of node {} (run {})",
+                i + 1,
+                sim.nodes[i].incarnation,
+                read.node + 1,
+                read.incarnation
+            );
+            return sim.fail(Kind::Safety, what);
+        }
+        let got = sim.nodes[i].replica.0.len();
+        if got < read.need {
+            let who = Who(i, sim.nodes[i].incarnation);
+            let what = format!(
+                "stale read: {who} answered read {id}, asked at tick {}, with {got} ops applied; \
+                 {} were acknowledged or read before it was asked",
+                read.asked_at, read.need
+            );
+            return sim.fail(Kind::Safety, what);
+        }
+        self.stats.reads_answered += 1;
+        self.read_len = self.read_len.max(got);
     }
 
     fn deliver(&mut self, sim: &mut Sim<Self>, i: usize, d: Delivery<Op>) {
@@ -337,6 +396,7 @@ impl App for Order {
             if info.acked_at.is_none() {
                 self.stats.acked += 1;
             }
+            self.acked_len = self.acked_len.max(seq as usize);
             self.checker.acked(op, sim.now);
         }
         if let Err(problem) = self.check_partition(sim, i, &info, seq, op) {
@@ -377,8 +437,32 @@ impl Order {
             next_op: 0,
             sabotage: None,
             held: None,
+            reads: HashMap::new(),
+            next_read: 0,
+            acked_len: 0,
+            read_len: 0,
             progress: (0, [false; 2]),
             stats: Stats::default(),
+        }
+    }
+
+    /// A linearizable read, asked of node `i` now.
+    fn ask_read(&mut self, sim: &mut Sim<Order>, i: usize) {
+        self.next_read += 1;
+        let id = self.next_read;
+        self.stats.reads += 1;
+        let read = ReadInfo {
+            node: i,
+            incarnation: sim.nodes[i].incarnation,
+            asked_at: sim.now,
+            need: self.acked_len.max(self.read_len),
+        };
+        self.reads.insert(id, read);
+        if let Some(tob) = sim.nodes[i].tob.as_mut() {
+            if matches!(self.sabotage, Some(Sabotage::UnconfirmedReads)) {
+                tob.sabotage_reads();
+            }
+            tob.read(id);
         }
     }
 
@@ -568,6 +652,10 @@ fn run_fault(fault: Fault) -> Stats {
     assert!(
         total.acked > 0 && total.final_len > 0,
         "{fault:?}: nothing delivered: {total:?}"
+    );
+    assert!(
+        total.reads_answered > 0,
+        "{fault:?}: no read answered: {total:?}"
     );
     total
 }
@@ -766,4 +854,24 @@ fn the_simulation_catches_a_core_that_reorders() {
         agreement >= 5,
         "mostly caught as disagreement: {agreement} of 10"
     );
+}
+
+/// Reads answered from the replica as it stands, without the round and the index: a node
+/// answers before it has delivered an operation its proposer already acknowledged, or from
+/// the minority side of a partition, and the read check calls it stale.
+#[test]
+fn the_simulation_catches_reads_served_unconfirmed() {
+    let mut stale = 0;
+    for seed in (Config {
+        nodes: 3,
+        fault: Fault::PartitionDrop,
+    })
+    .seeds(10)
+    {
+        match run(seed, 0, Some(Sabotage::UnconfirmedReads)) {
+            Err(f) if f.run.what.starts_with("stale read") => stale += 1,
+            other => println!("seed {seed}: {other:?}"),
+        }
+    }
+    assert!(stale >= 8, "stale reads caught in only {stale} of 10 runs");
 }
