@@ -178,7 +178,15 @@ impl<D: Datalet> Local<D> {
             }
         };
         match &self.mode {
-            Mode::Ordered(o) if !o.local_reads => o.replicator.read(key, bump, self.now()).await,
+            Mode::Ordered(o) if !o.local_reads => {
+                let at = |now| async move {
+                    match bump {
+                        Bump::Yes => self.datalet.get(key, now).await,
+                        Bump::No => self.datalet.peek(key, now).await,
+                    }
+                };
+                o.replicator.read(self.now(), at).await
+            }
             Mode::Ordered(o) => o.replicator.read_locally(local).await,
             Mode::Single(_) | Mode::Eventual(_) => Ok(local().await?),
         }

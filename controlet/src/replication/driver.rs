@@ -12,7 +12,6 @@ use tailorkv_common::codec::StoreMode;
 use tailorkv_common::{Expiry, NodeId, UnixSecs, Version};
 use tailorkv_datalet::{Datalet, DataletError, Mutation, Snapshot};
 
-use super::Bump;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -90,7 +89,7 @@ impl crate::tob::Weigh for Proposal {
     fn weight(&self) -> usize {
         let data = match &self.op {
             Op::Mutate { key, mutation } => key.len() + mutation_bytes(mutation),
-            Op::Get { key, .. } => key.len(),
+            Op::Read => 0,
             Op::Flush { .. } | Op::Clock => 0,
         };
         data + PROPOSAL_OVERHEAD
@@ -286,8 +285,8 @@ impl GroupDriver {
 enum Waiter {
     /// The client whose operation it is.
     One(oneshot::Sender<Reply>),
-    /// The linearizable reads of one read round ([`Tob::read`]), each with its key.
-    Reads(Vec<(Bytes, Bump, oneshot::Sender<Reply>)>),
+    /// The linearizable reads of one read round ([`Tob::read`]).
+    Reads(Vec<oneshot::Sender<Reply>>),
 }
 
 impl Waiter {
@@ -297,7 +296,7 @@ impl Waiter {
                 let _ = reply.send(Reply::Refused(why));
             }
             Waiter::Reads(reads) => {
-                for (_, _, reply) in reads {
+                for reply in reads {
                     let _ = reply.send(Reply::Refused(why));
                 }
             }
@@ -350,7 +349,7 @@ struct Driver<D> {
     waiting: HashMap<u64, Waiter>,
     /// Linearizable reads taken in this turn of the loop: one read of the order
     /// ([`Tob::read`]) covers them.
-    unread: Vec<(Bytes, Bump, oneshot::Sender<Reply>)>,
+    unread: Vec<oneshot::Sender<Reply>>,
     /// The latest clock reading among `unread`.
     unread_now: UnixSecs,
     /// The clock reading of the last [`Op::Clock`] proposed for reads.
@@ -444,9 +443,9 @@ impl<D: Datalet> Driver<D> {
             let _ = request.reply.send(Reply::Refused(CUT_OFF));
             return;
         }
-        if let Op::Get { key, bump } = request.op {
+        if let Op::Read = request.op {
             // Not ordered: see [`Driver::read`].
-            self.unread.push((key, bump, request.reply));
+            self.unread.push(request.reply);
             self.unread_now = self.unread_now.max(request.now);
             return;
         }
@@ -521,7 +520,7 @@ impl<D: Datalet> Driver<D> {
         for (_, waiter) in self.waiting.drain() {
             waiter.refuse(why);
         }
-        for (_, _, reply) in self.unread.drain(..) {
+        for reply in self.unread.drain(..) {
             let _ = reply.send(Reply::Refused(why));
         }
         self.deadlines.clear();
@@ -697,14 +696,11 @@ impl<D: Datalet> Driver<D> {
             }
             Event::ReadReady { id } => {
                 if let Some(Waiter::Reads(reads)) = self.waiting.remove(&id) {
-                    let now = self.order_now;
-                    for (key, bump, reply) in reads {
-                        let read = match (self.diverged, bump) {
-                            (true, _) => Reply::Refused(NOT_APPLIED),
-                            (false, Bump::Yes) => Reply::Read(self.datalet.get(&key, now).await),
-                            (false, Bump::No) => Reply::Read(self.datalet.peek(&key, now).await),
-                        };
-                        let _ = reply.send(read);
+                    for reply in reads {
+                        let _ = reply.send(match self.diverged {
+                            true => Reply::Refused(NOT_APPLIED),
+                            false => Reply::ReadReady,
+                        });
                     }
                 }
             }
@@ -969,7 +965,7 @@ impl<D: Datalet> Driver<D> {
                 Reply::Mutated(result)
             }
             // Never ordered: see [`Driver::read`].
-            Op::Get { .. } => return,
+            Op::Read => return,
             Op::Clock => Reply::Flushed(Ok(())),
             Op::Flush { at } => {
                 let result = self.datalet.flush_all(at, now, version).await;

@@ -43,7 +43,7 @@ mod tests;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tailorkv_common::UnixSecs;
-use tailorkv_datalet::{DataletError, Item, Mutation, Outcome};
+use tailorkv_datalet::{DataletError, Mutation, Outcome};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -63,12 +63,10 @@ pub enum Op {
         key: Bytes,
         mutation: Mutation,
     },
-    /// A linearizable read, as a client request: never ordered, the driver answers it from
-    /// its replica once the order confirms it may (`Driver::read`, [`crate::tob::Tob::read`]).
-    Get {
-        key: Bytes,
-        bump: Bump,
-    },
+    /// A linearizable read, as a client request: never ordered; the driver answers
+    /// [`Reply::ReadReady`] once the order confirms the replica may serve it (`Driver::read`,
+    /// [`crate::tob::Tob::read`]), and the asker reads the replica itself.
+    Read,
     /// `flush_all`, with its flush point.
     Flush {
         at: UnixSecs,
@@ -100,7 +98,8 @@ pub struct Proposal {
 #[derive(Debug)]
 pub enum Reply {
     Mutated(Result<Outcome, DataletError>),
-    Read(Result<Option<Item>, DataletError>),
+    /// A linearizable read may be served from the local replica now.
+    ReadReady,
     Flushed(Result<(), DataletError>),
     /// Not ordered: refused, or timed out (outcome unknown); the reason a client is given.
     Refused(&'static str),
@@ -277,13 +276,26 @@ impl Replicator {
         }
     }
 
-    pub async fn read(&self, key: &[u8], bump: Bump, now: UnixSecs) -> Result<Option<Item>, Error> {
-        let op = Op::Get {
-            key: Bytes::copy_from_slice(key),
-            bump,
-        };
-        match self.order(op, now).await? {
-            Reply::Read(result) => Ok(result?),
+    /// A linearizable read: once the order says the local replica may serve it (see
+    /// [`crate::tob::Tob::read`]), `read` reads the replica at the order's clock, on the
+    /// caller's task (many reads at once, none of them in the driver's loop). A snapshot that
+    /// began emptying the replica after that answer fails the read (checked with the count
+    /// of resets, as in [`Replicator::read_locally`]); the replica only moves on otherwise,
+    /// and any state from the answer on lies within the read's lifetime.
+    pub async fn read<F, Fut, T>(&self, now: UnixSecs, read: F) -> Result<T, Error>
+    where
+        F: FnOnce(UnixSecs) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DataletError>>,
+    {
+        let resets = self.health.resets();
+        match self.order(Op::Read, now).await? {
+            Reply::ReadReady => {
+                let value = read(self.health.order_now()).await?;
+                if self.health.resets() != resets {
+                    return Err(Error::Refused(driver::READ_CATCHING_UP));
+                }
+                Ok(value)
+            }
             Reply::Refused(why) => Err(Error::Refused(why)),
             other => unreachable!("a read answered with {other:?}"),
         }

@@ -90,7 +90,7 @@ async fn every_member_applies_the_same_operations_in_the_same_order() {
     );
     // A read through the order sees every write before it; then all replicas agree.
     let item = replicators[2]
-        .read(&key, Bump::Yes, NOW)
+        .read(NOW, |now| datalets[2].get(&key, now))
         .await
         .unwrap()
         .unwrap();
@@ -116,7 +116,7 @@ async fn every_member_applies_the_same_operations_in_the_same_order() {
 
 #[tokio::test]
 async fn flush_and_reads_are_ordered_with_writes() {
-    let (replicators, _datalets, shutdown) = cluster(3).await;
+    let (replicators, datalets, shutdown) = cluster(3).await;
     let key = Bytes::from_static(b"k");
     let set = Mutation::Store {
         mode: StoreMode::Set,
@@ -125,7 +125,10 @@ async fn flush_and_reads_are_ordered_with_writes() {
         value: Bytes::from_static(b"v"),
     };
     replicators[0].mutate(&key, set, NOW).await.unwrap();
-    let read = replicators[1].read(&key, Bump::Yes, NOW).await.unwrap();
+    let read = replicators[1]
+        .read(NOW, |now| datalets[1].get(&key, now))
+        .await
+        .unwrap();
     assert_eq!(
         read.map(|i| i.flags),
         Some(3),
@@ -133,7 +136,10 @@ async fn flush_and_reads_are_ordered_with_writes() {
     );
     replicators[2].flush(NOW - 1, NOW).await.unwrap();
     assert_eq!(
-        replicators[0].read(&key, Bump::Yes, NOW).await.unwrap(),
+        replicators[0]
+            .read(NOW, |now| datalets[0].get(&key, now))
+            .await
+            .unwrap(),
         None
     );
     shutdown.cancel();
@@ -258,7 +264,10 @@ async fn a_member_that_fails_to_apply_catches_up_instead_of_serving_a_diverged_c
     }
     // Node 2 failed to apply `poison`: it must catch up, not serve a copy without it.
     assert_replicas_identical(&datalets, "after a failed apply on a follower").await;
-    let read = replicators[1].read(&poison, Bump::Yes, NOW).await.unwrap();
+    let read = replicators[1]
+        .read(NOW, |now| datalets[1].get(&poison, now))
+        .await
+        .unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
     assert_eq!(
         replicators[1]
@@ -284,7 +293,10 @@ async fn a_proposer_that_fails_to_apply_says_the_outcome_is_unknown() {
         other => panic!("a write the others applied was answered {other:?}"),
     }
     // The others applied it; the proposer catches up and holds it too.
-    let read = replicators[2].read(&poison, Bump::Yes, NOW).await.unwrap();
+    let read = replicators[2]
+        .read(NOW, |now| datalets[2].get(&poison, now))
+        .await
+        .unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"p")));
     assert_replicas_identical(&datalets, "after a failed apply on the proposer").await;
     shutdown.cancel();
@@ -312,7 +324,10 @@ async fn a_snapshot_holds_what_is_live_at_the_orders_clock_not_the_sources() {
         .await
         .unwrap();
     assert_replicas_identical(&datalets, "after a snapshot from a clock ahead").await;
-    let read = replicators[0].read(&key, Bump::Yes, NOW).await.unwrap();
+    let read = replicators[0]
+        .read(NOW, |now| datalets[0].get(&key, now))
+        .await
+        .unwrap();
     assert_eq!(read.map(|i| i.value), Some(Bytes::from_static(b"v")));
     shutdown.cancel();
 }
