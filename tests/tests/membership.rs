@@ -576,3 +576,27 @@ fn five_copies_on_five_nodes_then_six_then_one_removed() {
         check_filled(&cluster, i, 200, "five copies");
     }
 }
+
+/// A node removed while it is cut off from every other cannot hear its removal through the
+/// order; once the cut heals, it asks the members for the membership, learns it was removed,
+/// and stops, and the others never take it back in.
+#[test]
+fn a_node_removed_while_cut_off_stops_once_the_cut_heals() {
+    let mut cluster = ProcCluster::start(3, LIN, &["--replicas", "3", "--groups", "4"]);
+    fill(&cluster, 1, 50);
+    let four = cluster.join(1);
+    settle(&cluster, &[1, 2, 3, four], 2, "growing to 4");
+    let net = tailorkv_tests::procs::Net::new();
+    net.isolate(four);
+    cluster.admin(1, &["remove", &four.to_string()]).unwrap();
+    settle(&cluster, &[1, 2, 3], 3, "node 4 removed while cut off");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(cluster.is_running(four), "node 4 cannot have heard yet");
+    net.heal();
+    let exit = cluster.await_exit(four, SETTLE_WITHIN);
+    assert!(exit.is_some_and(|s| s.success()), "node 4: {exit:?}");
+    settle(&cluster, &[1, 2, 3], 3, "after node 4 stopped");
+    for i in 1..=3 {
+        check_filled(&cluster, i, 50, "after node 4 stopped");
+    }
+}

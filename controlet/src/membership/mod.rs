@@ -109,14 +109,19 @@ impl Members {
 pub enum JoinMsg {
     /// Node `id`, listening for peers at `addr`, asks to be a member.
     Request { id: NodeId, addr: SocketAddr },
-    /// The members with the node in them (encoded [`Members`]), or why not.
+    /// The members with the node in them (encoded [`Members`]), or why not; also the answer
+    /// to an [`JoinMsg::Ask`] (the members as the answering node knows them).
     Reply(Result<Vec<u8>, String>),
+    /// Node `id`, at peer address `addr`, left out of the metadata group's view for a while,
+    /// asks for the latest members: it may have been removed while it could not hear, and
+    /// then learns it from them (see [`node::answer_joins`]). Changes nothing.
+    Ask { id: NodeId, addr: SocketAddr },
 }
 
 impl Weigh for JoinMsg {
     fn weight(&self) -> usize {
         match self {
-            JoinMsg::Request { .. } => 32,
+            JoinMsg::Request { .. } | JoinMsg::Ask { .. } => 32,
             JoinMsg::Reply(Ok(bytes)) => bytes.len() + 8,
             JoinMsg::Reply(Err(why)) => why.len() + 8,
         }

@@ -219,29 +219,80 @@ pub async fn ask_to_join<W: WireMessage>(
                         format!("the cluster refused to let this node join: {why}"),
                     ))
                 }
-                JoinMsg::Request { .. } => {}
+                JoinMsg::Request { .. } | JoinMsg::Ask { .. } => {}
             }
         }
     }
     unreachable!("the loop only ends by returning")
 }
 
+/// How long a node goes without serving in the metadata group's view before it asks the
+/// members for the membership, and how often it asks again.
+const ASK_AFTER: Duration = Duration::from_secs(2);
+
 /// Answers requests to join: adds the node through the metadata group and sends it the
-/// members (or why not).
+/// members (or why not). Answers a node that asks for the members ([`JoinMsg::Ask`]) with
+/// them, and, while this node has not served in the metadata group's view for [`ASK_AFTER`]
+/// (outside it, or stuck changing it), asks the members it knows: a node removed while it was cut off, or down,
+/// cannot hear its removal through the order (the view that removed it does not hold it),
+/// and would ask to be let back in for good. It takes members only from a node it knows,
+/// and only newer ones ([`Membership::learn`]).
 pub async fn answer_joins<M: Datalet, W: WireMessage>(
     membership: Arc<Membership<M>>,
     transport: Transport<Wire<W>>,
     mut joins: mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
     shutdown: CancellationToken,
 ) {
+    let me = membership.me();
+    let meta_health = membership.meta().replicator().map(|r| r.health_handle());
+    let mut every = tokio::time::interval(ASK_AFTER / 4);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut outside_since: Option<Instant> = None;
+    let mut asked: Option<Instant> = None;
     loop {
         let got = tokio::select! {
             got = joins.recv() => got,
+            _ = every.tick() => {
+                let outside = meta_health
+                    .as_ref()
+                    .is_some_and(|h| h.state() != crate::tob::NodeState::Serving);
+                if !outside {
+                    outside_since = None;
+                    continue;
+                }
+                let since = *outside_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < ASK_AFTER || asked.is_some_and(|at| at.elapsed() < ASK_AFTER) {
+                    continue;
+                }
+                asked = Some(Instant::now());
+                let members = membership.current();
+                let Some(&addr) = members.addrs.get(&me) else { continue };
+                tracing::info!("not serving in the metadata group's view: asking the members for the membership");
+                for &other in members.addrs.keys().filter(|&&n| n != me) {
+                    transport.send(other, Wire::Join(JoinMsg::Ask { id: me, addr })).await;
+                }
+                continue;
+            }
             () = shutdown.cancelled() => return,
         };
         let Some((from, message)) = got else { return };
-        let JoinMsg::Request { id, addr } = message else {
-            continue;
+        let (id, addr) = match message {
+            JoinMsg::Request { id, addr } => (id, addr),
+            JoinMsg::Ask { id, addr } if id == from => {
+                transport.add_peer(id, addr);
+                let members = membership.current().encode().to_vec();
+                transport
+                    .send(id, Wire::Join(JoinMsg::Reply(Ok(members))))
+                    .await;
+                continue;
+            }
+            JoinMsg::Reply(Ok(bytes)) if membership.current().addrs.contains_key(&from) => {
+                if let Ok(members) = Members::decode(&bytes) {
+                    membership.learn(members);
+                }
+                continue;
+            }
+            JoinMsg::Ask { .. } | JoinMsg::Reply(_) => continue,
         };
         if id != from {
             tracing::warn!(?from, ?id, "a join request naming another node; ignored");
@@ -278,6 +329,9 @@ pub trait GroupKind<D: Datalet>: Send + Sync + 'static {
     fn retarget(&self, group: GroupId, local: &Local<D>, target: &[NodeId]);
     /// This node has left the group: its copy is no longer needed.
     fn has_left(&self, local: &Local<D>) -> bool;
+    /// This node serves the group now (a strong-mode group: in a view, up to date, not
+    /// changing it).
+    fn serving(&self, local: &Local<D>) -> bool;
     /// Stops handing the group's messages on.
     fn forget(&self, group: GroupId);
     /// The store of the group, to throw away.
@@ -310,6 +364,12 @@ impl<D: Datalet> GroupKind<D> for Groundwork<D> {
 
     fn has_left(&self, local: &Local<D>) -> bool {
         local.cluster_health().is_some_and(|h| h.left())
+    }
+
+    fn serving(&self, local: &Local<D>) -> bool {
+        local
+            .cluster_health()
+            .is_some_and(|h| h.state() == crate::tob::NodeState::Serving)
     }
 
     fn forget(&self, group: GroupId) {
@@ -395,6 +455,10 @@ impl<D: Datalet> GroupKind<D> for EventualGround<D> {
         local.eventual_node().is_some_and(|n| n.has_left())
     }
 
+    fn serving(&self, _local: &Local<D>) -> bool {
+        true // an eventual node serves whoever it hears
+    }
+
     fn forget(&self, group: GroupId) {
         self.groups.remove(group);
     }
@@ -423,7 +487,15 @@ pub struct Follower<D, M, K> {
     shaped: u64,
     /// The group whose copy this node was last given to take in, and since when.
     moving_in: Option<(GroupId, Instant)>,
+    /// Since when each group (and the metadata group, as [`META`]) has not been served here.
+    unserved: BTreeMap<GroupId, Instant>,
 }
+
+/// How long a node the membership has removed waits for a group it does not serve (left out
+/// of its view unawares, or stuck changing it with members that no longer hear it) before
+/// it takes the group as left: a node removed while it was cut off or paused hears no view
+/// that leaves it out.
+const REMOVED_AND_UNSERVED: Duration = Duration::from_secs(5);
 
 /// How long a group being moved in holds back the next one, at most (one whose transfer
 /// stalls, say on a dead source, does not stop the others for good).
@@ -460,6 +532,7 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
             running,
             shaped,
             moving_in: None,
+            unserved: BTreeMap::new(),
         }
     }
 
@@ -527,11 +600,30 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
                 None => {}
             }
         }
-        // Groups this node has left: not in their target, and its copy no longer needed.
+        // Groups this node has left: not in their target, and its copy no longer needed; or,
+        // once the membership has removed this node, not served here for a while.
+        let removed = !nodes.contains(&me);
+        let now = Instant::now();
+        for (g, r) in &self.running {
+            if self.kind.serving(&r.local) {
+                self.unserved.remove(g);
+            } else {
+                self.unserved.entry(*g).or_insert(now);
+            }
+        }
+        let stalled = |g: &GroupId, unserved: &BTreeMap<GroupId, Instant>| {
+            removed
+                && unserved
+                    .get(g)
+                    .is_some_and(|since| since.elapsed() >= REMOVED_AND_UNSERVED)
+        };
         let gone: Vec<GroupId> = self
             .running
             .iter()
-            .filter(|(g, r)| !placement.members(**g).contains(&me) && self.kind.has_left(&r.local))
+            .filter(|(g, r)| {
+                !placement.members(**g).contains(&me)
+                    && (self.kind.has_left(&r.local) || stalled(g, &self.unserved))
+            })
             .map(|(g, _)| *g)
             .collect();
         let mut retired = self.shape.read().unwrap().retired;
@@ -541,6 +633,7 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
                 retired.add(counters);
             }
             running.stop.cancel();
+            self.unserved.remove(&group);
             self.kind.forget(group);
             let datalet = Arc::clone(running.local.datalet());
             if let Err(e) = datalet.reset().await {
@@ -564,7 +657,13 @@ impl<D: Datalet, M: Datalet, K: GroupKind<D>> Follower<D, M, K> {
             *self.shape.write().unwrap() = Arc::new(shape);
             self.shaped = members.epoch();
         }
-        !nodes.contains(&me) && self.running.is_empty() && self.meta.health().left()
+        let meta = self.meta.health();
+        if meta.state() == crate::tob::NodeState::Serving {
+            self.unserved.remove(&META);
+        } else {
+            self.unserved.entry(META).or_insert(now);
+        }
+        removed && self.running.is_empty() && (meta.left() || stalled(&META, &self.unserved))
     }
 }
 
