@@ -178,6 +178,26 @@ impl Order {
     }
 }
 
+/// Asks every other node the membership lists for the latest members ([`JoinMsg::Ask`]).
+async fn ask_for_members<M: Datalet, W: WireMessage>(
+    membership: &Membership<M>,
+    transport: &Transport<Wire<W>>,
+) {
+    let me = membership.me();
+    let members = membership.current();
+    let Some(&addr) = members.addrs.get(&me) else {
+        return;
+    };
+    tracing::info!(
+        "not serving in the metadata group's view: asking the members for the membership"
+    );
+    for &other in members.addrs.keys().filter(|&&n| n != me) {
+        transport
+            .send(other, Wire::Join(JoinMsg::Ask { id: me, addr }))
+            .await;
+    }
+}
+
 /// Asks the member at `seed` to let this node in, until it answers: the members with this
 /// node in them.
 pub async fn ask_to_join<W: WireMessage>(
@@ -243,33 +263,27 @@ pub async fn answer_joins<M: Datalet, W: WireMessage>(
     mut joins: mpsc::UnboundedReceiver<(NodeId, JoinMsg)>,
     shutdown: CancellationToken,
 ) {
-    let me = membership.me();
     let meta_health = membership.meta().replicator().map(|r| r.health_handle());
     let mut every = tokio::time::interval(ASK_AFTER / 4);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut outside_since: Option<Instant> = None;
+    let mut unserved_since: Option<Instant> = None;
     let mut asked: Option<Instant> = None;
     loop {
         let got = tokio::select! {
             got = joins.recv() => got,
             _ = every.tick() => {
-                let outside = meta_health
+                let serving = meta_health
                     .as_ref()
-                    .is_some_and(|h| h.state() != crate::tob::NodeState::Serving);
-                if !outside {
-                    outside_since = None;
-                    continue;
-                }
-                let since = *outside_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < ASK_AFTER || asked.is_some_and(|at| at.elapsed() < ASK_AFTER) {
-                    continue;
-                }
-                asked = Some(Instant::now());
-                let members = membership.current();
-                let Some(&addr) = members.addrs.get(&me) else { continue };
-                tracing::info!("not serving in the metadata group's view: asking the members for the membership");
-                for &other in members.addrs.keys().filter(|&&n| n != me) {
-                    transport.send(other, Wire::Join(JoinMsg::Ask { id: me, addr })).await;
+                    .is_none_or(|h| h.state() == crate::tob::NodeState::Serving);
+                if serving {
+                    unserved_since = None;
+                } else {
+                    let since = *unserved_since.get_or_insert_with(Instant::now);
+                    let recently = asked.is_some_and(|at| at.elapsed() < ASK_AFTER);
+                    if since.elapsed() >= ASK_AFTER && !recently {
+                        asked = Some(Instant::now());
+                        ask_for_members(&membership, &transport).await;
+                    }
                 }
                 continue;
             }

@@ -120,13 +120,14 @@ impl<Op: Clone + Weigh> Tob<Op> {
         self.reads.rounds += 1;
         let number = self.reads.rounds;
         let epoch = self.view.epoch;
+        // The queue holds only what is not delivered yet: its last key is past the last
+        // delivered one.
         let index = self
             .queue
             .keys()
             .next_back()
             .copied()
-            .unwrap_or(self.last_delivered)
-            .max(self.last_delivered);
+            .unwrap_or(self.last_delivered);
         self.reads.round = Some(Round {
             number,
             epoch,
