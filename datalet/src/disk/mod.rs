@@ -1,43 +1,55 @@
-//! The durable disk datalet, on [redb](https://docs.rs/redb).
+//! The durable disk datalet: a write-ahead log in front of a [redb](https://docs.rs/redb)
+//! B-tree.
 //!
 //! # How it works
 //!
 //! Items live in one redb table, keyed by the item key; each value is a [`slot::Slot`]: the
 //! version, flags, expiry and write time in a fixed header, then the data. A second table
-//! holds the store's metadata: bytes used, the last flush point, the clock reservation, and
-//! whether a reset's state transfer is still unconfirmed.
+//! holds the store's metadata: bytes used, the last flush point, the clock reservation,
+//! whether a reset's state transfer is still unconfirmed, and the last log record the table
+//! holds.
 //!
-//! - **Writes** go to one writer thread ([`writer`]), which applies them in batches, one
-//!   transaction and one fsync per batch (group commit), and acknowledges each write only after
-//!   its batch is committed. After `kill -9` and a restart every acknowledged write is there,
-//!   with its flags, expiry and version.
-//! - **Reads** open a redb read transaction, which sees only committed, and so durable, data:
-//!   a client never reads a value that a crash could take back. Reads run on the caller's
-//!   thread; they are served from redb's page cache when the data is hot.
-//! - **Scans** read every item in one read transaction, a consistent snapshot of what is
-//!   committed; **resets** go through the writer like any write, so they are ordered with
-//!   the writes and durable when acknowledged, and keep the clock reservation.
-//! - **The clock is a position.** Each commit raises the clock to the version of every
-//!   mutation and flush it applied, in the same transaction, so after any crash the clock is
-//!   at or past the state on disk (in the strong modes, where versions are positions in the
-//!   order, it says how far the state goes). A reset marks the store incomplete until the
-//!   next `save_clock`; meanwhile `load_clock` is 0, so a node that crashed while receiving a
-//!   snapshot never restarts as if it held the state it was given only in part.
-//! - **Restart** is short: every commit saves redb's allocator state (quick-repair), so
-//!   reopening after a crash does not walk the whole file.
+//! - **Writes** go to one writer thread ([`writer`]), which decides them in batches, appends
+//!   what each batch changed to the log ([`wal`]) as one record with one fsync (group commit),
+//!   and acknowledges each write only after its record is synced. The changes then wait in
+//!   memory (the *overlay*) until a *checkpoint* writes them into the B-tree in one
+//!   transaction, about once a second, and empties the log. A B-tree commit costs far more
+//!   than a log append (copy-on-write pages, two syncs), so it is paid once per thousands of
+//!   writes instead of once per batch. After `kill -9` and a restart every acknowledged write
+//!   is there, with its flags, expiry and version: opening replays the log over the B-tree.
+//! - **Reads** look in the overlay, then open a redb read transaction: both hold only what is
+//!   durable, so a client never reads a value that a crash could take back. Reads run on the
+//!   caller's thread and share one read transaction between checkpoints.
+//! - **Scans and snapshots** read one moment: a copy of the overlay and a read transaction
+//!   taken while no checkpoint ran (checked by a count the writer raises around each commit).
+//!   **Resets** and `flush_all` go through the writer like any write, so they are ordered with
+//!   the writes; the writer checkpoints first and carries them out in a durable B-tree
+//!   transaction. A reset keeps the clock reservation.
+//! - **The clock is a position.** Each batch raises the clock to the version of every
+//!   mutation and flush it applied, in the same log record or transaction, so after any crash
+//!   the clock is at or past the state on disk (in the strong modes, where versions are
+//!   positions in the order, it says how far the state goes). A reset marks the store
+//!   incomplete until the next `save_clock`; meanwhile `load_clock` is 0, so a node that
+//!   crashed while receiving a snapshot never restarts as if it held the state it was given
+//!   only in part.
+//! - **Restart** is short: the log holds at most about a second of writes, and every B-tree
+//!   commit saves redb's allocator state (quick-repair), so reopening after a crash does not
+//!   walk the whole file.
 //! - **Disk use** stays bounded under overwrites and deletes: redb is copy-on-write and reuses
 //!   the pages freed by earlier transactions, so the file tracks the live data, not the write
-//!   history. Expired and flushed items are removed when next written to, and in bulk when the
-//!   store's limit is reached.
+//!   history; the log is emptied at each checkpoint. Expired and flushed items are removed
+//!   when next written to, and in bulk when the store's limit is reached.
 //!
 //! Why redb: it is a well-kept, pure-Rust embedded store with ACID transactions, a single
-//! writer (which is the group-commit writer we want anyway), readers isolated from uncommitted
-//! writes, and quick crash recovery. An LSM store would also fit, but would expose or require
-//! care around unflushed memtable data on reads.
+//! writer (which is the writer we want anyway), readers isolated from uncommitted writes, and
+//! quick crash recovery. The log in front of it is the part an LSM store would add, kept to
+//! what this store needs: records of whole new slots, replayed idempotently.
 
 mod slot;
+mod wal;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
@@ -61,6 +73,8 @@ const META_FLUSH_AT: &str = "flush_at";
 const META_CLOCK: &str = "clock";
 /// 1 while the store was reset for a state transfer and no `save_clock` confirmed it since.
 const META_INCOMPLETE: &str = "incomplete";
+/// The number of the last log record the B-tree holds.
+const META_LOG_SEQ: &str = "log_seq";
 
 /// The file inside the datalet's directory.
 pub const FILE_NAME: &str = "tailorkv.redb";
@@ -79,6 +93,10 @@ pub struct DiskOptions {
     pub max_batch: usize,
     /// Memory redb may use to cache pages.
     pub cache_bytes: usize,
+    /// Checkpoint once this many keys were written since the last one.
+    pub checkpoint_keys: usize,
+    /// Checkpoint at least this often while writes come, and when the store falls idle.
+    pub checkpoint_every: std::time::Duration,
 }
 
 impl Default for DiskOptions {
@@ -86,6 +104,8 @@ impl Default for DiskOptions {
         DiskOptions {
             max_batch: DEFAULT_MAX_BATCH,
             cache_bytes: 256 << 20,
+            checkpoint_keys: writer::CHECKPOINT_KEYS,
+            checkpoint_every: writer::CHECKPOINT_EVERY,
         }
     }
 }
@@ -99,7 +119,7 @@ pub struct DiskDatalet {
     get_expired: std::sync::atomic::AtomicU64,
     get_flushed: std::sync::atomic::AtomicU64,
     path: PathBuf,
-    /// The items table of the last read transaction, with the count of commits it was
+    /// The items table of the last read transaction, with the count of B-tree commits it was
     /// opened after: reads share it until the writer commits again (see `read_slot`).
     reading: std::sync::RwLock<Option<(u64, Arc<ItemsTable>)>>,
 }
@@ -124,26 +144,50 @@ impl DiskDatalet {
             .create(&path)
             .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
-        let (used_bytes, flush_at, clock, incomplete) = init_tables(&db)?;
+        let saved = init_tables(&db)?;
+        let (wal, records) = wal::Wal::open(dir).map_err(unavailable)?;
+        // What the log holds past the B-tree goes back into the overlay, and straight into
+        // the B-tree at the checkpoint below.
+        let replay = wal::to_replay(records, saved.log_seq);
+        let mut meta = saved.meta;
+        let mut seq = saved.log_seq;
         let shared = Arc::new(Shared::default());
-        shared
-            .used_bytes
-            .store(used_bytes as usize, Ordering::Release);
-        shared.flush_at.store(flush_at, Ordering::Release);
+        {
+            let mut overlay = shared.overlay.write().unwrap_or_else(|e| e.into_inner());
+            for record in replay {
+                overlay.extend(record.changes);
+                (meta, seq) = (record.meta, record.seq);
+            }
+        }
         shared
             .memory_limit
             .store(limits.memory_limit_bytes, Ordering::Release);
-        let writer = Writer {
+        let mut writer = Writer {
             db: Arc::clone(&db),
             shared: Arc::clone(&shared),
+            wal,
             item_size_max: limits.item_size_max,
             max_batch: options.max_batch.max(1),
-            used_bytes: used_bytes as usize,
-            flush_at,
-            clock,
-            incomplete: incomplete != 0,
+            checkpoint_keys: options.checkpoint_keys.max(1),
+            checkpoint_every: options.checkpoint_every,
+            used_bytes: meta.used_bytes as usize,
+            flush_at: meta.flush_at,
+            clock: meta.clock,
+            incomplete: meta.incomplete,
+            items: 0,
             last_reclaim: 0,
+            seq,
+            last_checkpoint: std::time::Instant::now(),
+            tree: Some(writer::open_items(&db)?),
         };
+        writer.checkpoint()?;
+        writer.items = writer
+            .tree
+            .as_ref()
+            .expect("opened above")
+            .len()
+            .map_err(unavailable)?;
+        writer.publish(0);
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("disk-writer".into())
@@ -166,9 +210,11 @@ impl DiskDatalet {
         &self.path
     }
 
-    /// How many commits (fsyncs) have been made: writes divided by this is the batch size.
+    /// How many batches have been made durable, each with one fsync (of the log, or of the
+    /// B-tree for a batch that touches every item): writes divided by this is the batch size.
+    /// Checkpoints, which write to the B-tree what the log already holds, are not counted.
     pub fn commits(&self) -> u64 {
-        self.shared.batches.load(Ordering::Relaxed)
+        self.shared.syncs.load(Ordering::Relaxed)
     }
 
     fn send(&self, op: Op) -> Result<(), DataletError> {
@@ -179,27 +225,39 @@ impl DiskDatalet {
         }
     }
 
-    /// Reads `key` from a read transaction opened after every commit made so far: the one
-    /// the last read opened, while the writer has not committed since, else a new one. A
-    /// write is answered only after its commit is counted, so a read that starts after the
-    /// answer sees it; between commits, reads share one transaction instead of opening one
+    /// Reads `key`: from the overlay if it was written since the last checkpoint, else from a
+    /// read transaction opened after every B-tree commit made so far: the one the last read
+    /// opened, while the writer has not committed since, else a new one. A checkpoint empties
+    /// the overlay only after its commit and before it counts the commit done, so a read that
+    /// misses the overlay and then finds the count unchanged reads a transaction holding what
+    /// the overlay held; between commits, reads share one transaction instead of opening one
     /// each.
     fn read_slot(&self, key: &[u8]) -> Result<Option<Slot>, DataletError> {
-        let commits = self.shared.batches.load(Ordering::Acquire);
+        if let Some(logged) = self
+            .shared
+            .overlay
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return Ok(logged.clone());
+        }
+        let commits = self.shared.commits.load(Ordering::Acquire);
+        // Odd: a commit is under way, and a transaction opened now may be from before it.
+        let settled = commits.is_multiple_of(2);
         let cached = self
             .reading
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .filter(|(seen, _)| *seen == commits)
+            .filter(|(seen, _)| settled && *seen == commits)
             .map(|(_, table)| Arc::clone(table));
         let table = match cached {
             Some(table) => table,
             None => {
-                let txn = self.db.begin_read().map_err(unavailable)?;
-                let table = Arc::new(txn.open_table(ITEMS).map_err(unavailable)?);
+                let table = Arc::new(writer::open_items(&self.db)?);
                 let mut reading = self.reading.write().unwrap_or_else(|e| e.into_inner());
-                if reading.as_ref().is_none_or(|(seen, _)| *seen < commits) {
+                if settled && reading.as_ref().is_none_or(|(seen, _)| *seen < commits) {
                     *reading = Some((commits, Arc::clone(&table)));
                 }
                 table
@@ -210,10 +268,44 @@ impl DiskDatalet {
     }
 }
 
+/// The overlay and a read transaction that agree, taken while no B-tree commit ran: the
+/// transaction holds everything up to the last checkpoint, the overlay everything since.
+fn consistent(
+    db: &Database,
+    shared: &Shared,
+) -> Result<(HashMap<Bytes, Option<Slot>>, redb::ReadTransaction), DataletError> {
+    for _attempt in 0.. {
+        let before = shared.commits.load(Ordering::Acquire);
+        if before.is_multiple_of(2) {
+            let overlay = shared
+                .overlay
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            #[cfg(test)]
+            if _attempt == 0 && shared.slow_snapshots.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let txn = db.begin_read().map_err(unavailable)?;
+            if shared.commits.load(Ordering::Acquire) == before {
+                return Ok((overlay, txn));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    unreachable!("the loop above ends only by returning")
+}
+
+/// The metadata the B-tree holds, as of its last commit.
+struct Saved {
+    meta: wal::Meta,
+    log_seq: u64,
+}
+
 /// Creates the tables if they are missing and reads the metadata.
-fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts, u64), DataletError> {
+fn init_tables(db: &Database) -> Result<Saved, DataletError> {
     let txn = db.begin_write().map_err(unavailable)?;
-    let meta = {
+    let saved = {
         txn.open_table(ITEMS).map_err(unavailable)?;
         let table = txn.open_table(META).map_err(unavailable)?;
         let read = |name| -> Result<u64, DataletError> {
@@ -222,34 +314,46 @@ fn init_tables(db: &Database) -> Result<(u64, UnixSecs, Ts, u64), DataletError> 
                 .map_err(unavailable)?
                 .map_or(0, |v| v.value()))
         };
-        (
-            read(META_USED_BYTES)?,
-            read(META_FLUSH_AT)?,
-            read(META_CLOCK)?,
-            read(META_INCOMPLETE)?,
-        )
+        Saved {
+            meta: wal::Meta {
+                used_bytes: read(META_USED_BYTES)?,
+                flush_at: read(META_FLUSH_AT)?,
+                clock: read(META_CLOCK)?,
+                incomplete: read(META_INCOMPLETE)? != 0,
+            },
+            log_seq: read(META_LOG_SEQ)?,
+        }
     };
     txn.commit().map_err(unavailable)?;
-    Ok(meta)
+    Ok(saved)
 }
 
-/// The live items at `now` in one read transaction.
-fn scan_snapshot(db: &Database, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
+/// The live items at `now`, as of one moment.
+fn scan_snapshot(
+    db: &Database,
+    shared: &Shared,
+    now: UnixSecs,
+) -> Result<Vec<(Bytes, Item)>, DataletError> {
     use crate::Snapshot as _;
-    DiskSnapshot::open(db, now)?.next_part(usize::MAX)
+    DiskSnapshot::open(db, shared, now)?.next_part(usize::MAX)
 }
 
-/// A snapshot read from one read transaction, a part at a time.
+/// A snapshot read from one read transaction and the overlay of that moment, a part at a
+/// time: the B-tree's items the overlay does not hide, then the overlay's.
 struct DiskSnapshot {
     items: redb::Range<'static, &'static [u8], &'static [u8]>,
+    /// Keys changed since the checkpoint the transaction holds, with their new items.
+    overlay: HashMap<Bytes, Option<Slot>>,
+    logged: std::vec::IntoIter<(Bytes, Slot)>,
     flush_at: UnixSecs,
     now: UnixSecs,
     held: Option<(Bytes, Item)>,
 }
 
 impl DiskSnapshot {
-    fn open(db: &Database, now: UnixSecs) -> Result<DiskSnapshot, DataletError> {
-        let txn = db.begin_read().map_err(unavailable)?;
+    fn open(db: &Database, shared: &Shared, now: UnixSecs) -> Result<DiskSnapshot, DataletError> {
+        let (overlay, txn) = consistent(db, shared)?;
+        // Only a B-tree batch moves the flush point, so the transaction's is current.
         let meta = txn.open_table(META).map_err(unavailable)?;
         let flush_at = meta
             .get(META_FLUSH_AT)
@@ -257,8 +361,14 @@ impl DiskSnapshot {
             .map_or(0, |v| v.value());
         let items = txn.open_table(ITEMS).map_err(unavailable)?;
         let items = items.range::<&[u8]>(..).map_err(unavailable)?;
+        let logged: Vec<(Bytes, Slot)> = overlay
+            .iter()
+            .filter_map(|(key, slot)| Some((key.clone(), slot.clone()?)))
+            .collect();
         Ok(DiskSnapshot {
             items,
+            overlay,
+            logged: logged.into_iter(),
             flush_at,
             now,
             held: None,
@@ -269,17 +379,45 @@ impl DiskSnapshot {
 impl crate::Snapshot for DiskSnapshot {
     fn next_part(&mut self, max_bytes: usize) -> Result<Vec<(Bytes, Item)>, DataletError> {
         let (flush_at, now) = (self.flush_at, self.now);
-        let live = self.items.by_ref().filter_map(|entry| {
+        let overlay = &self.overlay;
+        let live_at = move |key: Bytes, slot: Slot| {
+            dead(&slot.item, slot.stored_at, flush_at, now)
+                .is_none()
+                .then_some((key, slot.item))
+        };
+        let tree = self.items.by_ref().filter_map(|entry| {
             let (key, bytes) = match entry {
                 Ok(entry) => entry,
                 Err(e) => return Some(Err(unavailable(e))),
             };
+            if overlay.contains_key(key.value()) {
+                return None;
+            }
             let slot = Slot::decode(bytes.value())?;
-            dead(&slot.item, slot.stored_at, flush_at, now)
-                .is_none()
-                .then(|| Ok((Bytes::copy_from_slice(key.value()), slot.item)))
+            live_at(Bytes::copy_from_slice(key.value()), slot).map(Ok)
         });
-        crate::fill_part(live, &mut self.held, max_bytes)
+        let logged = self
+            .logged
+            .by_ref()
+            .filter_map(|(key, slot)| live_at(key, slot).map(Ok));
+        crate::fill_part(tree.chain(logged), &mut self.held, max_bytes)
+    }
+}
+
+#[cfg(test)]
+impl DiskDatalet {
+    /// Stops the writer as a crash would: what it logged since the last checkpoint stays in
+    /// the log only.
+    fn crash(self) {
+        self.shared
+            .crashed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Bytes of whole records in the log.
+    fn log_bytes(&self) -> usize {
+        let bytes = std::fs::read(self.path.with_file_name(wal::FILE_NAME)).unwrap_or_default();
+        wal::decode_all(&bytes).1
     }
 }
 
@@ -316,16 +454,16 @@ impl Datalet for DiskDatalet {
     /// read with the flush point committed with it. Unlike `get`, it counts no expired or
     /// flushed reads.
     async fn scan(&self, now: UnixSecs) -> Result<Vec<(Bytes, Item)>, DataletError> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || scan_snapshot(&db, now))
+        let (db, shared) = (Arc::clone(&self.db), Arc::clone(&self.shared));
+        tokio::task::spawn_blocking(move || scan_snapshot(&db, &shared, now))
             .await
             .map_err(unavailable)?
     }
 
     /// A read transaction (redb's snapshot isolation), its items read as they are asked for.
     async fn snapshot(&self, now: UnixSecs) -> Result<Box<dyn crate::Snapshot>, DataletError> {
-        let db = Arc::clone(&self.db);
-        let snapshot = tokio::task::spawn_blocking(move || DiskSnapshot::open(&db, now))
+        let (db, shared) = (Arc::clone(&self.db), Arc::clone(&self.shared));
+        let snapshot = tokio::task::spawn_blocking(move || DiskSnapshot::open(&db, &shared, now))
             .await
             .map_err(unavailable)??;
         Ok(Box::new(snapshot))
@@ -415,19 +553,13 @@ impl Datalet for DiskDatalet {
         self.shared.reclaimed.load(Ordering::Relaxed) - before
     }
 
+    /// As of the last durable batch.
     async fn load_clock(&self) -> Result<Ts, DataletError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(META).map_err(unavailable)?;
-        let read = |name| -> Result<u64, DataletError> {
-            Ok(table
-                .get(name)
-                .map_err(unavailable)?
-                .map_or(0, |v| v.value()))
-        };
-        if read(META_INCOMPLETE)? != 0 {
+        let s = &self.shared;
+        if s.incomplete.load(Ordering::Acquire) {
             return Ok(0);
         }
-        read(META_CLOCK)
+        Ok(s.clock.load(Ordering::Acquire))
     }
 
     async fn save_clock(&self, ts: Ts) -> Result<(), DataletError> {
@@ -441,15 +573,9 @@ impl Datalet for DiskDatalet {
     }
 
     fn stats(&self) -> DataletStats {
-        let curr_items = self
-            .db
-            .begin_read()
-            .ok()
-            .and_then(|txn| txn.open_table(ITEMS).ok()?.len().ok())
-            .unwrap_or(0);
         let s = &self.shared;
         DataletStats {
-            curr_items,
+            curr_items: s.curr_items.load(Ordering::Relaxed),
             total_items: s.total_items.load(Ordering::Relaxed),
             bytes: s.used_bytes.load(Ordering::Relaxed) as u64,
             limit_maxbytes: s.memory_limit.load(Ordering::Relaxed) as u64,

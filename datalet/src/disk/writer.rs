@@ -1,25 +1,41 @@
 //! The disk datalet's writer: one thread that applies every mutation, in batches.
 //!
 //! Mutations arrive on a channel. The writer takes the first one that is waiting and every
-//! other one already queued behind it (up to `max_batch`), applies them in arrival order in
-//! one write transaction, commits it with one fsync, and only then answers them all. So a write
-//! is acknowledged only once it is on disk, and concurrent writes share an fsync (group
+//! other one already queued behind it (up to `max_batch`), decides them in arrival order,
+//! appends what the batch changed to the write-ahead log ([`super::wal`]) as one record, syncs
+//! it (one fsync), and only then publishes the changes to readers and answers the batch. So a
+//! write is acknowledged only once it is on disk, and concurrent writes share an fsync (group
 //! commit): the busier the store, the more writes each fsync carries. With `max_batch = 1`
 //! every write pays its own fsync. Being the only writer, it also makes each mutation's
 //! read-modify-write atomic and keeps per-key order.
+//!
+//! Logged changes live in memory (the *overlay*, which readers consult first) until a
+//! *checkpoint* writes them all into the B-tree in one transaction and empties the log: once
+//! the overlay holds [`CHECKPOINT_KEYS`] keys, the log [`CHECKPOINT_LOG_BYTES`], a second after
+//! the last checkpoint, or when the store falls idle. So the B-tree's copy-on-write commit,
+//! which costs far more than a log append, is paid once per thousands of writes rather than
+//! once per batch.
+//!
+//! Operations that touch every item (`flush_all`, a reset, removing what is dead) are rare;
+//! the writer checkpoints first and then carries their batch out in one B-tree transaction,
+//! committed durably before it answers, as every batch once was.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, Table};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table};
 use tailorkv_common::{Ts, UnixSecs, Version};
 use tokio::sync::oneshot;
 
 use super::slot::Slot;
+use super::wal::{self, Wal};
 use super::{
-    unavailable, ITEMS, META, META_CLOCK, META_FLUSH_AT, META_INCOMPLETE, META_USED_BYTES,
+    unavailable, ItemsTable, ITEMS, META, META_CLOCK, META_FLUSH_AT, META_INCOMPLETE, META_LOG_SEQ,
+    META_USED_BYTES,
 };
 use crate::mutate::{dead, decide, item_bytes, Change};
 use crate::{DataletError, Mutation, Outcome};
@@ -55,40 +71,104 @@ pub(super) enum Op {
     },
 }
 
-/// What readers need to see of the writer's state, published after each commit.
+/// What readers need to see of the writer's state, published after each batch.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
     pub used_bytes: AtomicUsize,
     pub memory_limit: AtomicUsize,
     pub flush_at: AtomicU64,
     pub total_items: AtomicU64,
+    pub curr_items: AtomicU64,
     pub reclaimed: AtomicU64,
-    pub batches: AtomicU64,
+    pub clock: AtomicU64,
+    pub incomplete: AtomicBool,
+    /// Batches made durable (log appends and B-tree commits): one fsync each.
+    pub syncs: AtomicU64,
+    /// Odd while the writer commits to the B-tree, even otherwise; raised twice per commit.
+    /// A reader that saw the same even value before and after opening a read transaction
+    /// knows the transaction and the overlay it read agree (see `DiskDatalet::read_slot` and
+    /// `DiskDatalet::consistent`).
+    pub commits: AtomicU64,
+    /// Changes logged since the last checkpoint: per key its new slot, or `None` if removed.
+    pub overlay: RwLock<HashMap<Bytes, Option<Slot>>>,
+    /// Set by a test to stop the writer as a crash would, without a last checkpoint.
+    #[cfg(test)]
+    pub crashed: AtomicBool,
+    /// Set by a test to widen the gap between a snapshot's copy of the overlay and its
+    /// read transaction, where a checkpoint could slip in.
+    #[cfg(test)]
+    pub slow_snapshots: AtomicBool,
 }
+
+/// Checkpoint once the overlay holds this many keys.
+pub(super) const CHECKPOINT_KEYS: usize = 100_000;
+/// Checkpoint once the log holds this many bytes.
+pub(super) const CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
+/// Checkpoint at least this often while writes come, and when the store falls idle.
+pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     pub db: Arc<Database>,
     pub shared: Arc<Shared>,
+    pub wal: Wal,
     pub item_size_max: usize,
     pub max_batch: usize,
-    /// Durable state, as of the last commit plus the batch being applied.
+    pub checkpoint_keys: usize,
+    pub checkpoint_every: Duration,
+    /// Durable state, as of the last batch plus the batch being applied.
     pub used_bytes: usize,
     pub flush_at: UnixSecs,
     /// The clock reservation, raised also by the version of every mutation and flush
-    /// applied, in the same transaction: never behind the state the store holds.
+    /// applied, in the same batch: never behind the state the store holds.
     pub clock: Ts,
     /// Emptied for a state transfer that has not been confirmed by a `SaveClock` since.
     pub incomplete: bool,
+    /// Items held (live or dead, in the B-tree and the overlay together).
+    pub items: u64,
     pub last_reclaim: UnixSecs,
+    /// The last log record's number; the B-tree records the last one it holds.
+    pub seq: u64,
+    pub last_checkpoint: Instant,
+    /// The items table as of the last B-tree commit, for the writer's own reads.
+    pub tree: Option<ItemsTable>,
 }
 
-/// The answer to one op, sent once its batch is committed: an apply's outcome (or its own
+/// The answer to one op, sent once its batch is durable: an apply's outcome (or its own
 /// error, such as running out of memory); `None` for ops that only succeed or fail.
 type Answer = Result<Option<Outcome>, DataletError>;
 
+/// What one mutation does to its key.
+struct Planned {
+    /// `Some(Some(slot))` to store, `Some(None)` to remove, `None` to leave the key alone.
+    write: Option<Option<Slot>>,
+    outcome: Outcome,
+    existed: bool,
+    old_bytes: usize,
+    new_bytes: usize,
+}
+
+impl Planned {
+    /// Bytes the store grows by, if it stores a larger item.
+    fn grows(&self) -> usize {
+        match self.write {
+            Some(Some(_)) => self.new_bytes.saturating_sub(self.old_bytes),
+            _ => 0,
+        }
+    }
+}
+
 impl Writer {
     pub fn run(mut self, ops: Receiver<Op>) {
-        while let Ok(first) = ops.recv() {
+        loop {
+            let first = match ops.recv_timeout(self.checkpoint_every) {
+                Ok(op) => op,
+                // Idle: fold what is logged into the B-tree.
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_or_log();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match ops.try_recv() {
@@ -97,48 +177,351 @@ impl Writer {
                 }
             }
             self.commit(batch);
+            let due = {
+                let overlay = self
+                    .shared
+                    .overlay
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                overlay.len() >= self.checkpoint_keys
+                    || self.wal.len() >= CHECKPOINT_LOG_BYTES
+                    || (!overlay.is_empty()
+                        && self.last_checkpoint.elapsed() >= self.checkpoint_every)
+            };
+            if due {
+                self.checkpoint_or_log();
+            }
         }
+        // Closing: leave nothing to replay.
+        self.checkpoint_or_log();
+    }
+
+    fn checkpoint_or_log(&mut self) {
+        #[cfg(test)]
+        if self.shared.crashed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "disk datalet checkpoint failed");
+        }
+    }
+
+    fn state(&self) -> (usize, UnixSecs, Ts, bool, u64) {
+        (
+            self.used_bytes,
+            self.flush_at,
+            self.clock,
+            self.incomplete,
+            self.items,
+        )
+    }
+
+    fn restore(&mut self, before: (usize, UnixSecs, Ts, bool, u64)) {
+        (
+            self.used_bytes,
+            self.flush_at,
+            self.clock,
+            self.incomplete,
+            self.items,
+        ) = before;
     }
 
     fn commit(&mut self, batch: Vec<Op>) {
-        let before = (self.used_bytes, self.flush_at, self.clock, self.incomplete);
+        let before = self.state();
         let mut new_items = 0;
-        let result = self.apply_batch(&batch, &mut new_items);
-        match result {
-            Ok(answers) => {
-                let s = &self.shared;
-                s.used_bytes.store(self.used_bytes, Ordering::Release);
-                s.flush_at.store(self.flush_at, Ordering::Release);
-                s.total_items.fetch_add(new_items, Ordering::Relaxed);
-                // Counted before any answer: a read that starts after one opens a read
-                // transaction after this commit (see `DiskDatalet::read_slot`).
-                s.batches.fetch_add(1, Ordering::Release);
-                for (op, answer) in batch.into_iter().zip(answers) {
-                    reply(op, answer);
-                }
+        let logged = batch
+            .iter()
+            .all(|op| matches!(op, Op::Apply { .. } | Op::SaveClock { .. }));
+        if logged {
+            match self.log_batch(&batch, &mut new_items) {
+                Ok(Some(answers)) => return self.answer(batch, answers, new_items),
+                // A write needs what is dead removed first: carried out below.
+                Ok(None) => {}
+                Err(e) => return self.fail(batch, e, before),
             }
-            Err(e) => {
-                tracing::error!(error = %e, ops = batch.len(), "disk datalet commit failed");
-                (self.used_bytes, self.flush_at, self.clock, self.incomplete) = before;
-                for op in batch {
-                    reply(op, Err(e.clone()));
-                }
-            }
+            self.restore(before);
+            new_items = 0;
+        }
+        if let Err(e) = self.checkpoint() {
+            return self.fail(batch, e, before);
+        }
+        match self.tree_batch(&batch, &mut new_items) {
+            Ok(answers) => self.answer(batch, answers, new_items),
+            Err(e) => self.fail(batch, e, before),
         }
     }
 
-    fn apply_batch(
+    /// Publishes the writer's state and answers the batch.
+    fn answer(&mut self, batch: Vec<Op>, answers: Vec<Answer>, new_items: u64) {
+        self.publish(new_items);
+        self.shared.syncs.fetch_add(1, Ordering::Release);
+        for (op, answer) in batch.into_iter().zip(answers) {
+            reply(op, answer);
+        }
+    }
+
+    fn fail(&mut self, batch: Vec<Op>, e: DataletError, before: (usize, UnixSecs, Ts, bool, u64)) {
+        tracing::error!(error = %e, ops = batch.len(), "disk datalet commit failed");
+        self.restore(before);
+        for op in batch {
+            reply(op, Err(e.clone()));
+        }
+    }
+
+    pub fn publish(&self, new_items: u64) {
+        let s = &self.shared;
+        s.used_bytes.store(self.used_bytes, Ordering::Release);
+        s.flush_at.store(self.flush_at, Ordering::Release);
+        s.clock.store(self.clock, Ordering::Release);
+        s.incomplete.store(self.incomplete, Ordering::Release);
+        s.curr_items.store(self.items, Ordering::Relaxed);
+        s.total_items.fetch_add(new_items, Ordering::Relaxed);
+    }
+
+    /// The item `key` holds now: in this batch's changes, else the overlay, else the B-tree.
+    fn current(
+        &self,
+        staged: &HashMap<Bytes, Option<Slot>>,
+        key: &Bytes,
+    ) -> Result<Option<Slot>, DataletError> {
+        if let Some(slot) = staged.get(key) {
+            return Ok(slot.clone());
+        }
+        let logged = {
+            let overlay = self
+                .shared
+                .overlay
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            overlay.get(key).cloned()
+        };
+        if let Some(slot) = logged {
+            return Ok(slot);
+        }
+        let tree = self
+            .tree
+            .as_ref()
+            .expect("the writer holds a read transaction");
+        Ok(tree
+            .get(key.as_ref())
+            .map_err(unavailable)?
+            .and_then(|bytes| Slot::decode(bytes.value())))
+    }
+
+    /// Decides a batch of writes and logs what it changed, synced; then the changes join the
+    /// overlay. `None` if a write would need what is dead removed first, which only the
+    /// B-tree path does: nothing has been logged or changed then (but the state fields, which
+    /// the caller restores).
+    fn log_batch(
+        &mut self,
+        batch: &[Op],
+        new_items: &mut u64,
+    ) -> Result<Option<Vec<Answer>>, DataletError> {
+        let mut staged: HashMap<Bytes, Option<Slot>> = HashMap::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for op in batch {
+            let answer = match op {
+                Op::Apply {
+                    key,
+                    mutation,
+                    version,
+                    now,
+                    ..
+                } => {
+                    let current = self.current(&staged, key)?;
+                    let planned = self.plan(key, current, mutation, *version, *now);
+                    let limit = self.shared.memory_limit.load(Ordering::Relaxed);
+                    let grows = planned.grows();
+                    self.clock = self.clock.max(version.ts);
+                    if grows > 0 && self.used_bytes + grows > limit {
+                        if self.last_reclaim != *now {
+                            return Ok(None);
+                        }
+                        Err(DataletError::OutOfMemory)
+                    } else {
+                        self.account(&planned, new_items);
+                        if let Some(write) = planned.write {
+                            staged.insert(key.clone(), write);
+                        }
+                        Ok(Some(planned.outcome))
+                    }
+                }
+                Op::SaveClock { ts, .. } => {
+                    self.clock = self.clock.max(*ts);
+                    self.incomplete = false;
+                    Ok(None)
+                }
+                _ => unreachable!("only writes and clock saves are logged"),
+            };
+            answers.push(answer);
+        }
+        let seq = self.seq + 1;
+        let record = wal::encode(seq, self.meta(), staged.iter());
+        self.wal.append(&record).map_err(unavailable)?;
+        self.seq = seq;
+        self.shared
+            .overlay
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(staged);
+        Ok(Some(answers))
+    }
+
+    fn meta(&self) -> wal::Meta {
+        wal::Meta {
+            used_bytes: self.used_bytes as u64,
+            flush_at: self.flush_at,
+            clock: self.clock,
+            incomplete: self.incomplete,
+        }
+    }
+
+    /// Counts a planned write in the state's totals.
+    fn account(&mut self, planned: &Planned, new_items: &mut u64) {
+        let Some(write) = &planned.write else {
+            return;
+        };
+        self.used_bytes = self.used_bytes + planned.new_bytes - planned.old_bytes;
+        match (planned.existed, write.is_some()) {
+            (false, true) => self.items += 1,
+            (true, false) => self.items -= 1,
+            _ => {}
+        }
+        if matches!(planned.outcome, Outcome::Stored | Outcome::Number(_)) {
+            *new_items += 1;
+        }
+    }
+
+    /// What `mutation` does to `key`, holding `current`.
+    fn plan(
+        &self,
+        key: &Bytes,
+        current: Option<Slot>,
+        mutation: &Mutation,
+        version: Version,
+        now: UnixSecs,
+    ) -> Planned {
+        let existed = current.is_some();
+        let old_bytes = current.as_ref().map_or(0, |s| item_bytes(key, &s.item));
+        let live = current
+            .as_ref()
+            .filter(|s| dead(&s.item, s.stored_at, self.flush_at, now).is_none())
+            .map(|s| &s.item);
+        let dead_slot = existed && live.is_none();
+        let (change, outcome) = decide(key, live, mutation.clone(), version, self.item_size_max);
+        let (write, new_bytes) = match change {
+            Change::Put(item) => {
+                let new_bytes = item_bytes(key, &item);
+                let slot = Slot {
+                    item,
+                    stored_at: now,
+                };
+                (Some(Some(slot)), new_bytes)
+            }
+            // A dead item is removed whatever the mutation decided.
+            Change::Remove | Change::Keep if dead_slot || outcome == Outcome::Deleted => {
+                (Some(None), 0)
+            }
+            Change::Remove | Change::Keep => (None, old_bytes),
+        };
+        Planned {
+            write,
+            outcome,
+            existed,
+            old_bytes,
+            new_bytes,
+        }
+    }
+
+    /// Writes the overlay into the B-tree in one durable transaction, publishes it, and
+    /// empties the overlay and the log. Nothing to do if both are empty.
+    pub fn checkpoint(&mut self) -> Result<(), DataletError> {
+        let empty = self
+            .shared
+            .overlay
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if empty && self.wal.len() == 0 {
+            self.last_checkpoint = Instant::now();
+            return Ok(());
+        }
+        self.tree_commit(|this, items| {
+            let overlay = this
+                .shared
+                .overlay
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for (key, slot) in overlay.iter() {
+                match slot {
+                    Some(slot) => {
+                        items
+                            .insert(key.as_ref(), slot.encode().as_slice())
+                            .map_err(unavailable)?;
+                    }
+                    None => {
+                        items.remove(key.as_ref()).map_err(unavailable)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        self.wal.clear().map_err(unavailable)?;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// One durable B-tree transaction: `body` changes the items, then the metadata is saved
+    /// with the log position. Readers see the commit as described at [`Shared::commits`]; the
+    /// overlay, all of which a commit holds (every path checkpoints before changing the tree
+    /// otherwise), is emptied with it.
+    fn tree_commit(
+        &mut self,
+        body: impl FnOnce(&mut Self, &mut Table<&[u8], &[u8]>) -> Result<(), DataletError>,
+    ) -> Result<(), DataletError> {
+        let commits = &self.shared.commits;
+        commits.fetch_add(1, Ordering::AcqRel);
+        let result = (|| {
+            let mut txn = self.db.begin_write().map_err(unavailable)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(unavailable)?;
+            txn.set_quick_repair(true);
+            {
+                let mut items = txn.open_table(ITEMS).map_err(unavailable)?;
+                body(self, &mut items)?;
+                let mut meta = txn.open_table(META).map_err(unavailable)?;
+                let mut put =
+                    |name, value: u64| meta.insert(name, value).map(|_| ()).map_err(unavailable);
+                put(META_USED_BYTES, self.used_bytes as u64)?;
+                put(META_FLUSH_AT, self.flush_at)?;
+                put(META_CLOCK, self.clock)?;
+                put(META_INCOMPLETE, u64::from(self.incomplete))?;
+                put(META_LOG_SEQ, self.seq)?;
+            }
+            txn.commit().map_err(unavailable)
+        })();
+        if result.is_ok() {
+            self.shared
+                .overlay
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+        // Reopened whether or not the commit held: a failed one may have left the old
+        // transaction's view behind.
+        self.tree = Some(open_items(&self.db)?);
+        self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        result
+    }
+
+    /// Carries out a batch in one B-tree transaction (the overlay is empty: checkpointed).
+    fn tree_batch(
         &mut self,
         batch: &[Op],
         new_items: &mut u64,
     ) -> Result<Vec<Answer>, DataletError> {
-        let mut txn = self.db.begin_write().map_err(unavailable)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(unavailable)?;
-        txn.set_quick_repair(true);
         let mut answers = Vec::with_capacity(batch.len());
-        {
-            let mut items = txn.open_table(ITEMS).map_err(unavailable)?;
+        self.tree_commit(|this, items| {
             for op in batch {
                 let answer = match op {
                     Op::Apply {
@@ -148,55 +531,45 @@ impl Writer {
                         now,
                         ..
                     } => {
-                        let outcome = self.apply(&mut items, key, mutation, *version, *now)?;
-                        self.clock = self.clock.max(version.ts);
-                        if matches!(outcome, Ok(Outcome::Stored | Outcome::Number(_))) {
-                            *new_items += 1;
-                        }
+                        let outcome =
+                            this.apply(items, key, mutation, *version, *now, new_items)?;
+                        this.clock = this.clock.max(version.ts);
                         outcome.map(Some)
                     }
                     Op::Flush {
                         at, now, version, ..
                     } => {
-                        self.clock = self.clock.max(version.ts);
-                        self.retire_flush_point(&mut items, *now)?;
-                        self.flush_at = *at;
+                        this.clock = this.clock.max(version.ts);
+                        this.retire_flush_point(items, *now)?;
+                        this.flush_at = *at;
                         if at <= now {
                             items.retain(|_, _| false).map_err(unavailable)?;
-                            self.used_bytes = 0;
+                            (this.used_bytes, this.items) = (0, 0);
                         }
                         Ok(None)
                     }
                     Op::SaveClock { ts, .. } => {
-                        self.clock = self.clock.max(*ts);
-                        self.incomplete = false;
+                        this.clock = this.clock.max(*ts);
+                        this.incomplete = false;
                         Ok(None)
                     }
-                    Op::Reclaim { now, .. } => self.sweep(&mut items, *now).map(|_| None),
+                    Op::Reclaim { now, .. } => this.sweep(items, *now).map(|_| None),
                     Op::Reset { .. } => {
                         items.retain(|_, _| false).map_err(unavailable)?;
-                        self.used_bytes = 0;
-                        self.flush_at = 0;
-                        self.incomplete = true;
+                        (this.used_bytes, this.items) = (0, 0);
+                        this.flush_at = 0;
+                        this.incomplete = true;
                         Ok(None)
                     }
                 };
                 answers.push(answer);
             }
-            let mut meta = txn.open_table(META).map_err(unavailable)?;
-            meta.insert(META_USED_BYTES, self.used_bytes as u64)
-                .map_err(unavailable)?;
-            meta.insert(META_FLUSH_AT, self.flush_at)
-                .map_err(unavailable)?;
-            meta.insert(META_CLOCK, self.clock).map_err(unavailable)?;
-            meta.insert(META_INCOMPLETE, u64::from(self.incomplete))
-                .map_err(unavailable)?;
-        }
-        txn.commit().map_err(unavailable)?;
+            Ok(())
+        })?;
         Ok(answers)
     }
 
-    /// Applies one mutation inside the batch's transaction. The outer `Result` is a storage
+    /// Applies one mutation inside a B-tree transaction. The outer `Result` is a storage
     /// failure (the whole batch fails); the inner one is this mutation's answer.
     fn apply(
         &mut self,
@@ -205,41 +578,30 @@ impl Writer {
         mutation: &Mutation,
         version: Version,
         now: UnixSecs,
+        new_items: &mut u64,
     ) -> Result<Result<Outcome, DataletError>, DataletError> {
         let current = match items.get(key.as_ref()).map_err(unavailable)? {
             Some(bytes) => Slot::decode(bytes.value()),
             None => None,
         };
-        let old_bytes = current.as_ref().map_or(0, |s| item_bytes(key, &s.item));
-        let live = current
-            .as_ref()
-            .filter(|s| dead(&s.item, s.stored_at, self.flush_at, now).is_none())
-            .map(|s| &s.item);
-        let dead_slot = current.is_some() && live.is_none();
-        let (change, outcome) = decide(key, live, mutation.clone(), version, self.item_size_max);
-        match change {
-            Change::Put(item) => {
-                let new_bytes = item_bytes(key, &item);
-                if new_bytes > old_bytes && !self.fits(items, new_bytes - old_bytes, now)? {
-                    return Ok(Err(DataletError::OutOfMemory));
-                }
-                let slot = Slot {
-                    item,
-                    stored_at: now,
-                };
+        let planned = self.plan(key, current, mutation, version, now);
+        let grows = planned.grows();
+        if grows > 0 && !self.fits(items, grows, now)? {
+            return Ok(Err(DataletError::OutOfMemory));
+        }
+        match &planned.write {
+            Some(Some(slot)) => {
                 items
                     .insert(key.as_ref(), slot.encode().as_slice())
                     .map_err(unavailable)?;
-                self.used_bytes = self.used_bytes + new_bytes - old_bytes;
             }
-            // A dead item is removed whatever the mutation decided.
-            Change::Remove | Change::Keep if dead_slot || outcome == Outcome::Deleted => {
+            Some(None) => {
                 items.remove(key.as_ref()).map_err(unavailable)?;
-                self.used_bytes -= old_bytes;
             }
-            Change::Remove | Change::Keep => {}
+            None => {}
         }
-        Ok(Ok(outcome))
+        self.account(&planned, new_items);
+        Ok(Ok(planned.outcome))
     }
 
     /// Whether `more` bytes fit under the memory limit, after removing expired and flushed
@@ -280,6 +642,7 @@ impl Writer {
             })
             .map_err(unavailable)?;
         self.used_bytes -= freed;
+        self.items -= removed;
         self.shared.reclaimed.fetch_add(removed, Ordering::Relaxed);
         Ok(removed)
     }
@@ -295,19 +658,27 @@ impl Writer {
         if due == 0 || due > now {
             return Ok(());
         }
-        let mut freed = 0;
+        let (mut freed, mut removed) = (0, 0);
         items
             .retain(|key, bytes| match Slot::decode(bytes) {
                 Some(s) if s.stored_at <= due => {
                     freed += item_bytes(key, &s.item);
+                    removed += 1;
                     false
                 }
                 _ => true,
             })
             .map_err(unavailable)?;
         self.used_bytes -= freed;
+        self.items -= removed;
         Ok(())
     }
+}
+
+/// The items table in a new read transaction.
+pub(super) fn open_items(db: &Database) -> Result<ItemsTable, DataletError> {
+    let txn = db.begin_read().map_err(unavailable)?;
+    txn.open_table(ITEMS).map_err(unavailable)
 }
 
 fn reply(op: Op, answer: Answer) {

@@ -1,0 +1,371 @@
+//! The disk datalet's write-ahead log: what each batch did, appended and synced before the
+//! batch is answered.
+//!
+//! ```text
+//! record := len u32 | crc32 u32 (of body) | body (len bytes)
+//! body   := seq u64 | used_bytes u64 | flush_at u64 | clock u64 | incomplete u8 | count u32 | change*
+//! change := key_len u32 | key | 0 (removed) | 1 slot_len u32 slot (a slot::Slot)
+//! ```
+//! Little-endian. A record holds the state a batch left, not the operations it carried out:
+//! each changed key's whole new slot (or its removal) and the metadata's new values. So
+//! replaying a record twice, or over a store that already holds it, changes nothing, and a
+//! restart needs no decision replayed. Records are numbered (`seq`) without gaps; the B-tree
+//! remembers the last one it holds, and replay takes only the records after it, in an unbroken
+//! run, up to the first one that is torn (short, or its checksum does not match): a torn record
+//! was never synced whole, so its batch was never answered.
+//!
+//! The file is filled with zeros ahead of the records, [`PREALLOCATE`] bytes at a time, so an
+//! append overwrites blocks the file already has and its `fdatasync` writes only data, not
+//! the file's size and extents as well. Emptying the log only rewinds it (a zero-length
+//! record, all zeros, ends a replay; older records left behind are numbered before the new
+//! ones and so never replayed), unless it grew past [`KEEP_BYTES`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use bytes::Bytes;
+use tailorkv_common::{Ts, UnixSecs};
+
+use super::slot::Slot;
+
+/// The file inside the datalet's directory.
+pub const FILE_NAME: &str = "tailorkv.wal";
+
+const RECORD_HEADER: usize = 8;
+/// Zeros written ahead of the records at a time.
+const PREALLOCATE: u64 = 4 << 20;
+/// A log emptied while larger than this is truncated, giving the space back.
+const KEEP_BYTES: u64 = 4 * PREALLOCATE;
+const BODY_FIXED: usize = 8 * 4 + 1 + 4;
+
+/// The metadata a record carries: its values after the batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Meta {
+    pub used_bytes: u64,
+    pub flush_at: UnixSecs,
+    pub clock: Ts,
+    pub incomplete: bool,
+}
+
+/// One record read back.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Record {
+    pub seq: u64,
+    pub meta: Meta,
+    pub changes: Vec<(Bytes, Option<Slot>)>,
+}
+
+/// The log file, open for appending.
+pub(super) struct Wal {
+    file: File,
+    /// Where the next record goes: the end of the last whole one.
+    len: u64,
+    /// The file's size: zeros (or old records) from `len` on.
+    allocated: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir` and reads every whole record in it, in order.
+    pub fn open(dir: &Path) -> std::io::Result<(Wal, Vec<Record>)> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.join(FILE_NAME))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (records, whole) = decode_all(&bytes);
+        // Appends continue from the last whole record, over a torn one.
+        let len = whole as u64;
+        file.seek(SeekFrom::Start(len))?;
+        let allocated = bytes.len() as u64;
+        Ok((
+            Wal {
+                file,
+                len,
+                allocated,
+            },
+            records,
+        ))
+    }
+
+    /// Bytes in the log.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends one record and syncs it: when this returns, the record survives a crash.
+    pub fn append(&mut self, record: &[u8]) -> std::io::Result<()> {
+        let end = self.len + record.len() as u64;
+        if end > self.allocated {
+            self.preallocate(end)?;
+        }
+        self.file.write_all(record)?;
+        self.file.sync_data()?;
+        self.len = end;
+        Ok(())
+    }
+
+    /// Writes zeros from the end of the file past `end`, and syncs them with the new size.
+    fn preallocate(&mut self, end: u64) -> std::io::Result<()> {
+        let to = end.next_multiple_of(PREALLOCATE);
+        self.file.seek(SeekFrom::Start(self.allocated))?;
+        let zeros = vec![0; (to - self.allocated) as usize];
+        self.file.write_all(&zeros)?;
+        self.file.sync_all()?;
+        self.allocated = to;
+        self.file.seek(SeekFrom::Start(self.len))?;
+        Ok(())
+    }
+
+    /// Empties the log, once the B-tree holds everything in it.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        if self.allocated > KEEP_BYTES {
+            self.file.set_len(0)?;
+            self.allocated = 0;
+        } else {
+            // The first record's length, zeroed: a replay finds nothing.
+            self.file.seek(SeekFrom::Start(0))?;
+            self.file.write_all(&[0; RECORD_HEADER])?;
+        }
+        self.file.sync_all()?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.len = 0;
+        Ok(())
+    }
+}
+
+/// A record of `changes`, ready to append.
+pub(super) fn encode<'a>(
+    seq: u64,
+    meta: Meta,
+    changes: impl ExactSizeIterator<Item = (&'a Bytes, &'a Option<Slot>)>,
+) -> Vec<u8> {
+    let mut out = vec![0; RECORD_HEADER];
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&meta.used_bytes.to_le_bytes());
+    out.extend_from_slice(&meta.flush_at.to_le_bytes());
+    out.extend_from_slice(&meta.clock.to_le_bytes());
+    out.push(u8::from(meta.incomplete));
+    out.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+    for (key, slot) in changes {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        match slot {
+            None => out.push(0),
+            Some(slot) => {
+                let encoded = slot.encode();
+                out.push(1);
+                out.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+                out.extend_from_slice(&encoded);
+            }
+        }
+    }
+    let body_len = (out.len() - RECORD_HEADER) as u32;
+    let crc = crc32fast::hash(&out[RECORD_HEADER..]);
+    out[..4].copy_from_slice(&body_len.to_le_bytes());
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Every whole record at the start of `bytes`, and how many bytes they take.
+pub(super) fn decode_all(bytes: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some((record, used)) = decode(&bytes[at..]) {
+        records.push(record);
+        at += used;
+    }
+    (records, at)
+}
+
+/// The record at the start of `bytes` and its length, unless it is torn or damaged.
+fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
+    let u32_at = |b: &[u8], i: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?))
+    };
+    let body_len = u32_at(bytes, 0)? as usize;
+    let crc = u32_at(bytes, 4)?;
+    let body = bytes.get(RECORD_HEADER..RECORD_HEADER + body_len)?;
+    if body.len() < BODY_FIXED || crc32fast::hash(body) != crc {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
+    let meta = Meta {
+        used_bytes: u64_at(8),
+        flush_at: u64_at(16),
+        clock: u64_at(24),
+        incomplete: body[32] != 0,
+    };
+    let count = u32_at(body, 33)? as usize;
+    let mut at = BODY_FIXED;
+    let mut changes = Vec::with_capacity(count.min(body.len()));
+    for _ in 0..count {
+        let key_len = u32_at(body, at)? as usize;
+        let key = body.get(at + 4..at + 4 + key_len)?;
+        at += 4 + key_len;
+        let slot = match *body.get(at)? {
+            0 => {
+                at += 1;
+                None
+            }
+            1 => {
+                let slot_len = u32_at(body, at + 1)? as usize;
+                let slot = Slot::decode(body.get(at + 5..at + 5 + slot_len)?)?;
+                at += 5 + slot_len;
+                Some(slot)
+            }
+            _ => return None,
+        };
+        changes.push((Bytes::copy_from_slice(key), slot));
+    }
+    if at != body.len() {
+        return None;
+    }
+    let record = Record {
+        seq: u64_at(0),
+        meta,
+        changes,
+    };
+    Some((record, RECORD_HEADER + body_len))
+}
+
+/// The records a store whose B-tree holds everything up to `applied` must replay: those after
+/// it, in an unbroken run of sequence numbers.
+pub(super) fn to_replay(records: Vec<Record>, applied: u64) -> Vec<Record> {
+    records
+        .into_iter()
+        .skip_while(|r| r.seq <= applied)
+        .zip(applied + 1..)
+        .take_while(|(record, next)| record.seq == *next)
+        .map(|(record, _)| record)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Item, Marks};
+    use tailorkv_common::{Expiry, NodeId, Version};
+
+    fn slot(value: &'static [u8]) -> Slot {
+        Slot {
+            item: Item {
+                value: Bytes::from_static(value),
+                flags: 3,
+                expiry: Expiry::At(77),
+                version: Version::new(9, NodeId(2)),
+                marks: Marks::default(),
+            },
+            stored_at: 5,
+        }
+    }
+
+    fn record(seq: u64, changes: Vec<(Bytes, Option<Slot>)>) -> Record {
+        Record {
+            seq,
+            meta: Meta {
+                used_bytes: 100 + seq,
+                flush_at: 7,
+                clock: 1000 + seq,
+                incomplete: seq.is_multiple_of(2),
+            },
+            changes,
+        }
+    }
+
+    fn bytes_of(r: &Record) -> Vec<u8> {
+        encode(r.seq, r.meta, r.changes.iter().map(|(k, s)| (k, s)))
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_or_damaged_tail_is_cut_off() {
+        let records = vec![
+            record(1, vec![(Bytes::from_static(b"a"), Some(slot(b"one")))]),
+            record(2, vec![]),
+            record(
+                3,
+                vec![
+                    (Bytes::from_static(b"a"), None),
+                    (Bytes::from_static(b"b"), Some(slot(b""))),
+                ],
+            ),
+        ];
+        let mut all = Vec::new();
+        for r in &records {
+            all.extend_from_slice(&bytes_of(r));
+        }
+        let (read, used) = decode_all(&all);
+        assert_eq!(read, records);
+        assert_eq!(used, all.len());
+        // Torn anywhere inside the last record: the first two stand.
+        let two = bytes_of(&records[0]).len() + bytes_of(&records[1]).len();
+        for cut in two..all.len() {
+            let (read, used) = decode_all(&all[..cut]);
+            assert_eq!((read.len(), used), (2, two), "cut at {cut}");
+        }
+        // Any flipped bit in the last record: its checksum no longer matches.
+        for i in two..all.len() {
+            let mut damaged = all.clone();
+            damaged[i] ^= 0x10;
+            assert_eq!(decode_all(&damaged).0.len(), 2, "bit flipped at {i}");
+        }
+    }
+
+    #[test]
+    fn replay_takes_the_unbroken_run_after_what_the_tree_holds() {
+        let seqs = |rs: Vec<Record>| rs.iter().map(|r| r.seq).collect::<Vec<_>>();
+        let log = || (1..=5).map(|s| record(s, vec![])).collect::<Vec<_>>();
+        assert_eq!(seqs(to_replay(log(), 0)), [1, 2, 3, 4, 5]);
+        assert_eq!(seqs(to_replay(log(), 3)), [4, 5]);
+        assert_eq!(seqs(to_replay(log(), 5)), Vec::<u64>::new());
+        // Records left behind a clear that did not reach the disk, after new ones: the run
+        // stops at the gap.
+        let mut stale = vec![record(8, vec![]), record(9, vec![])];
+        stale.extend([record(3, vec![]), record(4, vec![])]);
+        assert_eq!(seqs(to_replay(stale, 7)), [8, 9]);
+        let gap = vec![record(1, vec![]), record(3, vec![])];
+        assert_eq!(seqs(to_replay(gap, 0)), [1]);
+    }
+
+    #[test]
+    fn a_reopened_log_appends_after_its_last_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        assert!(read.is_empty());
+        let first = record(1, vec![(Bytes::from_static(b"k"), Some(slot(b"v")))]);
+        wal.append(&bytes_of(&first)).unwrap();
+        // A torn second record, as a crash in the middle of a write leaves it (its last
+        // bytes are not zeros, which the file holds past the records).
+        let torn = bytes_of(&record(
+            2,
+            vec![(Bytes::from_static(b"k"), Some(slot(b"xyz")))],
+        ));
+        wal.append(&torn[..torn.len() - 3]).unwrap();
+        drop(wal);
+        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        assert_eq!(read, vec![first]);
+        let second = record(2, vec![]);
+        wal.append(&bytes_of(&second)).unwrap();
+        drop(wal);
+        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+        wal.clear().unwrap();
+        assert_eq!(wal.len(), 0);
+        drop(wal);
+        assert!(Wal::open(dir.path()).unwrap().1.is_empty());
+        // Records appended after a clear come first; the older ones behind them are read
+        // but are numbered before them, so `to_replay` drops them.
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        wal.append(&bytes_of(&record(3, vec![]))).unwrap();
+        drop(wal);
+        let read = Wal::open(dir.path()).unwrap().1;
+        assert_eq!(read.first().map(|r| r.seq), Some(3));
+        assert_eq!(
+            to_replay(read, 2).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3]
+        );
+    }
+}
