@@ -263,6 +263,13 @@ pub struct Config {
     #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(20..=600_000))]
     pub failure_timeout_ms: u64,
 
+    /// Fault injection, to watch the modes behave on a slow network: hold every message
+    /// received from a peer this many milliseconds before acting on it (a one-way delay on
+    /// each link, so a round trip between two nodes takes twice this). 0: none. Leave it at 0
+    /// in production. `cluster --faults latency=5ms` sets it on every node.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub fault_peer_delay_ms: u64,
+
     /// Tests only, never from the command line: serve linearizable reads from the local
     /// replica. This is the classic bug of total-order systems, planted so the tests can show
     /// the checker catches it.

@@ -83,6 +83,7 @@ pub fn link_config(config: &Config, max_frame_bytes: usize) -> LinkConfig {
     LinkConfig {
         cluster: cluster_digest(parts),
         max_frame_bytes,
+        delay: std::time::Duration::from_millis(config.fault_peer_delay_ms),
         ..LinkConfig::default()
     }
 }

@@ -100,6 +100,10 @@ pub struct LinkConfig {
     pub tls: Option<Arc<tls::PeerTls>>,
     /// A shared secret every connection must prove it holds, both ways (see [`secret`]).
     pub secret: Option<Arc<secret::PeerSecret>>,
+    /// Injected latency: every message received is held this long before it reaches the
+    /// inbox (`--fault-peer-delay`, for watching the modes behave under a slow network).
+    /// Zero: none.
+    pub delay: Duration,
 }
 
 impl PartialEq for LinkConfig {
@@ -117,6 +121,7 @@ impl PartialEq for LinkConfig {
             && self.max_frame_bytes == other.max_frame_bytes
             && self.queue_bytes == other.queue_bytes
             && self.inbox_bytes == other.inbox_bytes
+            && self.delay == other.delay
     }
 }
 
@@ -131,6 +136,7 @@ impl Default for LinkConfig {
             inbox_bytes: INBOX_BYTES,
             tls: None,
             secret: None,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -355,12 +361,18 @@ impl Drop for Held {
     }
 }
 
-/// The sending half of the inbox, shared by the readers.
+/// The sending half of the inbox, shared by the readers: straight into the inbox, or through
+/// the delay line of an injected latency ([`LinkConfig::delay`]).
 struct InboxSender<M> {
     queue: mpsc::UnboundedSender<(NodeId, Weighed<Incoming<M>>)>,
     room: Arc<Semaphore>,
     budget: usize,
+    delay: Duration,
+    delayed: Option<mpsc::UnboundedSender<Delayed<M>>>,
 }
+
+/// A message on the delay line: when it may go on, and what it is.
+type Delayed<M> = (tokio::time::Instant, NodeId, Incoming<M>, usize);
 
 impl<M> Clone for InboxSender<M> {
     fn clone(&self) -> Self {
@@ -368,6 +380,43 @@ impl<M> Clone for InboxSender<M> {
             queue: self.queue.clone(),
             room: Arc::clone(&self.room),
             budget: self.budget,
+            delay: self.delay,
+            delayed: self.delayed.clone(),
+        }
+    }
+}
+
+impl<M: Send + 'static> InboxSender<M> {
+    /// With `delay`, a delay line in front of the inbox: one task holds each message until
+    /// `delay` after it was received, in the order received, so the readers never wait for
+    /// it and every message is late by the same time.
+    fn delayed(mut self, delay: Duration) -> Self {
+        if delay.is_zero() {
+            return self;
+        }
+        let (line, mut waiting) = mpsc::unbounded_channel::<Delayed<M>>();
+        let inbox = self.clone();
+        tokio::spawn(async move {
+            while let Some((due, from, message, bytes)) = waiting.recv().await {
+                tokio::time::sleep_until(due).await;
+                if !inbox.send_now(from, message, bytes).await {
+                    return;
+                }
+            }
+        });
+        (self.delay, self.delayed) = (delay, Some(line));
+        self
+    }
+
+    /// Puts a message of `bytes` (its frame's length) in the inbox once it has room (after
+    /// the injected delay, if any); whether the inbox is still open.
+    async fn send(&self, from: NodeId, message: Incoming<M>, bytes: usize) -> bool {
+        match &self.delayed {
+            Some(line) => {
+                let due = tokio::time::Instant::now() + self.delay;
+                line.send((due, from, message, bytes)).is_ok()
+            }
+            None => self.send_now(from, message, bytes).await,
         }
     }
 }
@@ -375,7 +424,7 @@ impl<M> Clone for InboxSender<M> {
 impl<M> InboxSender<M> {
     /// Puts a message of `bytes` (its frame's length) in the inbox once it has room; whether
     /// the inbox is still open.
-    async fn send(&self, from: NodeId, message: Incoming<M>, bytes: usize) -> bool {
+    async fn send_now(&self, from: NodeId, message: Incoming<M>, bytes: usize) -> bool {
         let permits = permits::<(NodeId, Incoming<M>)>(bytes, self.budget);
         match self.room.acquire_many(permits).await {
             Ok(permit) => permit.forget(),
@@ -413,7 +462,10 @@ where
             queue: inbox_tx,
             room: inbox_room,
             budget: config.inbox_bytes,
-        };
+            delay: Duration::ZERO,
+            delayed: None,
+        }
+        .delayed(config.delay);
         let source = listener
             .local_addr()
             .ok()
@@ -1095,7 +1147,7 @@ enum Admit {
 }
 
 /// Reads one peer connection into the inbox.
-async fn reader<M: DeserializeOwned>(
+async fn reader<M: DeserializeOwned + Send + 'static>(
     stream: TcpStream,
     unheard: Unheard,
     inbox: InboxSender<M>,

@@ -21,7 +21,8 @@
 //! ones and so never replayed), unless it grew past [`KEEP_BYTES`].
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -56,7 +57,8 @@ pub(super) struct Record {
     pub changes: Vec<(Bytes, Option<Slot>)>,
 }
 
-/// The log file, open for appending.
+/// The log file, open for appending. Every write names its offset, so a write that fails
+/// halfway leaves nothing the next append does not overwrite.
 pub(super) struct Wal {
     file: File,
     /// Where the next record goes: the end of the last whole one.
@@ -79,7 +81,6 @@ impl Wal {
         let (records, whole) = decode_all(&bytes);
         // Appends continue from the last whole record, over a torn one.
         let len = whole as u64;
-        file.seek(SeekFrom::Start(len))?;
         let allocated = bytes.len() as u64;
         Ok((
             Wal {
@@ -102,7 +103,7 @@ impl Wal {
         if end > self.allocated {
             self.preallocate(end)?;
         }
-        self.file.write_all(record)?;
+        self.file.write_all_at(record, self.len)?;
         self.file.sync_data()?;
         self.len = end;
         Ok(())
@@ -111,12 +112,10 @@ impl Wal {
     /// Writes zeros from the end of the file past `end`, and syncs them with the new size.
     fn preallocate(&mut self, end: u64) -> std::io::Result<()> {
         let to = end.next_multiple_of(PREALLOCATE);
-        self.file.seek(SeekFrom::Start(self.allocated))?;
         let zeros = vec![0; (to - self.allocated) as usize];
-        self.file.write_all(&zeros)?;
+        self.file.write_all_at(&zeros, self.allocated)?;
         self.file.sync_all()?;
         self.allocated = to;
-        self.file.seek(SeekFrom::Start(self.len))?;
         Ok(())
     }
 
@@ -127,11 +126,9 @@ impl Wal {
             self.allocated = 0;
         } else {
             // The first record's length, zeroed: a replay finds nothing.
-            self.file.seek(SeekFrom::Start(0))?;
-            self.file.write_all(&[0; RECORD_HEADER])?;
+            self.file.write_all_at(&[0; RECORD_HEADER], 0)?;
         }
         self.file.sync_all()?;
-        self.file.seek(SeekFrom::Start(0))?;
         self.len = 0;
         Ok(())
     }
@@ -170,11 +167,18 @@ pub(super) fn encode<'a>(
     out
 }
 
-/// Every whole record at the start of `bytes`, and how many bytes they take.
+/// The whole records at the start of `bytes`, numbered without a gap, and how many bytes they
+/// take: what follows a torn record, or an older record left behind a clear, is not the log.
 pub(super) fn decode_all(bytes: &[u8]) -> (Vec<Record>, usize) {
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     let mut at = 0;
     while let Some((record, used)) = decode(&bytes[at..]) {
+        if records
+            .last()
+            .is_some_and(|last| record.seq != last.seq + 1)
+        {
+            break;
+        }
         records.push(record);
         at += used;
     }
@@ -321,13 +325,17 @@ mod tests {
         assert_eq!(seqs(to_replay(log(), 0)), [1, 2, 3, 4, 5]);
         assert_eq!(seqs(to_replay(log(), 3)), [4, 5]);
         assert_eq!(seqs(to_replay(log(), 5)), Vec::<u64>::new());
-        // Records left behind a clear that did not reach the disk, after new ones: the run
-        // stops at the gap.
-        let mut stale = vec![record(8, vec![]), record(9, vec![])];
-        stale.extend([record(3, vec![]), record(4, vec![])]);
-        assert_eq!(seqs(to_replay(stale, 7)), [8, 9]);
+        // A gap ends the run.
         let gap = vec![record(1, vec![]), record(3, vec![])];
         assert_eq!(seqs(to_replay(gap, 0)), [1]);
+        // Older records behind newer ones (left by a clear) are not read as the log at all.
+        let mut bytes = Vec::new();
+        for seq in [8, 9, 3, 4] {
+            bytes.extend_from_slice(&bytes_of(&record(seq, vec![])));
+        }
+        let (read, used) = decode_all(&bytes);
+        assert_eq!(seqs(read), [8, 9]);
+        assert_eq!(used, 2 * bytes_of(&record(8, vec![])).len());
     }
 
     #[test]
@@ -356,16 +364,12 @@ mod tests {
         assert_eq!(wal.len(), 0);
         drop(wal);
         assert!(Wal::open(dir.path()).unwrap().1.is_empty());
-        // Records appended after a clear come first; the older ones behind them are read
-        // but are numbered before them, so `to_replay` drops them.
+        // Records appended after a clear come first; the older ones left behind them are
+        // not part of the log.
         let (mut wal, _) = Wal::open(dir.path()).unwrap();
         wal.append(&bytes_of(&record(3, vec![]))).unwrap();
         drop(wal);
         let read = Wal::open(dir.path()).unwrap().1;
-        assert_eq!(read.first().map(|r| r.seq), Some(3));
-        assert_eq!(
-            to_replay(read, 2).iter().map(|r| r.seq).collect::<Vec<_>>(),
-            [3]
-        );
+        assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
     }
 }

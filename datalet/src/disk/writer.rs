@@ -508,9 +508,10 @@ impl Writer {
                 .clear();
         }
         // Reopened whether or not the commit held: a failed one may have left the old
-        // transaction's view behind.
-        self.tree = Some(open_items(&self.db)?);
+        // transaction's view behind. The count is made even again in any case.
+        let reopened = open_items(&self.db);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        self.tree = Some(reopened?);
         result
     }
 
