@@ -273,16 +273,8 @@ impl Drop for ServerProcess {
 }
 
 /// This build profile's `name` binary of the `tailorkv-controlet` package (`controlet`,
-/// `datalet`, `cluster`), built on first use with `cargo build -p tailorkv-controlet --bin
-/// <name>`; or the one `TAILORKV_<NAME>` names (`TAILORKV_CONTROLET`, `TAILORKV_DATALET`).
-///
-/// With `TAILORKV_BUILD_WORKSPACE=1` (the test command sets it around `cargo test
-/// --workspace`) it runs `cargo build --workspace --bins --tests` instead, which resolves the
-/// dependencies' features as that test run did: the binaries then link the libraries already
-/// compiled for it, instead of the controlet and its dependencies being compiled again with
-/// other features (about 40 s here). The `sim` feature the tests turn on only adds the
-/// simulation module. Not the default: after a `cargo test -p <one package>`, whose features
-/// differ again, it would compile as much.
+/// `datalet`), built on first use with `cargo build -p tailorkv-controlet --bin <name>`; or
+/// the one `TAILORKV_<NAME>` names (`TAILORKV_CONTROLET`, `TAILORKV_DATALET`).
 pub fn binary(name: &str) -> &'static Path {
     static BINARIES: Mutex<BTreeMap<String, &'static Path>> = Mutex::new(BTreeMap::new());
     let mut binaries = BINARIES.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,20 +302,23 @@ fn locate(name: &str) -> PathBuf {
         .expect("the test executable is in <target>/<profile>/deps");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
-    build.args(["build", "--quiet"]);
-    if std::env::var_os("TAILORKV_BUILD_WORKSPACE").is_some_and(|v| v == "1") {
-        build.args(["--workspace", "--bins", "--tests"]);
-    } else {
-        build.args(["-p", "tailorkv-controlet", "--bin", name]);
-    }
-    build.current_dir(env!("CARGO_MANIFEST_DIR"));
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "tailorkv-controlet",
+            "--bin",
+            name,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }
     let out = build.output().expect("run cargo build");
     assert!(
         out.status.success(),
-        "cargo build (for the {name} binary) failed:\n{}",
+        "cargo build -p tailorkv-controlet --bin {name} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let binary = profile_dir.join(name);

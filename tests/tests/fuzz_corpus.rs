@@ -1,7 +1,7 @@
 //! The fuzzers' findings as ordinary tests: every input kept under `fuzz/corpus/<target>/`
 //! (the corpora `cargo fuzz` built) and `fuzz/regressions/<target>/` (inputs that once made
 //! a target fail, kept after the fix) goes through its target's function
-//! (`tailorkv_controlet::fuzzing`), which panics if anything it checks does not hold; then 40
+//! (`tailorkv_controlet::fuzzing`), which panics if anything it checks does not hold; then 30
 //! seconds of random mutations of them (a fuzz smoke on the stable toolchain).
 
 use std::path::Path;
@@ -49,12 +49,12 @@ fn every_kept_fuzz_input_passes_its_target() {
 }
 
 /// Seconds of mutation per target in [`random_mutations_of_the_corpus_pass_their_targets`]
-/// (`TAILORKV_FUZZ_SMOKE_SECS`, default 8: 40 s for the five).
+/// (`TAILORKV_FUZZ_SMOKE_SECS`, default 6: 30 s for the five).
 fn smoke_secs() -> u64 {
     std::env::var("TAILORKV_FUZZ_SMOKE_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(6)
 }
 
 /// `input` changed by a few random edits of the kinds libFuzzer makes: a bit flipped, a byte
