@@ -77,7 +77,7 @@ struct Args {
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Faults {
     latency: Option<Duration>,
-    /// Probability of dropping each peer packet, in (0, 1].
+    /// Percent of peer packets dropped, in (0, 100], as the user wrote it.
     loss: Option<f64>,
     crash_every: Option<Duration>,
     /// How long a crashed node stays down.
@@ -105,7 +105,7 @@ impl Faults {
                     if !(percent > 0.0 && percent <= 100.0) {
                         return Err(format!("loss `{value}`: must be above 0% and at most 100%"));
                     }
-                    faults.loss = Some(percent / 100.0);
+                    faults.loss = Some(percent);
                 }
                 "crash-every" => faults.crash_every = Some(duration(value)?),
                 "down" => faults.down = duration(value)?,
@@ -166,7 +166,7 @@ fn main() -> anyhow::Result<()> {
     let faults = args.faults.clone().unwrap_or_default();
     // Installed before any node starts, and removed when this returns (by its drop).
     let _loss = match faults.loss {
-        Some(p) => Some(LossRules::install(&args, p)?),
+        Some(percent) => Some(LossRules::install(&args, percent / 100.0)?),
         None => None,
     };
     let mut children: Vec<Child> = Vec::new();
@@ -258,8 +258,8 @@ fn describe(spec: &Faults) -> String {
     if let Some(l) = spec.latency {
         parts.push(format!("every peer message held {l:?}"));
     }
-    if let Some(p) = spec.loss {
-        parts.push(format!("{}% of peer packets dropped", p * 100.0));
+    if let Some(percent) = spec.loss {
+        parts.push(format!("{percent}% of peer packets dropped"));
     }
     if let Some(e) = spec.crash_every {
         parts.push(format!(
