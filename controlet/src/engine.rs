@@ -45,7 +45,20 @@ pub enum Consistency {
     Sequential,
     /// Writes are applied locally and propagated in the background; replicas converge.
     Eventual,
+    /// Causal+ consistency: writes are applied locally and acknowledged at once, as in the
+    /// eventual mode, and a replica makes a peer's write visible only after everything the
+    /// write depends on; replicas converge.
+    Causal,
 }
+
+/// How long a request with a causal token waits for this replica to show what the token
+/// covers.
+const CAUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// The refusal of a causal token that does not parse.
+pub const BAD_TOKEN: &str = "bad causal token";
+/// The refusal of a request whose causal token this replica has not reached in time.
+pub const CONTEXT_NOT_REACHED: &str =
+    "causal context not reached: this node has not yet received everything the token covers";
 
 /// How operations are ordered in a cluster.
 struct Ordered {
@@ -188,7 +201,49 @@ impl<D: Datalet> Local<D> {
                 o.replicator.read(self.now(), at).await
             }
             Mode::Ordered(o) => o.replicator.read_locally(local).await,
-            Mode::Single(_) | Mode::Eventual(_) => Ok(local().await?),
+            Mode::Eventual(e) => match e.causal() {
+                // Never half a refill's merge.
+                Some(causal) => {
+                    let _shared = causal.read_gate().await;
+                    Ok(local().await?)
+                }
+                None => Ok(local().await?),
+            },
+            Mode::Single(_) => Ok(local().await?),
+        }
+    }
+
+    /// Whether this is a causal-mode node.
+    pub fn is_causal(&self) -> bool {
+        matches!(&self.mode, Mode::Eventual(e) if e.causal().is_some())
+    }
+
+    /// The causal mode's context of this replica, as a token for a client moving to another
+    /// node (`None` in the other modes).
+    pub fn causal_token(&self) -> Option<String> {
+        match &self.mode {
+            Mode::Eventual(e) => e.causal().map(|c| c.context().to_token()),
+            _ => None,
+        }
+    }
+
+    /// Waits, in the causal mode, until this replica shows everything `token` covers (up to
+    /// 2 s; then refused). A token that does not parse is refused; the other modes have no
+    /// tokens to wait for.
+    pub async fn reach_token(&self, token: &[u8]) -> Result<(), Error> {
+        let Mode::Eventual(e) = &self.mode else {
+            return Ok(());
+        };
+        let Some(causal) = e.causal() else {
+            return Ok(());
+        };
+        let Some(context) = crate::replication::eventual::causal::Context::from_token(token) else {
+            return Err(Error::Refused(BAD_TOKEN));
+        };
+        if causal.reach(&context, CAUSAL_WAIT).await {
+            Ok(())
+        } else {
+            Err(Error::Refused(CONTEXT_NOT_REACHED))
         }
     }
 
@@ -593,6 +648,33 @@ impl<D: Datalet> Engine<D> {
     /// The time now, by the engine's clock.
     pub fn now(&self) -> UnixSecs {
         self.clock.now()
+    }
+
+    /// The one group this node holds, if it holds one only.
+    fn only_local(&self) -> Option<Arc<Local<D>>> {
+        let shape = self.shape();
+        match shape.locals.len() {
+            1 => shape.locals.values().next().cloned(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a causal-mode node (which holds one group, every key).
+    pub fn is_causal(&self) -> bool {
+        self.only_local().is_some_and(|l| l.is_causal())
+    }
+
+    /// [`Local::causal_token`] of the node's group.
+    pub fn causal_token(&self) -> Option<String> {
+        self.only_local()?.causal_token()
+    }
+
+    /// [`Local::reach_token`] of the node's group.
+    pub async fn reach_token(&self, token: &[u8]) -> Result<(), Error> {
+        match self.only_local() {
+            Some(local) => local.reach_token(token).await,
+            None => Ok(()),
+        }
     }
 
     /// Whether this node holds every key, so nothing is forwarded.

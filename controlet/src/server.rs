@@ -66,7 +66,11 @@ pub fn limits(config: &Config) -> Limits {
 
 /// A cluster in the linearizable or sequential mode: its replicas apply one order.
 fn is_strong_cluster(config: &Config) -> bool {
-    config.is_cluster() && config.consistency != Consistency::Eventual
+    config.is_cluster()
+        && !matches!(
+            config.consistency,
+            Consistency::Eventual | Consistency::Causal
+        )
 }
 
 /// The largest peer frame a configuration may need: within what a 4-byte length holds, with
@@ -160,6 +164,16 @@ pub async fn run_configured(
     let clock = Arc::new(SystemClock);
     // A node that joins learns the groups later: it keeps each in a directory of its own.
     let sharded = config.join.is_some() || placement(&config)?.groups().count() > 1;
+    if sharded && config.consistency == Consistency::Causal {
+        // Dependencies are tracked within one replica group: across groups, a write could
+        // be shown before one in another group it depends on.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--consistency causal needs one replica group of every node: give --replicas the \
+             number of nodes (or leave it out with 3 nodes or fewer), no --groups above 1, and \
+             no --join",
+        ));
+    }
     match config.datalet {
         DataletSpec::Memory => {
             let stores = MemoryStores {
@@ -529,7 +543,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
         .unwrap_or(DEFAULT_REPLICAS)
         .max(DEFAULT_REPLICAS);
     let frame = match config.consistency {
-        Consistency::Eventual => {
+        Consistency::Eventual | Consistency::Causal => {
             eventual::max_frame_bytes(config.item_size_max).max(max_frame_bytes(replicas, 64 << 10))
         }
         _ => max_frame_bytes(replicas, config.item_size_max),
@@ -554,7 +568,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
         ))
     });
     match config.consistency {
-        Consistency::Eventual => {
+        Consistency::Eventual | Consistency::Causal => {
             let make = |transport, groups| EventualGround {
                 me: NodeId(config.id),
                 transport,
@@ -565,6 +579,8 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                 options: EventualOptions {
                     link: link_config(config, frame),
                     evict: config.evicts(),
+                    causal: config.consistency == Consistency::Causal,
+                    unsafe_skip_dependencies: config.unsafe_causal_skip_dependencies,
                     ..EventualOptions::default()
                 },
                 rebalance_rate: rebalance.clone(),
@@ -592,7 +608,7 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                 timing: timing(config),
                 local_reads: match config.consistency {
                     Consistency::Linearizable => config.unsafe_local_reads,
-                    Consistency::Sequential | Consistency::Eventual => true,
+                    Consistency::Sequential | Consistency::Eventual | Consistency::Causal => true,
                 },
                 memory_limit: config.memory_limit * 1024 * 1024,
                 evict: config.evicts(),

@@ -39,7 +39,7 @@ struct Args {
     #[arg(long)]
     replicas: Option<u16>,
 
-    /// linearizable, sequential or eventual.
+    /// linearizable, sequential, causal or eventual.
     #[arg(long, default_value = "linearizable")]
     consistency: String,
 

@@ -35,6 +35,26 @@ pub async fn meta<D: Datalet>(
     out: &mut BytesMut,
     counts: &mut Counts,
 ) {
+    if let Some(token) = &request.causal {
+        if !ctx.engine.is_causal() {
+            // As memcached answers a flag it does not know.
+            Response::ClientError("invalid flag").encode(out);
+            return;
+        }
+        if !token.is_empty() {
+            if let Err(e) = ctx.engine.reach_token(token).await {
+                let reply = match e {
+                    Error::Refused(why) if why == crate::engine::BAD_TOKEN => {
+                        Response::ClientError(why)
+                    }
+                    e => super::admin::error_reply(e),
+                };
+                reply.encode(out);
+                return;
+            }
+        }
+    }
+    let start = out.len();
     let result = match which {
         MetaCommand::Get => get(ctx, request, out, counts).await,
         MetaCommand::Set => set(ctx, request, out, counts).await,
@@ -43,7 +63,27 @@ pub async fn meta<D: Datalet>(
     };
     if let Err(e) = result {
         super::admin::error_reply(e).encode(out);
+        return;
     }
+    if request.causal.is_some() {
+        put_causal_token(ctx, out, start);
+    }
+}
+
+/// ` Z<token>` at the end of the reply's first line (if it sent one): this node's causal
+/// context after the request, which covers everything the request saw or did.
+fn put_causal_token<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut, start: usize) {
+    let Some(token) = ctx.engine.causal_token() else {
+        return;
+    };
+    let Some(end) = out[start..].windows(2).position(|w| w == b"\r\n") else {
+        return; // a quiet reply: nothing sent
+    };
+    let at = start + end;
+    let tail = out.split_off(at);
+    out.put_slice(b" Z");
+    out.put_slice(token.as_bytes());
+    out.unsplit(tail);
 }
 
 /// What a time-to-live token sets, as memcached reads an exptime.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 use tailorkv_datalet::Marks;
 
+use super::causal::{Context, Write};
 use crate::replication::antientropy::Entry;
 
 /// One replicated change: the item a write left, a delete's tombstone, or a flush.
@@ -90,6 +91,25 @@ pub enum Message {
     Offer,
     /// The answer to an [`Message::Offer`]: the group is running here, send the copy.
     Ready,
+    /// Causal mode: writes of the sender's stream (its run `run`), in order.
+    CausalWrites { run: u64, writes: Vec<Write> },
+    /// Causal mode: the sender (its run `run`) shows the receiver's writes of run `of` up
+    /// to `seq`; `resend`: messages from the receiver were lost, send again after `seq`.
+    CausalAck {
+        run: u64,
+        of: u64,
+        seq: u64,
+        resend: bool,
+    },
+    /// Causal mode: part of the sender's whole state, read at `context` (the same in every
+    /// part; `first` starts one, `last` ends it).
+    Refill {
+        run: u64,
+        context: Context,
+        updates: Vec<Update>,
+        first: bool,
+        last: bool,
+    },
 }
 
 impl crate::weigh::Weigh for Message {
@@ -109,7 +129,13 @@ impl crate::weigh::Weigh for Message {
             Message::Repair { updates: u, want } => {
                 updates(u) + want.iter().map(|k| k.len() + 8).sum::<usize>()
             }
-            Message::Filled | Message::Offer | Message::Ready => 0,
+            Message::CausalWrites { writes, .. } => writes.iter().map(Write::size).sum(),
+            Message::Refill {
+                updates: u,
+                context,
+                ..
+            } => updates(u) + 24 * context.len(),
+            Message::Filled | Message::Offer | Message::Ready | Message::CausalAck { .. } => 0,
         };
         data + 16
     }

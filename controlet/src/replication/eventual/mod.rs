@@ -37,6 +37,8 @@
 //! node whose clock ran ahead. The whole story, with the anti-entropy steps, is in
 //! `docs/architecture.md`.
 
+pub mod causal;
+mod causal_io;
 mod message;
 mod propagate;
 mod receive;
@@ -127,6 +129,12 @@ pub struct EventualOptions {
     /// versioned deletes every replica carries out; else a write that does not fit is
     /// refused.
     pub evict: bool,
+    /// The causal mode ([`causal`]): writes carry their dependencies and are made visible
+    /// only after them, streamed from a log instead of hints and anti-entropy.
+    pub causal: bool,
+    /// Tests only: in the causal mode, make peers' writes visible without waiting for their
+    /// dependencies (the bug the causal checker must catch).
+    pub unsafe_skip_dependencies: bool,
 }
 
 /// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
@@ -143,6 +151,8 @@ impl Default for EventualOptions {
             hint_bytes: 64 << 20,
             link: LinkConfig::default(),
             evict: false,
+            causal: false,
+            unsafe_skip_dependencies: false,
         }
     }
 }
@@ -230,6 +240,8 @@ pub struct Eventual<D> {
     ready: Mutex<std::collections::HashSet<NodeId>>,
     /// The node's budget for handing copies over (`--rebalance-rate`).
     rate: Mutex<Option<Arc<crate::rate::RateLimit>>>,
+    /// The causal mode's stream and context, in that mode.
+    causal: Option<Arc<causal::Causal>>,
     /// Per peer, how far this replica is from the peer's: the buckets (of
     /// [`super::antientropy::BUCKETS`]) found differing in the last anti-entropy round this
     /// node started with it (0 when in sync).
@@ -324,7 +336,19 @@ impl<D: Datalet> Eventual<D> {
         let mut target = peers.to_vec();
         target.push(me);
         target.sort();
+        let causal = options.causal.then(|| {
+            let origin = causal::Origin {
+                node: me,
+                run: new_session(),
+            };
+            Arc::new(causal::Causal::new(
+                origin,
+                peers,
+                options.unsafe_skip_dependencies,
+            ))
+        });
         let node = Arc::new(Eventual {
+            causal: causal.clone(),
             target: Mutex::new(target),
             memory_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
             peers: peers_tx,
@@ -345,17 +369,24 @@ impl<D: Datalet> Eventual<D> {
             options,
             counters: counters.clone(),
         });
-        let propagator = Propagator {
-            transport: transport.clone(),
-            peers: peers.iter().map(|&p| (p, Hints::default())).collect(),
-            limit: hint_bytes,
-            counters,
-            members: peers_rx.clone(),
-        };
-        tokio::spawn(propagator.run(queue, shutdown.clone()));
         let (repairs, repair_queue) = mpsc::channel(REPAIR_QUEUE);
-        let repairer = Repairer::new(Arc::clone(&node), transport, peers_rx);
-        tokio::spawn(repairer.run(repair_queue, shutdown.clone()));
+        if let Some(causal) = causal {
+            // The stream replaces hints and anti-entropy: it loses nothing, and what it
+            // cannot give, a refill does.
+            drop((queue, repair_queue));
+            tokio::spawn(Arc::clone(&node).send_stream(causal, peers_rx, shutdown.clone()));
+        } else {
+            let propagator = Propagator {
+                transport: transport.clone(),
+                peers: peers.iter().map(|&p| (p, Hints::default())).collect(),
+                limit: hint_bytes,
+                counters,
+                members: peers_rx.clone(),
+            };
+            tokio::spawn(propagator.run(queue, shutdown.clone()));
+            let repairer = Repairer::new(Arc::clone(&node), transport, peers_rx);
+            tokio::spawn(repairer.run(repair_queue, shutdown.clone()));
+        }
         tokio::spawn(Arc::clone(&node).take_inbox(inbox, repairs, shutdown));
         node
     }
@@ -413,7 +444,9 @@ impl<D: Datalet> Eventual<D> {
         let sender = staying.or_else(|| before.iter().copied().min());
         let leaving = !target.contains(&me);
         let node = Arc::clone(self);
-        if sender == Some(me) && !new.is_empty() {
+        // In the causal mode a new member is sent refills by every member as soon as it is
+        // heard, so nothing is handed over here.
+        if sender == Some(me) && !new.is_empty() && self.causal.is_none() {
             tokio::spawn(async move {
                 for to in new {
                     node.hand_over(to).await;
@@ -646,22 +679,24 @@ impl<D: Datalet> Eventual<D> {
     /// does not bring it back. The tombstone is dated so that it is kept for
     /// [`EVICTION_TOMBSTONE_SECS`] (see there).
     async fn evict(&self, key: Bytes, version: Version, now: UnixSecs) -> Result<(), DataletError> {
-        let update = {
+        let ticket = self.begin().await;
+        let result = async {
             let _key = self.locks.lock(&key).await;
             let evict = Mutation::Evict { version };
             if self.datalet.apply(&key, evict, version, now).await? != Outcome::Deleted {
-                return Ok(());
+                return Ok(((), None));
             }
             let deleted_at = (now + EVICTION_TOMBSTONE_SECS).saturating_sub(self.grace_secs());
             self.remember_tombstone(&key, version, deleted_at, now);
-            Update::Deleted {
+            let update = Update::Deleted {
                 key,
                 version,
                 deleted_at,
-            }
-        };
-        self.send(update).await;
-        Ok(())
+            };
+            Ok(((), Some(update)))
+        }
+        .await;
+        self.finish(ticket, result).await
     }
 
     /// Evicts down to the memory limit, if this replica evicts and peers' updates took it
@@ -687,22 +722,55 @@ impl<D: Datalet> Eventual<D> {
         if grows > 0 && !self.make_room(grows, now).await? {
             return Err(DataletError::OutOfMemory);
         }
-        let (outcome, update) = {
+        let ticket = self.begin().await;
+        let result = async {
             let _key = self.locks.lock(key).await;
             match mutation {
-                Mutation::Touch { expiry } => self.touch(key, expiry, now).await?,
-                Mutation::Delete => self.delete(key, Mutation::Delete, now).await?,
+                Mutation::Touch { expiry } => self.touch(key, expiry, now).await,
+                Mutation::Delete => self.delete(key, Mutation::Delete, now).await,
                 Mutation::MetaDelete(d) if !d.invalidate => {
-                    self.delete(key, Mutation::MetaDelete(d), now).await?
+                    self.delete(key, Mutation::MetaDelete(d), now).await
                 }
-                Mutation::MetaGet(get) => self.fetch(key, get, now).await?,
-                other => self.store(key, other, now).await?,
+                Mutation::MetaGet(get) => self.fetch(key, get, now).await,
+                other => self.store(key, other, now).await,
             }
-        };
-        if let Some(update) = update {
-            self.send(update).await;
         }
-        Ok(outcome)
+        .await;
+        self.finish(ticket, result).await
+    }
+
+    /// In the causal mode, numbers the local write about to be made ([`causal::Causal::begin`]).
+    async fn begin(&self) -> Option<causal::Ticket> {
+        match &self.causal {
+            Some(causal) => Some(causal.begin().await),
+            None => None,
+        }
+    }
+
+    /// A local write is done: what it left goes to the peers (in the causal mode, into its
+    /// numbered place in the stream, an empty one if it failed or changed nothing).
+    async fn finish<T>(
+        &self,
+        ticket: Option<causal::Ticket>,
+        result: Result<(T, Option<Update>), DataletError>,
+    ) -> Result<T, DataletError> {
+        match (&self.causal, ticket) {
+            (Some(causal), Some(ticket)) => {
+                let (outcome, update) = match result {
+                    Ok((outcome, update)) => (Ok(outcome), update),
+                    Err(e) => (Err(e), None),
+                };
+                causal.end(ticket, update);
+                outcome
+            }
+            _ => {
+                let (outcome, update) = result?;
+                if let Some(update) = update {
+                    self.send(update).await;
+                }
+                Ok(outcome)
+            }
+        }
     }
 
     /// A client's write other than `touch` and `delete`, with the key locked; the item it
@@ -807,7 +875,8 @@ impl<D: Datalet> Eventual<D> {
     }
 
     pub async fn flush(&self, at: UnixSecs, now: UnixSecs) -> Result<(), DataletError> {
-        let flush = {
+        let ticket = self.begin().await;
+        let result = async {
             // Every write that took a version below the flush's is stored once the locks
             // are held, and every later one takes a version above it.
             let _all = self.locks.lock_all().await;
@@ -820,10 +889,10 @@ impl<D: Datalet> Eventual<D> {
                 }
             }
             self.flush_locked(at, now, version).await?;
-            flush
-        };
-        self.send(flush).await;
-        Ok(())
+            Ok(((), Some(flush)))
+        }
+        .await;
+        self.finish(ticket, result).await
     }
 
     /// Carries out a flush at `version`, made here or by a peer, with every key's lock held.

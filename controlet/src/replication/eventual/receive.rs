@@ -31,6 +31,14 @@ impl<D: Datalet> Eventual<D> {
                 () = shutdown.cancelled() => return,
             };
             let Some((from, event)) = batch else { return };
+            if let Some(causal) = self.causal.clone() {
+                let message = match event {
+                    Incoming::Message(m) => Some(m),
+                    Incoming::Gap => None,
+                };
+                self.take_causal(&causal, from, message).await;
+                continue;
+            }
             let message = match event {
                 Incoming::Message(Message::Updates(updates)) => {
                     self.receive_all(updates).await;

@@ -390,7 +390,12 @@ impl<D: Datalet> Repairer<D> {
                     self.repair(peer, updates, Vec::new());
                 }
             }
-            Message::Filled | Message::Offer | Message::Ready => {}
+            Message::Filled
+            | Message::Offer
+            | Message::Ready
+            | Message::CausalWrites { .. }
+            | Message::CausalAck { .. }
+            | Message::Refill { .. } => {}
         }
     }
 
