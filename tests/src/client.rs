@@ -221,6 +221,14 @@ pub struct McItem {
     pub cas: u64,
 }
 
+/// The causal token a meta reply's words end with (`Z<token>`).
+fn causal_token(words: &[&str]) -> Option<String> {
+    words
+        .last()
+        .and_then(|w| w.strip_prefix('Z'))
+        .map(str::to_string)
+}
+
 /// A blocking memcached text-protocol client with a deadline on every request. After any
 /// [`Failure`] the connection's state is unknown: drop it and connect again.
 pub struct McConn {
@@ -350,6 +358,61 @@ impl McConn {
             }
             value.truncate(len);
             items.insert(words[1].to_string(), McItem { value, flags, cas });
+        }
+    }
+
+    /// `mg <key> v Z[<token>]` (the causal mode): [`OpResult::Hit`] or [`OpResult::Miss`], and
+    /// the node's causal token after the read. With `token`, the node first waits until it
+    /// shows what the token covers (or refuses, a [`Failure::ServerError`]).
+    pub fn get_causal(
+        &mut self,
+        key: &str,
+        token: Option<&str>,
+    ) -> Result<(OpResult, String), Failure> {
+        let request = format!("mg {key} v Z{}\r\n", token.unwrap_or(""));
+        let deadline = self.send(request.as_bytes())?;
+        let line = self.read_line(deadline)?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let bad = || Failure::Unexpected(format!("mg {key}: {text:?}"));
+        if text.starts_with("SERVER_ERROR") {
+            return Err(server_error(&line));
+        }
+        let words: Vec<&str> = text.split(' ').collect();
+        let token = causal_token(&words).ok_or_else(bad)?;
+        match words[0] {
+            "EN" => Ok((OpResult::Miss, token)),
+            "VA" => {
+                let len: usize = words.get(1).and_then(|n| n.parse().ok()).ok_or_else(bad)?;
+                let mut value = self.read_exact(len + 2, deadline)?;
+                value.truncate(len);
+                Ok((OpResult::Hit(crate::checker::Value(value)), token))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// `ms <key> <len> Z[<token>]` (the causal mode): [`OpResult::Stored`] and the node's
+    /// causal token after the write, which covers it.
+    pub fn set_causal(
+        &mut self,
+        key: &str,
+        value: &[u8],
+        token: Option<&str>,
+    ) -> Result<(OpResult, String), Failure> {
+        let mut request =
+            format!("ms {key} {} Z{}\r\n", value.len(), token.unwrap_or("")).into_bytes();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n");
+        let deadline = self.send(&request)?;
+        let line = self.read_line(deadline)?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        if text.starts_with("SERVER_ERROR") {
+            return Err(server_error(&line));
+        }
+        let words: Vec<&str> = text.split(' ').collect();
+        match (words[0], causal_token(&words)) {
+            ("HD", Some(token)) => Ok((OpResult::Stored, token)),
+            _ => Err(Failure::Unexpected(format!("ms {key}: {text:?}"))),
         }
     }
 

@@ -33,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 use tailorkv_tests::checker::{
-    check_converged, check_converged_evicting, check_linearizable, check_sequential,
+    check_causal, check_converged, check_converged_evicting, check_linearizable, check_sequential,
     check_write_order, Budget, History, Op, OpKind, OpResult, Recorder, ReplicaState,
     SequentialVerdict, Value, Write,
 };
@@ -44,6 +44,7 @@ use tailorkv_tests::workload::{learn_version, recorded, Workload, WorkloadConfig
 const LIN: &str = "linearizable";
 const SEQ: &str = "sequential";
 const EVENTUAL: &str = "eventual";
+const CAUSAL: &str = "causal";
 
 /// How soon after a fault writes through the majority must be acknowledged again.
 const RESUME_WITHIN: Duration = Duration::from_secs(2);
@@ -414,6 +415,12 @@ impl Run {
                 if let Err(divergence) = converged {
                     panic!("{divergence}\n{}", self.context());
                 }
+            }
+            CAUSAL => {
+                let started = Instant::now();
+                let verdict = check_causal(&history);
+                eprintln!("causality checked in {:?}", started.elapsed());
+                assert!(verdict.is_consistent(), "{verdict}\n{}", self.context());
             }
             other => unreachable!("mode {other}"),
         }
@@ -1190,7 +1197,7 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
                 std::thread::sleep(hold);
                 run.cluster.restart(a);
                 run.cluster.restart(b);
-                if mode != EVENTUAL {
+                if mode != EVENTUAL && mode != CAUSAL {
                     run.cluster.force_quorum(6 - a - b);
                 }
             }
@@ -1206,8 +1213,10 @@ fn nemesis(mode: &'static str, disk: bool, value_size: usize) {
             Some(slowest),
             &format!("fault={fault:?} {}", run.tags()),
         );
-        if mode == EVENTUAL && matches!(fault, Fault::Kill(_) | Fault::MajorityKill(..)) {
-            // A node restarted empty serves at once and is refilled by anti-entropy. Until it
+        let weak = mode == EVENTUAL || mode == CAUSAL;
+        if weak && matches!(fault, Fault::Kill(_) | Fault::MajorityKill(..)) {
+            // A node restarted empty serves at once and is refilled (by anti-entropy, or the
+            // causal mode's refills). Until it
             // is, the data it lost lives on the others only, and the next fault could take
             // every copy: so the next fault waits for the refill, which must come within
             // CATCH_UP_WITHIN.
@@ -1388,6 +1397,11 @@ fn nemesis_sequential() {
 #[test]
 fn nemesis_eventual_large_values() {
     nemesis(EVENTUAL, false, 5_000);
+}
+
+#[test]
+fn nemesis_causal() {
+    nemesis(CAUSAL, false, 0);
 }
 
 // ---------------------------------------------------------------------------------------

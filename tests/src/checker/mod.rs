@@ -8,6 +8,7 @@
 //! | linearizable | [`check_linearizable`] | is there one order of all ops, within their real-time intervals, that explains every answer? |
 //! | sequential | [`check_write_order`] | is there one order of each key's writes that no client ever goes back in? |
 //! | sequential (small runs) | [`check_sequential`] | is there one order per key that keeps each client's order and explains every answer? |
+//! | causal | [`check_causal`] | does every read return what its causal past (session order and reads-from) allows? |
 //! | eventual | [`check_converged`] | do all replicas hold the same items, each key its highest-version write? |
 //!
 //! A store that evicts ([`History::allow_evictions`], [`check_converged_evicting`]) may make any
@@ -49,6 +50,8 @@
 //! - `shrink.rs`, `explanation.rs`: shrinking a failure to a small core, and reporting it.
 //! - `sequential.rs`: the write-order check of the sequential mode.
 //! - `sequential_search.rs`: exhaustive per-key sequential consistency, for small histories.
+//! - `causal.rs`, `causal_graph.rs`: the causal check, on a happens-before graph with a
+//!   vector clock per op.
 //! - `convergence.rs`: the eventual mode's final-state check.
 //! - `tests/`: known-good and known-bad histories, randomized histories, timings.
 //!
@@ -74,6 +77,8 @@
 //! ```
 
 mod budget;
+mod causal;
+mod causal_graph;
 mod convergence;
 mod entry_list;
 mod explanation;
@@ -93,6 +98,9 @@ mod wgl;
 mod tests;
 
 pub use budget::{Budget, UnknownReason};
+pub use causal::{
+    check_causal, CausalLink, CausalStep, CausalVerdict, CausalViolation, Unsupported,
+};
 pub use convergence::{
     check_converged, check_converged_evicting, Divergence, Held, ReplicaState, Write,
 };

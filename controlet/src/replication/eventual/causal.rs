@@ -18,7 +18,10 @@
 //! state, read while no write is half done (the gate below), with the context it covers;
 //! the receiver merges it as one step, by version, while it answers nothing, and takes the
 //! stream again after the context. A union of causally closed states is causally closed, so
-//! the merge keeps the guarantee.
+//! the merge keeps the guarantee. A node restarted on a store that kept its items (disk)
+//! counts them as the first write of its new run, which only a refill carries: every peer is
+//! sent one, and what a peer writes after merging it depends on it, so no third replica shows
+//! such a write before those items.
 //!
 //! A client's session is its connection, bound to one node. A client moving between nodes
 //! carries a [`Context`] as a token (the meta protocol's `Z` flag): a node serves a request
@@ -269,13 +272,23 @@ pub struct Causal {
 }
 
 impl Causal {
-    pub fn new(me: Origin, peers: &[NodeId], skip_dependencies: bool) -> Self {
+    /// The causal side of a replica that starts as run `me`, streaming to `peers`.
+    /// `restored`: the store holds items from before (a disk store reopened), which no
+    /// context names: they count as this run's first write, which no log holds, so every
+    /// peer is sent a refill of them, and every write made after it there depends on it.
+    pub fn new(me: Origin, peers: &[NodeId], skip_dependencies: bool, restored: bool) -> Self {
         let now = Instant::now();
-        let state = State {
+        let mut state = State {
             log_start: 1,
             streams: peers.iter().map(|&p| (p, Stream::new(now))).collect(),
             ..State::default()
         };
+        if restored {
+            state.last_seq = 1;
+            state.log_start = 2;
+            state.claimed.raise(me, 1);
+            state.visible.raise(me, 1);
+        }
         Causal {
             me,
             state: Mutex::new(state),
@@ -520,9 +533,15 @@ impl Causal {
             stream.acked = seq;
             stream.progress = now;
             stream.next = stream.next.max(seq + 1);
-            if stream.refill_sent.is_some_and(|(upto, _)| seq >= upto) {
-                stream.refill_sent = None;
-            }
+        }
+        if stream
+            .refill_sent
+            .is_some_and(|(upto, _)| stream.acked >= upto)
+        {
+            // The refill is merged there (it covers no more of this stream than the peer
+            // now shows).
+            stream.refill_sent = None;
+            stream.progress = now;
         }
         if resend && stream.refill_sent.is_none() {
             stream.next = stream.acked + 1;

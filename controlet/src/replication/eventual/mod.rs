@@ -341,10 +341,12 @@ impl<D: Datalet> Eventual<D> {
                 node: me,
                 run: new_session(),
             };
+            let restored = datalet.stats().curr_items > 0;
             Arc::new(causal::Causal::new(
                 origin,
                 peers,
                 options.unsafe_skip_dependencies,
+                restored,
             ))
         });
         let node = Arc::new(Eventual {

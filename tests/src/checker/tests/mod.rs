@@ -5,6 +5,10 @@
 //! Hand-written histories use [`Script`]: ops on the current key (`"k"` unless
 //! [`Script::key`] switched it), each with its client and `(invoked, completed)` times.
 
+mod causal;
+mod causal_random;
+mod causal_reference;
+mod causal_sim;
 mod convergence;
 mod gen;
 mod linearizable;

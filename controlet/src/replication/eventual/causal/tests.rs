@@ -27,7 +27,7 @@ fn origin(node: NodeId) -> Origin {
 
 fn node(me: NodeId, skip: bool) -> Causal {
     let peers: Vec<NodeId> = [A, B, C].into_iter().filter(|&n| n != me).collect();
-    Causal::new(origin(me), &peers, skip)
+    Causal::new(origin(me), &peers, skip, false)
 }
 
 /// A local write on `n`, done at once; the write as its stream carries it.
@@ -253,4 +253,43 @@ async fn reach_waits_for_the_context_and_gives_up_in_time() {
     b.receive(A, 7, vec![wx]);
     show(&b);
     assert!(waiter.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_store_kept_from_before_is_the_first_write_and_only_a_refill_carries_it() {
+    let peers = [B, C];
+    let a = Causal::new(origin(A), &peers, false, true);
+    assert_eq!(a.visible().get(origin(A)), 1);
+    // Every peer needs it, even before it is heard from.
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+    let kept = a.visible();
+    let w = write(&a, "k", 10).await;
+    assert_eq!(w.seq, 2);
+    // A peer's write made after merging a refill of it depends on it.
+    let b = node(B, false);
+    b.merged(A, 7, &kept);
+    let wb = write(&b, "j", 11).await;
+    assert_eq!(wb.deps.get(origin(A)), 1);
+}
+
+#[tokio::test]
+async fn a_merged_refill_lets_the_stream_resend_again() {
+    let a = node(A, false);
+    a.ack(B, 5, 7, 0, false);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+    a.refill_sent(B, 0);
+    // B merged it: its acknowledgement shows nothing new of the stream, yet the refill is
+    // done, and a loss it reports is resent at once.
+    a.ack(B, 5, 7, 0, false);
+    write(&a, "k", 10).await;
+    match a.next_for(B, 10, usize::MAX) {
+        Next::Send(w) => a.sent(B, w.last().unwrap().seq),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Nothing);
+    a.ack(B, 5, 7, 0, true);
+    match a.next_for(B, 10, usize::MAX) {
+        Next::Send(w) => assert_eq!(w[0].seq, 1),
+        other => panic!("resend after a reported loss: {other:?}"),
+    }
 }
