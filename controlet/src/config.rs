@@ -270,6 +270,21 @@ pub struct Config {
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub fault_peer_delay_ms: u64,
 
+    /// Eventual mode: replicas a read asks, the node asked included (R of Dynamo's N, R, W;
+    /// N is `--replicas`). The newest entry among them is returned, and those that answered
+    /// older are repaired. 1: the node's own replica only. With R + W > N a read never
+    /// misses a write acknowledged before it began, whichever N - W replicas are down. A
+    /// read whose quorum does not answer within 1 s is refused.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub read_quorum: u16,
+
+    /// Eventual mode: replicas that hold a client's write before it is acknowledged, the node
+    /// asked included (W). 1: acknowledged once stored on the node asked. A write whose
+    /// quorum does not answer within 1 s is refused (`SERVER_ERROR`); it stays where it was
+    /// stored and may still spread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub write_quorum: u16,
+
     /// Tests only, never from the command line: serve linearizable reads from the local
     /// replica. This is the classic bug of total-order systems, planted so the tests can show
     /// the checker catches it.

@@ -207,7 +207,11 @@ impl<D: Datalet> Local<D> {
                     let _shared = causal.read_gate().await;
                     Ok(local().await?)
                 }
-                None => Ok(local().await?),
+                None => {
+                    // With a read quorum, the newest entry of R replicas is stored here first.
+                    e.read_quorum(key).await?;
+                    Ok(local().await?)
+                }
             },
             Mode::Single(_) => Ok(local().await?),
         }
@@ -581,6 +585,17 @@ pub struct RepairCounts {
     pub hints_dropped: u64,
     pub hints_pending: u64,
     pub tombstones: u64,
+    /// Concurrent writes of a key found by version vectors (quorum writes).
+    pub conflicts: u64,
+    /// Replicas repaired after answering a quorum read with an older entry.
+    pub read_repairs: u64,
+    /// Reads and writes refused for want of a quorum.
+    pub quorum_refused: u64,
+    /// Causal mode: peers' writes waiting for what they depend on.
+    pub causal_pending: u64,
+    /// Causal mode: refills sent and merged.
+    pub causal_refills_sent: u64,
+    pub causal_refills_merged: u64,
 }
 
 impl<D: Datalet> Engine<D> {
@@ -1023,6 +1038,17 @@ impl<D: Datalet> Engine<D> {
                 s.hints_dropped += e.hints_dropped();
                 s.hints_pending += e.hints_pending();
                 s.tombstones += e.tombstones() as u64;
+                if let Some(q) = e.quorums() {
+                    s.conflicts += q.conflicts();
+                    s.read_repairs += q.read_repairs();
+                    s.quorum_refused += q.refused();
+                }
+                if let Some(c) = e.causal() {
+                    let c = c.stats();
+                    s.causal_pending += c.pending as u64;
+                    s.causal_refills_sent += c.refills_sent;
+                    s.causal_refills_merged += c.refills_merged;
+                }
             }
         }
         sum

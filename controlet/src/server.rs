@@ -164,6 +164,26 @@ pub async fn run_configured(
     let clock = Arc::new(SystemClock);
     // A node that joins learns the groups later: it keeps each in a directory of its own.
     let sharded = config.join.is_some() || placement(&config)?.groups().count() > 1;
+    let quorums = config.read_quorum > 1 || config.write_quorum > 1;
+    if quorums && (config.consistency != Consistency::Eventual || !config.is_cluster()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--read-quorum and --write-quorum are for clusters in the eventual mode",
+        ));
+    }
+    if quorums && config.join.is_none() {
+        let replicas = placement(&config)?.replicas();
+        let most = usize::from(config.read_quorum.max(config.write_quorum));
+        if most > replicas {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "--read-quorum and --write-quorum must be at most the copies of each key \
+                     (--replicas, {replicas} here)"
+                ),
+            ));
+        }
+    }
     if sharded && config.consistency == Consistency::Causal {
         // Dependencies are tracked within one replica group: across groups, a write could
         // be shown before one in another group it depends on.
@@ -581,6 +601,8 @@ async fn cluster_node<D: Datalet, M: Datalet>(
                     evict: config.evicts(),
                     causal: config.consistency == Consistency::Causal,
                     unsafe_skip_dependencies: config.unsafe_causal_skip_dependencies,
+                    read_quorum: usize::from(config.read_quorum),
+                    write_quorum: usize::from(config.write_quorum),
                     ..EventualOptions::default()
                 },
                 rebalance_rate: rebalance.clone(),

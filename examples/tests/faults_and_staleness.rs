@@ -38,6 +38,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(mode: &str, faults: Option<&str>) -> Cluster {
+        Self::start_with(mode, faults, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` flags for every node.
+    fn start_with(mode: &str, faults: Option<&str>, extra: &[&str]) -> Cluster {
         binary("controlet"); // `cluster` starts the one next to it
         let (client_port, peer_port) = (free_ports(3), free_ports(3));
         let mut command = Command::new(binary("cluster"));
@@ -49,6 +54,9 @@ impl Cluster {
             .stderr(Stdio::null());
         if let Some(faults) = faults {
             command.args(["--faults", faults]);
+        }
+        if !extra.is_empty() {
+            command.arg("--").args(extra);
         }
         let mut child = command.spawn().expect("start cluster");
         let stdout = child.stdout.take().unwrap();
@@ -195,6 +203,28 @@ fn injected_latency_shows_in_stale_reads_of_eventual_mode_and_never_in_lineariza
     assert_no_errors(&report);
     assert_eq!(points(&report), vec![(0, 20, 0)], "{report}");
     linearizable.stop();
+}
+
+/// Quorums in the eventual mode, N = 3, with 30 ms on every peer link: R = W = 2 (R + W > N)
+/// pays a round trip in each write and read and shows no stale read, where R = W = 1 (the
+/// test above) shows most reads right after a write stale.
+#[test]
+fn quorums_over_n_show_no_stale_read_under_latency() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let quorum = Cluster::start_with(
+        "eventual",
+        Some("latency=30ms"),
+        &["--read-quorum", "2", "--write-quorum", "2"],
+    );
+    let slow = set_ms(&quorum);
+    assert!(
+        slow >= 55.0,
+        "a write with W = 2 took {slow} ms with 30 ms each way on every peer link"
+    );
+    let report = observe(&quorum, 20, "0");
+    assert_no_errors(&report);
+    assert_eq!(points(&report), vec![(0, 20, 0)], "{report}");
+    quorum.stop();
 }
 
 /// `crash-every` kills each node in turn and restarts it; the cluster keeps its data and

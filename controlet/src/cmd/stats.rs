@@ -146,6 +146,12 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         s(out, "hints_dropped", e.hints_dropped);
         s(out, "hints_pending", e.hints_pending);
         s(out, "tombstones", e.tombstones);
+        s(out, "eventual_conflicts", e.conflicts);
+        s(out, "quorum_read_repairs", e.read_repairs);
+        s(out, "quorum_refused", e.quorum_refused);
+        s(out, "causal_pending", e.causal_pending);
+        s(out, "causal_refills_sent", e.causal_refills_sent);
+        s(out, "causal_refills_merged", e.causal_refills_merged);
     }
     let groups = ctx.engine.cluster_health();
     // The node as a whole: as ready as its least ready group.

@@ -16,6 +16,8 @@ use super::{Eventual, Message, Update, BATCH, MESSAGE_BYTES};
 /// How long a refill waits for room in a peer's queue before it is given up and tried again
 /// later (the peer is down or cut off).
 const REFILL_PATIENCE: Duration = Duration::from_secs(5);
+/// How often tombstones past their grace period are dropped.
+const TOMBSTONE_SWEEP: Duration = Duration::from_secs(10);
 /// How often the stream task looks for work when nothing woke it.
 const STREAM_TICK: Duration = Duration::from_millis(5);
 
@@ -34,6 +36,7 @@ impl<D: Datalet> Eventual<D> {
         shutdown: CancellationToken,
     ) {
         let mut heartbeat = Instant::now();
+        let mut collected = Instant::now();
         loop {
             tokio::select! {
                 () = causal.wake.notified() => {}
@@ -42,6 +45,11 @@ impl<D: Datalet> Eventual<D> {
             }
             if peers.has_changed().unwrap_or(false) {
                 causal.set_peers(&peers.borrow_and_update());
+            }
+            if collected.elapsed() >= TOMBSTONE_SWEEP {
+                // (The eventual mode's anti-entropy rounds do this; the causal mode has none.)
+                collected = Instant::now();
+                self.collect_tombstones(self.clock_source.now());
             }
             let peers_now = peers.borrow().clone();
             let beat = heartbeat.elapsed() >= ACK_EVERY;

@@ -6,6 +6,7 @@ use tailorkv_common::{Expiry, Ts, UnixSecs, Version};
 use tailorkv_datalet::Marks;
 
 use super::causal::{Context, Write};
+use super::quorum::VersionVector;
 use crate::replication::antientropy::Entry;
 
 /// One replicated change: the item a write left, a delete's tombstone, or a flush.
@@ -45,6 +46,14 @@ impl Update {
             Update::Item { version, .. }
             | Update::Deleted { version, .. }
             | Update::Flush { version, .. } => *version,
+        }
+    }
+
+    /// The key it changes (none for a flush).
+    pub(super) fn key(&self) -> Option<&Bytes> {
+        match self {
+            Update::Item { key, .. } | Update::Deleted { key, .. } => Some(key),
+            Update::Flush { .. } => None,
         }
     }
 
@@ -91,6 +100,19 @@ pub enum Message {
     Offer,
     /// The answer to an [`Message::Offer`]: the group is running here, send the copy.
     Ready,
+    /// A client's write for a quorum (`--write-quorum`): the receiver applies it as an update
+    /// and answers [`Message::QuorumAck`]; `clock` is the key's version vector.
+    QuorumWrite {
+        id: u64,
+        update: Update,
+        clock: VersionVector,
+    },
+    /// Write `id` is held here.
+    QuorumAck { id: u64 },
+    /// A read's quorum (`--read-quorum`): what does the receiver hold for `key`?
+    QuorumRead { id: u64, key: Bytes },
+    /// The answer to read `id`: the item or tombstone held, if any.
+    QuorumEntry { id: u64, entry: Option<Update> },
     /// Causal mode: writes of the sender's stream (its run `run`), in order.
     CausalWrites { run: u64, writes: Vec<Write> },
     /// Causal mode: the sender (its run `run`) shows the receiver's writes of run `of` up
@@ -135,7 +157,14 @@ impl crate::weigh::Weigh for Message {
                 context,
                 ..
             } => updates(u) + 24 * context.len(),
-            Message::Filled | Message::Offer | Message::Ready | Message::CausalAck { .. } => 0,
+            Message::QuorumWrite { update, clock, .. } => update.size() + 10 * clock.len(),
+            Message::QuorumRead { key, .. } => key.len(),
+            Message::QuorumEntry { entry, .. } => entry.as_ref().map_or(0, Update::size),
+            Message::Filled
+            | Message::Offer
+            | Message::Ready
+            | Message::CausalAck { .. }
+            | Message::QuorumAck { .. } => 0,
         };
         data + 16
     }

@@ -41,6 +41,7 @@ pub mod causal;
 mod causal_io;
 mod message;
 mod propagate;
+pub mod quorum;
 mod receive;
 mod repair;
 #[cfg(test)]
@@ -135,6 +136,11 @@ pub struct EventualOptions {
     /// Tests only: in the causal mode, make peers' writes visible without waiting for their
     /// dependencies (the bug the causal checker must catch).
     pub unsafe_skip_dependencies: bool,
+    /// Replicas a read asks, this one included (`--read-quorum`, R); 1: this one only.
+    pub read_quorum: usize,
+    /// Replicas that hold a client's write before it is acknowledged, this one included
+    /// (`--write-quorum`, W); 1: this one only.
+    pub write_quorum: usize,
 }
 
 /// The largest frame an eventual-mode link carries for items up to `item_size_max`: a batch
@@ -153,6 +159,8 @@ impl Default for EventualOptions {
             evict: false,
             causal: false,
             unsafe_skip_dependencies: false,
+            read_quorum: 1,
+            write_quorum: 1,
         }
     }
 }
@@ -242,6 +250,8 @@ pub struct Eventual<D> {
     rate: Mutex<Option<Arc<crate::rate::RateLimit>>>,
     /// The causal mode's stream and context, in that mode.
     causal: Option<Arc<causal::Causal>>,
+    /// Read and write quorums, when either is above 1.
+    quorums: Option<quorum::Quorums>,
     /// Per peer, how far this replica is from the peer's: the buckets (of
     /// [`super::antientropy::BUCKETS`]) found differing in the last anti-entropy round this
     /// node started with it (0 when in sync).
@@ -349,7 +359,10 @@ impl<D: Datalet> Eventual<D> {
                 restored,
             ))
         });
+        let quorums = (options.read_quorum > 1 || options.write_quorum > 1)
+            .then(|| quorum::Quorums::new(options.read_quorum, options.write_quorum));
         let node = Arc::new(Eventual {
+            quorums,
             causal: causal.clone(),
             target: Mutex::new(target),
             memory_limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
@@ -719,10 +732,10 @@ impl<D: Datalet> Eventual<D> {
         key: &Bytes,
         mutation: Mutation,
         now: UnixSecs,
-    ) -> Result<Outcome, DataletError> {
+    ) -> Result<Outcome, crate::error::Error> {
         let grows = mutation.growth(key);
         if grows > 0 && !self.make_room(grows, now).await? {
-            return Err(DataletError::OutOfMemory);
+            return Err(DataletError::OutOfMemory.into());
         }
         let ticket = self.begin().await;
         let result = async {
@@ -738,7 +751,15 @@ impl<D: Datalet> Eventual<D> {
             }
         }
         .await;
-        self.finish(ticket, result).await
+        if ticket.is_none() && self.quorums.as_ref().is_some_and(|q| q.write > 1) {
+            // Acknowledged once W replicas hold it.
+            let (outcome, update) = result?;
+            if let Some(update) = update {
+                self.write_quorum(key, update).await?;
+            }
+            return Ok(outcome);
+        }
+        Ok(self.finish(ticket, result).await?)
     }
 
     /// In the causal mode, numbers the local write about to be made ([`causal::Causal::begin`]).

@@ -40,6 +40,15 @@ impl<D: Datalet> Eventual<D> {
                 continue;
             }
             let message = match event {
+                Incoming::Message(
+                    m @ (Message::QuorumWrite { .. }
+                    | Message::QuorumAck { .. }
+                    | Message::QuorumRead { .. }
+                    | Message::QuorumEntry { .. }),
+                ) => {
+                    self.take_quorum(from, m).await;
+                    continue;
+                }
                 Incoming::Message(Message::Updates(updates)) => {
                     self.receive_all(updates).await;
                     self.evict_to_limit().await;

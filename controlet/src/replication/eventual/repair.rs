@@ -26,7 +26,7 @@ use crate::shard::mux::GroupLink;
 
 impl<D: Datalet> Eventual<D> {
     /// Drops tombstones past their grace period.
-    fn collect_tombstones(&self, now: UnixSecs) {
+    pub(super) fn collect_tombstones(&self, now: UnixSecs) {
         self.tombstones
             .lock()
             .unwrap()
@@ -79,7 +79,7 @@ impl<D: Datalet> Eventual<D> {
 
     /// What this replica holds for `key` now, as an update: its item or its tombstone,
     /// whichever is newer.
-    async fn current(&self, key: &Bytes) -> Result<Option<Update>, DataletError> {
+    pub(super) async fn current(&self, key: &Bytes) -> Result<Option<Update>, DataletError> {
         let now = self.clock_source.now();
         let stone = self
             .tombstones
@@ -395,7 +395,11 @@ impl<D: Datalet> Repairer<D> {
             | Message::Ready
             | Message::CausalWrites { .. }
             | Message::CausalAck { .. }
-            | Message::Refill { .. } => {}
+            | Message::Refill { .. }
+            | Message::QuorumWrite { .. }
+            | Message::QuorumAck { .. }
+            | Message::QuorumRead { .. }
+            | Message::QuorumEntry { .. } => {}
         }
     }
 
