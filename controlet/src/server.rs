@@ -696,6 +696,10 @@ where
         shutdown.clone(),
     );
     let groups = Groups::default();
+    if config.consistency == Consistency::Eventual && config.write_quorum > 1 {
+        // Any node may stand in for a member of a group that did not answer a quorum write.
+        groups.stand_in_with(mux::StandIn::start(transport.clone(), shutdown.clone()));
+    }
     let meta_groups = Groups::<PeerMsg>::default();
     let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
     let (joins, mut join_answers) = tokio::sync::mpsc::unbounded_channel();

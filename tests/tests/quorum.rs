@@ -22,6 +22,26 @@ fn hit(v: &str) -> OpResult {
     OpResult::Hit(v.into())
 }
 
+/// Node `i`'s log, without terminal colours.
+fn plain_log(cluster: &ProcCluster, i: usize) -> String {
+    let raw = std::fs::read_to_string(cluster.log_path(i)).unwrap();
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An escape sequence: up to its final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn stat(addr: SocketAddr, name: &str) -> u64 {
     let stats = connect(addr).stats().unwrap();
     stats
@@ -214,4 +234,66 @@ fn concurrent_writes_are_found_counted_and_settled_alike_everywhere() {
         values.iter().all(|v| v == &values[0]),
         "replicas settled differently: {values:?}"
     );
+}
+
+#[test]
+fn a_node_outside_the_group_stands_in_for_owners_that_are_down_and_hands_their_writes_back() {
+    use tailorkv_common::NodeId;
+    use tailorkv_controlet::placement::{partition_of, Placement};
+    // 4 nodes, 3 copies of each key, W = 2: a key's owners are 3 of the 4 nodes.
+    let mut cluster =
+        ProcCluster::start(4, "eventual", &["--replicas", "3", "--write-quorum", "2"]);
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let placement = Placement::new(&ids, 3);
+    let key = "sloppy";
+    let owners: Vec<usize> = placement
+        .owners(partition_of(key.as_bytes()))
+        .iter()
+        .map(|n| usize::from(n.0))
+        .collect();
+    let outside = (1..=4).find(|n| !owners.contains(n)).unwrap();
+    let (through, down) = (owners[0], &owners[1..]);
+    assert_eq!(
+        connect(cluster.addr(through)).set(key, b"before").unwrap(),
+        OpResult::Stored
+    );
+    for &n in down {
+        cluster.kill(n);
+    }
+    // Two of three owners down: a strict quorum of 2 cannot be had; the node outside the
+    // group stands in (it holds the write for both, and counts once).
+    let mut c = connect(cluster.addr(through));
+    assert_eq!(c.set(key, b"while-down").unwrap(), OpResult::Stored);
+    let log = plain_log(&cluster, outside);
+    assert!(
+        log.contains("holding writes for a node that did not answer"),
+        "node {outside} took no write to hold:\n{log}"
+    );
+    // The owners come back empty (memory stores): the held write is handed back to them.
+    for &n in down {
+        cluster.restart(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = plain_log(&cluster, outside);
+        let handed = down
+            .iter()
+            .all(|n| log.contains(&format!("held writes handed back owner={n}")));
+        if handed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {outside} did not hand the held writes back to {down:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for &n in down {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut c = connect(cluster.addr(n));
+        while c.get(key).unwrap() != hit("while-down") {
+            assert!(Instant::now() < deadline, "owner {n} never got the write");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

@@ -34,6 +34,15 @@ pub enum Wire<M> {
     Join(crate::membership::JoinMsg),
     /// A message of the metadata group's order, whatever the data groups' protocol.
     Meta(crate::replication::PeerMsg),
+    /// Sloppy quorum: a write of `group` for its member `owner`, which did not answer,
+    /// given to a node outside the group to hold. The receiver answers `ack` to the sender
+    /// (as `group`'s message) at once, and hands `message` to `owner` once it can reach it.
+    Hold {
+        group: GroupId,
+        owner: NodeId,
+        message: M,
+        ack: M,
+    },
 }
 
 impl<M: Weigh> Weigh for Wire<M> {
@@ -43,6 +52,7 @@ impl<M: Weigh> Weigh for Wire<M> {
             Wire::Forward(forwarded) => forwarded.weight(),
             Wire::Join(join) => join.weight(),
             Wire::Meta(message) => message.weight() + 4,
+            Wire::Hold { message, ack, .. } => message.weight() + ack.weight() + 8,
         }
     }
 }
@@ -97,6 +107,33 @@ where
     /// [`Transport::queue_bytes`].
     pub fn queue_bytes(&self) -> usize {
         self.transport.queue_bytes()
+    }
+
+    /// Gives `to`, a node outside the group, `message` to hold for `owner` (sloppy quorum);
+    /// `to` answers `ack` at once. A message the queue cannot take is given back.
+    pub fn hold(&self, to: NodeId, owner: NodeId, message: M, ack: M) -> Result<(), M> {
+        let wire = Wire::Hold {
+            group: self.group,
+            owner,
+            message,
+            ack,
+        };
+        self.transport
+            .try_send(to, wire)
+            .map_err(|wire| match wire {
+                Wire::Hold { message, .. } => message,
+                _ => unreachable!("given back as it was given"),
+            })
+    }
+
+    /// Every node of the cluster this node has a link to.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.transport.peers()
+    }
+
+    /// Whether this node holds a connection to `to` now.
+    pub fn is_up(&self, to: NodeId) -> bool {
+        self.transport.is_up(to)
     }
 
     /// [`Transport::dropped`]: `to` sees a gap, which it reports to every group it shares
@@ -189,6 +226,8 @@ impl<M> GroupInbox<M> {
 /// removed while the node serves (a membership change).
 pub struct Groups<M> {
     groups: std::sync::Arc<std::sync::Mutex<GroupMap<M>>>,
+    /// Writes this node holds for members of groups it may not hold (sloppy quorum).
+    held: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<StandIn<M>>>>>,
 }
 
 type GroupMap<M> = BTreeMap<GroupId, (Vec<NodeId>, mpsc::UnboundedSender<Queued<M>>)>;
@@ -197,6 +236,7 @@ impl<M> Default for Groups<M> {
     fn default() -> Self {
         Groups {
             groups: std::sync::Arc::default(),
+            held: std::sync::Arc::default(),
         }
     }
 }
@@ -205,6 +245,7 @@ impl<M> Clone for Groups<M> {
     fn clone(&self) -> Self {
         Groups {
             groups: std::sync::Arc::clone(&self.groups),
+            held: std::sync::Arc::clone(&self.held),
         }
     }
 }
@@ -228,19 +269,182 @@ impl<M> Groups<M> {
     pub fn remove(&self, group: GroupId) {
         self.groups.lock().unwrap().remove(&group);
     }
+
+    /// This node holds writes for other nodes (sloppy quorum) with `held`.
+    pub fn stand_in_with(&self, held: std::sync::Arc<StandIn<M>>) {
+        *self.held.lock().unwrap() = Some(held);
+    }
+
+    /// What holds writes for other nodes here, if anything does.
+    pub fn stand_in(&self) -> Option<std::sync::Arc<StandIn<M>>> {
+        self.held.lock().unwrap().clone()
+    }
+}
+
+/// Bytes of writes held for other nodes, at most; past it, more are refused (not answered,
+/// so they do not count for a quorum).
+pub const HELD_BYTES: usize = 64 << 20;
+/// How often held writes are offered to their owners.
+const HAND_BACK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes this node holds for members of groups that did not answer (hinted handoff): each
+/// goes to its owner, as the group's message, as soon as this node has a connection to it.
+pub struct StandIn<M> {
+    transport: Transport<Wire<M>>,
+    writes: std::sync::Mutex<HeldWrites<M>>,
+    /// Writes taken to hold, and handed back, since the start.
+    pub taken: std::sync::atomic::AtomicU64,
+    pub handed_back: std::sync::atomic::AtomicU64,
+}
+
+struct HeldWrites<M> {
+    by_owner: BTreeMap<NodeId, Vec<(GroupId, M)>>,
+    bytes: usize,
+}
+
+impl<M> StandIn<M>
+where
+    M: Serialize + serde::de::DeserializeOwned + Weigh + Send + 'static,
+{
+    /// Holds writes with `transport`, handing them back until `shutdown`.
+    pub fn start(
+        transport: Transport<Wire<M>>,
+        shutdown: CancellationToken,
+    ) -> std::sync::Arc<Self> {
+        let held = std::sync::Arc::new(StandIn {
+            transport,
+            writes: std::sync::Mutex::new(HeldWrites {
+                by_owner: BTreeMap::new(),
+                bytes: 0,
+            }),
+            taken: Default::default(),
+            handed_back: Default::default(),
+        });
+        let task = std::sync::Arc::clone(&held);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(HAND_BACK_EVERY) => task.hand_back(),
+                    () = shutdown.cancelled() => return,
+                }
+            }
+        });
+        held
+    }
+
+    /// Takes `message` for `owner` from `from` and answers `ack`; unless over [`HELD_BYTES`].
+    fn take(&self, from: NodeId, group: GroupId, owner: NodeId, message: M, ack: M) {
+        {
+            let mut writes = self.writes.lock().unwrap();
+            let weight = message.weight();
+            if writes.bytes + weight > HELD_BYTES {
+                tracing::warn!(
+                    owner = owner.0,
+                    "too much held for other nodes; refusing more"
+                );
+                return;
+            }
+            writes.bytes += weight;
+            let first = !writes.by_owner.contains_key(&owner);
+            writes
+                .by_owner
+                .entry(owner)
+                .or_default()
+                .push((group, message));
+            if first {
+                tracing::info!(
+                    owner = owner.0,
+                    from = from.0,
+                    "holding writes for a node that did not answer (sloppy quorum)"
+                );
+            }
+        }
+        self.taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.transport.try_send(
+            from,
+            Wire::Group {
+                group,
+                message: ack,
+            },
+        );
+    }
+
+    /// Sends every owner it can reach what is held for it, in the order taken.
+    fn hand_back(&self) {
+        let mut writes = self.writes.lock().unwrap();
+        let owners: Vec<NodeId> = writes.by_owner.keys().copied().collect();
+        for owner in owners {
+            if !self.transport.is_up(owner) {
+                continue;
+            }
+            let queue = writes.by_owner.remove(&owner).unwrap_or_default();
+            let total = queue.len();
+            let mut rest = Vec::new();
+            let mut sent = 0;
+            for (group, message) in queue {
+                if !rest.is_empty() {
+                    rest.push((group, message));
+                    continue;
+                }
+                let weight = message.weight();
+                match self
+                    .transport
+                    .try_send(owner, Wire::Group { group, message })
+                {
+                    Ok(()) => {
+                        writes.bytes -= weight;
+                        sent += 1;
+                    }
+                    Err(Wire::Group { group, message }) => rest.push((group, message)),
+                    Err(_) => unreachable!("given back as it was given"),
+                }
+            }
+            self.handed_back
+                .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            if !rest.is_empty() {
+                writes.by_owner.insert(owner, rest);
+            }
+            if sent > 0 {
+                tracing::info!(
+                    owner = owner.0,
+                    writes = sent,
+                    of = total,
+                    "held writes handed back"
+                );
+            }
+        }
+    }
+
+    /// Writes held now.
+    pub fn len(&self) -> usize {
+        self.writes
+            .lock()
+            .unwrap()
+            .by_owner
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Takes the node's inbox until shutdown: each group's messages to its inbox (a group this
 /// node does not hold drops them), forwarding traffic to `forwarded`, requests to join and
 /// their answers to `joins`.
-pub async fn run<M: Send + 'static>(
+pub async fn run<M>(
     mut inbox: Inbox<Wire<M>>,
     groups: Groups<M>,
     meta: Groups<PeerMsg>,
     forwarded: mpsc::UnboundedSender<(NodeId, Forwarded)>,
     joins: mpsc::UnboundedSender<(NodeId, crate::membership::JoinMsg)>,
     shutdown: CancellationToken,
-) {
+) where
+    M: Serialize + serde::de::DeserializeOwned + Weigh + Send + 'static,
+{
     loop {
         let got = tokio::select! {
             got = inbox.recv_held() => got,
@@ -266,6 +470,18 @@ pub async fn run<M: Send + 'static>(
             Incoming::Message(Wire::Join(join)) => {
                 drop(held);
                 let _ = joins.send((from, join));
+            }
+            Incoming::Message(Wire::Hold {
+                group,
+                owner,
+                message,
+                ack,
+            }) => {
+                drop(held);
+                match groups.stand_in() {
+                    Some(holder) => holder.take(from, group, owner, message, ack),
+                    None => tracing::debug!(?from, "a write to hold, and nothing to hold it"),
+                }
             }
             Incoming::Message(Wire::Meta(message)) => {
                 let meta = meta.groups.lock().unwrap();

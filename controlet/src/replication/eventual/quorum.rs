@@ -35,6 +35,9 @@ use crate::error::Error;
 
 /// How long a quorum may take to answer before the request is refused.
 pub const QUORUM_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a quorum write waits for a member that is up before a node outside the group
+/// stands in for it (a member that is down is stood in for at once).
+pub const SLOPPY_AFTER: Duration = Duration::from_millis(150);
 /// The refusal of a write whose quorum did not answer in time.
 pub const WRITE_QUORUM_FAILED: &str =
     "write quorum not reached: stored on fewer replicas than --write-quorum asks (it may still spread)";
@@ -196,31 +199,68 @@ impl<D: Datalet> Eventual<D> {
         let need = q.write - 1;
         let (id, mut answers) = q.open();
         let peers = self.peers.borrow().clone();
+        let write = || Message::QuorumWrite {
+            id,
+            update: update.clone(),
+            clock: clock.clone(),
+        };
         let mut missed = false;
         for &peer in &peers {
-            let message = Message::QuorumWrite {
-                id,
-                update: update.clone(),
-                clock: clock.clone(),
-            };
-            missed |= self.link.try_send(peer, message).is_err();
+            missed |= self.link.try_send(peer, write()).is_err();
         }
         if missed {
             // The propagator keeps it for the peers whose queue was full.
-            self.send(update).await;
+            self.send(update.clone()).await;
         }
-        let reached = tokio::time::timeout(QUORUM_TIMEOUT, async {
-            let mut acked = 0;
-            while acked < need {
-                match answers.recv().await {
-                    Some(_) => acked += 1,
-                    None => return false,
+        // Sloppy quorum: a member that is down, or has not answered after SLOPPY_AFTER, is
+        // stood in for by the next node outside the group that this node can reach (the
+        // nodes in turn, one holding for several members when there are fewer of them; the
+        // quorum counts each node once).
+        let stand_ins = self.stand_ins();
+        let mut turn = 0;
+        let mut stood_in = std::collections::BTreeSet::new();
+        let mut stand_in_for =
+            |owner: NodeId, stood_in: &mut std::collections::BTreeSet<NodeId>| {
+                if stood_in.contains(&owner) || stand_ins.is_empty() {
+                    return;
                 }
+                let s = stand_ins[turn % stand_ins.len()];
+                turn += 1;
+                if self
+                    .link
+                    .hold(s, owner, write(), Message::QuorumAck { id })
+                    .is_ok()
+                {
+                    stood_in.insert(owner);
+                }
+            };
+        for &peer in &peers {
+            if !self.link.is_up(peer) {
+                stand_in_for(peer, &mut stood_in);
             }
-            true
-        })
-        .await
-        .unwrap_or(false);
+        }
+        let started = tokio::time::Instant::now();
+        let mut acked = std::collections::BTreeSet::new();
+        let mut sloppy = false;
+        let reached = loop {
+            if acked.len() >= need {
+                break true;
+            }
+            let wake = started + if sloppy { QUORUM_TIMEOUT } else { SLOPPY_AFTER };
+            match tokio::time::timeout_at(wake, answers.recv()).await {
+                Ok(Some((from, _))) => {
+                    acked.insert(from);
+                }
+                Ok(None) => break false,
+                Err(_) if !sloppy => {
+                    sloppy = true;
+                    for &peer in peers.iter().filter(|p| !acked.contains(*p)) {
+                        stand_in_for(peer, &mut stood_in);
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
         q.close(id);
         if reached {
             Ok(())
@@ -228,6 +268,21 @@ impl<D: Datalet> Eventual<D> {
             q.refused.fetch_add(1, Ordering::Relaxed);
             Err(Error::Refused(WRITE_QUORUM_FAILED))
         }
+    }
+
+    /// Nodes outside the group this node can reach, in the order they stand in for its
+    /// members: on the ring of node ids, the nodes after the group's highest-numbered member.
+    fn stand_ins(&self) -> Vec<NodeId> {
+        let group: Vec<NodeId> = self.target.lock().unwrap().clone();
+        let top = group.iter().map(|n| n.0).max().unwrap_or(0);
+        let mut outside: Vec<NodeId> = self
+            .link
+            .nodes()
+            .into_iter()
+            .filter(|n| !group.contains(n) && self.link.is_up(*n))
+            .collect();
+        outside.sort_by_key(|n| n.0.wrapping_sub(top).wrapping_sub(1));
+        outside
     }
 
     /// Before a read of `key` with R above 1: asks every other replica what it holds for the
