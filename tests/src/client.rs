@@ -221,11 +221,11 @@ pub struct McItem {
     pub cas: u64,
 }
 
-/// The causal token a meta reply's words end with (`Z<token>`).
+/// The causal token a meta reply's words end with (`Y<token>`).
 fn causal_token(words: &[&str]) -> Option<String> {
     words
         .last()
-        .and_then(|w| w.strip_prefix('Z'))
+        .and_then(|w| w.strip_prefix('Y'))
         .map(str::to_string)
 }
 
@@ -361,7 +361,7 @@ impl McConn {
         }
     }
 
-    /// `mg <key> v Z[<token>]` (the causal mode): [`OpResult::Hit`] or [`OpResult::Miss`], and
+    /// `mg <key> v Y[<token>]` (the causal mode): [`OpResult::Hit`] or [`OpResult::Miss`], and
     /// the node's causal token after the read. With `token`, the node first waits until it
     /// shows what the token covers (or refuses, a [`Failure::ServerError`]).
     pub fn get_causal(
@@ -369,7 +369,7 @@ impl McConn {
         key: &str,
         token: Option<&str>,
     ) -> Result<(OpResult, String), Failure> {
-        let request = format!("mg {key} v Z{}\r\n", token.unwrap_or(""));
+        let request = format!("mg {key} v Y{}\r\n", token.unwrap_or(""));
         let deadline = self.send(request.as_bytes())?;
         let line = self.read_line(deadline)?;
         let text = String::from_utf8_lossy(&line).into_owned();
@@ -391,7 +391,7 @@ impl McConn {
         }
     }
 
-    /// `ms <key> <len> Z[<token>]` (the causal mode): [`OpResult::Stored`] and the node's
+    /// `ms <key> <len> Y[<token>]` (the causal mode): [`OpResult::Stored`] and the node's
     /// causal token after the write, which covers it.
     pub fn set_causal(
         &mut self,
@@ -400,7 +400,7 @@ impl McConn {
         token: Option<&str>,
     ) -> Result<(OpResult, String), Failure> {
         let mut request =
-            format!("ms {key} {} Z{}\r\n", value.len(), token.unwrap_or("")).into_bytes();
+            format!("ms {key} {} Y{}\r\n", value.len(), token.unwrap_or("")).into_bytes();
         request.extend_from_slice(value);
         request.extend_from_slice(b"\r\n");
         let deadline = self.send(&request)?;

@@ -42,7 +42,7 @@ fn bound_client(addr: SocketAddr, client: u32, ops: usize, keys: usize, seed: u6
 }
 
 /// A session that moves to a random node before every op, carrying its causal token: sets
-/// and gets through the meta protocol's `Z` flag, recorded as one client.
+/// and gets through the meta protocol's `Y` flag, recorded as one client.
 fn traveling_client(
     addrs: &[SocketAddr],
     client: u32,
@@ -135,6 +135,26 @@ fn causal_mode_histories_are_causal_and_replicas_converge() {
     }
 }
 
+/// Waits until every node has merged the first refill of each peer (sent when a peer's run
+/// is first heard): one arriving later would carry node 2's whole state, `x` with `y`.
+fn await_first_refills(cluster: &ProcCluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for node in 1..=3 {
+        loop {
+            let stats = connect(cluster.addr(node)).stats().unwrap();
+            let merged: u64 = stats["causal_refills_merged"].parse().unwrap();
+            if merged >= 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node}: {merged} refills merged"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// What the three sessions of [`held_back_across_a_partition`] saw.
 struct Chain {
     recorder: Recorder,
@@ -149,6 +169,7 @@ struct Chain {
 fn held_back_across_a_partition(cluster: &ProcCluster, net: &Net) -> Chain {
     let recorder = Recorder::new();
     let rec = &recorder;
+    await_first_refills(cluster);
     net.partition(&[&[1], &[3]]);
     let mut s1 = connect(cluster.addr(1));
     let mut s2 = connect(cluster.addr(2));
@@ -276,7 +297,7 @@ fn a_token_is_refused_where_its_context_cannot_arrive_and_served_once_it_has() {
     );
     assert_eq!(got, OpResult::Hit("m1".into()));
     // A bad token is a client error, and the connection goes on.
-    on3.send(b"mg moved v Znot-a-token\r\n").unwrap();
+    on3.send(b"mg moved v Ynot-a-token\r\n").unwrap();
     let line = on3
         .read_line(Instant::now() + Duration::from_secs(5))
         .unwrap();
@@ -288,7 +309,7 @@ fn a_token_is_refused_where_its_context_cannot_arrive_and_served_once_it_has() {
 fn the_flag_is_refused_outside_the_causal_mode_as_memcached_refuses_unknown_flags() {
     let cluster = Cluster::start(3, Consistency::Eventual, |_| {});
     let mut c = connect(cluster.addrs()[0]);
-    c.send(b"mg k v Z\r\n").unwrap();
+    c.send(b"mg k v Y\r\n").unwrap();
     let line = c
         .read_line(Instant::now() + Duration::from_secs(5))
         .unwrap();

@@ -484,8 +484,10 @@ fn an_expired_item_reads_as_gone_on_every_node_with_no_write_since() {
     let cluster = Cluster::start(3, Consistency::Linearizable, |_| {});
     let addrs = cluster.addrs();
     let mut writer = RawClient::connect(addrs[0]);
+    // Two seconds: an item set near the end of a second with one would be gone within
+    // milliseconds, before the reads below.
     assert_eq!(
-        writer.call(b"set brief 0 1 2\r\nhi\r\n", b"\r\n"),
+        writer.call(b"set brief 0 2 2\r\nhi\r\n", b"\r\n"),
         b"STORED\r\n"
     );
     for &addr in &addrs {
@@ -497,7 +499,7 @@ fn an_expired_item_reads_as_gone_on_every_node_with_no_write_since() {
         );
     }
     // Past the expiry by every clock's whole second.
-    std::thread::sleep(Duration::from_millis(2_100));
+    std::thread::sleep(Duration::from_millis(3_100));
     for &addr in addrs.iter().rev() {
         let mut raw = RawClient::connect(addr);
         assert_eq!(raw.call(b"get brief\r\n", b"END\r\n"), b"END\r\n", "{addr}");

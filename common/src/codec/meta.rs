@@ -71,9 +71,9 @@ pub struct MetaRequest {
     pub initial: u64,
     /// The data block of `ms`.
     pub data: Bytes,
-    /// `Z[<token>]`, tailorkv's own flag, in the causal mode only: wait until the node shows
+    /// `Y[<token>]`, tailorkv's own flag, in the causal mode only: wait until the node shows
     /// the causal context of the token (if one is given), and return the node's context
-    /// after the request as `Z<token>` at the end of the reply's line.
+    /// after the request as `Y<token>` at the end of the reply's line.
     pub causal: Option<Bytes>,
 }
 
@@ -305,7 +305,7 @@ fn flags(t: &Tokens, first: usize) -> Result<MetaRequest, &'static str> {
                 None => error = Some("invalid numeric delta value"),
             },
             b'I' => request.invalidate = true,
-            b'Z' => request.causal = Some(Bytes::copy_from_slice(arg)),
+            b'Y' => request.causal = Some(Bytes::copy_from_slice(arg)),
             _ => return Err("invalid flag"),
         }
         request.flags.push(code);

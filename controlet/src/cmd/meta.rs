@@ -70,7 +70,7 @@ pub async fn meta<D: Datalet>(
     }
 }
 
-/// ` Z<token>` at the end of the reply's first line (if it sent one): this node's causal
+/// ` Y<token>` at the end of the reply's first line (if it sent one): this node's causal
 /// context after the request, which covers everything the request saw or did.
 fn put_causal_token<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut, start: usize) {
     let Some(token) = ctx.engine.causal_token() else {
@@ -81,7 +81,7 @@ fn put_causal_token<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut, start: usi
     };
     let at = start + end;
     let tail = out.split_off(at);
-    out.put_slice(b" Z");
+    out.put_slice(b" Y");
     out.put_slice(token.as_bytes());
     out.unsplit(tail);
 }

@@ -24,7 +24,7 @@
 //! such a write before those items.
 //!
 //! A client's session is its connection, bound to one node. A client moving between nodes
-//! carries a [`Context`] as a token (the meta protocol's `Z` flag): a node serves a request
+//! carries a [`Context`] as a token (the meta protocol's `Y` flag): a node serves a request
 //! with a token only once it has made the token's context visible.
 //!
 //! # The gate
@@ -54,6 +54,13 @@ pub const PENDING_BYTES: usize = 64 << 20;
 pub const RETRANSMIT: Duration = Duration::from_millis(1000);
 /// How long a sent refill may go unacknowledged before it is sent again.
 pub const REFILL_RETRY: Duration = Duration::from_secs(10);
+/// How long after a refill could not be sent (the peer unreachable, or its queue full) it is
+/// tried again.
+pub const REFILL_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a peer that keeps acknowledging may leave this node's stream unacknowledged
+/// (waiting, say, for a write that only a run now gone had sent it) before it is sent a
+/// refill, which covers whatever it waits for that this node has.
+pub const STALLED: Duration = Duration::from_secs(10);
 /// How often a node acknowledges what it has made visible of each peer's stream (at once
 /// when it changed, at least this often to show its run).
 pub const ACK_EVERY: Duration = Duration::from_millis(200);
@@ -201,6 +208,12 @@ struct Stream {
     refill: bool,
     /// A refill sent, covering this node's writes up to the number, and when.
     refill_sent: Option<(u64, Instant)>,
+    /// No refill is tried before this (one could not be sent).
+    refill_after: Option<Instant>,
+    /// When `acked` last moved (a resend does not count).
+    acked_at: Instant,
+    /// When the peer was last heard acknowledging.
+    heard_at: Instant,
 }
 
 impl Stream {
@@ -212,6 +225,9 @@ impl Stream {
             progress: now,
             refill: false,
             refill_sent: None,
+            refill_after: None,
+            acked_at: now,
+            heard_at: now,
         }
     }
 }
@@ -408,7 +424,9 @@ impl Causal {
             if write.seq <= visible {
                 continue;
             }
-            if s.pending_bytes + write.size() > PENDING_BYTES {
+            // The next write of an origin is always taken: past the bound, writes waiting
+            // on it could otherwise never be released.
+            if s.pending_bytes + write.size() > PENDING_BYTES && write.seq != visible + 1 {
                 break;
             }
             s.pending_bytes += write.size();
@@ -526,12 +544,14 @@ impl Causal {
             self.wake.notify_one();
             return;
         }
+        stream.heard_at = now;
         if of != me {
             return;
         }
         if seq > stream.acked {
             stream.acked = seq;
             stream.progress = now;
+            stream.acked_at = now;
             stream.next = stream.next.max(seq + 1);
         }
         if stream
@@ -565,6 +585,13 @@ impl Causal {
             Some((_, at)) if now.duration_since(at) > REFILL_RETRY => stream.refill = true,
             Some(_) => {}
             None if stream.next > stream.acked + 1
+                && now.duration_since(stream.acked_at) > STALLED
+                && now.duration_since(stream.heard_at) < RETRANSMIT =>
+            {
+                // Heard from, yet taking nothing of the stream: it waits for something.
+                stream.refill = true;
+            }
+            None if stream.next > stream.acked + 1
                 && now.duration_since(stream.progress) > RETRANSMIT =>
             {
                 stream.next = stream.acked + 1;
@@ -575,6 +602,9 @@ impl Causal {
         }
         if stream.refill || stream.next < log_start {
             stream.refill = true;
+            if stream.refill_after.is_some_and(|at| now < at) {
+                return Next::Nothing;
+            }
             return Next::Refill;
         }
         if stream.next > done {
@@ -605,6 +635,20 @@ impl Causal {
         }
     }
 
+    /// A refill for `peer` could not be sent: it is tried again after [`REFILL_BACKOFF`].
+    pub fn refill_failed(&self, peer: NodeId) {
+        let mut s = self.state.lock().unwrap();
+        if let Some(stream) = s.streams.get_mut(&peer) {
+            stream.refill_after = Some(Instant::now() + REFILL_BACKOFF);
+        }
+    }
+
+    /// Messages from `peer` were lost: a refill it was sending in parts is incomplete, and
+    /// is dropped (it is sent again whole).
+    pub fn lost(&self, peer: NodeId) {
+        self.state.lock().unwrap().refills.remove(&peer);
+    }
+
     /// A refill covering this node's writes up to `upto` went into `peer`'s queue: the
     /// stream goes on after it.
     pub fn refill_sent(&self, peer: NodeId, upto: u64) {
@@ -613,8 +657,10 @@ impl Causal {
             let mut s = self.state.lock().unwrap();
             if let Some(stream) = s.streams.get_mut(&peer) {
                 stream.refill = false;
+                stream.refill_after = None;
                 stream.next = upto + 1;
                 stream.progress = now;
+                stream.acked_at = now;
                 stream.refill_sent = Some((upto, now));
             }
         }

@@ -80,7 +80,10 @@ impl<D: Datalet> Eventual<D> {
                             causal.sent(peer, last);
                         }
                         Next::Refill => {
-                            if !self.send_refill(&causal, peer).await {
+                            // Not for a peer this node cannot reach: the snapshot holds every
+                            // client back while it is read.
+                            if !self.link.is_up(peer) || !self.send_refill(&causal, peer).await {
+                                causal.refill_failed(peer);
                                 break;
                             }
                         }
@@ -195,6 +198,7 @@ impl<D: Datalet> Eventual<D> {
             }
             Some(_) => {}
             None => {
+                causal.lost(from);
                 // Ask for the stream again from what this replica shows of it.
                 if let Some((of, seq)) = causal.shown_of(from) {
                     let ack = Message::CausalAck {
@@ -250,8 +254,10 @@ impl<D: Datalet> Eventual<D> {
     async fn show_ready(&self, causal: &Causal) {
         let mut any = false;
         while let Some((origin, write)) = causal.next_ready() {
+            // Shown and counted visible under one hold of the gate, so a refill's snapshot
+            // never holds its effect without it in its context.
+            let _shared = causal.read_gate().await;
             if let Some(update) = write.update {
-                let _shared = causal.read_gate().await;
                 if let Err(e) = self.receive(update).await {
                     tracing::warn!(error = %e, "could not apply a peer's write");
                 }

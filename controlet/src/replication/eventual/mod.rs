@@ -737,6 +737,18 @@ impl<D: Datalet> Eventual<D> {
         if grows > 0 && !self.make_room(grows, now).await? {
             return Err(DataletError::OutOfMemory.into());
         }
+        let plain_set = matches!(
+            mutation,
+            Mutation::Store {
+                mode: StoreMode::Set,
+                ..
+            }
+        );
+        if !plain_set && self.causal.is_none() {
+            // A write decided on what the key holds (add, cas, incr, append, delete, touch)
+            // first brings this replica the newest entry of R replicas, as a read would.
+            self.read_quorum(key).await?;
+        }
         let ticket = self.begin().await;
         let result = async {
             let _key = self.locks.lock(key).await;

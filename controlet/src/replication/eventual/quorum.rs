@@ -81,6 +81,19 @@ impl VersionVector {
 /// An answer to a quorum request: the peer, and for a read, the entry it holds.
 type Answer = (NodeId, Option<Update>);
 
+/// A request waiting for answers; dropping it (done, timed out, or its client gone) stops
+/// taking them.
+struct Open<'a> {
+    quorums: &'a Quorums,
+    id: u64,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.quorums.close(self.id);
+    }
+}
+
 /// How updates received with a vector compare with the entry held.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Compared {
@@ -113,7 +126,9 @@ impl Quorums {
         Quorums {
             read: read.max(1),
             write: write.max(1),
-            next_id: AtomicU64::new(1),
+            // Ids of this run only: an answer to a request of an earlier run of this node,
+            // arriving late, matches nothing.
+            next_id: AtomicU64::new(crate::peer::new_session()),
             waiting: Mutex::default(),
             clocks: Mutex::default(),
             conflicts: AtomicU64::new(0),
@@ -122,12 +137,12 @@ impl Quorums {
         }
     }
 
-    /// A new request: its id and where its answers arrive.
-    fn open(&self) -> (u64, mpsc::UnboundedReceiver<Answer>) {
+    /// A new request: its id and where its answers arrive (until the [`Open`] is dropped).
+    fn open(&self) -> (Open<'_>, mpsc::UnboundedReceiver<Answer>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.waiting.lock().unwrap().insert(id, tx);
-        (id, rx)
+        (Open { quorums: self, id }, rx)
     }
 
     fn close(&self, id: u64) {
@@ -197,7 +212,8 @@ impl<D: Datalet> Eventual<D> {
         };
         let clock = q.next_clock(key, self.me);
         let need = q.write - 1;
-        let (id, mut answers) = q.open();
+        let (open, mut answers) = q.open();
+        let id = open.id;
         let peers = self.peers.borrow().clone();
         let write = || Message::QuorumWrite {
             id,
@@ -234,9 +250,13 @@ impl<D: Datalet> Eventual<D> {
                     stood_in.insert(owner);
                 }
             };
-        for &peer in &peers {
-            if !self.link.is_up(peer) {
-                stand_in_for(peer, &mut stood_in);
+        // Members that are down are stood in for at once, if those that are up are too few.
+        let up = peers.iter().filter(|&&p| self.link.is_up(p)).count();
+        if up < need {
+            for &peer in &peers {
+                if !self.link.is_up(peer) {
+                    stand_in_for(peer, &mut stood_in);
+                }
             }
         }
         let started = tokio::time::Instant::now();
@@ -261,7 +281,7 @@ impl<D: Datalet> Eventual<D> {
                 Err(_) => break false,
             }
         };
-        q.close(id);
+        drop(open);
         if reached {
             Ok(())
         } else {
@@ -298,7 +318,8 @@ impl<D: Datalet> Eventual<D> {
         }
         let key = &Bytes::copy_from_slice(key);
         let need = q.read - 1;
-        let (id, mut answers) = q.open();
+        let (open, mut answers) = q.open();
+        let id = open.id;
         let peers = self.peers.borrow().clone();
         for &peer in &peers {
             let _ = self.link.try_send(
@@ -321,7 +342,7 @@ impl<D: Datalet> Eventual<D> {
         })
         .await
         .unwrap_or_default();
-        q.close(id);
+        drop(open);
         if got.len() < need {
             q.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Error::Refused(READ_QUORUM_FAILED));
@@ -420,13 +441,17 @@ mod tests {
         let q = Quorums::new(2, 2);
         let (a, mut ra) = q.open();
         let (b, mut rb) = q.open();
-        q.answer(a, NodeId(2), None);
-        q.answer(b, NodeId(3), None);
-        q.answer(99, NodeId(3), None);
+        let (ia, ib) = (a.id, b.id);
+        q.answer(ia, NodeId(2), None);
+        q.answer(ib, NodeId(3), None);
+        q.answer(ib + 99, NodeId(3), None);
         assert_eq!(ra.recv().await.unwrap().0, NodeId(2));
         assert_eq!(rb.recv().await.unwrap().0, NodeId(3));
-        q.close(a);
-        q.answer(a, NodeId(3), None);
+        drop(a);
+        q.answer(ia, NodeId(3), None);
         assert!(ra.try_recv().is_err());
+        assert_eq!(q.waiting.lock().unwrap().len(), 1);
+        drop(b);
+        assert!(q.waiting.lock().unwrap().is_empty());
     }
 }

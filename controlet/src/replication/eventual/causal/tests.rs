@@ -293,3 +293,74 @@ async fn a_merged_refill_lets_the_stream_resend_again() {
         other => panic!("resend after a reported loss: {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_refill_with_parts_lost_between_is_not_merged() {
+    let c = node(C, false);
+    assert!(c
+        .refill_part(A, vec![item("x", 1, A)], true, false)
+        .is_none());
+    // Messages from A were lost (a gap): the parts so far are dropped, and the rest of
+    // this refill is not taken on its own.
+    c.lost(A);
+    assert!(c
+        .refill_part(A, vec![item("y", 2, A)], false, true)
+        .is_none());
+    // Sent again whole, it is merged whole.
+    assert!(c
+        .refill_part(A, vec![item("x", 1, A)], true, false)
+        .is_none());
+    let all = c
+        .refill_part(A, vec![item("y", 2, A)], false, true)
+        .unwrap();
+    assert_eq!(all.len(), 2);
+}
+
+#[tokio::test]
+async fn a_refill_that_could_not_be_sent_waits_before_the_next_try() {
+    let a = node(A, false);
+    a.ack(B, 5, 7, 0, false);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+    a.refill_failed(B);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Nothing);
+    a.state
+        .lock()
+        .unwrap()
+        .streams
+        .get_mut(&B)
+        .unwrap()
+        .refill_after = Some(Instant::now() - Duration::from_millis(1));
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+}
+
+#[tokio::test]
+async fn a_peer_that_acknowledges_yet_takes_nothing_gets_a_refill() {
+    let a = node(A, false);
+    a.ack(B, 5, 7, 0, false);
+    a.refill_sent(B, 0);
+    a.ack(B, 5, 7, 0, false);
+    write(&a, "k", 10).await;
+    match a.next_for(B, 10, usize::MAX) {
+        Next::Send(w) => a.sent(B, w.last().unwrap().seq),
+        other => panic!("{other:?}"),
+    }
+    // B keeps acknowledging, but not write 1 (it waits for a dependency it cannot get).
+    a.state
+        .lock()
+        .unwrap()
+        .streams
+        .get_mut(&B)
+        .unwrap()
+        .acked_at = Instant::now() - STALLED - Duration::from_millis(1);
+    a.ack(B, 5, 7, 0, false);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+}
+
+#[tokio::test]
+async fn past_the_pending_bound_the_next_write_of_an_origin_is_still_taken() {
+    let (a, b) = (node(A, false), node(B, false));
+    let w1 = write(&a, "k", 10).await;
+    b.state.lock().unwrap().pending_bytes = PENDING_BYTES;
+    b.receive(A, 7, vec![w1]);
+    assert_eq!(show(&b), vec![(A, 1)]);
+}
