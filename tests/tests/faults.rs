@@ -1095,13 +1095,13 @@ fn packet_loss() {
 // ---------------------------------------------------------------------------------------
 // A mixed nemesis
 
-/// How long a nemesis run injects faults: 10 s (the five runs keep the test command inside
-/// its 20 minutes; about 7 faults each), or 5 minutes with `TAILORKV_SOAK=1`.
+/// How long a nemesis run injects faults: 8 s (the five runs keep the test command inside
+/// its 20 minutes; about 5 faults each), or 5 minutes with `TAILORKV_SOAK=1`.
 fn nemesis_duration() -> Duration {
     if std::env::var("TAILORKV_SOAK").is_ok_and(|v| v == "1") {
         Duration::from_secs(300)
     } else {
-        Duration::from_secs(10)
+        Duration::from_secs(8)
     }
 }
 

@@ -623,10 +623,11 @@ fn crash_client(
 #[test]
 fn whole_cluster_kill_with_disk_loses_no_acknowledged_write() {
     let test = "whole_cluster_kill_disk";
+    // 10 rounds in the test command (its 20 minutes), 100 with TAILORKV_SOAK=1.
     let rounds = if std::env::var("TAILORKV_SOAK").is_ok_and(|v| v == "1") {
         100
     } else {
-        20
+        10
     };
     const CLIENTS: usize = 3;
     let mut cluster = ProcCluster::start(3, LIN, &["--datalet", "disk:{dir}/node-{node}"]);
