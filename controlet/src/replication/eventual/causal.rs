@@ -52,8 +52,14 @@ pub const PENDING_BYTES: usize = 64 << 20;
 /// How long a stream may go unacknowledged before the sender goes back to the last
 /// acknowledged write and sends again.
 pub const RETRANSMIT: Duration = Duration::from_millis(1000);
-/// How long a sent refill may go unacknowledged before it is sent again.
-pub const REFILL_RETRY: Duration = Duration::from_secs(10);
+/// How long a sent refill may go unacknowledged before it is sent again, for an empty one:
+/// its parts are all in the peer's queue when it counts as sent, so what is left is the
+/// queue's drain and the merge. (A refill lost with a connection, say to a peer restarting
+/// again, is sent again after this: 10 s before, which made a restarted node's catch-up take
+/// up to 10 s.)
+pub const REFILL_RETRY: Duration = Duration::from_secs(2);
+/// Bytes of a refill allowed per second on top of [`REFILL_RETRY`], for its merge.
+pub const REFILL_RETRY_RATE: u64 = 16 << 20;
 /// How long after a refill could not be sent (the peer unreachable, or its queue full) it is
 /// tried again.
 pub const REFILL_BACKOFF: Duration = Duration::from_secs(1);
@@ -206,7 +212,8 @@ struct Stream {
     /// When `acked` last moved (or the stream last went back).
     progress: Instant,
     refill: bool,
-    /// A refill sent, covering this node's writes up to the number, and when.
+    /// A refill sent, covering this node's writes up to the number, and when it is sent
+    /// again if not acknowledged by then.
     refill_sent: Option<(u64, Instant)>,
     /// No refill is tried before this (one could not be sent).
     refill_after: Option<Instant>,
@@ -582,7 +589,7 @@ impl Causal {
             return Next::Nothing;
         };
         match stream.refill_sent {
-            Some((_, at)) if now.duration_since(at) > REFILL_RETRY => stream.refill = true,
+            Some((_, retry_at)) if now > retry_at => stream.refill = true,
             Some(_) => {}
             None if stream.next > stream.acked + 1
                 && now.duration_since(stream.acked_at) > STALLED
@@ -651,7 +658,9 @@ impl Causal {
 
     /// A refill covering this node's writes up to `upto` went into `peer`'s queue: the
     /// stream goes on after it.
-    pub fn refill_sent(&self, peer: NodeId, upto: u64) {
+    /// It carried `bytes`: it is sent again if not acknowledged within [`REFILL_RETRY`] and a
+    /// second per [`REFILL_RETRY_RATE`] bytes.
+    pub fn refill_sent(&self, peer: NodeId, upto: u64, bytes: u64) {
         let now = Instant::now();
         {
             let mut s = self.state.lock().unwrap();
@@ -661,7 +670,9 @@ impl Causal {
                 stream.next = upto + 1;
                 stream.progress = now;
                 stream.acked_at = now;
-                stream.refill_sent = Some((upto, now));
+                let patience = REFILL_RETRY
+                    + Duration::from_millis(bytes.saturating_mul(1000) / REFILL_RETRY_RATE);
+                stream.refill_sent = Some((upto, now + patience));
             }
         }
         self.stats.lock().unwrap().refills_sent += 1;

@@ -131,6 +131,11 @@ impl<D: Datalet> Eventual<D> {
         }
         parts.push(part);
         let count = parts.len();
+        let total: u64 = parts
+            .iter()
+            .flatten()
+            .map(|update| update.size() as u64)
+            .sum();
         for (i, updates) in parts.into_iter().enumerate() {
             let mut message = Message::Refill {
                 run: causal.me.run,
@@ -156,7 +161,7 @@ impl<D: Datalet> Eventual<D> {
                 }
             }
         }
-        causal.refill_sent(peer, upto);
+        causal.refill_sent(peer, upto, total);
         tracing::info!(
             to = peer.0,
             entries,

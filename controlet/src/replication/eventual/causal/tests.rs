@@ -139,7 +139,7 @@ async fn a_new_run_gets_a_refill_and_the_stream_goes_on_after_it() {
     // B's run is first heard: it is sent the whole state, then the stream after it.
     a.ack(B, 5, 0, 0, false);
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
-    a.refill_sent(B, 3);
+    a.refill_sent(B, 3, 0);
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Nothing);
     write(&a, "k", 20).await;
     match a.next_for(B, 10, usize::MAX) {
@@ -160,7 +160,7 @@ async fn the_log_keeps_what_a_peer_has_not_acknowledged_and_resends_it() {
     let a = node(A, false);
     for peer in [B, C] {
         a.ack(peer, 5, 7, 0, false);
-        a.refill_sent(peer, 0);
+        a.refill_sent(peer, 0, 0);
         a.ack(peer, 5, 7, 0, false);
     }
     for i in 0..5 {
@@ -277,7 +277,7 @@ async fn a_merged_refill_lets_the_stream_resend_again() {
     let a = node(A, false);
     a.ack(B, 5, 7, 0, false);
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
-    a.refill_sent(B, 0);
+    a.refill_sent(B, 0, 0);
     // B merged it: its acknowledgement shows nothing new of the stream, yet the refill is
     // done, and a loss it reports is resent at once.
     a.ack(B, 5, 7, 0, false);
@@ -337,7 +337,7 @@ async fn a_refill_that_could_not_be_sent_waits_before_the_next_try() {
 async fn a_peer_that_acknowledges_yet_takes_nothing_gets_a_refill() {
     let a = node(A, false);
     a.ack(B, 5, 7, 0, false);
-    a.refill_sent(B, 0);
+    a.refill_sent(B, 0, 0);
     a.ack(B, 5, 7, 0, false);
     write(&a, "k", 10).await;
     match a.next_for(B, 10, usize::MAX) {
@@ -363,4 +363,36 @@ async fn past_the_pending_bound_the_next_write_of_an_origin_is_still_taken() {
     b.state.lock().unwrap().pending_bytes = PENDING_BYTES;
     b.receive(A, 7, vec![w1]);
     assert_eq!(show(&b), vec![(A, 1)]);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_refill_is_sent_again_after_a_wait_that_grows_with_its_size() {
+    let a = node(A, false);
+    a.ack(B, 5, 7, 0, false);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
+    let bytes = 4 * REFILL_RETRY_RATE; // four seconds more than an empty one
+    let sent = Instant::now();
+    a.refill_sent(B, 0, bytes);
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Nothing);
+    let retry_at = |a: &Causal| {
+        a.state.lock().unwrap().streams[&B]
+            .refill_sent
+            .expect("a refill in flight")
+            .1
+    };
+    let wait = retry_at(&a) - sent;
+    assert!(
+        wait >= REFILL_RETRY + Duration::from_secs(4)
+            && wait < REFILL_RETRY + Duration::from_secs(5),
+        "{wait:?}"
+    );
+    // Lost on the way (no acknowledgement covers it): once the wait is over, sent again.
+    a.state
+        .lock()
+        .unwrap()
+        .streams
+        .get_mut(&B)
+        .unwrap()
+        .refill_sent = Some((0, Instant::now() - Duration::from_millis(1)));
+    assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
 }
