@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 
 use crate::checker::{ClientId, History, OpKind, OpResult, Recorder, Value, Write};
@@ -328,30 +330,9 @@ impl Drop for Workload {
     }
 }
 
-/// A small, seeded PRNG (SplitMix64): the library has no `rand`.
-pub struct SplitMix(u64);
-
-impl SplitMix {
-    pub fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
 fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, addr: SocketAddr) {
-    let mut rng = SplitMix::new(config.seed ^ (k as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A));
+    let mut rng =
+        StdRng::seed_from_u64(config.seed ^ (k as u64 + 1).wrapping_mul(0x51_7CC1_B727_220A));
     let mut conn: Option<(McConn, ClientId)> = None;
     let mut backoff = Duration::from_millis(20);
     let mut seq = 0u64;
@@ -375,14 +356,14 @@ fn client_loop(shared: &Shared, config: &WorkloadConfig, k: usize, node: usize, 
         };
         let client = *client;
         seq += 1;
-        let key = format!("k{}", rng.below(config.keys as u64));
+        let key = format!("k{}", rng.random_range(0..config.keys));
         let mut value = format!("w{k}-{seq}").into_bytes();
         if value.len() < config.value_size {
             value.push(b'.');
             value.resize(config.value_size, b'a' + (seq % 26) as u8);
         }
         let value = Value(value);
-        let kind = match rng.below(20) {
+        let kind = match rng.random_range(0..20) {
             0..=6 => OpKind::Set(value.clone()),
             7..=15 => OpKind::Get,
             16..=17 => OpKind::Delete,
@@ -511,11 +492,11 @@ pub fn eventual_writes(
     seed: u64,
     writes: &Mutex<Vec<Write>>,
 ) {
-    let mut rng = SplitMix::new(seed * 1000 + client as u64);
+    let mut rng = StdRng::seed_from_u64(seed * 1000 + client as u64);
     let mut c = McConn::connect(addr, Duration::from_secs(10)).expect("connect");
     for i in 0..ops {
-        let key = keys[rng.below(keys.len() as u64) as usize].clone();
-        if rng.below(10) == 0 {
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        if rng.random_range(0..10) == 0 {
             c.delete(&key).unwrap();
             let (value, version) = (None, None);
             lock(writes).push(Write {
@@ -536,5 +517,30 @@ pub fn eventual_writes(
             value: Some(Value(value)),
             version,
         });
+    }
+}
+
+/// Random sets (unique values), gets, deletes and adds on `keys` keys through `addr`, each
+/// recorded as client `client`: four in ten sets, four gets, one delete, one add.
+pub fn random_client(
+    addr: SocketAddr,
+    client: u32,
+    ops: usize,
+    keys: usize,
+    seed: u64,
+    rec: &Recorder,
+) {
+    let mut c = McConn::connect(addr, Duration::from_secs(10)).expect("connect");
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
+    for i in 0..ops {
+        let key = format!("k{}", rng.random_range(0..keys));
+        let value = format!("c{client}-{i}").into_bytes();
+        let kind = match rng.random_range(0..10) {
+            0..=3 => OpKind::Set(Value(value)),
+            4..=7 => OpKind::Get,
+            8 => OpKind::Delete,
+            _ => OpKind::Add(Value(value)),
+        };
+        recorded(rec, client, &mut c, &key, kind).unwrap();
     }
 }

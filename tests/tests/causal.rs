@@ -17,28 +17,11 @@ use tailorkv_controlet::config::Consistency;
 use tailorkv_tests::checker::{check_causal, OpKind, OpResult, Recorder, Value};
 use tailorkv_tests::client::{Failure, McConn};
 use tailorkv_tests::procs::{Net, ProcCluster};
-use tailorkv_tests::workload::recorded;
+use tailorkv_tests::workload::{random_client, recorded};
 use tailorkv_tests::Cluster;
 
 fn connect(addr: SocketAddr) -> McConn {
     McConn::connect(addr, Duration::from_secs(10)).expect("connect")
-}
-
-/// Random sets (unique values), gets, deletes and adds on `keys` keys through one node.
-fn bound_client(addr: SocketAddr, client: u32, ops: usize, keys: usize, seed: u64, rec: &Recorder) {
-    let mut c = connect(addr);
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
-    for i in 0..ops {
-        let key = format!("k{}", rng.random_range(0..keys));
-        let value = format!("c{client}-{i}").into_bytes();
-        let kind = match rng.random_range(0..10) {
-            0..=3 => OpKind::Set(Value(value)),
-            4..=7 => OpKind::Get,
-            8 => OpKind::Delete,
-            _ => OpKind::Add(Value(value)),
-        };
-        recorded(rec, client, &mut c, &key, kind).unwrap();
-    }
 }
 
 /// A session that moves to a random node before every op, carrying its causal token: sets
@@ -112,7 +95,7 @@ fn causal_mode_histories_are_causal_and_replicas_converge() {
                 for k in 0..2 {
                     let client = (n * 2 + k) as u32;
                     let rec = &recorder;
-                    s.spawn(move || bound_client(addr, client, 200, keys, seed, rec));
+                    s.spawn(move || random_client(addr, client, 200, keys, seed, rec));
                 }
             }
             for t in 0..2 {

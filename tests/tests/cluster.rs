@@ -8,8 +8,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use tailorkv_common::Version;
 use tailorkv_controlet::config::Consistency;
 use tailorkv_tests::checker::{
@@ -18,7 +16,7 @@ use tailorkv_tests::checker::{
 };
 use tailorkv_tests::client::McConn;
 use tailorkv_tests::procs::ProcCluster;
-use tailorkv_tests::workload::{eventual_writes, recorded};
+use tailorkv_tests::workload::{eventual_writes, random_client};
 use tailorkv_tests::{Cluster, RawClient};
 
 const CLIENTS_PER_NODE: usize = 2;
@@ -28,31 +26,7 @@ fn connect(addr: SocketAddr) -> McConn {
     McConn::connect(addr, Duration::from_secs(10)).expect("connect")
 }
 
-/// Random sets (unique values), gets, deletes and adds on a few keys.
-fn random_workload(
-    addr: SocketAddr,
-    client: u32,
-    ops: usize,
-    keys: usize,
-    seed: u64,
-    rec: &Recorder,
-) {
-    let mut c = connect(addr);
-    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
-    for i in 0..ops {
-        let key = format!("k{}", rng.random_range(0..keys));
-        let value = format!("c{client}-{i}").into_bytes();
-        let kind = match rng.random_range(0..10) {
-            0..=3 => OpKind::Set(Value(value)),
-            4..=7 => OpKind::Get,
-            8 => OpKind::Delete,
-            _ => OpKind::Add(Value(value)),
-        };
-        recorded(rec, client, &mut c, &key, kind).unwrap();
-    }
-}
-
-/// Runs `random_workload` from every client of a cluster at once; returns the history.
+/// Runs `random_client` from every client of a cluster at once; returns the history.
 fn run_clients(cluster: &Cluster, ops: usize, keys: usize, seed: u64) -> Recorder {
     let recorder = Recorder::new();
     std::thread::scope(|s| {
@@ -60,7 +34,7 @@ fn run_clients(cluster: &Cluster, ops: usize, keys: usize, seed: u64) -> Recorde
             for k in 0..CLIENTS_PER_NODE {
                 let client = (n * CLIENTS_PER_NODE + k) as u32;
                 let recorder = &recorder;
-                s.spawn(move || random_workload(addr, client, ops, keys, seed, recorder));
+                s.spawn(move || random_client(addr, client, ops, keys, seed, recorder));
             }
         }
     });
