@@ -520,20 +520,20 @@ pub fn eventual_writes(
     }
 }
 
-/// Random sets (unique values), gets, deletes and adds on `keys` keys through `addr`, each
+/// Random sets (unique values), gets, deletes and adds of `keys` through `addr`, each
 /// recorded as client `client`: four in ten sets, four gets, one delete, one add.
 pub fn random_client(
     addr: SocketAddr,
     client: u32,
     ops: usize,
-    keys: usize,
+    keys: &[String],
     seed: u64,
     rec: &Recorder,
 ) {
     let mut c = McConn::connect(addr, Duration::from_secs(10)).expect("connect");
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1000).wrapping_add(u64::from(client)));
     for i in 0..ops {
-        let key = format!("k{}", rng.random_range(0..keys));
+        let key = &keys[rng.random_range(0..keys.len())];
         let value = format!("c{client}-{i}").into_bytes();
         let kind = match rng.random_range(0..10) {
             0..=3 => OpKind::Set(Value(value)),
@@ -541,6 +541,11 @@ pub fn random_client(
             8 => OpKind::Delete,
             _ => OpKind::Add(Value(value)),
         };
-        recorded(rec, client, &mut c, &key, kind).unwrap();
+        recorded(rec, client, &mut c, key, kind).unwrap();
     }
+}
+
+/// Keys `k0` to `k{n-1}`.
+pub fn key_range(n: usize) -> Vec<String> {
+    (0..n).map(|k| format!("k{k}")).collect()
 }

@@ -17,7 +17,7 @@ use tailorkv_controlet::config::Consistency;
 use tailorkv_tests::checker::{check_causal, OpKind, OpResult, Recorder, Value};
 use tailorkv_tests::client::{Failure, McConn};
 use tailorkv_tests::procs::{Net, ProcCluster};
-use tailorkv_tests::workload::{random_client, recorded};
+use tailorkv_tests::workload::{key_range, random_client, recorded};
 use tailorkv_tests::Cluster;
 
 fn connect(addr: SocketAddr) -> McConn {
@@ -90,12 +90,14 @@ fn causal_mode_histories_are_causal_and_replicas_converge() {
         let cluster = Cluster::start(3, Consistency::Causal, |_| {});
         let addrs = cluster.addrs();
         let recorder = Recorder::new();
+        let names = key_range(keys);
         std::thread::scope(|s| {
             for (n, &addr) in addrs.iter().enumerate() {
                 for k in 0..2 {
                     let client = (n * 2 + k) as u32;
                     let rec = &recorder;
-                    s.spawn(move || random_client(addr, client, 200, keys, seed, rec));
+                    let names = &names;
+                    s.spawn(move || random_client(addr, client, 200, names, seed, rec));
                 }
             }
             for t in 0..2 {

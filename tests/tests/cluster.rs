@@ -16,7 +16,7 @@ use tailorkv_tests::checker::{
 };
 use tailorkv_tests::client::McConn;
 use tailorkv_tests::procs::ProcCluster;
-use tailorkv_tests::workload::{eventual_writes, random_client};
+use tailorkv_tests::workload::{eventual_writes, key_range, random_client};
 use tailorkv_tests::{Cluster, RawClient};
 
 const CLIENTS_PER_NODE: usize = 2;
@@ -29,6 +29,7 @@ fn connect(addr: SocketAddr) -> McConn {
 /// Runs `random_client` from every client of a cluster at once; returns the history.
 fn run_clients(cluster: &Cluster, ops: usize, keys: usize, seed: u64) -> Recorder {
     let recorder = Recorder::new();
+    let keys = &key_range(keys);
     std::thread::scope(|s| {
         for (n, addr) in cluster.addrs().into_iter().enumerate() {
             for k in 0..CLIENTS_PER_NODE {

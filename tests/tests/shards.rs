@@ -7,17 +7,14 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 use tailorkv_common::{NodeId, Version};
 use tailorkv_controlet::config::Consistency;
 use tailorkv_controlet::placement::{partition_of, Placement};
 use tailorkv_tests::checker::{
-    check_converged, check_linearizable, check_write_order, Budget, OpKind, Recorder, ReplicaState,
-    Value,
+    check_converged, check_linearizable, check_write_order, Budget, Recorder, ReplicaState, Value,
 };
 use tailorkv_tests::client::McConn;
-use tailorkv_tests::workload::{eventual_writes, recorded};
+use tailorkv_tests::workload::{eventual_writes, key_range, random_client};
 use tailorkv_tests::{Cluster, RawClient};
 
 const NODES: u16 = 6;
@@ -59,7 +56,7 @@ fn stat(addr: SocketAddr, name: &str) -> u64 {
 
 /// `keys` keys, spread over every group, each with nodes that do not hold it.
 fn key_names(keys: usize) -> Vec<String> {
-    let names: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
+    let names = key_range(keys);
     let groups: std::collections::BTreeSet<Vec<usize>> = names.iter().map(|k| owners(k)).collect();
     assert!(
         groups.len() >= 4,
@@ -76,21 +73,7 @@ fn run_clients(cluster: &Cluster, ops: usize, keys: &[String], seed: u64) -> Rec
             for k in 0..CLIENTS_PER_NODE {
                 let client = (n * CLIENTS_PER_NODE + k) as u32;
                 let recorder = &recorder;
-                s.spawn(move || {
-                    let mut c = connect(addr);
-                    let mut rng = StdRng::seed_from_u64(seed * 1000 + u64::from(client));
-                    for i in 0..ops {
-                        let key = &keys[rng.random_range(0..keys.len())];
-                        let value = format!("c{client}-{i}").into_bytes();
-                        let kind = match rng.random_range(0..10) {
-                            0..=3 => OpKind::Set(Value(value)),
-                            4..=7 => OpKind::Get,
-                            8 => OpKind::Delete,
-                            _ => OpKind::Add(Value(value)),
-                        };
-                        recorded(recorder, client, &mut c, key, kind).unwrap();
-                    }
-                });
+                s.spawn(move || random_client(addr, client, ops, keys, seed, recorder));
             }
         }
     });
