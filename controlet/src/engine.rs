@@ -528,6 +528,8 @@ pub struct Cluster {
     /// Keys asked of an owner in one forwarded read, at most: its answer, of items up to
     /// `--item-size-max` each, must fit in a peer frame.
     pub keys_per_forward: usize,
+    /// What this node holds for others (sloppy quorum), when it stands in.
+    pub stand_in: Option<Arc<crate::shard::mux::StandInCounts>>,
 }
 
 /// Bytes of items one forwarded read may bring back, at most (a peer frame holds 64 MiB).
@@ -591,6 +593,8 @@ pub struct RepairCounts {
     pub read_repairs: u64,
     /// Reads and writes refused for want of a quorum.
     pub quorum_refused: u64,
+    /// Writes of this node given to a stand-in to hold for a member that did not answer.
+    pub quorum_stand_ins: u64,
     /// Causal mode: peers' writes waiting for what they depend on.
     pub causal_pending: u64,
     /// Causal mode: refills sent and merged.
@@ -1023,6 +1027,17 @@ impl<D: Datalet> Engine<D> {
         sum
     }
 
+    /// The sloppy quorum's stand-in on this node, if it has one: writes taken to hold for
+    /// other nodes, handed back, and held now.
+    pub fn stand_in_counts(&self) -> Option<(u64, u64, u64)> {
+        let c = self.cluster.as_ref()?.stand_in.as_ref()?;
+        Some((
+            c.taken.load(Ordering::Relaxed),
+            c.handed_back.load(Ordering::Relaxed),
+            c.held.load(Ordering::Relaxed),
+        ))
+    }
+
     /// Eventual mode's repair counters of every group held here.
     pub fn repair_counters(&self) -> Option<RepairCounts> {
         let mut sum = None;
@@ -1042,6 +1057,7 @@ impl<D: Datalet> Engine<D> {
                     s.conflicts += q.conflicts();
                     s.read_repairs += q.read_repairs();
                     s.quorum_refused += q.refused();
+                    s.quorum_stand_ins += q.stood_in();
                 }
                 if let Some(c) = e.causal() {
                     let c = c.stats();

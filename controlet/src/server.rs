@@ -696,9 +696,12 @@ where
         shutdown.clone(),
     );
     let groups = Groups::default();
+    let mut stand_in = None;
     if config.consistency == Consistency::Eventual && config.write_quorum > 1 {
         // Any node may stand in for a member of a group that did not answer a quorum write.
-        groups.stand_in_with(mux::StandIn::start(transport.clone(), shutdown.clone()));
+        let held = mux::StandIn::start(transport.clone(), shutdown.clone());
+        stand_in = Some(held.counts());
+        groups.stand_in_with(held);
     }
     let meta_groups = Groups::<PeerMsg>::default();
     let (forwarded, incoming) = tokio::sync::mpsc::unbounded_channel();
@@ -821,6 +824,7 @@ where
     let cluster = Cluster {
         forwarder: Arc::clone(&forwarder),
         keys_per_forward: (FORWARD_READ_BYTES / config.item_size_max).max(1),
+        stand_in,
     };
     let engine = Engine::new(locals, Some(placement), Some(cluster), clock);
     let admin: Arc<dyn crate::membership::Admin> = membership.clone();

@@ -269,6 +269,11 @@ fn a_node_outside_the_group_stands_in_for_owners_that_are_down_and_hands_their_w
         log.contains("holding writes for a node that did not answer"),
         "node {outside} took no write to hold:\n{log}"
     );
+    // One write held for each owner down, counted on both sides.
+    assert_eq!(stat(cluster.addr(outside), "stand_in_taken"), 2);
+    assert_eq!(stat(cluster.addr(outside), "stand_in_held"), 2);
+    assert_eq!(stat(cluster.addr(through), "quorum_stand_ins"), 2);
+    assert_eq!(stat(cluster.addr(through), "stand_in_taken"), 0);
     // The owners come back empty (memory stores): the held write is handed back to them.
     for &n in down {
         cluster.restart(n);
@@ -296,4 +301,6 @@ fn a_node_outside_the_group_stands_in_for_owners_that_are_down_and_hands_their_w
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    assert_eq!(stat(cluster.addr(outside), "stand_in_handed_back"), 2);
+    assert_eq!(stat(cluster.addr(outside), "stand_in_held"), 0);
 }

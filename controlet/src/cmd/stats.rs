@@ -149,9 +149,15 @@ async fn general<D: Datalet>(ctx: &Context<D>, out: &mut BytesMut) {
         s(out, "eventual_conflicts", e.conflicts);
         s(out, "quorum_read_repairs", e.read_repairs);
         s(out, "quorum_refused", e.quorum_refused);
+        s(out, "quorum_stand_ins", e.quorum_stand_ins);
         s(out, "causal_pending", e.causal_pending);
         s(out, "causal_refills_sent", e.causal_refills_sent);
         s(out, "causal_refills_merged", e.causal_refills_merged);
+    }
+    if let Some((taken, handed_back, held)) = ctx.engine.stand_in_counts() {
+        s(out, "stand_in_taken", taken);
+        s(out, "stand_in_handed_back", handed_back);
+        s(out, "stand_in_held", held);
     }
     let groups = ctx.engine.cluster_health();
     // The node as a whole: as ready as its least ready group.

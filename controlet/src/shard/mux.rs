@@ -292,9 +292,18 @@ const HAND_BACK_EVERY: std::time::Duration = std::time::Duration::from_millis(10
 pub struct StandIn<M> {
     transport: Transport<Wire<M>>,
     writes: std::sync::Mutex<HeldWrites<M>>,
-    /// Writes taken to hold, and handed back, since the start.
+    counts: std::sync::Arc<StandInCounts>,
+}
+
+/// What a node's [`StandIn`] has done, for `stats`.
+#[derive(Debug, Default)]
+pub struct StandInCounts {
+    /// Writes taken to hold for other nodes, since the start.
     pub taken: std::sync::atomic::AtomicU64,
+    /// Writes handed back to their owners, since the start.
     pub handed_back: std::sync::atomic::AtomicU64,
+    /// Writes held now.
+    pub held: std::sync::atomic::AtomicU64,
 }
 
 struct HeldWrites<M> {
@@ -317,8 +326,7 @@ where
                 by_owner: BTreeMap::new(),
                 bytes: 0,
             }),
-            taken: Default::default(),
-            handed_back: Default::default(),
+            counts: Default::default(),
         });
         let task = std::sync::Arc::clone(&held);
         tokio::spawn(async move {
@@ -359,7 +367,11 @@ where
                 );
             }
         }
-        self.taken
+        self.counts
+            .taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counts
+            .held
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _ = self.transport.try_send(
             from,
@@ -400,8 +412,12 @@ where
                     Err(_) => unreachable!("given back as it was given"),
                 }
             }
-            self.handed_back
+            self.counts
+                .handed_back
                 .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            self.counts
+                .held
+                .fetch_sub(sent, std::sync::atomic::Ordering::Relaxed);
             if !rest.is_empty() {
                 writes.by_owner.insert(owner, rest);
             }
@@ -414,6 +430,11 @@ where
                 );
             }
         }
+    }
+
+    /// Its counters, shared.
+    pub fn counts(&self) -> std::sync::Arc<StandInCounts> {
+        std::sync::Arc::clone(&self.counts)
     }
 
     /// Writes held now.

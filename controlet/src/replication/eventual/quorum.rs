@@ -119,6 +119,7 @@ pub struct Quorums {
     conflicts: AtomicU64,
     read_repairs: AtomicU64,
     refused: AtomicU64,
+    stood_in: AtomicU64,
 }
 
 impl Quorums {
@@ -134,6 +135,7 @@ impl Quorums {
             conflicts: AtomicU64::new(0),
             read_repairs: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            stood_in: AtomicU64::new(0),
         }
     }
 
@@ -194,6 +196,11 @@ impl Quorums {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
+
+    /// Writes given to a stand-in to hold for a member that did not answer (one per member).
+    pub fn stood_in(&self) -> u64 {
+        self.stood_in.load(Ordering::Relaxed)
+    }
 }
 
 impl<D: Datalet> Eventual<D> {
@@ -248,6 +255,7 @@ impl<D: Datalet> Eventual<D> {
                     .is_ok()
                 {
                     stood_in.insert(owner);
+                    q.stood_in.fetch_add(1, Ordering::Relaxed);
                 }
             };
         // Members that are down are stood in for at once, if those that are up are too few.
