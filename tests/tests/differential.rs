@@ -1342,6 +1342,10 @@ fn meta_cases() -> Vec<Case> {
             "ms too large with an invalid flag swallows by datalen",
             format!("ms k 1048517 x\r\n{}\r\nmg k v\r\n", big(1_048_517)),
         ),
+        case(
+            "ms too large with Y (a flag of the causal mode only) keeps the old value",
+            format!("ms k 1\r\nx\r\nms k 1048517 Y\r\n{}\r\nmg k v\r\n", big(1_048_517)),
+        ),
         // ---- ms: bad flags ----
         case("ms 16 flags", format!("ms k 1 {ms16}\r\nx\r\nmg k v\r\nmn\r\n")),
         case(

@@ -221,7 +221,10 @@ fn set(t: &Tokens, item_size_max: usize) -> Result<Parsed, DecodeError> {
     }
     if !item_fits(request.key.len(), request.client_flags, len, item_size_max) {
         // As for `set`, memcached drops the key's old value, whatever the mode.
-        let command = Command::SetTooLarge { key: request.key };
+        let command = Command::SetTooLarge {
+            key: request.key,
+            causal_flag: request.causal.is_some(),
+        };
         let request = Request {
             command,
             noreply: false,

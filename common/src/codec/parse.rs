@@ -274,6 +274,7 @@ fn storage(t: &Tokens, is_cas: bool, item_size_max: usize) -> Result<Parsed, Dec
         let command = match mode {
             StoreMode::Set => Command::SetTooLarge {
                 key: Bytes::copy_from_slice(key),
+                causal_flag: false,
             },
             _ => Command::Reply(Response::ServerError(SERVER_ERROR_TOO_LARGE)),
         };

@@ -52,8 +52,9 @@ pub enum Command {
     },
     /// A `set` whose value is too large for `item_size_max` (its data discarded): answered
     /// `SERVER_ERROR object too large for cache`, and the key's old value is deleted, as
-    /// memcached deletes it.
-    SetTooLarge { key: Bytes },
+    /// memcached deletes it. `causal_flag`: an `ms` that carried the `Y` flag, which only
+    /// the causal mode knows (elsewhere the request is refused as an invalid flag instead).
+    SetTooLarge { key: Bytes, causal_flag: bool },
     /// `delete <key>`.
     Delete { key: Bytes },
     /// `incr <key> <delta>`: wraps at 2^64.

@@ -132,7 +132,8 @@ fn a_too_large_value_is_refused_and_discarded_as_it_arrives() {
     assert_eq!(
         reqs[0].command,
         Command::SetTooLarge {
-            key: Bytes::from_static(b"k")
+            key: Bytes::from_static(b"k"),
+            causal_flag: false,
         }
     );
     assert!(matches!(reqs[1].command, Command::Get { .. }));

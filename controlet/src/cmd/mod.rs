@@ -154,7 +154,11 @@ pub async fn execute<D: Datalet, W: AsyncWrite + Unpin>(
                 return Ok(Flow::Close);
             }
         }
-        Command::SetTooLarge { key } => {
+        Command::SetTooLarge { causal_flag, .. } if causal_flag && !ctx.engine.is_causal() => {
+            // As memcached answers a flag it does not know, before it looks at the size.
+            tailorkv_common::codec::Response::ClientError("invalid flag").encode(&mut out.buf)
+        }
+        Command::SetTooLarge { key, .. } => {
             counts.store_too_large += 1;
             ctx.prefixes.set(&key);
             store::drop_old_value(ctx, &key).await;
