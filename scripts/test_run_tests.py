@@ -85,7 +85,7 @@ class RunTests(unittest.TestCase):
         self.assertIn("tailorkv-tests:test:faults", out)
 
     def test_a_failure_in_either_lane_fails_the_run_and_the_rest_still_run(self):
-        failing = "tailorkv-tests:test:differential"
+        failing = "tailorkv-tests:test:binary"
         lines = self.all_side_lane(lambda key: 1 if key == failing else 0)
         lines.append(artifact("tailorkv-tests", "test", "faults",
                               self.script("faults", 3), self.manifest))
