@@ -30,6 +30,11 @@ fn node(me: NodeId, skip: bool) -> Causal {
     Causal::new(origin(me), &peers, skip, false)
 }
 
+/// Changes `n`'s stream to `peer` by hand, as time passing would.
+fn with_stream(n: &Causal, peer: NodeId, change: impl FnOnce(&mut Stream)) {
+    change(n.state.lock().unwrap().streams.get_mut(&peer).unwrap());
+}
+
 /// A local write on `n`, done at once; the write as its stream carries it.
 async fn write(n: &Causal, key: &str, ts: u64) -> Write {
     let ticket = n.begin().await;
@@ -323,13 +328,9 @@ async fn a_refill_that_could_not_be_sent_waits_before_the_next_try() {
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
     a.refill_failed(B);
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Nothing);
-    a.state
-        .lock()
-        .unwrap()
-        .streams
-        .get_mut(&B)
-        .unwrap()
-        .refill_after = Some(Instant::now() - Duration::from_millis(1));
+    with_stream(&a, B, |s| {
+        s.refill_after = Some(Instant::now() - Duration::from_millis(1))
+    });
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
 }
 
@@ -345,13 +346,9 @@ async fn a_peer_that_acknowledges_yet_takes_nothing_gets_a_refill() {
         other => panic!("{other:?}"),
     }
     // B keeps acknowledging, but not write 1 (it waits for a dependency it cannot get).
-    a.state
-        .lock()
-        .unwrap()
-        .streams
-        .get_mut(&B)
-        .unwrap()
-        .acked_at = Instant::now() - STALLED - Duration::from_millis(1);
+    with_stream(&a, B, |s| {
+        s.acked_at = Instant::now() - STALLED - Duration::from_millis(1)
+    });
     a.ack(B, 5, 7, 0, false);
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
 }
@@ -387,12 +384,8 @@ async fn an_unacknowledged_refill_is_sent_again_after_a_wait_that_grows_with_its
         "{wait:?}"
     );
     // Lost on the way (no acknowledgement covers it): once the wait is over, sent again.
-    a.state
-        .lock()
-        .unwrap()
-        .streams
-        .get_mut(&B)
-        .unwrap()
-        .refill_sent = Some((0, Instant::now() - Duration::from_millis(1)));
+    with_stream(&a, B, |s| {
+        s.refill_sent = Some((0, Instant::now() - Duration::from_millis(1)))
+    });
     assert_eq!(a.next_for(B, 10, usize::MAX), Next::Refill);
 }
