@@ -10,7 +10,7 @@
 //! holds.
 //!
 //! - **Writes** go to one writer thread ([`writer`]), which decides them in batches, appends
-//!   what each batch changed to the log ([`wal`]) as one record with one fsync (group commit),
+//!   what each batch changed to the log ([`wal`]) as one record with one sync (group commit),
 //!   and acknowledges each write only after its record is synced. The changes then wait in
 //!   memory (the *overlay*) until a *checkpoint* writes them into the B-tree in one
 //!   transaction, about once a second, and empties the log. A B-tree commit costs far more
