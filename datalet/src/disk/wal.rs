@@ -87,6 +87,39 @@ struct Direct {
     tail: Vec<u8>,
     /// Where each append's blocks are put together.
     buffer: Aligned,
+    /// Set by a test: the next writes start one byte past the alignment, which the kernel
+    /// refuses.
+    #[cfg(test)]
+    misaligned: bool,
+}
+
+/// A buffer past this size is given back after the append that needed it.
+const KEEP_BUFFER: usize = 1 << 20;
+
+impl Direct {
+    /// Writes `record` at `len` (the log's end) with the blocks around it, durably.
+    fn append(&mut self, len: u64, record: &[u8]) -> std::io::Result<()> {
+        let from = block_start(len);
+        let kept = self.tail.len();
+        let filled = kept + record.len();
+        #[cfg(test)]
+        let skew = usize::from(self.misaligned);
+        #[cfg(not(test))]
+        let skew = 0;
+        let size = filled.next_multiple_of(BLOCK);
+        let blocks = &mut self.buffer.get(size + skew)[skew..];
+        blocks[..kept].copy_from_slice(&self.tail);
+        blocks[kept..filled].copy_from_slice(record);
+        blocks[filled..].fill(0);
+        self.file.write_all_at(blocks, from)?;
+        let last = (block_start(len + record.len() as u64) - from) as usize;
+        self.tail.clear();
+        self.tail.extend_from_slice(&blocks[last..filled]);
+        if self.buffer.bytes.len() > KEEP_BUFFER {
+            self.buffer = Aligned::default();
+        }
+        Ok(())
+    }
 }
 
 /// The alignment and unit of direct writes: the page size, which every file system that
@@ -152,6 +185,8 @@ impl Wal {
                 file,
                 tail: bytes[block_start(len) as usize..whole].to_vec(),
                 buffer: Aligned::default(),
+                #[cfg(test)]
+                misaligned: false,
             }),
             Err(e) => {
                 tracing::info!(
@@ -190,25 +225,26 @@ impl Wal {
         if end > self.allocated {
             self.preallocate(end)?;
         }
-        match &mut self.direct {
-            Some(direct) => {
-                let from = block_start(self.len);
-                let kept = direct.tail.len();
-                let filled = kept + record.len();
-                let blocks = direct.buffer.get(filled.next_multiple_of(BLOCK));
-                blocks[..kept].copy_from_slice(&direct.tail);
-                blocks[kept..filled].copy_from_slice(record);
-                blocks[filled..].fill(0);
-                direct.file.write_all_at(blocks, from)?;
-                let last = (block_start(end) - from) as usize;
-                direct.tail.clear();
-                direct.tail.extend_from_slice(&blocks[last..filled]);
-            }
-            None => {
-                self.file.write_all_at(record, self.len)?;
-                self.file.sync_data()?;
+        if let Some(direct) = &mut self.direct {
+            match direct.append(self.len, record) {
+                Ok(()) => {
+                    self.len = end;
+                    return Ok(());
+                }
+                // A file system that opened the file for direct I/O but wants another
+                // alignment: from now on the log goes through the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        "disk: a direct write to the log was refused ({e}); the log is \
+                         written through the page cache and synced with fdatasync from now on"
+                    );
+                    self.direct = None;
+                }
+                Err(e) => return Err(e),
             }
         }
+        self.file.write_all_at(record, self.len)?;
+        self.file.sync_data()?;
         self.len = end;
         Ok(())
     }
@@ -495,6 +531,31 @@ mod tests {
     #[test]
     fn appends_through_the_page_cache_round_trip() {
         appends_round_trip(false);
+    }
+
+    #[test]
+    fn a_direct_write_refused_for_its_alignment_is_made_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        if !wal.is_direct() {
+            // This file system takes no direct I/O at all: the round-trip tests cover that.
+            assert!(open_direct(&dir.path().join(FILE_NAME)).is_err());
+            return;
+        }
+        let records: Vec<Record> = (1..=3)
+            .map(|seq| record(seq, vec![(Bytes::from_static(b"k"), Some(slot(b"v")))]))
+            .collect();
+        wal.append(&bytes_of(&records[0])).unwrap();
+        direct_of(&mut wal).misaligned = true;
+        wal.append(&bytes_of(&records[1])).unwrap();
+        assert!(!wal.is_direct(), "the refused write switched the log over");
+        wal.append(&bytes_of(&records[2])).unwrap();
+        drop(wal);
+        assert_eq!(Wal::open(dir.path()).unwrap().1, records);
+    }
+
+    fn direct_of(wal: &mut Wal) -> &mut Direct {
+        wal.direct.as_mut().expect("direct")
     }
 
     #[test]
