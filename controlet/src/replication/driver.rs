@@ -313,6 +313,8 @@ struct Sending {
     now: UnixSecs,
     /// `None` once read to the end (or failed).
     snapshot: Option<Box<dyn Snapshot>>,
+    /// A chunk read and held back by `--rebalance-rate` until the node's budget allows it.
+    throttled: Option<StateChunk>,
     /// The joiners, each with the chunk its queue has not taken yet.
     to: Vec<(NodeId, Option<StateChunk>)>,
     started: Instant,
@@ -736,6 +738,7 @@ impl<D: Datalet> Driver<D> {
             seq,
             now,
             snapshot: Some(snapshot),
+            throttled: None,
             to: to.into_iter().map(|peer| (peer, None)).collect(),
             started: Instant::now(),
             items: 0,
@@ -778,47 +781,54 @@ impl<D: Datalet> Driver<D> {
             if sending.to.iter().any(|(_, held)| held.is_some()) {
                 return;
             }
-            let Some(mut snapshot) = sending.snapshot.take() else {
-                tracing::info!(
-                    epoch = sending.epoch,
-                    seq = sending.seq,
-                    items = sending.items,
-                    ms = sending.started.elapsed().as_millis() as u64,
-                    "state sent"
-                );
-                self.sending = None;
-                return;
+            let mut chunk = match sending.throttled.take() {
+                Some(chunk) => chunk,
+                None => {
+                    let Some(mut snapshot) = sending.snapshot.take() else {
+                        tracing::info!(
+                            epoch = sending.epoch,
+                            seq = sending.seq,
+                            items = sending.items,
+                            ms = sending.started.elapsed().as_millis() as u64,
+                            "state sent"
+                        );
+                        self.sending = None;
+                        return;
+                    };
+                    let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
+                    let read = tokio::task::spawn_blocking(move || {
+                        let chunk = next_chunk(&mut *snapshot, epoch, seq, now);
+                        (snapshot, chunk)
+                    })
+                    .await;
+                    match read {
+                        Ok((snapshot, Ok(chunk))) => {
+                            if !chunk.last {
+                                sending.snapshot = Some(snapshot);
+                            }
+                            chunk
+                        }
+                        Ok((_, Err(e))) => {
+                            // The joiners time out waiting and ask for another view change.
+                            tracing::error!(error = %e, "could not read the datalet for a state transfer");
+                            self.sending = None;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the state transfer's reader failed");
+                            self.sending = None;
+                            return;
+                        }
+                    }
+                }
             };
-            if self.rate.as_ref().is_some_and(|r| !r.ready()) {
-                // Throttled: the next chunk waits until the node's budget allows it.
-                sending.snapshot = Some(snapshot);
+            // Throttled: a chunk with data waits until the node's budget allows it. The
+            // empty chunk that ends the snapshot goes at once, so a joiner installs what it
+            // was sent without waiting for the debt of another group's transfer.
+            if !chunk.items.is_empty() && self.rate.as_ref().is_some_and(|r| !r.ready()) {
+                sending.throttled = Some(chunk);
                 return;
             }
-            let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
-            let read = tokio::task::spawn_blocking(move || {
-                let chunk = next_chunk(&mut *snapshot, epoch, seq, now);
-                (snapshot, chunk)
-            })
-            .await;
-            let mut chunk = match read {
-                Ok((snapshot, Ok(chunk))) => {
-                    if !chunk.last {
-                        sending.snapshot = Some(snapshot);
-                    }
-                    chunk
-                }
-                Ok((_, Err(e))) => {
-                    // The joiners time out waiting and ask for another view change.
-                    tracing::error!(error = %e, "could not read the datalet for a state transfer");
-                    self.sending = None;
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the state transfer's reader failed");
-                    self.sending = None;
-                    return;
-                }
-            };
             sending.items += chunk.items.len() as u64;
             let bytes = chunk
                 .items
