@@ -4,6 +4,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The span of sending a chunk is sized for (see [`RateLimit::chunk_bytes`]).
+pub const CHUNK_SPAN: Duration = Duration::from_millis(250);
+/// The smallest chunk, whatever the rate.
+pub const MIN_CHUNK: usize = 16 << 10;
+
 /// Bytes per second, with a burst of at most `burst` bytes saved up while idle (none at
 /// first).
 #[derive(Debug)]
@@ -45,6 +50,14 @@ impl RateLimit {
         state.0 -= bytes as f64;
     }
 
+    /// The size of a transfer's chunks under this budget: what it earns in
+    /// [`CHUNK_SPAN`], at least [`MIN_CHUNK`] and at most `most`. Sending one chunk and then
+    /// waiting for its debt keeps the rate within about that span, where a chunk of a whole
+    /// `most` bytes at a low rate would go out at once and be followed by seconds of silence.
+    pub fn chunk_bytes(&self, most: usize) -> usize {
+        ((self.rate * CHUNK_SPAN.as_secs_f64()) as usize).clamp(MIN_CHUNK.min(most), most)
+    }
+
     /// How long until [`RateLimit::ready`].
     pub fn wait(&self) -> Duration {
         let mut state = self.state.lock().unwrap();
@@ -60,6 +73,15 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_hold_a_quarter_second_of_the_rate_within_bounds() {
+        let most = 1 << 20;
+        assert_eq!(RateLimit::new(200_000, most).chunk_bytes(most), 50_000);
+        assert_eq!(RateLimit::new(100_000_000, most).chunk_bytes(most), most);
+        assert_eq!(RateLimit::new(1_000, most).chunk_bytes(most), MIN_CHUNK);
+        assert_eq!(RateLimit::new(1_000, most).chunk_bytes(1_000), 1_000);
+    }
 
     #[test]
     fn debt_is_paid_back_at_the_rate() {

@@ -748,7 +748,8 @@ impl<D: Datalet> Driver<D> {
         self.pump_state().await;
     }
 
-    /// Sends the snapshot being sent on, a chunk of about [`STATE_CHUNK_BYTES`] at a time,
+    /// Sends the snapshot being sent on, a chunk of at most about [`STATE_CHUNK_BYTES`] at a
+    /// time,
     /// while every joiner's queue has half its room free (the rest is for the order's own
     /// messages, so the transfer never holds them back, nor this node's clients with them).
     /// A joiner that left the view is dropped; a new view ends the transfer.
@@ -796,8 +797,14 @@ impl<D: Datalet> Driver<D> {
                         return;
                     };
                     let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
+                    // Under `--rebalance-rate`, chunks of a quarter second's budget, so the
+                    // rate holds over short spans too, not only on average.
+                    let max_bytes = self
+                        .rate
+                        .as_ref()
+                        .map_or(STATE_CHUNK_BYTES, |r| r.chunk_bytes(STATE_CHUNK_BYTES));
                     let read = tokio::task::spawn_blocking(move || {
-                        let chunk = next_chunk(&mut *snapshot, epoch, seq, now);
+                        let chunk = next_chunk(&mut *snapshot, epoch, seq, now, max_bytes);
                         (snapshot, chunk)
                     })
                     .await;
@@ -1076,15 +1083,16 @@ impl<D: Datalet> Driver<D> {
     }
 }
 
-/// The next chunk of a snapshot: about [`STATE_CHUNK_BYTES`] of items (an item larger than
-/// that goes alone). The end of the snapshot is an empty chunk marked last.
+/// The next chunk of a snapshot: about `max_bytes` of items (an item larger than that goes
+/// alone). The end of the snapshot is an empty chunk marked last.
 pub(super) fn next_chunk(
     snapshot: &mut dyn Snapshot,
     epoch: u64,
     seq: u64,
     now: UnixSecs,
+    max_bytes: usize,
 ) -> Result<StateChunk, DataletError> {
-    let part = snapshot.next_part(STATE_CHUNK_BYTES)?;
+    let part = snapshot.next_part(max_bytes)?;
     let last = part.is_empty();
     let items = part
         .into_iter()

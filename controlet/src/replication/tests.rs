@@ -350,7 +350,7 @@ fn state_chunks_are_bounded_in_bytes() {
         let mut snapshot = tailorkv_datalet::Scanned::new(items);
         let mut chunks = Vec::new();
         loop {
-            let chunk = driver::next_chunk(&mut snapshot, 2, 7, NOW).unwrap();
+            let chunk = driver::next_chunk(&mut snapshot, 2, 7, NOW, STATE_CHUNK_BYTES).unwrap();
             let last = chunk.last;
             chunks.push(chunk);
             if last {
