@@ -325,6 +325,51 @@ struct Sending {
     bytes: u64,
 }
 
+impl Sending {
+    /// The next chunk to send: the one the budget held back, else the next one read from the
+    /// snapshot (under `rate`, a quarter second's budget of it, so the rate holds over short
+    /// spans too). `None` when the transfer ends: read to its end, or unreadable (the joiners
+    /// then time out waiting and ask for another view change).
+    async fn next_chunk(&mut self, rate: Option<&crate::rate::RateLimit>) -> Option<StateChunk> {
+        if let Some(chunk) = self.throttled.take() {
+            return Some(chunk);
+        }
+        let Some(mut snapshot) = self.snapshot.take() else {
+            tracing::info!(
+                epoch = self.epoch,
+                seq = self.seq,
+                items = self.items,
+                ms = self.started.elapsed().as_millis() as u64,
+                "state sent"
+            );
+            return None;
+        };
+        let (epoch, seq, now) = (self.epoch, self.seq, self.now);
+        let max_bytes = rate.map_or(STATE_CHUNK_BYTES, |r| r.chunk_bytes(STATE_CHUNK_BYTES));
+        let read = tokio::task::spawn_blocking(move || {
+            let chunk = next_chunk(&mut *snapshot, epoch, seq, now, max_bytes);
+            (snapshot, chunk)
+        })
+        .await;
+        match read {
+            Ok((snapshot, Ok(chunk))) => {
+                if !chunk.last {
+                    self.snapshot = Some(snapshot);
+                }
+                Some(chunk)
+            }
+            Ok((_, Err(e))) => {
+                tracing::error!(error = %e, "could not read the datalet for a state transfer");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the state transfer's reader failed");
+                None
+            }
+        }
+    }
+}
+
 /// A snapshot being received.
 struct Receiving {
     epoch: u64,
@@ -749,9 +794,8 @@ impl<D: Datalet> Driver<D> {
     }
 
     /// Sends the snapshot being sent on, a chunk of at most about [`STATE_CHUNK_BYTES`] at a
-    /// time,
-    /// while every joiner's queue has half its room free (the rest is for the order's own
-    /// messages, so the transfer never holds them back, nor this node's clients with them).
+    /// time, while every joiner's queue has half its room free (the rest is for the order's
+    /// own messages, so the transfer never holds them back, nor this node's clients with them).
     /// A joiner that left the view is dropped; a new view ends the transfer.
     async fn pump_state(&mut self) {
         let Some(sending) = self.sending.as_mut() else {
@@ -782,52 +826,9 @@ impl<D: Datalet> Driver<D> {
             if sending.to.iter().any(|(_, held)| held.is_some()) {
                 return;
             }
-            let mut chunk = match sending.throttled.take() {
-                Some(chunk) => chunk,
-                None => {
-                    let Some(mut snapshot) = sending.snapshot.take() else {
-                        tracing::info!(
-                            epoch = sending.epoch,
-                            seq = sending.seq,
-                            items = sending.items,
-                            ms = sending.started.elapsed().as_millis() as u64,
-                            "state sent"
-                        );
-                        self.sending = None;
-                        return;
-                    };
-                    let (epoch, seq, now) = (sending.epoch, sending.seq, sending.now);
-                    // Under `--rebalance-rate`, chunks of a quarter second's budget, so the
-                    // rate holds over short spans too, not only on average.
-                    let max_bytes = self
-                        .rate
-                        .as_ref()
-                        .map_or(STATE_CHUNK_BYTES, |r| r.chunk_bytes(STATE_CHUNK_BYTES));
-                    let read = tokio::task::spawn_blocking(move || {
-                        let chunk = next_chunk(&mut *snapshot, epoch, seq, now, max_bytes);
-                        (snapshot, chunk)
-                    })
-                    .await;
-                    match read {
-                        Ok((snapshot, Ok(chunk))) => {
-                            if !chunk.last {
-                                sending.snapshot = Some(snapshot);
-                            }
-                            chunk
-                        }
-                        Ok((_, Err(e))) => {
-                            // The joiners time out waiting and ask for another view change.
-                            tracing::error!(error = %e, "could not read the datalet for a state transfer");
-                            self.sending = None;
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "the state transfer's reader failed");
-                            self.sending = None;
-                            return;
-                        }
-                    }
-                }
+            let Some(mut chunk) = sending.next_chunk(self.rate.as_deref()).await else {
+                self.sending = None;
+                return;
             };
             // Throttled: a chunk with data waits until the node's budget allows it. The
             // empty chunk that ends the snapshot goes at once, so a joiner installs what it
