@@ -15,8 +15,9 @@
 //!   memory (the *overlay*) until a *checkpoint* writes them into the B-tree in one
 //!   transaction, about once a second, and empties the log. A B-tree commit costs far more
 //!   than a log append (copy-on-write pages, two syncs), so it is paid once per thousands of
-//!   writes instead of once per batch. After `kill -9` and a restart every acknowledged write
-//!   is there, with its flags, expiry and version: opening replays the log over the B-tree.
+//!   writes instead of once per batch, and on a thread of its own, while the writer goes on
+//!   logging into a second log. After `kill -9` and a restart every acknowledged write is
+//!   there, with its flags, expiry and version: opening replays the logs over the B-tree.
 //! - **Reads** look in the overlay, then open a redb read transaction: both hold only what is
 //!   durable, so a client never reads a value that a crash could take back. Reads run on the
 //!   caller's thread and share one read transaction between checkpoints.
@@ -32,7 +33,7 @@
 //!   incomplete until the next `save_clock`; meanwhile `load_clock` is 0, so a node that
 //!   crashed while receiving a snapshot never restarts as if it held the state it was given
 //!   only in part.
-//! - **Restart** is short: the log holds at most about a second of writes, and every B-tree
+//! - **Restart** is short: the logs hold at most about two seconds of writes, and every B-tree
 //!   commit saves redb's allocator state (quick-repair), so reopening after a crash does not
 //!   walk the whole file.
 //! - **Disk use** stays bounded under overwrites and deletes: redb is copy-on-write and reuses
@@ -97,6 +98,9 @@ pub struct DiskOptions {
     pub checkpoint_keys: usize,
     /// Checkpoint at least this often while writes come, and when the store falls idle.
     pub checkpoint_every: std::time::Duration,
+    /// Checkpoints run on a thread of their own while writes go on; if false, the writer
+    /// makes them itself and writes wait.
+    pub checkpoint_in_background: bool,
 }
 
 impl Default for DiskOptions {
@@ -106,6 +110,7 @@ impl Default for DiskOptions {
             cache_bytes: 256 << 20,
             checkpoint_keys: writer::CHECKPOINT_KEYS,
             checkpoint_every: writer::CHECKPOINT_EVERY,
+            checkpoint_in_background: true,
         }
     }
 }
@@ -145,8 +150,11 @@ impl DiskDatalet {
             .map_err(|e| unavailable(format_args!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         let saved = init_tables(&db)?;
-        let (wal, records) = wal::Wal::open(dir).map_err(unavailable)?;
-        // What the log holds past the B-tree goes back into the overlay, and straight into
+        let (first, mut records) =
+            wal::Wal::open(&dir.join(wal::FILE_NAMES[0])).map_err(unavailable)?;
+        let (second, more) = wal::Wal::open(&dir.join(wal::FILE_NAMES[1])).map_err(unavailable)?;
+        records.extend(more);
+        // What the logs hold past the B-tree goes back into the overlay, and straight into
         // the B-tree at the checkpoint below.
         let replay = wal::to_replay(records, saved.log_seq);
         let mut meta = saved.meta;
@@ -155,7 +163,7 @@ impl DiskDatalet {
         {
             let mut overlay = shared.overlay.write().unwrap_or_else(|e| e.into_inner());
             for record in replay {
-                overlay.extend(record.changes);
+                overlay.active.extend(record.changes);
                 (meta, seq) = (record.meta, record.seq);
             }
         }
@@ -165,7 +173,9 @@ impl DiskDatalet {
         let mut writer = Writer {
             db: Arc::clone(&db),
             shared: Arc::clone(&shared),
-            wal,
+            wals: [first, second],
+            log: 0,
+            background: options.checkpoint_in_background,
             item_size_max: limits.item_size_max,
             max_batch: options.max_batch.max(1),
             checkpoint_keys: options.checkpoint_keys.max(1),
@@ -179,6 +189,7 @@ impl DiskDatalet {
             seq,
             last_checkpoint: std::time::Instant::now(),
             tree: Some(writer::open_items(&db)?),
+            running: None,
         };
         writer.checkpoint()?;
         writer.items = writer
@@ -225,13 +236,13 @@ impl DiskDatalet {
         }
     }
 
-    /// Reads `key`: from the overlay if it was written since the last checkpoint, else from a
-    /// read transaction opened after every B-tree commit made so far: the one the last read
-    /// opened, while the writer has not committed since, else a new one. A checkpoint empties
-    /// the overlay only after its commit and before it counts the commit done, so a read that
-    /// misses the overlay and then finds the count unchanged reads a transaction holding what
-    /// the overlay held; between commits, reads share one transaction instead of opening one
-    /// each.
+    /// Reads `key`: from the overlay if it was written since the last checkpoint that holds,
+    /// else from a read transaction opened after every B-tree commit made so far: the one the
+    /// last read opened, while the count of commits has not moved since, else a new one. A
+    /// checkpoint drops what it wrote from the overlay only after its commit, and counts
+    /// around the drop, so a read that misses the overlay and then finds the count unchanged
+    /// reads a transaction holding what the overlay held; between commits, reads share one
+    /// transaction instead of opening one each.
     fn read_slot(&self, key: &[u8]) -> Result<Option<Slot>, DataletError> {
         if let Some(logged) = self
             .shared
@@ -273,7 +284,7 @@ impl DiskDatalet {
 fn consistent(
     db: &Database,
     shared: &Shared,
-) -> Result<(HashMap<Bytes, Option<Slot>>, redb::ReadTransaction), DataletError> {
+) -> Result<(writer::Changes, redb::ReadTransaction), DataletError> {
     for _attempt in 0.. {
         let before = shared.commits.load(Ordering::Acquire);
         if before.is_multiple_of(2) {
@@ -281,7 +292,7 @@ fn consistent(
                 .overlay
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .clone();
+                .merged();
             #[cfg(test)]
             if _attempt == 0 && shared.slow_snapshots.load(Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -414,10 +425,15 @@ impl DiskDatalet {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Bytes of whole records in the log.
+    /// Bytes of whole records in the logs.
     fn log_bytes(&self) -> usize {
-        let bytes = std::fs::read(self.path.with_file_name(wal::FILE_NAME)).unwrap_or_default();
-        wal::decode_all(&bytes).1
+        wal::FILE_NAMES
+            .iter()
+            .map(|name| {
+                let bytes = std::fs::read(self.path.with_file_name(name)).unwrap_or_default();
+                wal::decode_all(&bytes).1
+            })
+            .sum()
     }
 }
 

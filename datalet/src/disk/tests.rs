@@ -310,7 +310,25 @@ async fn reclaim_removes_what_is_dead() {
 /// back at once, 2,000 times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_after_a_write_sees_it_while_others_share_a_read_transaction() {
-    let d = Arc::new(open_temp(Limits::default()));
+    read_after_write(DiskOptions::default()).await;
+}
+
+/// The same with a checkpoint started after every batch, so that one is nearly always under
+/// way on its own thread: a read finds each write in the overlay, its frozen part, or the
+/// B-tree, never in none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_after_a_write_sees_it_while_checkpoints_run() {
+    let options = DiskOptions {
+        checkpoint_keys: 1,
+        ..DiskOptions::default()
+    };
+    read_after_write(options).await;
+}
+
+async fn read_after_write(options: DiskOptions) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = DiskDatalet::open(dir.path(), Limits::default(), options).expect("open");
+    let d = Arc::new(Guarded::new(d, dir));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for r in 0..3 {
@@ -392,7 +410,7 @@ async fn acknowledged_writes_only_in_the_log_survive_a_crash() {
     );
     d.crash();
     // A crash in the middle of the next append leaves a torn record behind.
-    let log = dir.path().join(wal::FILE_NAME);
+    let log = dir.path().join(wal::FILE_NAMES[0]);
     let mut torn = std::fs::read(&log).unwrap();
     let whole = wal::decode_all(&torn).1;
     torn[whole..whole + 7].copy_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
@@ -412,15 +430,104 @@ async fn acknowledged_writes_only_in_the_log_survive_a_crash() {
     assert_eq!(contents(&d).await.0, before.0);
 }
 
+/// Bytes of whole records in each of the two logs in `dir`.
+fn logged(dir: &Path) -> [usize; 2] {
+    wal::FILE_NAMES.map(|name| wal::decode_all(&std::fs::read(dir.join(name)).unwrap()).1)
+}
+
+/// Crashes while checkpoints run on their own thread (here one after every 3 keys written):
+/// after each of 45 restarts the store holds exactly the acknowledged writes. A third of the
+/// rounds run free, so crashes come before a checkpoint's commit, after it, or after its log
+/// was emptied; in the others the last checkpoint is held back from its commit until the
+/// crash, which leaves records in both logs, the older ones in the first log or (after a
+/// checkpoint that completed) in the second.
+#[tokio::test]
+async fn acknowledged_writes_survive_crashes_while_checkpoints_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits::default();
+    let options = DiskOptions {
+        checkpoint_keys: 3,
+        ..DiskOptions::default()
+    };
+    let mut expected = std::collections::BTreeMap::new();
+    let mut version = 0u64;
+    for round in 0..45u64 {
+        let d = DiskDatalet::open(dir.path(), limits, options.clone()).unwrap();
+        let found: std::collections::BTreeMap<Bytes, Bytes> = d
+            .scan(NOW)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(key, item)| (key, item.value))
+            .collect();
+        assert_eq!(found, expected, "reopened for round {round}");
+        let mut write = async |n: u64| {
+            for _ in 0..n {
+                version += 1;
+                let key = Bytes::from(format!("k{}", version * 7 % 31));
+                let m = if version.is_multiple_of(5) {
+                    expected.remove(&key);
+                    Mutation::Delete
+                } else {
+                    let value = Bytes::from(format!("v{version}"));
+                    expected.insert(key.clone(), value.clone());
+                    set(&value, 0, Expiry::Never)
+                };
+                d.apply(&key, m, Version::new(version, NodeId(1)), NOW)
+                    .await
+                    .unwrap();
+            }
+        };
+        let hold = |on: bool| d.shared.hold_checkpoints.store(on, Ordering::Release);
+        match round % 3 {
+            0 => write(20 + round % 7).await,
+            1 => {
+                hold(true);
+                write(20).await;
+            }
+            _ => {
+                // One checkpoint completes (its log emptied, appends moved to the second
+                // log), then the next is held.
+                write(4).await;
+                while !matches!(logged(dir.path()), [0, b] if b > 0) {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                hold(true);
+                write(20).await;
+            }
+        }
+        d.crash();
+        if round % 3 != 0 {
+            let bytes = logged(dir.path());
+            assert!(
+                bytes.iter().all(|&b| b > 0),
+                "round {round}: a held checkpoint left records in one log only: {bytes:?}"
+            );
+        }
+    }
+}
+
 /// A snapshot is one moment of the store, also while checkpoints (here every 5 keys) move
 /// what is logged into the B-tree under it (and the first try of each snapshot is slowed
-/// down between its two halves, to give a checkpoint the time to slip in). Write `i` adds key `k<i>`, then overwrites `last`
-/// with `i`, each awaited: in any moment, `last` names the newest `k` key or the one before.
+/// down between its two halves, to give a checkpoint the time to slip in). Write `i` adds key
+/// `k<i>`, then overwrites `last` with `i`, each awaited: in any moment, `last` names the
+/// newest `k` key or the one before. With checkpoints on their own thread, and made by the
+/// writer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn snapshots_are_one_moment_across_checkpoints() {
+    snapshots_across_checkpoints(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn snapshots_are_one_moment_across_checkpoints_made_by_the_writer() {
+    snapshots_across_checkpoints(false).await;
+}
+
+async fn snapshots_across_checkpoints(checkpoint_in_background: bool) {
     let dir = tempfile::tempdir().unwrap();
     let options = DiskOptions {
         checkpoint_keys: 5,
+        checkpoint_in_background,
         ..DiskOptions::default()
     };
     let d = DiskDatalet::open(dir.path(), Limits::default(), options).unwrap();
@@ -471,9 +578,29 @@ async fn snapshots_are_one_moment_across_checkpoints() {
     );
 }
 
-/// The whole conformance suite again with a checkpoint after every batch, so that every
-/// operation also runs against what the B-tree holds rather than the overlay.
+/// The whole conformance suite again with a checkpoint after every batch, made by the writer
+/// before the next batch, so that every operation also runs against what the B-tree holds
+/// rather than the overlay.
 mod checkpointing_every_batch {
+    use super::*;
+
+    fn open_temp(limits: Limits) -> Guarded<DiskDatalet> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = DiskOptions {
+            checkpoint_keys: 1,
+            checkpoint_in_background: false,
+            ..DiskOptions::default()
+        };
+        let datalet = DiskDatalet::open(dir.path(), limits, options).expect("open");
+        Guarded::new(datalet, dir)
+    }
+
+    crate::conformance_tests!(open_temp);
+}
+
+/// And with a checkpoint started after every batch on its own thread: operations run against
+/// the overlay, its frozen part and the B-tree while they change under them.
+mod checkpointing_every_batch_in_the_background {
     use super::*;
 
     fn open_temp(limits: Limits) -> Guarded<DiskDatalet> {

@@ -20,6 +20,11 @@
 //! system allows (see [`Direct`]). Emptying the log only rewinds it (a zero-length
 //! record, all zeros, ends a replay; older records left behind are numbered before the new
 //! ones and so never replayed), unless it grew past [`KEEP_BYTES`].
+//!
+//! The datalet keeps two such logs ([`FILE_NAMES`]) and appends to one at a time: while a
+//! checkpoint writes what one holds into the B-tree, new records go to the other, which was
+//! empty. Sequence numbers run on across the two, so a replay reads both and takes the
+//! records in number order ([`to_replay`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -31,8 +36,8 @@ use tailorkv_common::{Ts, UnixSecs};
 
 use super::slot::Slot;
 
-/// The file inside the datalet's directory.
-pub const FILE_NAME: &str = "tailorkv.wal";
+/// The two log files inside the datalet's directory.
+pub const FILE_NAMES: [&str; 2] = ["tailorkv.wal", "tailorkv.wal.1"];
 
 const RECORD_HEADER: usize = 8;
 /// Zeros written ahead of the records at a time.
@@ -155,21 +160,20 @@ fn block_start(at: u64) -> u64 {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` and reads every whole record in it, in order.
-    pub fn open(dir: &Path) -> std::io::Result<(Wal, Vec<Record>)> {
-        Wal::open_with(dir, true)
+    /// Opens (or creates) the log at `path` and reads every whole record in it, in order.
+    pub fn open(path: &Path) -> std::io::Result<(Wal, Vec<Record>)> {
+        Wal::open_with(path, true)
     }
 
     /// As [`Wal::open`]; appends go through the page cache if `try_direct` is false or the
     /// file system refuses direct writes.
-    fn open_with(dir: &Path, try_direct: bool) -> std::io::Result<(Wal, Vec<Record>)> {
-        let path = dir.join(FILE_NAME);
+    fn open_with(path: &Path, try_direct: bool) -> std::io::Result<(Wal, Vec<Record>)> {
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .write(true)
-            .open(&path)?;
+            .open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let (records, whole) = decode_all(&bytes);
@@ -177,7 +181,7 @@ impl Wal {
         let len = whole as u64;
         let allocated = bytes.len() as u64;
         let opened = match try_direct {
-            true => open_direct(&path),
+            true => open_direct(path),
             false => Err(std::io::Error::other("not asked for")),
         };
         let direct = match opened {
@@ -379,9 +383,10 @@ fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
     Some((record, RECORD_HEADER + body_len))
 }
 
-/// The records a store whose B-tree holds everything up to `applied` must replay: those after
-/// it, in an unbroken run of sequence numbers.
-pub(super) fn to_replay(records: Vec<Record>, applied: u64) -> Vec<Record> {
+/// The records a store whose B-tree holds everything up to `applied` must replay, of those
+/// read from both logs: the ones after it, in an unbroken run of sequence numbers.
+pub(super) fn to_replay(mut records: Vec<Record>, applied: u64) -> Vec<Record> {
+    records.sort_by_key(|r| r.seq);
     records
         .into_iter()
         .skip_while(|r| r.seq <= applied)
@@ -475,6 +480,12 @@ mod tests {
         // A gap ends the run.
         let gap = vec![record(1, vec![]), record(3, vec![])];
         assert_eq!(seqs(to_replay(gap, 0)), [1]);
+        // Read from the two logs, in either order: the run goes on from one to the other.
+        let two = [6, 7, 3, 4, 5].map(|s| record(s, vec![])).into();
+        assert_eq!(seqs(to_replay(two, 2)), [3, 4, 5, 6, 7]);
+        // A log the B-tree already holds, not yet emptied, is passed over.
+        let two = [6, 7, 1, 2, 3, 4, 5].map(|s| record(s, vec![])).into();
+        assert_eq!(seqs(to_replay(two, 5)), [6, 7]);
         // Older records behind newer ones (left by a clear) are not read as the log at all.
         let mut bytes = Vec::new();
         for seq in [8, 9, 3, 4] {
@@ -489,9 +500,9 @@ mod tests {
     /// whole, with only zeros after them in the file's last written block.
     fn appends_round_trip(try_direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open_with(dir.path(), try_direct).unwrap();
+        let (mut wal, _) = Wal::open_with(&dir.path().join(FILE_NAMES[0]), try_direct).unwrap();
         // Direct writes are used exactly where the file system takes them.
-        let probe = open_direct(&dir.path().join(FILE_NAME)).is_ok();
+        let probe = open_direct(&dir.path().join(FILE_NAMES[0])).is_ok();
         assert_eq!(wal.is_direct(), try_direct && probe);
         let value = |n: usize| Bytes::from(vec![b'v'; n]);
         let mut written = Vec::new();
@@ -510,13 +521,13 @@ mod tests {
             if seq.is_multiple_of(4) {
                 drop(wal);
                 let read;
-                (wal, read) = Wal::open_with(dir.path(), try_direct).unwrap();
+                (wal, read) = Wal::open_with(&dir.path().join(FILE_NAMES[0]), try_direct).unwrap();
                 assert_eq!(read, written, "reopened after record {seq}");
             }
         }
         let len = wal.len() as usize;
         drop(wal);
-        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let bytes = std::fs::read(dir.path().join(FILE_NAMES[0])).unwrap();
         let (read, used) = decode_all(&bytes);
         assert_eq!((read, used), (written, len));
         let block_end = len.next_multiple_of(BLOCK);
@@ -536,10 +547,10 @@ mod tests {
     #[test]
     fn a_direct_write_refused_for_its_alignment_is_made_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let (mut wal, _) = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap();
         if !wal.is_direct() {
             // This file system takes no direct I/O at all: the round-trip tests cover that.
-            assert!(open_direct(&dir.path().join(FILE_NAME)).is_err());
+            assert!(open_direct(&dir.path().join(FILE_NAMES[0])).is_err());
             return;
         }
         let records: Vec<Record> = (1..=3)
@@ -551,7 +562,10 @@ mod tests {
         assert!(!wal.is_direct(), "the refused write switched the log over");
         wal.append(&bytes_of(&records[2])).unwrap();
         drop(wal);
-        assert_eq!(Wal::open(dir.path()).unwrap().1, records);
+        assert_eq!(
+            Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap().1,
+            records
+        );
     }
 
     fn direct_of(wal: &mut Wal) -> &mut Direct {
@@ -561,7 +575,7 @@ mod tests {
     #[test]
     fn a_reopened_log_appends_after_its_last_whole_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        let (mut wal, read) = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap();
         assert!(read.is_empty());
         let first = record(1, vec![(Bytes::from_static(b"k"), Some(slot(b"v")))]);
         wal.append(&bytes_of(&first)).unwrap();
@@ -573,23 +587,26 @@ mod tests {
         ));
         wal.append(&torn[..torn.len() - 3]).unwrap();
         drop(wal);
-        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        let (mut wal, read) = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap();
         assert_eq!(read, vec![first]);
         let second = record(2, vec![]);
         wal.append(&bytes_of(&second)).unwrap();
         drop(wal);
-        let (mut wal, read) = Wal::open(dir.path()).unwrap();
+        let (mut wal, read) = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap();
         assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
         wal.clear().unwrap();
         assert_eq!(wal.len(), 0);
         drop(wal);
-        assert!(Wal::open(dir.path()).unwrap().1.is_empty());
+        assert!(Wal::open(&dir.path().join(FILE_NAMES[0]))
+            .unwrap()
+            .1
+            .is_empty());
         // Records appended after a clear come first; the older ones left behind them are
         // not part of the log.
-        let (mut wal, _) = Wal::open(dir.path()).unwrap();
+        let (mut wal, _) = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap();
         wal.append(&bytes_of(&record(3, vec![]))).unwrap();
         drop(wal);
-        let read = Wal::open(dir.path()).unwrap().1;
+        let read = Wal::open(&dir.path().join(FILE_NAMES[0])).unwrap().1;
         assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [3]);
     }
 }

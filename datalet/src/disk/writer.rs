@@ -16,14 +16,25 @@
 //! which costs far more than a log append, is paid once per thousands of writes rather than
 //! once per batch.
 //!
+//! A checkpoint runs on a thread of its own, so writes do not wait for it (a commit of a
+//! second's writes takes tens of milliseconds, in which every client that sent a write would
+//! stall). It *freezes* the overlay: the changes so far become the frozen overlay, which
+//! readers still consult, behind the new changes; the writer goes on logging into the other
+//! of its two logs (see [`super::wal`]). Once the commit holds, the writer drops the frozen
+//! overlay and empties the log that held its records. One checkpoint runs at a time; if one
+//! fails, its changes go back into the overlay and the next checkpoint is made by the writer
+//! itself, which then empties both logs.
+//!
 //! Operations that touch every item (`flush_all`, a reset, removing what is dead) are rare;
-//! the writer checkpoints first and then carries their batch out in one B-tree transaction,
-//! committed durably before it answers, as every batch once was.
+//! the writer waits for a running checkpoint, checkpoints itself, and then carries their batch
+//! out in one B-tree transaction, committed durably before it answers, as every batch once
+//! was.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,13 +95,15 @@ pub(super) struct Shared {
     pub incomplete: AtomicBool,
     /// Batches made durable (log appends and B-tree commits): one fsync each.
     pub syncs: AtomicU64,
-    /// Odd while the writer commits to the B-tree, even otherwise; raised twice per commit.
-    /// A reader that saw the same even value before and after opening a read transaction
-    /// knows the transaction and the overlay it read agree (see `DiskDatalet::read_slot` and
-    /// `DiskDatalet::consistent`).
+    /// Odd while the B-tree and the overlay change together (a commit by the writer, or
+    /// the frozen overlay dropped after a checkpoint's commit), even otherwise; raised twice
+    /// each time, and by two when a checkpoint freezes the overlay (its commit may land any
+    /// time after). A reader that saw the same even value before and after opening a read
+    /// transaction knows the transaction and the overlay it read agree (see
+    /// `DiskDatalet::read_slot` and `DiskDatalet::consistent`).
     pub commits: AtomicU64,
-    /// Changes logged since the last checkpoint: per key its new slot, or `None` if removed.
-    pub overlay: RwLock<HashMap<Bytes, Option<Slot>>>,
+    /// Changes logged that the B-tree does not hold yet.
+    pub overlay: RwLock<Overlay>,
     /// Set by a test to stop the writer as a crash would, without a last checkpoint.
     #[cfg(test)]
     pub crashed: AtomicBool,
@@ -98,7 +111,56 @@ pub(super) struct Shared {
     /// read transaction, where a checkpoint could slip in.
     #[cfg(test)]
     pub slow_snapshots: AtomicBool,
+    /// Set by a test to hold checkpoints back from their commit (until a crash, which then
+    /// comes before it).
+    #[cfg(test)]
+    pub hold_checkpoints: AtomicBool,
 }
+
+/// Per key its new slot, or `None` if removed.
+pub(super) type Changes = HashMap<Bytes, Option<Slot>>;
+
+/// Changes logged since the last checkpoint that holds: those of a checkpoint under way
+/// (frozen), and newer ones over them.
+#[derive(Debug, Default)]
+pub(super) struct Overlay {
+    pub active: Changes,
+    pub frozen: Arc<Changes>,
+}
+
+impl Overlay {
+    /// The newest logged change of `key`, if the overlay holds one.
+    pub fn get(&self, key: &[u8]) -> Option<&Option<Slot>> {
+        self.active.get(key).or_else(|| self.frozen.get(key))
+    }
+
+    /// Every key's newest change, in one map.
+    pub fn merged(&self) -> Changes {
+        let mut all = (*self.frozen).clone();
+        all.extend(self.active.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    }
+
+    /// Puts the frozen changes back under the newer ones, after their checkpoint failed.
+    fn thaw(&mut self) {
+        let frozen = std::mem::take(&mut self.frozen);
+        for (key, slot) in frozen.iter() {
+            self.active
+                .entry(key.clone())
+                .or_insert_with(|| slot.clone());
+        }
+    }
+}
+
+/// A checkpoint committing the frozen overlay on its own thread.
+pub(super) struct Running {
+    thread: JoinHandle<Result<(), DataletError>>,
+    /// The log holding the frozen changes' records, emptied once the B-tree holds them.
+    log: usize,
+}
+
+/// While a checkpoint runs, the writer looks this often whether it is done.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(5);
 
 /// Checkpoint once the overlay holds this many keys.
 pub(super) const CHECKPOINT_KEYS: usize = 100_000;
@@ -110,7 +172,12 @@ pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub(super) struct Writer {
     pub db: Arc<Database>,
     pub shared: Arc<Shared>,
-    pub wal: Wal,
+    /// The two logs: records are appended to `wals[log]`; the other one is empty, or holds
+    /// the records of the checkpoint under way (or of one that failed).
+    pub wals: [Wal; 2],
+    pub log: usize,
+    /// Checkpoints run on their own thread (else the writer makes them, and writes wait).
+    pub background: bool,
     pub item_size_max: usize,
     pub max_batch: usize,
     pub checkpoint_keys: usize,
@@ -131,6 +198,8 @@ pub(super) struct Writer {
     pub last_checkpoint: Instant,
     /// The items table as of the last B-tree commit, for the writer's own reads.
     pub tree: Option<ItemsTable>,
+    /// The checkpoint under way on its own thread.
+    pub running: Option<Running>,
 }
 
 /// The answer to one op, sent once its batch is durable: an apply's outcome (or its own
@@ -160,11 +229,19 @@ impl Planned {
 impl Writer {
     pub fn run(mut self, ops: Receiver<Op>) {
         loop {
-            let first = match ops.recv_timeout(self.checkpoint_every) {
+            let wait = match self.running {
+                Some(_) => CHECKPOINT_POLL,
+                None => self.checkpoint_every,
+            };
+            let next = ops.recv_timeout(wait);
+            self.finish_checkpoint(false);
+            let first = match next {
                 Ok(op) => op,
                 // Idle: fold what is logged into the B-tree.
                 Err(RecvTimeoutError::Timeout) => {
-                    self.checkpoint_or_log();
+                    if self.running.is_none() {
+                        self.start_checkpoint();
+                    }
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -183,17 +260,20 @@ impl Writer {
                     .overlay
                     .read()
                     .unwrap_or_else(|e| e.into_inner());
-                overlay.len() >= self.checkpoint_keys
-                    || self.wal.len() >= CHECKPOINT_LOG_BYTES
-                    || (!overlay.is_empty()
+                let logged = &overlay.active;
+                logged.len() >= self.checkpoint_keys
+                    || self.wals[self.log].len() >= CHECKPOINT_LOG_BYTES
+                    || (!logged.is_empty()
                         && self.last_checkpoint.elapsed() >= self.checkpoint_every)
             };
-            if due {
-                self.checkpoint_or_log();
+            if due && self.running.is_none() {
+                self.start_checkpoint();
             }
         }
         // Closing: leave nothing to replay.
         self.checkpoint_or_log();
+        // After a crash (in tests) the checkpoint under way may still be running.
+        self.finish_checkpoint(true);
     }
 
     fn checkpoint_or_log(&mut self) {
@@ -203,6 +283,124 @@ impl Writer {
         }
         if let Err(e) = self.checkpoint() {
             tracing::error!(error = %e, "disk datalet checkpoint failed");
+        }
+    }
+
+    /// Starts a checkpoint of what is logged on a thread of its own: freezes the overlay and
+    /// goes on logging into the other log. Made by the writer itself instead if checkpoints
+    /// do not run in the background, or the other log still holds records (its checkpoint
+    /// failed, or emptying it did).
+    fn start_checkpoint(&mut self) {
+        let other = 1 - self.log;
+        if !self.background || self.wals[other].len() > 0 {
+            return self.checkpoint_or_log();
+        }
+        #[cfg(test)]
+        if self.shared.crashed.load(Ordering::Acquire) {
+            return;
+        }
+        self.last_checkpoint = Instant::now();
+        let frozen = {
+            let mut overlay = self
+                .shared
+                .overlay
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            if overlay.active.is_empty() && self.wals[self.log].len() == 0 {
+                return;
+            }
+            let frozen = Arc::new(std::mem::take(&mut overlay.active));
+            overlay.frozen = Arc::clone(&frozen);
+            // A snapshot that copied the overlay before this must not pair it with a
+            // transaction that holds the commit to come.
+            self.shared.commits.fetch_add(2, Ordering::AcqRel);
+            frozen
+        };
+        let (db, meta, seq) = (Arc::clone(&self.db), self.meta(), self.seq);
+        #[cfg(test)]
+        let shared = Arc::clone(&self.shared);
+        let spawned = std::thread::Builder::new()
+            .name("disk-checkpoint".into())
+            .spawn(move || {
+                // A crash (in tests) may come before the commit.
+                #[cfg(test)]
+                {
+                    while shared.hold_checkpoints.load(Ordering::Acquire)
+                        && !shared.crashed.load(Ordering::Acquire)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if shared.crashed.load(Ordering::Acquire) {
+                        return Err(unavailable("crashed"));
+                    }
+                }
+                commit_changes(&db, &frozen, meta, seq)
+            });
+        match spawned {
+            Ok(thread) => {
+                self.running = Some(Running {
+                    thread,
+                    log: self.log,
+                });
+                self.log = other;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a checkpoint thread; checkpointing here");
+                self.shared
+                    .overlay
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .thaw();
+                self.checkpoint_or_log();
+            }
+        }
+    }
+
+    /// Completes the checkpoint under way once its commit is done (waiting for it if
+    /// `wait`): drops the frozen overlay, which the B-tree now holds, and empties its log; if
+    /// the commit failed, puts the frozen changes back into the overlay.
+    fn finish_checkpoint(&mut self, wait: bool) {
+        let Some(running) = self
+            .running
+            .take_if(|running| wait || running.thread.is_finished())
+        else {
+            return;
+        };
+        let committed = running
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(unavailable("the checkpoint thread panicked")))
+            .and_then(|()| open_items(&self.db));
+        #[cfg(test)]
+        if self.shared.crashed.load(Ordering::Acquire) {
+            return;
+        }
+        let tree = match committed {
+            Ok(tree) => tree,
+            Err(e) => {
+                tracing::error!(error = %e, "disk datalet checkpoint failed");
+                self.shared
+                    .overlay
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .thaw();
+                return;
+            }
+        };
+        // Readers that miss the overlay from here on must read a transaction from after the
+        // commit: the count tells them (see `Shared::commits`).
+        self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        self.shared
+            .overlay
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .frozen = Arc::default();
+        self.tree = Some(tree);
+        self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.wals[running.log].clear() {
+            // Left as it is, the log makes the next checkpoint the writer's own, which
+            // empties both logs.
+            tracing::error!(error = %e, "disk datalet cannot empty a checkpointed log");
         }
     }
 
@@ -357,12 +555,13 @@ impl Writer {
         }
         let seq = self.seq + 1;
         let record = wal::encode(seq, self.meta(), staged.iter());
-        self.wal.append(&record).map_err(unavailable)?;
+        self.wals[self.log].append(&record).map_err(unavailable)?;
         self.seq = seq;
         self.shared
             .overlay
             .write()
             .unwrap_or_else(|e| e.into_inner())
+            .active
             .extend(staged);
         Ok(Some(answers))
     }
@@ -433,16 +632,20 @@ impl Writer {
         }
     }
 
-    /// Writes the overlay into the B-tree in one durable transaction, publishes it, and
-    /// empties the overlay and the log. Nothing to do if both are empty.
+    /// Writes the overlay into the B-tree in one durable transaction, on this thread (after
+    /// the checkpoint under way, if any), publishes it, and empties the overlay and both logs.
+    /// Nothing to do if they are empty.
     pub fn checkpoint(&mut self) -> Result<(), DataletError> {
-        let empty = self
-            .shared
-            .overlay
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
-        if empty && self.wal.len() == 0 {
+        self.finish_checkpoint(true);
+        let empty = {
+            let overlay = self
+                .shared
+                .overlay
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            overlay.active.is_empty() && overlay.frozen.is_empty()
+        };
+        if empty && self.wals.iter().all(|wal| wal.len() == 0) {
             self.last_checkpoint = Instant::now();
             return Ok(());
         }
@@ -452,21 +655,11 @@ impl Writer {
                 .overlay
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            for (key, slot) in overlay.iter() {
-                match slot {
-                    Some(slot) => {
-                        items
-                            .insert(key.as_ref(), slot.encode().as_slice())
-                            .map_err(unavailable)?;
-                    }
-                    None => {
-                        items.remove(key.as_ref()).map_err(unavailable)?;
-                    }
-                }
-            }
-            Ok(())
+            write_changes(items, &overlay.merged())
         })?;
-        self.wal.clear().map_err(unavailable)?;
+        for wal in &mut self.wals {
+            wal.clear().map_err(unavailable)?;
+        }
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -489,23 +682,16 @@ impl Writer {
             {
                 let mut items = txn.open_table(ITEMS).map_err(unavailable)?;
                 body(self, &mut items)?;
-                let mut meta = txn.open_table(META).map_err(unavailable)?;
-                let mut put =
-                    |name, value: u64| meta.insert(name, value).map(|_| ()).map_err(unavailable);
-                put(META_USED_BYTES, self.used_bytes as u64)?;
-                put(META_FLUSH_AT, self.flush_at)?;
-                put(META_CLOCK, self.clock)?;
-                put(META_INCOMPLETE, u64::from(self.incomplete))?;
-                put(META_LOG_SEQ, self.seq)?;
             }
+            save_meta(&txn, self.meta(), self.seq)?;
             txn.commit().map_err(unavailable)
         })();
         if result.is_ok() {
-            self.shared
+            *self
+                .shared
                 .overlay
                 .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+                .unwrap_or_else(|e| e.into_inner()) = Overlay::default();
         }
         // Reopened whether or not the commit held: a failed one may have left the old
         // transaction's view behind. The count is made even again in any case.
@@ -674,6 +860,54 @@ impl Writer {
         self.items -= removed;
         Ok(())
     }
+}
+
+/// Writes `changes` into the items table.
+fn write_changes(items: &mut Table<&[u8], &[u8]>, changes: &Changes) -> Result<(), DataletError> {
+    for (key, slot) in changes {
+        match slot {
+            Some(slot) => {
+                items
+                    .insert(key.as_ref(), slot.encode().as_slice())
+                    .map_err(unavailable)?;
+            }
+            None => {
+                items.remove(key.as_ref()).map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Saves the metadata, with the number of the last log record the B-tree holds.
+fn save_meta(txn: &redb::WriteTransaction, meta: wal::Meta, seq: u64) -> Result<(), DataletError> {
+    let mut table = txn.open_table(META).map_err(unavailable)?;
+    let mut put = |name, value: u64| table.insert(name, value).map(|_| ()).map_err(unavailable);
+    put(META_USED_BYTES, meta.used_bytes)?;
+    put(META_FLUSH_AT, meta.flush_at)?;
+    put(META_CLOCK, meta.clock)?;
+    put(META_INCOMPLETE, u64::from(meta.incomplete))?;
+    put(META_LOG_SEQ, seq)
+}
+
+/// A checkpoint's commit, on its own thread: `changes` (a frozen overlay) written into the
+/// B-tree with the metadata as of the last record they hold, in one durable transaction.
+fn commit_changes(
+    db: &Database,
+    changes: &Changes,
+    meta: wal::Meta,
+    seq: u64,
+) -> Result<(), DataletError> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(unavailable)?;
+    txn.set_quick_repair(true);
+    {
+        let mut items = txn.open_table(ITEMS).map_err(unavailable)?;
+        write_changes(&mut items, changes)?;
+    }
+    save_meta(&txn, meta, seq)?;
+    txn.commit().map_err(unavailable)
 }
 
 /// The items table in a new read transaction.
