@@ -313,13 +313,13 @@ async fn a_read_after_a_write_sees_it_while_others_share_a_read_transaction() {
     read_after_write(DiskOptions::default()).await;
 }
 
-/// The same with a checkpoint started after every batch, so that one is nearly always under
-/// way on its own thread: a read finds each write in the overlay, its frozen part, or the
-/// B-tree, never in none of them.
+/// The same with a checkpoint every 50 keys (the next 50 wait for it), so that one is nearly
+/// always under way on its own thread: a read finds each write in the overlay, its frozen
+/// part, or the B-tree, never in none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_after_a_write_sees_it_while_checkpoints_run() {
     let options = DiskOptions {
-        checkpoint_keys: 1,
+        checkpoint_keys: 50,
         ..DiskOptions::default()
     };
     read_after_write(options).await;
@@ -343,19 +343,32 @@ async fn read_after_write(options: DiskOptions) {
             reads
         }));
     }
+    // Each round overwrites `k` and adds a key `f<i>` (filling the overlay, so checkpoints
+    // come), then reads back `k` and the key added 40 rounds before.
     let key = Bytes::from_static(b"k");
     for i in 1..=2000u64 {
         let value = i.to_string();
-        let version = Version::new(i, NodeId(1));
-        d.apply(&key, set(value.as_bytes(), 0, Expiry::Never), version, 1)
-            .await
-            .unwrap();
+        let filler = Bytes::from(format!("f{i}"));
+        for (n, key) in [(2 * i, &key), (2 * i + 1, &filler)] {
+            let version = Version::new(n, NodeId(1));
+            d.apply(key, set(value.as_bytes(), 0, Expiry::Never), version, 1)
+                .await
+                .unwrap();
+        }
         let got = d.get(&key, 1).await.unwrap().map(|item| item.value);
         assert_eq!(
             got.as_deref(),
             Some(value.as_bytes()),
             "write {i} not read back"
         );
+        if let Some(earlier) = i.checked_sub(40).filter(|&e| e > 0) {
+            let got = d.get(format!("f{earlier}").as_bytes(), 1).await.unwrap();
+            assert_eq!(
+                got.map(|item| item.value).as_deref(),
+                Some(earlier.to_string().as_bytes()),
+                "key f{earlier} not read back in round {i}"
+            );
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut reads = 0;
@@ -435,24 +448,24 @@ fn logged(dir: &Path) -> [usize; 2] {
     wal::FILE_NAMES.map(|name| wal::decode_all(&std::fs::read(dir.join(name)).unwrap()).1)
 }
 
-/// Crashes while checkpoints run on their own thread (here one after every 3 keys written):
-/// after each of 45 restarts the store holds exactly the acknowledged writes. A third of the
-/// rounds run free, so crashes come before a checkpoint's commit, after it, or after its log
-/// was emptied; in the others the last checkpoint is held back from its commit until the
-/// crash, which leaves records in both logs, the older ones in the first log or (after a
-/// checkpoint that completed) in the second.
+/// Crashes while checkpoints run on their own thread: after each of 45 restarts the store
+/// holds exactly the acknowledged writes. A third of the rounds run free (a checkpoint every
+/// 10 keys), so crashes come before a checkpoint's commit, after it, or after its log was
+/// emptied; in the others (a checkpoint every 3 keys) the last checkpoint is held back from
+/// its commit until the crash, which leaves records in both logs, the older ones in the first
+/// log or (after a checkpoint that completed) in the second.
 #[tokio::test]
 async fn acknowledged_writes_survive_crashes_while_checkpoints_run() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits::default();
-    let options = DiskOptions {
-        checkpoint_keys: 3,
-        ..DiskOptions::default()
-    };
     let mut expected = std::collections::BTreeMap::new();
     let mut version = 0u64;
     for round in 0..45u64 {
-        let d = DiskDatalet::open(dir.path(), limits, options.clone()).unwrap();
+        let options = DiskOptions {
+            checkpoint_keys: if round % 3 == 0 { 10 } else { 3 },
+            ..DiskOptions::default()
+        };
+        let d = DiskDatalet::open(dir.path(), limits, options).unwrap();
         let found: std::collections::BTreeMap<Bytes, Bytes> = d
             .scan(NOW)
             .await
@@ -461,11 +474,16 @@ async fn acknowledged_writes_survive_crashes_while_checkpoints_run() {
             .map(|(key, item)| (key, item.value))
             .collect();
         assert_eq!(found, expected, "reopened for round {round}");
-        let mut write = async |n: u64| {
+        // `n` writes: overwrites and deletes of 31 keys, or (`fresh`) sets of new keys, each
+        // one more key in the overlay.
+        let mut write = async |n: u64, fresh: bool| {
             for _ in 0..n {
                 version += 1;
-                let key = Bytes::from(format!("k{}", version * 7 % 31));
-                let m = if version.is_multiple_of(5) {
+                let key = match fresh {
+                    true => Bytes::from(format!("f{version}")),
+                    false => Bytes::from(format!("k{}", version * 7 % 31)),
+                };
+                let m = if !fresh && version.is_multiple_of(5) {
                     expected.remove(&key);
                     Mutation::Delete
                 } else {
@@ -479,21 +497,24 @@ async fn acknowledged_writes_survive_crashes_while_checkpoints_run() {
             }
         };
         let hold = |on: bool| d.shared.hold_checkpoints.store(on, Ordering::Release);
+        // In the held rounds, the third key in the overlay freezes it and the next goes to
+        // the other log (three more would fill the overlay again, and the writes would wait
+        // for the held checkpoint).
         match round % 3 {
-            0 => write(20 + round % 7).await,
+            0 => write(20 + round % 7, false).await,
             1 => {
                 hold(true);
-                write(20).await;
+                write(4, true).await;
             }
             _ => {
                 // One checkpoint completes (its log emptied, appends moved to the second
                 // log), then the next is held.
-                write(4).await;
+                write(4, true).await;
                 while !matches!(logged(dir.path()), [0, b] if b > 0) {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 hold(true);
-                write(20).await;
+                write(3, true).await;
             }
         }
         d.crash();
@@ -504,6 +525,54 @@ async fn acknowledged_writes_survive_crashes_while_checkpoints_run() {
                 "round {round}: a held checkpoint left records in one log only: {bytes:?}"
             );
         }
+    }
+}
+
+/// Writes that come faster than checkpoints go wait for the one under way once the overlay is
+/// full again (here at 3 keys), rather than growing it without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_wait_for_a_checkpoint_once_the_overlay_is_full_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = DiskOptions {
+        checkpoint_keys: 3,
+        ..DiskOptions::default()
+    };
+    let d = Arc::new(DiskDatalet::open(dir.path(), Limits::default(), options).unwrap());
+    d.shared.hold_checkpoints.store(true, Ordering::Release);
+    let write = |i: u64| {
+        let d = Arc::clone(&d);
+        async move {
+            let key = Bytes::from(format!("k{i}"));
+            d.apply(
+                &key,
+                set(b"v", 0, Expiry::Never),
+                Version::new(i, NodeId(1)),
+                NOW,
+            )
+            .await
+        }
+    };
+    // Three keys freeze the overlay for a checkpoint, held back; three more fill it again.
+    for i in 1..=6 {
+        write(i).await.unwrap();
+    }
+    let waiting = tokio::spawn(write(7));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let went_on = waiting.is_finished();
+    // Released before asserting: a held checkpoint would keep the store from closing.
+    d.shared.hold_checkpoints.store(false, Ordering::Release);
+    assert!(!went_on, "a write went on past a full overlay");
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+        .await
+        .expect("the write goes on once the checkpoint is done")
+        .unwrap()
+        .unwrap();
+    for i in 1..=7 {
+        assert!(d
+            .get(format!("k{i}").as_bytes(), NOW)
+            .await
+            .unwrap()
+            .is_some());
     }
 }
 
