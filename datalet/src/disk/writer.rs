@@ -354,14 +354,19 @@ impl Writer {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a checkpoint thread; checkpointing here");
-                self.shared
-                    .overlay
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .thaw();
+                self.thaw();
                 self.checkpoint_or_log();
             }
         }
+    }
+
+    /// Puts the frozen changes back under the newer ones: their checkpoint did not happen.
+    fn thaw(&self) {
+        self.shared
+            .overlay
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .thaw();
     }
 
     /// Completes the checkpoint under way once its commit is done (waiting for it if
@@ -387,11 +392,7 @@ impl Writer {
             Ok(tree) => tree,
             Err(e) => {
                 tracing::error!(error = %e, "disk datalet checkpoint failed");
-                self.shared
-                    .overlay
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .thaw();
+                self.thaw();
                 return;
             }
         };
