@@ -176,6 +176,7 @@ impl DiskDatalet {
             wals: [first, second],
             log: 0,
             background: options.checkpoint_in_background,
+            failed_append: false,
             item_size_max: limits.item_size_max,
             max_batch: options.max_batch.max(1),
             checkpoint_keys: options.checkpoint_keys.max(1),

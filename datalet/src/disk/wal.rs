@@ -74,6 +74,10 @@ pub(super) struct Wal {
     len: u64,
     /// The file's size: zeros (or old records) from `len` on.
     allocated: u64,
+    /// Set by a test: the next append writes its record whole and then fails, as a sync
+    /// that fails after the data reached the disk would.
+    #[cfg(test)]
+    pub fail_after_write: bool,
 }
 
 /// Appends written past the page cache and made durable by the write itself (`O_DIRECT` and
@@ -207,6 +211,8 @@ impl Wal {
                 direct,
                 len,
                 allocated,
+                #[cfg(test)]
+                fail_after_write: false,
             },
             records,
         ))
@@ -229,12 +235,9 @@ impl Wal {
         if end > self.allocated {
             self.preallocate(end)?;
         }
-        if let Some(direct) = &mut self.direct {
-            match direct.append(self.len, record) {
-                Ok(()) => {
-                    self.len = end;
-                    return Ok(());
-                }
+        let written = match &mut self.direct {
+            Some(direct) => match direct.append(self.len, record) {
+                Ok(()) => true,
                 // A file system that opened the file for direct I/O but wants another
                 // alignment: from now on the log goes through the page cache.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -243,12 +246,22 @@ impl Wal {
                          written through the page cache and synced with fdatasync from now on"
                     );
                     self.direct = None;
+                    false
                 }
                 Err(e) => return Err(e),
-            }
+            },
+            None => false,
+        };
+        if !written {
+            self.file.write_all_at(record, self.len)?;
+            self.file.sync_data()?;
         }
-        self.file.write_all_at(record, self.len)?;
-        self.file.sync_data()?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_after_write) {
+            return Err(std::io::Error::other(
+                "a sync failed after its write (test)",
+            ));
+        }
         self.len = end;
         Ok(())
     }

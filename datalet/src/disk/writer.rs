@@ -115,6 +115,9 @@ pub(super) struct Shared {
     /// comes before it).
     #[cfg(test)]
     pub hold_checkpoints: AtomicBool,
+    /// Set by a test: the next log append writes its record and then fails.
+    #[cfg(test)]
+    pub fail_next_append: AtomicBool,
 }
 
 /// Per key its new slot, or `None` if removed.
@@ -141,14 +144,16 @@ impl Overlay {
         all
     }
 
-    /// Puts the frozen changes back under the newer ones, after their checkpoint failed.
-    fn thaw(&mut self) {
+    /// Puts the frozen changes back under the newer ones, after their checkpoint failed;
+    /// returns the frozen map, to be dropped once the lock is let go.
+    fn thaw(&mut self) -> Arc<Changes> {
         let frozen = std::mem::take(&mut self.frozen);
         for (key, slot) in frozen.iter() {
             self.active
                 .entry(key.clone())
                 .or_insert_with(|| slot.clone());
         }
+        frozen
     }
 }
 
@@ -178,6 +183,9 @@ pub(super) struct Writer {
     pub log: usize,
     /// Checkpoints run on their own thread (else the writer makes them, and writes wait).
     pub background: bool,
+    /// The last append failed, its record perhaps on disk all the same: no switching logs
+    /// until an append or a checkpoint of the writer's own (which empties both) succeeds.
+    pub failed_append: bool,
     pub item_size_max: usize,
     pub max_batch: usize,
     pub checkpoint_keys: usize,
@@ -299,7 +307,7 @@ impl Writer {
     /// failed, or emptying it did).
     fn start_checkpoint(&mut self) {
         let other = 1 - self.log;
-        if !self.background || self.wals[other].len() > 0 {
+        if !self.background || self.wals[other].len() > 0 || self.failed_append {
             return self.checkpoint_or_log();
         }
         #[cfg(test)]
@@ -329,7 +337,6 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("disk-checkpoint".into())
             .spawn(move || {
-                lower_priority();
                 // A crash (in tests) may come before the commit.
                 #[cfg(test)]
                 {
@@ -362,11 +369,13 @@ impl Writer {
 
     /// Puts the frozen changes back under the newer ones: their checkpoint did not happen.
     fn thaw(&self) {
-        self.shared
+        let frozen = self
+            .shared
             .overlay
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .thaw();
+        drop(frozen);
     }
 
     /// Completes the checkpoint under way once its commit is done (waiting for it if
@@ -399,13 +408,19 @@ impl Writer {
         // Readers that miss the overlay from here on must read a transaction from after the
         // commit: the count tells them (see `Shared::commits`).
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
-        self.shared
-            .overlay
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .frozen = Arc::default();
+        // Taken out under the lock, freed after it: freeing up to a checkpoint's worth of
+        // entries would hold every reader back.
+        let frozen = std::mem::take(
+            &mut self
+                .shared
+                .overlay
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .frozen,
+        );
         self.tree = Some(tree);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        drop(frozen);
         if let Err(e) = self.wals[running.log].clear() {
             // Left as it is, the log makes the next checkpoint the writer's own, which
             // empties both logs.
@@ -564,7 +579,18 @@ impl Writer {
         }
         let seq = self.seq + 1;
         let record = wal::encode(seq, self.meta(), staged.iter());
-        self.wals[self.log].append(&record).map_err(unavailable)?;
+        #[cfg(test)]
+        if self.shared.fail_next_append.swap(false, Ordering::AcqRel) {
+            self.wals[self.log].fail_after_write = true;
+        }
+        if let Err(e) = self.wals[self.log].append(&record) {
+            // The record may be on disk whole all the same (a sync that failed after the
+            // write): the next one, numbered the same, must overwrite it, never go to the
+            // other log, where a replay would find two records of that number.
+            self.failed_append = true;
+            return Err(unavailable(e));
+        }
+        self.failed_append = false;
         self.seq = seq;
         self.shared
             .overlay
@@ -669,6 +695,7 @@ impl Writer {
         for wal in &mut self.wals {
             wal.clear().map_err(unavailable)?;
         }
+        self.failed_append = false;
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -695,17 +722,21 @@ impl Writer {
             save_meta(&txn, self.meta(), self.seq)?;
             txn.commit().map_err(unavailable)
         })();
-        if result.is_ok() {
-            *self
-                .shared
-                .overlay
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = Overlay::default();
-        }
+        let emptied = result.is_ok().then(|| {
+            std::mem::take(
+                &mut *self
+                    .shared
+                    .overlay
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()),
+            )
+        });
         // Reopened whether or not the commit held: a failed one may have left the old
         // transaction's view behind. The count is made even again in any case.
         let reopened = open_items(&self.db);
         self.shared.commits.fetch_add(1, Ordering::AcqRel);
+        // Freed outside the lock.
+        drop(emptied);
         self.tree = Some(reopened?);
         result
     }
@@ -918,21 +949,6 @@ fn commit_changes(
     save_meta(&txn, meta, seq)?;
     txn.commit().map_err(unavailable)
 }
-
-/// Makes the calling thread yield to the store's others when they want the CPU: a
-/// checkpoint's commit can wait, a client's request should not (at 90% gets, a checkpoint
-/// running at the same priority as the serving threads raised their p99 by about a sixth).
-/// Raising a thread's nice value needs no privilege; if refused, the thread runs as it is.
-fn lower_priority() {
-    // SAFETY: plain system calls on the calling thread, with no pointers.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CHECKPOINT_NICE);
-    }
-}
-
-/// The nice value of checkpoint threads (serving threads run at 0).
-const CHECKPOINT_NICE: libc::c_int = 10;
 
 /// The items table in a new read transaction.
 pub(super) fn open_items(db: &Database) -> Result<ItemsTable, DataletError> {
