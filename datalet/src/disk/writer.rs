@@ -678,7 +678,7 @@ impl Writer {
                 .overlay
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            overlay.active.is_empty() && overlay.frozen.is_empty()
+            overlay.active.is_empty()
         };
         if empty && self.wals.iter().all(|wal| wal.len() == 0) {
             self.last_checkpoint = Instant::now();
@@ -690,7 +690,9 @@ impl Writer {
                 .overlay
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
-            write_changes(items, &overlay.merged())
+            // After `finish_checkpoint`, nothing is frozen: it was committed or thawed.
+            debug_assert!(overlay.frozen.is_empty());
+            write_changes(items, &overlay.active)
         })?;
         for wal in &mut self.wals {
             wal.clear().map_err(unavailable)?;
