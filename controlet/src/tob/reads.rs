@@ -4,14 +4,17 @@
 //! hold, both learned after the read began:
 //!
 //! 1. **This node's view is still the group's view.** A *round* sends [`Message::ReadIndex`]
-//!    to the view's other members; a member of the same run and epoch answers
-//!    [`Message::ReadIndexOk`] only if it has promised no ballot of a later epoch. Once a
-//!    majority of the view (this node included) answered, no later view was chosen before
-//!    their answers: a later view needs a quorum of the view's members that remember their
-//!    promises, and every such quorum (a majority of which at least `n - majority + 1`
-//!    remember, or every member a new target keeps, see `coordination`) shares a member with
-//!    any majority of the view's runs. So every write acknowledged before the read began was
-//!    delivered in this view or an earlier one.
+//!    to as many of the view's other members as a majority needs (those that confirmed the
+//!    last round; all of them at first), and to the rest once it has waited
+//!    [`READ_FALLBACK`] ticks unconfirmed: a round costs a majority's messages, not the
+//!    whole view's, and a silent member delays one round. A member of the same run and
+//!    epoch answers [`Message::ReadIndexOk`] only if it has promised no ballot of a later
+//!    epoch. Once a majority of the view (this node included) answered, no later view was
+//!    chosen before their answers: a later view needs a quorum of the view's members that
+//!    remember their promises, and every such quorum (a majority of which at least
+//!    `n - majority + 1` remember, or every member a new target keeps, see `coordination`)
+//!    shares a member with any majority of the view's runs. So every write acknowledged
+//!    before the read began was delivered in this view or an earlier one.
 //! 2. **This node delivered everything it had received when the round started** (the round's
 //!    *index*, the largest key in its queue). A write is delivered at its proposer only once
 //!    every member of the view reported holding it, so a write acknowledged in this view
@@ -42,6 +45,10 @@ pub(super) struct Reads {
     queued: Vec<u64>,
     /// Confirmed reads of the current view, waiting for delivery to pass their index.
     confirmed: Vec<((Ts, NodeId), Vec<u64>)>,
+    /// The members that confirmed the last round, first to answer first: a round asks only
+    /// as many of them as a majority needs, and the others once it has waited
+    /// [`READ_FALLBACK`] ticks.
+    preferred: Vec<NodeId>,
     /// A planted bug, for the simulation to catch: reads are answered at once, from the
     /// replica as it stands, with neither confirmation nor index.
     #[cfg(test)]
@@ -55,9 +62,14 @@ struct Round {
     started: u64,
     index: (Ts, NodeId),
     reads: Vec<u64>,
-    /// Members that confirmed, this node included.
+    /// Members asked to confirm it.
+    asked: Vec<NodeId>,
+    /// Members that confirmed, this node included, in the order they answered.
     confirmed_by: Vec<NodeId>,
 }
+
+/// Ticks a round waits for the members it asked before it asks every other member too.
+pub(super) const READ_FALLBACK: u64 = 3;
 
 impl Reads {
     /// Every read waiting, in the order asked.
@@ -128,17 +140,38 @@ impl<Op: Clone + Weigh> Tob<Op> {
             .next_back()
             .copied()
             .unwrap_or(self.last_delivered);
+        // Ask only as many members as a majority needs, those that answered the last round
+        // first; a round they leave unconfirmed asks the others too (`drive_reads`).
+        let others: Vec<NodeId> = self.view.ids().filter(|&m| m != self.id).collect();
+        let needed = self.view.majority() - 1;
+        let mut asked: Vec<NodeId> = self
+            .reads
+            .preferred
+            .iter()
+            .copied()
+            .filter(|p| others.contains(p))
+            .take(needed)
+            .collect();
+        if asked.len() < needed {
+            asked = others;
+        }
+        for &to in &asked {
+            self.send_to(
+                to,
+                Message::ReadIndex {
+                    epoch,
+                    round: number,
+                },
+            );
+        }
         self.reads.round = Some(Round {
             number,
             epoch,
             started: self.now,
             index,
             reads: std::mem::take(&mut self.reads.queued),
+            asked,
             confirmed_by: vec![self.id],
-        });
-        self.send_members(Message::ReadIndex {
-            epoch,
-            round: number,
         });
         self.read_round_confirmed();
     }
@@ -182,6 +215,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
             return;
         }
         let round = self.reads.round.take().expect("checked");
+        self.reads.preferred = round.confirmed_by[1..].to_vec();
         self.reads.confirmed.push((round.index, round.reads));
         self.release_reads();
         self.start_read_round();
@@ -220,6 +254,26 @@ impl<Op: Clone + Weigh> Tob<Op> {
             let mut reads = round.reads;
             reads.append(&mut self.reads.queued);
             self.reads.queued = reads;
+        }
+        let now = self.now;
+        let slow = self
+            .reads
+            .round
+            .as_mut()
+            .filter(|r| now >= r.started + READ_FALLBACK)
+            .map(|round| {
+                let rest: Vec<NodeId> = self
+                    .view
+                    .ids()
+                    .filter(|&m| m != self.id && !round.asked.contains(&m))
+                    .collect();
+                round.asked.extend(&rest);
+                (rest, round.epoch, round.number)
+            });
+        if let Some((rest, epoch, round)) = slow {
+            for to in rest {
+                self.send_to(to, Message::ReadIndex { epoch, round });
+            }
         }
         if self.reads.round.is_none() {
             self.start_read_round();

@@ -751,6 +751,96 @@ fn a_read_is_confirmed_by_one_round_and_nothing_is_broadcast() {
         .all(|n| delivered_ops(&n.take_events()).is_empty()));
 }
 
+/// The `ReadIndex` requests of one round of node `i`: to whom each went.
+fn read_index_to(node: &mut Tob<Op>) -> Vec<(NodeId, Envelope<Op>)> {
+    node.take_messages()
+        .into_iter()
+        .filter(|e| matches!(e.message, Message::ReadIndex { .. }))
+        .map(|e| (e.to, e))
+        .collect()
+}
+
+/// Answers `requests` at their receivers and gives the answers to node `i`.
+fn answer_reads(nodes: &mut [Tob<Op>], i: usize, requests: Vec<(NodeId, Envelope<Op>)>) {
+    for (to, env) in requests {
+        let at = to.0 as usize - 1;
+        nodes[at].step(env.from, env.incarnation, env.message);
+        for answer in nodes[at].take_messages() {
+            if matches!(answer.message, Message::ReadIndexOk { .. }) {
+                nodes[i].step(answer.from, answer.incarnation, answer.message);
+            }
+        }
+    }
+}
+
+/// A round asks only as many members as a majority needs, those that confirmed the last
+/// round; if they stay silent for `READ_FALLBACK` ticks it asks the others too, and the
+/// first to answer is asked next time.
+#[test]
+fn a_read_round_asks_the_members_that_answered_last_and_the_rest_if_they_are_silent() {
+    let mut nodes = formed(3);
+    // Nobody answered yet: both others are asked; node 1 answers.
+    nodes[1].read(1);
+    let asked = read_index_to(&mut nodes[1]);
+    let to: Vec<NodeId> = asked.iter().map(|(to, _)| *to).collect();
+    assert_eq!(to, vec![NodeId(1), NodeId(3)]);
+    let first: Vec<_> = asked
+        .into_iter()
+        .filter(|(to, _)| *to == NodeId(1))
+        .collect();
+    answer_reads(&mut nodes, 1, first);
+    assert_eq!(reads_ready(&nodes[1].take_events()), vec![1]);
+
+    // Now only node 1 is asked, and it stays silent.
+    nodes[1].read(2);
+    let asked = read_index_to(&mut nodes[1]);
+    assert_eq!(
+        asked.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        vec![NodeId(1)]
+    );
+    for _ in 1..reads::READ_FALLBACK {
+        nodes[1].tick();
+        assert!(read_index_to(&mut nodes[1]).is_empty());
+    }
+    nodes[1].tick();
+    let rest = read_index_to(&mut nodes[1]);
+    assert_eq!(
+        rest.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        vec![NodeId(3)]
+    );
+    answer_reads(&mut nodes, 1, rest);
+    assert_eq!(reads_ready(&nodes[1].take_events()), vec![2]);
+
+    // Node 3 answered: it is the one asked next.
+    nodes[1].read(3);
+    let asked = read_index_to(&mut nodes[1]);
+    assert_eq!(
+        asked.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        vec![NodeId(3)]
+    );
+    answer_reads(&mut nodes, 1, asked);
+    assert_eq!(reads_ready(&nodes[1].take_events()), vec![3]);
+
+    // Of five, a round asks the two that made the last majority.
+    let mut nodes = formed(5);
+    nodes[0].read(1);
+    let asked = read_index_to(&mut nodes[0]);
+    assert_eq!(asked.len(), 4);
+    let two: Vec<_> = asked
+        .into_iter()
+        .filter(|(to, _)| *to == NodeId(3) || *to == NodeId(5))
+        .collect();
+    answer_reads(&mut nodes, 0, two);
+    assert_eq!(reads_ready(&nodes[0].take_events()), vec![1]);
+    nodes[0].read(2);
+    let mut to: Vec<NodeId> = read_index_to(&mut nodes[0])
+        .into_iter()
+        .map(|(to, _)| to)
+        .collect();
+    to.sort();
+    assert_eq!(to, vec![NodeId(3), NodeId(5)]);
+}
+
 /// A read waits for what its node had received when the round started: node 2 holds node 1's
 /// write, which it cannot deliver before node 3 has it too; the read is answered only after.
 #[test]
