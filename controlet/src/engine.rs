@@ -232,8 +232,8 @@ impl<D: Datalet> Local<D> {
     }
 
     /// Waits, in the causal mode, until this replica shows everything `token` covers (up to
-    /// 2 s; then refused). A token that does not parse is refused; the other modes have no
-    /// tokens to wait for.
+    /// 2 s; then refused). A token that does not parse, or names a node outside this group,
+    /// is refused at once; the other modes have no tokens to wait for.
     pub async fn reach_token(&self, token: &[u8]) -> Result<(), Error> {
         let Mode::Eventual(e) = &self.mode else {
             return Ok(());
@@ -241,7 +241,9 @@ impl<D: Datalet> Local<D> {
         let Some(causal) = e.causal() else {
             return Ok(());
         };
-        let Some(context) = crate::replication::eventual::causal::Context::from_token(token) else {
+        let Some(context) = crate::replication::eventual::causal::Context::from_token(token)
+            .filter(|c| causal.names_only_members(c))
+        else {
             return Err(Error::Refused(BAD_TOKEN));
         };
         if causal.reach(&context, CAUSAL_WAIT).await {

@@ -290,6 +290,19 @@ fn a_token_is_refused_where_its_context_cannot_arrive_and_served_once_it_has() {
         .read_line(Instant::now() + Duration::from_secs(5))
         .unwrap();
     assert_eq!(line, b"CLIENT_ERROR bad causal token");
+    // So is a well-formed token naming a node this cluster does not have: at once, not after
+    // the wait for a write that can never come.
+    let asked = Instant::now();
+    on3.send(b"mg moved v Y9.1.5\r\n").unwrap();
+    let line = on3
+        .read_line(Instant::now() + Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(line, b"CLIENT_ERROR bad causal token");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
     assert_eq!(on3.get("moved").unwrap(), OpResult::Hit("m1".into()));
 }
 
