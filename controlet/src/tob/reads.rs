@@ -155,15 +155,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
         if asked.len() < needed {
             asked = others;
         }
-        for &to in &asked {
-            self.send_to(
-                to,
-                Message::ReadIndex {
-                    epoch,
-                    round: number,
-                },
-            );
-        }
+        self.ask_read_index(&asked, epoch, number);
         self.reads.round = Some(Round {
             number,
             epoch,
@@ -174,6 +166,13 @@ impl<Op: Clone + Weigh> Tob<Op> {
             confirmed_by: vec![self.id],
         });
         self.read_round_confirmed();
+    }
+
+    /// Asks `members` to confirm round `round` of epoch `epoch`.
+    fn ask_read_index(&mut self, members: &[NodeId], epoch: u64, round: u64) {
+        for &to in members {
+            self.send_to(to, Message::ReadIndex { epoch, round });
+        }
     }
 
     /// A member asks whether this node is still in its view: yes, if it is in that epoch and
@@ -271,9 +270,7 @@ impl<Op: Clone + Weigh> Tob<Op> {
                 (rest, round.epoch, round.number)
             });
         if let Some((rest, epoch, round)) = slow {
-            for to in rest {
-                self.send_to(to, Message::ReadIndex { epoch, round });
-            }
+            self.ask_read_index(&rest, epoch, round);
         }
         if self.reads.round.is_none() {
             self.start_read_round();

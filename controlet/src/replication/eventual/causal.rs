@@ -344,7 +344,6 @@ impl Causal {
         self.state.lock().unwrap().claimed.clone()
     }
 
-    /// Waits until `context` is visible here, for up to `within`; whether it is.
     /// Whether every node `context` names is this one or one of its peers: a token that
     /// names any other node was never given by this cluster.
     pub fn names_only_members(&self, context: &Context) -> bool {
@@ -355,6 +354,7 @@ impl Causal {
             .all(|o| o.node == self.me.node || s.streams.contains_key(&o.node))
     }
 
+    /// Waits until `context` is visible here, for up to `within`; whether it is.
     pub async fn reach(&self, context: &Context, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {

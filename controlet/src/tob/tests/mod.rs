@@ -751,7 +751,7 @@ fn a_read_is_confirmed_by_one_round_and_nothing_is_broadcast() {
         .all(|n| delivered_ops(&n.take_events()).is_empty()));
 }
 
-/// The `ReadIndex` requests of one round of node `i`: to whom each went.
+/// The `ReadIndex` requests `node` sent since its messages were last taken, with their receivers.
 fn read_index_to(node: &mut Tob<Op>) -> Vec<(NodeId, Envelope<Op>)> {
     node.take_messages()
         .into_iter()
